@@ -1,0 +1,5 @@
+import sys
+
+from artgen.cli import main
+
+sys.exit(main())

@@ -1,0 +1,400 @@
+"""The `artgen` command line. The only layer that parses argv and prints.
+
+Flags for the method come from the fields of the options dataclasses, so each
+default is written once (in artgen.style.gatys.StylizeOptions / BatchOptions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from artgen.errors import ArtgenError
+
+EXAMPLES = """\
+examples:
+  artgen stylize photo.jpg --style swirls -o out.png
+  artgen stylize photo.jpg --style a.jpg:0.7 --style b.jpg:0.3 --size 768 -o out.png
+  artgen stylize photo.jpg --style starry-night --preserve-color luminance --strength 2 -o out.png
+  artgen batch photos/ --style mosaic -o stylised/ --shard 1/2
+  artgen info out.png
+  artgen styles list
+  artgen weights fetch vgg19
+"""
+
+
+def _add_dataclass_flags(
+    parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()
+) -> None:
+    """One flag per field; absent flags are left out of the namespace, so the field default holds."""
+    group = parser.add_argument_group(f"{cls.__name__} (defaults are the method's)")
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        help_ = f.metadata.get("help", "")
+        if f.default is not None:
+            help_ += f" (default: {f.default})"
+        kw: dict = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_}
+        t = str(f.type)
+        if t == "bool":
+            group.add_argument(flag, action="store_true", **kw)
+            continue
+        if "choices" in f.metadata:
+            kw["choices"] = f.metadata["choices"]
+        if t.startswith("tuple"):
+            kw["type"] = _float_list
+            kw["metavar"] = "W1,W2,..."
+        elif t.startswith("int"):
+            kw["type"] = int
+        elif t.startswith("float"):
+            kw["type"] = float
+        group.add_argument(flag, **kw)
+
+
+def _float_list(s: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in s.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r}: expected comma-separated numbers") from None
+
+
+def _style_arg(s: str) -> tuple[str, float]:
+    """PATH_OR_NAME[:WEIGHT]"""
+    path, sep, w = s.rpartition(":")
+    if sep and path:
+        try:
+            return path, float(w)
+        except ValueError:
+            pass
+    return s, 1.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from artgen import __version__
+    from artgen.style.batch import BatchOptions
+    from artgen.style.gatys import StylizeOptions
+
+    p = argparse.ArgumentParser(
+        prog="artgen",
+        description="Generative art by transfer learning.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"artgen {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--style", action="append", required=True, type=_style_arg, metavar="STYLE[:WEIGHT]",
+            help="style image path or catalogue name (see `artgen styles list`), with an optional "
+            "blend weight; repeat to blend several",
+        )  # fmt: skip
+        sp.add_argument(
+            "--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)"
+        )
+        sp.add_argument(
+            "--weights", help="path to the backbone's weights file (else TORCH_HOME is searched)"
+        )
+        sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        _add_dataclass_flags(sp, StylizeOptions)
+
+    sp = sub.add_parser(
+        "stylize",
+        help="stylise one image",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sp.add_argument("content", help="content image")
+    sp.add_argument("-o", "--output", required=True, help="output PNG")
+    sp.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    common(sp)
+
+    bp = sub.add_parser(
+        "batch",
+        help="stylise every image in a folder (resumable)",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bp.add_argument("in_dir", help="folder of content images")
+    bp.add_argument("-o", "--output", required=True, help="output folder (NAME.png for each input)")
+    _add_dataclass_flags(bp, BatchOptions)
+    common(bp)
+
+    ip = sub.add_parser("info", help="print the parameters stored in a PNG that artgen wrote")
+    ip.add_argument("image")
+    ip.add_argument("--json", action="store_true", help="print only the JSON")
+
+    wp = sub.add_parser("weights", help="list or download backbone weights")
+    wsub = wp.add_subparsers(dest="action", metavar="ACTION", required=True)
+    wsub.add_parser("list", help="where each backbone's weights are, and whether they are there")
+    wf = wsub.add_parser("fetch", help="download weights (needs the internet)")
+    wf.add_argument("name", choices=["vgg19"])
+
+    st = sub.add_parser(
+        "styles", help="list the style catalogue or download public-domain paintings"
+    )
+    ssub = st.add_subparsers(dest="action", metavar="ACTION", required=True)
+    ssub.add_parser("list", help="bundled styles and fetchable paintings")
+    sf = ssub.add_parser("fetch", help="download paintings (needs the internet)")
+    sf.add_argument("names", nargs="*", help="names from `artgen styles list` (default: all)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.command == "stylize":
+            return _cmd_stylize(args)
+        if args.command == "batch":
+            return _cmd_batch(args)
+        if args.command == "info":
+            return _cmd_info(args)
+        if args.command == "weights":
+            return _cmd_weights(args)
+        if args.command == "styles":
+            return _cmd_styles(args)
+    except ArtgenError as e:
+        print(f"artgen: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "artgen: interrupted; finished outputs are kept (run the same command again to resume)",
+            file=sys.stderr,
+        )
+        return 130
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _options(args: argparse.Namespace, cls: type):
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def _setup(args: argparse.Namespace):
+    """Options, the loaded backbone, the device and the loaded style images."""
+    from artgen import catalog
+    from artgen.images import load_image
+    from artgen.style.gatys import StylizeOptions, resolve_device
+    from artgen.weights import choose_backbone, load_backbone
+
+    options = _options(args, StylizeOptions)
+    device = resolve_device(args.device)
+    styles = [(load_image(catalog.resolve(s)), w) for s, w in args.style]
+    if sum(w for _, w in styles) <= 0 or any(w < 0 for _, w in styles):
+        raise ArtgenError("style weights must be >= 0 and not all zero")
+    choice = choose_backbone(options.backbone, args.weights)
+    print(choice.note, file=sys.stderr)
+    extractor = load_backbone(choice, device)
+    return options, extractor, device, styles
+
+
+class _Bar:
+    """A tqdm bar fed by the StylizeProgress callback."""
+
+    def __init__(self, quiet: bool, position: int = 0, leave: bool = True, desc: str = "stylize"):
+        from tqdm.auto import tqdm
+
+        self._tqdm = tqdm
+        self.quiet, self.position, self.leave, self.desc = quiet, position, leave, desc
+        self.bar = None
+
+    def __call__(self, p) -> None:
+        if self.quiet:
+            return
+        if self.bar is None:
+            self.bar = self._tqdm(
+                total=p.total_steps, position=self.position, leave=self.leave, desc=self.desc, unit="it",
+                dynamic_ncols=True,
+            )  # fmt: skip
+        self.bar.set_postfix_str(
+            f"scale {p.scale}/{p.num_scales} {p.width}x{p.height} loss {p.loss:.3g}", False
+        )
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _cmd_stylize(args: argparse.Namespace) -> int:
+    from artgen.images import load_image, save_png
+    from artgen.style.gatys import run_params, stylize
+
+    out = args.output
+    if not out.lower().endswith(".png"):
+        raise ArtgenError(f"{out}: output must be a .png file (it carries the parameters)")
+    inputs = [args.content, *[s for s, _ in args.style]]
+    if any(_same_file(out, i) for i in inputs):
+        raise ArtgenError(f"{out}: is one of the inputs; artgen never overwrites an input")
+    if os.path.exists(out) and not args.overwrite:
+        raise ArtgenError(f"{out}: already exists (pass --overwrite to replace it)")
+    content = load_image(args.content)
+    options, extractor, device, styles = _setup(args)
+    bar = _Bar(args.quiet)
+    try:
+        image = stylize(content, styles, options, extractor=extractor, device=device, callback=bar)
+    finally:
+        bar.close()
+    params = run_params(content, styles, options, image.info["backbone"], device)
+    path = save_png(image, out, params=params, overwrite=args.overwrite)
+    print(f"wrote {path} ({image.width}x{image.height})")
+    return 0
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from artgen.style.batch import BatchOptions, plan_batch, run_batch
+
+    batch = _options(args, BatchOptions)
+    jobs = plan_batch(args.in_dir, args.output, batch)
+    i, n = batch.shard_numbers()
+    if not jobs:
+        print(f"no images to do in {args.in_dir} (shard {i}/{n})")
+        return 0
+    if any(_same_file(j.output, s) for j in jobs for s, _ in args.style):
+        raise ArtgenError("an output would overwrite a style image; choose another output folder")
+    options, extractor, device, styles = _setup(args)
+    overall = tqdm(
+        total=len(jobs), desc=f"batch {i}/{n}", unit="img", position=0, disable=args.quiet
+    )
+    bar = _Bar(args.quiet, position=1, leave=False)
+
+    def on_image(k, job):
+        bar.close()
+        bar.desc = job.source.name
+
+    def on_result(r):
+        bar.close()
+        if r.status == "failed":
+            overall.write(f"failed: {r.error}")
+        overall.update(1)
+
+    try:
+        results = run_batch(
+            jobs, styles, options, batch, extractor=extractor, device=device,
+            on_image=on_image, on_result=on_result, callback=bar,
+        )  # fmt: skip
+    finally:
+        bar.close()
+        overall.close()
+    done = sum(r.status == "done" for r in results)
+    skipped = sum(r.status == "skipped" for r in results)
+    failed = [r for r in results if r.status == "failed"]
+    print(
+        f"{done} stylised, {skipped} already done (skipped), {len(failed)} failed -> {args.output}"
+    )
+    for r in failed:
+        print(f"  failed: {r.error}")
+    return 1 if failed else 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from artgen.images import read_params
+    from artgen.style.gatys import reproduce_command
+
+    params = read_params(args.image)
+    if args.json:
+        print(json.dumps(params, indent=2, sort_keys=True))
+        return 0
+    print(f"{args.image}: made by artgen {params.get('artgen')} ({params.get('method')})")
+    c = params["content"]
+    print(f"  content: {c['file']}  sha256 {c['sha256'][:16]}...")
+    for s in params["styles"]:
+        print(f"  style:   {s['file']}  weight {s['weight']:g}  sha256 {s['sha256'][:16]}...")
+    print(f"  device:  {params.get('device')}")
+    print("  options:")
+    for k, v in params["options"].items():
+        print(f"    {k}: {v}")
+    print("reproduce with:")
+    print("  " + reproduce_command(params))
+    return 0
+
+
+def _cmd_weights(args: argparse.Namespace) -> int:
+    from artgen import weights
+
+    if args.action == "list":
+        vgg = weights.find_vgg19()
+        where = ", ".join(str(p) for p in weights.vgg19_candidates())
+        print(
+            f"vgg19: {'found at ' + str(vgg) if vgg else 'not on disk (looked in ' + where + ')'}"
+        )
+        try:
+            print(f"efficientnet-lite0: {weights.efficientnet_lite0_path()}")
+        except ArtgenError as e:
+            print(f"efficientnet-lite0: {e}")
+        return 0
+    path = weights.fetch_vgg19(callback=_download_bar())
+    print(f"vgg19 weights at {path}")
+    return 0
+
+
+def _download_bar():
+    from tqdm.auto import tqdm
+
+    state: dict = {}
+
+    def cb(p) -> None:
+        bar = state.get(p.name)
+        if bar is None:
+            bar = state[p.name] = tqdm(total=p.total, desc=p.name, unit="B", unit_scale=True)
+        bar.update(p.done - bar.n)
+        if p.total and p.done >= p.total:
+            bar.close()
+
+    return cb
+
+
+def _cmd_styles(args: argparse.Namespace) -> int:
+    from artgen import catalog
+
+    entries = catalog.load_manifest()
+    if args.action == "list":
+        for kind, heading in (("bundled", "bundled styles"), ("fetchable", "paintings to fetch (public domain)"),
+                              ("example", "example content")):  # fmt: skip
+            print(f"{heading}:")
+            for e in entries:
+                if e.kind != kind:
+                    continue
+                state = (
+                    ""
+                    if kind != "fetchable"
+                    else (" [downloaded]" if e.available else " [not downloaded]")
+                )
+                year = f", {e.year}" if e.year else ""
+                print(f"  {e.name:16s} {e.title} ({e.author}{year}; {e.licence}){state}")
+        return 0
+    names = args.names or [e.name for e in entries if e.kind == "fetchable"]
+    failed = 0
+    for name in names:
+        try:
+            print(f"{name}: {catalog.fetch(name, callback=_download_bar())}")
+        except ArtgenError as e:
+            print(f"artgen: error: {e}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+__all__ = ["main", "build_parser"]

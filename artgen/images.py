@@ -1,0 +1,215 @@
+"""Image input and output: the only place artgen opens or writes image files.
+
+Every image a user hands in is untrusted: formats are restricted, sizes are
+checked before decoding, EXIF orientation is applied, and every odd mode
+(CMYK, palette, LA, 16-bit, alpha) becomes 8-bit RGB plus an optional alpha
+plane. Outputs are written atomically and never replace an existing file
+unless the caller asks for it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
+
+from artgen.errors import ArtgenError
+
+# Decoders we accept; everything else is refused before any parsing happens.
+FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+MAX_PIXELS = 50_000_000  # about 7000 x 7000; larger inputs are refused, not decoded
+MIN_SIDE = 16
+PARAMS_KEY = "artgen"  # PNG text chunk holding a run's parameters
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """An input image as 8-bit RGB, with its alpha plane kept apart (or None)."""
+
+    rgb: Image.Image
+    alpha: Image.Image | None
+    name: str
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.rgb.size
+
+
+def load_image(
+    source: str | os.PathLike | Image.Image, *, max_pixels: int = MAX_PIXELS
+) -> LoadedImage:
+    """Open a user's image safely. Raises ArtgenError with a one-line message naming the file."""
+    if isinstance(source, Image.Image):
+        return _normalise(source, name="<image>", max_pixels=max_pixels)
+    path = Path(source)
+    name = str(path)
+    if not path.exists():
+        raise ArtgenError(f"{name}: no such file")
+    if path.is_dir():
+        raise ArtgenError(f"{name}: is a folder, not an image")
+    if path.stat().st_size == 0:
+        raise ArtgenError(f"{name}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns below twice its own limit; we refuse on our own limit below.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path, formats=FORMATS) as im:
+                _check_dimensions(im.size, name, max_pixels)
+                im.load()
+                return _normalise(im, name=name, max_pixels=max_pixels)
+    except ArtgenError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ArtgenError(f"{name}: refused, too many pixels (limit {max_pixels:,})") from None
+    except UnidentifiedImageError:
+        raise ArtgenError(
+            f"{name}: not a readable image (accepted formats: {', '.join(FORMATS)})"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as e:
+        # Truncated and corrupt files surface here at load() time.
+        raise ArtgenError(f"{name}: corrupt or truncated image ({e})") from None
+
+
+def _check_dimensions(size: tuple[int, int], name: str, max_pixels: int) -> None:
+    w, h = size
+    if w * h > max_pixels:
+        raise ArtgenError(
+            f"{name}: refused, {w}x{h} is {w * h:,} pixels (limit {max_pixels:,}); "
+            "downscale it first"
+        )
+    if min(w, h) < MIN_SIDE:
+        raise ArtgenError(f"{name}: too small ({w}x{h}); each side must be at least {MIN_SIDE} px")
+
+
+def _normalise(im: Image.Image, *, name: str, max_pixels: int) -> LoadedImage:
+    _check_dimensions(im.size, name, max_pixels)
+    im = ImageOps.exif_transpose(im)
+    mode = im.mode
+    alpha = None
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # 16-bit and 32-bit grey: scale through numpy; .convert("RGB") would saturate.
+        a = np.asarray(im, dtype=np.float64)
+        peak = 65535.0 if (mode.startswith("I;16") or a.max() > 255) else 255.0
+        if mode == "F":
+            peak = max(1.0, float(a.max()))
+        g = np.clip(a / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        rgb = Image.fromarray(np.stack([g] * 3, axis=-1), "RGB")
+        return LoadedImage(rgb, None, name)
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif mode == "PA":
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "La", "RGBa"):
+        im = im.convert("RGBA")
+        alpha = im.getchannel("A")
+        if alpha.getextrema() == (255, 255):
+            alpha = None
+        # Transparent pixels keep whatever colour was hidden under them: put them on
+        # mid grey so that colour does not leak into the statistics.
+        grey = Image.new("RGB", im.size, (128, 128, 128))
+        rgb = Image.composite(im.convert("RGB"), grey, im.getchannel("A"))
+        return LoadedImage(rgb, alpha, name)
+    return LoadedImage(im.convert("RGB"), None, name)
+
+
+def resize_long_side(im: Image.Image, long_side: int) -> Image.Image:
+    """Resize so that the longer side is ``long_side`` (Lanczos), keeping the aspect ratio."""
+    w, h = im.size
+    scale = long_side / max(w, h)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return im if size == im.size else im.resize(size, Image.Resampling.LANCZOS)
+
+
+def to_tensor(im: Image.Image) -> torch.Tensor:
+    """PIL RGB -> float tensor (1, 3, H, W) in [0, 1]."""
+    a = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(a).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def to_pil(x: torch.Tensor) -> Image.Image:
+    """Float tensor (1, 3, H, W) or (3, H, W) in [0, 1] -> PIL RGB."""
+    if x.dim() == 4:
+        x = x[0]
+    a = x.detach().float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(a, "RGB")
+
+
+def save_png(
+    image: Image.Image,
+    path: str | os.PathLike,
+    *,
+    params: dict | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``image`` as PNG atomically, with ``params`` as JSON in a text chunk.
+
+    The file is written under a temporary name in the same folder and then moved
+    into place, so a killed process never leaves half an image. Without
+    ``overwrite`` an existing file is never replaced (checked at the final link).
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise ArtgenError(f"{path}: already exists (pass --overwrite to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = PngImagePlugin.PngInfo()
+    if params is not None:
+        info.add_text(PARAMS_KEY, json.dumps(params, sort_keys=True))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format="PNG", pnginfo=info)
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # fails if the name appeared meanwhile: never clobber
+            except FileExistsError:
+                raise ArtgenError(
+                    f"{path}: already exists (pass --overwrite to replace it)"
+                ) from None
+            except OSError:
+                if path.exists():
+                    raise ArtgenError(f"{path}: already exists") from None
+                os.replace(tmp, path)  # file systems without hard links
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_params(path: str | os.PathLike) -> dict:
+    """The parameters artgen stored in a PNG it wrote."""
+    path = Path(path)
+    try:
+        with Image.open(path, formats=["PNG"]) as im:
+            text = getattr(im, "text", {}) or {}
+    except FileNotFoundError:
+        raise ArtgenError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError):
+        raise ArtgenError(f"{path}: not a PNG image") from None
+    if PARAMS_KEY not in text:
+        raise ArtgenError(f"{path}: holds no artgen parameters (not written by artgen?)")
+    try:
+        return json.loads(text[PARAMS_KEY])
+    except json.JSONDecodeError:
+        raise ArtgenError(f"{path}: its artgen parameters are not valid JSON") from None
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,54 @@
+"""Loss functions for neural style transfer (pure functions; the Gram matrix lives here only).
+
+Gatys, Ecker & Bethge, "Image Style Transfer Using Convolutional Neural
+Networks", CVPR 2016: content loss on feature maps, style loss on Gram
+matrices, plus a total-variation smoothness term (Mahendran & Vedaldi 2015).
+
+Departure from the paper: each squared error is divided by the matching sum of
+absolute errors (the "scaled MSE" of crowsonkb's style-transfer-pytorch), which
+puts every layer on the same scale, so one set of weights works on any
+backbone and any image size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def gram(features: torch.Tensor) -> torch.Tensor:
+    """Gram matrix of (N, C, H, W) features, normalised by H*W, computed in fp32."""
+    n, c, h, w = features.shape
+    f = features.float().reshape(n, c, h * w)
+    return torch.bmm(f, f.transpose(1, 2)) / (h * w)
+
+
+def scaled_mse(x: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """sum((x - t)^2) / sum(|x - t|): an MSE whose scale does not depend on the layer."""
+    diff = x.float() - target.float()
+    return diff.pow(2).sum() / (diff.abs().sum() + eps)
+
+
+def content_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return scaled_mse(features, target)
+
+
+def style_loss(features: torch.Tensor, target_gram: torch.Tensor) -> torch.Tensor:
+    return scaled_mse(gram(features), target_gram)
+
+
+def tv_loss(image: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference between neighbouring pixels (replicate-padded)."""
+    x = F.pad(image, (0, 1, 0, 1), mode="replicate")
+    dx = x[..., :-1, 1:] - x[..., :-1, :-1]
+    dy = x[..., 1:, :-1] - x[..., :-1, :-1]
+    return (dx.pow(2) + dy.pow(2)).mean()
+
+
+def blend_grams(grams: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+    """Weighted mean of style Gram matrices: several styles become one target (as neural-style does)."""
+    total = float(sum(weights))
+    out = torch.zeros_like(grams[0])
+    for g, w in zip(grams, weights, strict=True):
+        out = out + g * (w / total)
+    return out

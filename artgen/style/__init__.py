@@ -1,0 +1,1 @@
+"""Style transfer methods, one file per method."""

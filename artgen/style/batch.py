@@ -1,0 +1,120 @@
+"""Stylising a whole folder: planning (shards, resume) and the loop.
+
+Each output is written atomically, so a run that is killed leaves only whole
+pictures behind; running the same command again skips them and finishes the rest.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from artgen.errors import ArtgenError
+from artgen.images import IMAGE_SUFFIXES, LoadedImage, load_image, save_png
+from artgen.models.backbones import FeatureExtractor
+from artgen.style.gatys import StylizeOptions, StylizeProgress, run_params, stylize
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """How a folder is split and what happens to outputs that already exist."""
+
+    shard: str = field(
+        default="1/1",
+        metadata={"help": "I/N: process only the I-th of N shares of the folder (1-based)"},
+    )
+    overwrite: bool = field(
+        default=False, metadata={"help": "redo images whose output already exists"}
+    )
+
+    def shard_numbers(self) -> tuple[int, int]:
+        try:
+            i, n = (int(v) for v in self.shard.split("/"))
+        except ValueError:
+            raise ArtgenError(f"--shard {self.shard!r}: expected I/N, for example 1/4") from None
+        if not (n >= 1 and 1 <= i <= n):
+            raise ArtgenError(f"--shard {self.shard!r}: need 1 <= I <= N")
+        return i, n
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    source: Path
+    output: Path
+    exists: bool
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    job: BatchJob
+    status: str  # "done", "skipped" or "failed"
+    error: str | None = None
+    seconds: float = 0.0
+
+
+def plan_batch(
+    in_dir: str | os.PathLike, out_dir: str | os.PathLike, batch: BatchOptions
+) -> list[BatchJob]:
+    """The images of ``in_dir`` (sorted, this shard only) and their outputs in ``out_dir``."""
+    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    if not in_dir.is_dir():
+        raise ArtgenError(f"{in_dir}: not a folder")
+    i, n = batch.shard_numbers()
+    files = sorted(
+        p for p in in_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+    if out_dir.resolve() == in_dir.resolve():
+        raise ArtgenError(f"{out_dir}: the output folder must not be the input folder")
+    stems: dict[str, Path] = {}
+    for p in files:
+        if p.stem in stems:
+            raise ArtgenError(
+                f"{p} and {stems[p.stem]} would both be written to {p.stem}.png; rename one"
+            )
+        stems[p.stem] = p
+    # Round-robin over the sorted list, so shards get similar amounts of work.
+    mine = [p for k, p in enumerate(files) if k % n == i - 1]
+    return [
+        BatchJob(p, out_dir / f"{p.stem}.png", (out_dir / f"{p.stem}.png").exists()) for p in mine
+    ]
+
+
+def run_batch(
+    jobs: list[BatchJob],
+    styles: list[tuple[LoadedImage, float]],
+    options: StylizeOptions,
+    batch: BatchOptions,
+    *,
+    extractor: FeatureExtractor,
+    device: Any = None,
+    on_image: Callable[[int, BatchJob], None] | None = None,
+    on_result: Callable[[BatchResult], None] | None = None,
+    callback: Callable[[StylizeProgress], None] | None = None,
+) -> list[BatchResult]:
+    """Stylise each job in turn; a bad image is recorded as failed and the rest go on."""
+    results = []
+    for k, job in enumerate(jobs):
+        if on_image:
+            on_image(k, job)
+        if job.exists and not batch.overwrite:
+            result = BatchResult(job, "skipped")
+        else:
+            t0 = time.perf_counter()
+            try:
+                content = load_image(job.source)
+                image = stylize(
+                    content, styles, options, extractor=extractor, device=device, callback=callback
+                )
+                params = run_params(content, styles, options, image.info["backbone"], device)
+                save_png(image, job.output, params=params, overwrite=batch.overwrite)
+                result = BatchResult(job, "done", seconds=time.perf_counter() - t0)
+            except ArtgenError as e:
+                result = BatchResult(job, "failed", str(e), time.perf_counter() - t0)
+        results.append(result)
+        if on_result:
+            on_result(result)
+    return results

@@ -1,0 +1,584 @@
+"""Neural style transfer by optimisation of the image.
+
+Gatys, Ecker & Bethge, "Image Style Transfer Using Convolutional Neural
+Networks", CVPR 2016. Extensions, each marked where it departs from the paper:
+- coarse-to-fine optimisation over several scales (as in Gatys et al. 2017,
+  "Controlling Perceptual Factors in Neural Style Transfer", and crowsonkb's
+  style-transfer-pytorch): each scale starts from the upsampled result of the
+  previous one, so large outputs keep large-scale structure for less compute;
+- Adam on pixels with an exponential moving average of the iterates as the
+  output (smoother than the last iterate), or L-BFGS as in the paper;
+- several styles blended by weighting their Gram matrices;
+- colour preservation (artgen.color);
+- bf16 autocast and channels_last for the backbone on CUDA; Gram matrices and
+  losses are computed in fp32 (artgen.losses).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from artgen import color
+from artgen.errors import ArtgenError, Cancelled
+from artgen.images import LoadedImage, load_image, resize_long_side, sha256_file, to_pil, to_tensor
+from artgen.losses import blend_grams, content_loss, gram, scaled_mse, tv_loss
+from artgen.models.backbones import FeatureExtractor
+
+PRESERVE_COLOR = ("none", "luminance", "histogram")
+INITS = ("content", "noise")
+OPTIMIZERS = ("adam", "lbfgs")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class StylizeOptions:
+    """Everything that decides how a picture is stylised. One set of defaults for API, CLI and app."""
+
+    size: int = field(default=512, metadata={"help": "long side of the output in pixels"})
+    strength: float = field(
+        default=1.0,
+        metadata={
+            "help": "how strongly the style is applied: 1 is balanced, 2 twice as much style, 0.5 half"
+        },
+    )
+    style_scale: float = field(
+        default=1.0,
+        metadata={
+            "help": "size of the style image relative to the output: larger gives bigger brush strokes"
+        },
+    )
+    preserve_color: str = field(
+        default="none",
+        metadata={"help": "keep the content's colours", "choices": PRESERVE_COLOR},
+    )
+    iterations: int = field(default=200, metadata={"help": "optimisation steps at each scale"})
+    min_size: int = field(
+        default=128,
+        metadata={
+            "help": "smallest long side for the first (coarsest) scale; >= size means one scale"
+        },
+    )
+    scale_factor: float = field(
+        default=2.0, metadata={"help": "size ratio between successive scales"}
+    )
+    init: str = field(default="content", metadata={"help": "starting image", "choices": INITS})
+    optimizer: str = field(default="adam", metadata={"help": "optimiser", "choices": OPTIMIZERS})
+    lr: float = field(
+        default=0.02, metadata={"help": "Adam step size (pixels in [0, 1]); L-BFGS ignores it"}
+    )
+    content_weight: float | None = field(
+        default=None, metadata={"help": "weight of the content loss (default: the backbone's)"}
+    )
+    tv_weight: float | None = field(
+        default=None,
+        metadata={
+            "help": "weight of the total-variation smoothness loss (default: the backbone's)"
+        },
+    )
+    style_layer_weights: tuple[float, ...] | None = field(
+        default=None,
+        metadata={
+            "help": "comma-separated weights for the backbone's style layers (default: equal)"
+        },
+    )
+    backbone: str = field(
+        default="auto",
+        metadata={"help": "feature network", "choices": ("auto", "vgg19", "efficientnet-lite0")},
+    )
+    precision: str = field(
+        default="auto",
+        metadata={"help": "auto is bf16 on CUDA and fp32 elsewhere", "choices": PRECISIONS},
+    )
+    seed: int = field(
+        default=0, metadata={"help": "random seed (same seed, same device: same picture)"}
+    )
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> ArtgenError:
+            return ArtgenError(f"{name}={getattr(self, name)!r}: {why}")
+
+        if not 16 <= self.size <= 16384:
+            raise bad("size", "must be between 16 and 16384")
+        if not 16 <= self.min_size:
+            raise bad("min_size", "must be at least 16")
+        if self.iterations < 1:
+            raise bad("iterations", "must be at least 1")
+        if not self.scale_factor > 1.0:
+            raise bad("scale_factor", "must be greater than 1")
+        if not 0.0 <= self.strength <= 100.0:
+            raise bad("strength", "must be between 0 and 100")
+        if not 0.05 <= self.style_scale <= 8.0:
+            raise bad("style_scale", "must be between 0.05 and 8")
+        for name, allowed in (
+            ("preserve_color", PRESERVE_COLOR),
+            ("init", INITS),
+            ("optimizer", OPTIMIZERS),
+            ("precision", PRECISIONS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise bad(name, f"choose one of {', '.join(allowed)}")
+        for name in ("lr", "content_weight", "tv_weight"):
+            v = getattr(self, name)
+            if v is not None and (v < 0 or not math.isfinite(v)):
+                raise bad(name, "must be a finite number >= 0")
+        if self.style_layer_weights is not None:
+            object.__setattr__(
+                self, "style_layer_weights", tuple(float(w) for w in self.style_layer_weights)
+            )
+            if any(w < 0 for w in self.style_layer_weights) or sum(self.style_layer_weights) <= 0:
+                raise bad("style_layer_weights", "weights must be >= 0 and not all zero")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if d["style_layer_weights"] is not None:
+            d["style_layer_weights"] = list(d["style_layer_weights"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StylizeOptions:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ArtgenError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        d = dict(d)
+        if d.get("style_layer_weights") is not None:
+            d["style_layer_weights"] = tuple(d["style_layer_weights"])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class StylizeProgress:
+    """Sent to the callback after every optimisation step."""
+
+    step: int  # 1-based, counted over all scales
+    total_steps: int
+    scale: int  # 1-based
+    num_scales: int
+    width: int
+    height: int
+    loss: float
+    elapsed: float  # seconds since the start
+    render: Callable[[], Image.Image] = field(repr=False, compare=False)
+
+    def image(self) -> Image.Image:
+        """The current picture (computed only when asked for)."""
+        return self.render()
+
+
+StyleSpec = str | os.PathLike | Image.Image | LoadedImage
+
+
+def parse_styles(styles: Any) -> list[tuple[StyleSpec, float]]:
+    """Accept one style, a list of styles, a list of (style, weight) pairs, or a {style: weight} dict."""
+    if isinstance(styles, dict):
+        items = list(styles.items())
+    elif isinstance(styles, (str, os.PathLike, Image.Image, LoadedImage)):
+        items = [(styles, 1.0)]
+    else:
+        items = [s if isinstance(s, tuple) else (s, 1.0) for s in styles]
+    if not items:
+        raise ArtgenError("at least one style image is needed")
+    for s, w in items:
+        if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
+            raise ArtgenError(f"style weight {w!r} for {s}: must be a number >= 0")
+    if sum(w for _, w in items) <= 0:
+        raise ArtgenError("style weights must not all be zero")
+    return items
+
+
+def scale_sizes(options: StylizeOptions) -> list[int]:
+    """Long sides of the scales, coarse to fine, ending at options.size."""
+    if options.min_size >= options.size:
+        return [options.size]
+    # As many steps of scale_factor as fit while the coarsest stays >= min_size.
+    n = math.floor(
+        math.log(options.size / options.min_size) / math.log(options.scale_factor) + 1e-9
+    )
+    return [round(options.size / options.scale_factor**k) for k in range(n, -1, -1)]
+
+
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    if isinstance(name, torch.device):
+        return name
+    if name in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name not in ("cpu", "cuda", "mps") and not str(name).startswith("cuda:"):
+        raise ArtgenError(f"device {name!r}: choose auto, cpu, cuda or mps")
+    if str(name).startswith("cuda") and not torch.cuda.is_available():
+        raise ArtgenError(f"device {name!r}: CUDA is not available on this machine")
+    if name == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ArtgenError("device 'mps': Apple's Metal backend is not available on this machine")
+    return torch.device(name)
+
+
+# ---------------------------------------------------------------- memory
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes that a run may still use on ``device`` (None: unknown)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+    return None
+
+
+def bytes_per_pixel(extractor: FeatureExtractor, bytes_per_value: int = 4) -> float:
+    """Memory one input pixel costs in a forward + backward pass, measured on a small input."""
+    side = 64
+    total = 0
+
+    def hook(_m, _i, out):
+        nonlocal total
+        if isinstance(out, torch.Tensor):
+            total += out.numel()
+
+    leaves = [m for m in extractor.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        with torch.no_grad():
+            extractor(
+                torch.zeros(1, 3, side, side, device=extractor.mean.device), extractor.stage_names
+            )
+    finally:
+        for h in handles:
+            h.remove()
+    # Saved activations plus their gradients during backward, and a margin for the allocator.
+    return total * bytes_per_value * 3.0 / (side * side)
+
+
+def check_fits(
+    extractor: FeatureExtractor,
+    width: int,
+    height: int,
+    device: torch.device,
+    bpv: int,
+    force: bool = False,
+) -> None:
+    """Raise a clear ArtgenError (with the largest size that fits) if width x height will not fit.
+
+    ``force`` raises even when the estimate says it fits (used after a real out-of-memory error).
+    """
+    avail = available_memory(device)
+    if avail is None:
+        if force:
+            raise ArtgenError(
+                f"{width}x{height} ran out of memory on {device.type}; try a smaller --size"
+            )
+        return
+    bpp = bytes_per_pixel(extractor, bpv)
+    need = bpp * width * height
+    if need <= 0.9 * avail and not force:
+        return
+    aspect = min(width, height) / max(width, height)
+    largest = int(math.sqrt(0.9 * avail / bpp / aspect)) // 16 * 16
+    if force:
+        largest = min(largest, int(max(width, height) * 0.7) // 16 * 16)
+    raise ArtgenError(
+        f"{width}x{height} needs about {need / 2**30:.1f} GiB on {device.type} but only "
+        f"{avail / 2**30:.1f} GiB is free; the largest size that fits is about {largest} px "
+        f"(--size {largest})"
+    )
+
+
+# ---------------------------------------------------------------- the engine
+
+
+def stylize(
+    content: str | os.PathLike | Image.Image | LoadedImage,
+    styles: Any,
+    options: StylizeOptions | None = None,
+    *,
+    extractor: FeatureExtractor | None = None,
+    device: str | torch.device | None = None,
+    callback: Callable[[StylizeProgress], None] | None = None,
+    **overrides: Any,
+) -> Image.Image:
+    """Stylise ``content`` with one or more ``styles``; returns a PIL image.
+
+    ``options`` (or keyword ``overrides`` of its fields) set the method. Pass a
+    prebuilt ``extractor`` to reuse loaded weights; otherwise the backbone named
+    in the options is loaded. ``callback`` receives a StylizeProgress after each
+    step and may raise artgen.Cancelled to stop. The output keeps the content's
+    alpha plane; ``image.info["backbone"]`` names the backbone used.
+    """
+    options = options or StylizeOptions()
+    if overrides:
+        options = StylizeOptions.from_dict({**options.to_dict(), **overrides})
+    dev = (
+        resolve_device(device)
+        if device is not None
+        else (extractor.mean.device if extractor is not None else resolve_device("auto"))
+    )
+    if extractor is None:
+        from artgen.weights import choose_backbone, load_backbone
+
+        extractor = load_backbone(choose_backbone(options.backbone), dev)
+    extractor = extractor.to(dev)
+    spec = extractor.spec
+    if options.backbone not in ("auto", spec.name):
+        raise ArtgenError(
+            f"options ask for backbone {options.backbone} but the extractor is {spec.name}"
+        )
+
+    layer_w = options.style_layer_weights or spec.style_layer_weights
+    if len(layer_w) != len(spec.style_layers):
+        raise ArtgenError(
+            f"style_layer_weights has {len(layer_w)} values; {spec.name} has "
+            f"{len(spec.style_layers)} style layers ({', '.join(spec.style_layers)})"
+        )
+    layer_w = [w / sum(layer_w) for w in layer_w]
+    content_weight = (
+        spec.content_weight if options.content_weight is None else options.content_weight
+    )
+    tv_weight = spec.tv_weight if options.tv_weight is None else options.tv_weight
+    style_layers = [n for n, w in zip(spec.style_layers, layer_w, strict=True) if w > 0]
+    layer_w = [w for w in layer_w if w > 0]
+    layers = list(dict.fromkeys([*spec.content_layers, *style_layers]))
+    extractor = extractor.truncate(layers)
+
+    content_img = content if isinstance(content, LoadedImage) else load_image(content)
+    style_items = [
+        (s if isinstance(s, LoadedImage) else load_image(s), float(w))
+        for s, w in parse_styles(styles)
+    ]
+    style_items = [(s, w) for s, w in style_items if w > 0]
+
+    use_bf16 = options.precision == "bf16" or (options.precision == "auto" and dev.type == "cuda")
+    if use_bf16 and dev.type == "cpu" and options.precision == "auto":
+        use_bf16 = False
+    amp = torch.autocast(dev.type, dtype=torch.bfloat16) if use_bf16 else _nullcontext()
+    memory_format = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
+    extractor = extractor.to(memory_format=memory_format)
+
+    def features(x: torch.Tensor, which: Sequence[str]) -> dict[str, torch.Tensor]:
+        with amp:
+            return extractor(x.contiguous(memory_format=memory_format), which)
+
+    sizes = scale_sizes(options)
+    cw, ch = content_img.size
+    final_w, final_h = _fit(cw, ch, options.size)
+    check_fits(extractor, final_w, final_h, dev, 2 if use_bf16 else 4)
+
+    gen = torch.Generator().manual_seed(options.seed)
+    torch.manual_seed(options.seed)
+    total_steps = options.iterations * len(sizes)
+    step = 0
+    t0 = time.perf_counter()
+    x_prev: torch.Tensor | None = None
+    result_rgb: torch.Tensor | None = None
+    content_full: torch.Tensor | None = None
+
+    for si, long_side in enumerate(sizes):
+        w, h = _fit(cw, ch, long_side)
+        content_rgb = to_tensor(content_img.rgb.resize((w, h), Image.Resampling.LANCZOS)).to(dev)
+        content_full = content_rgb
+        style_long = max(16, round(long_side * options.style_scale))
+        styles_t = [
+            (to_tensor(resize_long_side(s.rgb, style_long)).to(dev), wt) for s, wt in style_items
+        ]
+
+        if options.preserve_color == "luminance":
+            target_content = color.luminance(content_rgb)
+            styles_t = [
+                (color.match_luminance(color.luminance(s), target_content), wt)
+                for s, wt in styles_t
+            ]
+        elif options.preserve_color == "histogram":
+            target_content = content_rgb
+            styles_t = [(color.match_histogram(s, content_rgb), wt) for s, wt in styles_t]
+        else:
+            target_content = content_rgb
+
+        with torch.no_grad():
+            c_feats = {
+                k: v.detach().float()
+                for k, v in features(target_content, spec.content_layers).items()
+            }
+            per_style = [features(s, style_layers) for s, _ in styles_t]
+            style_grams = {
+                name: blend_grams([gram(f[name]) for f in per_style], [wt for _, wt in styles_t])
+                for name in style_layers
+            }
+            del per_style
+
+        if x_prev is None:
+            if options.init == "noise":
+                x0 = torch.rand(1, 3, h, w, generator=gen).to(dev)
+            else:
+                x0 = target_content.clone()
+        else:
+            x0 = F.interpolate(x_prev, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1)
+
+        x = x0.detach().clone().requires_grad_(True)
+        ema = x0.detach().clone()
+
+        def objective(x: torch.Tensor, c_feats=c_feats, style_grams=style_grams) -> torch.Tensor:
+            feats = features(x, layers)
+            loss = x.new_zeros((), dtype=torch.float32)
+            for name in spec.content_layers:
+                loss = loss + content_weight * content_loss(feats[name], c_feats[name])
+            for name, lw in zip(style_layers, layer_w, strict=True):
+                loss = loss + options.strength * lw * scaled_mse(
+                    gram(feats[name]), style_grams[name]
+                )
+            if tv_weight:
+                loss = loss + tv_weight * tv_loss(x.float())
+            return loss
+
+        def render(ema=ema, content_rgb=content_rgb) -> Image.Image:
+            out = ema
+            if options.preserve_color == "luminance":
+                out = color.combine_luminance(ema, content_rgb)
+            return to_pil(out)
+
+        if options.optimizer == "adam":
+            opt: torch.optim.Optimizer = torch.optim.Adam([x], lr=options.lr)
+        else:
+            opt = torch.optim.LBFGS([x], lr=1.0, max_iter=1, history_size=50)
+
+        last: dict[str, torch.Tensor] = {}
+
+        def closure(opt=opt, x=x, objective=objective, last=last) -> torch.Tensor:
+            opt.zero_grad(set_to_none=True)
+            loss = objective(x)
+            loss.backward()
+            last["loss"] = loss.detach()
+            return loss
+
+        for i in range(options.iterations):
+            try:
+                opt.step(closure)
+            except torch.OutOfMemoryError:
+                x.grad = None
+                _free(dev)
+                check_fits(extractor, final_w, final_h, dev, 2 if use_bf16 else 4, force=True)
+            with torch.no_grad():
+                x.clamp_(0, 1)
+                # Polyak averaging of the iterates, warmed up so early steps count less.
+                decay = min(0.99, (1 + i) / (10 + i))
+                ema.mul_(decay).add_(x.detach(), alpha=1 - decay)
+            step += 1
+            if callback is not None:
+                callback(
+                    StylizeProgress(
+                        step=step,
+                        total_steps=total_steps,
+                        scale=si + 1,
+                        num_scales=len(sizes),
+                        width=w,
+                        height=h,
+                        loss=float(last["loss"]),
+                        elapsed=time.perf_counter() - t0,
+                        render=render,
+                    )
+                )
+        x_prev = ema
+        result_rgb = ema
+
+    assert result_rgb is not None and content_full is not None
+    if options.preserve_color == "luminance":
+        result_rgb = color.combine_luminance(result_rgb, content_full)
+    out = to_pil(result_rgb)
+    if content_img.alpha is not None:
+        out.putalpha(content_img.alpha.resize(out.size, Image.Resampling.LANCZOS))
+    out.info["backbone"] = spec.name
+    return out
+
+
+def run_params(
+    content: LoadedImage,
+    styles: list[tuple[LoadedImage, float]],
+    options: StylizeOptions,
+    backbone: str,
+    device: Any = None,
+) -> dict[str, Any]:
+    """What a PNG records about the run that made it: enough to make it again."""
+    from artgen import __version__
+
+    def ident(im: LoadedImage) -> dict[str, Any]:
+        if os.path.isfile(im.name):
+            return {"file": os.path.basename(im.name), "sha256": sha256_file(im.name)}
+        return {"file": im.name, "sha256": hashlib.sha256(im.rgb.tobytes()).hexdigest()}
+
+    opts = options.to_dict()
+    opts["backbone"] = backbone
+    return {
+        "artgen": __version__,
+        "method": "gatys",
+        "content": ident(content),
+        "styles": [{**ident(s), "weight": w} for s, w in styles],
+        "options": opts,
+        "device": str(resolve_device(device) if device is not None else "cpu"),
+    }
+
+
+def reproduce_command(params: dict[str, Any]) -> str:
+    """The `artgen stylize` command line that remakes a picture from its stored parameters."""
+    parts = ["artgen", "stylize", _quote(params["content"]["file"])]
+    for s in params["styles"]:
+        parts += ["--style", _quote(f"{s['file']}:{s['weight']:g}")]
+    defaults = StylizeOptions().to_dict()
+    for k, v in params["options"].items():
+        if v != defaults.get(k) and v is not None:
+            v = ",".join(f"{x:g}" for x in v) if isinstance(v, list) else v
+            parts += [f"--{k.replace('_', '-')}", _quote(str(v))]
+    parts += ["--device", params.get("device", "cpu").split(":")[0], "-o", "OUT.png"]
+    return " ".join(parts)
+
+
+def _quote(s: str) -> str:
+    import shlex
+
+    return shlex.quote(s)
+
+
+def _fit(w: int, h: int, long_side: int) -> tuple[int, int]:
+    s = long_side / max(w, h)
+    return max(1, round(w * s)), max(1, round(h * s))
+
+
+def _free(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *a):
+        return False
+
+
+__all__ = [
+    "StylizeOptions",
+    "StylizeProgress",
+    "stylize",
+    "Cancelled",
+    "scale_sizes",
+    "parse_styles",
+]
