@@ -75,7 +75,11 @@ def stripes(size: int = 96, seed: int = 1) -> Image.Image:
 
 @pytest.fixture
 def images(tmp_path) -> dict[str, Path]:
-    paths = {"content": tmp_path / "content.png", "style": tmp_path / "style.png", "style2": tmp_path / "style2.png"}
+    paths = {
+        "content": tmp_path / "content.png",
+        "style": tmp_path / "style.png",
+        "style2": tmp_path / "style2.png",
+    }
     photo().save(paths["content"])
     stripes().save(paths["style"])
     stripes(seed=2).rotate(90).save(paths["style2"])

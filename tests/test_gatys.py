@@ -19,7 +19,9 @@ def style_distance(ext, image, style) -> float:
     with torch.no_grad():
         a = ext(to_tensor(image), layers)
         b = ext(to_tensor(style), layers)
-    return float(np.mean([((gram(a[n]) - gram(b[n])).norm() / gram(b[n]).norm()).item() for n in layers]))
+    return float(
+        np.mean([((gram(a[n]) - gram(b[n])).norm() / gram(b[n]).norm()).item() for n in layers])
+    )
 
 
 def content_distance(ext, image, content) -> float:
@@ -40,7 +42,9 @@ def structure(image, content) -> float:
 def test_stylisation_moves_style_statistics_and_keeps_content(lite0, images):
     content = load_image(images["content"]).rgb
     style = load_image(images["style"]).rgb.resize((64, 64))
-    out = artgen.stylize(images["content"], images["style"], extractor=lite0, size=64, min_size=32, iterations=60)
+    out = artgen.stylize(
+        images["content"], images["style"], extractor=lite0, size=64, min_size=32, iterations=60
+    )
     assert out.size == (64, 43)
     before = style_distance(lite0, content.resize(out.size), style)
     after = style_distance(lite0, out, style)
@@ -49,21 +53,31 @@ def test_stylisation_moves_style_statistics_and_keeps_content(lite0, images):
     # and the content-layer distance stays below that of the style image itself.
     assert structure(out, content) > 0.9
     assert structure(style, content) < 0.6
-    assert content_distance(lite0, out, content) < content_distance(lite0, style.resize(out.size), content)
+    assert content_distance(lite0, out, content) < content_distance(
+        lite0, style.resize(out.size), content
+    )
     assert out.info["backbone"] == "efficientnet-lite0"
 
 
 def test_strength_changes_the_balance(lite0, images):
     style = load_image(images["style"]).rgb.resize((64, 64))
     weak = artgen.stylize(images["content"], images["style"], extractor=lite0, strength=0.2, **FAST)
-    strong = artgen.stylize(images["content"], images["style"], extractor=lite0, strength=5.0, **FAST)
+    strong = artgen.stylize(
+        images["content"], images["style"], extractor=lite0, strength=5.0, **FAST
+    )
     assert style_distance(lite0, strong, style) < style_distance(lite0, weak, style)
 
 
 def test_same_seed_same_picture(lite0, images):
-    a = artgen.stylize(images["content"], images["style"], extractor=lite0, init="noise", seed=3, **FAST)
-    b = artgen.stylize(images["content"], images["style"], extractor=lite0, init="noise", seed=3, **FAST)
-    c = artgen.stylize(images["content"], images["style"], extractor=lite0, init="noise", seed=4, **FAST)
+    a = artgen.stylize(
+        images["content"], images["style"], extractor=lite0, init="noise", seed=3, **FAST
+    )
+    b = artgen.stylize(
+        images["content"], images["style"], extractor=lite0, init="noise", seed=3, **FAST
+    )
+    c = artgen.stylize(
+        images["content"], images["style"], extractor=lite0, init="noise", seed=4, **FAST
+    )
     assert np.array_equal(np.asarray(a), np.asarray(b))
     assert not np.array_equal(np.asarray(a), np.asarray(c))
 
@@ -73,7 +87,11 @@ def test_blend_of_two_styles_lies_between(lite0, images):
     s2 = load_image(images["style2"]).rgb.resize((64, 64))
     only1 = artgen.stylize(images["content"], images["style"], extractor=lite0, strength=4, **FAST)
     mixed = artgen.stylize(
-        images["content"], [(images["style"], 0.5), (images["style2"], 0.5)], extractor=lite0, strength=4, **FAST
+        images["content"],
+        [(images["style"], 0.5), (images["style2"], 0.5)],
+        extractor=lite0,
+        strength=4,
+        **FAST,
     )
     # The blend is further from style 1 and closer to style 2 than the style-1-only result.
     assert style_distance(lite0, mixed, s2) < style_distance(lite0, only1, s2)
@@ -89,10 +107,17 @@ def _chroma(im: Image.Image) -> np.ndarray:
 def test_preserve_color(lite0, images):
     content = load_image(images["content"]).rgb
     plain = artgen.stylize(images["content"], images["style"], extractor=lite0, **FAST)
-    lum = artgen.stylize(images["content"], images["style"], extractor=lite0, preserve_color="luminance", **FAST)
-    hist = artgen.stylize(images["content"], images["style"], extractor=lite0, preserve_color="histogram", **FAST)
+    lum = artgen.stylize(
+        images["content"], images["style"], extractor=lite0, preserve_color="luminance", **FAST
+    )
+    hist = artgen.stylize(
+        images["content"], images["style"], extractor=lite0, preserve_color="histogram", **FAST
+    )
     ref = _chroma(content.resize(plain.size, Image.Resampling.LANCZOS))
-    err = {k: np.abs(_chroma(v) - ref).mean() for k, v in {"plain": plain, "lum": lum, "hist": hist}.items()}
+    err = {
+        k: np.abs(_chroma(v) - ref).mean()
+        for k, v in {"plain": plain, "lum": lum, "hist": hist}.items()
+    }
     assert err["lum"] < 0.02 < err["plain"], err
     # Histogram matching keeps the content's palette: mean colour close to the content's.
     mean = lambda im: np.asarray(im, dtype=float).reshape(-1, 3).mean(0) / 255  # noqa: E731
@@ -169,7 +194,9 @@ def test_bad_options_name_the_value(kw, match):
 
 def test_wrong_number_of_layer_weights(lite0, images):
     with pytest.raises(ArtgenError, match="has 2 values; efficientnet-lite0 has 5 style layers"):
-        artgen.stylize(images["content"], images["style"], extractor=lite0, style_layer_weights=(1, 2), **FAST)
+        artgen.stylize(
+            images["content"], images["style"], extractor=lite0, style_layer_weights=(1, 2), **FAST
+        )
 
 
 def test_too_large_for_memory_says_what_fits(lite0, images, monkeypatch):

@@ -35,7 +35,9 @@ def test_blend_grams_weighted_mean():
 def test_histogram_matching_takes_content_mean_and_covariance():
     torch.manual_seed(0)
     style = torch.rand(1, 3, 32, 32) * torch.tensor([1.0, 0.2, 0.2]).view(1, 3, 1, 1)  # reddish
-    content = (torch.rand(1, 3, 32, 32) * 0.3 + torch.tensor([0.1, 0.3, 0.6]).view(1, 3, 1, 1)).clamp(0, 1)
+    content = (
+        torch.rand(1, 3, 32, 32) * 0.3 + torch.tensor([0.1, 0.3, 0.6]).view(1, 3, 1, 1)
+    ).clamp(0, 1)
     out = match_histogram(style, content)
     assert torch.allclose(out.mean(dim=(2, 3)), content.mean(dim=(2, 3)), atol=0.02)
     cov = lambda x: torch.cov(x.reshape(3, -1))  # noqa: E731

@@ -29,7 +29,9 @@ def _classify(path) -> list[int]:
     w, h = im.size
     left, top = (w - 224) // 2, (h - 224) // 2
     x = to_tensor(im.crop((left, top, left + 224, top + 224)))
-    x = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    x = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(
+        1, 3, 1, 1
+    )
     with torch.no_grad():
         return net(x).topk(3).indices[0].tolist()
 
