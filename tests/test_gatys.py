@@ -210,3 +210,16 @@ def test_too_large_for_memory_says_what_fits(lite0, images, monkeypatch):
     # And that size does fit by the same estimate.
     used = lite0.truncate([*lite0.spec.content_layers, *lite0.spec.style_layers])
     gatys.check_fits(used, largest, round(largest * 2731 / 4096), torch.device("cpu"), 4)
+
+
+@pytest.mark.slow
+def test_real_size_stylisation_of_the_bundled_example(lite0):
+    """256 px, default settings, bundled cat and style (about 15 s on 2 cores)."""
+    from .conftest import REPO
+
+    content = load_image(REPO / "styles/examples/chelsea.jpg").rgb
+    style = load_image(REPO / "styles/swirls.jpg").rgb
+    out = artgen.stylize(content, style, extractor=lite0, size=256)
+    s = style.resize((256, 256))
+    assert style_distance(lite0, out, s) < 0.5 * style_distance(lite0, content.resize(out.size), s)
+    assert structure(out, content) > 0.8

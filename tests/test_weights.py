@@ -109,3 +109,16 @@ def test_fetch_checks_the_hash_and_writes_atomically(tmp_path, vgg_file):
     assert list((tmp_path / "a").iterdir()) == []  # nothing half-written left behind
     with pytest.raises(ArtgenError, match="could not download"):
         fetch_vgg19(tmp_path / "b", url=(tmp_path / "nowhere.pth").as_uri())
+
+
+def test_batchnorm_folding_keeps_the_features():
+    from artgen.models.backbones import efficientnet_lite0
+
+    sd = read_state_dict(efficientnet_lite0_path(), "")
+    folded, plain = efficientnet_lite0(sd), efficientnet_lite0(sd, fold_bn=False)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.rand(1, 3, 96, 96)
+    with torch.no_grad():
+        a, b = folded(x, folded.stage_names), plain(x, plain.stage_names)
+    for k in folded.stage_names:
+        assert torch.allclose(a[k], b[k], atol=1e-3, rtol=1e-3), k
