@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: install
 	$(VENV)/bin/artgen stylize styles/examples/chelsea.jpg --style swirls --size 384 -o out/demo.png --overwrite
+	@echo "Your stylised picture: $(CURDIR)/out/demo.png  (see how it was made: $(VENV)/bin/artgen info out/demo.png)"
 
 test: install
 	$(PY) -m pytest -q

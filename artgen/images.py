@@ -164,6 +164,9 @@ def save_png(
         info.add_text(PARAMS_KEY, json.dumps(params, sort_keys=True))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as f:
             image.save(f, format="PNG", pnginfo=info)
             f.flush()

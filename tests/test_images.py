@@ -104,3 +104,12 @@ def test_save_is_atomic_never_clobbers_and_keeps_params(tmp_path):
 def test_tensor_round_trip():
     im = photo()
     assert np.array_equal(np.asarray(to_pil(to_tensor(im))), np.asarray(im))
+
+
+def test_saved_files_get_normal_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        save_png(photo(), tmp_path / "p.png")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "p.png").stat().st_mode & 0o777 == 0o644
