@@ -135,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     wf = wsub.add_parser("fetch", help="download weights (needs the internet)")
     wf.add_argument("name", choices=["vgg19"])
 
+    ap = sub.add_parser(
+        "app", help="serve the artgen studio (a Gradio page) in your browser", add_help=False
+    )
+    ap.add_argument("app_args", nargs=argparse.REMAINDER, help="see `artgen app --help`")
+
     st = sub.add_parser(
         "styles", help="list the style catalogue or download public-domain paintings"
     )
@@ -146,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["app"]:  # the app parses its own flags (from its AppConfig)
+        try:
+            return _cmd_app(argparse.Namespace(app_args=argv[1:]))
+        except ArtgenError as e:
+            print(f"artgen: error: {e}", file=sys.stderr)
+            return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -162,6 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_weights(args)
         if args.command == "styles":
             return _cmd_styles(args)
+        if args.command == "app":
+            return _cmd_app(args)
     except ArtgenError as e:
         print(f"artgen: error: {e}", file=sys.stderr)
         return 2
@@ -365,6 +379,30 @@ def _download_bar():
             bar.close()
 
     return cb
+
+
+def _cmd_app(args: argparse.Namespace) -> int:
+    """Run apps/app.py (it lives beside the package: the library never imports gradio)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "apps" / "app.py"
+    if not path.is_file():
+        raise ArtgenError(
+            f"{path}: the studio app is not there (artgen app needs a source checkout)"
+        )
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise ArtgenError(
+            "the studio needs gradio: pip install -e '.[app]' (make install does this)"
+        ) from None
+    spec = importlib.util.spec_from_file_location("artgen_studio_app", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up here
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    return module.main(args.app_args)
 
 
 def _cmd_styles(args: argparse.Namespace) -> int:

@@ -1,0 +1,392 @@
+"""artgen studio: a Gradio page for combining a content picture with styles.
+
+    artgen app [--port 7860] [--share]        or        python apps/app.py
+
+Built on artgen's public Python API only (the library itself never imports
+gradio). Listens on 127.0.0.1 unless told otherwise; nothing is served beyond
+Gradio's own cache (uploads, results) and the bundled styles; no user text is
+ever evaluated or used as a path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import queue
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+
+import artgen  # noqa: E402
+from artgen import ArtgenError, Cancelled, StylizeOptions, catalog  # noqa: E402
+from artgen.images import load_image, save_png  # noqa: E402
+from artgen.style.gatys import resolve_device, run_params  # noqa: E402
+from artgen.weights import choose_backbone, load_backbone  # noqa: E402
+
+UPLOAD_SLOTS = 2
+PREVIEW_EVERY = 10  # steps between streamed previews
+# Quality presets map onto the engine's iterations and scale schedule.
+PRESETS = {
+    "Fast preview": dict(iterations=60, min_size=128),
+    "Final": dict(iterations=200, min_size=128),
+}
+DEFAULTS = StylizeOptions()
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """How the studio is served. CLI flags of `artgen app` come from these fields."""
+
+    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
+    port: int | None = field(
+        default=None, metadata={"help": "port (default: 7860 or the next free one)"}
+    )
+    share: bool = field(default=False, metadata={"help": "also open a public gradio.live link"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps"})
+    concurrency: int = field(default=1, metadata={"help": "jobs running at once on the device"})
+    max_queue: int = field(
+        default=8, metadata={"help": "jobs that may wait; more get a 'queue is full' message"}
+    )
+    max_file_size: str = field(default="20mb", metadata={"help": "largest upload"})
+    max_pixels: int = field(default=24_000_000, metadata={"help": "largest upload in pixels"})
+    max_size: int = field(default=1024, metadata={"help": "largest output size offered"})
+
+
+def guard_upload(component: gr.Image) -> gr.Image:
+    """Make a bad upload fail with a clear one-line message instead of Gradio's generic error.
+
+    Gradio opens uploads with Pillow before the handler runs; a text file renamed .png
+    or a decompression bomb fails there. gr.Error raised here reaches the user as is.
+    """
+    from PIL import Image
+
+    original = component.preprocess
+
+    def preprocess(payload):
+        try:
+            return original(payload)
+        except gr.Error:
+            raise
+        except Image.DecompressionBombError:
+            why = "has too many pixels to open safely"
+        except Image.UnidentifiedImageError:
+            why = "is not an image Pillow can read (PNG, JPEG, WebP, BMP, TIFF, GIF)"
+        except Exception as e:  # noqa: BLE001 - any failure to read the upload
+            why = f"could not be read ({type(e).__name__})"
+        name = Path(getattr(payload, "orig_name", None) or "the upload").name
+        raise gr.Error(f"{component.label}: {name} {why}.")
+
+    component.preprocess = preprocess
+    return component
+
+
+class Studio:
+    """The app's state shared by all sessions: loaded backbones and the results folder."""
+
+    def __init__(self, config: AppConfig):
+        self.config = config
+        self.device = resolve_device(config.device)
+        self._extractors: dict[str, object] = {}
+        self._load_lock = threading.Lock()
+        self.out_dir = Path(tempfile.mkdtemp(prefix="artgen-studio-"))
+        entries = catalog.load_manifest()
+        self.styles = [e for e in entries if e.kind == "bundled" and e.available]
+        self.examples = {e.name: e for e in entries if e.kind == "example" and e.available}
+
+    def extractor(self, backbone: str):
+        with self._load_lock:
+            if backbone not in self._extractors:
+                choice = choose_backbone(backbone)
+                self._extractors[backbone] = load_backbone(choice, self.device)
+            return self._extractors[backbone]
+
+    def load_upload(self, path: str | None, what: str):
+        if not path:
+            return None
+        try:
+            return load_image(path, max_pixels=self.config.max_pixels)
+        except ArtgenError as e:
+            # The message names Gradio's cache path; show the user's view of it.
+            raise gr.Error(f"{what}: {str(e).replace(str(path), Path(path).name)}") from None
+
+    def stylize(self, content, *rest, progress=gr.Progress()):  # noqa: B008 - Gradio's idiom
+        """Generator: streams (image, status, download, gallery, history) updates."""
+        n = len(self.styles)
+        bundled_w = rest[:n]
+        uploads = rest[n : n + 2 * UPLOAD_SLOTS]
+        strength, preserve, size, quality, backbone, seed, history = rest[n + 2 * UPLOAD_SLOTS :]
+        history = list(history or [])
+
+        content_img = self.load_upload(content, "content")
+        if content_img is None:
+            raise gr.Error("Add a content picture first (upload, webcam or paste).")
+        styles = [
+            (load_image(e.path), float(w))
+            for e, w in zip(self.styles, bundled_w, strict=True)
+            if w > 0
+        ]
+        for k in range(UPLOAD_SLOTS):
+            path, w = uploads[2 * k], uploads[2 * k + 1]
+            img = self.load_upload(path, f"style upload {k + 1}")
+            if img is not None and w > 0:
+                styles.append((img, float(w)))
+        if not styles:
+            raise gr.Error("Pick at least one style: click one in the gallery, or upload your own.")
+        if quality not in PRESETS:
+            raise gr.Error(f"Unknown quality {quality!r}.")
+        try:
+            options = StylizeOptions(
+                size=int(size), strength=float(strength), preserve_color=str(preserve),
+                backbone=str(backbone), seed=int(seed), **PRESETS[quality],
+            )  # fmt: skip
+            extractor = self.extractor(options.backbone)
+        except ArtgenError as e:
+            raise gr.Error(str(e)) from None
+
+        updates: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        outcome: dict = {}
+
+        def on_step(p: artgen.StylizeProgress) -> None:
+            if stop.is_set():
+                raise Cancelled
+            if p.step % PREVIEW_EVERY == 0 or p.step == p.total_steps:
+                updates.put((p.step, p.total_steps, p.scale, p.num_scales, p.elapsed, p.image()))
+
+        def work() -> None:
+            try:
+                outcome["image"] = artgen.stylize(
+                    content_img,
+                    styles,
+                    options,
+                    extractor=extractor,
+                    device=self.device,
+                    callback=on_step,
+                )
+            except Cancelled:
+                outcome["cancelled"] = True
+            except ArtgenError as e:
+                outcome["error"] = str(e)
+            except Exception as e:  # noqa: BLE001 - reported to the user, the server goes on
+                outcome["error"] = f"{type(e).__name__}: {e}"
+            finally:
+                updates.put(None)
+
+        worker = threading.Thread(target=work, name="artgen-stylize", daemon=True)
+        worker.start()
+        progress(0, desc="starting")
+        try:
+            while True:
+                item = updates.get()
+                if item is None:
+                    break
+                step, total, scale, scales, elapsed, preview = item
+                eta = elapsed / step * (total - step)
+                progress(step / total, desc=f"scale {scale}/{scales}")
+                status = f"Step {step}/{total} (scale {scale}/{scales}), about {eta:.0f} s left"
+                yield preview, status, gr.skip(), gr.skip(), gr.skip()
+        finally:
+            # Reached on completion and when Stop cancels this generator: the engine's
+            # callback sees the flag at its next step and returns, freeing the device.
+            stop.set()
+            worker.join(timeout=30)
+            if self.device.type == "cuda":
+                import torch
+
+                torch.cuda.empty_cache()
+        if "error" in outcome:
+            raise gr.Error(outcome["error"])
+        if "image" not in outcome:
+            raise gr.Error("Stopped.")
+        image = outcome["image"]
+        params = run_params(content_img, styles, options, image.info["backbone"], self.device)
+        path = (
+            self.out_dir
+            / f"artgen-{time.strftime('%Y%m%d-%H%M%S')}-{options.seed}-{len(history)}.png"
+        )
+        save_png(image, path, params=params)
+        history = [str(path), *history][:24]
+        status = f"Done: {image.width}x{image.height} with {image.info['backbone']}. The PNG remembers its settings."
+        yield str(path), status, gr.update(value=str(path), visible=True), history, history
+
+
+def build(studio: Studio) -> gr.Blocks:
+    cfg = studio.config
+    style_names = [e.name for e in studio.styles]
+    with gr.Blocks(title="artgen studio") as demo:
+        gr.Markdown(
+            "# artgen studio\n"
+            "1. Add a **content** picture. 2. Click one or more **styles** (or upload your own). "
+            "3. Press **Stylize**. Results stream in as they form; **Stop** cancels."
+        )
+        history = gr.State([])
+        with gr.Row():
+            with gr.Column(scale=1):
+                content = guard_upload(gr.Image(
+                    label="Content", type="filepath", sources=["upload", "webcam", "clipboard"],
+                    elem_id="content", height=300, image_mode=None,
+                ))  # fmt: skip
+                gallery = gr.Gallery(
+                    value=[(str(e.path), e.name) for e in studio.styles], label="Styles: click to add or remove",
+                    columns=4, height=180, allow_preview=False, elem_id="style-gallery",
+                )  # fmt: skip
+                with gr.Group():
+                    weights = [
+                        gr.Slider(
+                            0, 1, value=0, step=0.05, label=f"{name} weight", elem_id=f"w-{name}"
+                        )
+                        for name in style_names
+                    ]
+                with gr.Accordion("Your own styles", open=False):
+                    uploads = []
+                    for k in range(UPLOAD_SLOTS):
+                        with gr.Row():
+                            up = guard_upload(gr.Image(
+                                label=f"Style {k + 1}", type="filepath", sources=["upload", "clipboard"],
+                                height=140, elem_id=f"style-upload-{k + 1}", image_mode=None,
+                            ))  # fmt: skip
+                            w = gr.Slider(0, 1, value=1, step=0.05, label="weight")
+                        uploads += [up, w]
+                with gr.Row():
+                    strength = gr.Slider(
+                        0.1, 5, value=DEFAULTS.strength, step=0.1, label="Strength"
+                    )
+                    size = gr.Slider(
+                        128, cfg.max_size, value=384, step=32, label="Output size (long side, px)"
+                    )
+                with gr.Row():
+                    quality = gr.Radio(list(PRESETS), value="Fast preview", label="Quality")
+                    preserve = gr.Radio(
+                        [("Use the style's colours", "none"), ("Keep my colours (luminance)", "luminance"),
+                         ("Recolour the style (histogram)", "histogram")],
+                        value=DEFAULTS.preserve_color, label="Colours",
+                    )  # fmt: skip
+                with gr.Accordion("Advanced", open=False), gr.Row():
+                    backbone = gr.Dropdown(
+                        ["auto", "efficientnet-lite0", "vgg19"],
+                        value=DEFAULTS.backbone,
+                        label="Backbone",
+                    )
+                    seed = gr.Number(value=DEFAULTS.seed, precision=0, label="Seed")
+                with gr.Row():
+                    go = gr.Button("Stylize", variant="primary", elem_id="stylize")
+                    stop = gr.Button("Stop", variant="stop", elem_id="stop")
+            with gr.Column(scale=1):
+                result = gr.Image(label="Result", type="filepath", format="png", interactive=False,
+                                  elem_id="result", height=420, buttons=["download", "fullscreen"])  # fmt: skip
+                status = gr.Markdown("", elem_id="status")
+                with gr.Row():
+                    download = gr.DownloadButton("Download PNG", visible=False, elem_id="download")
+                    reuse = gr.Button("Use as content", elem_id="reuse")
+                session = gr.Gallery(
+                    label="This session",
+                    columns=4,
+                    height=200,
+                    format="png",
+                    elem_id="session",
+                    object_fit="contain",
+                    fit_columns=False,  # one result stays a thumbnail, not a full-width crop
+                    interactive=False,
+                )
+
+        inputs = [
+            content,
+            *weights,
+            *uploads,
+            strength,
+            preserve,
+            size,
+            quality,
+            backbone,
+            seed,
+            history,
+        ]
+        run = go.click(
+            studio.stylize, inputs, [result, status, download, session, history], api_name="stylize",
+            concurrency_limit=cfg.concurrency, concurrency_id="device",
+        )  # fmt: skip
+        stop.click(None, None, None, cancels=[run], api_name="stop")
+
+        def toggle(current: dict, evt: gr.SelectData):
+            """Clicking a style turns its weight on (1) or off (0)."""
+            vals = [current[w] for w in weights]
+            vals[evt.index] = 0 if vals[evt.index] > 0 else 1
+            return vals
+
+        # A set of inputs reaches the function as one {component: value} dict.
+        gallery.select(toggle, set(weights), weights, api_name="toggle_style", queue=False)
+
+        def use_as_content(path):
+            if not path:
+                raise gr.Error("No result yet.")
+            return path
+
+        reuse.click(use_as_content, result, content, api_name="use_as_content", queue=False)
+
+        if "chelsea" in studio.examples and "coffee" in studio.examples:
+            w = {n: 0 for n in style_names}
+            rows = []
+            for ex, style in (("chelsea", "swirls"), ("coffee", "waves"), ("chelsea", "mosaic")):
+                if style in w:
+                    rows.append([str(studio.examples[ex].path), *[1 if n == style else 0 for n in style_names],
+                                 256, "Fast preview"])  # fmt: skip
+            gr.Examples(
+                rows,
+                [content, *weights, size, quality],
+                label="Examples (about 10 s on a laptop CPU)",
+            )
+    demo.queue(max_size=cfg.max_queue, default_concurrency_limit=cfg.concurrency)
+    return demo
+
+
+def launch(config: AppConfig, *, prevent_thread_lock: bool = False):
+    studio = Studio(config)
+    demo = build(studio)
+    demo.launch(
+        server_name=config.host, server_port=config.port, share=config.share,
+        max_file_size=config.max_file_size, prevent_thread_lock=prevent_thread_lock,
+        show_error=False, theme=gr.themes.Soft(),
+    )  # fmt: skip
+    return demo, studio
+
+
+def parse_args(argv: Sequence[str] | None) -> AppConfig:
+    ap = argparse.ArgumentParser(
+        prog="artgen app", description="Serve the artgen studio in your browser."
+    )
+    for f in dataclasses.fields(AppConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kw = {
+            "dest": f.name,
+            "help": f"{f.metadata['help']} (default: {f.default})",
+            "default": f.default,
+        }
+        if f.type == "bool":
+            ap.add_argument(flag, action="store_true", **{**kw, "default": False})
+        else:
+            kw["type"] = int if "int" in str(f.type) else str
+            ap.add_argument(flag, **kw)
+    return AppConfig(**vars(ap.parse_args(argv)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = parse_args(argv)
+    try:
+        launch(config)
+    except ArtgenError as e:
+        print(f"artgen app: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

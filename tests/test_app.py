@@ -1,0 +1,206 @@
+"""The studio app, launched on 127.0.0.1 and driven through gradio_client (and a real browser)."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import socket
+import struct
+import sys
+import threading
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from artgen.images import read_params
+
+from .conftest import REPO, photo
+
+
+def load_app():
+    if "artgen_studio_app" in sys.modules:
+        return sys.modules["artgen_studio_app"]
+    spec = importlib.util.spec_from_file_location("artgen_studio_app", REPO / "apps" / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    app = load_app()
+    cfg = app.AppConfig(port=free_port(), max_queue=3, concurrency=1, device="cpu")
+    demo, studio = app.launch(cfg, prevent_thread_lock=True)
+    yield f"http://127.0.0.1:{cfg.port}/", studio
+    demo.close()
+
+
+def args(content, style_weights=(1, 0, 0, 0), size=128, quality="Fast preview", seed=0):
+    return [handle_file(str(content)), *style_weights, None, 1, None, 1, 1.0, "none", size, quality,
+            "efficientnet-lite0", seed]  # fmt: skip
+
+
+def png_header(w: int, h: int) -> bytes:
+    """A PNG that claims w x h pixels (only the header: opening it decodes nothing)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_stylize_end_to_end(server, tmp_path):
+    url, _ = server
+    client = Client(url, verbose=False)
+    path, status, download, session = client.predict(
+        *args(REPO / "styles/examples/chelsea.jpg"), api_name="/stylize"
+    )
+    im = Image.open(path)
+    assert im.format == "PNG" and im.size == (128, 85)
+    p = read_params(path)  # the served PNG keeps its parameters
+    assert p["options"]["size"] == 128 and p["styles"][0]["file"] == "swirls.jpg"
+    assert "Done: 128x85" in status and len(session) == 1
+
+
+def test_bad_uploads_get_clear_errors_and_server_keeps_serving(server, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    url, _ = server
+    client = Client(url, verbose=False)
+    (tmp_path / "notes.png").write_text("this is a text file, renamed")
+    (tmp_path / "bomb.png").write_bytes(png_header(30_000, 30_000))
+    (tmp_path / "big.png").write_bytes(png_header(6000, 5000))
+    buf = io.BytesIO()
+    photo(300, 200).save(buf, format="JPEG")
+    (tmp_path / "cut.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    expected = {
+        "notes.png": "Content: notes.png is not an image",
+        "bomb.png": "Content: bomb.png has too many pixels",
+        "big.png": "content: big.png: refused, 6000x5000 is 30,000,000 pixels (limit 24,000,000)",
+        "cut.jpg": "content: cut.jpg: corrupt or truncated image",
+    }
+    for name, message in expected.items():
+        with pytest.raises(AppError) as e:
+            client.predict(*args(tmp_path / name), api_name="/stylize")
+        assert message in str(e.value), (name, str(e.value))
+    with pytest.raises(AppError, match="Pick at least one style"):
+        client.predict(
+            *args(REPO / "styles/examples/chelsea.jpg", style_weights=(0, 0, 0, 0)),
+            api_name="/stylize",
+        )
+    # Still serving.
+    path = client.predict(*args(REPO / "styles/examples/coffee.jpg"), api_name="/stylize")[0]
+    assert Image.open(path).size == (128, 85)
+
+
+def test_stop_cancels_and_frees_the_worker(server):
+    url, _ = server
+    client = Client(url, verbose=False)
+    job = client.submit(
+        *args(REPO / "styles/examples/chelsea.jpg", size=384, quality="Final"), api_name="/stylize"
+    )
+    deadline = time.time() + 60
+    while not job.outputs() and time.time() < deadline:  # wait for the first streamed preview
+        time.sleep(0.2)
+    assert job.outputs(), "no intermediate image was streamed"
+    assert any(t.name == "artgen-stylize" for t in threading.enumerate())
+    job.cancel()
+    deadline = time.time() + 30
+    while any(t.name == "artgen-stylize" for t in threading.enumerate()) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(t.name == "artgen-stylize" for t in threading.enumerate()), (
+        "the job kept running"
+    )
+
+
+def test_ten_concurrent_clients(server):
+    """Each of 10 simultaneous clients gets a result or a clear 'queue is full'; none is lost."""
+    url, _ = server
+
+    def one(k: int):
+        client = Client(url, verbose=False)
+        try:
+            path = client.predict(
+                *args(REPO / "styles/examples/chelsea.jpg", seed=k), api_name="/stylize"
+            )[0]
+            return ("ok", Image.open(path).size)
+        except Exception as e:  # noqa: BLE001 - classified below
+            return ("error", f"{type(e).__name__}: {e}")
+
+    with ThreadPoolExecutor(10) as pool:
+        outcomes = list(pool.map(one, range(10), timeout=240))
+    assert len(outcomes) == 10
+    ok = [o for o in outcomes if o[0] == "ok"]
+    full = [o for o in outcomes if o[0] == "error" and "queue is full" in o[1].lower()]
+    assert len(ok) + len(full) == 10, outcomes  # nothing else happened to anyone
+    assert all(size == (128, 85) for _, size in ok)
+    assert len(ok) >= 3 and len(full) >= 1, outcomes  # queue of 3 + 1 running; the rest turned away
+    # And the server answers normally afterwards.
+    client = Client(url, verbose=False)
+    assert Image.open(
+        client.predict(*args(REPO / "styles/examples/coffee.jpg"), api_name="/stylize")[0]
+    ).size == (
+        128,
+        85,
+    )
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def test_real_browser_session(server, tmp_path):
+    """Headless Chromium: upload a photo, pick a style, press Stylize, get a picture."""
+    import os
+
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing: `make browser` installs Debian's chromium")
+        pytest.skip(f"{CHROMIUM} not installed (make browser)")
+    from playwright.sync_api import expect, sync_playwright
+
+    url, _ = server
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=flags)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+            page.locator("#content input[type=file]").set_input_files(
+                str(REPO / "styles/examples/chelsea.jpg")
+            )
+            expect(page.locator("#content img").first).to_be_visible(timeout=20_000)
+            page.locator("#style-gallery img").first.click()  # "swirls"
+            expect(page.locator("#w-swirls input[type=number]")).to_have_value("1", timeout=10_000)
+            page.locator("#stylize").click()
+            expect(page.locator("#status")).to_contain_text("Done", timeout=180_000)
+            expect(page.locator("#result img").first).to_be_visible()
+            expect(page.locator("#download")).to_be_visible()
+            page.evaluate("window.scrollTo(0, 0)")
+            page.wait_for_timeout(1500)  # let the galleries finish laying out
+            shot = tmp_path / "studio.png"
+            page.screenshot(path=str(shot), full_page=True)
+            if os.environ.get("ARTGEN_SCREENSHOT"):  # how docs/images/studio.png is made
+                page.screenshot(
+                    path=os.environ["ARTGEN_SCREENSHOT"],
+                    clip={"x": 0, "y": 0, "width": 1400, "height": 900},
+                )
+            src = page.locator("#result img").first.get_attribute("src")
+            assert src and ".png" in src
+        finally:
+            browser.close()
+    assert Image.open(shot).size[0] == 1400
