@@ -367,7 +367,8 @@ def parse_args(argv: Sequence[str] | None) -> AppConfig:
         flag = "--" + f.name.replace("_", "-")
         kw = {
             "dest": f.name,
-            "help": f"{f.metadata['help']} (default: {f.default})",
+            "help": f.metadata["help"]
+            + ("" if f.default in (None, False) else f" (default: {f.default})"),
             "default": f.default,
         }
         if f.type == "bool":
