@@ -10,9 +10,11 @@ unless the caller asks for it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,6 +142,19 @@ def to_pil(x: torch.Tensor) -> Image.Image:
         x = x[0]
     a = x.detach().float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(a, "RGB")
+
+
+def grid(images: Sequence[Image.Image], cols: int | None = None, pad: int = 2) -> Image.Image:
+    """Tile images (all the same size) into one picture, ``cols`` wide (default: square-ish)."""
+    if not images:
+        raise ValueError("no images to tile")
+    cols = cols or math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    w, h = images[0].size
+    sheet = Image.new("RGB", (cols * w + (cols - 1) * pad, rows * h + (rows - 1) * pad), "white")
+    for i, im in enumerate(images):
+        sheet.paste(im.convert("RGB"), ((i % cols) * (w + pad), (i // cols) * (h + pad)))
+    return sheet
 
 
 def save_png(

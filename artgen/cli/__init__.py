@@ -26,6 +26,17 @@ examples:
   artgen weights fetch vgg19
 """
 
+FINETUNE_EXAMPLES = """\
+examples:
+  artgen finetune diffusion --base google/ddpm-cifar10-32 --images my_art/ --out runs/cifar-art
+  artgen finetune diffusion --base runwayml/stable-diffusion-v1-5 --images my_art/ \\
+      --out runs/sd-art --prompt "a painting in sks style" --class-prompt "a painting"
+  artgen finetune diffusion --base ./my-base --images faces/ --labels faces.csv --balance hair \\
+      --out runs/fair
+  artgen finetune diffusion --out runs/cifar-art --resume            # continue after Ctrl-C
+  artgen sample runs/cifar-art -n 16 -o grid.png
+"""
+
 
 def _add_dataclass_flags(
     parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()
@@ -35,7 +46,7 @@ def _add_dataclass_flags(
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flag = ("-" if len(f.name) == 1 else "--") + f.name.replace("_", "-")
         help_ = f.metadata.get("help", "")
         if f.default is not None:
             help_ += f" (default: {f.default})"
@@ -140,6 +151,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("app_args", nargs=argparse.REMAINDER, help="see `artgen app --help`")
 
+    from artgen.finetune.diffusion import DiffusionFinetuneOptions, SampleOptions
+
+    fp = sub.add_parser("finetune", help="adapt a pretrained generator to your images")
+    fsub = fp.add_subparsers(dest="family", metavar="FAMILY", required=True)
+    fd = fsub.add_parser(
+        "diffusion",
+        help="fine-tune a diffusers pipeline (full or LoRA)",
+        epilog=FINETUNE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    fd.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_dataclass_flags(fd, DiffusionFinetuneOptions)
+
+    smp = sub.add_parser("sample", help="new images from a fine-tuned run, as one grid")
+    smp.add_argument("run", help="run folder written by artgen finetune")
+    smp.add_argument("-o", "--output", required=True, help="output PNG (a grid)")
+    smp.add_argument("--each", metavar="DIR", help="also write every image to DIR")
+    smp.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    smp.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    _add_dataclass_flags(smp, SampleOptions)
+
+    from artgen.evaluate import EvalOptions
+
+    ev = sub.add_parser(
+        "eval", help="FID/KID, diversity and attribute proportions of a fine-tuned run"
+    )
+    ev.add_argument("run", help="run folder written by artgen finetune")
+    ev.add_argument("--json", action="store_true", help="print only the JSON")
+    _add_dataclass_flags(ev, EvalOptions)
+
     st = sub.add_parser(
         "styles", help="list the style catalogue or download public-domain paintings"
     )
@@ -176,6 +217,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_styles(args)
         if args.command == "app":
             return _cmd_app(args)
+        if args.command == "finetune":
+            return _cmd_finetune(args)
+        if args.command == "sample":
+            return _cmd_sample(args)
+        if args.command == "eval":
+            return _cmd_eval(args)
     except ArtgenError as e:
         print(f"artgen: error: {e}", file=sys.stderr)
         return 2
@@ -403,6 +450,123 @@ def _cmd_app(args: argparse.Namespace) -> int:
     assert spec.loader is not None
     spec.loader.exec_module(module)
     return module.main(args.app_args)
+
+
+def _quiet_libraries() -> None:
+    """diffusers/transformers chatter (hub retries, loading bars) is not for artists."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        import huggingface_hub
+
+        huggingface_hub.utils.logging.set_verbosity_error()
+    except AttributeError:
+        pass
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from artgen.errors import Cancelled
+    from artgen.finetune.diffusion import (
+        DiffusionFinetuneOptions,
+        finetune_diffusion,
+        options_for_resume,
+    )
+
+    _quiet_libraries()
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(DiffusionFinetuneOptions)
+             if hasattr(args, f.name)}  # fmt: skip
+    if given.get("resume"):
+        if not given.get("out"):
+            raise ArtgenError("--resume: give the run folder with --out")
+        options = options_for_resume(given.pop("out"), **given)
+    else:
+        options = DiffusionFinetuneOptions(**given)
+    state: dict = {}
+
+    def on_step(p) -> None:
+        bar = state.get("bar")
+        if bar is None:
+            bar = state["bar"] = tqdm(total=p.total_steps, initial=p.step - 1, desc="finetune",
+                                      unit="step", disable=args.quiet, dynamic_ncols=True)  # fmt: skip
+        state["step"] = p.step
+        bar.set_postfix_str(f"loss {p.loss:.4f} lr {p.lr:.2e}", False)
+        bar.update(1)
+        for what, path in (("samples", p.samples), ("checkpoint", p.checkpoint)):
+            if path is not None and not args.quiet:
+                bar.write(f"step {p.step}: {what} {path}")
+
+    try:
+        run = finetune_diffusion(options, callback=on_step)
+    except (KeyboardInterrupt, Cancelled):
+        if state.get("bar"):
+            state["bar"].close()
+        step = state.get("step", 0)
+        print(f"artgen: interrupted at step {step}; checkpoint saved. Continue with:\n"
+              f"  artgen finetune diffusion --out {options.out} --resume", file=sys.stderr)  # fmt: skip
+        return 130
+    finally:
+        if state.get("bar"):
+            state["bar"].close()
+    print(f"done: {run} (model card {run / 'README.md'}, samples {run / 'samples'})")
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from artgen import __version__
+    from artgen.finetune.diffusion import SampleOptions, sample_run
+    from artgen.images import grid, save_png
+
+    _quiet_libraries()
+    out = args.output
+    if not out.lower().endswith(".png"):
+        raise ArtgenError(f"{out}: output must be a .png file")
+    if os.path.exists(out) and not args.overwrite:
+        raise ArtgenError(f"{out}: already exists (pass --overwrite to replace it)")
+    options = _options(args, SampleOptions)
+    images = sample_run(args.run, options, device=args.device)
+    params = {"artgen": __version__, "method": "sample", "run": str(Path(args.run).resolve()),
+              "options": dataclasses.asdict(options)}  # fmt: skip
+    path = save_png(grid(images), out, params=params, overwrite=args.overwrite)
+    if args.each:
+        for i, im in enumerate(images):
+            save_png(im, Path(args.each) / f"sample-{options.seed + i:05d}.png",
+                     params={**params, "index": i}, overwrite=args.overwrite)  # fmt: skip
+    print(f"wrote {path} ({len(images)} images)")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from artgen.evaluate import EvalOptions, evaluate
+
+    _quiet_libraries()
+    r = evaluate(args.run, _options(args, EvalOptions))
+    if args.json:
+        print(json.dumps(r, indent=2, sort_keys=True))
+        return 0
+    print(f"{args.run}: {r['samples']['source']} images against {r['reference']['count']} "
+          f"in {r['reference']['folder']}")  # fmt: skip
+    print(f"  FID        {r['fid']['value']:10.3f}   ({r['fid']['network']})")
+    print(f"  KID        {r['kid']['mean']:10.4f} +- {r['kid']['std']:.4f}")
+    d = r["diversity"]
+    print(f"  diversity  {d['intra_cluster']:10.4f}   (intra-cluster, {d['distance']})")
+    if "attribute" in r:
+        a = r["attribute"]
+        props = ", ".join(f"{k} {v:.2f}" for k, v in a["generated_proportions"].items())
+        ref = ", ".join(f"{k} {v:.2f}" for k, v in a["reference_proportions"].items())
+        print(f"  {a['name']}: generated {props} (reference {ref})")
+        print(f"  FD         {a['fairness_discrepancy']:10.4f}   ({a['classifier']}, "
+              f"{a['classifier_folds']}-fold accuracy {a['classifier_accuracy']:.2f})")  # fmt: skip
+    print(f"written to {args.run}/eval.json")
+    return 0
 
 
 def _cmd_styles(args: argparse.Namespace) -> int:

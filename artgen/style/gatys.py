@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from artgen import color
+from artgen.devices import resolve_device  # noqa: F401  (re-exported: artgen.style.gatys.resolve_device)
 from artgen.errors import ArtgenError, Cancelled
 from artgen.images import LoadedImage, load_image, resize_long_side, sha256_file, to_pil, to_tensor
 from artgen.losses import blend_grams, content_loss, gram, scaled_mse, tv_loss
@@ -205,26 +206,6 @@ def scale_sizes(options: StylizeOptions) -> list[int]:
         math.log(options.size / options.min_size) / math.log(options.scale_factor) + 1e-9
     )
     return [round(options.size / options.scale_factor**k) for k in range(n, -1, -1)]
-
-
-def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
-    if isinstance(name, torch.device):
-        return name
-    if name in (None, "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name not in ("cpu", "cuda", "mps") and not str(name).startswith("cuda:"):
-        raise ArtgenError(f"device {name!r}: choose auto, cpu, cuda or mps")
-    if str(name).startswith("cuda") and not torch.cuda.is_available():
-        raise ArtgenError(f"device {name!r}: CUDA is not available on this machine")
-    if name == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
-        raise ArtgenError("device 'mps': Apple's Metal backend is not available on this machine")
-    return torch.device(name)
 
 
 # ---------------------------------------------------------------- memory

@@ -1,0 +1,151 @@
+"""Training checkpoints without pickles: tensors in safetensors, everything else in JSON.
+
+A checkpoint is a folder ``RUN_DIR/checkpoints/step-NNNNNNN/`` written under a
+temporary name and renamed into place when complete, so a killed run never
+leaves a half checkpoint that ``--resume`` would pick up. It holds whatever
+tensors a trainer hands in (trainable weights, EMA, optimizer state, RNG
+states) plus ``state.json`` (step, scheduler state, Python RNG, anything else
+JSON can carry). Used by every trainer in artgen (diffusion, GAN).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from artgen.errors import ArtgenError
+
+STEP_DIR = re.compile(r"^step-(\d{7,})$")
+
+
+# -- JSON-safe pieces --------------------------------------------------------------------
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split ``optimizer.state_dict()`` into flat tensors (for safetensors) and JSON."""
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, state in sd["state"].items():
+        for k, v in state.items():
+            if torch.is_tensor(v):
+                tensors[f"{idx}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[k] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_tensors(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict
+) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = v
+    for idx, extra in meta.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(extra)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def rng_to_tensors(generators: dict[str, torch.Generator]) -> tuple[dict[str, torch.Tensor], dict]:
+    """Every random number generator a run draws from, so a resumed run draws the same."""
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda{i}"] = s
+    for name, g in generators.items():
+        tensors[f"gen.{name}"] = g.get_state()
+    py = random.getstate()
+    np_state = np.random.get_state()
+    meta = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+    }
+    return tensors, meta
+
+
+def rng_from_tensors(
+    tensors: dict[str, torch.Tensor], meta: dict, generators: dict[str, torch.Generator]
+) -> None:
+    torch.set_rng_state(tensors["torch"])
+    if torch.cuda.is_available():
+        states = [tensors[k] for k in sorted(tensors) if k.startswith("cuda")]
+        if len(states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states)
+    for name, g in generators.items():
+        g.set_state(tensors[f"gen.{name}"])
+    py = meta["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = meta["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), *n[2:]))
+
+
+# -- checkpoint folders ------------------------------------------------------------------
+
+
+def save_checkpoint(
+    checkpoints: Path,
+    step: int,
+    tensors: dict[str, dict[str, torch.Tensor]],
+    state: dict,
+    *,
+    keep: int = 2,
+) -> Path:
+    """Write ``checkpoints/step-NNNNNNN`` atomically; keep only the newest ``keep``.
+
+    ``tensors`` maps a file stem (``"trainable"``, ``"optimizer"``...) to tensors.
+    """
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    final = checkpoints / f"step-{step:07d}"
+    tmp = checkpoints / f".step-{step:07d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for stem, group in tensors.items():
+        # safetensors refuses tensors that share memory; checkpoints are small, so copy.
+        save_file({k: v.detach().cpu().contiguous().clone() for k, v in group.items()},
+                  str(tmp / f"{stem}.safetensors"))  # fmt: skip
+    write_json(tmp / "state.json", {**state, "step": step})
+    if final.exists():  # the same step saved twice (Ctrl-C right after a save)
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    if keep > 0:
+        for old in list_checkpoints(checkpoints)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(checkpoints: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary folders are ignored)."""
+    if not checkpoints.is_dir():
+        return []
+    found = [
+        p for p in checkpoints.iterdir()
+        if STEP_DIR.match(p.name) and (p / "state.json").is_file()
+    ]  # fmt: skip
+    return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+    try:
+        state = json.loads((path / "state.json").read_text())
+        tensors = {p.stem: load_file(str(p)) for p in sorted(path.glob("*.safetensors"))}
+    except (OSError, ValueError) as e:
+        raise ArtgenError(f"{path}: unreadable checkpoint ({e})") from None
+    return tensors, state

@@ -1,0 +1,330 @@
+"""The training data layer shared by the generator fine-tuners (diffusion now, GAN later).
+
+An artist's set is small (10 to 100 images), so every image is decoded once, up front, through
+``artgen.images.load_image``; each draw then only crops, flips and scales a cached tensor.
+
+Optional fairness rebalancing follows the importance-weighting idea of Choi, Grover, Singh, Shu
+and Ermon, "Fair Generative Modeling via Weak Supervision" (ICML 2020, arXiv:1910.12008): draw
+training examples with weights ``p_ref(x) / p_bias(x)`` so the model is fitted to a reference
+distribution in which every value of a sensitive attribute is equally common. Choi et al.
+estimate that density ratio with a classifier trained against a small unbiased reference set;
+here the artist labels every image in a CSV, so the ratio is known exactly:
+``w_i = 1 / (K * count(value_i))`` for K distinct values.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+
+from artgen.errors import ArtgenError
+from artgen.images import IMAGE_SUFFIXES, MAX_PIXELS, load_image
+
+FILE_COLUMNS = ("file", "filename", "image")
+_SHOW = 3  # how many offending names an error message lists
+# load_image puts transparent pixels on this grey; ImageSet moves them onto white instead.
+_LOADER_GREY = 128
+
+
+# ---------------------------------------------------------------------------------------------
+# Folders and labels
+
+
+def _folder_name(folder: Path) -> str:
+    return str(folder).rstrip("/\\") + "/"
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """The image files directly inside ``folder``, sorted by name.
+
+    Files are picked by suffix (``IMAGE_SUFFIXES``, any case); hidden files and sub-folders are
+    skipped. ArtgenError if the folder is missing, is not a folder, or holds no images.
+    """
+    folder = Path(folder)
+    name = _folder_name(folder)
+    if not folder.exists():
+        raise ArtgenError(f"{name}: no such folder")
+    if not folder.is_dir():
+        raise ArtgenError(f"{str(folder)}: not a folder")
+    files = sorted(
+        (
+            p
+            for p in folder.iterdir()
+            if not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        ),
+        key=lambda p: p.name,
+    )
+    if not files:
+        raise ArtgenError(f"{name}: no images (looked for {', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+@dataclass(frozen=True)
+class Labels:
+    """Attribute labels for a list of image files, in that list's order.
+
+    ``attributes`` are the CSV's attribute column names (in column order); ``rows[i]`` maps
+    each attribute to the value for ``files[i]``.
+    """
+
+    source: Path
+    attributes: tuple[str, ...]
+    files: tuple[Path, ...]
+    rows: tuple[dict[str, str], ...]
+
+    def values(self, attr: str) -> list[str]:
+        """The value of ``attr`` for each file, in file order (see ``check_attribute``)."""
+        check_attribute(self, attr, require_two=False)
+        return [row[attr] for row in self.rows]
+
+
+def _some(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:_SHOW])
+    return shown + (f", ... ({len(names) - _SHOW} more)" if len(names) > _SHOW else "")
+
+
+def read_labels(csv_path: str | os.PathLike, files: Sequence[str | os.PathLike]) -> Labels:
+    """Read a labels CSV and line it up with ``files`` (usually ``list_images(folder)``).
+
+    The CSV has a header row: one column naming the image (``file``, ``filename`` or ``image``,
+    any case; matched on the file name, so ``photos/a.png`` and ``a.png`` both name ``a.png``)
+    and one or more attribute columns. Values are strings with surrounding spaces stripped.
+    Every image needs exactly one row, every row an image, and every cell a value.
+    """
+    path = Path(csv_path)
+    files = [Path(f) for f in files]
+    if not path.exists():
+        raise ArtgenError(f"{path}: no such file")
+    if path.is_dir():
+        raise ArtgenError(f"{path}: is a folder, not a CSV file")
+    try:
+        # utf-8-sig: spreadsheets often write a byte-order mark before the header.
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            table = [row for row in csv.reader(f) if any(cell.strip() for cell in row)]
+    except UnicodeDecodeError:
+        raise ArtgenError(f"{path}: not UTF-8 text (save the CSV as UTF-8)") from None
+    except csv.Error as e:
+        raise ArtgenError(f"{path}: not a readable CSV ({e})") from None
+    if not table:
+        raise ArtgenError(f"{path}: empty (expected a header row with a 'file' column)")
+
+    header = [cell.strip() for cell in table[0]]
+    file_cols = [i for i, h in enumerate(header) if h.lower() in FILE_COLUMNS]
+    if not file_cols:
+        raise ArtgenError(
+            f"{path}: no file column (header is: {', '.join(header)}); "
+            f"name the image column one of: {', '.join(FILE_COLUMNS)}"
+        )
+    if len(file_cols) > 1:
+        raise ArtgenError(
+            f"{path}: more than one file column ({', '.join(header[i] for i in file_cols)})"
+        )
+    file_col = file_cols[0]
+    attr_cols = [i for i in range(len(header)) if i != file_col]
+    attributes = tuple(header[i] for i in attr_cols)
+    if not attributes:
+        raise ArtgenError(f"{path}: no attribute columns besides '{header[file_col]}'")
+    if "" in attributes:
+        raise ArtgenError(f"{path}: column {attr_cols[attributes.index('')] + 1} has no name")
+    repeated = [a for a, c in Counter(attributes).items() if c > 1]
+    if repeated:
+        raise ArtgenError(f"{path}: column {repeated[0]!r} appears more than once in the header")
+
+    by_name: dict[str, dict[str, str]] = {}
+    line_of: dict[str, int] = {}
+    for line, row in enumerate(table[1:], start=2):
+        if len(row) > len(header):
+            raise ArtgenError(
+                f"{path}: row {line} has {len(row)} fields but the header has {len(header)}"
+            )
+        row = [cell.strip() for cell in row] + [""] * (len(header) - len(row))
+        name = Path(row[file_col]).name
+        if not name:
+            raise ArtgenError(f"{path}: row {line} has no file name")
+        if name in by_name:
+            raise ArtgenError(f"{path}: {name} is listed twice (rows {line_of[name]} and {line})")
+        values = {a: row[i] for a, i in zip(attributes, attr_cols, strict=True)}
+        empty = [a for a, v in values.items() if not v]
+        if empty:
+            raise ArtgenError(f"{path}: row {line} ({name}) has no value for {empty[0]!r}")
+        by_name[name] = values
+        line_of[name] = line
+
+    names = [f.name for f in files]
+    unknown = [n for n in by_name if n not in set(names)]
+    if unknown:
+        raise ArtgenError(
+            f"{path}: {len(unknown)} listed file(s) are not among the images: {_some(unknown)}"
+        )
+    unlabelled = [n for n in names if n not in by_name]
+    if unlabelled:
+        raise ArtgenError(f"{path}: {len(unlabelled)} image(s) have no row: {_some(unlabelled)}")
+    return Labels(path, attributes, tuple(files), tuple(by_name[n] for n in names))
+
+
+def check_attribute(labels: Labels, attr: str, *, require_two: bool = True) -> None:
+    """ArtgenError unless ``attr`` is one of the labels' attributes with at least two values."""
+    if attr not in labels.attributes:
+        raise ArtgenError(
+            f"{labels.source}: no attribute {attr!r} (it has: {', '.join(labels.attributes)})"
+        )
+    if require_two:
+        distinct = sorted({row[attr] for row in labels.rows})
+        if len(distinct) < 2:
+            raise ArtgenError(
+                f"{labels.source}: attribute {attr!r} has only one value ({distinct[0]!r}); "
+                "there is nothing to balance"
+            )
+
+
+def balance_weights(values: Sequence[str]) -> list[float]:
+    """Importance weights that draw every distinct value equally often.
+
+    ``w_i = 1 / (K * count(values[i]))`` with K distinct values: the weights sum to 1 and each
+    value's total weight is 1/K. This is the importance weighting of Choi et al. 2020 with the
+    density ratio known exactly from labels rather than estimated by a classifier.
+    """
+    counts = Counter(values)
+    k = len(counts)
+    return [1.0 / (k * counts[v]) for v in values]
+
+
+def proportions(values: Sequence[str]) -> dict[str, float]:
+    """The share of each distinct value, keys sorted by value."""
+    counts = Counter(values)
+    n = len(values)
+    return {v: counts[v] / n for v in sorted(counts)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset and sampler
+
+
+def _prepare(path: Path, resolution: int) -> torch.Tensor:
+    """Load, put transparency on white, resize the shorter side: uint8 tensor (3, H, W)."""
+    loaded = load_image(path)
+    rgb = loaded.rgb
+    if loaded.alpha is not None:
+        # load_image stored a*colour + (1-a)*grey; move the (1-a) part from grey to white.
+        a = np.asarray(loaded.alpha, dtype=np.float32)[..., None] / 255.0
+        c = np.asarray(rgb, dtype=np.float32) + (1.0 - a) * (255.0 - _LOADER_GREY)
+        rgb = Image.fromarray(np.clip(c + 0.5, 0, 255).astype(np.uint8), "RGB")
+    w, h = rgb.size
+    scale = resolution / min(w, h)
+    size = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
+    if size[0] * size[1] > MAX_PIXELS:
+        raise ArtgenError(
+            f"{path}: {w}x{h} is too elongated to resize to {resolution} px on its shorter side"
+        )
+    if size != (w, h):
+        rgb = rgb.resize(size, Image.Resampling.LANCZOS)
+    a = np.asarray(rgb, dtype=np.uint8)
+    return torch.from_numpy(a.copy()).permute(2, 0, 1).contiguous()
+
+
+class ImageSet(Dataset):
+    """A small image set held in memory, served as square crops in [-1, 1].
+
+    Every image is loaded once at construction (ArtgenError names any unreadable file),
+    composited onto white where transparent, and resized with Lanczos so its shorter side is
+    ``resolution`` (small images are upscaled). Each item is a ``resolution`` square crop
+    (centred, or at a random offset) that is mirrored left-right with probability 1/2 when
+    ``random_flip``, returned as ``{"pixels": float (3, R, R) in [-1, 1], "index": int}``.
+
+    Randomness comes from ``generator`` if given, else torch's global RNG, so saving and
+    restoring that state resumes the same sequence. With DataLoader workers, leave
+    ``generator`` as None: each worker then has its own, differently seeded global RNG (a
+    passed generator would be copied into every worker and repeat the same crops).
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str | os.PathLike],
+        resolution: int,
+        center_crop: bool = False,
+        random_flip: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if resolution < 1:
+            raise ValueError(f"resolution must be positive, got {resolution}")
+        self.paths = [Path(p) for p in paths]
+        self.resolution = int(resolution)
+        self.center_crop = center_crop
+        self.random_flip = random_flip
+        self.generator = generator
+        self._images = [_prepare(p, self.resolution) for p in self.paths]
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def _randint(self, high: int) -> int:
+        """An integer in [0, high)."""
+        return int(torch.randint(0, high, (1,), generator=self.generator).item())
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+        image = self._images[index]
+        r = self.resolution
+        _, h, w = image.shape
+        if self.center_crop:
+            top, left = (h - r) // 2, (w - r) // 2
+        else:
+            top, left = self._randint(h - r + 1), self._randint(w - r + 1)
+        crop = image[:, top : top + r, left : left + r]
+        if self.random_flip and self._randint(2) == 1:
+            crop = crop.flip(2)
+        pixels = crop.float().div(127.5).sub(1.0)
+        return {"pixels": pixels, "index": int(index)}
+
+
+class InfiniteSampler(Sampler[int]):
+    """Indices in ``range(n)`` drawn with replacement, for ever.
+
+    Uniform when ``weights`` is None, else with probability proportional to ``weights`` (the
+    draw ``torch.utils.data.WeightedRandomSampler`` makes, ``torch.multinomial`` with
+    replacement). Indices are drawn one at a time, as the DataLoader asks, so the
+    ``generator``'s state after step k fully determines what follows: saving it with a
+    checkpoint and restoring it resumes the same sequence (with ``num_workers=0``; workers
+    prefetch and run the generator ahead). It has no length: iterate for a number of steps.
+    """
+
+    def __init__(self, n: int, weights: Sequence[float] | None, generator: torch.Generator) -> None:
+        if n < 1:
+            raise ValueError(f"need at least one item to sample from, got n={n}")
+        self.n = n
+        self.generator = generator
+        self.weights: torch.Tensor | None = None
+        if weights is not None:
+            w = torch.as_tensor(list(weights), dtype=torch.float64)
+            if w.shape != (n,):
+                raise ValueError(f"expected {n} weights, got {w.numel()}")
+            if not torch.isfinite(w).all() or (w < 0).any() or not math.isfinite(w.sum()):
+                raise ValueError("weights must be finite and non-negative")
+            if w.sum() <= 0:
+                raise ValueError("weights must not all be zero")
+            self.weights = w
+
+    def __iter__(self) -> Iterator[int]:
+        while True:
+            if self.weights is None:
+                i = torch.randint(0, self.n, (1,), generator=self.generator)
+            else:
+                i = torch.multinomial(self.weights, 1, replacement=True, generator=self.generator)
+            yield int(i.item())
+
+
+def make_sampler(
+    n: int, weights: Sequence[float] | None, generator: torch.Generator
+) -> InfiniteSampler:
+    """An infinite sampler over ``n`` items: uniform with replacement, or weighted by
+    ``weights`` (for example ``balance_weights(labels.values(attr))``). See InfiniteSampler."""
+    return InfiniteSampler(n, weights, generator)

@@ -1,0 +1,27 @@
+"""Choosing the device a job runs on (one place for every command)."""
+
+from __future__ import annotations
+
+import torch
+
+from artgen.errors import ArtgenError
+
+
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    if isinstance(name, torch.device):
+        return name
+    if name in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name not in ("cpu", "cuda", "mps") and not str(name).startswith("cuda:"):
+        raise ArtgenError(f"device {name!r}: choose auto, cpu, cuda or mps")
+    if str(name).startswith("cuda") and not torch.cuda.is_available():
+        raise ArtgenError(f"device {name!r}: CUDA is not available on this machine")
+    if name == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ArtgenError("device 'mps': Apple's Metal backend is not available on this machine")
+    return torch.device(name)

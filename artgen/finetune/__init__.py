@@ -1,0 +1,1 @@
+"""Adapting pretrained generators to an artist's small image set (one file per method)."""

@@ -1,0 +1,278 @@
+"""Fine-tuning tiny diffusion pipelines (built in the process, saved with save_pretrained)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from artgen.errors import ArtgenError, Cancelled
+from artgen.finetune.diffusion import (
+    DiffusionFinetuneOptions,
+    diffusion_loss,
+    finetune_diffusion,
+    generate,
+    load_base,
+    load_run,
+    options_for_resume,
+    to_model_space,
+)
+
+from .conftest import REPO
+from .tiny_diffusion import image_folder, tiny_ddpm, tiny_sd
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bases")
+    return {
+        "ddpm": tiny_ddpm(root / "ddpm"),
+        "sd": tiny_sd(root / "sd"),
+        "images": image_folder(root / "images", n=8, size=24),
+    }
+
+
+def fast(bases, out, base="ddpm", **kw) -> DiffusionFinetuneOptions:
+    """Options for a quick CPU run on the tiny models."""
+    args = dict(
+        base=base, images=str(bases["images"]), out=str(out), steps=40,
+        batch_size=4, lr=3e-3, warmup_steps=0, sample_every=1000, checkpoint_every=1000,
+        num_samples=4, sample_steps=2, ema_decay=0.0, device="cpu",
+    )  # fmt: skip
+    args.update(kw)
+    args["base"] = str(bases.get(args["base"], args["base"]))
+    return DiffusionFinetuneOptions(**args)
+
+
+@torch.no_grad()
+def fixed_batch_loss(pipe, folder: Path, resolution: int, seed: int = 123) -> float:
+    """The denoising loss on the training images with fixed noise and timesteps."""
+    from diffusers import DDPMScheduler
+
+    from artgen.data import ImageSet, list_images
+
+    data = ImageSet(list_images(folder), resolution, center_crop=True, random_flip=False)
+    pixels = torch.stack([data[i]["pixels"] for i in range(len(data))])
+    g = torch.Generator().manual_seed(seed)
+    x0 = to_model_space(pipe, pixels, g)
+    cond = None
+    if hasattr(pipe, "text_encoder"):
+        from artgen.finetune.diffusion import encode_prompt
+
+        cond = encode_prompt(pipe, "a painting in sks style", torch.device("cpu"))
+        cond = cond.expand(x0.shape[0], -1, -1)
+    sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    pipe.unet.eval()
+    losses = [diffusion_loss(pipe.unet, sched, x0, cond, g).mean() for _ in range(8)]
+    return float(torch.stack(losses).mean())
+
+
+def test_lora_unconditional_learns_saves_only_adapters_and_samples(bases, tmp_path):
+    before = fixed_batch_loss(load_base(str(bases["ddpm"])), bases["images"], 16)
+    run = finetune_diffusion(fast(bases, tmp_path / "run", steps=30, lr=1e-2))
+    pipe = load_run(run)
+    after = fixed_batch_loss(pipe, bases["images"], 16)
+    assert after < 0.75 * before, (before, after)
+
+    lora = load_file(str(run / "lora" / "adapter_model.safetensors"))
+    assert lora and all("lora_A" in k or "lora_B" in k for k in lora)
+    adapters = {k for k in pipe.unet.state_dict() if "lora_" in k}
+    assert len(lora) == len(adapters)  # every adapter tensor, and nothing else
+    unet_params = sum(p.numel() for p in load_base(str(bases["ddpm"])).unet.parameters())
+    assert sum(v.numel() for v in lora.values()) < 0.6 * unet_params
+
+    images = generate(pipe, 3, steps=3, seed=5)
+    assert [im.size for im in images] == [(16, 16)] * 3
+    again = generate(pipe, 1, steps=3, seed=5)[0]
+    assert list(again.getdata()) == list(images[0].getdata())  # image i depends on seed + i
+
+    config = json.loads((run / "config.json").read_text())
+    assert config["family"] == "unconditional" and config["options"]["method"] == "lora"
+    card = (run / "README.md").read_text()
+    assert "base_model:" in card and "samples/final.png" in card
+    assert Image.open(run / "samples" / "final.png").size == (16 * 2 + 2, 16 * 2 + 2)
+
+
+def test_full_finetune_with_frozen_down_blocks(bases, tmp_path):
+    base = load_base(str(bases["ddpm"]))
+    start = {k: v.clone() for k, v in base.unet.state_dict().items()}
+    run = finetune_diffusion(
+        fast(bases, tmp_path / "run", method="full", freeze="down_blocks", lr=1e-3, steps=30)
+    )
+    tuned = load_run(run).unet.state_dict()
+    frozen = [k for k in start if k.startswith("down_blocks.")]
+    trained = [k for k in start if k.startswith("up_blocks.")]
+    assert frozen and all(torch.equal(start[k], tuned[k]) for k in frozen)
+    assert any(not torch.equal(start[k], tuned[k]) for k in trained)
+    assert (run / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_text_to_image_lora_with_prior_preservation(bases, tmp_path):
+    before = fixed_batch_loss(load_base(str(bases["sd"])), bases["images"], 16)
+    run = finetune_diffusion(
+        fast(bases, tmp_path / "run", base="sd", steps=40, lr=1e-2, class_prompt="a painting",
+             num_class_images=3)
+    )  # fmt: skip
+    assert len(list((run / "class_images").glob("*.png"))) == 3
+    pipe = load_run(run)
+    after = fixed_batch_loss(pipe, bases["images"], 16)
+    assert after < 0.9 * before, (before, after)
+    # diffusers' own LoRA format: loads onto the base with load_lora_weights().
+    assert (run / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    images = generate(pipe, 2, steps=2, prompt="a painting in sks style")
+    assert [im.size for im in images] == [(16, 16)] * 2
+
+
+def test_text_to_image_full(bases, tmp_path):
+    run = finetune_diffusion(fast(bases, tmp_path / "run", base="sd", method="full", steps=4))
+    assert (run / "unet" / "config.json").is_file()
+    assert len(generate(load_run(run), 1, steps=2)) == 1
+
+
+def trained(run: Path) -> dict[str, torch.Tensor]:
+    last = sorted((run / "checkpoints").iterdir())[-1]
+    return load_file(str(last / "trainable.safetensors"))
+
+
+def test_resume_after_interrupt_continues_exactly(bases, tmp_path):
+    straight = finetune_diffusion(
+        fast(bases, tmp_path / "a", steps=8, ema_decay=0.99, lr_schedule="cosine", warmup_steps=2)
+    )
+
+    def stop_at_5(p):
+        if p.step == 5:
+            raise Cancelled
+
+    opts = fast(
+        bases, tmp_path / "b", steps=8, ema_decay=0.99, lr_schedule="cosine", warmup_steps=2
+    )
+    with pytest.raises(Cancelled):
+        finetune_diffusion(opts, callback=stop_at_5)
+    assert [p.name for p in (tmp_path / "b" / "checkpoints").iterdir()] == ["step-0000005"]
+    with pytest.raises(ArtgenError, match="already holds a run; pass --resume"):
+        finetune_diffusion(opts)
+    steps_seen = []
+    resumed = finetune_diffusion(
+        options_for_resume(tmp_path / "b"), callback=lambda p: steps_seen.append(p.step)
+    )
+    assert steps_seen == [6, 7, 8]
+    a, b = trained(straight), trained(resumed)
+    assert a.keys() == b.keys() and not any(".default_" in k for k in b)  # no duplicate adapters
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    ema_a = load_file(str(straight / "checkpoints/step-0000008/ema.safetensors"))
+    ema_b = load_file(str(resumed / "checkpoints/step-0000008/ema.safetensors"))
+    for k in ema_a:
+        torch.testing.assert_close(ema_a[k], ema_b[k], rtol=0, atol=1e-6)
+    log = [json.loads(line)["step"] for line in (resumed / "log.jsonl").read_text().splitlines()]
+    assert log == list(range(1, 9))
+
+
+def test_resume_refuses_changed_settings(bases, tmp_path):
+    finetune_diffusion(fast(bases, tmp_path / "r", steps=2))
+    with pytest.raises(ArtgenError, match="--lora-rank: the run .* used 8, not 4"):
+        finetune_diffusion(options_for_resume(tmp_path / "r", lora_rank=4, steps=3))
+    with pytest.raises(ArtgenError, match="nothing to resume"):
+        options_for_resume(tmp_path / "nothing")
+
+
+def test_balance_draws_attribute_values_equally(bases, tmp_path):
+    folder = image_folder(tmp_path / "set", n=20, size=20)
+    rows = ["file,hair"] + [f"img{i:02d}.png,{'dark' if i < 18 else 'light'}" for i in range(20)]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    run = finetune_diffusion(
+        fast(bases, tmp_path / "run", images=str(folder), labels=str(tmp_path / "labels.csv"),
+             balance="hair", steps=100, batch_size=4, lr=1e-4)
+    )  # fmt: skip
+    balance = json.loads((run / "balance.json").read_text())
+    assert balance["dataset"] == {"dark": 0.9, "light": 0.1}
+    assert abs(balance["realised"]["light"] - 0.5) < 0.08, balance  # 400 draws
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"images": "EMPTY"}, "no images"),
+        ({"images": "BAD"}, "broken.png"),
+        ({"labels": "MISSING_FILES", "balance": "hair"}, "not among the images"),
+        ({"labels": "GOOD", "balance": "eyes"}, "eyes"),
+        ({"balance": "hair"}, "--balance needs --labels"),
+        ({"base": "/nonexistent/model"}, "no such folder"),
+        ({"method": "dreambooth"}, "use lora or full"),
+        ({"freeze": "encoder_blocks"}, "no such UNet block"),
+        ({"freeze": "down_blocks,mid_block,up_blocks,conv_in,conv_out,time_embedding,conv_norm_out",
+          "method": "full"}, "nothing left to train"),
+    ],
+)  # fmt: skip
+def test_bad_inputs(bases, tmp_path, change, message):
+    (tmp_path / "empty").mkdir()
+    bad = image_folder(tmp_path / "bad", n=2, size=20)
+    (bad / "broken.png").write_bytes(b"not a png at all")
+    good = "file,hair\n" + "".join(f"img{i:02d}.png,{'a' if i % 2 else 'b'}\n" for i in range(8))
+    (tmp_path / "good.csv").write_text(good)
+    (tmp_path / "missing.csv").write_text(good + "ghost.png,a\n")
+    subst = {"EMPTY": tmp_path / "empty", "BAD": bad, "GOOD": tmp_path / "good.csv",
+             "MISSING_FILES": tmp_path / "missing.csv"}  # fmt: skip
+    change = {k: str(subst.get(v, v)) for k, v in change.items()}
+    with pytest.raises(ArtgenError, match=message):
+        finetune_diffusion(fast(bases, tmp_path / "run", steps=1, **change))
+
+
+def test_cli_finetune_sample_eval(bases, tmp_path, capsys):
+    from artgen.cli import main
+
+    run = tmp_path / "run"
+    code = main(["finetune", "diffusion", "--base", str(bases["ddpm"]), "--images",
+                 str(bases["images"]), "--out", str(run), "--steps", "3", "--batch-size", "2",
+                 "--sample-every", "2", "--num-samples", "4", "--sample-steps", "2",
+                 "--device", "cpu", "-q"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert (run / "samples" / "step-0000002.png").is_file()
+    grid = tmp_path / "grid.png"
+    assert main(["sample", str(run), "-n", "6", "--steps", "2", "-o", str(grid)]) == 0
+    assert Image.open(grid).size == (3 * 16 + 2 * 2, 2 * 16 + 2)
+    assert main(["sample", str(run), "-n", "6", "--steps", "2", "-o", str(grid)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["eval", str(run), "--images", str(bases["images"]), "--num-samples", "4",
+                 "--sample-steps", "2", "--lpips", "stand-in", "--kid-subsets", "5"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "FID" in out and "efficientnet-lite0" in out and "stand-in" in out
+    assert json.loads((run / "eval.json").read_text())["samples"]["count"] == 4
+
+    assert main(["finetune", "diffusion", "--base", str(bases["ddpm"]), "--images",
+                 str(bases["images"]), "--out", str(run), "--steps", "3"]) == 2  # fmt: skip
+    assert "pass --resume" in capsys.readouterr().err
+    # --resume needs only the run folder; a longer --steps extends the run.
+    assert main(["finetune", "diffusion", "--out", str(run), "--resume", "--steps", "5", "-q"]) == 0
+    assert json.loads((run / "log.jsonl").read_text().splitlines()[-1])["step"] == 5
+
+
+def test_hub_id_loads_offline_from_the_cache(bases, tmp_path):
+    """The path a real hub id takes: HF_HUB_OFFLINE=1 and a Hugging Face cache on disk."""
+    snap = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hf" / "hub" / "models--artgen-test--tiny-ddpm"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(snap)
+    import shutil
+
+    shutil.copytree(bases["ddpm"], repo / "snapshots" / snap)
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "artgen", "finetune", "diffusion", "--images",
+           str(bases["images"]), "--steps", "2", "--batch-size", "2", "--num-samples", "1",
+           "--sample-steps", "1", "--device", "cpu", "-q"]  # fmt: skip
+    ok = subprocess.run([*cmd, "--base", "artgen-test/tiny-ddpm", "--out", str(tmp_path / "r1")],
+                        env=env, cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "r1" / "lora" / "adapter_model.safetensors").is_file()
+    bad = subprocess.run([*cmd, "--base", "artgen-test/not-cached", "--out", str(tmp_path / "r2")],
+                         env=env, cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2
+    last = bad.stderr.strip().splitlines()[-1]
+    assert "artgen-test/not-cached" in last and "not in the Hugging Face cache" in last

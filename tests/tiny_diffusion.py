@@ -1,0 +1,94 @@
+"""Tiny diffusers pipelines built in the process (the configs of diffusers' own tests),
+saved with save_pretrained, so artgen loads them exactly as it loads a real base model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .conftest import photo, stripes
+
+
+def tiny_ddpm(folder: Path, size: int = 16, prediction_type: str = "epsilon") -> Path:
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=size, in_channels=3, out_channels=3, layers_per_block=1,
+        block_out_channels=(8, 16), norm_num_groups=4, attention_head_dim=4,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+    )  # fmt: skip
+    scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type)
+    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder)
+    return folder
+
+
+def tiny_tokenizer(folder: Path, max_length: int = 16):
+    """A character-level CLIP BPE vocabulary written by the test (no hub download)."""
+    from transformers import CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = "abcdefghijklmnopqrstuvwxyz0123456789"
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in chars:
+        vocab[c] = len(vocab)
+    for c in chars:
+        vocab[c + "</w>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(
+        str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length
+    )
+
+
+def tiny_sd(folder: Path) -> Path:
+    """A Stable-Diffusion-style pipeline: UNet2DConditionModel, VAE, CLIP text encoder."""
+    from diffusers import (
+        AutoencoderKL,
+        DDPMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(4, 8), layers_per_block=1, sample_size=8, in_channels=4,
+        out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+        norm_num_groups=2, attention_head_dim=2,
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        block_out_channels=[4, 8], in_channels=3, out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+        latent_channels=4, norm_num_groups=2, sample_size=16,
+    )  # fmt: skip
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37,
+            layer_norm_eps=1e-5, num_attention_heads=4, num_hidden_layers=2, vocab_size=80,
+        )
+    )  # fmt: skip
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+        beta_end=0.012,
+    )  # fmt: skip
+    pipe = StableDiffusionPipeline(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tiny_tokenizer(folder / "_tok"),
+        scheduler=scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )  # fmt: skip
+    pipe.save_pretrained(folder / "pipe")
+    return folder / "pipe"
+
+
+def image_folder(folder: Path, n: int = 8, size: int = 24) -> Path:
+    """A small 'style set': striped paintings, in a few colourings, plus sky photos."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        im = stripes(size, seed=i) if i % 2 == 0 else photo(size, size, seed=i)
+        im.save(folder / f"img{i:02d}.png")
+    return folder
