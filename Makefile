@@ -41,6 +41,7 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/stylize_speed.py
+	$(PY) benchmarks/finetune_speed.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

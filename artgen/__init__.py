@@ -5,14 +5,34 @@ Python API::
     import artgen
     image = artgen.stylize("photo.jpg", {"a.jpg": 0.7, "b.jpg": 0.3}, size=512, seed=0)
     image.save("out.png")
+
+    run = artgen.finetune_diffusion(artgen.DiffusionFinetuneOptions(
+        base="google/ddpm-cifar10-32", images="my_art/", out="runs/my-art"))
+    images = artgen.generate(artgen.load_run(run), 16, seed=0)
 """
 
 from artgen.errors import ArtgenError, Cancelled
+from artgen.finetune.diffusion import (
+    DiffusionFinetuneOptions,
+    FinetuneProgress,
+    SampleOptions,
+    finetune_diffusion,
+    generate,
+    load_run,
+    sample_run,
+)
 from artgen.style.gatys import StylizeOptions, StylizeProgress, stylize
 
 __version__ = "0.1.0"
 __all__ = [
     "ArtgenError",
+    "DiffusionFinetuneOptions",
+    "FinetuneProgress",
+    "SampleOptions",
+    "finetune_diffusion",
+    "generate",
+    "load_run",
+    "sample_run",
     "Cancelled",
     "StylizeOptions",
     "StylizeProgress",

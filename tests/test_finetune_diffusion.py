@@ -276,3 +276,21 @@ def test_hub_id_loads_offline_from_the_cache(bases, tmp_path):
     assert bad.returncode == 2
     last = bad.stderr.strip().splitlines()[-1]
     assert "artgen-test/not-cached" in last and "not in the Hugging Face cache" in last
+
+
+def test_two_processes_through_torchrun(bases, tmp_path):
+    """What accelerate launch does on several GPUs, here as two CPU processes (gloo DDP)."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    run = tmp_path / "ddp"
+    cmd = [str(torchrun), "--nproc_per_node", "2", "-m", "artgen", "finetune", "diffusion",
+           "--base", str(bases["ddpm"]), "--images", str(bases["images"]), "--out", str(run),
+           "--steps", "4", "--batch-size", "2", "--checkpoint-every", "2", "--num-samples", "1",
+           "--sample-steps", "1", "--device", "cpu", "-q"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("done:") == 1
+    assert json.loads((run / "config.json").read_text())["num_processes"] == 2
+    steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-0000002", "step-0000004"]

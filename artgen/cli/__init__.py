@@ -514,7 +514,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     finally:
         if state.get("bar"):
             state["bar"].close()
-    print(f"done: {run} (model card {run / 'README.md'}, samples {run / 'samples'})")
+    if os.environ.get("RANK", "0") == "0":  # one line, also under accelerate/torchrun
+        print(f"done: {run} (model card {run / 'README.md'}, samples {run / 'samples'})")
     return 0
 
 

@@ -393,7 +393,8 @@ def to_model_space(pipe: Any, pixels: torch.Tensor, generator: torch.Generator) 
 # -- the run -----------------------------------------------------------------------------
 
 
-def _prepare_run_dir(options: DiffusionFinetuneOptions) -> Path:
+def _check_run_dir(options: DiffusionFinetuneOptions) -> Path:
+    """Refuse to start over a run (or any non-empty folder) unless resuming it."""
     if not options.out:
         raise ArtgenError("--out: give a run folder to create")
     run = Path(options.out)
@@ -413,8 +414,11 @@ def _prepare_run_dir(options: DiffusionFinetuneOptions) -> Path:
                           "or choose another --out")  # fmt: skip
     elif run.exists() and any(run.iterdir()):
         raise ArtgenError(f"{run}: exists and is not empty; choose a new --out folder")
-    run.mkdir(parents=True, exist_ok=True)
     return run
+
+
+def _class_folder(options: DiffusionFinetuneOptions, run: Path) -> Path:
+    return Path(options.class_images) if options.class_images else run / "class_images"
 
 
 def _class_images(
@@ -424,7 +428,7 @@ def _class_images(
     from artgen.data import list_images
     from artgen.images import save_png
 
-    folder = Path(options.class_images) if options.class_images else run / "class_images"
+    folder = _class_folder(options, run)
     folder.mkdir(parents=True, exist_ok=True)
     have = list_images(folder) if any(folder.iterdir()) else []
     missing = options.num_class_images - len(have)
@@ -441,7 +445,7 @@ def _class_images(
             k += 1
             name = folder / f"class-{len(have) + i:04d}-{k}.png"
         save_png(image, name, params={"artgen": "class image", "prompt": options.class_prompt})
-    return list_images(folder)[: options.num_class_images]
+    return list_images(folder)
 
 
 def finetune_diffusion(
@@ -478,8 +482,6 @@ def finetune_diffusion(
     labels = read_labels(options.labels, files) if options.labels else None
     if options.balance:
         check_attribute(labels, options.balance)
-    run = _prepare_run_dir(options)
-
     device = resolve_device(options.device)
     precision = options.mixed_precision
     if precision == "auto":
@@ -490,6 +492,11 @@ def finetune_diffusion(
         gradient_accumulation_steps=options.grad_accum,
         cpu=device.type == "cpu",
     )
+    run = _check_run_dir(options)  # every process checks before any of them writes
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        run.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
     device_t = accelerator.device
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
 
@@ -506,7 +513,10 @@ def finetune_diffusion(
     g = torch.Generator().manual_seed(options.seed + accelerator.process_index)
     class_files: list[Path] = []
     if family == "text-to-image" and options.class_prompt:
-        class_files = _class_images(pipe, options, run, resolution, options.seed)
+        if accelerator.is_main_process:
+            _class_images(pipe, options, run, resolution, options.seed)
+        accelerator.wait_for_everyone()
+        class_files = list_images(_class_folder(options, run))[: options.num_class_images]
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(options.seed)  # the same seed gives the same adapter initialisation
@@ -607,7 +617,7 @@ def finetune_diffusion(
         return save_png(grid(images), run / "samples" / name, overwrite=True,
                         params={"artgen": __version__, "step": at, "seed": options.seed})  # fmt: skip
 
-    log = (run / "log.jsonl").open("a")
+    log = (run / "log.jsonl").open("a") if accelerator.is_main_process else None
     start = time.perf_counter()
     last_saved = step
     unet_prepared.train()
@@ -654,7 +664,7 @@ def finetune_diffusion(
                 if step % options.checkpoint_every == 0 or step == options.steps:
                     ckpt_path = checkpoint(step)
                     last_saved = step
-            if callback is not None:
+            if callback is not None and accelerator.is_main_process:
                 callback(FinetuneProgress(step, options.steps, loss_v, lr,
                                           time.perf_counter() - start, sample_path, ckpt_path))  # fmt: skip
     except (KeyboardInterrupt, Cancelled):
@@ -662,7 +672,8 @@ def finetune_diffusion(
             checkpoint(step)
         raise
     finally:
-        log.close()
+        if log is not None:
+            log.close()
 
     if accelerator.is_main_process:
         unet_final = accelerator.unwrap_model(unet_prepared)
@@ -881,10 +892,15 @@ def write_model_card(run: Path, config: dict, grid_path: Path) -> None:
     prompt_line = (
         f"- instance prompt: `{o['prompt']}`\n" if config["family"] != "unconditional" else ""
     )
-    load = (
-        f"pipe = DiffusionPipeline.from_pretrained({o['base']!r})\n"
-        + ("pipe.load_lora_weights('lora')\n" if o["method"] == "lora" and config["family"] != "unconditional" else "")
-    )  # fmt: skip
+    base = f"DiffusionPipeline.from_pretrained({o['base']!r})"
+    if o["method"] == "full":
+        load = (f"With diffusers alone: `pipe = {base}`, then "
+                "`pipe.unet = type(pipe.unet).from_pretrained('unet')`.")  # fmt: skip
+    elif config["family"] == "text-to-image":
+        load = f"With diffusers alone: `pipe = {base}`, then `pipe.load_lora_weights('lora')`."
+    else:
+        load = ("The adapters are in peft's format (lora/adapter_config.json and "
+                "adapter_model.safetensors); `peft.inject_adapter_in_model` puts them on the UNet.")  # fmt: skip
     text = f"""---
 base_model: {o["base"]}
 library_name: diffusers
@@ -917,8 +933,8 @@ images = artgen.generate(pipe, 16, seed=0)
 ```
 
 The weights apply to the base model named above, which must be available (online, in the
-Hugging Face cache, or as the same local folder). With diffusers alone:
-`{load.strip()}`. Full settings: config.json. Training loss per step: log.jsonl.
+Hugging Face cache, or as the same local folder). {load}
+Full settings: config.json. Training loss per step: log.jsonl.
 """
     tmp = run / ".README.md.tmp"
     tmp.write_text(text)
