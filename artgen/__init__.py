@@ -9,6 +9,10 @@ Python API::
     run = artgen.finetune_diffusion(artgen.DiffusionFinetuneOptions(
         base="google/ddpm-cifar10-32", images="my_art/", out="runs/my-art"))
     images = artgen.generate(artgen.load_run(run), 16, seed=0)
+
+    gan = artgen.finetune_gan(artgen.GanFinetuneOptions(
+        base="runs/base", images="reference/", out="runs/fair", method="fairtl++"))
+    images = artgen.generate_gan(artgen.load_generator(gan), 16, seed=0)
 """
 
 from artgen.errors import ArtgenError, Cancelled
@@ -21,6 +25,15 @@ from artgen.finetune.diffusion import (
     load_run,
     sample_run,
 )
+from artgen.finetune.gan import (
+    GanFinetuneOptions,
+    GanProgress,
+    GanTrainOptions,
+    finetune_gan,
+    generate_gan,
+    load_generator,
+    train_gan,
+)
 from artgen.style.gatys import StylizeOptions, StylizeProgress, stylize
 
 __version__ = "0.1.0"
@@ -28,6 +41,13 @@ __all__ = [
     "ArtgenError",
     "DiffusionFinetuneOptions",
     "FinetuneProgress",
+    "GanFinetuneOptions",
+    "GanProgress",
+    "GanTrainOptions",
+    "finetune_gan",
+    "generate_gan",
+    "load_generator",
+    "train_gan",
     "SampleOptions",
     "finetune_diffusion",
     "generate",

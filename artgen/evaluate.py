@@ -45,10 +45,31 @@ class EvalOptions:
         metadata={"help": "LPIPS network (auto: vgg or alex if on disk, else a stand-in)",
                   "choices": ["auto", "vgg", "alex", "stand-in"]},
     )  # fmt: skip
+    clusters: str = field(
+        default="",
+        metadata={"help": "images the diversity clusters around (default: --images; Ojha et "
+                  "al. use the few-shot training set)"},
+    )  # fmt: skip
     labels: str = field(default="", metadata={"help": "CSV labelling the reference images"})
     attribute: str = field(default="", metadata={"help": "attribute to measure proportions of"})
     kid_subsets: int = field(default=100, metadata={"help": "KID subsets"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps"})
+
+
+_FEATURES: dict[tuple, torch.Tensor] = {}
+
+
+def _reference_features(files: list[Path], net: Any, image_features: Callable) -> torch.Tensor:
+    """Features of the reference images, remembered for the process's next evaluations of the
+    same unchanged files with the same network (an experiment measures many runs against
+    one set)."""
+    key = (net.label, tuple((str(p.resolve()), p.stat().st_mtime_ns, p.stat().st_size)
+                            for p in files))  # fmt: skip
+    if key not in _FEATURES:
+        if len(_FEATURES) >= 4:
+            _FEATURES.pop(next(iter(_FEATURES)))
+        _FEATURES[key] = image_features(files, net)
+    return _FEATURES[key]
 
 
 def evaluate(
@@ -64,6 +85,7 @@ def evaluate(
     from artgen.data import ImageSet, check_attribute, list_images, read_labels
     from artgen.devices import resolve_device
     from artgen.finetune.diffusion import SampleOptions, sample_run
+    from artgen.finetune.gan import is_gan_run, sample_gan_run
     from artgen.metrics import (
         attribute_proportions,
         fairness_discrepancy,
@@ -83,6 +105,7 @@ def evaluate(
         raise ArtgenError("--labels and --attribute go together")
     device = resolve_device(options.device)
     ref_files = list_images(options.images)
+    centres = list_images(options.clusters) if options.clusters else ref_files
     labels = read_labels(options.labels, ref_files) if options.labels else None
     if labels is not None:
         check_attribute(labels, options.attribute)
@@ -96,7 +119,9 @@ def evaluate(
     else:
         if options.num_samples < 2:
             raise ArtgenError(f"--num-samples {options.num_samples}: need at least 2")
-        if generate is None:
+        if generate is None and is_gan_run(run):
+            samples = sample_gan_run(run, options.num_samples, seed=options.seed, device=device)
+        elif generate is None:
             so = SampleOptions(n=options.num_samples, steps=options.sample_steps,
                                seed=options.seed)  # fmt: skip
             samples = sample_run(run, so, device=device)
@@ -105,7 +130,7 @@ def evaluate(
         source = f"{len(samples)} generated (seed {options.seed})"
 
     net = load_fid_network(options.fid_network, device)
-    real = image_features(ref_files, net)
+    real = _reference_features(ref_files, net, image_features)
     fake = image_features(samples, net)
     kid_mean, kid_std = kid_from_features(real, fake, subsets=options.kid_subsets,
                                           seed=options.seed)  # fmt: skip
@@ -119,7 +144,7 @@ def evaluate(
 
     # Diversity at the samples' own size; references are centre-cropped to match.
     res = samples[0].size[0]
-    ref = torch.stack([d["pixels"] for d in ImageSet(ref_files, res, center_crop=True,
+    ref = torch.stack([d["pixels"] for d in ImageSet(centres, res, center_crop=True,
                                                      random_flip=False)])  # fmt: skip
     from artgen.images import to_tensor
 

@@ -34,6 +34,8 @@ examples:
   artgen finetune diffusion --base ./my-base --images faces/ --labels faces.csv --balance hair \\
       --out runs/fair
   artgen finetune diffusion --out runs/cifar-art --resume            # continue after Ctrl-C
+  artgen finetune gan --base runs/my-gan --images ten_paintings/ --out runs/few-shot --freeze-d 2
+  artgen finetune gan --base runs/biased --images balanced_ref/ --method fairtl++ --out runs/fair
   artgen sample runs/cifar-art -n 16 -o grid.png
 """
 
@@ -163,6 +165,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fd.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_dataclass_flags(fd, DiffusionFinetuneOptions)
+    from artgen.finetune.gan import GanFinetuneOptions, GanSampleOptions, GanTrainOptions
+
+    fg = fsub.add_parser(
+        "gan",
+        help="adapt a pretrained StyleGAN2 (FreezeD, CDC, DiffAugment, fairTL, fairTL++)",
+        epilog=FINETUNE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    fg.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_dataclass_flags(fg, GanFinetuneOptions)
+
+    tp = sub.add_parser("train", help="train a generator from scratch (a base of your own)")
+    tsub = tp.add_subparsers(dest="family", metavar="FAMILY", required=True)
+    tg = tsub.add_parser("gan", help="train a StyleGAN2 on a folder of images")
+    tg.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_dataclass_flags(tg, GanTrainOptions)
+
+    cv = sub.add_parser(
+        "convert", help="StyleGAN2-ADA network pickle -> artgen folders (safetensors)"
+    )
+    cv.add_argument("pickle", help="network-snapshot-*.pkl from NVlabs/stylegan2-ada-pytorch")
+    cv.add_argument("out", help="folder to create: OUT/generator and OUT/discriminator")
 
     smp = sub.add_parser("sample", help="new images from a fine-tuned run, as one grid")
     smp.add_argument("run", help="run folder written by artgen finetune")
@@ -171,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     smp.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     _add_dataclass_flags(smp, SampleOptions)
+    _add_dataclass_flags(smp, GanSampleOptions)
 
     from artgen.evaluate import EvalOptions
 
@@ -217,6 +242,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_styles(args)
         if args.command == "app":
             return _cmd_app(args)
+        if args.command == "finetune" and args.family == "gan":
+            return _cmd_gan(args, "finetune")
+        if args.command == "train":
+            return _cmd_gan(args, "train")
+        if args.command == "convert":
+            return _cmd_convert(args)
         if args.command == "finetune":
             return _cmd_finetune(args)
         if args.command == "sample":
@@ -470,8 +501,6 @@ def _quiet_libraries() -> None:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
     from artgen.errors import Cancelled
     from artgen.finetune.diffusion import (
         DiffusionFinetuneOptions,
@@ -488,34 +517,93 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         options = options_for_resume(given.pop("out"), **given)
     else:
         options = DiffusionFinetuneOptions(**given)
-    state: dict = {}
-
-    def on_step(p) -> None:
-        bar = state.get("bar")
-        if bar is None:
-            bar = state["bar"] = tqdm(total=p.total_steps, initial=p.step - 1, desc="finetune",
-                                      unit="step", disable=args.quiet, dynamic_ncols=True)  # fmt: skip
-        state["step"] = p.step
-        bar.set_postfix_str(f"loss {p.loss:.4f} lr {p.lr:.2e}", False)
-        bar.update(1)
-        for what, path in (("samples", p.samples), ("checkpoint", p.checkpoint)):
-            if path is not None and not args.quiet:
-                bar.write(f"step {p.step}: {what} {path}")
-
+    bar = _StepBar(args.quiet, "finetune", lambda p: f"loss {p.loss:.4f} lr {p.lr:.2e}")
     try:
-        run = finetune_diffusion(options, callback=on_step)
+        run = finetune_diffusion(options, callback=bar)
     except (KeyboardInterrupt, Cancelled):
-        if state.get("bar"):
-            state["bar"].close()
-        step = state.get("step", 0)
-        print(f"artgen: interrupted at step {step}; checkpoint saved. Continue with:\n"
+        bar.close()
+        print(f"artgen: interrupted at step {bar.step}; checkpoint saved. Continue with:\n"
               f"  artgen finetune diffusion --out {options.out} --resume", file=sys.stderr)  # fmt: skip
         return 130
     finally:
-        if state.get("bar"):
-            state["bar"].close()
+        bar.close()
     if os.environ.get("RANK", "0") == "0":  # one line, also under accelerate/torchrun
         print(f"done: {run} (model card {run / 'README.md'}, samples {run / 'samples'})")
+    return 0
+
+
+class _StepBar:
+    """A tqdm bar for training runs, fed by their progress callback."""
+
+    def __init__(self, quiet: bool, desc: str, postfix):
+        self.quiet, self.desc, self.postfix = quiet, desc, postfix
+        self.bar = None
+        self.step = 0
+
+    def __call__(self, p) -> None:
+        from tqdm.auto import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=p.total_steps, initial=p.step - 1, desc=self.desc, unit="step",
+                            disable=self.quiet, dynamic_ncols=True)  # fmt: skip
+        self.step = p.step
+        self.bar.set_postfix_str(self.postfix(p), False)
+        self.bar.update(1)
+        for what, path in (("samples", p.samples), ("checkpoint", p.checkpoint)):
+            if path is not None and not self.quiet:
+                self.bar.write(f"step {p.step}: {what} {path}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _cmd_gan(args: argparse.Namespace, what: str) -> int:
+    from artgen.errors import Cancelled
+    from artgen.finetune.gan import (
+        GanFinetuneOptions,
+        GanTrainOptions,
+        finetune_gan,
+        options_for_resume,
+        train_gan,
+    )
+
+    cls = GanFinetuneOptions if what == "finetune" else GanTrainOptions
+    given = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)
+    }
+    if given.get("resume"):
+        if not given.get("out"):
+            raise ArtgenError("--resume: give the run folder with --out")
+        options = options_for_resume(cls, given.pop("out"), **given)
+    else:
+        options = cls(**given)
+    bar = _StepBar(args.quiet, f"{what} gan", lambda p: f"G {p.loss_g:.3f} D {p.loss_d:.3f}")
+    try:
+        if what == "finetune":
+            run = finetune_gan(options, callback=bar)
+        else:
+            run = train_gan(options, callback=bar)
+    except (KeyboardInterrupt, Cancelled):
+        bar.close()
+        print(f"artgen: interrupted at step {bar.step}; checkpoint saved. "
+              f"Continue with:\n  artgen {what} gan --out {options.out} --resume",
+              file=sys.stderr)  # fmt: skip
+        return 130
+    finally:
+        bar.close()
+    if os.environ.get("RANK", "0") == "0":
+        print(f"done: {run} (model card {run / 'README.md'}, samples {run / 'samples'})")
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from artgen.convert import convert_stylegan2_pickle
+
+    written = convert_stylegan2_pickle(args.pickle, args.out)
+    for name, path in written.items():
+        print(f"{name}: {path}")
+    print(f"use it as a base: artgen finetune gan --base {args.out} --images DIR --out RUN")
     return 0
 
 
@@ -524,6 +612,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
     from artgen import __version__
     from artgen.finetune.diffusion import SampleOptions, sample_run
+    from artgen.finetune.gan import GanSampleOptions, is_gan_run, sample_gan_run
     from artgen.images import grid, save_png
 
     _quiet_libraries()
@@ -533,9 +622,17 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if os.path.exists(out) and not args.overwrite:
         raise ArtgenError(f"{out}: already exists (pass --overwrite to replace it)")
     options = _options(args, SampleOptions)
-    images = sample_run(args.run, options, device=args.device)
+    if is_gan_run(args.run):
+        images = sample_gan_run(args.run, options.n, seed=options.seed,
+                                truncation_psi=args.truncation if hasattr(args, "truncation")
+                                else GanSampleOptions.truncation, device=args.device)  # fmt: skip
+    else:
+        images = sample_run(args.run, options, device=args.device)
     params = {"artgen": __version__, "method": "sample", "run": str(Path(args.run).resolve()),
               "options": dataclasses.asdict(options)}  # fmt: skip
+    if is_gan_run(args.run):
+        params["options"] = {"n": options.n, "seed": options.seed,
+                             "truncation": getattr(args, "truncation", GanSampleOptions.truncation)}  # fmt: skip
     path = save_png(grid(images), out, params=params, overwrite=args.overwrite)
     if args.each:
         for i, im in enumerate(images):

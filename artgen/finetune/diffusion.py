@@ -659,6 +659,7 @@ def finetune_diffusion(
             sample_path = ckpt_path = None
             if accelerator.is_main_process:
                 log.write(json.dumps({"step": step, "loss": loss_v, "lr": lr}) + "\n")
+                log.flush()
                 if step % options.sample_every == 0 and step < options.steps:
                     sample_path = samples(step)
                 if step % options.checkpoint_every == 0 or step == options.steps:

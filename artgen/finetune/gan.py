@@ -1,0 +1,857 @@
+"""Train a StyleGAN2 generator, and adapt a pretrained one to a small or balanced image set.
+
+The models are artgen.models.stylegan2 (Karras et al. 2020). The training loop is the one of
+StyleGAN2-ADA (Karras et al. 2020, "Training Generative Adversarial Networks with Limited
+Data") written out explicitly: non-saturating logistic loss, lazy R1 regularisation on real
+images, Adam with betas (0, 0.99), an exponential moving average of the generator's weights
+with ADA's half-life ramp-up, and differentiable augmentation of everything the discriminator
+sees (DiffAugment, Zhao et al. 2020; see artgen.augment) in place of ADA's adaptive pipeline.
+
+Adaptation methods (``finetune_gan``), combinable:
+
+* full fine-tuning of the pretrained generator and discriminator (the few-shot baseline);
+* FreezeD (Mo, Cho and Shin 2020, "Freeze the Discriminator"): the first k discriminator
+  blocks, counted from the image, stay frozen;
+* frozen generator layers (e.g. the mapping network, or the coarse synthesis blocks);
+* cross-domain distance consistency (Ojha et al. 2021, "Few-shot Image Generation via
+  Cross-domain Correspondence"): the pairwise similarities of a batch's intermediate features
+  in the adapted generator are kept close (KL) to those in the frozen source generator.
+  Departure: the paper's patch-level discriminator on "anchor" regions is not implemented;
+  the whole-image discriminator judges every sample.
+
+Fair transfer learning (Teo, Abdollahzadeh and Cheung 2023, "Fair Generative Models via
+Transfer Learning"): a generator pretrained on a large, biased set is adapted on a small
+balanced reference set.
+
+* ``method="fairtl"`` is that adaptation (full fine-tuning on the reference set).
+* ``method="fairtl++"`` adds the paper's two changes:
+  - multiple feedback: a frozen copy of the pretrained discriminator judges quality, the
+    trained one judges closeness to the reference set, and the generator minimises
+    ``lambda * L_fair + (1 - lambda) * L_quality``;
+  - linear probing then fine-tuning (LP-FT): for the first ``lp_steps`` only part of the
+    networks train, then all of them. Our reading of "linear probing" for a GAN, where the
+    paper leaves the split to its code: the generator's mapping network and the
+    discriminator's last block (b4, the epilogue holding the output layer) train first.
+
+Importance weighting (Choi et al. 2020, "Fair Generative Modeling via Weak Supervision") is
+available to both procedures through ``labels`` and ``balance``: every value of the
+attribute is drawn equally often. Departure: Choi et al. estimate the weights with a
+density-ratio classifier; with labels for every image the exact weights are used.
+
+Departures from StyleGAN2-ADA, all as in its own ``cifar`` configuration or for small CPU
+runs: no style-mixing regularisation and no path-length regularisation, fp32 throughout, and
+DiffAugment instead of ADA. Several GPUs go through Hugging Face accelerate; gradients are
+averaged across processes by hand, as StyleGAN2-ADA does, because R1's double backward does
+not go through DistributedDataParallel.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import shutil
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from artgen.checkpoint import (
+    list_checkpoints,
+    load_checkpoint,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+    rng_from_tensors,
+    rng_to_tensors,
+    save_checkpoint,
+    write_json,
+)
+from artgen.devices import resolve_device
+from artgen.errors import ArtgenError, Cancelled
+
+METHODS = ("full", "fairtl", "fairtl++")
+# What a resumed run may change; anything else would silently alter the run it continues.
+RESUMABLE = ("steps", "sample_every", "checkpoint_every", "keep_checkpoints", "device")
+
+
+@dataclass(frozen=True)
+class GanTrainOptions:
+    """``artgen train gan``: a StyleGAN2 generator from scratch (a base of your own)."""
+
+    images: str = field(default="", metadata={"help": "folder of training images"})
+    out: str = field(default="", metadata={"help": "run folder to create (or to --resume)"})
+    resolution: int = field(default=32, metadata={"help": "image size in px (a power of two)"})
+    z_dim: int = field(default=128, metadata={"help": "latent size"})
+    w_dim: int = field(default=128, metadata={"help": "style (W) size"})
+    mapping_layers: int = field(default=2, metadata={"help": "mapping network depth"})
+    channel_base: int = field(
+        default=4096, metadata={"help": "channels at resolution r: min(base // r, max)"}
+    )
+    channel_max: int = field(default=256, metadata={"help": "most channels in a block"})
+    steps: int = field(default=5000, metadata={"help": "training steps (one D and one G step)"})
+    batch_size: int = field(default=16, metadata={"help": "images per step per device"})
+    lr: float = field(default=0.0025, metadata={"help": "Adam learning rate (G and D)"})
+    r1_gamma: float = field(
+        default=0.0, metadata={"help": "R1 weight (0: ADA's heuristic 2e-4 * res^2 / batch)"}
+    )
+    r1_every: int = field(default=16, metadata={"help": "lazy R1: every N steps"})
+    ema_kimg: float = field(
+        default=0.0, metadata={"help": "EMA half-life in thousands of images (0: batch * 10/32)"}
+    )
+    augment: str = field(
+        default="color,translation",
+        metadata={"help": "DiffAugment policy for D's inputs ('' for none)"},
+    )
+    labels: str = field(default="", metadata={"help": "CSV: file name plus attribute columns"})
+    balance: str = field(
+        default="", metadata={"help": "attribute whose values are drawn equally often"}
+    )
+    sample_every: int = field(default=500, metadata={"help": "write a sample grid every N steps"})
+    checkpoint_every: int = field(default=500, metadata={"help": "checkpoint every N steps"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "checkpoints to keep (0: all)"})
+    seed: int = field(default=0, metadata={"help": "seed of the weights, batches and noise"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps"})
+    resume: bool = field(default=False, metadata={"help": "continue the run in --out"})
+
+
+@dataclass(frozen=True)
+class GanFinetuneOptions:
+    """``artgen finetune gan``: adapt a pretrained StyleGAN2 to a small or balanced set."""
+
+    base: str = field(
+        default="",
+        metadata={"help": "folder with generator/ and discriminator/ (an artgen train or "
+                  "finetune run, or the output of artgen convert)"},
+    )  # fmt: skip
+    images: str = field(default="", metadata={"help": "folder of training (reference) images"})
+    out: str = field(default="", metadata={"help": "run folder to create (or to --resume)"})
+    method: str = field(
+        default="full",
+        metadata={"help": "full: fine-tune; fairtl: the same, on a balanced reference set; "
+                  "fairtl++: plus multiple feedback and LP-FT", "choices": list(METHODS)},
+    )  # fmt: skip
+    steps: int = field(default=1000, metadata={"help": "training steps (one D and one G step)"})
+    batch_size: int = field(default=8, metadata={"help": "images per step per device"})
+    lr: float = field(default=0.002, metadata={"help": "Adam learning rate (G and D)"})
+    r1_gamma: float = field(
+        default=0.0, metadata={"help": "R1 weight (0: ADA's heuristic 2e-4 * res^2 / batch)"}
+    )
+    r1_every: int = field(default=16, metadata={"help": "lazy R1: every N steps"})
+    ema_kimg: float = field(
+        default=0.0, metadata={"help": "EMA half-life in thousands of images (0: batch * 10/32)"}
+    )
+    augment: str = field(
+        default="color,translation,cutout",
+        metadata={"help": "DiffAugment policy for D's inputs ('' for none)"},
+    )
+    freeze_d: int = field(
+        default=0, metadata={"help": "FreezeD: freeze the first K discriminator blocks"}
+    )
+    freeze_g: str = field(
+        default="",
+        metadata={"help": "generator parts that stay frozen, e.g. mapping or mapping,b4,b8"},
+    )
+    cdc: float = field(
+        default=0.0,
+        metadata={"help": "weight of cross-domain distance consistency (Ojha et al.; "
+                  "1000 in the paper; 0: off)"},
+    )  # fmt: skip
+    feedback_lambda: float = field(
+        default=0.5,
+        metadata={"help": "fairtl++: weight of the trained discriminator (1 - it: the frozen "
+                  "pretrained one)"},
+    )  # fmt: skip
+    lp_steps: int = field(
+        default=-1,
+        metadata={"help": "fairtl++: steps of linear probing before fine-tuning all "
+                  "(-1: a quarter of --steps)"},
+    )  # fmt: skip
+    labels: str = field(default="", metadata={"help": "CSV: file name plus attribute columns"})
+    balance: str = field(
+        default="", metadata={"help": "attribute whose values are drawn equally often"}
+    )
+    sample_every: int = field(default=250, metadata={"help": "write a sample grid every N steps"})
+    checkpoint_every: int = field(default=250, metadata={"help": "checkpoint every N steps"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "checkpoints to keep (0: all)"})
+    seed: int = field(default=0, metadata={"help": "seed of the batches and noise"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps"})
+    resume: bool = field(default=False, metadata={"help": "continue the run in --out"})
+
+
+@dataclass(frozen=True)
+class GanProgress:
+    """Reported after every training step."""
+
+    step: int
+    total_steps: int
+    loss_g: float
+    loss_d: float
+    elapsed: float
+    samples: Path | None = None
+    checkpoint: Path | None = None
+
+
+@dataclass(frozen=True)
+class GanSampleOptions:
+    """``artgen sample`` flags that only GAN runs use."""
+
+    truncation: float = field(
+        default=1.0, metadata={"help": "GAN runs: truncation psi (1: none; 0.7: safer images)"}
+    )
+
+
+# -- losses (pure functions) --------------------------------------------------------------
+
+
+def d_logistic_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """The discriminator's logistic loss: softplus(D(fake)) + softplus(-D(real)), averaged."""
+    return F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
+
+
+def g_nonsaturating_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """The generator's non-saturating loss softplus(-D(G(z))) (Goodfellow et al. 2014)."""
+    return F.softplus(-fake_logits).mean()
+
+
+def r1_penalty(real_logits: torch.Tensor, real_images: torch.Tensor) -> torch.Tensor:
+    """Mean squared gradient norm of D at real images (Mescheder et al. 2018)."""
+    (grad,) = torch.autograd.grad(real_logits.sum(), real_images, create_graph=True)
+    return grad.square().sum(dim=[1, 2, 3]).mean()
+
+
+def _similarity_distribution(f: torch.Tensor, log: bool) -> torch.Tensor:
+    """Each sample's softmax over its cosine similarities to the batch's other samples."""
+    flat = F.normalize(f.flatten(1), dim=1)
+    sim = flat @ flat.T
+    n = sim.shape[0]
+    off = ~torch.eye(n, dtype=torch.bool, device=sim.device)
+    sim = sim[off].view(n, n - 1)
+    return F.log_softmax(sim, dim=1) if log else F.softmax(sim, dim=1)
+
+
+def cdc_loss(source: Sequence[torch.Tensor], target: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Cross-domain distance consistency (Ojha et al. 2021, eq. 2), summed over layers.
+
+    ``source[l]`` and ``target[l]`` are layer l's features (N, ...) of the same N >= 3
+    latents in the frozen source generator and the adapted one. For each sample, the softmax
+    of its cosine similarities to the others is a distribution; the loss is the mean KL
+    divergence KL(source || target). Departure: the paper draws one layer per step; this sums
+    over the layers given.
+    """
+    if len(source) != len(target) or not source:
+        raise ValueError("cdc_loss needs the same, non-zero number of source and target layers")
+    total = source[0].new_zeros(())
+    for s, t in zip(source, target, strict=True):
+        if s.shape[0] < 3:
+            raise ValueError("cdc_loss needs a batch of at least 3")
+        p_s = _similarity_distribution(s.detach(), log=False)
+        log_p_t = _similarity_distribution(t, log=True)
+        total = total + F.kl_div(log_p_t, p_s, reduction="batchmean")
+    return total
+
+
+# -- the networks ------------------------------------------------------------------------
+
+
+def load_gan(folder: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Any, Any]:
+    """The generator and discriminator in ``folder``/generator and ``folder``/discriminator."""
+    from artgen.models.stylegan2 import Discriminator, Generator
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise ArtgenError(
+            f"{folder}: no such folder (give a run folder or an artgen convert output)"
+        )
+    if not (root / "generator").is_dir() or not (root / "discriminator").is_dir():
+        raise ArtgenError(f"{folder}: needs generator/ and discriminator/ folders "
+                          "(written by artgen train gan, finetune gan or convert)")  # fmt: skip
+    G = _unconditional(Generator.from_pretrained(root / "generator", device=device), root)
+    D = _unconditional(Discriminator.from_pretrained(root / "discriminator", device=device), root)
+    return G, D
+
+
+def _unconditional(net: Any, where: Path) -> Any:
+    if net.config.c_dim:
+        raise ArtgenError(f"{where}: a class-conditional network (c_dim={net.config.c_dim}); "
+                          "training, adapting and sampling take unconditional ones for now")  # fmt: skip
+    return net
+
+
+def load_generator(run_or_folder: str | os.PathLike, device: str | torch.device = "cpu") -> Any:
+    """The generator of a GAN run (its generator/ folder) or a generator folder itself."""
+    from artgen.models.stylegan2 import Generator
+
+    root = Path(run_or_folder)
+    folder = root / "generator" if (root / "generator").is_dir() else root
+    return _unconditional(Generator.from_pretrained(folder, device=device), folder)
+
+
+def _freeze_g_prefixes(G: torch.nn.Module, spec: str) -> list[str]:
+    names = [n for n, _ in G.named_parameters()]
+    prefixes = []
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        prefix = part if part.startswith(("mapping", "synthesis")) else f"synthesis.{part}"
+        if not any(n == prefix or n.startswith(prefix + ".") for n in names):
+            blocks = sorted({n.split(".")[1] for n in names if n.startswith("synthesis.")},
+                            key=lambda b: int(b[1:]) if b[1:].isdigit() else 0)  # fmt: skip
+            raise ArtgenError(f"--freeze-g {part}: no such generator part "
+                              f"(valid: mapping, {', '.join(blocks)})")  # fmt: skip
+        prefixes.append(prefix)
+    return prefixes
+
+
+def _under(name: str, prefixes: Sequence[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+@torch.no_grad()
+def _ema_update(G_ema: torch.nn.Module, G: torch.nn.Module, beta: float) -> None:
+    for p_ema, p in zip(G_ema.parameters(), G.parameters(), strict=True):
+        p_ema.copy_(p.detach().lerp(p_ema, beta))
+    for b_ema, b in zip(G_ema.buffers(), G.buffers(), strict=True):
+        b_ema.copy_(b)
+
+
+# -- sampling ----------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def generate_gan(
+    G: Any,
+    n: int,
+    *,
+    seed: int = 0,
+    truncation_psi: float = 1.0,
+    batch_size: int = 16,
+    noise_mode: str = "random",
+) -> list[Image.Image]:
+    """``n`` images; image i draws its latent and noise from seed ``seed + i`` alone."""
+    from artgen.images import to_pil
+
+    device = next(G.parameters()).device
+    was_training = G.training
+    G.eval()
+    images: list[Image.Image] = []
+    try:
+        for start in range(0, n, batch_size):
+            for i in range(start, min(n, start + batch_size)):
+                g = torch.Generator(device=device).manual_seed(seed + i)
+                z = torch.randn(1, G.config.z_dim, generator=g, device=device)
+                x = G(z, truncation_psi=truncation_psi, noise_mode=noise_mode, generator=g)
+                images.append(to_pil((x[0].float().clamp(-1, 1) + 1) / 2))
+    finally:
+        G.train(was_training)
+    return images
+
+
+def sample_gan_run(
+    run_dir: str | os.PathLike,
+    n: int,
+    *,
+    seed: int = 0,
+    truncation_psi: float = 1.0,
+    batch_size: int = 16,
+    device: str = "cpu",
+) -> list[Image.Image]:
+    """``n`` images from a GAN run folder (its generator/, the EMA weights)."""
+    if n < 1:
+        raise ArtgenError(f"-n {n}: must be >= 1")
+    G = load_generator(run_dir, device=resolve_device(device))
+    return generate_gan(G, n, seed=seed, truncation_psi=truncation_psi, batch_size=batch_size)
+
+
+def is_gan_run(run_dir: str | os.PathLike) -> bool:
+    """Whether ``run_dir`` holds a GAN (a generator/ folder, or is a generator folder)."""
+    root = Path(run_dir)
+    for folder in (root / "generator", root):
+        try:
+            config = json.loads((folder / "config.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(config, dict) and config.get("format") == "artgen-stylegan2":
+            return True
+    return False
+
+
+# -- the runs ----------------------------------------------------------------------------
+
+
+def options_for_resume(cls: type, run_dir: str | os.PathLike, **overrides: Any) -> Any:
+    """The ``cls`` options a run was started with (its config.json), with ``overrides``."""
+    path = Path(run_dir) / "config.json"
+    try:
+        saved = json.loads(path.read_text())["options"]
+    except FileNotFoundError:
+        raise ArtgenError(f"{run_dir}: nothing to resume (no config.json there)") from None
+    except (ValueError, KeyError) as e:
+        raise ArtgenError(f"{path}: unreadable run config ({e})") from None
+    names = {f.name for f in dataclasses.fields(cls)}
+    merged = {k: v for k, v in saved.items() if k in names}
+    for k, v in overrides.items():
+        if k not in (*RESUMABLE, "resume", "out") and k in merged and merged[k] != v:
+            raise ArtgenError(f"--{k.replace('_', '-')} cannot change when resuming (the run "
+                              f"uses {merged[k]!r}); only {', '.join(sorted(RESUMABLE))} can")  # fmt: skip
+    merged.update(overrides)
+    merged["out"] = str(run_dir)
+    merged["resume"] = True
+    return cls(**merged)
+
+
+def _check_common(options: Any) -> tuple[list[Path], Any]:
+    from artgen.augment import parse_policy
+    from artgen.data import check_attribute, list_images, read_labels
+
+    if not options.images:
+        raise ArtgenError("--images: give the folder of training images")
+    if not options.out:
+        raise ArtgenError("--out: give a run folder to create")
+    for name in ("steps", "batch_size", "r1_every", "sample_every", "checkpoint_every"):
+        if getattr(options, name) < 1:
+            raise ArtgenError(f"--{name.replace('_', '-')} {getattr(options, name)}: must be >= 1")
+    if not options.lr > 0:
+        raise ArtgenError(f"--lr {options.lr}: must be positive")
+    if options.r1_gamma < 0 or options.ema_kimg < 0:
+        raise ArtgenError("--r1-gamma and --ema-kimg must be >= 0")
+    parse_policy(options.augment)
+    if options.balance and not options.labels:
+        raise ArtgenError("--balance needs --labels (a CSV of file names and attributes)")
+    files = list_images(options.images)
+    labels = read_labels(options.labels, files) if options.labels else None
+    if options.balance:
+        check_attribute(labels, options.balance)
+    run = Path(options.out)
+    if options.resume:
+        if not (run / "config.json").is_file():
+            raise ArtgenError(f"{run}: nothing to resume (no config.json there)")
+    elif run.exists() and any(run.iterdir()):
+        raise ArtgenError(f"{run}: exists and is not empty; choose a new --out folder "
+                          "(or pass --resume to continue the run there)")  # fmt: skip
+    return files, labels
+
+
+def train_gan(
+    options: GanTrainOptions, *, callback: Callable[[GanProgress], None] | None = None
+) -> Path:
+    """Train a StyleGAN2 generator from scratch on ``options.images``; returns the run folder.
+
+    The run folder holds config.json, README.md (model card), log.jsonl, samples/,
+    checkpoints/, generator/ (EMA weights) and discriminator/.
+    """
+    from artgen.models.stylegan2 import Discriminator, Generator, StyleGAN2Config
+
+    files, labels = _check_common(options)
+    r = options.resolution
+    if r < 4 or r & (r - 1):
+        raise ArtgenError(f"--resolution {r}: must be a power of two >= 4")
+    try:
+        config = StyleGAN2Config(resolution=r, z_dim=options.z_dim, w_dim=options.w_dim,
+                                 mapping_layers=options.mapping_layers,
+                                 channel_base=options.channel_base,
+                                 channel_max=options.channel_max)  # fmt: skip
+    except ValueError as e:
+        raise ArtgenError(f"network settings: {e}") from None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(options.seed)
+        G, D = Generator(config), Discriminator(config)
+    return _run(options, "train-gan", G, D, files, labels, callback)
+
+
+def finetune_gan(
+    options: GanFinetuneOptions,
+    *,
+    networks: tuple[Any, Any] | None = None,
+    callback: Callable[[GanProgress], None] | None = None,
+) -> Path:
+    """Adapt the GAN in ``options.base`` (or the ``networks`` (G, D) handed in) to
+    ``options.images``; returns the run folder (laid out as train_gan's)."""
+    if options.method not in METHODS:
+        raise ArtgenError(f"--method {options.method}: use one of {', '.join(METHODS)}")
+    if not options.base and networks is None:
+        raise ArtgenError("--base: give a folder with generator/ and discriminator/")
+    if not 0 <= options.feedback_lambda <= 1:
+        raise ArtgenError(f"--feedback-lambda {options.feedback_lambda}: must be in [0, 1]")
+    if options.cdc < 0:
+        raise ArtgenError(f"--cdc {options.cdc}: must be >= 0")
+    files, labels = _check_common(options)
+    # Networks handed in are copied: the caller's modules are never trained in place.
+    G, D = copy.deepcopy(networks) if networks is not None else load_gan(options.base)
+    if options.freeze_d < 0 or options.freeze_d >= len(D.block_names()):
+        raise ArtgenError(f"--freeze-d {options.freeze_d}: must be between 0 and "
+                          f"{len(D.block_names()) - 1} (D has blocks {', '.join(D.block_names())})")  # fmt: skip
+    frozen = _freeze_g_prefixes(G, options.freeze_g)
+    if all(_under(n, frozen) for n, _ in G.named_parameters()):
+        raise ArtgenError(f"--freeze-g {options.freeze_g}: that freezes the whole generator")
+    mapping = [n for n, _ in G.named_parameters() if n.startswith("mapping.")]
+    if (
+        options.method == "fairtl++"
+        and options.lp_steps != 0
+        and all(_under(n, frozen) for n in mapping)
+    ):
+        raise ArtgenError("fairtl++ trains the mapping network first (linear probing); "
+                          "leave it out of --freeze-g, or pass --lp-steps 0")  # fmt: skip
+    return _run(options, "finetune-gan", G, D, files, labels, callback)
+
+
+def _run(
+    options: Any,
+    kind: str,
+    G: torch.nn.Module,
+    D: torch.nn.Module,
+    files: list[Path],
+    labels: Any,
+    callback: Callable[[GanProgress], None] | None,
+) -> Path:
+    from accelerate import Accelerator
+
+    from artgen import __version__
+    from artgen.augment import diff_augment
+    from artgen.data import ImageSet, balance_weights
+    from artgen.images import grid, save_png
+
+    group = D.config.mbstd_group_size
+    if options.batch_size % min(group, options.batch_size):
+        raise ArtgenError(f"--batch-size {options.batch_size}: must be a multiple of the "
+                          f"discriminator's minibatch-stddev group ({group}), or smaller")  # fmt: skip
+    device = resolve_device(options.device)
+    accelerator = Accelerator(cpu=device.type == "cpu")
+    dev = accelerator.device
+    world = accelerator.num_processes
+    run = Path(options.out)
+    if accelerator.is_main_process:
+        run.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+
+    finetune = kind == "finetune-gan"
+    method = getattr(options, "method", "train")
+    res = G.config.resolution
+    G = G.to(dev).train().requires_grad_(True)
+    D = D.to(dev).train().requires_grad_(True)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    D_quality = G_source = None
+    if method == "fairtl++" and options.feedback_lambda < 1:
+        D_quality = copy.deepcopy(D).eval().requires_grad_(False)  # the pretrained critic
+    if finetune and options.cdc > 0:
+        G_source = copy.deepcopy(G).eval().requires_grad_(False)
+
+    # What trains: everything but the user's frozen parts (FreezeD, --freeze-g).
+    frozen_d = D.block_names()[: options.freeze_d] if finetune else []
+    frozen_g = _freeze_g_prefixes(G, options.freeze_g) if finetune else []
+    g_params = {n: p for n, p in G.named_parameters() if not _under(n, frozen_g)}
+    d_params = {n: p for n, p in D.named_parameters() if not _under(n, frozen_d)}
+    for n, p in G.named_parameters():
+        p.requires_grad_(n in g_params)
+    for n, p in D.named_parameters():
+        p.requires_grad_(n in d_params)
+    lp_steps = 0
+    if method == "fairtl++":
+        lp_steps = options.lp_steps if options.lp_steps >= 0 else options.steps // 4
+        if options.resume:  # where linear probing ends was fixed when the run started
+            lp_steps = int(json.loads((run / "config.json").read_text()).get("lp_steps", lp_steps))
+    lp_g = {n for n in g_params if n.startswith("mapping.")}
+    lp_d = {n for n in d_params if n.startswith(D.block_names()[-1] + ".")}
+
+    batch = options.batch_size
+    r1_gamma = options.r1_gamma or 2e-4 * res * res / (batch * world)
+    ema_kimg = options.ema_kimg or batch * world * 10 / 32
+    c = options.r1_every / (options.r1_every + 1)  # lazy regularisation (StyleGAN2 app. B)
+    opt_g = torch.optim.Adam(list(g_params.values()), lr=options.lr, betas=(0.0, 0.99), eps=1e-8)
+    opt_d = torch.optim.Adam(list(d_params.values()), lr=options.lr * c,
+                             betas=(0.0, 0.99**c), eps=1e-8)  # fmt: skip
+
+    # Two generators: one on the device for latents, noise and augmentation, one on the CPU
+    # for batch draws and flips. Both are checkpointed, so a resumed run continues exactly.
+    g = torch.Generator(device=dev).manual_seed(options.seed + accelerator.process_index)
+    g_data = torch.Generator().manual_seed(options.seed + 1000 + accelerator.process_index)
+    data = ImageSet(files, res, center_crop=True, random_flip=True, generator=g_data)
+    if options.balance:
+        values = labels.values(options.balance)
+        weights = torch.tensor(balance_weights(values), dtype=torch.float64)
+    else:
+        values = None
+        weights = torch.ones(len(files), dtype=torch.float64)
+
+    step = 0
+    drawn: Counter[str] = Counter()
+    ckpt_dir = run / "checkpoints"
+    if options.resume:
+        found = list_checkpoints(ckpt_dir)
+        if not found:
+            raise ArtgenError(f"{run}: no checkpoint to resume from in {ckpt_dir}")
+        tensors, state = load_checkpoint(found[-1])
+        try:
+            G.load_state_dict(tensors["G"])
+            D.load_state_dict(tensors["D"])
+            G_ema.load_state_dict(tensors["G_ema"])
+        except (KeyError, RuntimeError) as e:
+            raise ArtgenError(f"{found[-1]}: does not match this run's networks ({e})") from None
+        if state.get("num_processes", 1) != world:
+            raise ArtgenError(f"{found[-1]}: saved by {state.get('num_processes', 1)} "
+                              f"process(es); resume with the same number, not {world}")  # fmt: skip
+        optimizer_from_tensors(opt_g, tensors["opt_g"], state["opt_g"])
+        optimizer_from_tensors(opt_d, tensors["opt_d"], state["opt_d"])
+        rank = f"rng{accelerator.process_index}"
+        rng_from_tensors(tensors[rank], state[rank], {"device": g, "data": g_data})
+        step = int(state["step"])
+        drawn.update(state.get("drawn", {}))
+        if step >= options.steps:
+            raise ArtgenError(f"{run}: already at step {step} of {options.steps}; "
+                              "pass a larger --steps to train further")  # fmt: skip
+
+    resolved = {
+        "artgen": __version__, "method": kind, "options": dataclasses.asdict(options),
+        "network": G.config.to_dict(), "r1_gamma": r1_gamma, "ema_kimg": ema_kimg,
+        "lp_steps": lp_steps, "frozen_d_blocks": frozen_d, "frozen_g": frozen_g,
+        "device": str(dev), "num_processes": world, "num_images": len(files),
+        "trainable_parameters_g": sum(p.numel() for p in g_params.values()),
+        "trainable_parameters_d": sum(p.numel() for p in d_params.values()),
+    }  # fmt: skip
+    resolved["options"]["resume"] = False
+    if accelerator.is_main_process:
+        write_json(run / "config.json", resolved)
+
+    def checkpoint(at: int) -> Path | None:
+        """Every process calls this; the main one writes, with every process's RNG state."""
+        rng = [rng_to_tensors({"device": g, "data": g_data})]
+        if world > 1:
+            rng = [None] * world
+            torch.distributed.all_gather_object(rng, rng_to_tensors({"device": g, "data": g_data}))
+        if not accelerator.is_main_process:
+            return None
+        opt_g_t, opt_g_meta = optimizer_to_tensors(opt_g)
+        opt_d_t, opt_d_meta = optimizer_to_tensors(opt_d)
+        tensors = {"G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
+                   "opt_g": opt_g_t, "opt_d": opt_d_t}  # fmt: skip
+        state = {"opt_g": opt_g_meta, "opt_d": opt_d_meta, "drawn": dict(drawn),
+                 "num_processes": world}  # fmt: skip
+        for rank, (rng_t, rng_meta) in enumerate(rng):
+            tensors[f"rng{rank}"] = rng_t
+            state[f"rng{rank}"] = rng_meta
+        return save_checkpoint(ckpt_dir, at, tensors, state, keep=options.keep_checkpoints)
+
+    def samples(at: int | str) -> Path:
+        images = generate_gan(G_ema, 16, seed=options.seed, noise_mode="const")
+        name = f"step-{at:07d}.png" if isinstance(at, int) else f"{at}.png"
+        return save_png(grid(images, cols=8), run / "samples" / name, overwrite=True,
+                        params={"artgen": __version__, "step": at, "seed": options.seed})  # fmt: skip
+
+    def sync(params: Sequence[torch.nn.Parameter]) -> None:
+        if world > 1:
+            for p in params:
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad.div_(world)
+
+    def augment(x: torch.Tensor) -> torch.Tensor:
+        return diff_augment(x, options.augment, generator=g) if options.augment else x
+
+    def fakes(n: int, update_w_avg: bool = False) -> torch.Tensor:
+        z = torch.randn(n, G.config.z_dim, generator=g, device=dev)
+        return G(z, update_w_avg=update_w_avg, generator=g)
+
+    def set_stage(lp: bool) -> None:
+        for n, p in g_params.items():
+            p.requires_grad_(n in lp_g if lp else True)
+        for n, p in d_params.items():
+            p.requires_grad_(n in lp_d if lp else True)
+
+    log = (run / "log.jsonl").open("a") if accelerator.is_main_process else None
+    start = time.perf_counter()
+    last_saved = step
+    # Ctrl-C takes effect between steps, so a checkpoint never holds half a step; a second
+    # Ctrl-C stops at once (and saves nothing newer than the last checkpoint).
+    interrupted: list[bool] = []
+    mid_step = False
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if interrupted or not mid_step:
+            raise KeyboardInterrupt
+        interrupted.append(True)
+
+    handler = None
+    if threading.current_thread() is threading.main_thread():
+        handler = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        while step < options.steps:
+            mid_step = True
+            set_stage(step < lp_steps)
+            idx = torch.multinomial(weights, batch, replacement=True, generator=g_data)
+            if values is not None:
+                drawn.update(values[i] for i in idx.tolist())
+            real = torch.stack([data[i]["pixels"] for i in idx.tolist()]).to(dev)
+
+            # Discriminator: logistic loss; every r1_every steps a separate R1 step on the
+            # (augmented) reals, weighted by the interval (ADA's lazy "Dreg" phase).
+            with torch.no_grad():
+                fake = fakes(batch, update_w_avg=True)
+            loss_d = d_logistic_loss(D(augment(real)), D(augment(fake)))
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            sync(d_params.values())
+            opt_d.step()
+            if step % options.r1_every == 0:
+                real_r1 = real.detach().requires_grad_(True)
+                r1 = r1_penalty(D(augment(real_r1)), real_r1)
+                opt_d.zero_grad(set_to_none=True)
+                (r1 * (r1_gamma / 2) * options.r1_every).backward()
+                sync(d_params.values())
+                opt_d.step()
+
+            # Generator: non-saturating loss (with the frozen critic for fairTL++, and CDC).
+            fake = fakes(batch, update_w_avg=True)
+            aug_fake = augment(fake)
+            loss_g = g_nonsaturating_loss(D(aug_fake))
+            if D_quality is not None:
+                lam = options.feedback_lambda
+                loss_g = lam * loss_g + (1 - lam) * g_nonsaturating_loss(D_quality(aug_fake))
+            if G_source is not None:
+                z = torch.randn(max(batch, 4), G.config.z_dim, generator=g, device=dev)
+                with torch.no_grad():
+                    _, f_src = G_source(z, noise_mode="const", return_features=True)
+                _, f_tgt = G(z, noise_mode="const", return_features=True)
+                loss_g = loss_g + options.cdc * cdc_loss(f_src[1:], f_tgt[1:])
+            opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            sync(g_params.values())
+            opt_g.step()
+
+            step += 1
+            cur_nimg = step * batch * world
+            ema_nimg = min(ema_kimg * 1000, cur_nimg * 0.05)  # ADA's ramp-up
+            _ema_update(G_ema, G, 0.5 ** (batch * world / max(ema_nimg, 1e-8)))
+
+            losses = torch.stack([loss_d.detach(), loss_g.detach()])
+            if world > 1:  # every process sees the same verdict, so none waits for ever
+                torch.distributed.all_reduce(losses)
+                losses /= world
+            ld, lg = float(losses[0]), float(losses[1])
+            mid_step = False
+            if not (math.isfinite(ld) and math.isfinite(lg)):
+                raise ArtgenError(f"step {step}: the losses are {ld} (D) and {lg} (G); "
+                                  "lower --lr or raise --r1-gamma")  # fmt: skip
+            sample_path = ckpt_path = None
+            if accelerator.is_main_process:
+                log.write(json.dumps({"step": step, "loss_d": ld, "loss_g": lg}) + "\n")
+                log.flush()
+                if step % options.sample_every == 0 and step < options.steps:
+                    sample_path = samples(step)
+            if step % options.checkpoint_every == 0 or step == options.steps:
+                ckpt_path = checkpoint(step)
+                last_saved = step
+            if accelerator.is_main_process:
+                if callback is not None:
+                    callback(GanProgress(step, options.steps, lg, ld, time.perf_counter() - start,
+                                         sample_path, ckpt_path))  # fmt: skip
+            if interrupted:
+                raise KeyboardInterrupt
+    except (KeyboardInterrupt, Cancelled):
+        # Several processes save only at the periodic checkpoints (saving gathers every
+        # process's random state, which an interrupted process cannot take part in).
+        if world == 1 and not mid_step and step > last_saved:
+            checkpoint(step)
+        raise
+    finally:
+        if handler is not None:
+            signal.signal(signal.SIGINT, handler)
+        if log is not None:
+            log.close()
+
+    if world > 1:  # gradients were averaged, so every process must hold the same weights
+        sums = torch.stack([sum(p.detach().double().sum() for p in net.parameters())
+                            for net in (G, D)]).to(dev)  # fmt: skip
+        every = accelerator.gather(sums.unsqueeze(0))
+        if not torch.equal(every, every[:1].expand_as(every)):
+            raise ArtgenError("the processes' networks diverged; please report this")
+    if accelerator.is_main_process:
+        _save_networks(run, G_ema, D)
+        final = samples("final")
+        if options.balance:
+            write_json(run / "balance.json", {"attribute": options.balance,
+                                              "dataset": _props(Counter(values)),
+                                              "realised": _props(drawn)})  # fmt: skip
+        write_model_card(run, resolved, final)
+    accelerator.wait_for_everyone()
+    return run
+
+
+def _save_networks(run: Path, G_ema: torch.nn.Module, D: torch.nn.Module) -> None:
+    for name, net in (("generator", G_ema), ("discriminator", D)):
+        tmp = run / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        net.save_pretrained(tmp)
+        if (run / name).exists():
+            shutil.rmtree(run / name)
+        os.replace(tmp, run / name)
+
+
+def _props(counts: Counter) -> dict[str, float]:
+    total = sum(counts.values()) or 1
+    return {k: counts[k] / total for k in sorted(counts)}
+
+
+def write_model_card(run: Path, config: dict, grid_path: Path) -> None:
+    """RUN_DIR/README.md: what was trained, how, and how to use it."""
+    o = config["options"]
+    net = config["network"]
+    if config["method"] == "train-gan":
+        what = f"a StyleGAN2 generator trained from scratch on {config['num_images']} images"
+        base = ""
+    else:
+        names = {"full": "full fine-tuning", "fairtl": "fairTL (Teo et al. 2023): adaptation "
+                 "on a balanced reference set", "fairtl++": "fairTL++ (Teo et al. 2023): "
+                 "multiple feedback and LP-FT"}  # fmt: skip
+        what = f"{names[o['method']]} of the StyleGAN2 in `{o['base']}` on {config['num_images']} images"
+        base = f"base_model: {o['base']}\n"
+        extras = []
+        if config["frozen_d_blocks"]:
+            extras.append(f"FreezeD on {', '.join(config['frozen_d_blocks'])}")
+        if config["frozen_g"]:
+            extras.append(f"frozen generator parts {', '.join(config['frozen_g'])}")
+        if o.get("cdc"):
+            extras.append(f"cross-domain distance consistency (weight {o['cdc']})")
+        if o["method"] == "fairtl++":
+            extras.append(f"lambda {o['feedback_lambda']}, {config['lp_steps']} LP steps")
+        if extras:
+            what += " (" + "; ".join(extras) + ")"
+    balance = f"- balanced attribute: `{o['balance']}` (see balance.json)\n" if o["balance"] else ""
+    text = f"""---
+{base}library_name: artgen
+tags: [artgen, stylegan2, gan]
+---
+# {run.name}
+
+{what}, with artgen {config["artgen"]}.
+
+![samples](samples/{grid_path.name})
+
+- resolution {net["resolution"]} px, z {net["z_dim"]}, w {net["w_dim"]}
+- {o["steps"]} steps of batch {o["batch_size"]} on {config["num_processes"]} process(es),
+  lr {o["lr"]}, R1 gamma {config["r1_gamma"]:.4g}, DiffAugment `{o["augment"] or "none"}`
+{balance}
+## Use
+
+```
+artgen sample {run} -n 16 -o grid.png
+```
+
+```python
+from artgen.finetune.gan import load_generator, generate_gan
+G = load_generator({str(run)!r})
+images = generate_gan(G, 16, seed=0, truncation_psi=1.0)
+```
+
+generator/ holds the EMA weights and discriminator/ the discriminator, each as
+config.json + model.safetensors. Full settings: config.json. Losses per step: log.jsonl.
+"""
+    tmp = run / ".README.md.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, run / "README.md")

@@ -1,0 +1,366 @@
+"""artgen.finetune.gan: losses, training steps, runs, resume, FreezeD, fairTL++, the CLI.
+
+Every network is a tiny StyleGAN2 built in the test (16 px, 16 channels at most)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from artgen.errors import ArtgenError, Cancelled
+from artgen.finetune.gan import (
+    GanFinetuneOptions,
+    GanTrainOptions,
+    cdc_loss,
+    d_logistic_loss,
+    finetune_gan,
+    g_nonsaturating_loss,
+    generate_gan,
+    is_gan_run,
+    load_gan,
+    options_for_resume,
+    r1_penalty,
+    train_gan,
+)
+from artgen.models.stylegan2 import Discriminator, Generator, StyleGAN2Config
+
+TINY = {"resolution": 16, "z_dim": 16, "w_dim": 16, "mapping_layers": 2,
+        "channel_base": 128, "channel_max": 16}  # fmt: skip
+
+
+def tiny_config() -> StyleGAN2Config:
+    return StyleGAN2Config(**TINY)
+
+
+def shapes_folder(folder: Path, n: int = 8, size: int = 16) -> Path:
+    """Discs ('round') and squares ('square') on noisy backgrounds, with a labels CSV."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    rows = ["file,shape"]
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n):
+        a = rng.uniform(0, 80, (size, size, 3))
+        r = size / 4
+        mask = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2 < r * r) if i % 4 == 0 else (
+            (abs(yy - size / 2) < r) & (abs(xx - size / 2) < r))  # fmt: skip
+        a[mask] = [230, 180, 40]
+        name = f"im{i:02d}.png"
+        Image.fromarray(a.astype(np.uint8)).save(folder / name)
+        rows.append(f"{name},{'round' if i % 4 == 0 else 'square'}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+@pytest.fixture
+def images(tmp_path) -> Path:
+    return shapes_folder(tmp_path / "images")
+
+
+def train_options(images: Path, out: Path, **kw) -> GanTrainOptions:
+    base = dict(images=str(images), out=str(out), steps=4, batch_size=4, sample_every=100,
+                checkpoint_every=2, device="cpu", **TINY)  # fmt: skip
+    base.update(kw)
+    return GanTrainOptions(**base)
+
+
+@pytest.fixture
+def base_run(tmp_path, images) -> Path:
+    return train_gan(train_options(images, tmp_path / "base", steps=2))
+
+
+def ft_options(base: Path, images: Path, out: Path, **kw) -> GanFinetuneOptions:
+    o = dict(base=str(base), images=str(images), out=str(out), steps=3, batch_size=4,
+             sample_every=100, checkpoint_every=100, device="cpu")  # fmt: skip
+    o.update(kw)
+    return GanFinetuneOptions(**o)
+
+
+# -- losses ---------------------------------------------------------------------------
+
+
+def test_logistic_losses_have_their_textbook_values():
+    zero = torch.zeros(5, 1)
+    assert d_logistic_loss(zero, zero).item() == pytest.approx(2 * np.log(2))
+    assert g_nonsaturating_loss(zero).item() == pytest.approx(np.log(2))
+    # A discriminator that is sure and right has almost no loss; sure and wrong, a lot.
+    assert d_logistic_loss(torch.full((3, 1), 20.0), torch.full((3, 1), -20.0)) < 1e-6
+    assert d_logistic_loss(torch.full((3, 1), -20.0), torch.full((3, 1), 20.0)) > 39
+
+
+def test_r1_penalty_of_a_linear_discriminator_is_its_squared_weight_norm():
+    w = torch.randn(1, 3, 4, 4)
+    x = torch.randn(6, 3, 4, 4, requires_grad=True)
+    logits = (x * w).sum(dim=[1, 2, 3])
+    assert r1_penalty(logits, x).item() == pytest.approx(w.square().sum().item(), rel=1e-5)
+
+
+def test_cdc_loss_is_zero_for_identical_features_and_gradient_descent_lowers_it():
+    src = [torch.randn(6, 4, 5, 5), torch.randn(6, 8)]
+    assert cdc_loss(src, [s.clone() for s in src]).item() == pytest.approx(0.0, abs=1e-6)
+    tgt = [torch.randn_like(s, requires_grad=True) for s in src]
+    first = cdc_loss(src, tgt).item()
+    assert first > 0.01
+    opt = torch.optim.SGD(tgt, lr=5.0)
+    for _ in range(50):
+        opt.zero_grad()
+        cdc_loss(src, tgt).backward()
+        opt.step()
+    assert cdc_loss(src, tgt).item() < 0.3 * first
+    with pytest.raises(ValueError):
+        cdc_loss([torch.randn(2, 3)], [torch.randn(2, 3)])
+
+
+# -- training steps lower their losses ------------------------------------------------------
+
+
+def test_discriminator_steps_lower_its_loss_on_a_fixed_batch(images):
+    torch.manual_seed(0)
+    G, D = Generator(tiny_config()), Discriminator(tiny_config())
+    real = torch.rand(8, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        fake = G(torch.randn(8, 16), noise_mode="const")
+    opt = torch.optim.Adam(D.parameters(), lr=2e-3, betas=(0.0, 0.99))
+    losses = []
+    for _ in range(30):
+        loss = d_logistic_loss(D(real), D(fake))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_generator_steps_lower_its_loss_against_a_fixed_discriminator():
+    torch.manual_seed(0)
+    G, D = Generator(tiny_config()), Discriminator(tiny_config())
+    D.requires_grad_(False)
+    z = torch.randn(8, 16)
+    opt = torch.optim.Adam(G.parameters(), lr=2e-3, betas=(0.0, 0.99))
+    losses = []
+    for _ in range(30):
+        loss = g_nonsaturating_loss(D(G(z, noise_mode="const")))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0]
+
+
+# -- runs -------------------------------------------------------------------------------
+
+
+def test_train_gan_writes_a_complete_run_that_loads_and_samples(tmp_path, images):
+    run = train_gan(train_options(images, tmp_path / "run"))
+    for name in ("config.json", "README.md", "log.jsonl", "samples/final.png",
+                 "generator/config.json", "generator/model.safetensors",
+                 "discriminator/model.safetensors"):  # fmt: skip
+        assert (run / name).is_file(), name
+    assert [p.name for p in sorted((run / "checkpoints").iterdir())] == [
+        "step-0000002", "step-0000004"]  # fmt: skip
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    assert is_gan_run(run) and not is_gan_run(images)
+    G, D = load_gan(run)
+    assert G.config == tiny_config()
+    assert G.mapping.w_avg.abs().sum() > 0  # the running mean of W was tracked
+    a = generate_gan(G, 3, seed=5)
+    b = generate_gan(G, 3, seed=5)
+    assert [np.asarray(x).tobytes() for x in a] == [np.asarray(x).tobytes() for x in b]
+    # Image i depends on seed + i only, not on how many are made with it.
+    c = generate_gan(G, 1, seed=6)
+    assert np.array_equal(np.asarray(a[1]), np.asarray(c[0]))
+    assert a[0].size == (16, 16)
+    card = (run / "README.md").read_text()
+    assert "trained from scratch on 8 images" in card
+
+
+def test_resume_continues_exactly_where_an_uninterrupted_run_would_be(tmp_path, images):
+    straight = train_gan(train_options(images, tmp_path / "a", steps=4))
+    train_gan(train_options(images, tmp_path / "b", steps=2))
+    resumed = train_gan(options_for_resume(GanTrainOptions, tmp_path / "b", steps=4))
+    for part in ("generator", "discriminator"):
+        sa = load_file(str(straight / part / "model.safetensors"))
+        sb = load_file(str(resumed / part / "model.safetensors"))
+        assert sa.keys() == sb.keys()
+        for k in sa:
+            assert torch.equal(sa[k], sb[k]), f"{part}: {k} differs after resume"
+    log = [json.loads(line)["step"] for line in (resumed / "log.jsonl").read_text().splitlines()]
+    assert log == [1, 2, 3, 4]  # no silent restart from step 0
+    with pytest.raises(ArtgenError, match="already at step 4"):
+        train_gan(options_for_resume(GanTrainOptions, tmp_path / "b", steps=4))
+
+
+def test_freezed_and_frozen_generator_parts_stay_bit_identical(tmp_path, base_run, images):
+    G0, D0 = load_gan(base_run)
+    run = finetune_gan(ft_options(base_run, images, tmp_path / "ft", freeze_d=2,
+                                  freeze_g="mapping,b4"))  # fmt: skip
+    G1, D1 = load_gan(run)
+    frozen_d = D0.block_names()[:2]
+    d0, d1 = D0.state_dict(), D1.state_dict()
+    changed = 0
+    for k in d0:
+        if k.split(".")[0] in frozen_d:
+            assert torch.equal(d0[k], d1[k]), k
+        elif not torch.equal(d0[k], d1[k]):
+            changed += 1
+    assert changed > 0
+    g0, g1 = dict(G0.named_parameters()), dict(G1.named_parameters())
+    for k in g0:
+        if k.startswith(("mapping.", "synthesis.b4.")):
+            assert torch.equal(g0[k], g1[k]), k
+    assert any(not torch.equal(g0[k], g1[k]) for k in g0 if k.startswith("synthesis.b16."))
+    config = json.loads((run / "config.json").read_text())
+    assert config["frozen_d_blocks"] == frozen_d
+    assert "FreezeD" in (run / "README.md").read_text()
+
+
+def test_fairtl_plus_plus_linear_probing_trains_only_the_mapping_and_the_last_block(
+    tmp_path, base_run, images
+):
+    G0, D0 = load_gan(base_run)
+    # After linear probing, everything trains; the frozen critic changes what G learns.
+    lpft = load_gan(finetune_gan(ft_options(base_run, images, tmp_path / "lpft",
+                                            method="fairtl++", lp_steps=1)))[0]  # fmt: skip
+    g0 = dict(G0.named_parameters())
+    assert any(not torch.equal(g0[k], p) for k, p in lpft.named_parameters()
+               if k.startswith("synthesis."))  # fmt: skip
+    alone = load_gan(finetune_gan(ft_options(base_run, images, tmp_path / "lam1",
+                                             method="fairtl++", lp_steps=1,
+                                             feedback_lambda=1.0)))[0]  # fmt: skip
+    assert not torch.equal(lpft.synthesis.b16.conv1.weight, alone.synthesis.b16.conv1.weight)
+    run = finetune_gan(ft_options(base_run, images, tmp_path / "lp", method="fairtl++",
+                                  lp_steps=3, feedback_lambda=0.5))  # fmt: skip
+    G1, D1 = load_gan(run)
+    g0, g1 = dict(G0.named_parameters()), dict(G1.named_parameters())
+    assert any(not torch.equal(g0[k], g1[k]) for k in g0 if k.startswith("mapping."))
+    assert all(torch.equal(g0[k], g1[k]) for k in g0 if k.startswith("synthesis."))
+    last = D0.block_names()[-1]
+    d0, d1 = dict(D0.named_parameters()), dict(D1.named_parameters())
+    assert any(not torch.equal(d0[k], d1[k]) for k in d0 if k.startswith(last + "."))
+    assert all(torch.equal(d0[k], d1[k]) for k in d0 if not k.startswith(last + "."))
+    assert json.loads((run / "config.json").read_text())["lp_steps"] == 3
+
+
+def test_cdc_adaptation_runs_and_balanced_draws_are_even(tmp_path, base_run, images):
+    # 2 of 8 images are round: balanced draws take each shape about half the time.
+    run = finetune_gan(ft_options(base_run, images, tmp_path / "cdc", cdc=10.0, steps=20,
+                                  labels=str(images / "labels.csv"), balance="shape"))  # fmt: skip
+    b = json.loads((run / "balance.json").read_text())
+    assert b["dataset"] == {"round": 0.25, "square": 0.75}
+    assert abs(b["realised"]["round"] - 0.5) < 0.15  # 80 draws: sd 0.056, so about 2.7 sd
+    # The CDC term changes the training: the same run without it ends elsewhere.
+    plain = finetune_gan(ft_options(base_run, images, tmp_path / "plain", steps=20,
+                                    labels=str(images / "labels.csv"), balance="shape"))  # fmt: skip
+    a, b = load_gan(run)[0], load_gan(plain)[0]
+    assert not torch.equal(a.synthesis.b16.conv1.weight, b.synthesis.b16.conv1.weight)
+    assert "cross-domain distance consistency" in (run / "README.md").read_text()
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path, base_run, images):
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (ft_options(base_run, images, tmp_path / "x", freeze_d=99), "--freeze-d 99"),
+        (ft_options(base_run, images, tmp_path / "x", freeze_g="b1024"), "--freeze-g b1024"),
+        (ft_options(tmp_path / "nope", images, tmp_path / "x"), "no such folder"),
+        (ft_options(images, images, tmp_path / "x"), "needs generator/"),
+        (ft_options(base_run, tmp_path / "empty", tmp_path / "x"), "no images"),
+        (ft_options(base_run, images, base_run), "not empty"),
+        (ft_options(base_run, images, tmp_path / "x", balance="shape"), "--balance needs"),
+        (ft_options(base_run, images, tmp_path / "x", method="magic"), "--method magic"),
+        (ft_options(base_run, images, tmp_path / "x", augment="blur"), "blur"),
+    ]
+    for options, message in cases:
+        with pytest.raises(ArtgenError, match=message.replace("/", ".")) as e:
+            finetune_gan(options)
+        assert "\n" not in str(e.value)
+    with pytest.raises(ArtgenError, match="--batch-size 6"):
+        finetune_gan(ft_options(base_run, images, tmp_path / "x", batch_size=6))
+    with pytest.raises(ArtgenError, match="whole generator"):
+        finetune_gan(ft_options(base_run, images, tmp_path / "x", freeze_g="mapping,synthesis"))
+    with pytest.raises(ArtgenError, match="--lr cannot change when resuming"):
+        options_for_resume(GanTrainOptions, base_run, lr=0.1)
+    with pytest.raises(ArtgenError, match="power of two"):
+        train_gan(train_options(images, tmp_path / "y", resolution=24))
+    with pytest.raises(ArtgenError, match="nothing to resume"):
+        train_gan(replace(train_options(images, tmp_path / "z"), resume=True))
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_conditional_base_is_refused_in_one_line(tmp_path, images):
+    from dataclasses import replace as dc_replace
+
+    conditional = dc_replace(tiny_config(), c_dim=3)
+    base = tmp_path / "cond"
+    Generator(conditional).save_pretrained(base / "generator")
+    Discriminator(conditional).save_pretrained(base / "discriminator")
+    with pytest.raises(ArtgenError, match="class-conditional"):
+        finetune_gan(ft_options(base, images, tmp_path / "x"))
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_train_finetune_sample(tmp_path, images, capsys):
+    from artgen.cli import main
+
+    tiny = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
+    base = tmp_path / "base"
+    assert main(["train", "gan", "--images", str(images), "--out", str(base), "--steps", "2",
+                 "--batch-size", "4", "--device", "cpu", "-q", *tiny]) == 0  # fmt: skip
+    run = tmp_path / "ft"
+    assert main(["finetune", "gan", "--base", str(base), "--images", str(images),
+                 "--out", str(run), "--steps", "2", "--batch-size", "4", "--freeze-d", "1",
+                 "--device", "cpu", "-q"]) == 0  # fmt: skip
+    assert "done:" in capsys.readouterr().out
+    grid = tmp_path / "grid.png"
+    assert main(["sample", str(run), "-n", "4", "-o", str(grid), "--truncation", "0.5",
+                 "--device", "cpu"]) == 0  # fmt: skip
+    assert Image.open(grid).size[0] > 16
+    # A second finetune into the same folder is refused, with the folder left alone.
+    before = sorted(p.name for p in run.iterdir())
+    assert main(["finetune", "gan", "--base", str(base), "--images", str(images),
+                 "--out", str(run), "--device", "cpu", "-q"]) == 2  # fmt: skip
+    assert "not empty" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_a_cancelled_run_saves_a_checkpoint_and_resumes_from_it(tmp_path, images):
+    def stop_at_3(p):
+        if p.step == 3:
+            raise Cancelled
+
+    options = train_options(images, tmp_path / "run", steps=6, checkpoint_every=100)
+    with pytest.raises(Cancelled):
+        train_gan(options, callback=stop_at_3)
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-0000003"]
+    run = train_gan(options_for_resume(GanTrainOptions, tmp_path / "run"))
+    steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_two_processes_through_torchrun(tmp_path, images):
+    """What accelerate launch does on several GPUs, here as two CPU processes (gloo)."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    run = tmp_path / "ddp"
+    tiny = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
+    cmd = [str(torchrun), "--nproc_per_node", "2", "-m", "artgen", "train", "gan",
+           "--images", str(images), "--out", str(run), "--steps", "3", "--batch-size", "4",
+           "--checkpoint-every", "2", "--device", "cpu", "-q", *tiny]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    repo = Path(__file__).resolve().parent.parent
+    done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    # The run checks at the end that both processes hold identical weights (averaged
+    # gradients), and fails if they diverged.
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("done:") == 1
+    config = json.loads((run / "config.json").read_text())
+    assert config["num_processes"] == 2
+    assert config["r1_gamma"] == pytest.approx(2e-4 * 16 * 16 / 8)  # the global batch is 8
