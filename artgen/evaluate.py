@@ -151,7 +151,10 @@ def evaluate(
     gen = torch.cat([to_tensor(im.resize((res, res))) for im in samples]) * 2 - 1
     distance, label = load_lpips(options.lpips, device)
     with torch.inference_mode():
-        diversity = intra_cluster_diversity(gen.to(device), ref.to(device), distance)
+        # At most 50 members per cluster, as public re-implementations do: a collapsed
+        # generator puts most samples in one cluster, and all their pairs would take hours.
+        diversity = intra_cluster_diversity(gen.to(device), ref.to(device), distance,
+                                            max_per_cluster=50)  # fmt: skip
     result["diversity"] = {"intra_cluster": diversity, "distance": label}
 
     if labels is not None:
