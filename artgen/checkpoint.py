@@ -10,11 +10,13 @@ JSON can carry). Used by every trainer in artgen (diffusion, GAN).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
 import re
 import shutil
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -149,3 +151,38 @@ def load_checkpoint(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dic
     except (OSError, ValueError) as e:
         raise ArtgenError(f"{path}: unreadable checkpoint ({e})") from None
     return tensors, state
+
+
+# -- resuming a run ---------------------------------------------------------------------
+
+
+def options_for_resume(
+    cls: type,
+    run_dir: str | os.PathLike,
+    overrides: dict[str, Any],
+    *,
+    changeable: Collection[str] | None = None,
+) -> Any:
+    """The ``cls`` options a run was started with (its config.json), with ``overrides``.
+
+    With ``changeable``, an override of any other setting to a new value is refused, since
+    it would silently alter the run being continued.
+    """
+    path = Path(run_dir) / "config.json"
+    try:
+        saved = json.loads(path.read_text())["options"]
+    except FileNotFoundError:
+        raise ArtgenError(f"{run_dir}: nothing to resume (no config.json there)") from None
+    except (ValueError, KeyError) as e:
+        raise ArtgenError(f"{path}: unreadable run config ({e})") from None
+    names = {f.name for f in dataclasses.fields(cls)}
+    merged = {k: v for k, v in saved.items() if k in names}
+    if changeable is not None:
+        for k, v in overrides.items():
+            if k not in (*changeable, "resume", "out") and k in merged and merged[k] != v:
+                raise ArtgenError(f"--{k.replace('_', '-')} cannot change when resuming (the run "
+                                  f"uses {merged[k]!r}); only {', '.join(sorted(changeable))} can")  # fmt: skip
+    merged.update(overrides)
+    merged["out"] = str(run_dir)
+    merged["resume"] = True
+    return cls(**merged)

@@ -18,7 +18,7 @@ import csv
 import math
 import os
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,10 +199,11 @@ def balance_weights(values: Sequence[str]) -> list[float]:
     return [1.0 / (k * counts[v]) for v in values]
 
 
-def proportions(values: Sequence[str]) -> dict[str, float]:
-    """The share of each distinct value, keys sorted by value."""
-    counts = Counter(values)
-    n = len(values)
+def proportions(values: Sequence[str] | Mapping[str, int]) -> dict[str, float]:
+    """The share of each distinct value (of a list of values, or of counts per value), keys
+    sorted by value."""
+    counts = values if isinstance(values, Mapping) else Counter(values)
+    n = sum(counts.values())
     return {v: counts[v] / n for v in sorted(counts)}
 
 

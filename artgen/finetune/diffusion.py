@@ -58,6 +58,9 @@ from artgen.checkpoint import (
     save_checkpoint,
     write_json,
 )
+from artgen.checkpoint import (
+    options_for_resume as _options_for_resume,
+)
 from artgen.devices import resolve_device
 from artgen.errors import ArtgenError, Cancelled
 
@@ -177,19 +180,7 @@ class FinetuneProgress:
 
 def options_for_resume(run_dir: str | os.PathLike, **overrides: Any) -> DiffusionFinetuneOptions:
     """The options a run was started with (its config.json), with ``overrides`` applied."""
-    path = Path(run_dir) / "config.json"
-    try:
-        saved = json.loads(path.read_text())["options"]
-    except FileNotFoundError:
-        raise ArtgenError(f"{run_dir}: nothing to resume (no config.json there)") from None
-    except (ValueError, KeyError) as e:
-        raise ArtgenError(f"{path}: unreadable run config ({e})") from None
-    names = {f.name for f in dataclasses.fields(DiffusionFinetuneOptions)}
-    merged = {k: v for k, v in saved.items() if k in names}
-    merged.update(overrides)
-    merged["out"] = str(run_dir)
-    merged["resume"] = True
-    return DiffusionFinetuneOptions(**merged)
+    return _options_for_resume(DiffusionFinetuneOptions, run_dir, overrides)
 
 
 # -- the base model -------------------------------------------------------------------
@@ -465,7 +456,14 @@ def finetune_diffusion(
     from diffusers.optimization import get_scheduler
 
     from artgen import __version__
-    from artgen.data import ImageSet, balance_weights, check_attribute, list_images, read_labels
+    from artgen.data import (
+        ImageSet,
+        balance_weights,
+        check_attribute,
+        list_images,
+        proportions,
+        read_labels,
+    )
 
     if not options.base:
         raise ArtgenError("--base: give a diffusers hub id or a save_pretrained folder")
@@ -593,7 +591,7 @@ def finetune_diffusion(
     if accelerator.is_main_process:
         write_json(run / "config.json", resolved)
         if options.balance:
-            resolved_props = _props(Counter(values))
+            resolved_props = proportions(values)
             write_json(run / "balance.json", {"attribute": options.balance,
                                               "dataset": resolved_props, "realised": None})  # fmt: skip
 
@@ -684,8 +682,8 @@ def finetune_diffusion(
             final = samples("final")
         if options.balance:
             write_json(run / "balance.json", {"attribute": options.balance,
-                                              "dataset": _props(Counter(values)),
-                                              "realised": _props(drawn)})  # fmt: skip
+                                              "dataset": proportions(values),
+                                              "realised": proportions(drawn)})  # fmt: skip
         write_model_card(run, resolved, final)
     accelerator.wait_for_everyone()
     return run
@@ -694,11 +692,6 @@ def finetune_diffusion(
 @contextmanager
 def _nullcontext() -> Iterator[None]:
     yield
-
-
-def _props(counts: Counter) -> dict[str, float]:
-    total = sum(counts.values()) or 1
-    return {k: counts[k] / total for k in sorted(counts)}
 
 
 def _json_safe(sd: dict) -> dict:

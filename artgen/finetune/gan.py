@@ -76,6 +76,9 @@ from artgen.checkpoint import (
     save_checkpoint,
     write_json,
 )
+from artgen.checkpoint import (
+    options_for_resume as _options_for_resume,
+)
 from artgen.devices import resolve_device
 from artgen.errors import ArtgenError, Cancelled
 
@@ -387,24 +390,8 @@ def is_gan_run(run_dir: str | os.PathLike) -> bool:
 
 
 def options_for_resume(cls: type, run_dir: str | os.PathLike, **overrides: Any) -> Any:
-    """The ``cls`` options a run was started with (its config.json), with ``overrides``."""
-    path = Path(run_dir) / "config.json"
-    try:
-        saved = json.loads(path.read_text())["options"]
-    except FileNotFoundError:
-        raise ArtgenError(f"{run_dir}: nothing to resume (no config.json there)") from None
-    except (ValueError, KeyError) as e:
-        raise ArtgenError(f"{path}: unreadable run config ({e})") from None
-    names = {f.name for f in dataclasses.fields(cls)}
-    merged = {k: v for k, v in saved.items() if k in names}
-    for k, v in overrides.items():
-        if k not in (*RESUMABLE, "resume", "out") and k in merged and merged[k] != v:
-            raise ArtgenError(f"--{k.replace('_', '-')} cannot change when resuming (the run "
-                              f"uses {merged[k]!r}); only {', '.join(sorted(RESUMABLE))} can")  # fmt: skip
-    merged.update(overrides)
-    merged["out"] = str(run_dir)
-    merged["resume"] = True
-    return cls(**merged)
+    """The ``cls`` options a run was started with, with ``overrides`` of RESUMABLE settings."""
+    return _options_for_resume(cls, run_dir, overrides, changeable=RESUMABLE)
 
 
 def _check_common(options: Any) -> tuple[list[Path], Any]:
@@ -515,7 +502,7 @@ def _run(
 
     from artgen import __version__
     from artgen.augment import diff_augment
-    from artgen.data import ImageSet, balance_weights
+    from artgen.data import ImageSet, balance_weights, proportions
     from artgen.images import grid, save_png
 
     group = D.config.mbstd_group_size
@@ -776,8 +763,8 @@ def _run(
         final = samples("final")
         if options.balance:
             write_json(run / "balance.json", {"attribute": options.balance,
-                                              "dataset": _props(Counter(values)),
-                                              "realised": _props(drawn)})  # fmt: skip
+                                              "dataset": proportions(values),
+                                              "realised": proportions(drawn)})  # fmt: skip
         write_model_card(run, resolved, final)
     accelerator.wait_for_everyone()
     return run
@@ -791,11 +778,6 @@ def _save_networks(run: Path, G_ema: torch.nn.Module, D: torch.nn.Module) -> Non
         if (run / name).exists():
             shutil.rmtree(run / name)
         os.replace(tmp, run / name)
-
-
-def _props(counts: Counter) -> dict[str, float]:
-    total = sum(counts.values()) or 1
-    return {k: counts[k] / total for k in sorted(counts)}
 
 
 def write_model_card(run: Path, config: dict, grid_path: Path) -> None:
