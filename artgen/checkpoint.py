@@ -16,6 +16,8 @@ import os
 import random
 import re
 import shutil
+import signal
+import threading
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -186,3 +188,73 @@ def options_for_resume(
     merged["out"] = str(run_dir)
     merged["resume"] = True
     return cls(**merged)
+
+
+# -- Ctrl-C between steps ----------------------------------------------------------------
+
+
+class StepInterrupt:
+    """Make Ctrl-C (SIGINT) take effect between training steps, not inside one.
+
+    A checkpoint saved after an interrupt then never holds half a step (weights updated but
+    the step counter not, or one optimizer stepped and the other not). A second Ctrl-C, or
+    one outside a step, raises at once. Only the main thread can install a signal handler;
+    elsewhere, with ``enabled`` False, or where SIGINT is ignored (a background job), this
+    does nothing and Ctrl-C behaves as usual. Runs of several processes pass ``enabled``
+    False: a process that deferred its Ctrl-C would wait for ever in the next collective
+    operation of one that did not.
+
+        stop = StepInterrupt()
+        try:
+            stop.install()
+            while step < steps:
+                stop.mid_step = True
+                ...  # one whole step
+                stop.mid_step = False
+                ...  # log, checkpoint
+                stop.raise_if_requested()
+        finally:
+            stop.restore()
+
+    (``with StepInterrupt() as stop:`` does the same.)
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.mid_step = False
+        self.requested = False
+        self._installed = False
+        self._previous: Any = None
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.requested or not self.mid_step:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def raise_if_requested(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def install(self) -> StepInterrupt:
+        if (
+            self.enabled
+            and not self._installed
+            and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+        ):
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+            self._installed = True
+        return self
+
+    def restore(self) -> None:
+        if self._installed:
+            # None: the previous handler was not set from Python; Python's own is the best guess
+            previous = self._previous if self._previous is not None else signal.default_int_handler
+            signal.signal(signal.SIGINT, previous)
+            self._installed = False
+
+    def __enter__(self) -> StepInterrupt:
+        return self.install()
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()

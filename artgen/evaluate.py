@@ -35,6 +35,11 @@ class EvalOptions:
         default="", metadata={"help": "measure this folder of images instead of generating"}
     )
     sample_steps: int = field(default=50, metadata={"help": "denoising steps when generating"})
+    class_index: int = field(
+        default=-1,
+        metadata={"help": "GAN runs, class-conditional networks: the class to generate "
+                  "(default: the class the run adapted)"},
+    )  # fmt: skip
     seed: int = field(default=0, metadata={"help": "seed of the generated images"})
     fid_network: str = field(
         default="efficientnet-lite0",
@@ -120,7 +125,8 @@ def evaluate(
         if options.num_samples < 2:
             raise ArtgenError(f"--num-samples {options.num_samples}: need at least 2")
         if generate is None and is_gan_run(run):
-            samples = sample_gan_run(run, options.num_samples, seed=options.seed, device=device)
+            samples = sample_gan_run(run, options.num_samples, seed=options.seed, device=device,
+                                     class_index=options.class_index)  # fmt: skip
         elif generate is None:
             so = SampleOptions(n=options.num_samples, steps=options.sample_steps,
                                seed=options.seed)  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -141,7 +142,8 @@ def trained(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(last / "trainable.safetensors"))
 
 
-def test_resume_after_interrupt_continues_exactly(bases, tmp_path):
+@pytest.mark.parametrize("how", ["callback", "ctrl-c mid-step"])
+def test_resume_after_interrupt_continues_exactly(bases, tmp_path, monkeypatch, how):
     straight = finetune_diffusion(
         fast(bases, tmp_path / "a", steps=8, ema_decay=0.99, lr_schedule="cosine", warmup_steps=2)
     )
@@ -150,11 +152,25 @@ def test_resume_after_interrupt_continues_exactly(bases, tmp_path):
         if p.step == 5:
             raise Cancelled
 
+    calls = []
+
+    def loss_then_sigint(*args, **kw):  # Ctrl-C arrives inside step 5, before its update
+        calls.append(1)
+        if len(calls) == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+        return diffusion_loss(*args, **kw)
+
     opts = fast(
         bases, tmp_path / "b", steps=8, ema_decay=0.99, lr_schedule="cosine", warmup_steps=2
     )
-    with pytest.raises(Cancelled):
-        finetune_diffusion(opts, callback=stop_at_5)
+    if how == "callback":
+        with pytest.raises(Cancelled):
+            finetune_diffusion(opts, callback=stop_at_5)
+    else:
+        monkeypatch.setattr("artgen.finetune.diffusion.diffusion_loss", loss_then_sigint)
+        with pytest.raises(KeyboardInterrupt):  # after step 5 is whole, not inside it
+            finetune_diffusion(opts)
+        monkeypatch.undo()
     assert [p.name for p in (tmp_path / "b" / "checkpoints").iterdir()] == ["step-0000005"]
     with pytest.raises(ArtgenError, match="already holds a run; pass --resume"):
         finetune_diffusion(opts)
@@ -176,7 +192,13 @@ def test_resume_after_interrupt_continues_exactly(bases, tmp_path):
 
 
 def test_resume_refuses_changed_settings(bases, tmp_path):
-    finetune_diffusion(fast(bases, tmp_path / "r", steps=2))
+    run = finetune_diffusion(fast(bases, tmp_path / "r", steps=2, checkpoint_every=1))
+    state = run / "checkpoints" / "step-0000002" / "state.json"
+    saved = json.loads(state.read_text())
+    assert saved["num_processes"] == 1 and "rng0" in saved
+    state.write_text(json.dumps({**saved, "num_processes": 2}))
+    with pytest.raises(ArtgenError, match="saved by 2 process.*not 1"):
+        finetune_diffusion(options_for_resume(run, steps=3))
     with pytest.raises(ArtgenError, match="--lora-rank: the run .* used 8, not 4"):
         finetune_diffusion(options_for_resume(tmp_path / "r", lora_rank=4, steps=3))
     with pytest.raises(ArtgenError, match="nothing to resume"):
@@ -294,3 +316,7 @@ def test_two_processes_through_torchrun(bases, tmp_path):
     steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-0000002", "step-0000004"]
+    last = run / "checkpoints" / "step-0000004"
+    assert json.loads((last / "state.json").read_text())["num_processes"] == 2
+    rng0, rng1 = (load_file(str(last / f"rng{r}.safetensors")) for r in (0, 1))
+    assert any(not torch.equal(rng0[k], rng1[k]) for k in rng0)  # each process's own stream

@@ -30,6 +30,7 @@ from artgen.finetune.gan import (
     load_gan,
     options_for_resume,
     r1_penalty,
+    sample_gan_run,
     train_gan,
 )
 from artgen.models.stylegan2 import Discriminator, Generator, StyleGAN2Config
@@ -296,16 +297,54 @@ def test_bad_inputs_give_one_line_errors(tmp_path, base_run, images):
     assert not (tmp_path / "x").exists()
 
 
-def test_a_conditional_base_is_refused_in_one_line(tmp_path, images):
-    from dataclasses import replace as dc_replace
-
-    conditional = dc_replace(tiny_config(), c_dim=3)
+def test_a_conditional_base_adapts_one_class_and_samples_it_by_default(tmp_path, base_run, images):
+    conditional = replace(tiny_config(), c_dim=3)
+    torch.manual_seed(0)
     base = tmp_path / "cond"
-    Generator(conditional).save_pretrained(base / "generator")
+    G0 = Generator(conditional)
+    G0.save_pretrained(base / "generator")
     Discriminator(conditional).save_pretrained(base / "discriminator")
-    with pytest.raises(ArtgenError, match="class-conditional"):
-        finetune_gan(ft_options(base, images, tmp_path / "x"))
+    a, b = (np.asarray(generate_gan(G0, 2, class_index=k)[0], float) for k in (0, 2))
+    assert np.abs(a - b).mean() > 1.0  # the label matters: same latent, another class
+
+    for kw, message in [({}, r"class-conditional \(3 classes\): pass --class-index K"),
+                        ({"class_index": 3}, "--class-index 3: .* from 0 to 2")]:  # fmt: skip
+        with pytest.raises(ArtgenError, match=message):
+            finetune_gan(ft_options(base, images, tmp_path / "x", **kw))
+    with pytest.raises(ArtgenError, match="--class-index 1: this network is unconditional"):
+        finetune_gan(ft_options(base_run, images, tmp_path / "x", class_index=1))
+    unconditional_d = Discriminator(tiny_config())
+    with pytest.raises(ArtgenError, match="generator has 3 classes but the discriminator 0"):
+        finetune_gan(ft_options("", images, tmp_path / "x", class_index=1),
+                     networks=(G0, unconditional_d))  # fmt: skip
     assert not (tmp_path / "x").exists()
+
+    run = finetune_gan(ft_options(base, images, tmp_path / "run", class_index=1, steps=4))
+    # Only class 1's label was ever shown, so only its column of the label embeddings moved.
+    G, D = load_gan(run)
+    for before, after in [(G0.mapping.embed.weight, G.mapping.embed.weight),
+                          (Discriminator.from_pretrained(base / "discriminator").mapping.embed.weight,
+                           D.mapping.embed.weight)]:  # fmt: skip
+        assert torch.equal(before[:, [0, 2]], after[:, [0, 2]])
+        assert (before[:, 1] - after[:, 1]).abs().max() > 1e-4
+    assert "class 1 of 3" in (run / "README.md").read_text()
+    # Sampling a conditional run draws the class it adapted unless told otherwise.
+    default = sample_gan_run(run, 2)
+    for k, same in [(1, True), (0, False)]:
+        other = generate_gan(G, 2, class_index=k)
+        assert all(np.array_equal(x, y) for x, y in zip(default, other, strict=True)) == same
+    with pytest.raises(ArtgenError, match="pass --class-index"):
+        sample_gan_run(base / "generator", 2)
+    from artgen.cli import main
+
+    out = tmp_path / "class0.png"
+    assert main(["sample", str(run), "-n", "2", "-o", str(out), "--class-index", "0",
+                 "--device", "cpu"]) == 0  # fmt: skip
+    assert np.array_equal(
+        np.asarray(Image.open(out).convert("RGB"))[:16, :16], np.asarray(other[0])
+    )
+    assert main(["eval", str(run), "--images", str(images), "--num-samples", "4",
+                 "--class-index", "0", "--kid-subsets", "2", "--device", "cpu"]) == 0  # fmt: skip
 
 
 def test_cli_train_finetune_sample(tmp_path, images, capsys):

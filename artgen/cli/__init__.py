@@ -612,7 +612,12 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
     from artgen import __version__
     from artgen.finetune.diffusion import SampleOptions, sample_run
-    from artgen.finetune.gan import GanSampleOptions, is_gan_run, sample_gan_run
+    from artgen.finetune.gan import (
+        GanSampleOptions,
+        is_gan_run,
+        run_class_index,
+        sample_gan_run,
+    )
     from artgen.images import grid, save_png
 
     _quiet_libraries()
@@ -622,17 +627,23 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if os.path.exists(out) and not args.overwrite:
         raise ArtgenError(f"{out}: already exists (pass --overwrite to replace it)")
     options = _options(args, SampleOptions)
+    gan = _options(args, GanSampleOptions)
     if is_gan_run(args.run):
+        if gan.class_index == -1:  # record the class actually drawn
+            gan = dataclasses.replace(gan, class_index=run_class_index(args.run))
         images = sample_gan_run(args.run, options.n, seed=options.seed,
-                                truncation_psi=args.truncation if hasattr(args, "truncation")
-                                else GanSampleOptions.truncation, device=args.device)  # fmt: skip
+                                truncation_psi=gan.truncation, class_index=gan.class_index,
+                                device=args.device)  # fmt: skip
     else:
+        for f in dataclasses.fields(GanSampleOptions):
+            if getattr(gan, f.name) != f.default:
+                raise ArtgenError(f"--{f.name.replace('_', '-')}: only for GAN runs, and "
+                                  f"{args.run} is a diffusion run")  # fmt: skip
         images = sample_run(args.run, options, device=args.device)
     params = {"artgen": __version__, "method": "sample", "run": str(Path(args.run).resolve()),
               "options": dataclasses.asdict(options)}  # fmt: skip
     if is_gan_run(args.run):
-        params["options"] = {"n": options.n, "seed": options.seed,
-                             "truncation": getattr(args, "truncation", GanSampleOptions.truncation)}  # fmt: skip
+        params["options"] = {"n": options.n, "seed": options.seed, **dataclasses.asdict(gan)}
     path = save_png(grid(images), out, params=params, overwrite=args.overwrite)
     if args.each:
         for i, im in enumerate(images):

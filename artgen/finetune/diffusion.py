@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from artgen.checkpoint import (
+    StepInterrupt,
     list_checkpoints,
     load_checkpoint,
     optimizer_from_tensors,
@@ -573,9 +574,15 @@ def finetune_diffusion(
                 if ema is not None and "ema" in tensors:
                     for s, n in zip(ema.shadow, trainable_names, strict=True):
                         s.copy_(tensors["ema"][n])
+            saved_by = state.get("num_processes", accelerator.num_processes)  # older: unknown
+            if saved_by != accelerator.num_processes:
+                raise ArtgenError(f"{found[-1]}: saved by {saved_by} process(es); resume with "
+                                  f"the same number, not {accelerator.num_processes}")  # fmt: skip
             optimizer_from_tensors(optimizer.optimizer, tensors["optimizer"], state["optimizer"])
             lr_scheduler.load_state_dict(state["lr_scheduler"])
-            rng_from_tensors(tensors["rng"], state["rng"], {"batches": g})
+            # every process continues its own random stream (older checkpoints hold one "rng")
+            rank = f"rng{accelerator.process_index}" if "rng0" in tensors else "rng"
+            rng_from_tensors(tensors[rank], state[rank], {"batches": g})
             step = int(state["step"])
             drawn.update(state.get("drawn", {}))
 
@@ -595,16 +602,24 @@ def finetune_diffusion(
             write_json(run / "balance.json", {"attribute": options.balance,
                                               "dataset": resolved_props, "realised": None})  # fmt: skip
 
-    def checkpoint(at: int) -> Path:
+    def checkpoint(at: int) -> Path | None:
+        """Every process calls this; the main one writes, with every process's RNG state."""
+        rng = [rng_to_tensors({"batches": g})]
+        if accelerator.num_processes > 1:
+            rng = [None] * accelerator.num_processes
+            torch.distributed.all_gather_object(rng, rng_to_tensors({"batches": g}))
+        if not accelerator.is_main_process:
+            return None
         tensors = {"trainable": {n: params[n] for n in trainable_names}}
         if ema is not None:
             tensors["ema"] = dict(zip(trainable_names, ema.shadow, strict=True))
         opt_t, opt_meta = optimizer_to_tensors(optimizer.optimizer)
         tensors["optimizer"] = opt_t
-        rng_t, rng_meta = rng_to_tensors({"batches": g})
-        tensors["rng"] = rng_t
         state = {"optimizer": opt_meta, "lr_scheduler": _json_safe(lr_scheduler.state_dict()),
-                 "rng": rng_meta, "drawn": dict(drawn)}  # fmt: skip
+                 "drawn": dict(drawn), "num_processes": accelerator.num_processes}  # fmt: skip
+        for rank, (rng_t, rng_meta) in enumerate(rng):
+            tensors[f"rng{rank}"] = rng_t
+            state[f"rng{rank}"] = rng_meta
         return save_checkpoint(ckpt_dir, at, tensors, state, keep=options.keep_checkpoints)
 
     def samples(at: int | str) -> Path:
@@ -619,8 +634,12 @@ def finetune_diffusion(
     start = time.perf_counter()
     last_saved = step
     unet_prepared.train()
+    # Ctrl-C takes effect between optimizer steps (in a run of one process)
+    stop = StepInterrupt(enabled=accelerator.num_processes == 1)
     try:
+        stop.install()
         while step < options.steps:
+            stop.mid_step = True
             with accelerator.accumulate(unet_prepared):
                 idx = torch.multinomial(weights, options.batch_size, replacement=True, generator=g)
                 if values is not None:
@@ -652,6 +671,7 @@ def finetune_diffusion(
                 ema.update(step)
             lr = lr_scheduler.get_last_lr()[0]
             loss_v = float(accelerator.gather(loss.detach()).mean())
+            stop.mid_step = False
             if not math.isfinite(loss_v):
                 raise ArtgenError(f"step {step}: the loss is {loss_v}; lower --lr")
             sample_path = ckpt_path = None
@@ -660,17 +680,21 @@ def finetune_diffusion(
                 log.flush()
                 if step % options.sample_every == 0 and step < options.steps:
                     sample_path = samples(step)
-                if step % options.checkpoint_every == 0 or step == options.steps:
-                    ckpt_path = checkpoint(step)
-                    last_saved = step
+            if step % options.checkpoint_every == 0 or step == options.steps:
+                ckpt_path = checkpoint(step)
+                last_saved = step
             if callback is not None and accelerator.is_main_process:
                 callback(FinetuneProgress(step, options.steps, loss_v, lr,
                                           time.perf_counter() - start, sample_path, ckpt_path))  # fmt: skip
+            stop.raise_if_requested()
     except (KeyboardInterrupt, Cancelled):
-        if accelerator.is_main_process and step > last_saved:
+        # Several processes save only at the periodic checkpoints (saving gathers every
+        # process's random state, which an interrupted process cannot take part in).
+        if accelerator.num_processes == 1 and not stop.mid_step and step > last_saved:
             checkpoint(step)
         raise
     finally:
+        stop.restore()
         if log is not None:
             log.close()
 

@@ -53,8 +53,6 @@ import json
 import math
 import os
 import shutil
-import signal
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -67,6 +65,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from artgen.checkpoint import (
+    StepInterrupt,
     list_checkpoints,
     load_checkpoint,
     optimizer_from_tensors,
@@ -164,6 +163,11 @@ class GanFinetuneOptions:
         default="",
         metadata={"help": "generator parts that stay frozen, e.g. mapping or mapping,b4,b8"},
     )
+    class_index: int = field(
+        default=-1,
+        metadata={"help": "class-conditional bases (e.g. CIFAR-10): the class to adapt from, "
+                  "0 to c_dim-1; the adapted generator draws it by default"},
+    )  # fmt: skip
     cdc: float = field(
         default=0.0,
         metadata={"help": "weight of cross-domain distance consistency (Ojha et al.; "
@@ -211,6 +215,11 @@ class GanSampleOptions:
     truncation: float = field(
         default=1.0, metadata={"help": "GAN runs: truncation psi (1: none; 0.7: safer images)"}
     )
+    class_index: int = field(
+        default=-1,
+        metadata={"help": "GAN runs, class-conditional networks: the class to draw (default: "
+                  "the class the run adapted)"},
+    )  # fmt: skip
 
 
 # -- losses (pure functions) --------------------------------------------------------------
@@ -278,16 +287,37 @@ def load_gan(folder: str | os.PathLike, device: str | torch.device = "cpu") -> t
     if not (root / "generator").is_dir() or not (root / "discriminator").is_dir():
         raise ArtgenError(f"{folder}: needs generator/ and discriminator/ folders "
                           "(written by artgen train gan, finetune gan or convert)")  # fmt: skip
-    G = _unconditional(Generator.from_pretrained(root / "generator", device=device), root)
-    D = _unconditional(Discriminator.from_pretrained(root / "discriminator", device=device), root)
+    G = Generator.from_pretrained(root / "generator", device=device)
+    D = Discriminator.from_pretrained(root / "discriminator", device=device)
+    _check_pair(G, D, folder)
     return G, D
 
 
-def _unconditional(net: Any, where: Path) -> Any:
-    if net.config.c_dim:
-        raise ArtgenError(f"{where}: a class-conditional network (c_dim={net.config.c_dim}); "
-                          "training, adapting and sampling take unconditional ones for now")  # fmt: skip
-    return net
+def _check_pair(G: Any, D: Any, where: str | os.PathLike) -> None:
+    if G.config.c_dim != D.config.c_dim:
+        raise ArtgenError(f"{where}: the generator has {G.config.c_dim} classes but the "
+                          f"discriminator {D.config.c_dim}")  # fmt: skip
+
+
+def class_labels(
+    c_dim: int, class_index: int, n: int = 1, device: str | torch.device = "cpu"
+) -> torch.Tensor | None:
+    """One-hot labels (n, c_dim) of ``class_index`` for a conditional network, None for an
+    unconditional one (c_dim 0, class_index -1)."""
+    if c_dim == 0:
+        if class_index != -1:
+            raise ArtgenError(f"--class-index {class_index}: this network is unconditional "
+                              "(it has no classes)")  # fmt: skip
+        return None
+    if class_index == -1:
+        raise ArtgenError(f"this network is class-conditional ({c_dim} classes): pass "
+                          f"--class-index K, a class from 0 to {c_dim - 1}")  # fmt: skip
+    if not 0 <= class_index < c_dim:
+        raise ArtgenError(f"--class-index {class_index}: this network is class-conditional; "
+                          f"give a class from 0 to {c_dim - 1}")  # fmt: skip
+    c = torch.zeros(n, c_dim, device=device)
+    c[:, class_index] = 1
+    return c
 
 
 def load_generator(run_or_folder: str | os.PathLike, device: str | torch.device = "cpu") -> Any:
@@ -296,7 +326,7 @@ def load_generator(run_or_folder: str | os.PathLike, device: str | torch.device 
 
     root = Path(run_or_folder)
     folder = root / "generator" if (root / "generator").is_dir() else root
-    return _unconditional(Generator.from_pretrained(folder, device=device), folder)
+    return Generator.from_pretrained(folder, device=device)
 
 
 def _freeze_g_prefixes(G: torch.nn.Module, spec: str) -> list[str]:
@@ -337,11 +367,15 @@ def generate_gan(
     truncation_psi: float = 1.0,
     batch_size: int = 16,
     noise_mode: str = "random",
+    class_index: int = -1,
 ) -> list[Image.Image]:
-    """``n`` images; image i draws its latent and noise from seed ``seed + i`` alone."""
+    """``n`` images; image i draws its latent and noise from seed ``seed + i`` alone.
+
+    A class-conditional ``G`` needs ``class_index`` (0 to c_dim-1); all images are of it."""
     from artgen.images import to_pil
 
     device = next(G.parameters()).device
+    c = class_labels(G.config.c_dim, class_index, 1, device)
     was_training = G.training
     G.eval()
     images: list[Image.Image] = []
@@ -350,7 +384,7 @@ def generate_gan(
             for i in range(start, min(n, start + batch_size)):
                 g = torch.Generator(device=device).manual_seed(seed + i)
                 z = torch.randn(1, G.config.z_dim, generator=g, device=device)
-                x = G(z, truncation_psi=truncation_psi, noise_mode=noise_mode, generator=g)
+                x = G(z, c, truncation_psi=truncation_psi, noise_mode=noise_mode, generator=g)
                 images.append(to_pil((x[0].float().clamp(-1, 1) + 1) / 2))
     finally:
         G.train(was_training)
@@ -365,12 +399,30 @@ def sample_gan_run(
     truncation_psi: float = 1.0,
     batch_size: int = 16,
     device: str = "cpu",
+    class_index: int = -1,
 ) -> list[Image.Image]:
-    """``n`` images from a GAN run folder (its generator/, the EMA weights)."""
+    """``n`` images from a GAN run folder (its generator/, the EMA weights).
+
+    For a class-conditional generator, ``class_index`` -1 means the class the run adapted."""
     if n < 1:
         raise ArtgenError(f"-n {n}: must be >= 1")
     G = load_generator(run_dir, device=resolve_device(device))
-    return generate_gan(G, n, seed=seed, truncation_psi=truncation_psi, batch_size=batch_size)
+    if G.config.c_dim and class_index == -1:
+        class_index = run_class_index(run_dir)
+        if class_index == -1:
+            raise ArtgenError(f"{run_dir}: a class-conditional generator ({G.config.c_dim} "
+                              f"classes); pass --class-index K (0 to {G.config.c_dim - 1})")  # fmt: skip
+    return generate_gan(G, n, seed=seed, truncation_psi=truncation_psi, batch_size=batch_size,
+                        class_index=class_index)  # fmt: skip
+
+
+def run_class_index(run_dir: str | os.PathLike) -> int:
+    """The class a run of a class-conditional base adapted (-1: none recorded)."""
+    try:
+        saved = json.loads((Path(run_dir) / "config.json").read_text())["options"]
+        return int(saved.get("class_index", -1))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return -1
 
 
 def is_gan_run(run_dir: str | os.PathLike) -> bool:
@@ -472,6 +524,8 @@ def finetune_gan(
     files, labels = _check_common(options)
     # Networks handed in are copied: the caller's modules are never trained in place.
     G, D = copy.deepcopy(networks) if networks is not None else load_gan(options.base)
+    _check_pair(G, D, options.base or "networks")
+    class_labels(G.config.c_dim, options.class_index)  # a clear error before any work
     if options.freeze_d < 0 or options.freeze_d >= len(D.block_names()):
         raise ArtgenError(f"--freeze-d {options.freeze_d}: must be between 0 and "
                           f"{len(D.block_names()) - 1} (D has blocks {', '.join(D.block_names())})")  # fmt: skip
@@ -521,6 +575,13 @@ def _run(
     finetune = kind == "finetune-gan"
     method = getattr(options, "method", "train")
     res = G.config.resolution
+    # A class-conditional base adapts with one class's label throughout (D sees it too).
+    class_index = getattr(options, "class_index", -1)
+    label = class_labels(G.config.c_dim, class_index, 1, dev)
+
+    def cond(n: int) -> torch.Tensor | None:
+        return None if label is None else label.expand(n, -1)
+
     G = G.to(dev).train().requires_grad_(True)
     D = D.to(dev).train().requires_grad_(True)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
@@ -626,7 +687,8 @@ def _run(
         return save_checkpoint(ckpt_dir, at, tensors, state, keep=options.keep_checkpoints)
 
     def samples(at: int | str) -> Path:
-        images = generate_gan(G_ema, 16, seed=options.seed, noise_mode="const")
+        images = generate_gan(G_ema, 16, seed=options.seed, noise_mode="const",
+                              class_index=class_index)  # fmt: skip
         name = f"step-{at:07d}.png" if isinstance(at, int) else f"{at}.png"
         return save_png(grid(images, cols=8), run / "samples" / name, overwrite=True,
                         params={"artgen": __version__, "step": at, "seed": options.seed})  # fmt: skip
@@ -643,7 +705,7 @@ def _run(
 
     def fakes(n: int, update_w_avg: bool = False) -> torch.Tensor:
         z = torch.randn(n, G.config.z_dim, generator=g, device=dev)
-        return G(z, update_w_avg=update_w_avg, generator=g)
+        return G(z, cond(n), update_w_avg=update_w_avg, generator=g)
 
     def set_stage(lp: bool) -> None:
         for n, p in g_params.items():
@@ -654,22 +716,11 @@ def _run(
     log = (run / "log.jsonl").open("a") if accelerator.is_main_process else None
     start = time.perf_counter()
     last_saved = step
-    # Ctrl-C takes effect between steps, so a checkpoint never holds half a step; a second
-    # Ctrl-C stops at once (and saves nothing newer than the last checkpoint).
-    interrupted: list[bool] = []
-    mid_step = False
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        if interrupted or not mid_step:
-            raise KeyboardInterrupt
-        interrupted.append(True)
-
-    handler = None
-    if threading.current_thread() is threading.main_thread():
-        handler = signal.signal(signal.SIGINT, on_sigint)
+    stop = StepInterrupt(enabled=world == 1)  # Ctrl-C takes effect between steps
     try:
+        stop.install()
         while step < options.steps:
-            mid_step = True
+            stop.mid_step = True
             set_stage(step < lp_steps)
             idx = torch.multinomial(weights, batch, replacement=True, generator=g_data)
             if values is not None:
@@ -680,14 +731,14 @@ def _run(
             # (augmented) reals, weighted by the interval (ADA's lazy "Dreg" phase).
             with torch.no_grad():
                 fake = fakes(batch, update_w_avg=True)
-            loss_d = d_logistic_loss(D(augment(real)), D(augment(fake)))
+            loss_d = d_logistic_loss(D(augment(real), cond(batch)), D(augment(fake), cond(batch)))
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             sync(d_params.values())
             opt_d.step()
             if step % options.r1_every == 0:
                 real_r1 = real.detach().requires_grad_(True)
-                r1 = r1_penalty(D(augment(real_r1)), real_r1)
+                r1 = r1_penalty(D(augment(real_r1), cond(batch)), real_r1)
                 opt_d.zero_grad(set_to_none=True)
                 (r1 * (r1_gamma / 2) * options.r1_every).backward()
                 sync(d_params.values())
@@ -696,15 +747,16 @@ def _run(
             # Generator: non-saturating loss (with the frozen critic for fairTL++, and CDC).
             fake = fakes(batch, update_w_avg=True)
             aug_fake = augment(fake)
-            loss_g = g_nonsaturating_loss(D(aug_fake))
+            loss_g = g_nonsaturating_loss(D(aug_fake, cond(batch)))
             if D_quality is not None:
                 lam = options.feedback_lambda
-                loss_g = lam * loss_g + (1 - lam) * g_nonsaturating_loss(D_quality(aug_fake))
+                quality = g_nonsaturating_loss(D_quality(aug_fake, cond(batch)))
+                loss_g = lam * loss_g + (1 - lam) * quality
             if G_source is not None:
                 z = torch.randn(max(batch, 4), G.config.z_dim, generator=g, device=dev)
                 with torch.no_grad():
-                    _, f_src = G_source(z, noise_mode="const", return_features=True)
-                _, f_tgt = G(z, noise_mode="const", return_features=True)
+                    _, f_src = G_source(z, cond(len(z)), noise_mode="const", return_features=True)
+                _, f_tgt = G(z, cond(len(z)), noise_mode="const", return_features=True)
                 loss_g = loss_g + options.cdc * cdc_loss(f_src[1:], f_tgt[1:])
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
@@ -721,7 +773,7 @@ def _run(
                 torch.distributed.all_reduce(losses)
                 losses /= world
             ld, lg = float(losses[0]), float(losses[1])
-            mid_step = False
+            stop.mid_step = False
             if not (math.isfinite(ld) and math.isfinite(lg)):
                 raise ArtgenError(f"step {step}: the losses are {ld} (D) and {lg} (G); "
                                   "lower --lr or raise --r1-gamma")  # fmt: skip
@@ -738,17 +790,15 @@ def _run(
                 if callback is not None:
                     callback(GanProgress(step, options.steps, lg, ld, time.perf_counter() - start,
                                          sample_path, ckpt_path))  # fmt: skip
-            if interrupted:
-                raise KeyboardInterrupt
+            stop.raise_if_requested()
     except (KeyboardInterrupt, Cancelled):
         # Several processes save only at the periodic checkpoints (saving gathers every
         # process's random state, which an interrupted process cannot take part in).
-        if world == 1 and not mid_step and step > last_saved:
+        if world == 1 and not stop.mid_step and step > last_saved:
             checkpoint(step)
         raise
     finally:
-        if handler is not None:
-            signal.signal(signal.SIGINT, handler)
+        stop.restore()
         if log is not None:
             log.close()
 
@@ -798,12 +848,15 @@ def write_model_card(run: Path, config: dict, grid_path: Path) -> None:
             extras.append(f"FreezeD on {', '.join(config['frozen_d_blocks'])}")
         if config["frozen_g"]:
             extras.append(f"frozen generator parts {', '.join(config['frozen_g'])}")
+        if o.get("class_index", -1) >= 0:
+            extras.append(f"class {o['class_index']} of {net['c_dim']}")
         if o.get("cdc"):
             extras.append(f"cross-domain distance consistency (weight {o['cdc']})")
         if o["method"] == "fairtl++":
             extras.append(f"lambda {o['feedback_lambda']}, {config['lp_steps']} LP steps")
         if extras:
             what += " (" + "; ".join(extras) + ")"
+    cls = f", class_index={o['class_index']}" if o.get("class_index", -1) >= 0 else ""
     balance = f"- balanced attribute: `{o['balance']}` (see balance.json)\n" if o["balance"] else ""
     text = f"""---
 {base}library_name: artgen
@@ -828,7 +881,7 @@ artgen sample {run} -n 16 -o grid.png
 ```python
 from artgen.finetune.gan import load_generator, generate_gan
 G = load_generator({str(run)!r})
-images = generate_gan(G, 16, seed=0, truncation_psi=1.0)
+images = generate_gan(G, 16, seed=0, truncation_psi=1.0{cls})
 ```
 
 generator/ holds the EMA weights and discriminator/ the discriminator, each as
