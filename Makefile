@@ -36,8 +36,8 @@ test-slow: install
 	$(PY) -m pytest -q -m slow
 
 lint: install
-	$(VENV)/bin/ruff check artgen tests benchmarks apps
-	$(VENV)/bin/ruff format --check artgen tests benchmarks apps
+	$(VENV)/bin/ruff check artgen tests benchmarks apps docs
+	$(VENV)/bin/ruff format --check artgen tests benchmarks apps docs
 
 bench: install
 	$(PY) benchmarks/stylize_speed.py

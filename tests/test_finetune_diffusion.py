@@ -143,7 +143,9 @@ def trained(run: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("how", ["callback", "ctrl-c mid-step"])
-def test_resume_after_interrupt_continues_exactly(bases, tmp_path, monkeypatch, how):
+def test_resume_after_interrupt_continues_exactly(
+    bases, tmp_path, monkeypatch, sigint_default, how
+):
     straight = finetune_diffusion(
         fast(bases, tmp_path / "a", steps=8, ema_decay=0.99, lr_schedule="cosine", warmup_steps=2)
     )
