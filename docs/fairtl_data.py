@@ -5,10 +5,13 @@ Data for the setting of Teo et al., "Fair Generative Models via Transfer Learnin
 set and a separate target domain for few-shot adaptation, all made offline by this script.
 
 Each image is a head-and-shoulders figure: a smooth two-colour background gradient, shoulders
-in a random shirt colour, a neck, an oval head of random skin tone, a hair cap of random colour
-(short, or long hair framing the face), eyes and a mouth, with position and size jitter.
-The attribute (``ATTRIBUTES[a]`` is its CSV value) is ``glasses``: two large round dark lenses
-with a rim, a bridge and a highlight, over the eyes, against ``no_glasses`` (a local shape).
+in a random shirt colour, a neck, an oval head of random skin tone, a hair cap of random colour,
+eyes and a mouth, with position and size jitter. The attribute (``ATTRIBUTES[a]`` is its CSV
+value) is hair length: ``long_hair`` falls behind the head past the jaw onto the shoulders,
+``short_hair`` is a cap only. It is chosen because it is coarse: at 32 px it covers a few
+hundred pixels, so a small generator either draws it or does not, and a probe's reading of
+generated images can be trusted. (An earlier version used glasses, a few pixels around the
+eyes: a small generator's blurry eyes then fooled the probe; see docs/fairtl.md.)
 
 Domains: ``"source"``: gradient backgrounds, borderless shapes, natural colours; ``"target"``:
 the same layout in a flat comic style (pastel paper, ink outlines, a small pop palette).
@@ -16,7 +19,7 @@ the same layout in a flat comic style (pastel paper, ink outlines, a small pop p
 Shapes are drawn at 4x and downsampled with LANCZOS; each image then gets a random slight blur
 and grain, which keeps a probe fitted on them accurate on blurrier or noisier generated images.
 
-    make_set("data/biased", 2000, 0.1, seed=1)      # 90% no_glasses / 10% glasses
+    make_set("data/biased", 2000, 0.1, seed=1)      # 90% short_hair / 10% long_hair
     make_set("data/reference", 200, 0.5, seed=2)    # small balanced reference
     make_set("data/target10", 10, 0.5, seed=3, domain="target")
 """
@@ -29,7 +32,7 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-ATTRIBUTES = ("no_glasses", "glasses")
+ATTRIBUTES = ("short_hair", "long_hair")
 DOMAINS = ("source", "target")
 SUPERSAMPLE = 4
 MAX_BLUR = 0.8  # Gaussian radius in pixels at 32 px
@@ -41,7 +44,6 @@ HAIR = [(30, 24, 20), (70, 45, 30), (120, 80, 45), (190, 150, 90), (160, 60, 30)
 POP_SKIN = [(255, 205, 170), (250, 170, 150), (200, 140, 100), (120, 80, 60)]
 POP_HAIR = [(40, 40, 120), (200, 30, 90), (20, 140, 140), (240, 190, 20), (30, 30, 30)]
 POP_SHIRT = [(230, 60, 60), (40, 110, 220), (250, 200, 40), (40, 170, 90), (150, 70, 190)]
-FRAMES = [(15, 15, 20), (60, 35, 20), (120, 120, 130), (170, 130, 40)]
 PAPER = [(250, 240, 215), (215, 235, 245), (245, 215, 230), (225, 245, 215)]
 
 
@@ -53,7 +55,7 @@ def _pick(rng: np.random.Generator, palette, jitter: float = 0.0) -> tuple[int, 
 def make_image(
     rng: np.random.Generator, attribute: int, resolution: int = 32, domain: str = "source"
 ) -> Image.Image:
-    """One RGB portrait; ``attribute`` 1 draws glasses, 0 none."""
+    """One RGB portrait; ``attribute`` 1 draws long hair, 0 short hair."""
     if attribute not in (0, 1) or domain not in DOMAINS:
         raise ValueError(f"attribute must be 0 or 1 and domain in {DOMAINS}: {attribute}, {domain}")
     s = resolution * SUPERSAMPLE
@@ -78,13 +80,14 @@ def make_image(
 
     scale, cx, cy = rng.uniform(0.88, 1.12), rng.uniform(0.44, 0.56), rng.uniform(0.4, 0.48)
     rx, ry = 0.20 * scale * rng.uniform(0.9, 1.08), 0.25 * scale  # head radii
-    hair_len = rng.uniform(0.0, 1.0)  # 0: short crop, 1: hair down to the jaw
+    # 0: a short crop; 1: long hair, drawn behind the head and over the shoulders
+    hair_len = rng.uniform(0.65, 1.0) if attribute else rng.uniform(0.0, 0.35)
     d.ellipse(box(cx, 1.02, 0.42 * scale, 0.26 * scale), fill=shirt, outline=ink, width=line)
     d.rectangle(box(cx, cy + ry * 0.95, rx * 0.38, ry * 0.35), fill=skin)
-    if hair_len > 0.5:  # long hair behind the head, framing the face down to the jaw
-        bottom = cy + ry * (0.3 + 0.7 * hair_len)
-        hb = [s * (cx - rx * 1.25), s * (cy - ry * 1.02), s * (cx + rx * 1.25), s * bottom]
-        d.rounded_rectangle(hb, radius=s * rx, fill=hair, outline=ink, width=line)
+    if attribute:
+        bottom = cy + ry * (1.0 + 0.8 * hair_len)  # from the chin down onto the shoulders
+        hb = [s * (cx - rx * 1.35), s * (cy - ry * 1.02), s * (cx + rx * 1.35), s * bottom]
+        d.rounded_rectangle(hb, radius=s * rx * 0.9, fill=hair, outline=ink, width=line)
     d.ellipse(box(cx, cy, rx, ry), fill=skin, outline=ink, width=line)
     # hair cap: the top half of an ellipse, its lower edge between brow and hairline
     top = ry * (0.3 + 0.15 * hair_len)
@@ -96,16 +99,6 @@ def make_image(
     my, mw = cy + ry * rng.uniform(0.36, 0.46), rx * rng.uniform(0.25, 0.45)  # mouth
     mouth = ink if target else (150, 40, 50)
     d.arc(box(cx, my, mw, ry * 0.14), 20, 160, fill=mouth, width=round(s * 0.02) or 1)
-    if attribute:  # tinted lenses with a thick rim, a bridge and a highlight
-        gr, tint = rx * rng.uniform(0.44, 0.5), rng.uniform(0.9, 0.95)
-        rim = ink or _pick(rng, FRAMES)
-        lens = tuple(int((1 - tint) * c + tint * 25) for c in skin)
-        width = round(s * rng.uniform(0.04, 0.05)) or 1
-        d.line([s * (cx - ex), s * ey, s * (cx + ex), s * ey], fill=rim, width=width)
-        for sx in (-1, 1):
-            lx = cx + sx * ex
-            d.ellipse(box(lx, ey, gr, gr), fill=lens, outline=rim, width=width)
-            d.arc(box(lx, ey, gr * 0.6, gr * 0.6), 200, 250, fill=(235, 235, 240), width=width)
     img = img.resize((resolution, resolution), Image.LANCZOS)  # then camera-like blur and grain
     img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0, MAX_BLUR) * resolution / 32))
     grain = rng.normal(0, rng.uniform(0, MAX_GRAIN), (resolution, resolution, 3))
@@ -145,7 +138,7 @@ def make_set(
     return rows
 
 
-if __name__ == "__main__":  # preview: per domain, 3 rows no_glasses, then 3 rows glasses
+if __name__ == "__main__":  # preview: per domain, 3 rows short_hair, then 3 rows long_hair
     rng, r, cols = np.random.default_rng(0), 96, 8
     for dom in DOMAINS:
         grid = Image.new("RGB", (cols * r, 6 * r + 4), "white")
