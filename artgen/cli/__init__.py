@@ -628,7 +628,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         raise ArtgenError(f"{out}: already exists (pass --overwrite to replace it)")
     options = _options(args, SampleOptions)
     gan = _options(args, GanSampleOptions)
-    if is_gan_run(args.run):
+    gan_run = is_gan_run(args.run)
+    if gan_run:
         if gan.class_index == -1:  # record the class actually drawn
             gan = dataclasses.replace(gan, class_index=run_class_index(args.run))
         images = sample_gan_run(args.run, options.n, seed=options.seed,
@@ -642,7 +643,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         images = sample_run(args.run, options, device=args.device)
     params = {"artgen": __version__, "method": "sample", "run": str(Path(args.run).resolve()),
               "options": dataclasses.asdict(options)}  # fmt: skip
-    if is_gan_run(args.run):
+    if gan_run:
         params["options"] = {"n": options.n, "seed": options.seed, **dataclasses.asdict(gan)}
     path = save_png(grid(images), out, params=params, overwrite=args.overwrite)
     if args.each:
