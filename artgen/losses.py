@@ -1,4 +1,5 @@
-"""Loss functions for neural style transfer (pure functions; the Gram matrix lives here only).
+"""Loss functions for neural style transfer (pure functions; the Gram matrix and the
+channel statistics of AdaIN live here only).
 
 Gatys, Ecker & Bethge, "Image Style Transfer Using Convolutional Neural
 Networks", CVPR 2016: content loss on feature maps, style loss on Gram
@@ -43,6 +44,33 @@ def tv_loss(image: torch.Tensor) -> torch.Tensor:
     dx = x[..., :-1, 1:] - x[..., :-1, :-1]
     dy = x[..., 1:, :-1] - x[..., :-1, :-1]
     return (dx.pow(2) + dy.pow(2)).mean()
+
+
+def mean_std(features: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample, per-channel mean and std over space, (N, C, 1, 1) each, in fp32.
+
+    The statistics AdaIN transfers (Huang & Belongie 2017, eq. 5-6); eps inside the square
+    root as in their code, so flat regions do not divide by zero.
+    """
+    f = features.float()
+    var = f.var(dim=(2, 3), keepdim=True, unbiased=False)
+    return f.mean(dim=(2, 3), keepdim=True), (var + eps).sqrt()
+
+
+def stats_loss(features: torch.Tensor, target_mean: torch.Tensor, target_std: torch.Tensor):
+    """The AdaIN style loss at one layer: ||mu(f) - mu_t||^2 + ||sigma(f) - sigma_t||^2 (eq. 13),
+    as mean squared errors over channels and batch (pytorch-AdaIN's nn.MSELoss)."""
+    m, s = mean_std(features)
+    return F.mse_loss(m, target_mean.float()) + F.mse_loss(s, target_std.float())
+
+
+def stats_distance(features: torch.Tensor, target_mean: torch.Tensor, target_std: torch.Tensor):
+    """sqrt of the summed squared distance of channel means and stds (a metric, not a loss)."""
+    m, s = mean_std(features)
+    d = (m - target_mean.float()).pow(2).sum(dim=(1, 2, 3)) + (s - target_std.float()).pow(2).sum(
+        dim=(1, 2, 3)
+    )
+    return d.sqrt()
 
 
 def blend_grams(grams: list[torch.Tensor], weights: list[float]) -> torch.Tensor:

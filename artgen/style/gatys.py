@@ -16,7 +16,6 @@ Networks", CVPR 2016. Extensions, each marked where it departs from the paper:
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import time
@@ -29,14 +28,15 @@ import torch.nn.functional as F
 from PIL import Image
 
 from artgen import color
-from artgen.devices import resolve_device  # noqa: F401  (re-exported: artgen.style.gatys.resolve_device)
+from artgen.devices import resolve_device
 from artgen.errors import ArtgenError, Cancelled
-from artgen.images import LoadedImage, load_image, resize_long_side, sha256_file, to_pil, to_tensor
+from artgen.images import LoadedImage, load_image, resize_long_side, to_pil, to_tensor
 from artgen.losses import blend_grams, content_loss, gram, scaled_mse, tv_loss
 from artgen.models.backbones import FeatureExtractor
+from artgen.style import StyleMethod
 
 PRESERVE_COLOR = ("none", "luminance", "histogram")
-INITS = ("content", "noise")
+INITS = ("content", "noise", "fast")
 OPTIMIZERS = ("adam", "lbfgs")
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -72,7 +72,11 @@ class StylizeOptions:
     scale_factor: float = field(
         default=2.0, metadata={"help": "size ratio between successive scales"}
     )
-    init: str = field(default="content", metadata={"help": "starting image", "choices": INITS})
+    init: str = field(
+        default="content",
+        metadata={"help": "starting image: the photo, noise, or the fast method's result",
+                  "choices": INITS},
+    )  # fmt: skip
     optimizer: str = field(default="adam", metadata={"help": "optimiser", "choices": OPTIMIZERS})
     lr: float = field(
         default=0.02, metadata={"help": "Adam step size (pixels in [0, 1]); L-BFGS ignores it"}
@@ -351,7 +355,7 @@ def stylize(
     use_bf16 = options.precision == "bf16" or (options.precision == "auto" and dev.type == "cuda")
     if use_bf16 and dev.type == "cpu" and options.precision == "auto":
         use_bf16 = False
-    amp = torch.autocast(dev.type, dtype=torch.bfloat16) if use_bf16 else _nullcontext()
+    amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16)
     memory_format = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
     extractor = extractor.to(memory_format=memory_format)
 
@@ -409,6 +413,10 @@ def stylize(
         if x_prev is None:
             if options.init == "noise":
                 x0 = torch.rand(1, 3, h, w, generator=gen).to(dev)
+            elif options.init == "fast":
+                x0 = _fast_start(content_img, style_items, options, long_side, dev)
+                if options.preserve_color == "luminance":
+                    x0 = color.luminance(x0)
             else:
                 x0 = target_content.clone()
         else:
@@ -496,51 +504,15 @@ def stylize(
     return out
 
 
-def run_params(
-    content: LoadedImage,
-    styles: list[tuple[LoadedImage, float]],
-    options: StylizeOptions,
-    backbone: str,
-    device: Any = None,
-) -> dict[str, Any]:
-    """What a PNG records about the run that made it: enough to make it again."""
-    from artgen import __version__
+def _fast_start(content, styles, options: StylizeOptions, long_side: int, dev) -> torch.Tensor:
+    """The fast method's picture at the first scale (``--init fast``), as the starting point."""
+    from artgen.style import get_method
 
-    def ident(im: LoadedImage) -> dict[str, Any]:
-        if os.path.isfile(im.name):
-            return {"file": os.path.basename(im.name), "sha256": sha256_file(im.name)}
-        return {"file": im.name, "sha256": hashlib.sha256(im.rgb.tobytes()).hexdigest()}
-
-    opts = options.to_dict()
-    opts["backbone"] = backbone
-    return {
-        "artgen": __version__,
-        "method": "gatys",
-        "content": ident(content),
-        "styles": [{**ident(s), "weight": w} for s, w in styles],
-        "options": opts,
-        "device": str(resolve_device(device) if device is not None else "cpu"),
-    }
-
-
-def reproduce_command(params: dict[str, Any]) -> str:
-    """The `artgen stylize` command line that remakes a picture from its stored parameters."""
-    parts = ["artgen", "stylize", _quote(params["content"]["file"])]
-    for s in params["styles"]:
-        parts += ["--style", _quote(f"{s['file']}:{s['weight']:g}")]
-    defaults = StylizeOptions().to_dict()
-    for k, v in params["options"].items():
-        if v != defaults.get(k) and v is not None:
-            v = ",".join(f"{x:g}" for x in v) if isinstance(v, list) else v
-            parts += [f"--{k.replace('_', '-')}", _quote(str(v))]
-    parts += ["--device", params.get("device", "cpu").split(":")[0], "-o", "OUT.png"]
-    return " ".join(parts)
-
-
-def _quote(s: str) -> str:
-    import shlex
-
-    return shlex.quote(s)
+    fast = get_method("adain")
+    preserve = "histogram" if options.preserve_color == "histogram" else "none"
+    opts = fast.options(size=long_side, style_scale=options.style_scale, preserve_color=preserve)
+    image = fast.stylize(content, styles, opts, device=dev)
+    return to_tensor(image.convert("RGB")).to(dev)
 
 
 def _fit(w: int, h: int, long_side: int) -> tuple[int, int]:
@@ -553,15 +525,38 @@ def _free(dev: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-class _nullcontext:
-    def __enter__(self):
-        return None
+def load(options: StylizeOptions | None = None, device: Any = "cpu", weights: Any = None):
+    """The backbone the options name ('auto' takes VGG19 when its weights are on disk)."""
+    from artgen.weights import choose_backbone, load_backbone
 
-    def __exit__(self, *a):
-        return False
+    options = options or StylizeOptions()
+    choice = choose_backbone(options.backbone, weights)
+    extractor = load_backbone(choice, resolve_device(device))
+    extractor.note = choice.note
+    return extractor
+
+
+def _describe(extractor: FeatureExtractor) -> str:
+    return getattr(extractor, "note", f"backbone: {extractor.spec.name}")
+
+
+def _stylize(content, styles, options, *, model=None, device=None, callback=None) -> Image.Image:
+    return stylize(content, styles, options, extractor=model, device=device, callback=callback)
+
+
+METHOD = StyleMethod(
+    name="gatys",
+    summary="quality: optimise the picture against VGG/EfficientNet features (Gatys et al. 2016)",
+    options=StylizeOptions,
+    load=load,
+    stylize=_stylize,
+    resolved=("backbone",),
+    describe=_describe,
+)
 
 
 __all__ = [
+    "METHOD",
     "StylizeOptions",
     "StylizeProgress",
     "stylize",

@@ -1,0 +1,401 @@
+"""Training an AdaIN decoder (`artgen train adain`), from scratch or from a pretrained one.
+
+Huang & Belongie, "Arbitrary Style Transfer in Real-time with Adaptive Instance
+Normalization", ICCV 2017, section 6.1: the encoder is fixed; the decoder g is trained
+so that f(g(t)) matches t = AdaIN(f(c), f(s)) (the content loss, eq. 12) while the
+channel means and stds of f(g(t)) match the style's at several layers (the style loss,
+eq. 13): L = L_c + lambda L_s. Adam, batch 8, 256 px random crops, lr 1e-4 with the
+inverse decay of pytorch-AdaIN (lr / (1 + 5e-5 * step)).
+
+Departures, each deliberate:
+- with the EfficientNet-Lite0 encoder the content loss is taken at every AdaIN level
+  (strides 4, 8, 16) since the decoder is fed all three (artgen.models.adain);
+- random crops are drawn at a random scale (the crop covers 1 to 2 times the final size
+  of the image's short side at 2x the crop), which varies the brush scale the decoder
+  sees; the paper crops at one scale;
+- ``--base`` starts from a trained decoder: with a few images of one artist in --styles
+  this is transfer learning of the fast method to that artist's style.
+
+Run folder: config.json (resolved options), log.jsonl (one line per logged step),
+samples/step-N.png (a sheet: content, style, result), checkpoints/step-N (safetensors +
+JSON through artgen.checkpoint, resumed exactly with --resume), model/ (the trained
+network: config.json + decoder.safetensors, what `--model RUN` loads).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from artgen.checkpoint import (
+    StepInterrupt,
+    list_checkpoints,
+    load_checkpoint,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+    rng_from_tensors,
+    rng_to_tensors,
+    save_checkpoint,
+    write_json,
+)
+from artgen.devices import resolve_device
+from artgen.errors import ArtgenError
+from artgen.losses import mean_std, stats_loss
+
+ENCODER_CHOICES = ("efficientnet-lite0", "vgg19")
+# Settings a resumed run may change; any other change would alter the run being continued.
+RESUME_CHANGEABLE = ("steps", "sample_every", "checkpoint_every", "keep_checkpoints", "device")
+
+
+@dataclass(frozen=True)
+class AdaINTrainOptions:
+    """`artgen train adain`: train (or fine-tune) the decoder of the fast style method."""
+
+    styles: str = field(default="", metadata={"help": "folder of style images"})
+    out: str = field(default="", metadata={"help": "run folder to create (or to resume)"})
+    content: str = field(
+        default="",
+        metadata={
+            "help": "folder of content photos (default with --base: the bundled example photos)"
+        },
+    )
+    base: str = field(
+        default="",
+        metadata={
+            "help": "start from a trained decoder: 'shipped', a run folder or a model folder "
+            "(fine-tuning, e.g. to an artist's style); empty: train from scratch"
+        },
+    )
+    encoder: str = field(
+        default="efficientnet-lite0",
+        metadata={"help": "encoder when training from scratch", "choices": ENCODER_CHOICES},
+    )
+    steps: int = field(default=20000, metadata={"help": "training steps"})
+    batch_size: int = field(default=8, metadata={"help": "content/style pairs per step"})
+    crop: int = field(default=256, metadata={"help": "training crop size in pixels"})
+    lr: float = field(default=1e-4, metadata={"help": "Adam learning rate"})
+    lr_decay: float = field(
+        default=5e-5, metadata={"help": "inverse decay: lr / (1 + lr_decay * step)"}
+    )
+    style_weight: float = field(
+        default=0.0,
+        metadata={"help": "lambda, the style loss weight (0: the encoder's default)"},
+    )
+    sample_every: int = field(default=500, metadata={"help": "steps between sample sheets"})
+    checkpoint_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "checkpoints kept on disk"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps"})
+    precision: str = field(
+        default="auto",
+        metadata={"help": "auto is bf16 autocast on CUDA, fp32 elsewhere",
+                  "choices": ("auto", "fp32", "bf16")},
+    )  # fmt: skip
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    resume: bool = field(default=False, metadata={"help": "continue the run in --out"})
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "sample_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ArtgenError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
+        if not 32 <= self.crop <= 2048 or self.crop % 16:
+            raise ArtgenError(f"--crop {self.crop}: must be a multiple of 16 from 32 to 2048")
+        if not (self.lr > 0 and math.isfinite(self.lr)) or self.lr_decay < 0:
+            raise ArtgenError("--lr must be positive and --lr-decay >= 0")
+        if self.style_weight < 0 or not math.isfinite(self.style_weight):
+            raise ArtgenError(f"--style-weight {self.style_weight}: must be >= 0")
+        if self.encoder not in ENCODER_CHOICES:
+            raise ArtgenError(f"--encoder {self.encoder!r}: choose {', '.join(ENCODER_CHOICES)}")
+
+
+# The paper's lambda is 10 for VGG; EfficientNet-Lite0's activations are smaller (ReLU6,
+# folded BatchNorm), so its statistics differ less and need a larger weight. Chosen from
+# the loss magnitudes at the start of training and by looking at sample sheets.
+DEFAULT_STYLE_WEIGHT = {"vgg19": 10.0, "efficientnet-lite0": 10.0}
+
+
+@dataclass(frozen=True)
+class AdaINTrainProgress:
+    """Sent to the callback after every step."""
+
+    step: int
+    total_steps: int
+    loss: float
+    content_loss: float
+    style_loss: float
+    lr: float
+    elapsed: float
+    samples: Path | None = None
+    checkpoint: Path | None = None
+
+
+class CropSource:
+    """Images held in memory; random square crops at a random scale, with flips."""
+
+    def __init__(self, files: list[Path], crop: int, what: str):
+        from artgen.images import load_image
+
+        self.crop = crop
+        self.images: list[torch.Tensor] = []
+        for f in files:
+            im = load_image(f).rgb
+            # Short side at twice the crop (the paper resizes to 512 for 256 crops).
+            scale = 2 * crop / min(im.size)
+            im = im.resize(
+                (max(crop, round(im.width * scale)), max(crop, round(im.height * scale))),
+                Image.Resampling.LANCZOS,
+            )
+            self.images.append(torch.from_numpy(_as_array(im)).permute(2, 0, 1).contiguous())
+        if not self.images:
+            raise ArtgenError(f"{what}: no images")
+
+    def batch(self, n: int, g: torch.Generator) -> torch.Tensor:
+        out = []
+        for _ in range(n):
+            img = self.images[int(torch.randint(len(self.images), (1,), generator=g))]
+            h, w = img.shape[-2:]
+            side = min(h, w)
+            size = int(self.crop + torch.randint(side - self.crop + 1, (1,), generator=g))
+            top = int(torch.randint(h - size + 1, (1,), generator=g))
+            left = int(torch.randint(w - size + 1, (1,), generator=g))
+            x = img[:, top : top + size, left : left + size].float().div(255).unsqueeze(0)
+            if size != self.crop:
+                x = F.interpolate(x, size=(self.crop, self.crop), mode="bilinear",
+                                  antialias=True, align_corners=False)  # fmt: skip
+            if bool(torch.rand((), generator=g) < 0.5):
+                x = x.flip(-1)
+            out.append(x)
+        return torch.cat(out).clamp(0, 1)
+
+
+def _as_array(im: Image.Image):
+    import numpy as np
+
+    return np.array(im.convert("RGB"), dtype=np.uint8)
+
+
+def _example_photos() -> Path:
+    from artgen import catalog
+
+    return catalog.styles_dir() / "examples"
+
+
+def adain_losses(model, content: torch.Tensor, style: torch.Tensor, style_weight: float):
+    """(total, content, style) losses of the paper for one batch (eq. 11-13)."""
+    cfg = model.config
+    s_feats = model.features(style, cfg.style_layers)
+    level_stats = [mean_std(s_feats[name]) for name in cfg.levels]
+    t = model.stylise_features(content, level_stats, 1.0)
+    out = model.decoder([v.to(next(model.decoder.parameters()).dtype) for v in t])
+    g_feats = model.features(out, list(dict.fromkeys([*cfg.levels, *cfg.style_layers])))
+    l_c = sum(
+        F.mse_loss(g_feats[name].float(), tt.detach())
+        for name, tt in zip(cfg.levels, t, strict=True)
+    )
+    l_s = sum(stats_loss(g_feats[name], *mean_std(s_feats[name])) for name in cfg.style_layers)
+    return l_c + style_weight * l_s, l_c, l_s, out
+
+
+def _initial_model(options: AdaINTrainOptions, device: torch.device):
+    from artgen import weights
+    from artgen.models import adain as adain_models
+
+    if options.base:
+        model = weights.load_adain(options.base, device)
+        source = options.base
+    elif options.encoder == "vgg19":
+        path = weights.adain_vgg_dir() / "vgg_normalised.pth"
+        if not path.is_file():
+            raise ArtgenError(f"--encoder vgg19 needs {path}; run `artgen weights fetch adain`")
+        sd = weights.read_state_dict(path, "run `artgen weights fetch adain`")
+        model = adain_models.build_model(adain_models.VGG19_CONFIG, sd)
+        source = "scratch"
+    else:
+        sd = weights.read_state_dict(weights.efficientnet_lite0_path(), "reinstall it")
+        model = adain_models.build_model(adain_models.LITE0_CONFIG, sd)
+        source = "scratch"
+    return model.to(device), source
+
+
+def train_adain(
+    options: AdaINTrainOptions,
+    callback: Callable[[AdaINTrainProgress], None] | None = None,
+) -> Path:
+    """Train the decoder; returns the run folder (the network is in RUN/model)."""
+    from artgen import __version__
+    from artgen.data import list_images
+    from artgen.images import grid, save_png
+    from artgen.weights import save_adain_folder
+
+    if not options.styles:
+        raise ArtgenError("--styles: give the folder of style images")
+    if not options.out:
+        raise ArtgenError("--out: give a run folder to create")
+    run = Path(options.out)
+    if options.resume:
+        if not (run / "config.json").is_file():
+            raise ArtgenError(f"{run}: nothing to resume (no config.json there)")
+    elif run.exists() and any(run.iterdir()):
+        raise ArtgenError(f"{run}: exists and is not empty; choose a new --out folder "
+                          "(or pass --resume to continue the run there)")  # fmt: skip
+    content_dir = options.content or (str(_example_photos()) if options.base else "")
+    if not content_dir:
+        raise ArtgenError("--content: give a folder of photos (needed when training from scratch)")
+    style_files = list_images(options.styles)
+    content_files = list_images(content_dir)
+
+    device = resolve_device(options.device)
+    torch.manual_seed(options.seed)
+    model, source = _initial_model(options, device)
+    model.encoder.eval()
+    decoder = model.decoder.train().requires_grad_(True)
+    style_weight = options.style_weight or DEFAULT_STYLE_WEIGHT[model.config.encoder]
+    opt = torch.optim.Adam(decoder.parameters(), lr=options.lr)
+
+    def lr_at(step: int) -> float:
+        return options.lr / (1.0 + options.lr_decay * step)
+
+    use_bf16 = options.precision == "bf16" or (
+        options.precision == "auto" and device.type == "cuda"
+    )
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    g = torch.Generator().manual_seed(options.seed)
+    contents = CropSource(content_files, options.crop, content_dir)
+    styles = CropSource(style_files, options.crop, options.styles)
+    step = 0
+    ckpt_dir = run / "checkpoints"
+    if options.resume:
+        found = list_checkpoints(ckpt_dir)
+        if not found:
+            raise ArtgenError(f"{run}: no checkpoint to resume from in {ckpt_dir}")
+        tensors, state = load_checkpoint(found[-1])
+        try:
+            decoder.load_state_dict(tensors["decoder"])
+        except (KeyError, RuntimeError) as e:
+            raise ArtgenError(f"{found[-1]}: does not match this run's decoder ({e})") from None
+        optimizer_from_tensors(opt, tensors["optimizer"], state["optimizer"])
+        rng_from_tensors(tensors["rng"], state["rng"], {"data": g})
+        step = int(state["step"])
+        if step >= options.steps:
+            raise ArtgenError(f"{run}: already at step {step} of {options.steps}; "
+                              "pass a larger --steps to train further")  # fmt: skip
+    run.mkdir(parents=True, exist_ok=True)
+    resolved = {
+        "artgen": __version__, "method": "train-adain", "options": dataclasses.asdict(options),
+        "network": model.config.to_dict(), "base": source, "style_weight": style_weight,
+        "content_folder": str(content_dir), "num_content": len(content_files),
+        "num_styles": len(style_files), "device": str(device),
+        "trainable_parameters": sum(p.numel() for p in decoder.parameters()),
+    }  # fmt: skip
+    resolved["options"]["resume"] = False
+    write_json(run / "config.json", resolved)
+
+    # A fixed sheet: the same 4 content crops and 4 style crops at every sample.
+    g_fixed = torch.Generator().manual_seed(12345)
+    sheet_c = contents.batch(4, g_fixed).to(device)
+    sheet_s = styles.batch(4, g_fixed).to(device)
+
+    def samples(at: int) -> Path:
+        decoder.eval()
+        with torch.no_grad(), amp:
+            out = model(sheet_c, model.style_stats(sheet_s)).float().clamp(0, 1)
+        decoder.train()
+        from artgen.images import to_pil
+
+        tiles = []
+        for k in range(4):
+            tiles += [to_pil(sheet_c[k]), to_pil(sheet_s[k]), to_pil(out[k])]
+        return save_png(grid(tiles, cols=3), run / "samples" / f"step-{at:07d}.png",
+                        overwrite=True, params={"artgen": __version__, "step": at})  # fmt: skip
+
+    def checkpoint(at: int) -> Path:
+        opt_t, opt_meta = optimizer_to_tensors(opt)
+        rng_t, rng_meta = rng_to_tensors({"data": g})
+        return save_checkpoint(
+            ckpt_dir, at, {"decoder": decoder.state_dict(), "optimizer": opt_t, "rng": rng_t},
+            {"optimizer": opt_meta, "rng": rng_meta}, keep=options.keep_checkpoints,
+        )  # fmt: skip
+
+    t0 = time.perf_counter()
+    log = open(run / "log.jsonl", "a")  # noqa: SIM115 - closed in finally
+    try:
+        with StepInterrupt() as stop:
+            while step < options.steps:
+                stop.mid_step = True
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(step)
+                c = contents.batch(options.batch_size, g).to(device)
+                s = styles.batch(options.batch_size, g).to(device)
+                with amp:
+                    loss, l_c, l_s, _ = adain_losses(model, c, s, style_weight)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                stop.mid_step = False
+                sample_path = ckpt_path = None
+                if step % options.sample_every == 0 or step == options.steps:
+                    sample_path = samples(step)
+                if step % options.checkpoint_every == 0 or step == options.steps:
+                    ckpt_path = checkpoint(step)
+                if step % 10 == 0 or step == options.steps or step == 1:
+                    log.write(json.dumps({"step": step, "loss": float(loss.detach()), "content": float(l_c.detach()),
+                                          "style": float(l_s.detach()), "lr": lr_at(step - 1),
+                                          "seconds": round(time.perf_counter() - t0, 2)}) + "\n")  # fmt: skip
+                    log.flush()
+                if callback is not None:
+                    callback(AdaINTrainProgress(
+                        step, options.steps, float(loss.detach()), float(l_c.detach()), float(l_s.detach()), lr_at(step - 1),
+                        time.perf_counter() - t0, sample_path, ckpt_path,
+                    ))  # fmt: skip
+                stop.raise_if_requested()
+    except KeyboardInterrupt:
+        if (
+            not list_checkpoints(ckpt_dir)
+            or int(list_checkpoints(ckpt_dir)[-1].name.split("-")[1]) != step
+        ):
+            checkpoint(step)
+        raise
+    finally:
+        log.close()
+    decoder.eval()
+    save_adain_folder(model, run / "model")
+    _write_model_card(run, resolved)
+    return run
+
+
+def _write_model_card(run: Path, config: dict) -> None:
+    o = config["options"]
+    text = (
+        f"# AdaIN decoder ({config['network']['encoder']} encoder)\n\n"
+        f"Trained by artgen {config['artgen']} with `artgen train adain`: {o['steps']} steps, "
+        f"batch {o['batch_size']}, {o['crop']} px crops, style weight {config['style_weight']}, "
+        f"from {config['base']}; {config['num_content']} content and {config['num_styles']} "
+        f"style images.\n\n"
+        "Use it:\n\n"
+        f"    artgen stylize photo.jpg --style painting.jpg --method adain --model {run} -o out.png\n\n"
+        "```python\nimport artgen\n"
+        f"image = artgen.stylize('photo.jpg', 'painting.jpg', method='adain', model='{run}')\n```\n"
+    )
+    tmp = run / ".README.md.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, run / "README.md")
+
+
+def options_for_resume(run_dir: str | os.PathLike, **overrides) -> AdaINTrainOptions:
+    from artgen.checkpoint import options_for_resume as read
+
+    return read(AdaINTrainOptions, run_dir, overrides, changeable=RESUME_CHANGEABLE)
+
+
+__all__ = ["AdaINTrainOptions", "AdaINTrainProgress", "train_adain", "adain_losses"]
