@@ -22,12 +22,17 @@ def styles_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parent.parent / "styles"
 
 
-def cache_dir() -> Path:
-    """Where fetched paintings go: $ARTGEN_HOME/styles (default ~/.cache/artgen/styles)."""
+def artgen_home() -> Path:
+    """artgen's own cache: $ARTGEN_HOME (default ~/.cache/artgen)."""
     home = os.environ.get("ARTGEN_HOME") or os.path.join(
         os.path.expanduser("~"), ".cache", "artgen"
     )
-    return Path(home) / "styles"
+    return Path(home)
+
+
+def cache_dir() -> Path:
+    """Where fetched paintings go: $ARTGEN_HOME/styles (default ~/.cache/artgen/styles)."""
+    return artgen_home() / "styles"
 
 
 @dataclass(frozen=True)

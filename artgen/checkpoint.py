@@ -158,6 +158,16 @@ def load_checkpoint(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dic
 # -- resuming a run ---------------------------------------------------------------------
 
 
+def check_run_folder(run: Path, resume: bool) -> None:
+    """A new run needs an empty (or absent) folder; a resumed one needs its config.json."""
+    if resume:
+        if not (run / "config.json").is_file():
+            raise ArtgenError(f"{run}: nothing to resume (no config.json there)")
+    elif run.exists() and any(run.iterdir()):
+        raise ArtgenError(f"{run}: exists and is not empty; choose a new --out folder "
+                          "(or pass --resume to continue the run there)")  # fmt: skip
+
+
 def options_for_resume(
     cls: type,
     run_dir: str | os.PathLike,

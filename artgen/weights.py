@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from artgen.catalog import artgen_home
 from artgen.download import DownloadProgress, download
 from artgen.errors import ArtgenError
 from artgen.models import backbones
@@ -176,11 +177,6 @@ ADAIN_FILES = ("vgg_normalised.pth", "decoder.pth")
 # accepts the file only if it loads strictly into the published layout, and prints its
 # sha256 (written beside it as FILE.sha256 and checked on every later load).
 ADAIN_SHA256: dict[str, str | None] = {"vgg_normalised.pth": None, "decoder.pth": None}
-ADAIN_SOURCES = ("shipped", "vgg19")
-
-
-def artgen_home() -> Path:
-    return Path(os.environ.get("ARTGEN_HOME") or Path.home() / ".cache" / "artgen")
 
 
 def adain_vgg_dir() -> Path:

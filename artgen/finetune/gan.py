@@ -66,6 +66,7 @@ from PIL import Image
 
 from artgen.checkpoint import (
     StepInterrupt,
+    check_run_folder,
     list_checkpoints,
     load_checkpoint,
     optimizer_from_tensors,
@@ -468,13 +469,7 @@ def _check_common(options: Any) -> tuple[list[Path], Any]:
     labels = read_labels(options.labels, files) if options.labels else None
     if options.balance:
         check_attribute(labels, options.balance)
-    run = Path(options.out)
-    if options.resume:
-        if not (run / "config.json").is_file():
-            raise ArtgenError(f"{run}: nothing to resume (no config.json there)")
-    elif run.exists() and any(run.iterdir()):
-        raise ArtgenError(f"{run}: exists and is not empty; choose a new --out folder "
-                          "(or pass --resume to continue the run there)")  # fmt: skip
+    check_run_folder(Path(options.out), options.resume)
     return files, labels
 
 

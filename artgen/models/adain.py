@@ -162,7 +162,7 @@ def vgg_encoder(seq: nn.Sequential, last: str = "relu4_1") -> FeatureExtractor:
     """Named stages (conv0, relu1_1, pool1 ...) of a loaded VGG-normalised Sequential."""
     stages: OrderedDict[str, nn.Module] = OrderedDict()
     pending: list[nn.Module] = []
-    block, pools = 1, 0
+    pools = 0
     for spec, module in zip(_VGG_NORMALISED, seq, strict=True):
         if spec[0] == "relu":
             stages[f"pre_{spec[1]}"] = nn.Sequential(*pending)
@@ -173,7 +173,6 @@ def vgg_encoder(seq: nn.Sequential, last: str = "relu4_1") -> FeatureExtractor:
         elif spec[0] == "pool":
             pools += 1
             stages[f"pool{pools}"] = module
-            block += 1
         else:
             pending.append(module)
     from artgen.models.backbones import VGG19_SPEC

@@ -122,14 +122,10 @@ def describe(model: Any) -> str:
     return f"model: AdaIN with {model.config.encoder} encoder"
 
 
-def _fit(w: int, h: int, long_side: int) -> tuple[int, int]:
-    s = long_side / max(w, h)
-    return max(1, round(w * s)), max(1, round(h * s))
-
-
 def _prepare(model, styles: list[tuple[LoadedImage, float]], contents: list[torch.Tensor],
              options: AdaINOptions, dev: torch.device, amp):  # fmt: skip
-    """The blended style statistics (one set per content, since colour matching is per photo)."""
+    """The blended style statistics for each content. Colour preservation matches the style
+    to each photo, so then every photo needs its own; otherwise one set serves them all."""
     long_side = max(max(c.shape[-2:]) for c in contents)
     style_long = max(16, round(long_side * options.style_scale))
     style_t = [
@@ -142,7 +138,7 @@ def _prepare(model, styles: list[tuple[LoadedImage, float]], contents: list[torc
         for s, w in styles
     ]
     per_content = []
-    for c in contents:
+    for c in contents if options.preserve_color != "none" else contents[:1]:
         stats, weights = [], []
         for s, w in style_t:
             if options.preserve_color == "histogram":
@@ -153,7 +149,7 @@ def _prepare(model, styles: list[tuple[LoadedImage, float]], contents: list[torc
                 stats.append(model.style_stats(s))
             weights.append(w)
         per_content.append(blend_stats(stats, weights))
-    return per_content
+    return per_content if len(per_content) == len(contents) else per_content * len(contents)
 
 
 def stylize_many(
@@ -187,8 +183,7 @@ def stylize_many(
 
     tensors = []
     for c in loaded:
-        w, h = _fit(*c.size, options.size)
-        tensors.append(to_tensor(c.rgb.resize((w, h), Image.Resampling.LANCZOS)).to(dev))
+        tensors.append(to_tensor(resize_long_side(c.rgb, options.size)).to(dev))
     outputs: list[Image.Image | None] = [None] * len(loaded)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, t in enumerate(tensors):
