@@ -30,7 +30,7 @@ import artgen  # noqa: E402
 from artgen import ArtgenError, Cancelled, catalog  # noqa: E402
 from artgen.devices import resolve_device  # noqa: E402
 from artgen.images import load_image, save_png  # noqa: E402
-from artgen.style import get_method, run_params  # noqa: E402
+from artgen.style import get_method, method_of, run_params  # noqa: E402
 
 UPLOAD_SLOTS = 2
 PREVIEW_EVERY = 10  # steps between streamed previews
@@ -194,7 +194,7 @@ class Studio:
     def stylize(self, content, *rest, progress=gr.Progress()):  # noqa: B008 - Gradio's idiom
         """Generator: streams (image, status, download, gallery, history) updates."""
         content_img, styles, options, history = self.inputs(content, rest)
-        method = get_method(PRESETS[rest[len(self.styles) + 2 * UPLOAD_SLOTS + 3]][0])
+        method = method_of(options)
         try:
             model = self.model(method.name, options)
         except ArtgenError as e:

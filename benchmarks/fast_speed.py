@@ -225,7 +225,7 @@ def main() -> None:
             print(f"{size:5d} {batch:5d} {a['ips']:13.2f} {r['ips']:10.2f} {a['ips'] / r['ips']:6.2f} "
                   f"{a['peak_mib']:11.0f} {r['peak_mib']:8.0f}", flush=True)  # fmt: skip
     print()
-    for size in args.sizes:
+    for size in args.sizes if 1 in args.batches else []:  # the comparisons are per picture
         single = next(x for x in rows if x["size"] == size and x["batch"] == 1)["artgen"]
         line = f"{size} px, one picture: artgen fast {1 / single['ips']:.3f} s"
         entry: dict = {"size": size, "fast_seconds": 1 / single["ips"]}
