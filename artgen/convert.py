@@ -15,6 +15,14 @@ built from that config and loaded strictly, so any missing, extra or
 mis-shaped tensor is an error. Options artgen cannot reproduce are refused by
 name rather than approximated.
 
+Everything read from the pickle is bounded before it is used: init kwargs are
+walked with a budget of :data:`MAX_KWARGS_NODES` values (shared references
+counted each time they occur, so a few hundred bytes of memo references cannot
+expand into billions), names are at most :data:`MAX_NAME_CHARS` characters, and
+values quoted in messages go through :func:`artgen.safe_pickle.short_repr`
+(at most ~200 characters). The network sizes are bounded by
+:class:`~artgen.models.stylegan2.StyleGAN2Config` itself.
+
 The output folder holds ``generator/`` and ``discriminator/``, each written by
 ``save_pretrained`` (config.json + model.safetensors: no pickles), and appears
 atomically: everything is written into a temporary sibling folder that is then
@@ -33,7 +41,7 @@ from typing import Any
 
 import torch
 
-from artgen.errors import ArtgenError
+from artgen.errors import ArtgenError, clip
 from artgen.models.stylegan2 import (
     D_MAPPING_LAYERS,
     D_MAPPING_LR_MULTIPLIER,
@@ -41,7 +49,7 @@ from artgen.models.stylegan2 import (
     Generator,
     StyleGAN2Config,
 )
-from artgen.safe_pickle import PersistentStub, load_stylegan2_pickle
+from artgen.safe_pickle import PersistentStub, load_stylegan2_pickle, short_repr
 
 __all__ = ["config_from_kwargs", "convert_stylegan2_pickle", "stylegan2_state"]
 
@@ -74,6 +82,8 @@ _POSITIONAL = {
 }
 _FILTER = [1, 3, 3, 1]  # the official default resample_filter, the only one artgen implements
 _MAX_DEPTH = 64  # module nesting; the official networks are 5 deep
+MAX_KWARGS_NODES = 10_000  # values in one network's init kwargs; the official ones have ~30
+MAX_NAME_CHARS = 100  # parameter, buffer and submodule names (official: at most 14 characters)
 
 _NETWORK_KINDS = {"generator": "Generator", "discriminator": "Discriminator"}
 # Config fields that only one of the two networks uses; the rest (resolution, img_channels,
@@ -82,16 +92,28 @@ _G_ONLY = ("z_dim", "w_dim", "mapping_layers", "mapping_lr_multiplier", "w_avg_b
 _D_ONLY = ("mbstd_group_size", "mbstd_num_channels", "d_architecture")
 
 
-def _plain(value: Any, where: str, depth: int = 0) -> Any:
-    """Init kwargs as plain JSON-like data (EasyDict -> dict, tuple -> list, numpy -> python)."""
+def _plain(value: Any, where: str, budget: list[int], depth: int = 0) -> Any:
+    """Init kwargs as plain JSON-like data (EasyDict -> dict, tuple -> list, numpy -> python).
+
+    ``budget`` ([values left]) is shared by the whole walk: a list holding the same list
+    twice, 30 levels deep, is 2**30 values although the file names each one once.
+    """
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise ArtgenError(f"{where}: init arguments hold more than {MAX_KWARGS_NODES} values")
     if depth > 32:
         raise ArtgenError(f"{where}: init arguments nested too deeply")
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, Mapping):
-        return {str(k): _plain(v, where, depth + 1) for k, v in value.items()}
+        out = {}
+        for k, v in dict.items(value) if isinstance(value, dict) else value.items():
+            if not isinstance(k, str):  # EasyDict keys are argument names
+                raise ArtgenError(f"{where}: init argument name {short_repr(k)} is not a string")
+            out[k] = _plain(v, where, budget, depth + 1)
+        return out
     if isinstance(value, (list, tuple)):
-        return [_plain(v, where, depth + 1) for v in value]
+        return [_plain(v, where, budget, depth + 1) for v in value]
     if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # numpy scalar
         return value.item()
     raise ArtgenError(f"{where}: init argument of unexpected type {type(value).__name__}")
@@ -103,7 +125,8 @@ def _init_kwargs(stub: PersistentStub) -> dict[str, Any]:
     kwargs = state.get("_init_kwargs") or {}
     if not isinstance(args, (tuple, list)) or not isinstance(kwargs, Mapping):
         raise ArtgenError(f"{stub.class_name}: malformed _init_args / _init_kwargs")
-    out = _plain(dict(kwargs), stub.class_name)
+    budget = [MAX_KWARGS_NODES]
+    out = _plain(kwargs, stub.class_name, budget)
     if args:
         names = _POSITIONAL.get(stub.class_name)
         if names is None or len(args) > len(names):
@@ -113,7 +136,7 @@ def _init_kwargs(stub: PersistentStub) -> dict[str, Any]:
         for name, value in zip(names[: len(args)], args, strict=True):
             if name in out:
                 raise ArtgenError(f"{stub.class_name}: init argument {name} given twice")
-            out[name] = _plain(value, stub.class_name)
+            out[name] = _plain(value, stub.class_name, budget)
     return out
 
 
@@ -122,30 +145,33 @@ def _collect(
 ) -> None:
     where = prefix.rstrip(".") or stub.class_name
     if depth > _MAX_DEPTH or id(stub) in seen:
-        raise ArtgenError(f"{where}: module tree is cyclic, shared or too deep")
+        raise ArtgenError(f"{clip(where)}: module tree is cyclic, shared or too deep")
     seen.add(id(stub))
     state = stub.state
     if not isinstance(state, Mapping):
-        raise ArtgenError(f"{where}: module without state")
+        raise ArtgenError(f"{clip(where)}: module without state")
     params = state.get("_parameters") or {}
     buffers = state.get("_buffers") or {}
     modules = state.get("_modules") or {}
     non_persistent = state.get("_non_persistent_buffers_set") or set()
     for kind, table in (("_parameters", params), ("_buffers", buffers), ("_modules", modules)):
         if not isinstance(table, Mapping):
-            raise ArtgenError(f"{where}: {kind} is not a dict")
+            raise ArtgenError(f"{clip(where)}: {kind} is not a dict")
     if not isinstance(non_persistent, (set, frozenset)):
-        raise ArtgenError(f"{where}: _non_persistent_buffers_set is not a set")
+        raise ArtgenError(f"{clip(where)}: _non_persistent_buffers_set is not a set")
+
+    def valid(name: Any) -> bool:
+        return isinstance(name, str) and 0 < len(name) <= MAX_NAME_CHARS and "." not in name
 
     def add(name: Any, tensor: Any) -> None:
-        if not isinstance(name, str) or not name or "." in name:
-            raise ArtgenError(f"{where}: bad tensor name {name!r}")
+        if not valid(name):
+            raise ArtgenError(f"{clip(where)}: bad tensor name {short_repr(name)}")
         if tensor is None:  # a registered-but-unset slot (e.g. bias=False): not in a state dict
             return
         if not isinstance(tensor, torch.Tensor):
-            raise ArtgenError(f"{prefix}{name}: is a {type(tensor).__name__}, not a tensor")
+            raise ArtgenError(f"{clip(prefix + name)}: is a {type(tensor).__name__}, not a tensor")
         if prefix + name in out:
-            raise ArtgenError(f"{prefix}{name}: appears twice")
+            raise ArtgenError(f"{clip(prefix + name)}: appears twice")
         out[prefix + name] = tensor
 
     for name, tensor in params.items():
@@ -155,12 +181,12 @@ def _collect(
         if name not in non_persistent:
             add(name, tensor)
     for name, child in modules.items():
-        if not isinstance(name, str) or not name or "." in name:
-            raise ArtgenError(f"{where}: bad submodule name {name!r}")
+        if not valid(name):
+            raise ArtgenError(f"{clip(where)}: bad submodule name {short_repr(name)}")
         if child is None:
             continue
         if not isinstance(child, PersistentStub):
-            raise ArtgenError(f"{prefix}{name}: is a {type(child).__name__}, not a module")
+            raise ArtgenError(f"{clip(prefix + name)}: is a {type(child).__name__}, not a module")
         _collect(child, f"{prefix}{name}.", out, seen, depth + 1)
 
 
@@ -208,7 +234,8 @@ class _Options:
         value = self.get(key, default)
         if value != supported:
             raise ArtgenError(
-                f"{self.where}: {key}={value!r} is not supported by artgen (only {supported!r})"
+                f"{self.where}: {key}={short_repr(value)} is not supported by artgen "
+                f"(only {supported!r})"
             )
 
     def sub(self, key: str) -> _Options:
@@ -218,7 +245,9 @@ class _Options:
     def done(self) -> None:
         unknown = sorted(set(self.kwargs) - self.used)
         if unknown:
-            raise ArtgenError(f"{self.where}: unknown option {unknown[0]!r} (not converted)")
+            raise ArtgenError(
+                f"{self.where}: unknown option {short_repr(unknown[0])} (not converted)"
+            )
 
 
 def config_from_kwargs(kind: str, kwargs: dict) -> StyleGAN2Config:
@@ -252,7 +281,9 @@ def config_from_kwargs(kind: str, kwargs: dict) -> StyleGAN2Config:
         for key in ("embed_features", "layer_features"):  # None = w_dim, what artgen does
             value = mapping.get(key)
             if value not in (None, fields["w_dim"]):
-                raise ArtgenError(f"Generator.mapping_kwargs: {key}={value!r} is not supported")
+                raise ArtgenError(
+                    f"Generator.mapping_kwargs: {key}={short_repr(value)} is not supported"
+                )
         mapping.expect("activation", "lrelu", "lrelu")
         mapping.done()
 
@@ -274,18 +305,15 @@ def config_from_kwargs(kind: str, kwargs: dict) -> StyleGAN2Config:
         architecture = top.get("architecture", "resnet")
         if architecture not in ("resnet", "orig"):
             raise ArtgenError(
-                f"Discriminator: architecture={architecture!r} is not supported by artgen "
-                "(only 'resnet' and 'orig')"
+                f"Discriminator: architecture={short_repr(architecture)} is not supported by "
+                "artgen (only 'resnet' and 'orig')"
             )
         fields["d_architecture"] = architecture
         fields["channel_base"] = top.get("channel_base", 32768)
         fields["channel_max"] = top.get("channel_max", 512)
         fields["conv_clamp"] = top.get("conv_clamp")
         top.ignore("num_fp16_res")  # fp32 inference; see the generator's note above
-        cmap_dim = top.get("cmap_dim")
-        default_cmap = min(fields["channel_base"] // 4, fields["channel_max"])
-        if cmap_dim not in (None, default_cmap) and fields["c_dim"]:
-            raise ArtgenError(f"Discriminator: cmap_dim={cmap_dim!r} is not supported")
+        cmap_dim = top.get("cmap_dim")  # checked below, once the config has checked its fields
 
         block = top.sub("block_kwargs")
         block.expect("activation", "lrelu", "lrelu")
@@ -318,14 +346,17 @@ def config_from_kwargs(kind: str, kwargs: dict) -> StyleGAN2Config:
         epilogue.expect("activation", "lrelu", "lrelu")
         epilogue.done()
     top.done()
-    return StyleGAN2Config(**fields)
+    config = StyleGAN2Config(**fields)
+    if kind == "discriminator" and config.c_dim and cmap_dim not in (None, config.channels(4)):
+        raise ArtgenError(f"Discriminator: cmap_dim={short_repr(cmap_dim)} is not supported")
+    return config
 
 
 def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
-    problems = [f"missing {k}" for k in missing] + [f"unexpected {k}" for k in extra]
+    problems = [f"missing {k}" for k in missing] + [f"unexpected {clip(k, 120)}" for k in extra]
     problems += [
         f"{k} has shape {list(state[k].shape)}, artgen expects {list(v.shape)}"
         for k, v in expected.items()
@@ -415,8 +446,8 @@ def convert_stylegan2_pickle(
     kwargs, states, configs = {}, {}, {}
     for role, stub in stubs.items():
         where = f"{source}: {picked[role]}"
-        kwargs[role], states[role] = stylegan2_state(stub)
         try:
+            kwargs[role], states[role] = stylegan2_state(stub)
             configs[role] = config_from_kwargs(role, kwargs[role])
         except ArtgenError as e:
             raise ArtgenError(f"{where}: {e}") from None

@@ -11,3 +11,22 @@ class ArtgenError(Exception):
 
 class Cancelled(Exception):
     """Raised from a progress callback to stop a running job cleanly."""
+
+
+def clip(text: object, limit: int = 200) -> str:
+    """``text`` on one line and at most ``limit`` characters, cut at a word where possible.
+
+    Anything that came from a file goes through this before it reaches a message.
+    """
+    s = " ".join(str(text)[: limit * 4].split())
+    if len(s) <= limit:
+        return s
+    cut = s[: limit - 1]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > limit // 2 else cut).rstrip(" ,;:") + "…"
+
+
+def first_line(error: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message (or its type's name), clipped."""
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return clip(first, limit)

@@ -42,6 +42,40 @@ explicit allow-list and nothing else; there is no fall-back to importing:
   the original ``training.networks`` classes...) is refused with an
   :class:`~artgen.errors.ArtgenError` naming the file and the global, before
   it is called. Persistent ids are refused too. The file size is capped.
+* Opcodes that act on an object already built only act on the kinds the
+  official format uses them on: BUILD (which would call ``__setstate__`` or set
+  attributes) only on module stubs, EasyDicts and numpy dtype markers, never on
+  a tensor (``Tensor.__setstate__`` calls ``set_``, which can grow a storage
+  over uninitialised memory), a storage, a device or a container; SETITEM(S)
+  only on dicts, APPEND(S) only on lists, ADDITEMS only on sets; REDUCE only
+  calls the allowed functions and NEWOBJ only creates stubs and EasyDicts. The
+  protocol-0/1 object opcodes (INST, OBJ), extension codes and out-of-band
+  buffers, which the official pickles never contain, are refused. After
+  loading, every tensor is checked to be the view that was built, onto the
+  unchanged storage read from the file.
+
+Resource limits
+---------------
+A pickle is a program, so a tiny file can ask for a lot of memory or time. Before
+anything is unpickled, the whole opcode stream is scanned (``pickletools.genops``,
+linear in the file: about 0.15 s for a 360 MB snapshot) and refused past limits
+far above what the official snapshots need (a 1024 px snapshot has about 38,000
+opcodes, marks nested 16 deep, strings up to ~70 kB, only small integers):
+
+* at most :data:`MAX_OPCODES` opcodes and marks nested :data:`MAX_MARK_DEPTH` deep;
+* memo indexes in the order a pickler writes them (at most one past the highest
+  so far; a stored index of 2**26 would otherwise make a 9-byte file cost ~1 GB
+  with the C unpickler), and no memo read of an index never written;
+* every length (bytes, strings, frames) within what is left of the file, checked
+  before anything is allocated, and integers of at most :data:`MAX_INT_BYTES` bytes.
+
+While unpickling, tuples are limited to :data:`MAX_TUPLE_NODES` tuples in all and
+:data:`MAX_TUPLE_DEPTH` levels, counting shared references as often as they occur:
+a few hundred bytes of memo references can otherwise describe a tuple of 2**40
+elements, which hashing (as a dict key or set element) or printing walks in full.
+Tensors are views of at most 8 dimensions and never have more elements than their
+storage. Nothing from the file goes into a message unabridged: :func:`short_repr`
+writes at most about 200 characters without building the full repr first.
 
 What comes back is inert data: dicts, lists, tuples, strings, numbers,
 tensors and :class:`PersistentStub` objects; ``artgen.convert`` turns the
@@ -53,9 +87,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import math
 import os
 import pickle
+import pickletools
 import re
+import struct
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -64,11 +101,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from artgen.errors import ArtgenError
+from artgen.errors import ArtgenError, clip
 
 PERSISTENCE_VERSION = 6  # torch_utils/persistence.py: _version = 6
 DEFAULT_MAX_BYTES = 4 << 30  # the largest official snapshots (1024 px, G + D + G_ema) are ~400 MB
 MIN_TORCH_FOR_STORAGES = (2, 10)  # first torch without known weights_only bypasses (see above)
+
+# Resource limits (see "Resource limits" above). Measured on the official layout: a 1024 px
+# snapshot (G, D, G_ema, augment_pipe) has ~38,000 opcodes and marks nested 16 deep; its
+# tuples are sizes, strides and argument lists (a handful of tuples, 3 levels).
+MAX_OPCODES = 4_000_000  # ~100x a 1024 px snapshot; the memo and stack grow at most this far
+MAX_MARK_DEPTH = 512
+MAX_INT_BYTES = 64  # LONG1 / LONG4 payloads: a snapshot's integers are sizes and counts
+MAX_TUPLE_NODES = 10_000  # tuples reachable from one tuple, shared references counted each time
+MAX_TUPLE_DEPTH = 64
+MAX_TENSOR_DIMS = 8  # weights have at most 4
+MAX_NAME_CHARS = 100  # persistent class names (the official ones have at most 21 characters)
+MAX_LINE_BYTES = 1 << 20  # text-line arguments (GLOBAL names and the protocol-0 opcodes)
+MESSAGE_CHARS = 200  # the most of any value from a file that goes into a message
 
 # Where each official class is defined; only a hint for messages and reports (the pickle itself
 # carries the module's source, not its name).
@@ -129,6 +179,69 @@ class _Malformed(ValueError):
     """The data handed to an allowed function is not what the official format writes."""
 
 
+def short_repr(value: Any, limit: int = MESSAGE_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters (then "..."), for messages about file data.
+
+    Built piece by piece and stopped once ``limit`` is reached, so it costs O(limit) whatever
+    the value: a tuple nested 40 deep with shared references has a repr of 2**40 characters,
+    a huge int one that CPython refuses to write. Objects other than plain data show as their
+    type name (a tensor as its shape and dtype).
+    """
+    parts: list[str] = []
+    room = limit + 1  # one more than fits, to know whether anything was cut
+
+    def put(text: str) -> None:
+        nonlocal room
+        parts.append(text[:room])
+        room -= len(text)
+
+    def walk(v: Any, depth: int) -> None:
+        if room <= 0:
+            return
+        if v is None or isinstance(v, (bool, float, complex, np.generic)):
+            put(repr(v))
+        elif isinstance(v, int):
+            put(repr(v) if v.bit_length() <= 256 else f"<int of {v.bit_length()} bits>")
+        elif isinstance(v, str):
+            put(repr(v[:room]))
+        elif isinstance(v, (bytes, bytearray)):
+            put(repr(bytes(v[:room])))
+        elif isinstance(v, (tuple, list, set, frozenset, dict)):
+            if depth >= 8:
+                put("...")
+                return
+            is_dict, is_set = isinstance(v, dict), isinstance(v, (set, frozenset))
+            empty_set = is_set and not v
+            brackets = "{}" if is_dict or is_set else "()" if isinstance(v, tuple) else "[]"
+            put("set()" if empty_set else brackets[0])
+            items = dict.items(v) if is_dict else v
+            for i, item in enumerate(items):
+                if room <= 0:
+                    return
+                if i:
+                    put(", ")
+                if is_dict:
+                    walk(item[0], depth + 1)
+                    put(": ")
+                    walk(item[1], depth + 1)
+                else:
+                    walk(item, depth + 1)
+            if isinstance(v, tuple) and len(v) == 1:
+                put(",")
+            if not empty_set:
+                put(brackets[1])
+        elif isinstance(v, torch.Tensor):
+            put(f"<tensor {list(v.shape)[:MAX_TENSOR_DIMS]} {v.dtype}>")
+        elif isinstance(v, (PersistentStub, _TypeToken)):
+            put(repr(v))
+        else:
+            put(f"<{type(v).__name__}>")
+
+    walk(value, 0)
+    text = "".join(parts)
+    return text if room > 0 else text[:limit] + "..."
+
+
 # ---------------------------------------------------------------------------------------------
 # Replacements for the allowed globals. Each one validates its arguments; a mismatch raises
 # _Malformed, which load_stylegan2_pickle reports as a corrupt file.
@@ -139,15 +252,22 @@ def _reconstruct_persistent_obj(meta):
     if not isinstance(meta, dict):
         raise _Malformed("persistent object metadata is not a dict")
     if meta.get("type") != "class":
-        raise _Malformed(f"persistent object of type {meta.get('type')!r} (only 'class' exists)")
-    if meta.get("version") != PERSISTENCE_VERSION:
         raise _Malformed(
-            f"torch_utils.persistence version {meta.get('version')!r} "
+            f"persistent object of type {short_repr(meta.get('type'))} (only 'class' exists)"
+        )
+    version = meta.get("version")
+    if not _is_int(version) or version != PERSISTENCE_VERSION:
+        raise _Malformed(
+            f"torch_utils.persistence version {short_repr(version)} "
             f"(this reader knows version {PERSISTENCE_VERSION})"
         )
     class_name, src, state = meta.get("class_name"), meta.get("module_src"), meta.get("state")
-    if not isinstance(class_name, str) or not class_name.isidentifier():
-        raise _Malformed(f"persistent class name {class_name!r}")
+    if (
+        not isinstance(class_name, str)
+        or len(class_name) > MAX_NAME_CHARS
+        or not class_name.isidentifier()
+    ):
+        raise _Malformed(f"persistent class name {short_repr(class_name)}")
     if not isinstance(src, str):
         raise _Malformed(f"module_src of {class_name} is not a string")
     if state is None:
@@ -206,19 +326,41 @@ def _torch_module_stub_class(module: str, name: str) -> type | None:
 class _PlainDict(dict):
     """dnnlib.EasyDict read as an ordinary dict (no attribute access, no code)."""
 
+    def __init__(self, *args, **kwargs):
+        # The official pickles create EasyDicts empty (NEWOBJ, then SETITEMS); dict(x) would
+        # iterate whatever x is (a tensor of millions of elements, say).
+        if args or kwargs:
+            raise _Malformed("EasyDict created with arguments")
+
     def __setstate__(self, state):
         # EasyDict keeps everything in its items; an instance __dict__, if pickled, is empty.
-        if state:
+        if not (state is None or (type(state) is dict and not state)):
             raise _Malformed("EasyDict with instance attributes")
 
 
 class _Storage:
-    """A storage read from legacy torch.save bytes, as a flat tensor of its dtype."""
+    """A storage read from legacy torch.save bytes, as a flat tensor of its dtype.
 
-    __slots__ = ("flat",)
+    Also what was read (the storage's address and size) and every view built onto it, for the
+    check after loading that no tensor was changed or re-pointed meanwhile.
+    """
+
+    __slots__ = ("flat", "data_ptr", "nbytes", "views")
 
     def __init__(self, flat: torch.Tensor):
         self.flat = flat
+        storage = flat.untyped_storage()
+        self.data_ptr, self.nbytes = storage.data_ptr(), storage.nbytes()
+        self.views: list[tuple[torch.Tensor, tuple, tuple, int]] = []
+
+    def check(self) -> None:
+        for tensor in (self.flat, *(view for view, *_ in self.views)):
+            storage = tensor.untyped_storage()
+            if storage.data_ptr() != self.data_ptr or storage.nbytes() != self.nbytes:
+                raise _Malformed("a tensor's storage was changed after it was read")
+        for view, size, stride, offset in self.views:
+            if (tuple(view.shape), view.stride(), view.storage_offset()) != (size, stride, offset):
+                raise _Malformed("a tensor was reshaped after it was built")
 
 
 def _torch_version() -> tuple[int, int]:
@@ -282,13 +424,17 @@ def _rebuild_tensor_v2(
     if not isinstance(storage, _Storage):
         raise _Malformed("tensor without a storage")
     if not _is_int(storage_offset) or storage_offset < 0:
-        raise _Malformed(f"tensor storage offset {storage_offset!r}")
-    if not isinstance(size, tuple) or not all(_is_int(s) and s >= 0 for s in size):
-        raise _Malformed(f"tensor size {size!r}")
+        raise _Malformed(f"tensor storage offset {short_repr(storage_offset)}")
+    if (
+        not isinstance(size, tuple)
+        or len(size) > MAX_TENSOR_DIMS
+        or not all(_is_int(s) and s >= 0 for s in size)
+    ):
+        raise _Malformed(f"tensor size {short_repr(size)}")
     if not isinstance(stride, tuple) or len(stride) != len(size):
-        raise _Malformed(f"tensor stride {stride!r}")
+        raise _Malformed(f"tensor stride {short_repr(stride)}")
     if not all(_is_int(s) and s >= 0 for s in stride):
-        raise _Malformed(f"tensor stride {stride!r}")
+        raise _Malformed(f"tensor stride {short_repr(stride)}")
     if not isinstance(requires_grad, bool):
         raise _Malformed("tensor requires_grad is not a bool")
     if backward_hooks:
@@ -304,7 +450,15 @@ def _rebuild_tensor_v2(
             )
     elif storage_offset > flat.numel():
         raise _Malformed("empty tensor offset past its storage")
-    return flat.as_strided(size, stride, storage_offset)
+    # Stored weights never overlap themselves; a stride-0 view of one element could otherwise
+    # stand for 2**60 elements, which the first copy (or iteration) would try to make.
+    if math.prod(size) > flat.numel():
+        raise _Malformed(
+            f"tensor of size {list(size)} has more elements than its storage of {flat.numel()}"
+        )
+    view = flat.as_strided(size, stride, storage_offset)
+    storage.views.append((view, size, stride, storage_offset))
+    return view
 
 
 def _rebuild_parameter(data, requires_grad, backward_hooks):
@@ -346,10 +500,11 @@ def _rebuild_from_type_v2(func, new_type, args, state):
     The real function calls ``func`` (any global) and the subclass's ``__setstate__``; here
     ``func`` must be one of the checked rebuilders above and the attributes are dropped.
     """
-    if func not in (_rebuild_tensor_v2, _rebuild_parameter, _rebuild_parameter_with_state):
-        raise _Malformed(f"tensor rebuilt by {func!r}")
-    if new_type not in (_TENSOR_TYPE, _PARAMETER_TYPE):
-        raise _Malformed(f"tensor subclass {new_type!r}")
+    if not any(func is f for f in (_rebuild_tensor_v2, _rebuild_parameter,
+                                   _rebuild_parameter_with_state)):  # fmt: skip
+        raise _Malformed(f"tensor rebuilt by {short_repr(func)}")
+    if not (new_type is _TENSOR_TYPE or new_type is _PARAMETER_TYPE):
+        raise _Malformed(f"tensor subclass {short_repr(new_type)}")
     if not isinstance(args, tuple):
         raise _Malformed("tensor rebuild arguments are not a tuple")
     return func(*args)
@@ -371,7 +526,12 @@ class _NumpyDtype:
     def __setstate__(self, state):
         # (version, byteorder, subarray, names, fields, elsize, alignment, flags); only simple
         # numeric dtypes are accepted: no subarray, no fields.
-        if not (isinstance(state, tuple) and len(state) >= 2 and state[1] in ("<", ">", "|", "=")):
+        if not (
+            isinstance(state, tuple)
+            and len(state) >= 5
+            and isinstance(state[1], str)
+            and state[1] in ("<", ">", "|", "=")
+        ):
             raise _Malformed("numpy dtype state")
         if any(x is not None for x in state[2:5]):
             raise _Malformed("structured numpy dtype")
@@ -384,7 +544,7 @@ class _NumpyDtype:
 
 def _numpy_dtype(code, align=False, copy=False):
     if not (isinstance(code, str) and code in _NUMPY_CODES):
-        raise _Malformed(f"numpy dtype {code!r}")
+        raise _Malformed(f"numpy dtype {short_repr(code)}")
     return _NumpyDtype(code)
 
 
@@ -399,15 +559,45 @@ def _numpy_scalar(dtype, data=None):
 
 def _codecs_encode(text, encoding="utf-8"):
     """_codecs.encode(str, 'latin1'): how protocol-2 pickles spell a bytes object."""
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+    if not isinstance(text, str) or not isinstance(encoding, str):
+        raise _Malformed("_codecs.encode used for anything but bytes")
+    if encoding not in ("latin1", "latin-1"):
         raise _Malformed("_codecs.encode used for anything but bytes")
     return text.encode("latin1")
 
 
 def _torch_device(spec):
-    if not isinstance(spec, str):
-        raise _Malformed(f"torch.device({spec!r})")
-    return torch.device(spec)
+    # Only the spellings torch writes ("cpu", "cuda:0"): torch.device of anything else raises
+    # a RuntimeError quoting the whole string.
+    if not isinstance(spec, str) or not re.fullmatch(r"[a-z]{1,16}(:[0-9]{1,4})?", spec):
+        raise _Malformed(f"torch.device({short_repr(spec)})")
+    try:
+        return torch.device(spec)
+    except RuntimeError:
+        raise _Malformed(f"torch.device({spec!r})") from None
+
+
+# The containers take only what the official pickles give them: protocol 2 writes
+# set([...]) and frozenset([...]), OrderedDict() is always created empty (then SETITEMS). A
+# plain set(x) would iterate whatever x is: a tensor of millions of elements, say.
+
+
+def _set(items=()):
+    if type(items) not in (list, tuple):
+        raise _Malformed("set built from a non-list")
+    return set(items)
+
+
+def _frozenset(items=()):
+    if type(items) not in (list, tuple):
+        raise _Malformed("frozenset built from a non-list")
+    return frozenset(items)
+
+
+def _ordered_dict(*args):
+    if args:
+        raise _Malformed("OrderedDict created with arguments")
+    return OrderedDict()
 
 
 _ALLOWED: dict[tuple[str, str], Any] = {
@@ -422,9 +612,9 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("torch.storage", "_load_from_bytes"): _load_storage_from_bytes,
     ("torch", "device"): _torch_device,
     # Pure containers: building them calls no user code.
-    ("collections", "OrderedDict"): OrderedDict,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
+    ("collections", "OrderedDict"): _ordered_dict,
+    ("builtins", "set"): _set,
+    ("builtins", "frozenset"): _frozenset,
     ("_codecs", "encode"): _codecs_encode,
     ("dnnlib.util", "EasyDict"): _PlainDict,
     ("numpy", "dtype"): _numpy_dtype,
@@ -443,16 +633,41 @@ _REFUSED_HINTS = {
 }
 
 
-class SafeUnpickler(pickle.Unpickler):
-    """An Unpickler whose globals come from an explicit allow-list (see the module docstring)."""
+_STATEFUL = (PersistentStub, _PlainDict, _NumpyDtype)  # what BUILD may give state to
+_CALLABLE_IDS = frozenset(id(f) for f in _ALLOWED.values() if not isinstance(f, _TypeToken))
+_DICT_TYPES = (dict, OrderedDict, _PlainDict)
+
+
+def _op(name: str) -> int:
+    return getattr(pickle, name)[0]
+
+
+class SafeUnpickler(pickle._Unpickler):
+    """An Unpickler whose globals come from an explicit allow-list (see the module docstring).
+
+    Built on pickle's pure-Python unpickler (``pickle._Unpickler``, the reference the C one
+    mirrors), because the C unpickler's opcodes cannot be overridden: here the opcodes that act
+    on an existing object check what that object is. The memo is a dict, so a memo index
+    costs nothing however large; on a real snapshot this is no slower than the C unpickler,
+    whose time goes into the tensor storages either way.
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def __init__(self, file, *, source: str = "<pickle>"):
         super().__init__(file)
         self.source = source
+        self.storages: list[_Storage] = []
+        self._storage_loader = self._load_storage  # one bound method, to know it when called
+        # id -> (the tuple, tuples reachable from it counting repeats, nesting depth); the
+        # tuple itself is kept so that its id is not reused while loading.
+        self._tuples: dict[int, tuple[tuple, int, int]] = {}
 
     def find_class(self, module: str, name: str):
         module = _PY2_MODULES.get(module, module)
         found = _ALLOWED.get((module, name))
+        if found is _load_storage_from_bytes:
+            return self._storage_loader
         if found is not None:
             return found
         if module == "torch" and isinstance(vars(torch).get(name), torch.dtype):
@@ -464,14 +679,220 @@ class SafeUnpickler(pickle.Unpickler):
         if hint:
             raise ArtgenError(f"{self.source}: {hint}")
         raise ArtgenError(
-            f"{self.source}: refuses to load '{module}.{name}': a StyleGAN2-ADA pickle holds "
-            "only network state; this file would run code"
+            f"{self.source}: refuses to load '{clip(module, 80)}.{clip(name, 80)}': a "
+            "StyleGAN2-ADA pickle holds only network state; this file would run code"
         )
 
     def persistent_load(self, pid):
         raise ArtgenError(
             f"{self.source}: refuses a pickle persistent id: StyleGAN2-ADA pickles have none"
         )
+
+    def _load_storage(self, data):
+        storage = _load_storage_from_bytes(data)
+        self.storages.append(storage)
+        return storage
+
+    def check_tensors(self) -> None:
+        """Every tensor built is still the view it was built as, onto the storage as read."""
+        for storage in self.storages:
+            storage.check()
+
+    # -- opcodes that act on an object already on the stack --------------------------------
+
+    def _load_build(self):
+        state = self.stack.pop()
+        inst = self.stack[-1]
+        if not isinstance(inst, _STATEFUL):
+            # The official format gives state only to modules, EasyDicts and numpy dtypes. A
+            # tensor's __setstate__ calls set_ (which can grow its storage over uninitialised
+            # memory) and attaches backward hooks; anything else would get attributes.
+            raise _Malformed(f"sets state (BUILD) on a {_type_name(inst)}")
+        inst.__setstate__(state)
+
+    def _load_setitem(self):
+        if type(self.stack[-3]) not in _DICT_TYPES:
+            raise _Malformed(f"sets an item (SETITEM) of a {_type_name(self.stack[-3])}")
+        value, key = self.stack.pop(), self.stack.pop()
+        self.stack[-1][key] = value
+
+    def _load_setitems(self):
+        target = self.metastack[-1][-1] if self.metastack and self.metastack[-1] else None
+        if type(target) not in _DICT_TYPES:
+            raise _Malformed(f"sets items (SETITEMS) of a {_type_name(target)}")
+        items = self.pop_mark()
+        if len(items) % 2:
+            raise _Malformed("SETITEMS with an odd number of items")
+        for i in range(0, len(items), 2):
+            target[items[i]] = items[i + 1]
+
+    def _load_append(self):
+        if type(self.stack[-2]) is not list:
+            raise _Malformed(f"appends (APPEND) to a {_type_name(self.stack[-2])}")
+        value = self.stack.pop()
+        self.stack[-1].append(value)
+
+    def _load_appends(self):
+        target = self.metastack[-1][-1] if self.metastack and self.metastack[-1] else None
+        if type(target) is not list:
+            raise _Malformed(f"appends (APPENDS) to a {_type_name(target)}")
+        target.extend(self.pop_mark())
+
+    def _load_additems(self):
+        target = self.metastack[-1][-1] if self.metastack and self.metastack[-1] else None
+        if type(target) is not set:
+            raise _Malformed(f"adds items (ADDITEMS) to a {_type_name(target)}")
+        target.update(self.pop_mark())
+
+    def _load_reduce(self):
+        func = self.stack[-2]
+        if not (id(func) in _CALLABLE_IDS or func is self._storage_loader or _is_stub_class(func)):
+            raise _Malformed(f"calls (REDUCE) a {_type_name(func)}")
+        args = self.stack.pop()
+        if type(args) is not tuple:
+            raise _Malformed("REDUCE arguments are not a tuple")
+        self.stack[-1] = func(*args)
+
+    def _load_newobj(self):
+        cls = self.stack[-2]
+        if not (_is_stub_class(cls) or cls is _PlainDict):
+            raise _Malformed(f"creates (NEWOBJ) a {_type_name(cls)}")
+        args = self.stack.pop()
+        if type(args) is not tuple:
+            raise _Malformed("NEWOBJ arguments are not a tuple")
+        self.stack[-1] = cls.__new__(cls, *args)
+
+    def _load_newobj_ex(self):
+        raise _Malformed("NEWOBJ_EX (keyword-only constructors) is not in the format")
+
+    # -- tuples: bounded as built, since hashing and printing walk shared references ---------
+
+    def _push_tuple(self, items) -> None:
+        nodes, depth = 1, 1
+        for item in items:
+            if type(item) is tuple and item:
+                _, n, d = self._tuples.get(id(item), (None, 1, 1))
+                nodes += n
+                depth = max(depth, d + 1)
+        if nodes > MAX_TUPLE_NODES or depth > MAX_TUPLE_DEPTH:
+            raise _Malformed(
+                f"tuples nested {depth} deep, {nodes} in all counting shared references "
+                f"(limits: {MAX_TUPLE_DEPTH} deep, {MAX_TUPLE_NODES} in all)"
+            )
+        t = tuple(items)
+        if nodes > 1:
+            self._tuples[id(t)] = (t, nodes, depth)
+        self.append(t)
+
+    def _load_tuple(self):
+        self._push_tuple(self.pop_mark())
+
+    def _load_tuple1(self):
+        self._push_tuple([self.stack.pop()])
+
+    def _load_tuple2(self):
+        items = self.stack[-2:]
+        del self.stack[-2:]
+        self._push_tuple(items)
+
+    def _load_tuple3(self):
+        items = self.stack[-3:]
+        del self.stack[-3:]
+        self._push_tuple(items)
+
+    for _name, _method in (
+        ("BUILD", _load_build), ("SETITEM", _load_setitem), ("SETITEMS", _load_setitems),
+        ("APPEND", _load_append), ("APPENDS", _load_appends), ("ADDITEMS", _load_additems),
+        ("REDUCE", _load_reduce), ("NEWOBJ", _load_newobj), ("NEWOBJ_EX", _load_newobj_ex),
+        ("TUPLE", _load_tuple), ("TUPLE1", _load_tuple1), ("TUPLE2", _load_tuple2),
+        ("TUPLE3", _load_tuple3),
+    ):  # fmt: skip
+        dispatch[_op(_name)] = _method
+    del _name, _method
+
+
+def _type_name(obj) -> str:
+    return clip(type(obj).__name__, 40)
+
+
+def _is_stub_class(obj) -> bool:
+    return isinstance(obj, type) and issubclass(obj, _TorchModuleStub)
+
+
+# Opcodes the official pickles (protocol 2 to 5) never contain, refused by the scan: the
+# protocol-0/1 ways of calling a class, the copyreg extension registry, out-of-band buffers.
+_REFUSED_OPCODES = frozenset(
+    "INST OBJ EXT1 EXT2 EXT4 NEXT_BUFFER READONLY_BUFFER NEWOBJ_EX".split()
+)
+_PUT_OPS = frozenset(("PUT", "BINPUT", "LONG_BINPUT"))
+_GET_OPS = frozenset(("GET", "BINGET", "LONG_BINGET"))
+
+
+class _Truncated(EOFError):
+    """A length in the file reaches past its end."""
+
+
+class _BoundedReader:
+    """The file as pickle reads it, refusing any read past its end before allocating for it:
+    a 9-byte file can claim a 2**60-byte string, and ``file.read(n)`` allocates ``n`` first."""
+
+    def __init__(self, file, end: int):
+        self._file, self._end = file, end
+
+    def read(self, n: int = -1) -> bytes:
+        left = self._end - self._file.tell()
+        if n is None or n < 0:
+            n = left
+        if n > left:
+            raise _Truncated
+        return self._file.read(n)
+
+    def readinto(self, buffer) -> int:
+        if len(buffer) > self._end - self._file.tell():
+            raise _Truncated
+        return self._file.readinto(buffer)
+
+    def readline(self, limit: int = -1) -> bytes:
+        line = self._file.readline(MAX_LINE_BYTES + 1)
+        if len(line) > MAX_LINE_BYTES:
+            raise _Malformed(f"a text line of more than {MAX_LINE_BYTES} bytes")
+        return line
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._file.seek(offset, whence)
+
+
+def _scan(file: _BoundedReader) -> None:
+    """Refuse a pickle whose opcodes ask for more than a snapshot can (module docstring)."""
+    count = depth = memo_size = 0
+    for count, (op, arg, _pos) in enumerate(pickletools.genops(file), 1):
+        if count > MAX_OPCODES:
+            raise _Malformed(f"more than {MAX_OPCODES} opcodes")
+        name = op.name
+        if name == "MARK":
+            depth += 1
+            if depth > MAX_MARK_DEPTH:
+                raise _Malformed(f"marks nested more than {MAX_MARK_DEPTH} deep")
+        elif pickletools.markobject in op.stack_before:
+            depth -= 1
+        if name in _PUT_OPS:
+            # A pickler numbers memo entries 0, 1, 2...: an index may at most be the next one.
+            if not 0 <= arg <= memo_size:
+                raise _Malformed(f"memo index {arg} out of order (next is {memo_size})")
+            memo_size = max(memo_size, arg + 1)
+        elif name == "MEMOIZE":
+            memo_size += 1
+        elif name in _GET_OPS and not 0 <= arg < memo_size:
+            raise _Malformed(f"memo index {arg} read before it is written")
+        elif name in ("LONG1", "LONG4") and arg.bit_length() > 8 * MAX_INT_BYTES:
+            raise _Malformed(f"an integer of {arg.bit_length()} bits")
+        elif name in _REFUSED_OPCODES:
+            raise _Malformed(f"opcode {name}, which StyleGAN2-ADA pickles do not use")
+    if not count:
+        raise _Truncated
 
 
 def _check_header(source: str, head: bytes) -> None:
@@ -502,16 +923,39 @@ def _torch_builtin_allow_list_only():
         torch.serialization.add_safe_globals(saved)
 
 
+def _error_detail(error: BaseException) -> str:
+    """The first line of an exception's message, at most MESSAGE_CHARS characters. Messages that
+    quote file data (a KeyError's key) are written with short_repr, not str()."""
+    if isinstance(error, UnicodeError):  # its message quotes one byte and a position
+        return clip(str(error))
+    args = getattr(error, "args", ())
+    if args and isinstance(args[0], str) and not isinstance(error, KeyError):
+        lines = args[0][: MESSAGE_CHARS * 4].strip().splitlines()
+        return clip(lines[0], MESSAGE_CHARS) if lines else type(error).__name__
+    return f"{type(error).__name__} {short_repr(args)}" if args else type(error).__name__
+
+
 def safe_load(file, *, source: str = "<pickle>") -> Any:
-    """Unpickle ``file`` (a binary file object) with :class:`SafeUnpickler`; ArtgenError if bad."""
+    """Unpickle ``file`` (a binary, seekable file object) with :class:`SafeUnpickler`, after
+    scanning its opcodes against the resource limits; ArtgenError if bad."""
+    start = file.tell()
     head = file.read(4)
     _check_header(source, head)
-    file.seek(-len(head), os.SEEK_CUR)
+    end = file.seek(0, os.SEEK_END)
+    file.seek(start)
+    reader = _BoundedReader(file, end)
     try:
+        _scan(reader)
+        file.seek(start)
         with warnings.catch_warnings(), _torch_builtin_allow_list_only():
             # torch warns that TypedStorage is deprecated while reading the legacy storages.
             warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
-            return SafeUnpickler(file, source=source).load()
+            # ... and about the protocol of a storage's pickle, which a corrupt one can be.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            unpickler = SafeUnpickler(reader, source=source)
+            data = unpickler.load()
+        unpickler.check_tensors()
+        return data
     except ArtgenError:
         raise
     except EOFError:
@@ -529,9 +973,9 @@ def safe_load(file, *, source: str = "<pickle>") -> Any:
         OverflowError,
         MemoryError,
         RecursionError,
+        struct.error,
     ) as e:
-        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ArtgenError(f"{source}: corrupt or truncated pickle ({detail})") from None
+        raise ArtgenError(f"{source}: corrupt or truncated pickle ({_error_detail(e)})") from None
 
 
 NETWORK_KEYS = ("G", "D", "G_ema")
@@ -563,6 +1007,9 @@ def load_stylegan2_pickle(path: str | os.PathLike, *, max_bytes: int = DEFAULT_M
         )
     data = dict(data)
     if not any(isinstance(data.get(k), PersistentStub) for k in NETWORK_KEYS):
-        keys = ", ".join(sorted(map(str, data))) or "none"
-        raise ArtgenError(f"{source}: holds no StyleGAN2-ADA network (G, D, G_ema); keys: {keys}")
+        # Keys are file data (any hashable: a nested tuple, say): a few, each cut short.
+        keys = sorted(k[:40] if isinstance(k, str) else short_repr(k, 40) for k in list(data)[:8])
+        shown = ", ".join(keys) + (", ..." if len(data) > 8 else "")
+        shown = clip(shown) or "none"
+        raise ArtgenError(f"{source}: holds no StyleGAN2-ADA network (G, D, G_ema); keys: {shown}")
     return data

@@ -723,3 +723,26 @@ def test_cli_convert_then_finetune_from_the_converted_base(snapshot_file, tmp_pa
     # Converting again into the same folder is refused and leaves it alone.
     assert main(["convert", str(path), str(out)]) == 2
     assert "artgen: error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "network, key, value, message",
+    [
+        ("G_ema", "z_dim", 2**31, "z_dim must be in [1, 4096], got 2147483648"),
+        ("D", "channel_max", 10**6, "channel_max must be in [1, 4096], got 1000000"),
+        # Once a TypeError: the D's cmap_dim default was computed before the fields were checked.
+        ("D", "channel_base", "abc", "channel_base must be an integer, got 'abc'"),
+    ],
+)
+def test_network_sizes_from_a_pickle_are_bounded(tmp_path, marker, capsys, network, key, value,
+                                                 message):  # fmt: skip
+    from artgen.cli import main
+
+    snapshot, _ = build_snapshot(module_src_for(marker))
+    snapshot[network].state["_init_kwargs"][key] = value
+    pkl = write_pickle(tmp_path / "net.pkl", snapshot)
+    assert main(["convert", str(pkl), str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"artgen: error: {pkl}: {network}: StyleGAN2 config: {message}"
+    ]
+    assert not (tmp_path / "out").exists()

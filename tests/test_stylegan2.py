@@ -10,7 +10,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from artgen.errors import ArtgenError
+from artgen.models import stylegan2
 from artgen.models.stylegan2 import (
+    CONFIG_LIMITS,
+    MAX_PARAMETERS,
     Conv2dLayer,
     Discriminator,
     FullyConnectedLayer,
@@ -173,6 +176,108 @@ def test_from_pretrained_errors(tmp_path):
     weights.unlink()
     with pytest.raises(ArtgenError, match="model.safetensors"):
         Generator.from_pretrained(folder)
+
+
+def test_sizes_are_bounded_above_as_well_as_below():
+    """A config comes from a file: every size has an upper bound, above every published
+    network, with a one-line message naming the field and the allowed range."""
+    StyleGAN2Config(resolution=1024, channel_base=65536, channel_max=1024, c_dim=1000)
+    for name, (low, high) in CONFIG_LIMITS.items():
+        for value in (low - 1, high + 1, 2**31):
+            with pytest.raises(ArtgenError, match=rf"^StyleGAN2 config: {name} must be in "
+                               rf"\[{low}, {high}\], got {value}$"):  # fmt: skip
+                StyleGAN2Config(**{name: value})
+    with pytest.raises(ArtgenError, match="resolution must be a power of two"):
+        StyleGAN2Config(resolution=48)
+    with pytest.raises(ArtgenError, match="conv_clamp must be > 0 and finite"):
+        StyleGAN2Config(conv_clamp=math.inf)
+    with pytest.raises(ArtgenError, match="mapping_lr_multiplier must be finite"):
+        StyleGAN2Config(mapping_lr_multiplier=math.nan)
+    # Each field within its range, the product not: 32 layers of 4096 x 4096.
+    with pytest.raises(
+        ArtgenError,
+        match=r"the generator would have 576,\d+,\d+ parameters, more than the 536,870,912",
+    ):
+        StyleGAN2Config(z_dim=4096, w_dim=4096, mapping_layers=32)
+    huge = tuple("x")
+    for _ in range(60):  # a value from a file whose repr is 2**60 characters
+        huge = (huge, huge)
+    with pytest.raises(ArtgenError, match="z_dim must be an integer") as e:
+        StyleGAN2Config(z_dim=huge)
+    assert len(str(e.value)) < 300
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [tiny(16), tiny(16, c_dim=5), tiny(32, d_architecture="orig", img_channels=1,
+                                      mbstd_num_channels=2), tiny(8, mapping_layers=1, z_dim=7)],
+)  # fmt: skip
+def test_parameter_counts_are_exact(cfg):
+    counts = cfg.parameter_counts()
+    for network, cls in (("generator", Generator), ("discriminator", Discriminator)):
+        assert counts[network] == sum(t.numel() for t in cls(cfg).state_dict().values())
+    official = StyleGAN2Config(resolution=1024, channel_base=32768, channel_max=512)
+    assert 30e6 < max(official.parameter_counts().values()) < MAX_PARAMETERS / 10
+
+
+def test_allocation_failures_are_artgen_errors(monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: "
+            "you tried to allocate 68719476736 bytes."
+        )
+
+    monkeypatch.setattr(stylegan2.SynthesisLayer, "__init__", out_of_memory)
+    with pytest.raises(ArtgenError, match=r"^StyleGAN2 generator of [\d,]+ parameters "
+                       r"\(resolution 16\): not enough memory to build it$"):  # fmt: skip
+        Generator(tiny(16))
+    monkeypatch.setattr(stylegan2.DiscriminatorBlock, "__init__", out_of_memory)
+    with pytest.raises(ArtgenError, match="StyleGAN2 discriminator of .* not enough memory"):
+        Discriminator(tiny(16))
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(stylegan2.SynthesisLayer, "__init__", bug)
+    with pytest.raises(RuntimeError, match="shape mismatch"):  # a bug keeps its traceback
+        Generator(tiny(16))
+
+
+def test_bad_config_json_and_weights_name_the_file(tmp_path):
+    folder = tmp_path / "g"
+    Generator(tiny(16)).save_pretrained(folder)
+    config_path, weights = folder / "config.json", folder / "model.safetensors"
+    good = json.loads(config_path.read_text())
+    cases = {
+        "z_dim 2**31": ({**good, "z_dim": 2**31}, r"z_dim must be in \[1, 4096\]"),
+        "string": ({**good, "channel_base": "abc"}, "channel_base must be an integer"),
+        "infinite": ({**good, "w_avg_beta": math.inf}, "w_avg_beta must be finite"),
+        "list": ([1, 2], "not an artgen-stylegan2 config"),
+        "class": ({**good, "class": ["x"] * 1000}, r"holds a \['x', 'x'"),
+        "version": ({**good, "version": "v" * 10**5}, "unsupported version 'vvv"),
+        "key": ({**good, "k" * 10**5: 1}, "unknown key 'kkk"),
+    }
+    for what, (meta, message) in cases.items():
+        config_path.write_text(json.dumps(meta))
+        with pytest.raises(ArtgenError, match=message) as e:
+            Generator.from_pretrained(folder)
+        text = str(e.value)
+        assert text.startswith(f"{config_path}: ") and "\n" not in text, what
+        assert len(text) < len(str(config_path)) + 300, what
+    for text, message in (("[" * 100_000, "unreadable"), ("{", "unreadable"),
+                          (" " * (2 << 20), "larger than")):  # fmt: skip
+        config_path.write_text(text)
+        with pytest.raises(ArtgenError, match=message) as e:
+            Generator.from_pretrained(folder)
+        assert str(e.value).startswith(f"{config_path}: ")
+
+    config_path.write_text(json.dumps(good))
+    data = weights.read_bytes()
+    for broken in (data[: len(data) // 2], b"\xff" * 16, b""):
+        weights.write_bytes(broken)
+        with pytest.raises(ArtgenError, match="unreadable") as e:
+            Generator.from_pretrained(folder)
+        assert str(e.value).startswith(f"{weights}: ") and "\n" not in str(e.value)
 
 
 # -- mapping: truncation and w_avg ----------------------------------------------------------------

@@ -39,10 +39,18 @@ Where this module departs from the official code (commented where they apply):
 5. Freeze-D (Mo et al. 2020) is left to the caller (``requires_grad_(False)`` on the
    first blocks, named by ``Discriminator.block_names()``): the official code turns
    frozen weights into buffers, which changes nothing in the state dict.
+
+Configs come from files (a converted model's ``config.json``, a pickle's init
+kwargs), so :class:`StyleGAN2Config` bounds every size from above as well as
+below (:data:`CONFIG_LIMITS`, well above every published StyleGAN2-ADA and
+StyleGAN3 network), and the parameters of either network it describes to
+:data:`MAX_PARAMETERS`. A network that still does not fit in memory is an
+ArtgenError, not a RuntimeError from the allocator.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -58,6 +66,7 @@ from torch import nn
 
 from artgen.checkpoint import write_json
 from artgen.errors import ArtgenError
+from artgen.safe_pickle import short_repr
 
 __all__ = ["Discriminator", "Generator", "StyleGAN2Config"]
 
@@ -65,6 +74,7 @@ FORMAT = "artgen-stylegan2"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+MAX_CONFIG_BYTES = 1 << 20  # a saved config.json is ~400 bytes
 
 LRELU_SLOPE = 0.2
 LRELU_GAIN = math.sqrt(2)  # keeps the signal's second moment through a leaky ReLU
@@ -73,6 +83,28 @@ FIR_TAPS = (1.0, 3.0, 3.0, 1.0)  # binomial low-pass filter for all resampling
 # the generator's mapping network looks like.
 D_MAPPING_LAYERS = 8
 D_MAPPING_LR_MULTIPLIER = 0.01
+
+# Inclusive bounds of each size (the upper ones only stop files from asking for absurd
+# networks). Published networks, for comparison: StyleGAN2-ADA and StyleGAN3 go up to 1024 px,
+# z_dim = w_dim = 512, 8 mapping layers (2 for some), channel_base 16384 to 65536 (StyleGAN3-R
+# doubles 32768) and channel_max 512 (1024 for StyleGAN3-R), mbstd groups of 4 to 32; labels:
+# up to the 1000 ImageNet classes.
+CONFIG_LIMITS: dict[str, tuple[int, int]] = {
+    "resolution": (4, 4096),  # and a power of two
+    "img_channels": (1, 64),
+    "z_dim": (1, 4096),
+    "w_dim": (1, 4096),
+    "c_dim": (0, 100_000),
+    "mapping_layers": (1, 32),
+    "channel_base": (1, 1 << 22),
+    "channel_max": (1, 4096),
+    "mbstd_group_size": (1, 1024),
+    "mbstd_num_channels": (0, 4096),
+}
+# Parameters and buffers of either network (elements): 2 GiB of fp32. The largest official
+# networks (1024 px) have about 30 million; a snapshot of at most DEFAULT_MAX_BYTES (4 GiB,
+# artgen.safe_pickle) cannot hold G, G_ema and D of more than ~360 million each.
+MAX_PARAMETERS = 1 << 29
 
 NoiseMode = Literal["random", "const", "none"]
 _Model = TypeVar("_Model", bound="_Pretrained")
@@ -107,7 +139,8 @@ class StyleGAN2Config:
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ArtgenError:
-            return ArtgenError(f"StyleGAN2 config: {name} {why}, got {getattr(self, name)!r}")
+            value = short_repr(getattr(self, name))  # file data: never more than 200 characters
+            return ArtgenError(f"StyleGAN2 config: {name} {why}, got {value}")
 
         # Field types are strings here (from __future__ import annotations).
         for f in fields(self):
@@ -119,17 +152,15 @@ class StyleGAN2Config:
             ):
                 raise bad(f.name, "must be a number")
             if f.type == "float":
+                if not math.isfinite(value):  # JSON's Infinity and NaN parse as floats
+                    raise bad(f.name, "must be finite")
                 object.__setattr__(self, f.name, float(value))
+        for name, (low, high) in CONFIG_LIMITS.items():
+            if not low <= getattr(self, name) <= high:
+                raise bad(name, f"must be in [{low}, {high}]")
         r = self.resolution
-        if r < 4 or r & (r - 1):
-            raise bad("resolution", "must be a power of two >= 4")
-        for name in ("img_channels", "z_dim", "w_dim", "mapping_layers", "channel_base",
-                     "channel_max", "mbstd_group_size"):  # fmt: skip
-            if getattr(self, name) < 1:
-                raise bad(name, "must be >= 1")
-        for name in ("c_dim", "mbstd_num_channels"):
-            if getattr(self, name) < 0:
-                raise bad(name, "must be >= 0")
+        if r & (r - 1):
+            raise bad("resolution", "must be a power of two")
         if min(self.channel_base // r, self.channel_max) < 1:
             raise bad("channel_base", f"leaves no channels at resolution {r}")
         if self.mbstd_num_channels and min(self.channel_base // 4, self.channel_max) % (
@@ -143,11 +174,54 @@ class StyleGAN2Config:
         if self.conv_clamp is not None:
             if isinstance(self.conv_clamp, bool) or not isinstance(self.conv_clamp, (int, float)):
                 raise bad("conv_clamp", "must be a number or null")
-            if not self.conv_clamp > 0:
-                raise bad("conv_clamp", "must be > 0")
+            if not (self.conv_clamp > 0 and math.isfinite(self.conv_clamp)):
+                raise bad("conv_clamp", "must be > 0 and finite")
             object.__setattr__(self, "conv_clamp", float(self.conv_clamp))
         if self.d_architecture not in ("resnet", "orig"):
             raise bad("d_architecture", 'must be "resnet" or "orig"')
+        for network, count in self.parameter_counts().items():
+            if count > MAX_PARAMETERS:
+                raise ArtgenError(
+                    f"StyleGAN2 config: the {network} would have {count:,} parameters, more "
+                    f"than the {MAX_PARAMETERS:,} allowed (resolution {r}, z_dim {self.z_dim}, "
+                    f"w_dim {self.w_dim}, c_dim {self.c_dim}, channel_max {self.channel_max})"
+                )
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Elements in the state dict of the generator and of the discriminator this config
+        describes (parameters and buffers), computed without building them."""
+
+        def fc(i: int, o: int) -> int:
+            return i * o + o
+
+        def conv(i: int, o: int, k: int, bias: bool = True) -> int:
+            return o * i * k * k + (o if bias else 0) + 16  # + resample_filter
+
+        w, ch = self.w_dim, self.channels
+        g = (fc(self.c_dim, w) if self.c_dim else 0) + fc(self.z_dim + (w if self.c_dim else 0), w)
+        g += (self.mapping_layers - 1) * fc(w, w) + w  # + w_avg
+        res = 4
+        while res <= self.resolution:
+            c, c_in = ch(res), ch(res // 2) if res > 4 else 0
+
+            def layer(i: int, o: int, res: int = res) -> int:  # SynthesisLayer
+                return 16 + fc(w, i) + o * i * 9 + res * res + 1 + o
+
+            g += 16 + (layer(c_in, c) if c_in else c * res * res) + layer(c, c)
+            g += fc(w, c) + self.img_channels * c + self.img_channels  # toRGB
+            res *= 2
+        d, res = 0, self.resolution
+        while res >= 8:
+            c, c_out = ch(res), ch(res // 2)
+            d += 16 + (conv(self.img_channels, c, 1) if res == self.resolution else 0)
+            d += conv(c, c, 3) + conv(c, c_out, 3)
+            d += conv(c, c_out, 1, bias=False) if self.d_architecture == "resnet" else 0
+            res //= 2
+        c4 = ch(4)
+        cmap = c4 if self.c_dim else 0
+        d += (fc(self.c_dim, cmap) + D_MAPPING_LAYERS * fc(cmap, cmap)) if self.c_dim else 0
+        d += conv(c4 + self.mbstd_num_channels, c4, 3) + fc(c4 * 16, c4) + fc(c4, cmap or 1)
+        return {"generator": g, "discriminator": d}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -158,9 +232,9 @@ class StyleGAN2Config:
         if not isinstance(d, dict):
             raise ArtgenError(f"StyleGAN2 config: expected a JSON object, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(str(k) for k in set(d) - known)
         if unknown:
-            raise ArtgenError(f"StyleGAN2 config: unknown key {unknown[0]!r}")
+            raise ArtgenError(f"StyleGAN2 config: unknown key {short_repr(unknown[0])}")
         return cls(**d)
 
     def channels(self, resolution: int) -> int:
@@ -722,6 +796,35 @@ class DiscriminatorEpilogue(nn.Module):
 # -- networks ------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _allocating(what: str, config: StyleGAN2Config):
+    """Turn the allocator's failure while building (or moving) a network into an ArtgenError:
+    a config within the limits can still be more than this machine holds."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as e:
+        text = str(e)
+        if isinstance(e, RuntimeError) and not (
+            isinstance(e, torch.OutOfMemoryError)
+            or any(s in text for s in ("not enough memory", "out of memory", "can't allocate"))
+        ):
+            raise  # a bug, not a full memory: keep its traceback
+        count = config.parameter_counts()[what]
+        raise ArtgenError(
+            f"StyleGAN2 {what} of {count:,} parameters (resolution {config.resolution}): "
+            "not enough memory to build it"
+        ) from None
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else type(error).__name__
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+_ROLES = {"Generator": "generator", "Discriminator": "discriminator"}
+
+
 class _Pretrained(nn.Module):
     """save_pretrained / from_pretrained: config.json plus model.safetensors, no pickles."""
 
@@ -753,15 +856,22 @@ class _Pretrained(nn.Module):
         if not config_path.is_file():
             raise ArtgenError(f"{config_path}: missing (not a saved StyleGAN2 model)")
         try:
-            meta = json.loads(config_path.read_text())
-        except (OSError, ValueError) as e:
-            raise ArtgenError(f"{config_path}: unreadable ({e})") from None
+            if config_path.stat().st_size > MAX_CONFIG_BYTES:
+                raise ArtgenError(
+                    f"{config_path}: larger than {MAX_CONFIG_BYTES} bytes (not a saved config)"
+                )
+            meta = json.loads(config_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as e:  # RecursionError: [[[[... nested
+            raise ArtgenError(f"{config_path}: unreadable ({_first_line(e)})") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise ArtgenError(f"{config_path}: not an {FORMAT} config")
         if meta.get("version") != FORMAT_VERSION:
-            raise ArtgenError(f"{config_path}: unsupported version {meta.get('version')!r}")
+            version = short_repr(meta.get("version"))
+            raise ArtgenError(f"{config_path}: unsupported version {version}")
         if meta.get("class") != cls.__name__:
-            raise ArtgenError(f"{config_path}: holds a {meta.get('class')}, not a {cls.__name__}")
+            held = meta.get("class")
+            held = held[:80] if isinstance(held, str) else short_repr(held, 80)
+            raise ArtgenError(f"{config_path}: holds a {held}, not a {cls.__name__}")
         try:
             config = StyleGAN2Config.from_dict(
                 {k: v for k, v in meta.items() if k not in ("class", "format", "version")}
@@ -772,8 +882,9 @@ class _Pretrained(nn.Module):
             raise ArtgenError(f"{weights_path}: missing")
         try:
             tensors = load_file(str(weights_path))
-        except (OSError, SafetensorError) as e:
-            raise ArtgenError(f"{weights_path}: unreadable ({e})") from None
+        except (OSError, SafetensorError, ValueError, RuntimeError, MemoryError) as e:
+            # safetensors' messages quote at most a short piece of the header; cut anyway.
+            raise ArtgenError(f"{weights_path}: unreadable ({_first_line(e)})") from None
 
         model = cls(config)
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -791,7 +902,8 @@ class _Pretrained(nn.Module):
                 f"{weights_path}: does not match {CONFIG_FILE}: {'; '.join(problems[:2])}{more}"
             )
         model.load_state_dict(tensors, strict=True)
-        return model.to(device).eval()
+        with _allocating(_ROLES[cls.__name__], config):
+            return model.to(device).eval()
 
 
 class Generator(_Pretrained):
@@ -800,12 +912,13 @@ class Generator(_Pretrained):
     def __init__(self, config: StyleGAN2Config):
         super().__init__()
         self.config = config
-        # Built in the official order, so a seed gives the official initial weights.
-        self.synthesis = SynthesisNetwork(config)
-        self.num_ws = self.synthesis.num_ws
-        self.mapping = MappingNetwork(config.z_dim, config.c_dim, config.w_dim, self.num_ws,
-                                      config.mapping_layers, config.mapping_lr_multiplier,
-                                      config.w_avg_beta)  # fmt: skip
+        with _allocating("generator", config):
+            # Built in the official order, so a seed gives the official initial weights.
+            self.synthesis = SynthesisNetwork(config)
+            self.num_ws = self.synthesis.num_ws
+            self.mapping = MappingNetwork(config.z_dim, config.c_dim, config.w_dim, self.num_ws,
+                                          config.mapping_layers, config.mapping_lr_multiplier,
+                                          config.w_avg_beta)  # fmt: skip
 
     def forward(
         self,
@@ -836,19 +949,21 @@ class Discriminator(_Pretrained):
             raise ArtgenError("StyleGAN2 discriminator: resolution must be >= 8")
         self.config = config
         self.block_resolutions = [2**i for i in range(config.resolution.bit_length() - 1, 2, -1)]
-        for res in self.block_resolutions:
-            in_channels = config.channels(res) if res < config.resolution else 0
-            block = DiscriminatorBlock(in_channels, config.channels(res), config.channels(res // 2),
-                                       config.img_channels, config.d_architecture,
-                                       conv_clamp=config.conv_clamp)  # fmt: skip
-            setattr(self, f"b{res}", block)
-        cmap_dim = config.channels(4) if config.c_dim > 0 else 0
-        if config.c_dim > 0:
-            self.mapping = MappingNetwork(0, config.c_dim, cmap_dim, None, D_MAPPING_LAYERS,
-                                          D_MAPPING_LR_MULTIPLIER, None)  # fmt: skip
-        self.b4 = DiscriminatorEpilogue(config.channels(4), cmap_dim, 4, config.mbstd_group_size,
-                                        config.mbstd_num_channels,
-                                        conv_clamp=config.conv_clamp)  # fmt: skip
+        with _allocating("discriminator", config):
+            for res in self.block_resolutions:
+                in_channels = config.channels(res) if res < config.resolution else 0
+                block = DiscriminatorBlock(in_channels, config.channels(res),
+                                           config.channels(res // 2), config.img_channels,
+                                           config.d_architecture,
+                                           conv_clamp=config.conv_clamp)  # fmt: skip
+                setattr(self, f"b{res}", block)
+            cmap_dim = config.channels(4) if config.c_dim > 0 else 0
+            if config.c_dim > 0:
+                self.mapping = MappingNetwork(0, config.c_dim, cmap_dim, None, D_MAPPING_LAYERS,
+                                              D_MAPPING_LR_MULTIPLIER, None)  # fmt: skip
+            self.b4 = DiscriminatorEpilogue(config.channels(4), cmap_dim, 4,
+                                            config.mbstd_group_size, config.mbstd_num_channels,
+                                            conv_clamp=config.conv_clamp)  # fmt: skip
 
     def block_names(self) -> list[str]:
         """Block names from the image input to the output: ["b32", "b16", "b8", "b4"]."""
