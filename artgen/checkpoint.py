@@ -5,30 +5,55 @@ temporary name and renamed into place when complete, so a killed run never
 leaves a half checkpoint that ``--resume`` would pick up. It holds whatever
 tensors a trainer hands in (trainable weights, EMA, optimizer state, RNG
 states) plus ``state.json`` (step, scheduler state, Python RNG, anything else
-JSON can carry). Used by every trainer in artgen (diffusion, GAN).
+JSON can carry). Used by every trainer in artgen (diffusion, GAN, AdaIN).
+
+Everything read back is checked before it is used (``read_checkpoint``,
+``read_run_config``): a checkpoint or a run's config.json is a file on disk that may be
+truncated, edited or come from someone else, and each fault must end in one line that
+names the file and the field, not in a traceback from deep inside torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import random
 import re
 import shutil
 import signal
 import threading
-from collections.abc import Collection
+import typing
+from collections import Counter
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from artgen.errors import ArtgenError
+from artgen.errors import ArtgenError, clip, first_line
 
 STEP_DIR = re.compile(r"^step-(\d{7,})$")
+# A run's config.json is a few kilobytes and a checkpoint's state.json well under a
+# megabyte (the RNG states are the bulk); anything far larger is not one of ours, and
+# reading it whole would only spend memory.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_STATE_BYTES = 16 << 20
+_SHOW = 60  # characters of a value from a file that an error message quotes
+_INT_LIMIT = 1 << 63  # a JSON integer can be any size; torch and numpy take 64 bits
+
+
+def _show(value: Any) -> str:
+    """A value from a file, quoted for an error message, cut to a few dozen characters."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError, RecursionError):
+        text = type(value).__name__
+    return clip(text, _SHOW)
 
 
 # -- JSON-safe pieces --------------------------------------------------------------------
@@ -40,6 +65,64 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
+
+
+def read_json(path: str | os.PathLike, what: str, *, limit: int = MAX_CONFIG_BYTES) -> Any:
+    """The JSON in ``path``; ArtgenError naming the file if it cannot be read or parsed.
+
+    FileNotFoundError is left to the caller, which knows what a missing file means."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise ArtgenError(f"{path}: cannot read the {what} ({first_line(e)})") from None
+    if len(data) > limit:
+        raise ArtgenError(f"{path}: too large for a {what} (over {limit // 1024} KiB)")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        raise ArtgenError(f"{path}: unreadable {what} (not valid JSON: {first_line(e)})") from None
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            and abs(v) < _INT_LIMIT)  # fmt: skip
+
+
+def _check_like(saved: Any, current: Any, where: str) -> None:
+    """``saved`` (from a file) has the shape of ``current`` (what the live object holds):
+    the same keys, list lengths and kinds of value, numbers finite. Used for optimizer
+    param groups and scheduler states, whose load_state_dict trusts its input."""
+    if current is None:
+        ok = saved is None
+    elif isinstance(current, bool):
+        ok = isinstance(saved, bool)
+    elif isinstance(current, (int, float)):
+        # an int setting (a step count) stays an int; a float one may be written as 1
+        ok = _is_number(saved) and (isinstance(saved, int) or not isinstance(current, int))
+    elif isinstance(current, str):
+        ok = isinstance(saved, str)
+    elif isinstance(current, (list, tuple)):
+        ok = isinstance(saved, list) and len(saved) == len(current)
+        for i, (s, c) in enumerate(zip(saved, current, strict=True) if ok else ()):
+            _check_like(s, c, f"{where}[{i}]")
+    elif isinstance(current, Mapping):
+        ok = isinstance(saved, dict)
+        if ok:
+            now = {str(k): v for k, v in current.items()}
+            odd = sorted(set(now) ^ set(saved))
+            if odd:
+                what = "missing" if odd[0] in now else "unexpected"
+                raise ArtgenError(f"{where}: {what} key {_show(odd[0])}")
+            for k, c in now.items():
+                _check_like(saved[k], c, f"{where}.{k}")
+    else:  # nothing JSON can hold; its user checks it
+        ok = True
+    if not ok:
+        raise ArtgenError(f"{where}: {_show(saved)} where {_show(current)} belongs")
 
 
 def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -57,15 +140,66 @@ def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, to
 
 
 def optimizer_from_tensors(
-    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict
+    optimizer: torch.optim.Optimizer,
+    tensors: dict[str, torch.Tensor],
+    meta: Any,
+    *,
+    where: str = "checkpoint",
 ) -> None:
+    """Put a saved optimizer state back, after checking it fits ``optimizer``: the same
+    parameter groups and settings, a state of each parameter's shape, finite numbers.
+    (torch's load_state_dict checks only the group sizes; anything else surfaces later as
+    a traceback inside optimizer.step().)"""
+    current = optimizer.state_dict()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if not isinstance(meta, dict) or not isinstance(meta.get("param_groups"), list):
+        raise ArtgenError(f"{where}: no param_groups list")
+    groups = meta["param_groups"]
+    if len(groups) != len(current["param_groups"]):
+        raise ArtgenError(f"{where}: {len(groups)} parameter groups, but this run has "
+                          f"{len(current['param_groups'])}")  # fmt: skip
+    for i, (saved, now) in enumerate(zip(groups, current["param_groups"], strict=True)):
+        if not isinstance(saved, dict) or saved.get("params") != now["params"]:
+            raise ArtgenError(f"{where}: parameter group {i} does not match this run's")
+        _check_like(saved, now, f"{where}.param_groups[{i}]")
+    scalars = meta.get("scalars", {})
+    if not isinstance(scalars, dict):
+        raise ArtgenError(f"{where}: scalars is {_show(scalars)}, not an object")
     state: dict[int, dict[str, Any]] = {}
     for key, v in tensors.items():
-        idx, name = key.split(".", 1)
+        idx, _, name = key.partition(".")
+        if not (idx.isdigit() and int(idx) < len(params) and name):
+            raise ArtgenError(f"{where}: unexpected tensor {_show(key)}")
+        p = params[int(idx)]
+        if not v.is_floating_point() or not bool(torch.isfinite(v).all()):
+            raise ArtgenError(f"{where}: tensor {key} is not finite floating-point numbers")
+        # Adam's moments have the parameter's shape; its step count is one number >= 1
+        # (0 would divide by zero in the bias correction).
+        if name == "step":
+            if v.numel() != 1 or not float(v) >= 1:
+                raise ArtgenError(f"{where}: tensor {key} is not a step count >= 1")
+        elif tuple(v.shape) != tuple(p.shape):
+            raise ArtgenError(
+                f"{where}: tensor {key} has shape {list(v.shape)}, the parameter {list(p.shape)}"
+            )
         state.setdefault(int(idx), {})[name] = v
-    for idx, extra in meta.get("scalars", {}).items():
+    for idx, extra in scalars.items():
+        if not (isinstance(idx, str) and idx.isdigit() and int(idx) < len(params)
+                and isinstance(extra, dict)):  # fmt: skip
+            raise ArtgenError(f"{where}: unexpected scalars entry {_show(idx)}")
+        for name, v in extra.items():
+            if not (v is None or isinstance(v, bool) or _is_number(v)):
+                raise ArtgenError(f"{where}: scalars.{idx}.{name} is {_show(v)}")
         state.setdefault(int(idx), {}).update(extra)
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    # Every parameter with a state has the same entries (a missing moment is a KeyError
+    # in the next step).
+    kinds = {frozenset(s) for s in state.values()}
+    if len(kinds) > 1:
+        raise ArtgenError(f"{where}: the parameters' saved states differ in what they hold")
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise ArtgenError(f"{where}: does not fit this run's optimizer ({first_line(e)})") from None
 
 
 def rng_to_tensors(generators: dict[str, torch.Generator]) -> tuple[dict[str, torch.Tensor], dict]:
@@ -85,20 +219,61 @@ def rng_to_tensors(generators: dict[str, torch.Generator]) -> tuple[dict[str, to
     return tensors, meta
 
 
+def _words(value: Any, n: int) -> bool:
+    """A list of ``n`` 32-bit unsigned integers (a Mersenne Twister's state words)."""
+    return (
+        isinstance(value, list) and len(value) == n
+        and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 1 << 32
+                for x in value)
+    )  # fmt: skip
+
+
 def rng_from_tensors(
-    tensors: dict[str, torch.Tensor], meta: dict, generators: dict[str, torch.Generator]
+    tensors: dict[str, torch.Tensor],
+    meta: Any,
+    generators: dict[str, torch.Generator],
+    *,
+    where: str = "checkpoint",
 ) -> None:
-    torch.set_rng_state(tensors["torch"])
-    if torch.cuda.is_available():
-        states = [tensors[k] for k in sorted(tensors) if k.startswith("cuda")]
-        if len(states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(states)
-    for name, g in generators.items():
-        g.set_state(tensors[f"gen.{name}"])
-    py = meta["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = meta["numpy"]
-    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), *n[2:]))
+    """Restore what rng_to_tensors saved, all or nothing: a state that does not check out
+    leaves every generator as it was."""
+    for key, like in [("torch", torch.get_rng_state()),
+                      *((f"gen.{n}", g.get_state()) for n, g in generators.items())]:  # fmt: skip
+        t = tensors.get(key)
+        if t is None:
+            raise ArtgenError(f"{where}: no {key} state")
+        if t.dtype != like.dtype or tuple(t.shape) != tuple(like.shape):
+            raise ArtgenError(f"{where}: the {key} state is {t.dtype} {list(t.shape)}, "
+                              f"not {like.dtype} {list(like.shape)}")  # fmt: skip
+    if not isinstance(meta, dict):
+        raise ArtgenError(f"{where}: the random state is {_show(meta)}, not an object")
+    py, n = meta.get("python"), meta.get("numpy")
+    if not (isinstance(py, list) and len(py) == 3 and isinstance(py[0], int)
+            and _words(py[1], 625) and (py[2] is None or isinstance(py[2], float))):  # fmt: skip
+        raise ArtgenError(f"{where}: python is not a saved Python random state")
+    if not (isinstance(n, list) and len(n) == 5 and n[0] == "MT19937" and _words(n[1], 624)
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in n[2:4])
+            and isinstance(n[4], (int, float))):  # fmt: skip
+        raise ArtgenError(f"{where}: numpy is not a saved NumPy random state")
+    before = (torch.get_rng_state(), {k: g.get_state() for k, g in generators.items()},
+              random.getstate(), np.random.get_state())  # fmt: skip
+    try:
+        torch.set_rng_state(tensors["torch"])
+        if torch.cuda.is_available():
+            states = [tensors[k] for k in sorted(tensors) if k.startswith("cuda")]
+            if len(states) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(states)
+        for name, g in generators.items():
+            g.set_state(tensors[f"gen.{name}"])
+        random.setstate((py[0], tuple(py[1]), py[2]))
+        np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), *n[2:]))
+    except (RuntimeError, ValueError, TypeError, OverflowError, IndexError) as e:
+        torch.set_rng_state(before[0])
+        for k, g in generators.items():
+            g.set_state(before[1][k])
+        random.setstate(before[2])
+        np.random.set_state(before[3])
+        raise ArtgenError(f"{where}: not a valid random state ({first_line(e)})") from None
 
 
 # -- checkpoint folders ------------------------------------------------------------------
@@ -146,13 +321,305 @@ def list_checkpoints(checkpoints: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
 
 
-def load_checkpoint(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """``safetensors.torch.load_file`` with a one-line ArtgenError naming the file when it
+    is missing, truncated or not a safetensors file (safetensors raises its own
+    SafetensorError, which is neither an OSError nor a ValueError)."""
     try:
-        state = json.loads((path / "state.json").read_text())
-        tensors = {p.stem: load_file(str(p)) for p in sorted(path.glob("*.safetensors"))}
-    except (OSError, ValueError) as e:
-        raise ArtgenError(f"{path}: unreadable checkpoint ({e})") from None
-    return tensors, state
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise ArtgenError(f"{path}: missing") from None
+    except (OSError, ValueError, SafetensorError) as e:
+        raise ArtgenError(
+            f"{path}: unreadable, truncated or not safetensors ({first_line(e)})"
+        ) from None
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], where: str | os.PathLike) -> None:
+    """ArtgenError naming ``where`` and the first tensor holding NaN or infinity: such
+    weights only ever draw blank or noise images, so they are refused at loading."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ArtgenError(f"{where}: {name} holds non-finite values (NaN or infinity); "
+                              "the weights are damaged")  # fmt: skip
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and abs(v) < _INT_LIMIT
+
+
+class Checkpoint:
+    """A checkpoint folder read back; each piece is checked as a trainer takes it out, so a
+    damaged or incomplete checkpoint ends in one line naming the file and the field."""
+
+    def __init__(self, path: Path, tensors: dict[str, dict[str, torch.Tensor]], state: dict):
+        self.path = path
+        self.tensors = tensors
+        self.state = state
+        self.state_file = path / "state.json"
+        self.step: int = state["step"]
+
+    def has(self, stem: str) -> bool:
+        return stem in self.tensors
+
+    def group(self, stem: str) -> dict[str, torch.Tensor]:
+        """The tensors of ``stem.safetensors``."""
+        if stem not in self.tensors:
+            raise ArtgenError(f"{self.path / (stem + '.safetensors')}: missing (the checkpoint "
+                              "is incomplete)")  # fmt: skip
+        return self.tensors[stem]
+
+    def field(self, key: str) -> Any:
+        """A field of state.json that must be there."""
+        if key not in self.state:
+            raise ArtgenError(f"{self.state_file}: no {_show(key)} field (the checkpoint is "
+                              "incomplete)")  # fmt: skip
+        return self.state[key]
+
+    def int_field(self, key: str, default: int) -> int:
+        v = self.state.get(key, default)
+        if not _is_int(v) or v < 0:
+            raise ArtgenError(f"{self.state_file}: {key} is {_show(v)}, not a whole number >= 0")
+        return v
+
+    def counts(self, key: str) -> Counter[str]:
+        """A {value: count} field (how often each attribute value was drawn)."""
+        v = self.state.get(key, {})
+        if not isinstance(v, dict) or not all(_is_int(c) and c >= 0 for c in v.values()):
+            raise ArtgenError(f"{self.state_file}: {key} is {_show(v)}, not counts per value")
+        return Counter(v)
+
+    def _matching(self, stem: str, targets: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The tensors of ``stem.safetensors``, checked against ``targets``: exactly their
+        names, in their shapes, finite numbers where they are floating-point."""
+        where = self.path / f"{stem}.safetensors"
+        saved = self.group(stem)
+        missing = sorted(set(targets) - set(saved))
+        unexpected = sorted(set(saved) - set(targets))
+        if missing or unexpected:
+            what = f"lacks {missing[0]}" if missing else f"has an unexpected {_show(unexpected[0])}"
+            more = len(missing) + len(unexpected) - 1
+            more_text = f" and {more} more differences" if more else ""
+            raise ArtgenError(f"{where}: does not match this run's networks ({what}{more_text})")
+        for name, t in targets.items():
+            s = saved[name]
+            if tuple(s.shape) != tuple(t.shape) or s.is_floating_point() != t.is_floating_point():
+                raise ArtgenError(f"{where}: {name} is {s.dtype} {list(s.shape)}, this run's "
+                                  f"{t.dtype} {list(t.shape)}")  # fmt: skip
+        check_finite(saved, where)
+        return saved
+
+    def load_into(self, stem: str, targets: Mapping[str, torch.Tensor]) -> None:
+        """Copy ``stem.safetensors`` into ``targets`` (parameters, EMA copies), in place."""
+        saved = self._matching(stem, targets)
+        with torch.no_grad():
+            for name, t in targets.items():
+                t.copy_(saved[name])
+
+    def load_module(self, stem: str, module: torch.nn.Module) -> None:
+        """A network's whole state (parameters and buffers), strictly."""
+        saved = self._matching(stem, module.state_dict())
+        try:
+            module.load_state_dict(saved, strict=True)
+        except RuntimeError as e:
+            raise ArtgenError(
+                f"{self.path / stem}.safetensors: does not match this run's networks ({first_line(e)})"
+            ) from None
+
+    def load_optimizer(self, stem: str, optimizer: torch.optim.Optimizer) -> None:
+        """``stem.safetensors`` plus state.json's ``stem`` field into ``optimizer``."""
+        tensors = self.group(stem)
+        optimizer_from_tensors(optimizer, tensors, self.field(stem), where=f"{self.path}: {stem}")
+
+    def load_rng(self, stem: str, generators: dict[str, torch.Generator]) -> None:
+        tensors = self.group(stem)
+        rng_from_tensors(tensors, self.field(stem), generators, where=f"{self.path}: {stem}")
+
+    def load_scheduler(self, key: str, scheduler: Any) -> None:
+        """A learning-rate scheduler's state (JSON), shaped like the live one's."""
+        saved = self.field(key)
+        current = {k: v for k, v in scheduler.state_dict().items() if _jsonable(v)}
+        _check_like(saved, current, f"{self.state_file}: {key}")
+        try:
+            scheduler.load_state_dict(saved)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ArtgenError(f"{self.state_file}: {key} does not fit ({first_line(e)})") from None
+
+
+def _jsonable(v: Any) -> bool:
+    try:
+        json.dumps(v)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def read_checkpoint(path: Path) -> Checkpoint:
+    """The checkpoint in ``path``: state.json (an object whose step is the folder's) and
+    every ``*.safetensors`` beside it, each readable."""
+    state_file = path / "state.json"
+    try:
+        state = read_json(state_file, "checkpoint state", limit=MAX_STATE_BYTES)
+    except FileNotFoundError:
+        raise ArtgenError(f"{state_file}: missing (not a complete checkpoint)") from None
+    if not isinstance(state, dict):
+        raise ArtgenError(f"{state_file}: holds {_show(state)}, not a checkpoint state object")
+    step = state.get("step")
+    if not _is_int(step) or step < 0:
+        raise ArtgenError(f"{state_file}: step is {_show(step)}, not a whole number >= 0")
+    m = STEP_DIR.match(path.name)
+    if m and int(m.group(1)) != step:
+        raise ArtgenError(f"{state_file}: step is {step} but the folder is {path.name}")
+    try:
+        files = sorted(path.glob("*.safetensors"))
+    except OSError as e:
+        raise ArtgenError(f"{path}: unreadable checkpoint ({first_line(e)})") from None
+    tensors = {p.stem: load_safetensors(p) for p in files}
+    return Checkpoint(path, tensors, state)
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+    """The tensors (by file stem) and state.json of a checkpoint (see read_checkpoint)."""
+    ckpt = read_checkpoint(path)
+    return ckpt.tensors, ckpt.state
+
+
+# -- run configs -------------------------------------------------------------------------
+
+
+def _field_kinds(cls: type) -> dict[str, type]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+_KIND_NAMES = {
+    str: "a string",
+    int: "a whole number",
+    float: "a finite number",
+    bool: "true or false",
+}
+
+
+def _check_option(kind: type, value: Any) -> Any:
+    """``value`` as a ``kind`` option (str, int, float, bool), or None if it is not one."""
+    if kind is bool:
+        return value if isinstance(value, bool) else None
+    if kind is int:
+        return value if _is_int(value) else None
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        try:
+            value = float(value)
+        except OverflowError:
+            return None
+        return value if math.isfinite(value) else None
+    if kind is str:
+        return value if isinstance(value, str) else None
+    return value
+
+
+def resolve_run_path(run: str | os.PathLike, value: str) -> str:
+    """A path setting read from a run's config.json, as a path: absolute as written (artgen
+    writes absolute paths), or, where relative, relative to the run folder, the one place
+    a relative path in that file can mean independently of where a command is run."""
+    if not value:
+        return value
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return str(p)
+    in_run = Path(os.path.abspath(Path(run) / p))
+    # Runs written before artgen recorded absolute paths hold paths relative to where
+    # they were started: fall back to that reading only when the run has no such entry.
+    if not in_run.exists() and p.exists():
+        return os.path.abspath(p)
+    return str(in_run)
+
+
+def absolute_paths(options: dict, paths: Collection[str]) -> dict:
+    """``options`` (an asdict) with its path settings made absolute, as a run records them,
+    so a run resumes from any directory."""
+    return {k: (os.path.abspath(os.path.expanduser(v)) if k in paths and v else v)
+            for k, v in options.items()}  # fmt: skip
+
+
+def options_from_dict(
+    cls: type,
+    saved: Any,
+    where: str | os.PathLike,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+) -> Any:
+    """A ``cls`` options dataclass from the JSON object a run stored, field by field:
+    every field there (a run records all of them; one filled in from today's default
+    would silently change the run), no unknown ones, each of its declared type, then the
+    dataclass's own checks (``__post_init__``, and its ``check()`` if it has one)."""
+    if not isinstance(saved, dict):
+        raise ArtgenError(f"{where}: options is {_show(saved)}, not an object")
+    kinds = _field_kinds(cls)
+    unknown = sorted(str(k) for k in saved if k not in kinds)
+    if unknown:
+        raise ArtgenError(f"{where}: options has {_show(unknown[0])}, which is not a setting "
+                          f"of {cls.__name__}")  # fmt: skip
+    missing = [k for k in kinds if k not in saved]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ArtgenError(f"{where}: options.{missing[0]} is missing{more}")
+    values = {}
+    for k, kind in kinds.items():
+        v = _check_option(kind, saved[k])
+        if v is None:
+            raise ArtgenError(f"{where}: options.{k} is {_show(saved[k])}, not "
+                              f"{_KIND_NAMES.get(kind, kind.__name__)}")  # fmt: skip
+        values[k] = v
+    values.update(overrides or {})
+    try:
+        options = cls(**values)
+        check = getattr(options, "check", None)
+        if callable(check):
+            check()
+    except ArtgenError as e:
+        raise ArtgenError(f"{where}: {e}") from None
+    return options
+
+
+def read_run_config(
+    run_dir: str | os.PathLike,
+    cls: type | None = None,
+    *,
+    method: str | Collection[str] | None = None,
+    paths: Collection[str] = (),
+    missing_ok: bool = False,
+) -> tuple[dict, Any] | None:
+    """A run's config.json: the JSON object and, with ``cls``, its ``options`` as a checked
+    ``cls``. ``method``: the run kinds ("train-gan"...) expected; ``paths``: the path
+    settings, resolved (see resolve_run_path). With ``missing_ok``, None when the run has
+    no config.json; otherwise an ArtgenError."""
+    run = Path(run_dir)
+    path = run / "config.json"
+    try:
+        config = read_json(path, "run config")
+    except FileNotFoundError:
+        if missing_ok:
+            return None
+        raise ArtgenError(f"{run}: not an artgen run folder (no config.json)") from None
+    if not isinstance(config, dict):
+        raise ArtgenError(f"{path}: holds {_show(config)}, not a run config object")
+    if method is not None:
+        wanted = [method] if isinstance(method, str) else list(method)
+        got = config.get("method")
+        if got not in wanted:
+            raise ArtgenError(f"{path}: method is {_show(got)}, not "
+                              f"{' or '.join(wanted)} (another kind of run?)")  # fmt: skip
+    if cls is None:
+        return config, None
+    if "options" not in config:
+        raise ArtgenError(f"{path}: no options field")
+    saved = config["options"]
+    if isinstance(saved, dict):
+        saved = {k: (resolve_run_path(run, v) if k in paths and isinstance(v, str) else v)
+                 for k, v in saved.items()}  # fmt: skip
+    return config, options_from_dict(cls, saved, path)
 
 
 # -- resuming a run ---------------------------------------------------------------------
@@ -174,30 +641,32 @@ def options_for_resume(
     overrides: dict[str, Any],
     *,
     changeable: Collection[str] | None = None,
+    method: str | Collection[str] | None = None,
+    paths: Collection[str] = (),
 ) -> Any:
     """The ``cls`` options a run was started with (its config.json), with ``overrides``.
 
     With ``changeable``, an override of any other setting to a new value is refused, since
     it would silently alter the run being continued.
     """
-    path = Path(run_dir) / "config.json"
-    try:
-        saved = json.loads(path.read_text())["options"]
-    except FileNotFoundError:
-        raise ArtgenError(f"{run_dir}: nothing to resume (no config.json there)") from None
-    except (ValueError, KeyError) as e:
-        raise ArtgenError(f"{path}: unreadable run config ({e})") from None
-    names = {f.name for f in dataclasses.fields(cls)}
-    merged = {k: v for k, v in saved.items() if k in names}
+    if not (Path(run_dir) / "config.json").is_file():
+        raise ArtgenError(f"{run_dir}: nothing to resume (no config.json there)")
+    _, saved = read_run_config(run_dir, cls, method=method, paths=paths)
+    merged = dataclasses.asdict(saved)
     if changeable is not None:
         for k, v in overrides.items():
-            if k not in (*changeable, "resume", "out") and k in merged and merged[k] != v:
+            if k in (*changeable, "resume", "out") or k not in merged:
+                continue
+            same = merged[k] == v or (k in paths and isinstance(v, str) and v
+                                      and os.path.abspath(v) == merged[k])  # fmt: skip
+            if not same:
                 raise ArtgenError(f"--{k.replace('_', '-')} cannot change when resuming (the run "
-                                  f"uses {merged[k]!r}); only {', '.join(sorted(changeable))} can")  # fmt: skip
+                                  f"uses {_show(merged[k])}); only {', '.join(sorted(changeable))} can")  # fmt: skip
     merged.update(overrides)
-    merged["out"] = str(run_dir)
-    merged["resume"] = True
-    return cls(**merged)
+    for k, v in (("out", str(run_dir)), ("resume", True)):
+        if k in merged:  # every trainer's options have both
+            merged[k] = v
+    return options_from_dict(cls, merged, Path(run_dir) / "config.json")
 
 
 # -- Ctrl-C between steps ----------------------------------------------------------------

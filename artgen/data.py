@@ -27,11 +27,12 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from artgen.errors import ArtgenError
+from artgen.errors import ArtgenError, clip
 from artgen.images import IMAGE_SUFFIXES, MAX_PIXELS, load_image
 
 FILE_COLUMNS = ("file", "filename", "image")
 _SHOW = 3  # how many offending names an error message lists
+_CUT = 60  # characters of one name or cell from a file that an error message quotes
 # load_image puts transparent pixels on this grey; ImageSet moves them onto white instead.
 _LOADER_GREY = 128
 
@@ -81,6 +82,7 @@ class Labels:
     attributes: tuple[str, ...]
     files: tuple[Path, ...]
     rows: tuple[dict[str, str], ...]
+    echo: bool = True  # whether error messages may quote the CSV's cells (see read_labels)
 
     def values(self, attr: str) -> list[str]:
         """The value of ``attr`` for each file, in file order (see ``check_attribute``)."""
@@ -89,17 +91,24 @@ class Labels:
 
 
 def _some(names: Sequence[str]) -> str:
-    shown = ", ".join(names[:_SHOW])
+    shown = ", ".join(clip(n, _CUT) for n in names[:_SHOW])
     return shown + (f", ... ({len(names) - _SHOW} more)" if len(names) > _SHOW else "")
 
 
-def read_labels(csv_path: str | os.PathLike, files: Sequence[str | os.PathLike]) -> Labels:
+def read_labels(
+    csv_path: str | os.PathLike, files: Sequence[str | os.PathLike], *, echo: bool = True
+) -> Labels:
     """Read a labels CSV and line it up with ``files`` (usually ``list_images(folder)``).
 
     The CSV has a header row: one column naming the image (``file``, ``filename`` or ``image``,
     any case; matched on the file name, so ``photos/a.png`` and ``a.png`` both name ``a.png``)
     and one or more attribute columns. Values are strings with surrounding spaces stripped.
     Every image needs exactly one row, every row an image, and every cell a value.
+
+    With ``echo`` False, error messages name rows and columns by number only and never
+    quote the file's text: for a path read from a run's config.json, which may point at any
+    file on the machine (say /etc/passwd), whose first line must not end up on screen.
+    Either way a quoted cell is cut to a few dozen characters.
     """
     path = Path(csv_path)
     files = [Path(f) for f in files]
@@ -121,14 +130,14 @@ def read_labels(csv_path: str | os.PathLike, files: Sequence[str | os.PathLike])
     header = [cell.strip() for cell in table[0]]
     file_cols = [i for i, h in enumerate(header) if h.lower() in FILE_COLUMNS]
     if not file_cols:
+        shown = f" (header is: {_some(header)})" if echo else " in its header row"
         raise ArtgenError(
-            f"{path}: no file column (header is: {', '.join(header)}); "
+            f"{path}: no file column{shown}; "
             f"name the image column one of: {', '.join(FILE_COLUMNS)}"
         )
     if len(file_cols) > 1:
-        raise ArtgenError(
-            f"{path}: more than one file column ({', '.join(header[i] for i in file_cols)})"
-        )
+        shown = f" ({', '.join(header[i] for i in file_cols)})" if echo else ""
+        raise ArtgenError(f"{path}: more than one file column{shown}")
     file_col = file_cols[0]
     attr_cols = [i for i in range(len(header)) if i != file_col]
     attributes = tuple(header[i] for i in attr_cols)
@@ -138,7 +147,8 @@ def read_labels(csv_path: str | os.PathLike, files: Sequence[str | os.PathLike])
         raise ArtgenError(f"{path}: column {attr_cols[attributes.index('')] + 1} has no name")
     repeated = [a for a, c in Counter(attributes).items() if c > 1]
     if repeated:
-        raise ArtgenError(f"{path}: column {repeated[0]!r} appears more than once in the header")
+        shown = f"column {clip(repeated[0], _CUT)!r}" if echo else "a column name"
+        raise ArtgenError(f"{path}: {shown} appears more than once in the header")
 
     by_name: dict[str, dict[str, str]] = {}
     line_of: dict[str, int] = {}
@@ -152,37 +162,39 @@ def read_labels(csv_path: str | os.PathLike, files: Sequence[str | os.PathLike])
         if not name:
             raise ArtgenError(f"{path}: row {line} has no file name")
         if name in by_name:
-            raise ArtgenError(f"{path}: {name} is listed twice (rows {line_of[name]} and {line})")
+            shown = clip(name, _CUT) if echo else "a file"
+            raise ArtgenError(f"{path}: {shown} is listed twice (rows {line_of[name]} and {line})")
         values = {a: row[i] for a, i in zip(attributes, attr_cols, strict=True)}
         empty = [a for a, v in values.items() if not v]
         if empty:
-            raise ArtgenError(f"{path}: row {line} ({name}) has no value for {empty[0]!r}")
+            shown = f" ({clip(name, _CUT)}) has no value for {clip(empty[0], _CUT)!r}" if echo else (
+                f" has an empty cell in column {header.index(empty[0]) + 1}")  # fmt: skip
+            raise ArtgenError(f"{path}: row {line}{shown}")
         by_name[name] = values
         line_of[name] = line
 
     names = [f.name for f in files]
     unknown = [n for n in by_name if n not in set(names)]
     if unknown:
-        raise ArtgenError(
-            f"{path}: {len(unknown)} listed file(s) are not among the images: {_some(unknown)}"
-        )
+        shown = f": {_some(unknown)}" if echo else ""
+        raise ArtgenError(f"{path}: {len(unknown)} listed file(s) are not among the images{shown}")
     unlabelled = [n for n in names if n not in by_name]
     if unlabelled:
         raise ArtgenError(f"{path}: {len(unlabelled)} image(s) have no row: {_some(unlabelled)}")
-    return Labels(path, attributes, tuple(files), tuple(by_name[n] for n in names))
+    return Labels(path, attributes, tuple(files), tuple(by_name[n] for n in names), echo)
 
 
 def check_attribute(labels: Labels, attr: str, *, require_two: bool = True) -> None:
     """ArtgenError unless ``attr`` is one of the labels' attributes with at least two values."""
     if attr not in labels.attributes:
-        raise ArtgenError(
-            f"{labels.source}: no attribute {attr!r} (it has: {', '.join(labels.attributes)})"
-        )
+        shown = f" (it has: {_some(labels.attributes)})" if labels.echo else ""
+        raise ArtgenError(f"{labels.source}: no attribute {clip(attr, _CUT)!r}{shown}")
     if require_two:
         distinct = sorted({row[attr] for row in labels.rows})
         if len(distinct) < 2:
+            shown = f" ({clip(distinct[0], _CUT)!r})" if labels.echo else ""
             raise ArtgenError(
-                f"{labels.source}: attribute {attr!r} has only one value ({distinct[0]!r}); "
+                f"{labels.source}: attribute {clip(attr, _CUT)!r} has only one value{shown}; "
                 "there is nothing to balance"
             )
 

@@ -95,3 +95,27 @@ def images(tmp_path) -> dict[str, Path]:
     stripes().save(paths["style"])
     stripes(seed=2).rotate(90).save(paths["style2"])
     return paths
+
+
+# ------------------------------------------------ damaged inputs (shared by the run tests)
+
+
+def one_line_error(capsys, rc: int, *names: str) -> str:
+    """The CLI's verdict on a damaged input: exit 2, one line on stderr naming ``names``."""
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("artgen: error: "), err
+    for name in names:
+        assert name in lines[0], (name, lines[0])
+    return lines[0]
+
+
+def edit_json(path: Path, edit) -> None:
+    """Change the JSON document in ``path`` in place with ``edit(doc)``."""
+    import json
+
+    doc = json.loads(path.read_text())
+    edit(doc)
+    path.write_text(json.dumps(doc))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +15,7 @@ from artgen.errors import ArtgenError
 from artgen.finetune import adain as T
 from artgen.losses import mean_std
 
-from .conftest import photo, stripes
+from .conftest import edit_json, photo, stripes
 
 TINY = ["--crop", "32", "--batch-size", "2", "--sample-every", "2", "--checkpoint-every", "2"]
 
@@ -115,3 +117,69 @@ def test_fine_tuning_from_the_shipped_decoder_lowers_the_style_loss(data, tmp_pa
         return sum(stats_distance(f[n], *mean_std(g[n])).item() for n in layers)
 
     assert distance(after) < distance(before)
+
+
+# -- damaged runs: one line naming the file and the field, never a traceback ----------------
+
+
+@pytest.fixture(scope="module")
+def adain_run(tmp_path_factory) -> Path:
+    """A finished tiny run with a checkpoint at step 2 (copied by each test that damages it)."""
+    root = tmp_path_factory.mktemp("adain_run")
+    c, s = root / "content", root / "styles"
+    c.mkdir()
+    s.mkdir()
+    for k in range(2):
+        photo(80, 64, seed=k).save(c / f"c{k}.png")
+        stripes(72, seed=k).save(s / f"s{k}.png")
+    run = root / "run"
+    assert main(["train", "adain", "--content", str(c), "--styles", str(s), "--out", str(run),
+                 *TINY, "--steps", "2", "-q"]) == 0  # fmt: skip
+    return run
+
+
+@pytest.mark.parametrize(
+    ("damage", "names"),
+    [
+        ("step is a string", ["state.json", "step"]),
+        ("no optimizer in state.json", ["state.json", "optimizer"]),
+        ("garbled rng state", ["rng", "python"]),
+        ("no rng.safetensors", ["rng.safetensors"]),
+        ("truncated decoder.safetensors", ["decoder.safetensors"]),
+        ("config options is a list", ["config.json", "options is []"]),
+        ("config batch_size is abc", ["config.json", "options.batch_size"]),
+        ("config is {", ["config.json", "not valid JSON"]),
+        ("config is []", ["config.json"]),
+        ("config options is {}", ["config.json", "options.styles is missing"]),
+    ],
+)  # fmt: skip
+def test_a_damaged_adain_run_resumes_to_one_line(adain_run, tmp_path, capsys, damage, names):
+    run = Path(shutil.copytree(adain_run, tmp_path / "run"))
+    ckpt = run / "checkpoints" / "step-0000002"
+    state, config = ckpt / "state.json", run / "config.json"
+    edits = {
+        "step is a string": lambda: edit_json(state, lambda s: s.update(step="2")),
+        "no optimizer in state.json": lambda: edit_json(state, lambda s: s.pop("optimizer")),
+        "garbled rng state": lambda: edit_json(state, lambda s: s["rng"].update(python=[1])),
+        "no rng.safetensors": lambda: (ckpt / "rng.safetensors").unlink(),
+        "truncated decoder.safetensors": lambda: (ckpt / "decoder.safetensors").write_bytes(
+            (ckpt / "decoder.safetensors").read_bytes()[:100]),
+        "config options is a list": lambda: edit_json(config, lambda c: c.update(options=[])),
+        "config batch_size is abc": lambda: edit_json(
+            config, lambda c: c["options"].update(batch_size="abc")),
+        "config is {": lambda: config.write_text("{"),
+        "config is []": lambda: config.write_text("[]"),
+        "config options is {}": lambda: config.write_text(
+            '{"method": "train-adain", "options": {}}'),
+    }  # fmt: skip
+    edits[damage]()
+    rc = main(["train", "adain", "--out", str(run), "--resume", "--steps", "4", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("artgen: error: "), err
+    where = config if damage.startswith("config") else ckpt
+    for name in (str(where), *names):
+        assert name in lines[0], (name, lines[0])
+    with pytest.raises(ArtgenError):
+        T.train_adain(T.options_for_resume(run, steps=4))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from artgen.errors import ArtgenError, Cancelled
 from artgen.finetune.diffusion import (
@@ -26,7 +27,7 @@ from artgen.finetune.diffusion import (
     to_model_space,
 )
 
-from .conftest import REPO
+from .conftest import REPO, edit_json, one_line_error
 from .tiny_diffusion import image_folder, tiny_ddpm, tiny_sd
 
 
@@ -322,3 +323,141 @@ def test_two_processes_through_torchrun(bases, tmp_path):
     assert json.loads((last / "state.json").read_text())["num_processes"] == 2
     rng0, rng1 = (load_file(str(last / f"rng{r}.safetensors")) for r in (0, 1))
     assert any(not torch.equal(rng0[k], rng1[k]) for k in rng0)  # each process's own stream
+
+
+# -- damaged runs: one line naming the file and the field, never a traceback ----------------
+
+
+@pytest.fixture(scope="module")
+def runs(bases, tmp_path_factory) -> dict[str, Path]:
+    """Finished tiny runs (LoRA with checkpoints at steps 1 and 2; full), copied by each
+    test that damages one."""
+    root = tmp_path_factory.mktemp("runs")
+    return {
+        "lora": finetune_diffusion(fast(bases, root / "lora", steps=2, checkpoint_every=1)),
+        "full": finetune_diffusion(fast(bases, root / "full", method="full", steps=1)),
+    }
+
+
+def copy_of(runs, kind: str, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(runs[kind], tmp_path / kind))
+
+
+def _sample(run: Path, tmp_path: Path) -> list[str]:
+    return ["sample", str(run), "-n", "1", "--steps", "1", "-o", str(tmp_path / "s.png")]
+
+
+@pytest.mark.parametrize(
+    ("damage", "names"),
+    [
+        ("step is a string", ["state.json", "step"]),
+        ("no optimizer in state.json", ["state.json", "optimizer"]),
+        ("garbled rng state", ["rng0", "numpy"]),
+        ("no rng0.safetensors", ["rng0.safetensors"]),
+        ("truncated trainable.safetensors", ["trainable.safetensors"]),
+        ("truncated optimizer.safetensors", ["optimizer.safetensors"]),
+        ("lr_scheduler garbage", ["state.json", "lr_scheduler"]),
+    ],
+)  # fmt: skip
+def test_a_damaged_diffusion_checkpoint_is_one_line(runs, tmp_path, capsys, damage, names):
+    from artgen.cli import main
+
+    run = copy_of(runs, "lora", tmp_path)
+    ckpt = run / "checkpoints" / "step-0000002"
+    state = ckpt / "state.json"
+    if damage == "step is a string":
+        edit_json(state, lambda s: s.update(step="2"))
+    elif damage == "no optimizer in state.json":
+        edit_json(state, lambda s: s.pop("optimizer"))
+    elif damage == "garbled rng state":
+        edit_json(state, lambda s: s["rng0"]["numpy"].__setitem__(1, "garbled"))
+    elif damage == "no rng0.safetensors":
+        (ckpt / "rng0.safetensors").unlink()
+    elif damage.startswith("truncated"):
+        f = ckpt / damage.split()[1]
+        f.write_bytes(f.read_bytes()[:-9])
+    elif damage == "lr_scheduler garbage":
+        edit_json(state, lambda s: s["lr_scheduler"].update(last_epoch="many"))
+    rc = main(["finetune", "diffusion", "--out", str(run), "--resume", "--steps", "3", "-q"])
+    one_line_error(capsys, rc, str(ckpt), *names)
+    with pytest.raises(ArtgenError):
+        finetune_diffusion(options_for_resume(run, steps=3))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"method": "finetune-diffusion", "options": []}', "options is [], not an object"),
+        ("BATCH", 'options.batch_size is "abc", not a whole number'),
+        ("{", "not valid JSON"),
+        ("[]", "not a run config object"),
+        ('{"options": {}}', "method is null"),
+        ('{"method": "finetune-diffusion", "options": {}}', "options.base is missing"),
+        ("RESOLUTION", "resolution"),
+    ],
+)  # fmt: skip
+def test_a_damaged_diffusion_run_config_is_one_line(runs, tmp_path, capsys, content, message):
+    from artgen.cli import main
+
+    run = copy_of(runs, "lora", tmp_path)
+    config = run / "config.json"
+    if content == "BATCH":
+        edit_json(config, lambda c: c["options"].update(batch_size="abc"))
+    elif content == "RESOLUTION":
+        edit_json(config, lambda c: c.update(resolution="big"))
+    else:
+        config.write_text(content)
+    one_line_error(capsys, main(_sample(run, tmp_path)), str(config), message)
+    with pytest.raises(ArtgenError, match=str(config)):
+        load_run(run)
+    if content != "RESOLUTION":  # resuming reads the options only
+        rc = main(["finetune", "diffusion", "--out", str(run), "--resume", "--steps", "3", "-q"])
+        one_line_error(capsys, rc, str(config), message)
+
+
+@pytest.mark.parametrize(
+    ("kind", "damage", "file"),
+    [
+        ("lora", "truncated", "lora/adapter_model.safetensors"),
+        ("lora", "non-finite", "lora/adapter_model.safetensors"),
+        ("lora", "garbled config", "lora/adapter_config.json"),
+        ("lora", "wrong rank", "lora/adapter_model.safetensors"),
+        ("full", "truncated", "unet"),
+        ("full", "non-finite", "unet"),
+    ],
+)  # fmt: skip
+def test_damaged_run_weights_are_refused_when_sampling(runs, tmp_path, capsys, kind, damage, file):
+    from artgen.cli import main
+
+    run = copy_of(runs, kind, tmp_path)
+    weights = run / "lora" / "adapter_model.safetensors"
+    if kind == "full":
+        weights = run / "unet" / "diffusion_pytorch_model.safetensors"
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[:-11])
+    elif damage == "non-finite":
+        tensors = load_file(str(weights))
+        name = sorted(tensors)[0]
+        tensors[name].view(-1)[0] = float("nan")
+        save_file(tensors, str(weights))
+    elif damage == "garbled config":
+        edit_json(run / file, lambda c: c.update(r="eight"))
+    elif damage == "wrong rank":
+        edit_json(run / "lora" / "adapter_config.json", lambda c: c.update(r=3))
+    line = one_line_error(capsys, main(_sample(run, tmp_path)), str(run / file))
+    if damage == "non-finite":
+        assert "non-finite" in line
+    with pytest.raises(ArtgenError):
+        load_run(run)
+
+
+def test_resume_with_a_relative_path_in_the_config_uses_the_run_folder(runs, bases, tmp_path):
+    run = copy_of(runs, "lora", tmp_path)
+    saved = json.loads((run / "config.json").read_text())["options"]
+    assert saved["images"] == str(bases["images"]) and os.path.isabs(saved["base"])
+    shutil.copytree(bases["images"], run / "data")
+    edit_json(run / "config.json", lambda c: c["options"].update(images="data"))
+    options = options_for_resume(run, steps=3)
+    assert options.images == str(run / "data")
+    finetune_diffusion(options)
+    assert json.loads((run / "config.json").read_text())["options"]["images"] == str(run / "data")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from artgen.errors import ArtgenError, Cancelled
 from artgen.finetune.gan import (
@@ -34,6 +35,8 @@ from artgen.finetune.gan import (
     train_gan,
 )
 from artgen.models.stylegan2 import Discriminator, Generator, StyleGAN2Config
+
+from .conftest import edit_json, one_line_error
 
 TINY = {"resolution": 16, "z_dim": 16, "w_dim": 16, "mapping_layers": 2,
         "channel_base": 128, "channel_max": 16}  # fmt: skip
@@ -403,3 +406,183 @@ def test_two_processes_through_torchrun(tmp_path, images):
     config = json.loads((run / "config.json").read_text())
     assert config["num_processes"] == 2
     assert config["r1_gamma"] == pytest.approx(2e-4 * 16 * 16 / 8)  # the global batch is 8
+
+
+# -- damaged runs: one line naming the file and the field, never a traceback ----------------
+
+
+@pytest.fixture(scope="module")
+def gan_run(tmp_path_factory) -> Path:
+    """A finished tiny run with a checkpoint at step 2 (copied by each test that damages it)."""
+    root = tmp_path_factory.mktemp("gan_run")
+    images = shapes_folder(root / "images")
+    return train_gan(train_options(images, root / "run", steps=2))
+
+
+@pytest.fixture
+def run_copy(gan_run, tmp_path) -> Path:
+    return Path(shutil.copytree(gan_run, tmp_path / "run", symlinks=True))
+
+
+def _resume(run: Path) -> list[str]:
+    return ["train", "gan", "--out", str(run), "--resume", "--steps", "4", "-q"]
+
+
+@pytest.mark.parametrize(
+    ("damage", "names"),
+    [
+        ("step is a string", ["state.json", "step"]),
+        ("no opt_g in state.json", ["state.json", "opt_g"]),
+        ("no opt_g.safetensors", ["opt_g.safetensors"]),
+        ("garbled rng state", ["rng0", "python"]),
+        ("garbled rng tensor", ["rng0", "torch"]),
+        ("no rng0.safetensors", ["rng0.safetensors"]),
+        ("truncated G.safetensors", ["G.safetensors"]),
+        ("truncated opt_g.safetensors", ["opt_g.safetensors"]),
+        ("num_processes is a string", ["state.json", "num_processes"]),
+    ],
+)  # fmt: skip
+def test_a_damaged_gan_checkpoint_is_one_line_naming_its_file(run_copy, capsys, damage, names):
+    from artgen.cli import main
+
+    ckpt = run_copy / "checkpoints" / "step-0000002"
+    state = ckpt / "state.json"
+    if damage == "step is a string":
+        edit_json(state, lambda s: s.update(step="2"))
+    elif damage == "no opt_g in state.json":
+        edit_json(state, lambda s: s.pop("opt_g"))
+    elif damage.startswith("no ") and damage.endswith(".safetensors"):
+        (ckpt / damage.split()[1]).unlink()
+    elif damage == "garbled rng state":
+        edit_json(state, lambda s: s["rng0"].update(python="garbled"))
+    elif damage == "garbled rng tensor":
+        save_file({"torch": torch.zeros(7, dtype=torch.uint8)}, str(ckpt / "rng0.safetensors"))
+    elif damage.startswith("truncated"):
+        f = ckpt / damage.split()[1]
+        f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])
+    elif damage == "num_processes is a string":
+        edit_json(state, lambda s: s.update(num_processes="1"))
+    one_line_error(capsys, main(_resume(run_copy)), str(ckpt), *names)
+    with pytest.raises(ArtgenError):
+        train_gan(options_for_resume(GanTrainOptions, run_copy, steps=4))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"method": "train-gan", "options": []}', "options is [], not an object"),
+        ("BATCH", 'options.batch_size is "abc", not a whole number'),
+        ("{", "not valid JSON"),
+        ("[]", "not a run config object"),
+        ('{"options": {}}', "method is null"),
+        ('{"method": "train-gan", "options": {}}', "options.images is missing"),
+        ("NEGATIVE", "--steps -3: must be >= 1"),
+    ],
+)  # fmt: skip
+def test_a_damaged_gan_run_config_is_one_line_naming_it(run_copy, capsys, content, message):
+    from artgen.cli import main
+
+    config = run_copy / "config.json"
+    if content == "BATCH":
+        edit_json(config, lambda c: c["options"].update(batch_size="abc"))
+    elif content == "NEGATIVE":
+        edit_json(config, lambda c: c["options"].update(steps=-3))
+    else:
+        config.write_text(content)
+    one_line_error(capsys, main(_resume(run_copy)), str(config), message)
+    with pytest.raises(ArtgenError, match=str(config)):
+        options_for_resume(GanTrainOptions, run_copy)
+    # Sampling reads the run config too (the class a run adapted): the same verdict.
+    rc = main(
+        ["sample", str(run_copy), "-n", "1", "-o", str(run_copy / "s.png"), "--device", "cpu"]
+    )
+    one_line_error(capsys, rc, str(config))
+
+
+def test_a_corrupt_or_linked_generator_is_reported_as_such(run_copy, tmp_path, capsys):
+    from artgen.cli import main
+
+    out = ["-n", "1", "-o", str(tmp_path / "s.png"), "--device", "cpu"]
+    (run_copy / "generator" / "config.json").write_text("{")
+    assert is_gan_run(run_copy)  # a damaged GAN run is still a GAN run
+    line = one_line_error(capsys, main(["sample", str(run_copy), *out]),
+                          str(run_copy / "generator" / "config.json"))  # fmt: skip
+    assert "diffusers" not in line
+    # A generator/ that links to a folder elsewhere: still a GAN run, whose generator is bad.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "notes.txt").write_text("secret\n")
+    shutil.rmtree(run_copy / "generator")
+    (run_copy / "generator").symlink_to(elsewhere, target_is_directory=True)
+    line = one_line_error(capsys, main(["sample", str(run_copy), *out]), "generator")
+    assert "diffusers" not in line and "secret" not in line
+    rc = main(["eval", str(run_copy), "--images", str(run_copy / "samples"), "--num-samples", "2",
+               "--device", "cpu"])  # fmt: skip
+    assert "diffusers" not in one_line_error(capsys, rc, "generator")
+
+
+def test_non_finite_generator_weights_are_refused_when_sampling(run_copy, tmp_path, capsys):
+    from artgen.cli import main
+    from artgen.finetune.gan import load_generator
+
+    weights = run_copy / "generator" / "model.safetensors"
+    tensors = load_file(str(weights))
+    name = next(k for k, v in tensors.items() if v.is_floating_point() and v.numel() > 1)
+    tensors[name].view(-1)[0] = float("inf")
+    save_file(tensors, str(weights), metadata={"format": "artgen-stylegan2"})
+    rc = main(
+        ["sample", str(run_copy), "-n", "1", "-o", str(tmp_path / "s.png"), "--device", "cpu"]
+    )
+    one_line_error(capsys, rc, str(weights), name, "non-finite")
+    with pytest.raises(ArtgenError, match="non-finite"):
+        load_generator(run_copy)
+    with pytest.raises(ArtgenError, match="non-finite"):
+        load_gan(run_copy)
+
+
+def test_run_config_paths_resolve_in_the_run_and_files_are_never_quoted(run_copy, capsys):
+    from artgen.cli import main
+
+    # A relative path in a run's config.json means a folder inside the run.
+    shutil.copytree(Path(json.loads((run_copy / "config.json").read_text())["options"]["images"]),
+                    run_copy / "data")  # fmt: skip
+    edit_json(run_copy / "config.json", lambda c: c["options"].update(images="data"))
+    assert options_for_resume(GanTrainOptions, run_copy).images == str(run_copy / "data")
+    assert main(_resume(run_copy)) == 0, capsys.readouterr().err
+    saved = json.loads((run_copy / "config.json").read_text())["options"]
+    assert saved["images"] == str(run_copy / "data")  # recorded absolute from then on
+    # Labels pointing at a file that is not a labels CSV: its text never reaches the message.
+    secret = run_copy.parent / "passwd"
+    secret.write_text("root:x:0:0:SECRET-LINE:/root:/bin/bash\ndaemon:x:1:1\n")
+    edit_json(run_copy / "config.json",
+               lambda c: c["options"].update(labels=str(secret), balance="shape"))  # fmt: skip
+    line = one_line_error(capsys, main(_resume(run_copy)[:-3] + ["--steps", "6", "-q"]),
+                          str(secret))  # fmt: skip
+    assert "SECRET" not in line and "root:x" not in line
+
+
+def test_fuzzed_gan_checkpoints_restore_or_give_an_artgen_error(gan_run, tmp_path):
+    from artgen.finetune.gan import restore
+
+    from .test_checkpoint import fuzz_checkpoint
+
+    ckpt = Path(
+        shutil.copytree(gan_run / "checkpoints" / "step-0000002", tmp_path / "step-0000002")
+    )
+    G, D = Generator(tiny_config()), Discriminator(tiny_config())
+    G_ema = Generator(tiny_config())
+    opt_g = torch.optim.Adam(G.parameters(), lr=0.0025, betas=(0.0, 0.99), eps=1e-8)
+    c = 16 / 17  # as the trainer builds them (lazy R1 every 16 steps)
+    opt_d = torch.optim.Adam(D.parameters(), lr=0.0025 * c, betas=(0.0, 0.99**c), eps=1e-8)
+    gens = {"device": torch.Generator(), "data": torch.Generator()}
+
+    def restore_and_step(path: Path) -> None:
+        restore(path, G=G, D=D, G_ema=G_ema, opt_g=opt_g, opt_d=opt_d, generators=gens)
+        loss = g_nonsaturating_loss(D(G(torch.randn(2, 16, generator=gens["device"]))))
+        opt_g.zero_grad()
+        loss.backward()
+        opt_g.step()  # a wrong optimizer state would surface here
+
+    restore_and_step(ckpt)  # intact
+    outcomes = fuzz_checkpoint(ckpt, restore_and_step, cases=200, seed=1)
+    assert outcomes["refused"] > 30 and outcomes["ok"] > 5, outcomes

@@ -39,12 +39,11 @@ from PIL import Image
 
 from artgen.checkpoint import (
     StepInterrupt,
+    absolute_paths,
     check_run_folder,
     list_checkpoints,
-    load_checkpoint,
-    optimizer_from_tensors,
     optimizer_to_tensors,
-    rng_from_tensors,
+    read_checkpoint,
     rng_to_tensors,
     save_checkpoint,
     write_json,
@@ -56,6 +55,10 @@ from artgen.losses import mean_std, stats_loss
 ENCODER_CHOICES = ("efficientnet-lite0", "vgg19")
 # Settings a resumed run may change; any other change would alter the run being continued.
 RESUME_CHANGEABLE = ("steps", "sample_every", "checkpoint_every", "keep_checkpoints", "device")
+# Settings that name folders, recorded as absolute paths. --base is one too unless it names
+# a bundled network (shipped, vgg19), so it is recorded absolute but not resolved on reading.
+PATHS = ("styles", "out", "content")
+BASE_NAMES = ("", "shipped", "vgg19")
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,10 @@ class AdaINTrainOptions:
             raise ArtgenError(f"--style-weight {self.style_weight}: must be >= 0")
         if self.encoder not in ENCODER_CHOICES:
             raise ArtgenError(f"--encoder {self.encoder!r}: choose {', '.join(ENCODER_CHOICES)}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ArtgenError(f"--precision {self.precision!r}: choose auto, fp32 or bf16")
+        if self.keep_checkpoints < 0:
+            raise ArtgenError(f"--keep-checkpoints {self.keep_checkpoints}: must be >= 0")
 
 
 # The paper's lambda is 10 (for VGG). The shipped EfficientNet-Lite0 decoder was trained
@@ -274,22 +281,15 @@ def train_adain(
         found = list_checkpoints(ckpt_dir)
         if not found:
             raise ArtgenError(f"{run}: no checkpoint to resume from in {ckpt_dir}")
-        tensors, state = load_checkpoint(found[-1])
-        try:
-            decoder.load_state_dict(tensors["decoder"])
-        except (KeyError, RuntimeError) as e:
-            raise ArtgenError(f"{found[-1]}: does not match this run's decoder ({e})") from None
-        optimizer_from_tensors(opt, tensors["optimizer"], state["optimizer"])
-        rng_from_tensors(tensors["rng"], state["rng"], {"data": g})
-        step = int(state["step"])
+        step = restore(found[-1], decoder, opt, g)
         if step >= options.steps:
             raise ArtgenError(f"{run}: already at step {step} of {options.steps}; "
                               "pass a larger --steps to train further")  # fmt: skip
     run.mkdir(parents=True, exist_ok=True)
     resolved = {
-        "artgen": __version__, "method": "train-adain", "options": dataclasses.asdict(options),
+        "artgen": __version__, "method": "train-adain", "options": _recorded(options),
         "network": model.config.to_dict(), "base": source, "style_weight": style_weight,
-        "content_folder": str(content_dir), "num_content": len(content_files),
+        "content_folder": os.path.abspath(content_dir), "num_content": len(content_files),
         "num_styles": len(style_files), "device": str(device),
         "trainable_parameters": sum(p.numel() for p in decoder.parameters()),
     }  # fmt: skip
@@ -370,6 +370,27 @@ def train_adain(
     return run
 
 
+def restore(
+    path: Path, decoder: torch.nn.Module, opt: torch.optim.Optimizer, g: torch.Generator
+) -> int:
+    """Put the checkpoint in ``path`` back into the decoder, its optimizer and the data
+    generator; returns its step. Each piece is checked first (artgen.checkpoint.Checkpoint),
+    so a damaged checkpoint is one ArtgenError naming its file and field."""
+    ckpt = read_checkpoint(path)
+    ckpt.load_module("decoder", decoder)
+    ckpt.load_optimizer("optimizer", opt)
+    ckpt.load_rng("rng", {"data": g})
+    return ckpt.step
+
+
+def _recorded(options: AdaINTrainOptions) -> dict:
+    """The options as a run's config.json records them: folders absolute."""
+    d = absolute_paths(dataclasses.asdict(options), PATHS)
+    if d["base"] not in BASE_NAMES:
+        d["base"] = os.path.abspath(os.path.expanduser(d["base"]))
+    return d
+
+
 def _write_model_card(run: Path, config: dict) -> None:
     o = config["options"]
     text = (
@@ -391,7 +412,8 @@ def _write_model_card(run: Path, config: dict) -> None:
 def options_for_resume(run_dir: str | os.PathLike, **overrides) -> AdaINTrainOptions:
     from artgen.checkpoint import options_for_resume as read
 
-    return read(AdaINTrainOptions, run_dir, overrides, changeable=RESUME_CHANGEABLE)
+    return read(AdaINTrainOptions, run_dir, overrides, changeable=RESUME_CHANGEABLE,
+                method="train-adain", paths=PATHS)  # fmt: skip
 
 
 __all__ = ["AdaINTrainOptions", "AdaINTrainProgress", "train_adain", "adain_losses"]

@@ -47,14 +47,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors import SafetensorError
 
 from artgen.checkpoint import (
     StepInterrupt,
+    absolute_paths,
+    check_finite,
     list_checkpoints,
-    load_checkpoint,
-    optimizer_from_tensors,
+    load_safetensors,
     optimizer_to_tensors,
-    rng_from_tensors,
+    read_checkpoint,
+    read_json,
+    read_run_config,
     rng_to_tensors,
     save_checkpoint,
     write_json,
@@ -68,6 +72,9 @@ from artgen.errors import ArtgenError, Cancelled
 FAMILIES = ("unconditional", "text-to-image")
 ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 CONV_TARGETS = ("conv1", "conv2")  # the two convolutions of every ResNet block
+# Settings that name files or folders. The base is one only when it is a local folder (it
+# may be a hub id), so it is recorded absolute when local but never resolved on reading.
+PATHS = ("images", "out", "class_images", "labels")
 
 
 @dataclass(frozen=True)
@@ -157,6 +164,29 @@ class DiffusionFinetuneOptions:
     def learning_rate(self) -> float:
         return self.lr or (1e-4 if self.method == "lora" else 1e-5)
 
+    def check(self) -> None:
+        """The settings' own ranges and choices (files, folders and the base are checked
+        when the run starts). Also what a run's config.json must pass when read back."""
+        if self.method not in ("lora", "full"):
+            raise ArtgenError(f"--method {self.method}: use lora or full")
+        for name in ("steps", "batch_size", "grad_accum", "sample_every", "checkpoint_every",
+                     "num_samples", "sample_steps", "lora_rank"):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise ArtgenError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
+        for name in ("keep_checkpoints", "warmup_steps", "num_class_images", "resolution", "lr",
+                     "lora_alpha", "weight_decay", "max_grad_norm", "prior_weight"):  # fmt: skip
+            if getattr(self, name) < 0:
+                raise ArtgenError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 0")
+        if not 0 <= self.ema_decay < 1:
+            raise ArtgenError(f"--ema-decay {self.ema_decay}: must be in [0, 1)")
+        for name in ("lr_schedule", "mixed_precision"):
+            f = next(f for f in dataclasses.fields(self) if f.name == name)
+            if getattr(self, name) not in f.metadata["choices"]:
+                raise ArtgenError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: use one "
+                                  f"of {', '.join(f.metadata['choices'])}")  # fmt: skip
+        if self.balance and not self.labels:
+            raise ArtgenError("--balance needs --labels (a CSV of file names and attributes)")
+
     def freeze_list(self) -> list[str]:
         return [s.strip() for s in self.freeze.split(",") if s.strip()]
 
@@ -181,7 +211,21 @@ class FinetuneProgress:
 
 def options_for_resume(run_dir: str | os.PathLike, **overrides: Any) -> DiffusionFinetuneOptions:
     """The options a run was started with (its config.json), with ``overrides`` applied."""
-    return _options_for_resume(DiffusionFinetuneOptions, run_dir, overrides)
+    return _options_for_resume(DiffusionFinetuneOptions, run_dir, overrides,
+                               method="finetune-diffusion", paths=PATHS)  # fmt: skip
+
+
+def _is_local(base: str) -> bool:
+    """Whether ``base`` names a folder rather than a hub id (load_base's rule)."""
+    return base.startswith((".", "/", "~")) or Path(base).expanduser().exists()
+
+
+def _recorded(options: DiffusionFinetuneOptions) -> dict:
+    """The options as a run's config.json records them: path settings absolute."""
+    d = absolute_paths(dataclasses.asdict(options), PATHS)
+    if d["base"] and _is_local(d["base"]):
+        d["base"] = os.path.abspath(os.path.expanduser(d["base"]))
+    return d
 
 
 # -- the base model -------------------------------------------------------------------
@@ -196,7 +240,7 @@ def load_base(base: str, *, device: str | torch.device = "cpu") -> Any:
     from huggingface_hub import constants
 
     local = Path(base).expanduser()
-    looks_local = base.startswith((".", "/", "~")) or local.exists()
+    looks_local = _is_local(base)
     if looks_local and not local.is_dir():
         raise ArtgenError(f"{base}: no such folder (give a folder written by save_pretrained "
                           "or a hub id such as google/ddpm-cifar10-32)")  # fmt: skip
@@ -208,8 +252,9 @@ def load_base(base: str, *, device: str | torch.device = "cpu") -> Any:
         pipe = DiffusionPipeline.from_pretrained(str(local) if looks_local else base, **kwargs)
     except (OSError, ValueError) as e:
         why = "offline (HF_HUB_OFFLINE=1) and not in the Hugging Face cache" if offline else str(e)
+        why = (why.strip().splitlines() or [type(e).__name__])[0][:200]
         raise ArtgenError(
-            f"{base}: cannot load the base model: {why.splitlines()[0]}. Download it once "
+            f"{base}: cannot load the base model: {why}. Download it once "
             f"online (huggingface-cli download {base}) or pass a local save_pretrained folder"
         ) from None
     pipeline_family(pipe)  # refuses pipelines artgen cannot fine-tune
@@ -290,7 +335,8 @@ def prepare_trainable(unet: torch.nn.Module, options: DiffusionFinetuneOptions) 
         try:
             inject_adapter_in_model(lora_config(options), unet)
         except ValueError as e:
-            raise ArtgenError(f"LoRA: no layer to adapt ({str(e).splitlines()[0]})") from None
+            first = (str(e).strip().splitlines() or ["no match"])[0][:200]
+            raise ArtgenError(f"LoRA: no layer to adapt ({first})") from None
         for n, p in unet.named_parameters():
             p.requires_grad_("lora_" in n)
     else:
@@ -394,12 +440,16 @@ def _check_run_dir(options: DiffusionFinetuneOptions) -> Path:
     if options.resume:
         if not config.is_file():
             raise ArtgenError(f"{run}: nothing to resume (no config.json there)")
-        saved = json.loads(config.read_text())["options"]
+        _, saved = read_run_config(run, DiffusionFinetuneOptions, method="finetune-diffusion",
+                                   paths=PATHS)  # fmt: skip
+        # Paths compare as the config.json records them (absolute).
+        recorded, now = _recorded(saved), _recorded(options)
         for k in IDENTITY:
-            if k in saved and saved[k] != getattr(options, k):
+            if recorded[k] != now[k]:
+                shown = (repr(getattr(saved, k)), repr(getattr(options, k)))
                 raise ArtgenError(
-                    f"--{k.replace('_', '-')}: the run in {run} used {saved[k]!r}, not "
-                    f"{getattr(options, k)!r}; a resumed run keeps its settings"
+                    f"--{k.replace('_', '-')}: the run in {run} used {shown[0][:80]}, not "
+                    f"{shown[1][:80]}; a resumed run keeps its settings"
                 )
     elif config.is_file():
         raise ArtgenError(f"{run}: already holds a run; pass --resume to continue it, "
@@ -470,15 +520,12 @@ def finetune_diffusion(
         raise ArtgenError("--base: give a diffusers hub id or a save_pretrained folder")
     if not options.images:
         raise ArtgenError("--images: give the folder of training images")
-    if options.method not in ("lora", "full"):
-        raise ArtgenError(f"--method {options.method}: use lora or full")
-    for name in ("steps", "batch_size", "grad_accum", "sample_every", "checkpoint_every"):
-        if getattr(options, name) < 1:
-            raise ArtgenError(f"--{name.replace('_', '-')} {getattr(options, name)}: must be >= 1")
-    if options.balance and not options.labels:
-        raise ArtgenError("--balance needs --labels (a CSV of file names and attributes)")
+    options.check()
     files = list_images(options.images)
-    labels = read_labels(options.labels, files) if options.labels else None
+    # On resume the labels path comes from the run's config.json, which may point anywhere:
+    # errors then name rows and columns, never the file's text.
+    labels = (read_labels(options.labels, files, echo=not options.resume)
+              if options.labels else None)  # fmt: skip
     if options.balance:
         check_attribute(labels, options.balance)
     device = resolve_device(options.device)
@@ -564,31 +611,28 @@ def finetune_diffusion(
     if options.resume:
         found = list_checkpoints(ckpt_dir)
         if found:
-            tensors, state = load_checkpoint(found[-1])
-            missing = set(trainable_names) - set(tensors["trainable"])
-            if missing:
-                raise ArtgenError(f"{found[-1]}: checkpoint lacks {len(missing)} trained tensors")
-            with torch.no_grad():
-                for n in trainable_names:
-                    params[n].copy_(tensors["trainable"][n])
-                if ema is not None and "ema" in tensors:
-                    for s, n in zip(ema.shadow, trainable_names, strict=True):
-                        s.copy_(tensors["ema"][n])
-            saved_by = state.get("num_processes", accelerator.num_processes)  # older: unknown
+            # Every piece is checked as it is put back (artgen.checkpoint.Checkpoint): a
+            # damaged checkpoint is one ArtgenError naming its file and field.
+            ckpt = read_checkpoint(found[-1])
+            saved_by = ckpt.int_field("num_processes", accelerator.num_processes)  # older: unknown
             if saved_by != accelerator.num_processes:
                 raise ArtgenError(f"{found[-1]}: saved by {saved_by} process(es); resume with "
                                   f"the same number, not {accelerator.num_processes}")  # fmt: skip
-            optimizer_from_tensors(optimizer.optimizer, tensors["optimizer"], state["optimizer"])
-            lr_scheduler.load_state_dict(state["lr_scheduler"])
+            ckpt.load_into("trainable", {n: params[n] for n in trainable_names})
+            if ema is not None and ckpt.has("ema"):
+                ckpt.load_into("ema", dict(zip(trainable_names, ema.shadow, strict=True)))
+            ckpt.load_optimizer("optimizer", optimizer.optimizer)
+            ckpt.load_scheduler("lr_scheduler", lr_scheduler)
             # every process continues its own random stream (older checkpoints hold one "rng")
-            rank = f"rng{accelerator.process_index}" if "rng0" in tensors else "rng"
-            rng_from_tensors(tensors[rank], state[rank], {"batches": g})
-            step = int(state["step"])
-            drawn.update(state.get("drawn", {}))
+            legacy = ckpt.has("rng") and not ckpt.has("rng0")
+            rank = "rng" if legacy else f"rng{accelerator.process_index}"
+            ckpt.load_rng(rank, {"batches": g})
+            step = ckpt.step
+            drawn.update(ckpt.counts("drawn"))
 
     resolved = {
         "artgen": __version__, "method": "finetune-diffusion", "family": family,
-        "options": dataclasses.asdict(options), "resolution": resolution,
+        "options": _recorded(options), "resolution": resolution,
         "learning_rate": options.learning_rate(), "mixed_precision": precision,
         "device": str(device_t), "num_images": len(files), "trainable_tensors": len(trainable),
         "trainable_parameters": sum(p.numel() for p in trainable),
@@ -771,39 +815,104 @@ def save_weights(
 
 
 def load_run(run_dir: str | os.PathLike, *, pipeline: Any = None, device: str = "cpu") -> Any:
-    """The fine-tuned pipeline of a run folder (the base plus the run's weights)."""
+    """The fine-tuned pipeline of a run folder (the base plus the run's weights).
+
+    Everything read from the run is checked first: its config.json (as a resumed run's,
+    see artgen.checkpoint.read_run_config), the weights' files, and the weights themselves,
+    which must be finite (NaN or infinite weights only ever draw noise)."""
     run = Path(run_dir)
-    try:
-        config = json.loads((run / "config.json").read_text())
-    except FileNotFoundError:
-        raise ArtgenError(f"{run}: not an artgen run folder (no config.json)") from None
-    options = config["options"]
-    pipe = pipeline if pipeline is not None else load_base(options["base"])
+    config, options = read_run_config(run, DiffusionFinetuneOptions, method="finetune-diffusion",
+                                      paths=PATHS)  # fmt: skip
+    resolution = config.get("resolution")
+    if (
+        not isinstance(resolution, int)
+        or isinstance(resolution, bool)
+        or not 1 <= resolution <= 1 << 16
+    ):
+        raise ArtgenError(f"{run / 'config.json'}: resolution is not a whole number of pixels")
+    pipe = pipeline if pipeline is not None else load_base(options.base)
     family = pipeline_family(pipe)
-    if options["method"] == "full":
+    if options.method == "full":
         if not (run / "unet").is_dir():
             raise ArtgenError(f"{run}: the run has not finished (no unet/); sample a checkpoint "
                               "by finishing it with --resume")  # fmt: skip
         cls = type(pipe.unet)
-        pipe.register_modules(unet=cls.from_pretrained(run / "unet"))
+        try:
+            unet = cls.from_pretrained(run / "unet")
+        except (OSError, ValueError, TypeError, KeyError, RuntimeError, SafetensorError) as e:
+            raise ArtgenError(f"{run / 'unet'}: unreadable UNet ({_first_line(e)})") from None
+        check_finite(unet.state_dict(), run / "unet")
+        pipe.register_modules(unet=unet)
     else:
         lora = run / "lora"
         if family == "text-to-image":
-            if not (lora / "pytorch_lora_weights.safetensors").is_file():
+            weights = lora / "pytorch_lora_weights.safetensors"
+            if not weights.is_file():
                 raise ArtgenError(f"{run}: the run has not finished (no lora/ weights)")
-            pipe.load_lora_weights(lora)
+            check_finite(load_safetensors(weights), weights)
+            try:
+                pipe.load_lora_weights(lora)
+            except (OSError, ValueError, TypeError, KeyError, RuntimeError, SafetensorError) as e:
+                raise ArtgenError(
+                    f"{weights}: cannot load the LoRA weights ({_first_line(e)})"
+                ) from None
         else:
-            from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
-            from safetensors.torch import load_file
-
-            if not (lora / "adapter_model.safetensors").is_file():
-                raise ArtgenError(f"{run}: the run has not finished (no lora/ weights)")
-            meta = json.loads((lora / "adapter_config.json").read_text())
-            inject_adapter_in_model(LoraConfig(**meta), pipe.unet)
-            set_peft_model_state_dict(pipe.unet, load_file(str(lora / "adapter_model.safetensors")))
+            _load_peft_adapters(pipe.unet, lora, run)
     pipe.set_progress_bar_config(disable=True)
     pipe.artgen_config = config
+    pipe.artgen_options = options
     return pipe.to(device)
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+
+
+def _load_peft_adapters(unet: torch.nn.Module, lora: Path, run: Path) -> None:
+    """lora/adapter_config.json + adapter_model.safetensors (peft's format) onto ``unet``,
+    each checked: the config's fields and types, the file's tensors against the adapters
+    the config makes (names and shapes), finite."""
+    from peft import (
+        LoraConfig,
+        get_peft_model_state_dict,
+        inject_adapter_in_model,
+        set_peft_model_state_dict,
+    )
+
+    weights, meta_path = lora / "adapter_model.safetensors", lora / "adapter_config.json"
+    if not weights.is_file():
+        raise ArtgenError(f"{run}: the run has not finished (no lora/ weights)")
+    try:
+        meta = read_json(meta_path, "LoRA config")
+    except FileNotFoundError:
+        raise ArtgenError(f"{meta_path}: missing") from None
+    kinds = {"r": int, "lora_alpha": (int, float), "target_modules": (str, list),
+             "init_lora_weights": (str, bool)}  # fmt: skip
+    if not isinstance(meta, dict) or set(meta) != set(kinds):
+        raise ArtgenError(f"{meta_path}: needs exactly the fields {', '.join(kinds)}")
+    for k, kind in kinds.items():
+        v = meta[k]
+        if isinstance(v, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            v = None
+        if not isinstance(v, kind) or (
+            isinstance(v, list) and not all(isinstance(t, str) for t in v)
+        ):
+            raise ArtgenError(f"{meta_path}: {k} has the wrong type")
+    if not (1 <= meta["r"] <= 4096 and 0 < meta["lora_alpha"] < 1e6):
+        raise ArtgenError(f"{meta_path}: r must be 1 to 4096 and lora_alpha positive")
+    tensors = load_safetensors(weights)
+    check_finite(tensors, weights)
+    try:
+        inject_adapter_in_model(LoraConfig(**meta), unet)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ArtgenError(f"{meta_path}: does not fit the base's UNet ({_first_line(e)})") from None
+    expected = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(unet).items()}
+    got = {k: tuple(v.shape) for k, v in tensors.items()}
+    if expected != got:
+        odd = sorted(set(expected) ^ set(got)) or sorted(k for k in got if got[k] != expected[k])
+        raise ArtgenError(f"{weights}: does not match {meta_path.name} and the base "
+                          f"({len(odd)} tensors differ, e.g. {odd[0][:80]})")  # fmt: skip
+    set_peft_model_state_dict(unet, tensors)
 
 
 @dataclass(frozen=True)
@@ -838,7 +947,7 @@ def sample_run(
     config = pipe.artgen_config
     return generate(
         pipe, options.n, seed=options.seed, steps=options.steps, scheduler=options.scheduler,
-        prompt=options.prompt or config["options"]["prompt"],
+        prompt=options.prompt or pipe.artgen_options.prompt,
         guidance_scale=options.guidance_scale, resolution=config["resolution"],
         batch_size=options.batch_size,
     )  # fmt: skip

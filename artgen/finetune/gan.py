@@ -66,12 +66,14 @@ from PIL import Image
 
 from artgen.checkpoint import (
     StepInterrupt,
+    absolute_paths,
+    check_finite,
     check_run_folder,
     list_checkpoints,
-    load_checkpoint,
-    optimizer_from_tensors,
     optimizer_to_tensors,
-    rng_from_tensors,
+    read_checkpoint,
+    read_json,
+    read_run_config,
     rng_to_tensors,
     save_checkpoint,
     write_json,
@@ -83,6 +85,9 @@ from artgen.devices import resolve_device
 from artgen.errors import ArtgenError, Cancelled
 
 METHODS = ("full", "fairtl", "fairtl++")
+RUN_KINDS = ("train-gan", "finetune-gan")  # the "method" a GAN run's config.json records
+# Settings that name files or folders: recorded as absolute paths (see absolute_paths).
+PATHS = ("base", "images", "out", "labels")
 # What a resumed run may change; anything else would silently alter the run it continues.
 RESUMABLE = ("steps", "sample_every", "checkpoint_every", "keep_checkpoints", "device")
 
@@ -125,6 +130,13 @@ class GanTrainOptions:
     seed: int = field(default=0, metadata={"help": "seed of the weights, batches and noise"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps"})
     resume: bool = field(default=False, metadata={"help": "continue the run in --out"})
+
+    def check(self) -> None:
+        """The settings' own ranges (files and folders are checked when the run starts)."""
+        _check_values(self)
+        r = self.resolution
+        if r < 4 or r & (r - 1):
+            raise ArtgenError(f"--resolution {r}: must be a power of two >= 4")
 
 
 @dataclass(frozen=True)
@@ -194,6 +206,38 @@ class GanFinetuneOptions:
     seed: int = field(default=0, metadata={"help": "seed of the batches and noise"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps"})
     resume: bool = field(default=False, metadata={"help": "continue the run in --out"})
+
+    def check(self) -> None:
+        """The settings' own ranges (files, folders and the base's shape are checked when
+        the run starts)."""
+        _check_values(self)
+        if self.method not in METHODS:
+            raise ArtgenError(f"--method {self.method}: use one of {', '.join(METHODS)}")
+        if not 0 <= self.feedback_lambda <= 1:
+            raise ArtgenError(f"--feedback-lambda {self.feedback_lambda}: must be in [0, 1]")
+        if self.cdc < 0:
+            raise ArtgenError(f"--cdc {self.cdc}: must be >= 0")
+        if self.freeze_d < 0 or self.class_index < -1 or self.lp_steps < -1:
+            raise ArtgenError("--freeze-d must be >= 0, --class-index and --lp-steps >= -1")
+
+
+def _check_values(options: Any) -> None:
+    """Checks that both GAN option classes share: used when a run starts, and when a run's
+    config.json is read back (see artgen.checkpoint.options_from_dict)."""
+    from artgen.augment import parse_policy
+
+    for name in ("steps", "batch_size", "r1_every", "sample_every", "checkpoint_every"):
+        if getattr(options, name) < 1:
+            raise ArtgenError(f"--{name.replace('_', '-')} {getattr(options, name)}: must be >= 1")
+    if options.keep_checkpoints < 0:
+        raise ArtgenError(f"--keep-checkpoints {options.keep_checkpoints}: must be >= 0")
+    if not options.lr > 0:
+        raise ArtgenError(f"--lr {options.lr}: must be positive")
+    if options.r1_gamma < 0 or options.ema_kimg < 0:
+        raise ArtgenError("--r1-gamma and --ema-kimg must be >= 0")
+    parse_policy(options.augment)
+    if options.balance and not options.labels:
+        raise ArtgenError("--balance needs --labels (a CSV of file names and attributes)")
 
 
 @dataclass(frozen=True)
@@ -290,6 +334,8 @@ def load_gan(folder: str | os.PathLike, device: str | torch.device = "cpu") -> t
                           "(written by artgen train gan, finetune gan or convert)")  # fmt: skip
     G = Generator.from_pretrained(root / "generator", device=device)
     D = Discriminator.from_pretrained(root / "discriminator", device=device)
+    check_finite(G.state_dict(), root / "generator" / "model.safetensors")
+    check_finite(D.state_dict(), root / "discriminator" / "model.safetensors")
     _check_pair(G, D, folder)
     return G, D
 
@@ -327,7 +373,11 @@ def load_generator(run_or_folder: str | os.PathLike, device: str | torch.device 
 
     root = Path(run_or_folder)
     folder = root / "generator" if (root / "generator").is_dir() else root
-    return Generator.from_pretrained(folder, device=device)
+    G = Generator.from_pretrained(folder, device=device)
+    # NaN or infinite weights (a damaged file, or a run that diverged) only ever draw
+    # blank images; say so instead.
+    check_finite(G.state_dict(), folder / "model.safetensors")
+    return G
 
 
 def _freeze_g_prefixes(G: torch.nn.Module, spec: str) -> list[str]:
@@ -408,8 +458,9 @@ def sample_gan_run(
     if n < 1:
         raise ArtgenError(f"-n {n}: must be >= 1")
     G = load_generator(run_dir, device=resolve_device(device))
+    recorded = run_class_index(run_dir)  # also checks the run's config.json, if it has one
     if G.config.c_dim and class_index == -1:
-        class_index = run_class_index(run_dir)
+        class_index = recorded
         if class_index == -1:
             raise ArtgenError(f"{run_dir}: a class-conditional generator ({G.config.c_dim} "
                               f"classes); pass --class-index K (0 to {G.config.c_dim - 1})")  # fmt: skip
@@ -418,25 +469,50 @@ def sample_gan_run(
 
 
 def run_class_index(run_dir: str | os.PathLike) -> int:
-    """The class a run of a class-conditional base adapted (-1: none recorded)."""
-    try:
-        saved = json.loads((Path(run_dir) / "config.json").read_text())["options"]
-        return int(saved.get("class_index", -1))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    """The class a run of a class-conditional base adapted (-1: none recorded, as for a
+    generator folder or a run trained from scratch). A run config.json that is there but
+    damaged is an ArtgenError naming it, not a silent -1."""
+    root = Path(run_dir)
+    if _network_config(root) is not None:
+        return -1  # a generator folder itself: no run settings
+    found = read_run_config(root, method=RUN_KINDS, missing_ok=True)
+    if found is None:
         return -1
+    cls = GanTrainOptions if found[0]["method"] == "train-gan" else GanFinetuneOptions
+    _, options = read_run_config(root, cls, paths=PATHS)  # checked, though only one field is used
+    return getattr(options, "class_index", -1)
+
+
+def _network_config(folder: Path) -> dict | None:
+    """The config.json of a saved StyleGAN2 network in ``folder``, None if it holds none
+    (ArtgenError if a config.json there is unreadable)."""
+    try:
+        config = read_json(folder / "config.json", "config")
+    except FileNotFoundError:
+        return None
+    except ArtgenError:
+        if (folder / "model.safetensors").exists():  # a network folder with a damaged config
+            raise
+        return None  # a run's config.json, read (and checked) by whoever reads the run
+    if isinstance(config, dict) and config.get("format") == "artgen-stylegan2":
+        return config
+    return None
 
 
 def is_gan_run(run_dir: str | os.PathLike) -> bool:
-    """Whether ``run_dir`` holds a GAN (a generator/ folder, or is a generator folder)."""
+    """Whether ``run_dir`` holds a GAN: a generator folder itself, a run whose config.json
+    says it is a GAN run, or a folder with a generator/ entry.
+
+    Decided from what the folder is, not from whether its files are intact: a damaged
+    generator/config.json (or a generator/ that links to some other folder) is still a GAN
+    run, and loading it then says what is wrong with it."""
     root = Path(run_dir)
-    for folder in (root / "generator", root):
-        try:
-            config = json.loads((folder / "config.json").read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(config, dict) and config.get("format") == "artgen-stylegan2":
-            return True
-    return False
+    if _network_config(root) is not None:
+        return True
+    found = read_run_config(root, missing_ok=True) if (root / "config.json").exists() else None
+    if found is not None and "method" in found[0]:
+        return found[0]["method"] in RUN_KINDS
+    return os.path.lexists(root / "generator")
 
 
 # -- the runs ----------------------------------------------------------------------------
@@ -444,29 +520,24 @@ def is_gan_run(run_dir: str | os.PathLike) -> bool:
 
 def options_for_resume(cls: type, run_dir: str | os.PathLike, **overrides: Any) -> Any:
     """The ``cls`` options a run was started with, with ``overrides`` of RESUMABLE settings."""
-    return _options_for_resume(cls, run_dir, overrides, changeable=RESUMABLE)
+    method = "train-gan" if cls is GanTrainOptions else "finetune-gan"
+    return _options_for_resume(cls, run_dir, overrides, changeable=RESUMABLE, method=method,
+                               paths=PATHS)  # fmt: skip
 
 
 def _check_common(options: Any) -> tuple[list[Path], Any]:
-    from artgen.augment import parse_policy
     from artgen.data import check_attribute, list_images, read_labels
 
     if not options.images:
         raise ArtgenError("--images: give the folder of training images")
     if not options.out:
         raise ArtgenError("--out: give a run folder to create")
-    for name in ("steps", "batch_size", "r1_every", "sample_every", "checkpoint_every"):
-        if getattr(options, name) < 1:
-            raise ArtgenError(f"--{name.replace('_', '-')} {getattr(options, name)}: must be >= 1")
-    if not options.lr > 0:
-        raise ArtgenError(f"--lr {options.lr}: must be positive")
-    if options.r1_gamma < 0 or options.ema_kimg < 0:
-        raise ArtgenError("--r1-gamma and --ema-kimg must be >= 0")
-    parse_policy(options.augment)
-    if options.balance and not options.labels:
-        raise ArtgenError("--balance needs --labels (a CSV of file names and attributes)")
+    options.check()
     files = list_images(options.images)
-    labels = read_labels(options.labels, files) if options.labels else None
+    # On resume the labels path comes from the run's config.json, which may have been
+    # edited to point anywhere: errors then name rows and columns, never the file's text.
+    labels = (read_labels(options.labels, files, echo=not options.resume)
+              if options.labels else None)  # fmt: skip
     if options.balance:
         check_attribute(labels, options.balance)
     check_run_folder(Path(options.out), options.resume)
@@ -485,8 +556,6 @@ def train_gan(
 
     files, labels = _check_common(options)
     r = options.resolution
-    if r < 4 or r & (r - 1):
-        raise ArtgenError(f"--resolution {r}: must be a power of two >= 4")
     try:
         config = StyleGAN2Config(resolution=r, z_dim=options.z_dim, w_dim=options.w_dim,
                                  mapping_layers=options.mapping_layers,
@@ -512,10 +581,6 @@ def finetune_gan(
         raise ArtgenError(f"--method {options.method}: use one of {', '.join(METHODS)}")
     if not options.base and networks is None:
         raise ArtgenError("--base: give a folder with generator/ and discriminator/")
-    if not 0 <= options.feedback_lambda <= 1:
-        raise ArtgenError(f"--feedback-lambda {options.feedback_lambda}: must be in [0, 1]")
-    if options.cdc < 0:
-        raise ArtgenError(f"--cdc {options.cdc}: must be >= 0")
     files, labels = _check_common(options)
     # Networks handed in are copied: the caller's modules are never trained in place.
     G, D = copy.deepcopy(networks) if networks is not None else load_gan(options.base)
@@ -599,7 +664,10 @@ def _run(
     if method == "fairtl++":
         lp_steps = options.lp_steps if options.lp_steps >= 0 else options.steps // 4
         if options.resume:  # where linear probing ends was fixed when the run started
-            lp_steps = int(json.loads((run / "config.json").read_text()).get("lp_steps", lp_steps))
+            saved = read_run_config(run)[0].get("lp_steps", lp_steps)
+            if not isinstance(saved, int) or isinstance(saved, bool) or not 0 <= saved <= 1 << 62:
+                raise ArtgenError(f"{run / 'config.json'}: lp_steps is not a whole number >= 0")
+            lp_steps = saved
     lp_g = {n for n in g_params if n.startswith("mapping.")}
     lp_d = {n for n in d_params if n.startswith(D.block_names()[-1] + ".")}
 
@@ -630,28 +698,16 @@ def _run(
         found = list_checkpoints(ckpt_dir)
         if not found:
             raise ArtgenError(f"{run}: no checkpoint to resume from in {ckpt_dir}")
-        tensors, state = load_checkpoint(found[-1])
-        try:
-            G.load_state_dict(tensors["G"])
-            D.load_state_dict(tensors["D"])
-            G_ema.load_state_dict(tensors["G_ema"])
-        except (KeyError, RuntimeError) as e:
-            raise ArtgenError(f"{found[-1]}: does not match this run's networks ({e})") from None
-        if state.get("num_processes", 1) != world:
-            raise ArtgenError(f"{found[-1]}: saved by {state.get('num_processes', 1)} "
-                              f"process(es); resume with the same number, not {world}")  # fmt: skip
-        optimizer_from_tensors(opt_g, tensors["opt_g"], state["opt_g"])
-        optimizer_from_tensors(opt_d, tensors["opt_d"], state["opt_d"])
-        rank = f"rng{accelerator.process_index}"
-        rng_from_tensors(tensors[rank], state[rank], {"device": g, "data": g_data})
-        step = int(state["step"])
-        drawn.update(state.get("drawn", {}))
+        step = restore(found[-1], G=G, D=D, G_ema=G_ema, opt_g=opt_g, opt_d=opt_d,
+                       generators={"device": g, "data": g_data}, world=world,
+                       rank=accelerator.process_index, drawn=drawn)  # fmt: skip
         if step >= options.steps:
             raise ArtgenError(f"{run}: already at step {step} of {options.steps}; "
                               "pass a larger --steps to train further")  # fmt: skip
 
     resolved = {
-        "artgen": __version__, "method": kind, "options": dataclasses.asdict(options),
+        "artgen": __version__, "method": kind,
+        "options": absolute_paths(dataclasses.asdict(options), PATHS),
         "network": G.config.to_dict(), "r1_gamma": r1_gamma, "ema_kimg": ema_kimg,
         "lp_steps": lp_steps, "frozen_d_blocks": frozen_d, "frozen_g": frozen_g,
         "device": str(dev), "num_processes": world, "num_images": len(files),
@@ -813,6 +869,39 @@ def _run(
         write_model_card(run, resolved, final)
     accelerator.wait_for_everyone()
     return run
+
+
+def restore(
+    path: Path,
+    *,
+    G: torch.nn.Module,
+    D: torch.nn.Module,
+    G_ema: torch.nn.Module,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    generators: dict[str, torch.Generator],
+    world: int = 1,
+    rank: int = 0,
+    drawn: Counter[str] | None = None,
+) -> int:
+    """Put the checkpoint in ``path`` back into a GAN run's networks, optimizers and random
+    generators (``drawn``: the attribute values drawn so far); returns its step. Every
+    piece is checked first (artgen.checkpoint.Checkpoint): a damaged checkpoint is one
+    ArtgenError naming its file and field."""
+    ckpt = read_checkpoint(path)
+    saved_by = ckpt.int_field("num_processes", 1)
+    if saved_by != world:
+        raise ArtgenError(f"{path}: saved by {saved_by} process(es); resume with the same "
+                          f"number, not {world}")  # fmt: skip
+    for stem, net in (("G", G), ("D", D), ("G_ema", G_ema)):
+        ckpt.load_module(stem, net)
+    ckpt.load_optimizer("opt_g", opt_g)
+    ckpt.load_optimizer("opt_d", opt_d)
+    ckpt.load_rng(f"rng{rank}", generators)
+    counts = ckpt.counts("drawn")
+    if drawn is not None:
+        drawn.update(counts)
+    return ckpt.step
 
 
 def _save_networks(run: Path, G_ema: torch.nn.Module, D: torch.nn.Module) -> None:
