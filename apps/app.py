@@ -4,16 +4,20 @@
 
 Built on artgen's public Python API only (the library itself never imports
 gradio). Listens on 127.0.0.1 unless told otherwise; nothing is served beyond
-Gradio's own cache (uploads, results) and the bundled styles; no user text is
-ever evaluated or used as a path.
+this server's own cache (uploads, results) and the bundled styles; no user text is
+ever evaluated or used as a path. Each server keeps its uploads and results in a
+private temporary folder (Gradio's cache included, through GRADIO_TEMP_DIR), removed
+when it stops; folders of servers that were killed are removed by the next one.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import os
 import queue
+import shutil
 import sys
 import tempfile
 import threading
@@ -42,6 +46,24 @@ PRESETS = {
     "Final": ("gatys", dict(iterations=200, min_size=128)),
 }
 DEFAULTS = get_method("gatys").options()
+MAX_SEED = 2**63 - 1  # torch.manual_seed's range for non-negative seeds
+ROOT_PREFIX = "artgen-studio-"
+CACHE_AGE_S = 86400  # a long-running server forgets uploads and results after a day
+
+
+def _remove_abandoned_roots() -> None:
+    """Remove the temporary folders of studio servers that died without cleaning up."""
+    for root in Path(tempfile.gettempdir()).glob(ROOT_PREFIX + "*"):
+        try:
+            pid = int((root / "pid").read_text().strip())
+        except (OSError, ValueError):
+            continue  # not ours, or still being made: leave it
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(root, ignore_errors=True)
+        except PermissionError:
+            pass  # another user's live server
 
 
 @dataclass(frozen=True)
@@ -99,10 +121,26 @@ class Studio:
         self.device = resolve_device(config.device)
         self._models: dict[tuple[str, str], object] = {}
         self._load_lock = threading.Lock()
-        self.out_dir = Path(tempfile.mkdtemp(prefix="artgen-studio-"))
+        _remove_abandoned_roots()
+        self.root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX))
+        (self.root / "pid").write_text(f"{os.getpid()}\n")
+        self.out_dir = self.root / "results"
+        self.out_dir.mkdir()
+        # Gradio's cache (uploads, and the copies of results it serves) goes in here too,
+        # not in the shared /tmp/gradio where anyone's planted file would be served.
+        # Gradio reads the variable whenever it needs the folder, so it stays set.
+        self.cache_dir = self.root / "gradio"
+        self.cache_dir.mkdir()
+        os.environ["GRADIO_TEMP_DIR"] = str(self.cache_dir)
         entries = catalog.load_manifest()
         self.styles = [e for e in entries if e.kind == "bundled" and e.available]
         self.examples = {e.name: e for e in entries if e.kind == "example" and e.available}
+
+    def close(self) -> None:
+        """Remove this server's temporary folder (uploads, results, Gradio's cache)."""
+        shutil.rmtree(self.root, ignore_errors=True)
+        if os.environ.get("GRADIO_TEMP_DIR") == str(self.cache_dir):
+            del os.environ["GRADIO_TEMP_DIR"]
 
     def model(self, method: str, options) -> object:
         """The loaded network of ``method`` for ``options`` (loaded once, shared by sessions)."""
@@ -116,18 +154,31 @@ class Studio:
         if quality not in PRESETS:
             raise gr.Error(f"Unknown quality {quality!r}.")
         method, preset = PRESETS[quality]
+        seed = self.seed(seed)
         try:
             if method == "adain":  # alpha in [0, 1]: a strength above 1 means full style
                 return get_method(method).options(
                     size=int(size), strength=min(1.0, float(strength)),
-                    preserve_color=str(preserve), seed=int(seed),
+                    preserve_color=str(preserve), seed=seed,
                 )  # fmt: skip
             return get_method(method).options(
                 size=int(size), strength=float(strength), preserve_color=str(preserve),
-                backbone=str(backbone), seed=int(seed), **preset,
+                backbone=str(backbone), seed=seed, **preset,
             )  # fmt: skip
         except ArtgenError as e:
             raise gr.Error(str(e)) from None
+
+    @staticmethod
+    def seed(value) -> int:
+        """The seed box's value as an int in torch's range; a clear message otherwise."""
+        seed = None
+        if isinstance(value, int) and not isinstance(value, bool):
+            seed = value
+        elif isinstance(value, float) and value.is_integer():
+            seed = int(value)
+        if seed is None or not 0 <= seed <= MAX_SEED:
+            raise gr.Error(f"Seed {str(value)[:30]}: use a whole number from 0 to {MAX_SEED}.")
+        return seed
 
     def inputs(self, content, rest):
         """(content, styles, options, history) from the page's inputs."""
@@ -169,14 +220,16 @@ class Studio:
         )
         if not has_style:
             return gr.skip(), "Pick a style to see it live.", gr.skip()
-        content_img, styles, options, _ = self.inputs(content, rest)
         t0 = time.perf_counter()
         try:
+            content_img, styles, options, _ = self.inputs(content, rest)
             image = get_method("adain").stylize(
                 content_img, styles, options, model=self.model("adain", options), device=self.device
             )
         except ArtgenError as e:
-            raise gr.Error(str(e)) from None
+            return gr.skip(), problem(str(e)), gr.skip()
+        except gr.Error as e:
+            return gr.skip(), problem(e.message), gr.skip()
         path = self.save(image, content_img, styles, options, 0)
         status = (f"Instant: {image.width}x{image.height} in {time.perf_counter() - t0:.2f} s "
                   "(fast method). Press Stylize to keep it, or choose Final for Gatys.")  # fmt: skip
@@ -192,13 +245,21 @@ class Studio:
             raise gr.Error(f"{what}: {str(e).replace(str(path), Path(path).name)}") from None
 
     def stylize(self, content, *rest, progress=gr.Progress()):  # noqa: B008 - Gradio's idiom
-        """Generator: streams (image, status, download, gallery, history) updates."""
-        content_img, styles, options, history = self.inputs(content, rest)
-        method = method_of(options)
+        """Generator: streams (image, status, download, gallery, history) updates.
+
+        A problem with the inputs is said in the status line; the result, the download and
+        the gallery stay as they were (an error would mark each of them red).
+        """
         try:
+            content_img, styles, options, history = self.inputs(content, rest)
+            method = method_of(options)
             model = self.model(method.name, options)
         except ArtgenError as e:
-            raise gr.Error(str(e)) from None
+            yield gr.skip(), problem(str(e)), gr.skip(), gr.skip(), gr.skip()
+            return
+        except gr.Error as e:
+            yield gr.skip(), problem(e.message), gr.skip(), gr.skip(), gr.skip()
+            return
 
         updates: queue.Queue = queue.Queue()
         stop = threading.Event()
@@ -259,10 +320,16 @@ class Studio:
         yield str(path), status, gr.update(value=str(path), visible=True), history, history
 
 
+def problem(message: str) -> str:
+    """A status line that says what to fix."""
+    return f"**Not started:** {message}"
+
+
 def build(studio: Studio) -> gr.Blocks:
     cfg = studio.config
     style_names = [e.name for e in studio.styles]
-    with gr.Blocks(title="artgen studio") as demo:
+    # delete_cache: files older than a day go every hour, and all of them at shutdown.
+    with gr.Blocks(title="artgen studio", delete_cache=(3600, CACHE_AGE_S)) as demo:
         gr.Markdown(
             "# artgen studio\n"
             "1. Add a **content** picture. 2. Click one or more **styles** (or upload your own). "
@@ -398,7 +465,10 @@ def build(studio: Studio) -> gr.Blocks:
 
 
 def launch(config: AppConfig, *, prevent_thread_lock: bool = False):
+    """Serve the studio; returns (demo, studio). ``studio.close()`` removes its files
+    (also done at exit)."""
     studio = Studio(config)
+    atexit.register(studio.close)
     demo = build(studio)
     demo.launch(
         server_name=config.host, server_port=config.port, share=config.share,
@@ -417,7 +487,11 @@ def parse_args(argv: Sequence[str] | None) -> AppConfig:
         kw = {
             "dest": f.name,
             "help": f.metadata["help"]
-            + ("" if f.default in (None, False) else f" (default: {f.default})"),
+            + (
+                ""
+                if f.default in (None, False) or "(default:" in f.metadata["help"]
+                else f" (default: {f.default})"
+            ),  # fmt: skip
             "default": f.default,
         }
         if f.type == "bool":
@@ -431,10 +505,11 @@ def parse_args(argv: Sequence[str] | None) -> AppConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_args(argv)
     try:
-        launch(config)
+        _, studio = launch(config)  # returns when the server stops (Ctrl-C)
     except ArtgenError as e:
         print(f"artgen app: error: {e}", file=sys.stderr)
         return 2
+    studio.close()
     return 0
 
 

@@ -105,6 +105,27 @@ def resolve(spec: str) -> Path:
     raise ArtgenError(f"{spec}: no such file, and not a style name (known styles: {names})")
 
 
+def name_of(path: str | os.PathLike) -> str | None:
+    """The catalogue name of a bundled or fetched style image at ``path``, else None.
+
+    A PNG records this name, so its reproduce line says ``--style swirls`` and works
+    wherever the catalogue does, not only next to the catalogue's files.
+    """
+    try:
+        entries = load_manifest()
+    except ArtgenError:
+        return None
+    for e in entries:
+        if e.kind == "example" or not e.available:
+            continue
+        try:
+            if os.path.samefile(e.path, path):
+                return e.name
+        except OSError:
+            continue
+    return None
+
+
 def fetch(name: str, callback: Callable[[DownloadProgress], None] | None = None) -> Path:
     entries = {e.name: e for e in load_manifest() if e.kind == "fetchable"}
     if name not in entries:

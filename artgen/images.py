@@ -9,6 +9,7 @@ unless the caller asks for it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -30,6 +31,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".g
 MAX_PIXELS = 50_000_000  # about 7000 x 7000; larger inputs are refused, not decoded
 MIN_SIDE = 16
 PARAMS_KEY = "artgen"  # PNG text chunk holding a run's parameters
+MAX_PARAMS_CHARS = 200_000  # what artgen writes is a few hundred characters
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,63 @@ def grid(images: Sequence[Image.Image], cols: int | None = None, pad: int = 2) -
     return sheet
 
 
+# Places that are not files on disk: writing there fails (or worse) after all the work.
+_PSEUDO_FS = ("/proc", "/sys", "/dev")
+MAX_NAME_BYTES = 255  # one path component, on every common file system
+
+
+def _message(e: OSError) -> str:
+    return e.strerror or type(e).__name__
+
+
+def check_output(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Check, before any compute, that ``path`` can be written as an output file.
+
+    The parent is made if missing, and a probe file is created and removed in it, so a
+    read-only, full or pseudo file system fails here in one line rather than after a run.
+    """
+    path = Path(path)
+    name = str(path)
+    if "\x00" in name:
+        raise ArtgenError(f"{name[:200]!r}: a file name cannot contain a NUL byte")
+    if not path.name:
+        raise ArtgenError(f"{name}: not a file name")
+    if len(os.fsencode(path.name)) > MAX_NAME_BYTES:
+        raise ArtgenError(
+            f"{name[:80]}...: the file name is {len(os.fsencode(path.name))} bytes long; "
+            f"the limit is {MAX_NAME_BYTES}"
+        )
+    real = os.path.realpath(path)
+    for top in _PSEUDO_FS:
+        if real == top or real.startswith(top + os.sep):
+            raise ArtgenError(f"{name}: is inside {top}, not a place for output files")
+    if path.is_dir():
+        raise ArtgenError(f"{name}: is a folder; give a file name for the output")
+    if path.exists() and not overwrite:
+        raise ArtgenError(f"{name}: already exists (pass --overwrite to replace it)")
+    check_output_dir(path.parent, what=name)
+    return path
+
+
+def check_output_dir(folder: str | os.PathLike, *, what: str | None = None) -> Path:
+    """Make ``folder`` if missing and check that files can be created in it (one line if not)."""
+    folder = Path(folder)
+    what = what or str(folder)
+    for up in (folder, *folder.parents):
+        if up.exists() or up.is_symlink():
+            if not up.is_dir():
+                raise ArtgenError(f"{what}: {up} is a file, not a folder")
+            break
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".artgen-probe.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ArtgenError(f"{what}: cannot write in {folder} ({_message(e)})") from None
+    return folder
+
+
 def save_png(
     image: Image.Image,
     path: str | os.PathLike,
@@ -169,16 +228,20 @@ def save_png(
     The file is written under a temporary name in the same folder and then moved
     into place, so a killed process never leaves half an image. Without
     ``overwrite`` an existing file is never replaced (checked at the final link).
+    Every OSError becomes an ArtgenError naming the file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ArtgenError(f"{path}: is a folder; give a file name for the output")
     if path.exists() and not overwrite:
         raise ArtgenError(f"{path}: already exists (pass --overwrite to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
     info = PngImagePlugin.PngInfo()
     if params is not None:
         info.add_text(PARAMS_KEY, json.dumps(params, sort_keys=True))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
@@ -199,10 +262,161 @@ def save_png(
                 if path.exists():
                     raise ArtgenError(f"{path}: already exists") from None
                 os.replace(tmp, path)  # file systems without hard links
+    except OSError as e:
+        raise ArtgenError(f"{path}: cannot write ({_message(e)})") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+# ------------------------------------------------------- claiming outputs (concurrent runs)
+
+TMP_SUFFIX = ".tmp"
+LOCK_SUFFIX = ".lock"
+
+
+def _lock_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}{LOCK_SUFFIX}")
+
+
+class OutputClaim:
+    """An exclusive claim on an output file, held while it is being made.
+
+    The claim is a lock file ``.NAME.png.lock`` beside the output, holding the owner's PID.
+    Departure from a plain ``O_EXCL`` lock file: exclusivity comes from ``flock`` on it,
+    which the kernel drops when its owner dies, so a killed run's claim is stale at once
+    and no PID has to be guessed alive or dead (PIDs get reused). Where ``fcntl`` is
+    missing (Windows) the file is created with ``O_EXCL`` and a claim whose PID is gone is
+    taken over.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.lock = _lock_path(self.path)
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        """True if this process now holds the claim; False if another live run does."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return self._acquire_excl()
+        while True:
+            try:
+                fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise ArtgenError(f"{self.path}: cannot claim it ({_message(e)})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                return False
+            # The holder before us may have removed the file between our open and our lock:
+            # then we hold a lock on a name that no longer exists. Start again.
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.lock))
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                self._fd = fd
+                return True
+            os.close(fd)
+
+    def _acquire_excl(self) -> bool:  # pragma: no cover - Windows
+        for _ in range(2):
+            try:
+                fd = os.open(self.lock, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                if _pid_alive(_read_pid(self.lock)):
+                    return False
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.lock)
+                continue
+            os.write(fd, f"{os.getpid()}\n".encode())
+            self._fd = fd
+            return True
+        return False
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.lock)  # unlink while still holding it (see acquire)
+        os.close(self._fd)
+        self._fd = None
+
+    def owner(self) -> int | None:
+        return _read_pid(self.lock)
+
+    def __enter__(self) -> OutputClaim:
+        if not self.acquire():
+            pid = self.owner()
+            raise ArtgenError(
+                f"{self.path}: another artgen run{f' (pid {pid})' if pid else ''} is writing it"
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_pid(lock: Path) -> int | None:
+    try:
+        text = lock.read_text()[:20].strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _pid_alive(pid: int | None) -> bool:  # pragma: no cover - Windows
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_files(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files and lock files that killed runs left in ``folder``.
+
+    A ``.NAME.png.XXXXXXXX.tmp`` is removed only when nobody holds the claim on NAME.png,
+    so a run that is writing it right now keeps it. Returns what was removed.
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for p in sorted(folder.iterdir()):
+        name = p.name
+        if not name.startswith(".") or not p.is_file() or p.is_symlink():
+            continue
+        if name.endswith(LOCK_SUFFIX):
+            target = folder / name[1 : -len(LOCK_SUFFIX)]
+        elif name.endswith(TMP_SUFFIX) and name.count(".") >= 3:
+            target = folder / name[1:].rsplit(".", 2)[0]  # ".x.png.abc123.tmp" -> "x.png"
+        else:
+            continue
+        if not target.name.lower().endswith(".png"):
+            continue
+        claim = OutputClaim(target)
+        if not claim.acquire():
+            continue  # a live run is making it
+        try:
+            if name.endswith(TMP_SUFFIX):
+                p.unlink(missing_ok=True)
+                removed.append(p)
+        finally:
+            claim.release()  # also removes the (stale) lock file itself
+        if name.endswith(LOCK_SUFFIX):
+            removed.append(p)
+    return removed
 
 
 def read_params(path: str | os.PathLike) -> dict:
@@ -213,14 +427,26 @@ def read_params(path: str | os.PathLike) -> dict:
             text = getattr(im, "text", {}) or {}
     except FileNotFoundError:
         raise ArtgenError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError):
-        raise ArtgenError(f"{path}: not a PNG image") from None
+    except IsADirectoryError:
+        raise ArtgenError(f"{path}: is a folder, not a PNG image") from None
+    except ValueError:  # Pillow's own limit on decompressed text chunks (1 MB)
+        raise ArtgenError(f"{path}: holds a text chunk too large to read safely") from None
+    except (UnidentifiedImageError, OSError, SyntaxError):
+        raise ArtgenError(f"{path}: not a readable PNG image") from None
     if PARAMS_KEY not in text:
         raise ArtgenError(f"{path}: holds no artgen parameters (not written by artgen?)")
+    raw = text[PARAMS_KEY]
+    if len(raw) > MAX_PARAMS_CHARS:
+        raise ArtgenError(
+            f"{path}: its artgen parameters are {len(raw):,} characters long; artgen writes "
+            f"well under {MAX_PARAMS_CHARS:,}"
+        )
     try:
-        return json.loads(text[PARAMS_KEY])
+        return json.loads(raw)
     except json.JSONDecodeError:
         raise ArtgenError(f"{path}: its artgen parameters are not valid JSON") from None
+    except RecursionError:  # [[[[...]]]] nested past the interpreter's limit
+        raise ArtgenError(f"{path}: its artgen parameters are nested too deeply") from None
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -336,7 +336,7 @@ def load_fid_network(
     """
     if name not in FID_NETWORKS:
         raise ArtgenError(f"unknown feature network {name!r}; choose {', '.join(FID_NETWORKS)}")
-    choice = choose_backbone(name, weights)
+    choice = choose_backbone(name, weights, instead="--fid-network efficientnet-lite0")
     if name == "vgg19":
         fix = "delete it and run `artgen weights fetch vgg19`, or pass a good copy"
         build: Callable[[dict[str, torch.Tensor]], FeatureNet] = vgg19_feature_net

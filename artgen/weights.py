@@ -17,7 +17,7 @@ import torch
 
 from artgen.catalog import artgen_home
 from artgen.download import DownloadProgress, download
-from artgen.errors import ArtgenError
+from artgen.errors import ArtgenError, clip
 from artgen.models import backbones
 
 VGG19_FILE = "vgg19-dcbb9e9d.pth"
@@ -68,8 +68,16 @@ class BackboneChoice:
     note: str  # one line for the user: what was chosen and how to get the other
 
 
-def choose_backbone(name: str = "auto", weights: str | os.PathLike | None = None) -> BackboneChoice:
-    """Resolve a backbone name ('auto', 'vgg19', 'efficientnet-lite0') to a weights file."""
+def choose_backbone(
+    name: str = "auto",
+    weights: str | os.PathLike | None = None,
+    *,
+    instead: str = "--backbone efficientnet-lite0",
+) -> BackboneChoice:
+    """Resolve a backbone name ('auto', 'vgg19', 'efficientnet-lite0') to a weights file.
+
+    ``instead`` is the flag the caller's command takes to use the offline network.
+    """
     if name not in ("auto", *BACKBONES):
         raise ArtgenError(f"unknown backbone {name!r}; choose auto, {', '.join(BACKBONES)}")
     if name == "auto":
@@ -91,7 +99,7 @@ def choose_backbone(name: str = "auto", weights: str | os.PathLike | None = None
             raise ArtgenError(
                 f"VGG19 weights {VGG19_FILE} not found (looked in {where}); "
                 f"run `artgen weights fetch vgg19` (needs the internet), or pass --weights PATH, "
-                f"set {VGG19_ENV} or TORCH_HOME, or use --backbone efficientnet-lite0"
+                f"set {VGG19_ENV} or TORCH_HOME, or use {instead}"
             )
         return BackboneChoice("vgg19", vgg, f"backbone: vgg19 ({vgg})")
     path = Path(weights) if weights else efficientnet_lite0_path()
@@ -115,7 +123,9 @@ def read_state_dict(path: Path, fix: str) -> dict[str, torch.Tensor]:
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure here means an unusable file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ArtgenError(f"{path}: corrupt or not a weights file ({first[:120]}); {fix}") from None
+        raise ArtgenError(
+            f"{path}: corrupt or not a weights file ({clip(first, 120)}); {fix}"
+        ) from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
@@ -228,9 +238,6 @@ def load_adain(
 
 def load_adain_folder(folder: Path, device: str | torch.device = "cpu") -> torch.nn.Module:
     """A model folder: config.json (AdaINConfig) + decoder.safetensors."""
-    import json
-
-    from safetensors.torch import load_file
 
     from artgen.models import adain as adain_models
 
@@ -241,12 +248,17 @@ def load_adain_folder(folder: Path, device: str | torch.device = "cpu") -> torch
             f"{folder}: not {what} (needs config.json and decoder.safetensors); "
             "give a folder written by `artgen train adain`, or --model shipped"
         )
+    from artgen.checkpoint import check_finite, load_safetensors, read_json
+
+    raw = read_json(cfg_path, "AdaIN model config")
+    if not isinstance(raw, dict):
+        raise ArtgenError(f"{cfg_path}: holds a {type(raw).__name__}, not a config object")
     try:
-        config = adain_models.AdaINConfig.from_dict(json.loads(cfg_path.read_text()))
-        sd = load_file(str(weights_path))
-    except (OSError, ValueError, TypeError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise ArtgenError(f"{folder}: unreadable AdaIN model ({first})") from None
+        config = adain_models.AdaINConfig.from_dict(raw)
+    except (ValueError, TypeError, AttributeError, KeyError) as e:
+        raise ArtgenError(f"{cfg_path}: not an AdaIN model config ({clip(e, 160)})") from None
+    sd = load_safetensors(weights_path)
+    check_finite(sd, weights_path)
     enc_sd = None
     if config.encoder == "efficientnet-lite0":
         enc_sd = read_state_dict(
@@ -262,8 +274,9 @@ def load_adain_folder(folder: Path, device: str | torch.device = "cpu") -> torch
     try:
         model.decoder.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0][:160]
-        raise ArtgenError(f"{weights_path}: does not match its config.json ({first})") from None
+        raise ArtgenError(
+            f"{weights_path}: does not match its config.json ({clip(e, 160)})"
+        ) from None
     return model.eval().to(device)
 
 

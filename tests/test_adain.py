@@ -239,3 +239,47 @@ def test_gatys_can_start_from_the_fast_picture(shipped, lite0):
                                 iterations=1, lr=0.001)  # fmt: skip
     to_fast = (to_tensor(one_step) - to_tensor(fast)).abs().mean().item()
     assert to_fast < 0.01 < (to_tensor(from_photo) - to_tensor(fast)).abs().mean().item()
+
+
+def test_a_damaged_model_folder_is_one_line_naming_the_file(tmp_path, images, capsys):
+    """`--model FOLDER`: a truncated, non-finite or garbled model gives one line, exit 2."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from artgen.cli import main
+    from artgen.weights import ADAIN_SHIPPED
+
+    def copy(name):
+        d = tmp_path / name
+        shutil.copytree(ADAIN_SHIPPED, d)
+        return d
+
+    cases = {}
+    d = copy("truncated")
+    w = d / "decoder.safetensors"
+    w.write_bytes(w.read_bytes()[:5000])
+    cases[d] = "decoder.safetensors: unreadable, truncated"
+    d = copy("nan")
+    sd = load_file(str(d / "decoder.safetensors"))
+    first = sorted(sd)[0]
+    sd[first] = torch.full_like(sd[first], float("nan"))
+    save_file(sd, str(d / "decoder.safetensors"))
+    cases[d] = f"{first} holds non-finite values"
+    for name, text in (("list", "[]"), ("brace", "{"), ("deep", "[" * 50_000),
+                       ("widths", '{"encoder": "efficientnet-lite0", "widths": 5}')):  # fmt: skip
+        d = copy(name)
+        (d / "config.json").write_text(text)
+        cases[d] = "config.json"
+    d = copy("keys")
+    cfg = json.loads((ADAIN_SHIPPED / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "levels": None}))
+    cases[d] = "not an AdaIN model config"
+    for folder, why in cases.items():
+        rc = main(["stylize", str(images["content"]), "--method", "adain", "--model", str(folder),
+                   "--style", str(images["style"]), "--size", "48", "-o",
+                   str(tmp_path / f"{folder.name}.png"), "-q"])  # fmt: skip
+        err = capsys.readouterr().err
+        assert rc == 2 and why in err and err.count("\n") == 1, (folder.name, err)
+        assert str(folder) in err

@@ -45,6 +45,7 @@ def server():
     demo, studio = app.launch(cfg, prevent_thread_lock=True)
     yield f"http://127.0.0.1:{cfg.port}/", studio
     demo.close()
+    studio.close()
 
 
 def args(content, style_weights=(1, 0, 0, 0), size=128, quality="Fast preview", seed=0):
@@ -111,24 +112,78 @@ def test_bad_uploads_get_clear_errors_and_server_keeps_serving(server, tmp_path)
     buf = io.BytesIO()
     photo(300, 200).save(buf, format="JPEG")
     (tmp_path / "cut.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    # Refused while Gradio opens the upload: an error toast.
     expected = {
         "notes.png": "Content: notes.png is not an image",
         "bomb.png": "Content: bomb.png has too many pixels",
-        "big.png": "content: big.png: refused, 6000x5000 is 30,000,000 pixels (limit 24,000,000)",
-        "cut.jpg": "content: cut.jpg: corrupt or truncated image",
     }
     for name, message in expected.items():
         with pytest.raises(AppError) as e:
             client.predict(*args(tmp_path / name), api_name="/stylize")
         assert message in str(e.value), (name, str(e.value))
-    with pytest.raises(AppError, match="Pick at least one style"):
-        client.predict(
-            *args(REPO / "styles/examples/chelsea.jpg", style_weights=(0, 0, 0, 0)),
-            api_name="/stylize",
-        )
+    # Refused by artgen's own checks: the status line says why.
+    expected = {
+        "big.png": "content: big.png: refused, 6000x5000 is 30,000,000 pixels (limit 24,000,000)",
+        "cut.jpg": "content: cut.jpg: corrupt or truncated image",
+    }
+    for name, message in expected.items():
+        status = client.predict(*args(tmp_path / name), api_name="/stylize")[1]
+        assert message in status, (name, status)
+    # No style: said in the status line; the result is left as it was (no error badges).
+    _, status, _, _ = client.predict(
+        *args(REPO / "styles/examples/chelsea.jpg", style_weights=(0, 0, 0, 0)),
+        api_name="/stylize",
+    )
+    assert "Not started" in status and "Pick at least one style" in status
     # Still serving.
     path = client.predict(*args(REPO / "styles/examples/coffee.jpg"), api_name="/stylize")[0]
     assert Image.open(path).size == (128, 85)
+
+
+def test_bad_seed_is_said_in_the_status_line_and_nothing_changes(server):
+    _, studio = server
+    n = len(studio.styles)
+    content = str(REPO / "styles/examples/coffee.jpg")
+    for seed in (1e30, -1, 2.5, float("nan"), float("inf")):
+        rest = [1] + [0] * (n - 1) + [None, 1, None, 1, 1.0, "none", 128, "Fast preview",
+                                      "efficientnet-lite0", seed, []]  # fmt: skip
+        updates = list(studio.stylize(content, *rest))
+        assert len(updates) == 1, seed
+        image, status, download, gallery, history = updates[0]
+        assert status.startswith("**Not started:** Seed") and "whole number from 0 to" in status
+        assert all(not isinstance(x, (str, list)) for x in (image, download, gallery, history))
+    rest = [1] + [0] * (n - 1) + [None, 1, None, 1, 1.0, "none", 128, "Instant", "auto", 1e30, []]
+    image, status, _ = studio.live(content, *rest)
+    assert "Seed" in status and not isinstance(image, str)
+
+
+def test_each_server_keeps_its_files_in_a_private_folder_removed_on_close(server, tmp_path):
+    import os
+    import tempfile
+
+    url, studio = server
+    assert os.environ["GRADIO_TEMP_DIR"] == str(studio.cache_dir)
+    assert studio.cache_dir.parent == studio.root == studio.out_dir.parent
+    client = Client(url, verbose=False)
+    path = client.predict(*args(REPO / "styles/examples/coffee.jpg"), api_name="/stylize")[0]
+    served = {p.name for p in studio.cache_dir.rglob("*") if p.is_file()}
+    assert "coffee.jpg" in served  # the upload landed in this server's cache
+    assert Image.open(path).size == (128, 85)
+
+    # A second studio (not launched) removes a killed server's folder and its own on close.
+    app = load_app()
+    dead = tempfile.mkdtemp(prefix=app.ROOT_PREFIX)
+    os.makedirs(os.path.join(dead, "gradio"))
+    with open(os.path.join(dead, "pid"), "w") as f:
+        f.write("999999999\n")  # no such process
+    other = app.Studio(app.AppConfig(device="cpu"))
+    try:
+        assert not os.path.exists(dead) and studio.root.exists()  # a live server's is kept
+        assert other.root.exists()
+    finally:
+        other.close()
+        os.environ["GRADIO_TEMP_DIR"] = str(studio.cache_dir)  # the fixture's server goes on
+    assert not other.root.exists()
 
 
 def test_stop_cancels_and_frees_the_worker(server):

@@ -276,7 +276,7 @@ def test_catalogue_files_exist_and_fetch_checks_hashes(tmp_path, monkeypatch, ca
     shutil.copytree(REPO / "styles", styles)
     (styles / "manifest.json").write_text(json.dumps(manifest))
     monkeypatch.setenv("ARTGEN_STYLES_DIR", str(styles))
-    assert main(["styles", "fetch", "starry-night"]) == 1
+    assert main(["styles", "fetch", "starry-night"]) == 2
     assert "corrupt: sha256" in capsys.readouterr().err
     from artgen.images import sha256_file
 
@@ -340,7 +340,7 @@ def test_fast_batch_goes_in_batches_and_resumes(folder, images, tmp_path, capsys
     assert main(argv) == 1  # broken.jpg fails, the rest are done
     text = capsys.readouterr().out
     assert "4 stylised, 0 already done (skipped), 1 failed" in text and "broken.jpg" in text
-    assert calls == [2, 2]  # passes of 3 files; broken.jpg (first) fails to load, 2 + 2 remain
+    assert calls == [3, 1]  # passes fill up to 3 loaded pictures; broken.jpg fails to load
     assert sorted(p.name for p in out.iterdir()) == [f"img{k}.png" for k in range(4)]
     assert read_params(out / "img0.png")["method"] == "adain"
     (out / "img1.png").unlink()
@@ -415,3 +415,223 @@ def test_a_third_method_is_one_file_and_one_registry_line(images, tmp_path, monk
     assert Image.open(out).size == (32, 21) and read_params(out)["method"] == "identity"
     assert main(["info", str(out)]) == 0
     assert "--method identity" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------- input hardening (#15)
+
+
+def _never_stylize(monkeypatch):
+    """Make any stylisation fail the test: errors must come before the work."""
+
+    def boom(*a, **k):
+        raise AssertionError("stylised before the output was checked")
+
+    monkeypatch.setattr(gatys_mod, "stylize", boom)
+
+
+def test_bad_outputs_are_refused_before_any_work(images, tmp_path, capsys, monkeypatch):
+    _never_stylize(monkeypatch)
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "x.png").mkdir()
+    cases = [
+        ([str(tmp_path / "afile" / "out.png")], "is a file, not a folder"),
+        ([str(tmp_path / "x.png"), "--overwrite"], "is a folder"),
+        ([str(tmp_path / ("n" * 300 + ".png"))], "the limit is 255"),
+        (["/proc/artgen-out.png"], "inside /proc"),
+        (["/sys/artgen-out.png", "--overwrite"], "inside /sys"),
+    ]
+    for out, why in cases:
+        rc = main(["stylize", str(images["content"]), "--style", str(images["style"]), "-o", *out,
+                   *FAST])  # fmt: skip
+        err = capsys.readouterr().err
+        assert rc == 2 and why in err and err.count("\n") == 1, (out, err)
+        assert "Traceback" not in err
+    assert (tmp_path / "x.png").is_dir() and (tmp_path / "afile").read_text() == "x"
+
+
+def test_batch_refuses_an_unwritable_output_folder_before_any_work(
+    folder, images, tmp_path, capsys, monkeypatch
+):
+    _never_stylize(monkeypatch)
+    (tmp_path / "afile").write_text("x")
+    for out, why in ((tmp_path / "afile" / "out", "is a file, not a folder"),
+                     ("/proc/artgen-batch", "cannot write in /proc/artgen-batch")):  # fmt: skip
+        rc = main(["batch", str(folder), "--style", str(images["style"]), "-o", str(out), *FAST])
+        err = capsys.readouterr().err
+        assert rc == 2 and why in err and err.count("\n") == 1, err
+
+
+def test_batch_never_overwrites_an_input_through_a_symlink(images, tmp_path, capsys):
+    shared = tmp_path / "sh"
+    shared.mkdir()
+    photo(48, 40).save(shared / "f1.png")
+    before = (shared / "f1.png").read_bytes()
+    nest = tmp_path / "nest" / "in"
+    nest.mkdir(parents=True)
+    (nest / "f1.png").symlink_to(shared / "f1.png")
+    rc = main(["batch", str(nest), "--style", str(images["style"]), "-o", str(shared),
+               "--overwrite", *FAST])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "never overwrites an input" in err and err.count("\n") == 1
+    assert (shared / "f1.png").read_bytes() == before
+
+
+def test_reproduce_lines_work_for_bundled_fetched_and_path_styles(
+    images, tmp_path, capsys, monkeypatch
+):
+    from artgen import catalog
+
+    # A fetched painting: put a file where `styles fetch` would (its checksum is not checked
+    # on use, only on download).
+    entry = next(e for e in catalog.load_manifest() if e.name == "shipwreck")
+    entry.path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(images["style2"], entry.path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for spec, expected in (("swirls", "--style swirls:1"), ("shipwreck", "--style shipwreck:1"),
+                           (str(images["style"]), "--style style.png:1")):  # fmt: skip
+        out = tmp_path / f"{os.path.basename(spec)}.png"
+        assert main(["stylize", str(images["content"]), "--style", spec, "-o", str(out),
+                     *FAST]) == 0  # fmt: skip
+        capsys.readouterr()
+        assert main(["info", str(out)]) == 0
+        cmd = capsys.readouterr().out.strip().splitlines()[-1].strip()
+        assert expected in cmd, cmd
+        # The line runs where the inputs are (a catalogue name resolves from anywhere).
+        cwd = images["content"].parent
+        if spec in ("swirls", "shipwreck"):
+            shutil.copy(images["content"], elsewhere / "content.png")
+            cwd = elsewhere
+        monkeypatch.chdir(cwd)
+        again = tmp_path / f"again-{os.path.basename(spec)}.png"
+        assert main(cmd.split()[1:-2] + ["-o", str(again), "-q"]) == 0, cmd
+        assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(out)))
+        capsys.readouterr()
+
+
+def test_info_survives_fuzzed_metadata(images, tmp_path, capsys):
+    """Random mutations of real metadata: every outcome is a printed report or one line."""
+    import random
+    import shlex
+
+    from artgen.images import save_png
+
+    good = tmp_path / "good.png"
+    assert main(["stylize", str(images["content"]), "--style", "swirls", "-o", str(good),
+                 *FAST]) == 0  # fmt: skip
+    capsys.readouterr()
+    params = read_params(good)
+    base = Image.open(good)
+    base.load()
+    rng = random.Random(0)
+    odd = [None, True, -1, 0, 1e308, float("nan"), "", "x" * 5000, "$(touch /tmp/artgen-fz)",
+           [], {}, [[[[]]]], {"a": {"b": {}}}, "cuda:0", 2**70, "a\nb"]  # fmt: skip
+
+    def mutate(obj, depth=0):
+        if isinstance(obj, dict) and obj and rng.random() < 0.7:
+            obj = dict(obj)
+            key = rng.choice(list(obj))
+            r = rng.random()
+            if r < 0.2:
+                del obj[key]
+            elif r < 0.3:
+                obj[rng.choice(["nope", "file", "weight", "name", "sha256"])] = rng.choice(odd)
+            elif r < 0.7 and depth < 3:
+                obj[key] = mutate(obj[key], depth + 1)
+            else:
+                obj[key] = rng.choice(odd)
+            return obj
+        if isinstance(obj, list) and obj and rng.random() < 0.7:
+            obj = list(obj)
+            k = rng.randrange(len(obj))
+            obj[k] = mutate(obj[k], depth + 1) if rng.random() < 0.6 else rng.choice(odd)
+            return obj
+        return rng.choice(odd)
+
+    path = tmp_path / "fz.png"
+    outcomes = {0: 0, 2: 0}
+    for _ in range(300):
+        p = mutate(params)
+        try:
+            text = json.dumps(p)
+        except ValueError:
+            continue
+        if path.exists():
+            path.unlink()
+        save_png(base, path, params=json.loads(text))
+        rc = main(["info", str(path)])
+        out, err = capsys.readouterr()
+        outcomes[rc] += 1
+        if rc == 0:
+            cmd = out.strip().splitlines()[-1].strip()
+            words = shlex.split(cmd)
+            assert words[:2] == ["artgen", "stylize"] and words[-2:] == ["-o", "OUT.png"]
+        else:
+            assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert outcomes[0] > 10 and outcomes[2] > 100, outcomes
+    assert not os.path.exists("/tmp/artgen-fz")
+
+
+def test_concurrent_batches_share_the_work(folder, images, tmp_path):
+    """Two identical `artgen batch` runs at once: every picture made once, none 'failed'."""
+    import subprocess
+    import sys
+
+    (folder / "broken.jpg").unlink()
+    for k in range(4, 10):
+        photo(48, 40, seed=k).save(folder / f"img{k}.png")
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "artgen", "batch", str(folder), "--method", "adain", "--style",
+            str(images["style"]), "-o", str(out), "--size", "48", "--batch-size", "1", "-q"]  # fmt: skip
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]  # fmt: skip
+    results = [p.communicate(timeout=300) for p in procs]
+    for p, (o, e) in zip(procs, results, strict=True):
+        assert p.returncode == 0, (o, e)
+        assert "0 failed" in o, o
+    made = [int(o.split(" stylised")[0].strip().splitlines()[-1]) for o, _ in results]
+    assert sum(made) == 10, results  # each picture was made by exactly one of the two
+    print("made by each run:", made)
+    assert sorted(p.name for p in out.iterdir()) == [f"img{k}.png" for k in range(10)]
+
+
+def test_batch_counts_what_another_run_does_as_skipped(folder, images, tmp_path, capsys):
+    """In-process: one output claimed by 'another run', one finished by it after planning."""
+    from artgen.images import OutputClaim, load_image
+    from artgen.style import get_method
+    from artgen.style.batch import BatchOptions, plan_batch, run_batch
+
+    (folder / "broken.jpg").unlink()
+    out = tmp_path / "out"
+    jobs = plan_batch(folder, out, BatchOptions())
+    out.mkdir()
+    (out / ".img3.png.a1b2c3d4.tmp").write_bytes(b"left by a killed run")
+    photo(48, 40).save(out / "img2.png")  # another run finished it after we planned
+    adain = get_method("adain")
+    options = adain.options(size=48)
+    with OutputClaim(out / "img1.png"):  # another run is making it
+        results = run_batch(jobs, [(load_image(images["style"]), 1.0)], options,
+                            BatchOptions(batch_size=1))  # fmt: skip
+    status = {r.job.output.name: (r.status, r.error) for r in results}
+    assert status["img0.png"] == ("done", None) and status["img3.png"] == ("done", None)
+    assert status["img1.png"] == ("skipped", "another artgen run is making it")
+    assert status["img2.png"] == ("skipped", "another artgen run made it")
+    assert sorted(p.name for p in out.iterdir()) == ["img0.png", "img2.png", "img3.png"]
+
+
+def test_messages_name_the_right_flag_and_defaults_once(tmp_path, capsys):
+    from artgen.metrics import load_fid_network
+
+    with pytest.raises(Exception) as e:
+        load_fid_network("vgg19")
+    assert "--fid-network efficientnet-lite0" in str(e.value)
+    assert "--backbone" not in str(e.value)
+    for argv in (["stylize", "--help"], ["eval", "--help"], ["finetune", "gan", "--help"],
+                 ["stylize", "--method", "adain", "--help"], ["batch", "--help"]):  # fmt: skip
+        with pytest.raises(SystemExit):
+            main(argv)
+        text = " ".join(capsys.readouterr().out.split())
+        for chunk in text.split("(default:")[1:]:
+            assert "(default:" not in chunk.split(")")[0]
+        for line in text.split("--"):
+            assert line.count("(default:") <= 1, (argv, line)

@@ -113,3 +113,115 @@ def test_saved_files_get_normal_permissions(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "p.png").stat().st_mode & 0o777 == 0o644
+
+
+# ------------------------------------------------- outputs: checked before work, claimed
+
+
+def test_check_output_refuses_unwritable_places_in_one_line(tmp_path):
+    from artgen.images import check_output, check_output_dir
+
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "x.png").mkdir()
+    cases = {
+        tmp_path / "afile" / "out.png": "is a file, not a folder",
+        tmp_path / "afile" / "deeper" / "out.png": "is a file, not a folder",
+        tmp_path / "x.png": "is a folder",
+        tmp_path / ("n" * 300 + ".png"): "the limit is 255",
+        "/proc/artgen-out.png": "inside /proc",
+        "/sys/kernel/artgen.png": "inside /sys",
+    }
+    for path, why in cases.items():
+        for overwrite in (False, True):
+            with pytest.raises(ArtgenError) as e:
+                check_output(path, overwrite=overwrite)
+            assert why in str(e.value) and "\n" not in str(e.value), (path, str(e.value))
+    with pytest.raises(ArtgenError, match="is a file, not a folder"):
+        check_output_dir(tmp_path / "afile" / "sub")
+    assert check_output(tmp_path / "new" / "dir" / "ok.png") == tmp_path / "new/dir/ok.png"
+    assert (tmp_path / "new" / "dir").is_dir() and not list((tmp_path / "new/dir").iterdir())
+
+
+def test_save_png_turns_os_errors_into_one_line(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "x.png").mkdir()
+    for path in (tmp_path / "afile" / "o.png", tmp_path / "x.png", "/proc/artgen.png"):
+        with pytest.raises(ArtgenError) as e:
+            save_png(photo(32, 32), path, overwrite=True)
+        assert "\n" not in str(e.value) and str(path)[:20] in str(e.value)
+    assert (tmp_path / "x.png").is_dir()  # the folder was not replaced
+
+
+def test_read_params_refuses_deep_and_huge_metadata(tmp_path):
+    from PIL import PngImagePlugin
+
+    for text, why in (("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+                      ('"' + "a" * 300_000 + '"', "characters long"),
+                      ('"' + "a" * 1_200_000 + '"', "too large to read safely")):  # fmt: skip
+        info = PngImagePlugin.PngInfo()
+        info.add_text("artgen", text, zip=True)
+        p = tmp_path / "t.png"
+        photo(32, 32).save(p, pnginfo=info)
+        with pytest.raises(ArtgenError, match=why):
+            read_params(p)
+
+
+def test_an_output_claim_is_exclusive_and_released(tmp_path):
+    from artgen.images import OutputClaim
+
+    out = tmp_path / "a.png"
+    first = OutputClaim(out)
+    assert first.acquire() and first.owner() == os.getpid()
+    assert not OutputClaim(out).acquire()  # a second open file description: refused
+    with pytest.raises(ArtgenError, match="another artgen run .pid \\d+. is writing it"):
+        with OutputClaim(out):
+            pass
+    first.release()
+    assert not (tmp_path / ".a.png.lock").exists()
+    (tmp_path / ".a.png.lock").write_text("12345\n")  # left by a killed run: nobody holds it
+    with OutputClaim(out) as c:
+        assert c.owner() == os.getpid()
+
+
+def test_a_killed_owner_leaves_a_claim_that_is_free_at_once(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "k.png"
+    code = ("import sys, time; from artgen.images import OutputClaim; "
+            f"c = OutputClaim({str(out)!r}); assert c.acquire(); print('held', flush=True); "
+            "time.sleep(60)")  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        from artgen.images import OutputClaim
+
+        assert not OutputClaim(out).acquire()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        c = OutputClaim(out)
+        assert c.acquire()
+        c.release()
+    finally:
+        proc.kill()
+
+
+def test_stale_temporary_files_are_cleaned_unless_being_written(tmp_path):
+    from artgen.images import OutputClaim, clean_stale_files
+
+    killed = tmp_path / ".a.png.k3j2h1g0.tmp"  # a run was killed while writing a.png
+    killed.write_bytes(b"half a png")
+    writing = tmp_path / ".b.png.zz99yy88.tmp"  # b.png is being written right now
+    writing.write_bytes(b"in progress")
+    stale_lock = tmp_path / ".c.png.lock"
+    stale_lock.write_text("999999\n")
+    mine = [tmp_path / ".hidden.tmp", tmp_path / "notes.png.x.tmp", tmp_path / ".d.jpg.abc.tmp"]
+    for p in mine:  # not artgen's: never touched
+        p.write_text("user file")
+    with OutputClaim(tmp_path / "b.png"):
+        removed = clean_stale_files(tmp_path)
+        assert writing.exists()
+    assert sorted(p.name for p in removed) == sorted([killed.name, stale_lock.name])
+    assert not killed.exists() and not stale_lock.exists()
+    assert all(p.exists() for p in mine)

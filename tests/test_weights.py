@@ -85,6 +85,9 @@ def test_corrupt_weights_name_the_file_and_the_fix(tmp_path):
         load_backbone(choose_backbone("vgg19", bad))
     msg = str(e.value)
     assert str(bad) in msg and "corrupt" in msg and "artgen weights fetch vgg19" in msg
+    # torch's reason is quoted whole, or cut at a word with an ellipsis (not mid-word).
+    reason = msg.split("corrupt or not a weights file (", 1)[1].rsplit("); ", 1)[0]
+    assert len(reason) <= 120 and (reason.endswith("…") or len(reason) < 119), reason
     wrong = tmp_path / "wrong.pth"
     torch.save({"features.0.weight": torch.zeros(3)}, wrong)
     with pytest.raises(ArtgenError, match="not torchvision VGG19 weights"):
@@ -122,3 +125,14 @@ def test_batchnorm_folding_keeps_the_features():
         a, b = folded(x, folded.stage_names), plain(x, plain.stage_names)
     for k in folded.stage_names:
         assert torch.allclose(a[k], b[k], atol=1e-3, rtol=1e-3), k
+
+
+def test_clip_cuts_at_a_word_and_keeps_one_line():
+    from artgen.errors import clip
+
+    assert clip("short text") == "short text"
+    text = "Invalid magic number; corrupt file? " * 10 + "\nsecond line"
+    cut = clip(text, 50)
+    assert len(cut) <= 50 and cut.endswith("…") and "\n" not in cut
+    assert text.startswith(cut[:-1]) and text[len(cut) - 1] in " ;?"  # ends on a word boundary
+    assert len(clip("x" * 10_000_000, 200)) == 200  # a huge value is not walked whole

@@ -52,7 +52,7 @@ def _add_dataclass_flags(
             continue
         flag = ("-" if len(f.name) == 1 else "--") + f.name.replace("_", "-")
         help_ = f.metadata.get("help", "")
-        if f.default is not None:
+        if f.default is not None and "(default:" not in help_:
             help_ += f" (default: {f.default})"
         kw: dict = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_}
         # The annotation as written (a string under `from __future__ import annotations`).
@@ -374,26 +374,29 @@ def _same_file(a: str, b: str) -> bool:
 
 
 def _cmd_stylize(args: argparse.Namespace) -> int:
-    from artgen.images import load_image, save_png
+    from artgen import catalog
+    from artgen.images import OutputClaim, check_output, load_image, save_png
     from artgen.style import run_params
 
     out = args.output
     if not out.lower().endswith(".png"):
         raise ArtgenError(f"{out}: output must be a .png file (it carries the parameters)")
-    inputs = [args.content, *[s for s, _ in args.style]]
+    inputs = [args.content, *[str(catalog.resolve(s)) for s, _ in args.style]]
     if any(_same_file(out, i) for i in inputs):
         raise ArtgenError(f"{out}: is one of the inputs; artgen never overwrites an input")
-    if os.path.exists(out) and not args.overwrite:
-        raise ArtgenError(f"{out}: already exists (pass --overwrite to replace it)")
+    check_output(out, overwrite=args.overwrite)  # before any compute
     content = load_image(args.content)
     method, options, model, device, styles = _setup(args)
     bar = _Bar(args.quiet)
-    try:
-        image = method.stylize(content, styles, options, model=model, device=device, callback=bar)
-    finally:
-        bar.close()
-    params = run_params(content, styles, options, image, device)
-    path = save_png(image, out, params=params, overwrite=args.overwrite)
+    with OutputClaim(out):
+        try:
+            image = method.stylize(
+                content, styles, options, model=model, device=device, callback=bar
+            )
+        finally:
+            bar.close()
+        params = run_params(content, styles, options, image, device)
+        path = save_png(image, out, params=params, overwrite=args.overwrite)
     print(f"wrote {path} ({image.width}x{image.height})")
     return 0
 
@@ -409,8 +412,12 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     if not jobs:
         print(f"no images to do in {args.in_dir} (shard {i}/{n})")
         return 0
-    if any(_same_file(j.output, s) for j in jobs for s, _ in args.style):
+    from artgen import catalog
+    from artgen.images import check_output_dir
+
+    if any(_same_file(j.output, catalog.resolve(s)) for j in jobs for s, _ in args.style):
         raise ArtgenError("an output would overwrite a style image; choose another output folder")
+    check_output_dir(args.output)  # before any compute
     method, options, model, device, styles = _setup(args)
     overall = tqdm(
         total=len(jobs), desc=f"batch {i}/{n}", unit="img", position=0, disable=args.quiet
@@ -437,9 +444,12 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         overall.close()
     done = sum(r.status == "done" for r in results)
     skipped = sum(r.status == "skipped" for r in results)
+    by_other = sum(r.status == "skipped" and r.error is not None for r in results)
     failed = [r for r in results if r.status == "failed"]
     print(
-        f"{done} stylised, {skipped} already done (skipped), {len(failed)} failed -> {args.output}"
+        f"{done} stylised, {skipped} already done (skipped"
+        + (f"; {by_other} by another run" if by_other else "")
+        + f"), {len(failed)} failed -> {args.output}"
     )
     for r in failed:
         print(f"  failed: {r.error}")
@@ -465,11 +475,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
     c = params["content"]
     print(f"  content: {c['file'][:200]}  sha256 {c['sha256'][:16]}...")
     for s in params["styles"]:
-        print(f"  style:   {s['file'][:200]}  weight {s['weight']:g}  sha256 {s['sha256'][:16]}...")
+        name = f" (catalogue style {s['name'][:80]})" if s.get("name") else ""
+        print(
+            f"  style:   {s['file'][:200]}{name}  weight {s['weight']:g}  sha256 {s['sha256'][:16]}..."
+        )
     print(f"  device:  {params.get('device')}")
     print("  options:")
     for k, v in options.to_dict().items():
-        print(f"    {k}: {v}")
+        print(f"    {k}: {str(v)[:200]}")
     print("reproduce with:")
     print("  " + reproduce_command(params))
     return 0
@@ -697,14 +710,15 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         run_class_index,
         sample_gan_run,
     )
-    from artgen.images import grid, save_png
+    from artgen.images import check_output, check_output_dir, grid, save_png
 
     _quiet_libraries()
     out = args.output
     if not out.lower().endswith(".png"):
         raise ArtgenError(f"{out}: output must be a .png file")
-    if os.path.exists(out) and not args.overwrite:
-        raise ArtgenError(f"{out}: already exists (pass --overwrite to replace it)")
+    check_output(out, overwrite=args.overwrite)  # before any compute
+    if args.each:
+        check_output_dir(args.each)
     options = _options(args, SampleOptions)
     gan = _options(args, GanSampleOptions)
     gan_run = is_gan_run(args.run)
@@ -785,7 +799,7 @@ def _cmd_styles(args: argparse.Namespace) -> int:
         except ArtgenError as e:
             print(f"artgen: error: {e}", file=sys.stderr)
             failed += 1
-    return 1 if failed else 0
+    return 2 if failed else 0  # as `weights fetch`: an ArtgenError is exit 2
 
 
 __all__ = ["main", "build_parser"]

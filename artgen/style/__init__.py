@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import math
 import os
+import re
 import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -20,7 +22,7 @@ from typing import Any
 
 from PIL import Image
 
-from artgen.errors import ArtgenError
+from artgen.errors import ArtgenError, clip
 
 # name -> module that defines METHOD. The first is the default.
 METHODS: dict[str, str] = {
@@ -115,15 +117,17 @@ def run_params(
     device: Any = None,
 ) -> dict[str, Any]:
     """What a PNG records about the run that made it: enough to make it again."""
-    from artgen import __version__
+    from artgen import __version__, catalog
     from artgen.devices import resolve_device
     from artgen.images import sha256_file
 
     m = method_of(options)
 
-    def ident(im: Any) -> dict[str, Any]:
+    def ident(im: Any, style: bool = False) -> dict[str, Any]:
         if os.path.isfile(im.name):
-            return {"file": os.path.basename(im.name), "sha256": sha256_file(im.name)}
+            out = {"file": os.path.basename(im.name), "sha256": sha256_file(im.name)}
+            name = catalog.name_of(im.name) if style else None
+            return {**out, "name": name} if name else out
         return {"file": im.name, "sha256": hashlib.sha256(im.rgb.tobytes()).hexdigest()}
 
     opts = options.to_dict()
@@ -134,13 +138,10 @@ def run_params(
         "artgen": __version__,
         "method": m.name,
         "content": ident(content),
-        "styles": [{**ident(s), "weight": w} for s, w in styles],
+        "styles": [{**ident(s, style=True), "weight": w} for s, w in styles],
         "options": opts,
         "device": str(resolve_device(device) if device is not None else "cpu"),
     }
-
-
-DEVICES = ("cpu", "cuda", "mps")
 
 
 def validate_params(params: Any) -> tuple[StyleMethod, Any]:
@@ -159,16 +160,24 @@ def validate_params(params: Any) -> tuple[StyleMethod, Any]:
     except ArtgenError:
         raise
     except (TypeError, ValueError, AttributeError, RecursionError) as e:
-        raise ArtgenError(f"its options do not fit method {m.name} ({str(e)[:120]})") from None
-    if str(params.get("device", "cpu")).split(":")[0] not in DEVICES:
-        raise ArtgenError(f"unknown device {str(params.get('device'))[:40]!r}")
-    for item in [params.get("content"), *(params.get("styles") or [None])]:
+        raise ArtgenError(f"its options do not fit method {m.name} ({clip(e, 120)})") from None
+    device = params.get("device", "cpu")
+    if not isinstance(device, str) or not re.fullmatch(r"(cpu|mps|cuda)(:\d{1,3})?", device):
+        raise ArtgenError(f"unknown device {str(device)[:40]!r}")
+    styles = params.get("styles")
+    if not isinstance(styles, list) or not styles or len(styles) > 64:
+        raise ArtgenError("its styles are not a list of 1 to 64 entries")
+    for item in [params.get("content"), *styles]:
         if not (isinstance(item, dict) and isinstance(item.get("file"), str)
-                and isinstance(item.get("sha256", ""), str)):  # fmt: skip
+                and 0 < len(item["file"]) <= 4096
+                and isinstance(item.get("sha256"), str)):  # fmt: skip
             raise ArtgenError("its content/style entries are not {file, sha256} records")
-    for s in params["styles"]:
-        if not isinstance(s.get("weight"), (int, float)) or isinstance(s.get("weight"), bool):
-            raise ArtgenError("a style weight is not a number")
+    for s in styles:
+        w = s.get("weight")
+        if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w) or w < 0:
+            raise ArtgenError("a style weight is not a number >= 0")
+        if not isinstance(s.get("name", ""), str) or len(s.get("name", "")) > 200:
+            raise ArtgenError("a style's catalogue name is not a short string")
     return m, options
 
 
@@ -182,7 +191,8 @@ def reproduce_command(params: dict[str, Any]) -> str:
     if m.name != DEFAULT_METHOD:
         parts += ["--method", m.name]
     for s in params["styles"]:
-        parts += ["--style", f"{s['file']}:{s['weight']:g}"]
+        # A catalogue style by its name (it resolves anywhere); other files by their name.
+        parts += ["--style", f"{s.get('name') or s['file']}:{s['weight']:g}"]
     defaults = m.options().to_dict()
     for f in fields(m.options):
         v = options.to_dict()[f.name]

@@ -85,6 +85,8 @@ class AdaINOptions:
                 raise bad(name, "must be a number")
         if not 16 <= self.size <= 16384:
             raise bad("size", "must be between 16 and 16384")
+        if not 0 <= self.seed < 2**63:
+            raise bad("seed", "must be a whole number from 0 to 2**63 - 1")
         if not 0.0 <= self.strength <= 1.0:
             raise bad("strength", "must be between 0 and 1")
         if not 0.05 <= self.style_scale <= 8.0:

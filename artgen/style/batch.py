@@ -2,6 +2,9 @@
 
 Each output is written atomically, so a run that is killed leaves only whole
 pictures behind; running the same command again skips them and finishes the rest.
+Each output is claimed (:class:`artgen.images.OutputClaim`) before it is made, so two
+runs on the same folder share the work instead of both doing all of it, and what a
+killed run left behind (temporary and lock files) is removed when the next one starts.
 """
 
 from __future__ import annotations
@@ -14,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from artgen.errors import ArtgenError
-from artgen.images import IMAGE_SUFFIXES, LoadedImage, load_image, save_png
+from artgen.images import (
+    IMAGE_SUFFIXES,
+    LoadedImage,
+    OutputClaim,
+    check_output_dir,
+    clean_stale_files,
+    load_image,
+    save_png,
+)
 from artgen.style import method_of, run_params
 
 
@@ -55,7 +66,7 @@ class BatchJob:
 class BatchResult:
     job: BatchJob
     status: str  # "done", "skipped" or "failed"
-    error: str | None = None
+    error: str | None = None  # why it failed, or why it was skipped
     seconds: float = 0.0
 
 
@@ -79,6 +90,16 @@ def plan_batch(
                 f"{p} and {stems[p.stem]} would both be written to {p.stem}.png; rename one"
             )
         stems[p.stem] = p
+    # Never overwrite an input, also through a symlink: compare resolved paths of every
+    # input file (not only this shard's) with every output.
+    inputs = {os.path.realpath(p): p for p in files}
+    for p in files:
+        out = out_dir / f"{p.stem}.png"
+        hit = inputs.get(os.path.realpath(out))
+        if hit is not None:
+            raise ArtgenError(
+                f"{out}: is the input {hit} (through a link); artgen never overwrites an input"
+            )
     # Round-robin over the sorted list, so shards get similar amounts of work.
     mine = [p for k, p in enumerate(files) if k % n == i - 1]
     return [
@@ -102,11 +123,14 @@ def run_batch(
     """Stylise each job with the method of ``options``; a bad image is recorded as failed and
     the rest go on. Methods that batch get up to ``batch.batch_size`` pictures per pass."""
     method = method_of(options)
+    if batch.batch_size < 1:
+        raise ArtgenError(f"--batch-size {batch.batch_size}: must be >= 1")
+    for folder in sorted({job.output.parent for job in jobs}):
+        check_output_dir(folder)  # before any compute
+        clean_stale_files(folder)
     model = model if model is not None else extractor
     if model is None:
         model = method.load(options, device)
-    if batch.batch_size < 1:
-        raise ArtgenError(f"--batch-size {batch.batch_size}: must be >= 1")
     step = batch.batch_size if method.stylize_many is not None else 1
     results: list[BatchResult] = []
 
@@ -123,36 +147,64 @@ def run_batch(
             finish(BatchResult(job, "skipped"))
         else:
             todo.append((k, job))
-    for start in range(0, len(todo), step):
-        chunk = todo[start : start + step]
-        t0 = time.perf_counter()
-        loaded: list[tuple[BatchJob, LoadedImage]] = []
-        for k, job in chunk:
-            if on_image:
-                on_image(k, job)
+    claims: dict[Path, OutputClaim] = {}
+
+    def claim(job: BatchJob) -> str | None:
+        """Claim the output: None if it is now ours, else why it is skipped."""
+        c = OutputClaim(job.output)
+        if not c.acquire():
+            return "another artgen run is making it"
+        if job.output.exists() and not batch.overwrite:
+            c.release()
+            return "another artgen run made it"
+        claims[job.output] = c
+        return None
+
+    def done(result: BatchResult) -> None:
+        c = claims.pop(result.job.output, None)
+        if c is not None:
+            c.release()
+        finish(result)
+
+    try:
+        pending = list(todo)
+        while pending:
+            t0 = time.perf_counter()
+            loaded: list[tuple[BatchJob, LoadedImage]] = []
+            while pending and len(loaded) < step:
+                k, job = pending.pop(0)
+                if on_image:
+                    on_image(k, job)
+                why = claim(job)
+                if why is not None:
+                    finish(BatchResult(job, "skipped", why))
+                    continue
+                try:
+                    loaded.append((job, load_image(job.source)))
+                except ArtgenError as e:
+                    done(BatchResult(job, "failed", str(e), time.perf_counter() - t0))
+            if not loaded:
+                continue
             try:
-                loaded.append((job, load_image(job.source)))
+                if step > 1:
+                    images = method.stylize_many([c for _, c in loaded], styles, options, model=model,
+                                                 device=device, callback=callback)  # fmt: skip
+                else:
+                    images = [method.stylize(loaded[0][1], styles, options, model=model,
+                                             device=device, callback=callback)]  # fmt: skip
             except ArtgenError as e:
-                finish(BatchResult(job, "failed", str(e), time.perf_counter() - t0))
-        if not loaded:
-            continue
-        try:
-            if step > 1:
-                images = method.stylize_many([c for _, c in loaded], styles, options, model=model,
-                                             device=device, callback=callback)  # fmt: skip
-            else:
-                images = [method.stylize(loaded[0][1], styles, options, model=model,
-                                         device=device, callback=callback)]  # fmt: skip
-        except ArtgenError as e:
-            for job, _ in loaded:
-                finish(BatchResult(job, "failed", str(e), time.perf_counter() - t0))
-            continue
-        each = (time.perf_counter() - t0) / len(loaded)
-        for (job, content), image in zip(loaded, images, strict=True):
-            try:
-                params = run_params(content, styles, options, image, device)
-                save_png(image, job.output, params=params, overwrite=batch.overwrite)
-                finish(BatchResult(job, "done", seconds=each))
-            except ArtgenError as e:
-                finish(BatchResult(job, "failed", str(e), each))
+                for job, _ in loaded:
+                    done(BatchResult(job, "failed", str(e), time.perf_counter() - t0))
+                continue
+            each = (time.perf_counter() - t0) / len(loaded)
+            for (job, content), image in zip(loaded, images, strict=True):
+                try:
+                    params = run_params(content, styles, options, image, device)
+                    save_png(image, job.output, params=params, overwrite=batch.overwrite)
+                    done(BatchResult(job, "done", seconds=each))
+                except ArtgenError as e:
+                    done(BatchResult(job, "failed", str(e), each))
+    finally:
+        for c in claims.values():
+            c.release()
     return results

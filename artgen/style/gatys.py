@@ -114,6 +114,8 @@ class StylizeOptions:
 
         if not 16 <= self.size <= 16384:
             raise bad("size", "must be between 16 and 16384")
+        if not (isinstance(self.seed, int) and 0 <= self.seed < 2**63):
+            raise bad("seed", "must be a whole number from 0 to 2**63 - 1")
         if not 16 <= self.min_size:
             raise bad("min_size", "must be at least 16")
         if self.iterations < 1:
