@@ -5,13 +5,16 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import shutil
 import socket
 import struct
 import sys
+import tempfile
 import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from gradio_client import Client, handle_file
@@ -38,6 +41,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# gradio_client keeps what it downloads in the shared /tmp/gradio unless told otherwise
+# (it reads GRADIO_TEMP_DIR once, at import): the tests' downloads go in a folder of their own.
+DOWNLOADS = Path(tempfile.mkdtemp(prefix="artgen-test-downloads-"))
+
+
+def connect(url: str) -> Client:
+    return Client(url, verbose=False, download_files=str(DOWNLOADS))
+
+
 @pytest.fixture(scope="module")
 def server():
     app = load_app()
@@ -46,6 +58,7 @@ def server():
     yield f"http://127.0.0.1:{cfg.port}/", studio
     demo.close()
     studio.close()
+    shutil.rmtree(DOWNLOADS, ignore_errors=True)
 
 
 def args(content, style_weights=(1, 0, 0, 0), size=128, quality="Fast preview", seed=0):
@@ -67,7 +80,7 @@ def png_header(w: int, h: int) -> bytes:
 
 def test_stylize_end_to_end(server, tmp_path):
     url, _ = server
-    client = Client(url, verbose=False)
+    client = connect(url)
     path, status, download, session = client.predict(
         *args(REPO / "styles/examples/chelsea.jpg"), api_name="/stylize"
     )
@@ -80,7 +93,7 @@ def test_stylize_end_to_end(server, tmp_path):
 
 def test_instant_quality_uses_the_fast_method(server):
     url, _ = server
-    client = Client(url, verbose=False)
+    client = connect(url)
     path, status, _, _ = client.predict(
         *args(REPO / "styles/examples/chelsea.jpg", size=384, quality="Instant"),
         api_name="/stylize",
@@ -105,7 +118,7 @@ def test_bad_uploads_get_clear_errors_and_server_keeps_serving(server, tmp_path)
     from gradio_client.exceptions import AppError
 
     url, _ = server
-    client = Client(url, verbose=False)
+    client = connect(url)
     (tmp_path / "notes.png").write_text("this is a text file, renamed")
     (tmp_path / "bomb.png").write_bytes(png_header(30_000, 30_000))
     (tmp_path / "big.png").write_bytes(png_header(6000, 5000))
@@ -164,7 +177,7 @@ def test_each_server_keeps_its_files_in_a_private_folder_removed_on_close(server
     url, studio = server
     assert os.environ["GRADIO_TEMP_DIR"] == str(studio.cache_dir)
     assert studio.cache_dir.parent == studio.root == studio.out_dir.parent
-    client = Client(url, verbose=False)
+    client = connect(url)
     path = client.predict(*args(REPO / "styles/examples/coffee.jpg"), api_name="/stylize")[0]
     served = {p.name for p in studio.cache_dir.rglob("*") if p.is_file()}
     assert "coffee.jpg" in served  # the upload landed in this server's cache
@@ -188,7 +201,7 @@ def test_each_server_keeps_its_files_in_a_private_folder_removed_on_close(server
 
 def test_stop_cancels_and_frees_the_worker(server):
     url, _ = server
-    client = Client(url, verbose=False)
+    client = connect(url)
     job = client.submit(
         *args(REPO / "styles/examples/chelsea.jpg", size=384, quality="Final"), api_name="/stylize"
     )
@@ -211,7 +224,7 @@ def test_ten_concurrent_clients(server):
     url, _ = server
 
     def one(k: int):
-        client = Client(url, verbose=False)
+        client = connect(url)
         try:
             path = client.predict(
                 *args(REPO / "styles/examples/chelsea.jpg", seed=k), api_name="/stylize"
@@ -229,7 +242,7 @@ def test_ten_concurrent_clients(server):
     assert all(size == (128, 85) for _, size in ok)
     assert len(ok) >= 3 and len(full) >= 1, outcomes  # queue of 3 + 1 running; the rest turned away
     # And the server answers normally afterwards.
-    client = Client(url, verbose=False)
+    client = connect(url)
     assert Image.open(
         client.predict(*args(REPO / "styles/examples/coffee.jpg"), api_name="/stylize")[0]
     ).size == (
