@@ -504,6 +504,15 @@ def parse_args(argv: Sequence[str] | None) -> AppConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_args(argv)
+    import signal
+
+    # `kill`, systemd and docker stop with SIGTERM: exit as on Ctrl-C, so the private
+    # folder is removed (atexit does not run when a signal kills the process).
+    def on_term(*_):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the clean-up
+        sys.exit(143)
+
+    signal.signal(signal.SIGTERM, on_term)
     try:
         _, studio = launch(config)  # returns when the server stops (Ctrl-C)
     except ArtgenError as e:

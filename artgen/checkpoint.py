@@ -43,6 +43,7 @@ STEP_DIR = re.compile(r"^step-(\d{7,})$")
 # reading it whole would only spend memory.
 MAX_CONFIG_BYTES = 1 << 20
 MAX_STATE_BYTES = 16 << 20
+MAX_BATCH = 4096  # images per step: far above what fits on any device at these sizes
 _SHOW = 60  # characters of a value from a file that an error message quotes
 _INT_LIMIT = 1 << 63  # a JSON integer can be any size; torch and numpy take 64 bits
 
@@ -162,6 +163,7 @@ def optimizer_from_tensors(
         if not isinstance(saved, dict) or saved.get("params") != now["params"]:
             raise ArtgenError(f"{where}: parameter group {i} does not match this run's")
         _check_like(saved, now, f"{where}.param_groups[{i}]")
+        _check_hyperparameters(saved, f"{where}.param_groups[{i}]")
     scalars = meta.get("scalars", {})
     if not isinstance(scalars, dict):
         raise ArtgenError(f"{where}: scalars is {_show(scalars)}, not an object")
@@ -200,6 +202,27 @@ def optimizer_from_tensors(
         optimizer.load_state_dict({"state": state, "param_groups": groups})
     except (ValueError, KeyError, TypeError, RuntimeError) as e:
         raise ArtgenError(f"{where}: does not fit this run's optimizer ({first_line(e)})") from None
+
+
+def _check_hyperparameters(group: dict, where: str) -> None:
+    """The optimiser settings a checkpoint restores are in their valid ranges (Adam's betas
+    in [0, 1), a positive eps, a learning rate and weight decay >= 0), not only of the
+    right type: betas of 5 turn Adam's bias correction complex."""
+
+    def bad(key: str, why: str) -> ArtgenError:
+        return ArtgenError(f"{where}.{key} is {_show(group.get(key))}: {why}")
+
+    for key in ("lr", "weight_decay"):
+        v = group.get(key, 0)
+        if isinstance(v, (int, float)) and not (math.isfinite(v) and v >= 0):
+            raise bad(key, "must be a finite number >= 0")
+    if "eps" in group and isinstance(group["eps"], (int, float)):
+        if not (math.isfinite(group["eps"]) and group["eps"] > 0):
+            raise bad("eps", "must be a finite number > 0")
+    betas = group.get("betas")
+    if isinstance(betas, (list, tuple)):
+        if not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+            raise bad("betas", "each must be in [0, 1)")
 
 
 def rng_to_tensors(generators: dict[str, torch.Generator]) -> tuple[dict[str, torch.Tensor], dict]:

@@ -14,11 +14,13 @@ class Cancelled(Exception):
 
 
 def clip(text: object, limit: int = 200) -> str:
-    """``text`` on one line and at most ``limit`` characters, cut at a word where possible.
+    """``text`` on one line, printable, at most ``limit`` characters, cut at a word if possible.
 
     Anything that came from a file goes through this before it reaches a message.
     """
     s = " ".join(str(text)[: limit * 4].split())
+    # No control characters (an escape sequence could redraw the terminal) reach a message.
+    s = "".join(c if c.isprintable() else "?" for c in s)
     if len(s) <= limit:
         return s
     cut = s[: limit - 1]

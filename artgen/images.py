@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import os
+import stat
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -191,7 +192,7 @@ def check_output(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
             raise ArtgenError(f"{name}: is inside {top}, not a place for output files")
     if path.is_dir():
         raise ArtgenError(f"{name}: is a folder; give a file name for the output")
-    if path.exists() and not overwrite:
+    if os.path.lexists(path) and not overwrite:  # also a dangling link
         raise ArtgenError(f"{name}: already exists (pass --overwrite to replace it)")
     check_output_dir(path.parent, what=name)
     return path
@@ -304,9 +305,17 @@ class OutputClaim:
             return self._acquire_excl()
         while True:
             try:
-                fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o644)
+                # O_NOFOLLOW and a regular-file check: a lock name planted as a link (or a
+                # FIFO) must not make artgen truncate and write into whatever it points at.
+                fd = os.open(self.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK,
+                             0o644)  # fmt: skip
             except OSError as e:
-                raise ArtgenError(f"{self.path}: cannot claim it ({_message(e)})") from None
+                raise ArtgenError(
+                    f"{self.lock}: cannot use it as a lock file ({_message(e)}); remove it"
+                ) from None
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise ArtgenError(f"{self.lock}: not a regular file; remove it")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -443,7 +452,7 @@ def read_params(path: str | os.PathLike) -> dict:
         )
     try:
         return json.loads(raw)
-    except json.JSONDecodeError:
+    except ValueError:  # bad JSON, or an integer of thousands of digits
         raise ArtgenError(f"{path}: its artgen parameters are not valid JSON") from None
     except RecursionError:  # [[[[...]]]] nested past the interpreter's limit
         raise ArtgenError(f"{path}: its artgen parameters are nested too deeply") from None

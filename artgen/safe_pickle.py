@@ -110,7 +110,7 @@ MIN_TORCH_FOR_STORAGES = (2, 10)  # first torch without known weights_only bypas
 # Resource limits (see "Resource limits" above). Measured on the official layout: a 1024 px
 # snapshot (G, D, G_ema, augment_pipe) has ~38,000 opcodes and marks nested 16 deep; its
 # tuples are sizes, strides and argument lists (a handful of tuples, 3 levels).
-MAX_OPCODES = 4_000_000  # ~100x a 1024 px snapshot; the memo and stack grow at most this far
+MAX_OPCODES = 1_000_000  # ~25x a 1024 px snapshot; the memo and stack grow at most this far
 MAX_MARK_DEPTH = 512
 MAX_INT_BYTES = 64  # LONG1 / LONG4 payloads: a snapshot's integers are sizes and counts
 MAX_TUPLE_NODES = 10_000  # tuples reachable from one tuple, shared references counted each time
@@ -405,7 +405,35 @@ def _load_storage_from_bytes(data):
         flat.set_(storage.untyped())
     else:
         raise _Malformed(f"tensor storage holds a {type(storage).__name__}")
+    _check_storage_bytes(bytes(data), flat.numel(), flat.element_size())
     return _Storage(flat)
+
+
+def _check_storage_bytes(data: bytes, numel: int, element_size: int) -> None:
+    """The legacy layout's data must account for every element of the storage.
+
+    torch allocates the storage from the element count its pickle claims and then fills it
+    from the data records of the keys listed after it; a file that claims more than it holds
+    (or lists no key) would hand back uninitialised memory. So the tail after the four
+    pickles must be exactly one record: the element count (int64) and that many elements.
+    """
+    f = io.BytesIO(data)
+    try:
+        for _ in range(4):  # magic number, protocol, system info, the storage's pickle
+            for _op in pickletools.genops(f):
+                pass
+        keys = [arg for op, arg, _ in pickletools.genops(f) if isinstance(arg, str)
+                and "UNICODE" in op.name]  # fmt: skip
+    except (ValueError, EOFError) as e:
+        raise _Malformed(f"unreadable tensor storage layout ({clip(e, 80)})") from None
+    tail = data[f.tell() :]
+    if len(keys) != 1 or len(tail) != 8 + numel * element_size:
+        raise _Malformed(
+            f"tensor storage of {numel} elements holds {max(0, len(tail) - 8)} bytes of data "
+            f"for {len(keys)} key(s); the file does not hold what it claims"
+        )
+    if struct.unpack("<q", tail[:8])[0] != numel:
+        raise _Malformed("tensor storage's element count does not match its data")
 
 
 def _is_int(x) -> bool:
@@ -582,16 +610,30 @@ def _torch_device(spec):
 # plain set(x) would iterate whatever x is: a tensor of millions of elements, say.
 
 
+def _keys(items):
+    """Dict keys and set members: strings and small ints only, as the official pickles hold.
+
+    Python randomises string hashes, but not those of ints, floats or tuples: a file could
+    give thousands of keys that all hash alike (i * (2**61 - 1)), and building the dict would
+    then take quadratic time (a 400 KB file, a minute).
+    """
+    for k in items:
+        if not (type(k) is str or (type(k) is int and -(2**31) <= k < 2**31)
+                or k is None or type(k) is bool):  # fmt: skip
+            raise _Malformed(f"a dict key or set member is a {_type_name(k)}")
+    return items
+
+
 def _set(items=()):
     if type(items) not in (list, tuple):
         raise _Malformed("set built from a non-list")
-    return set(items)
+    return set(_keys(items))
 
 
 def _frozenset(items=()):
     if type(items) not in (list, tuple):
         raise _Malformed("frozenset built from a non-list")
-    return frozenset(items)
+    return frozenset(_keys(items))
 
 
 def _ordered_dict(*args):
@@ -714,6 +756,7 @@ class SafeUnpickler(pickle._Unpickler):
         if type(self.stack[-3]) not in _DICT_TYPES:
             raise _Malformed(f"sets an item (SETITEM) of a {_type_name(self.stack[-3])}")
         value, key = self.stack.pop(), self.stack.pop()
+        _keys((key,))
         self.stack[-1][key] = value
 
     def _load_setitems(self):
@@ -723,6 +766,7 @@ class SafeUnpickler(pickle._Unpickler):
         items = self.pop_mark()
         if len(items) % 2:
             raise _Malformed("SETITEMS with an odd number of items")
+        _keys(items[0::2])
         for i in range(0, len(items), 2):
             target[items[i]] = items[i + 1]
 
@@ -742,7 +786,16 @@ class SafeUnpickler(pickle._Unpickler):
         target = self.metastack[-1][-1] if self.metastack and self.metastack[-1] else None
         if type(target) is not set:
             raise _Malformed(f"adds items (ADDITEMS) to a {_type_name(target)}")
-        target.update(self.pop_mark())
+        target.update(_keys(self.pop_mark()))
+
+    def _load_dict(self):
+        items = self.pop_mark()
+        if len(items) % 2:
+            raise _Malformed("DICT with an odd number of items")
+        self.append(dict(zip(_keys(items[0::2]), items[1::2], strict=True)))
+
+    def _load_frozenset(self):
+        self.append(frozenset(_keys(self.pop_mark())))
 
     def _load_reduce(self):
         func = self.stack[-2]
@@ -805,7 +858,7 @@ class SafeUnpickler(pickle._Unpickler):
         ("APPEND", _load_append), ("APPENDS", _load_appends), ("ADDITEMS", _load_additems),
         ("REDUCE", _load_reduce), ("NEWOBJ", _load_newobj), ("NEWOBJ_EX", _load_newobj_ex),
         ("TUPLE", _load_tuple), ("TUPLE1", _load_tuple1), ("TUPLE2", _load_tuple2),
-        ("TUPLE3", _load_tuple3),
+        ("TUPLE3", _load_tuple3), ("DICT", _load_dict), ("FROZENSET", _load_frozenset),
     ):  # fmt: skip
         dispatch[_op(_name)] = _method
     del _name, _method

@@ -635,3 +635,51 @@ def test_messages_name_the_right_flag_and_defaults_once(tmp_path, capsys):
             assert "(default:" not in chunk.split(")")[0]
         for line in text.split("--"):
             assert line.count("(default:") <= 1, (argv, line)
+
+
+def test_info_never_prints_control_characters_flags_or_long_echoes(images, tmp_path, capsys):
+    from artgen.images import save_png
+
+    good = tmp_path / "good.png"
+    assert main(["stylize", str(images["content"]), "--style", "swirls", "-o", str(good),
+                 *FAST]) == 0  # fmt: skip
+    capsys.readouterr()
+    p = read_params(good)
+    overdraw = "x\r\x1b[K  artgen stylize content.png -o OUT.png; touch /tmp/artgen-pw #"
+    bad = [
+        {**p, "content": {**p["content"], "file": overdraw}},
+        {**p, "content": {**p["content"], "file": "c.png\nreproduce with:\n  rm -rf ~"}},
+        {**p, "styles": [{**p["styles"][0], "name": "swirls\x1b[2K"}]},
+        {"method": "sample", "run": "r\nreproduce with:\n  $(touch /tmp/artgen-pw)"},
+        {**p, "options": {**p["options"], "k" * 5000: 1}},
+        {**p, "options": {**p["options"], **{f"key{i:05d}" * 4: 1 for i in range(3000)}}},
+        {**p, "options": {**p["options"], "preserve_color": "x" * 50_000}},
+        {**p, "options": {**p["options"], "size": 10**4000}},
+        {**p, "options": {**p["options"], "a\nartgen: fake\x1b[31m": 1}},
+        {**p, "options": {**p["options"], "backbone": "vgg19$(id)"}},
+        {**p, "options": {**p["options"], "size": 48.5}},
+    ]
+    for k, params in enumerate(bad):
+        path = save_png(Image.open(good), tmp_path / f"b{k}.png", params=params)
+        rc = main(["info", str(path)])
+        out, err = capsys.readouterr()
+        assert all(c.isprintable() for c in (out + err).replace("\n", "")), (k, out, err)
+        if rc == 2:
+            assert err.count("\n") == 1 and len(err) < 1100, (k, len(err))
+        else:
+            assert "reproduce with:" not in out or out.count("reproduce with:") == 1, k
+    # A raw 5000-digit integer: json refuses to convert it; one line, not a traceback.
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("artgen", '{"options": {"size": ' + "9" * 5000 + "}}")
+    Image.open(good).save(tmp_path / "int.png", pnginfo=info)
+    assert main(["info", str(tmp_path / "int.png")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    # An input whose name starts with a dash is given as ./-name in the line.
+    params = {**p, "content": {**p["content"], "file": "-photo.png"}}
+    path = save_png(Image.open(good), tmp_path / "dash.png", params=params)
+    capsys.readouterr()
+    assert main(["info", str(path)]) == 0
+    assert "artgen stylize ./-photo.png " in capsys.readouterr().out
+    assert not os.path.exists("/tmp/artgen-pw")

@@ -453,7 +453,9 @@ class _StorageRef:
         return (torch.storage._load_from_bytes, (self.data,))
 
 
-def legacy_storage_bytes(values: list[float], location: str = "cuda:0") -> bytes:
+def legacy_storage_bytes(
+    values: list[float], location: str = "cuda:0", *, keys=("94051",), numel: int | None = None
+) -> bytes:
     """One float32 storage in the legacy torch.save layout, written by hand as torch 1.7-1.9
     (the stylegan2-ada-pytorch era) wrote it: magic number, protocol version, system info,
     a pickle of a persistent id ('storage', torch.FloatStorage, key, location, numel, None),
@@ -468,11 +470,12 @@ def legacy_storage_bytes(values: list[float], location: str = "cuda:0") -> bytes
     class LegacyPickler(pickle.Pickler):
         def persistent_id(self, obj):
             if obj is storage:
-                return ("storage", torch.FloatStorage, "94051", location, len(values), None)
+                return ("storage", torch.FloatStorage, "94051", location,
+                        len(values) if numel is None else numel, None)  # fmt: skip
             return None
 
     LegacyPickler(f, protocol=2).dump(storage)
-    pickle.dump(["94051"], f, protocol=2)
+    pickle.dump(list(keys), f, protocol=2)
     f.write(struct.pack("<q", len(values)) + struct.pack(f"<{len(values)}f", *values))
     return f.getvalue()
 
@@ -495,6 +498,20 @@ def test_legacy_storage_bytes_of_the_torch_1_era(tmp_path):
     bad = Evil(torch._utils._rebuild_tensor_v2, short, 0, (2,), (1,), False, OrderedDict())
     pkl = write_pickle(tmp_path / "short.pkl", {"G": bad})
     with pytest.raises(ArtgenError, match="unreadable tensor storage"):
+        load_stylegan2_pickle(pkl)
+
+
+@pytest.mark.parametrize("kind", ["no key", "claims more", "two keys"])
+def test_a_storage_must_hold_every_element_it_claims(tmp_path, kind):
+    """torch allocates what the storage's pickle claims and fills only what the key list
+    names: a storage that claims more than it holds would carry uninitialised memory."""
+    make = {"no key": dict(keys=()), "claims more": dict(numel=16 * 16),
+            "two keys": dict(keys=("94051", "1"))}[kind]  # fmt: skip
+    data = legacy_storage_bytes([1.0, 2.0, 3.0, 4.0], **make)
+    weight = Evil(torch._utils._rebuild_tensor_v2, _StorageRef(data), 0, (2, 2), (2, 1), False,
+                  OrderedDict())  # fmt: skip
+    pkl = write_pickle(tmp_path / "u.pkl", {"G": weight})
+    with pytest.raises(ArtgenError, match="tensor storage"):
         load_stylegan2_pickle(pkl)
 
 

@@ -440,6 +440,8 @@ def _resume(run: Path) -> list[str]:
         ("truncated G.safetensors", ["G.safetensors"]),
         ("truncated opt_g.safetensors", ["opt_g.safetensors"]),
         ("num_processes is a string", ["state.json", "num_processes"]),
+        ("betas out of range", ["opt_g.param_groups[0].betas", "[0, 1)"]),
+        ("negative lr", ["opt_g.param_groups[0].lr", ">= 0"]),
     ],
 )  # fmt: skip
 def test_a_damaged_gan_checkpoint_is_one_line_naming_its_file(run_copy, capsys, damage, names):
@@ -462,6 +464,10 @@ def test_a_damaged_gan_checkpoint_is_one_line_naming_its_file(run_copy, capsys, 
         f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])
     elif damage == "num_processes is a string":
         edit_json(state, lambda s: s.update(num_processes="1"))
+    elif damage == "betas out of range":
+        edit_json(state, lambda s: s["opt_g"]["param_groups"][0].update(betas=[5.0, 9.0]))
+    elif damage == "negative lr":
+        edit_json(state, lambda s: s["opt_g"]["param_groups"][0].update(lr=-1e9))
     one_line_error(capsys, main(_resume(run_copy)), str(ckpt), *names)
     with pytest.raises(ArtgenError):
         train_gan(options_for_resume(GanTrainOptions, run_copy, steps=4))
@@ -477,6 +483,7 @@ def test_a_damaged_gan_checkpoint_is_one_line_naming_its_file(run_copy, capsys, 
         ('{"options": {}}', "method is null"),
         ('{"method": "train-gan", "options": {}}', "options.images is missing"),
         ("NEGATIVE", "--steps -3: must be >= 1"),
+        ("HUGE", "--batch-size 1000000000: at most 4096"),
     ],
 )  # fmt: skip
 def test_a_damaged_gan_run_config_is_one_line_naming_it(run_copy, capsys, content, message):
@@ -487,6 +494,8 @@ def test_a_damaged_gan_run_config_is_one_line_naming_it(run_copy, capsys, conten
         edit_json(config, lambda c: c["options"].update(batch_size="abc"))
     elif content == "NEGATIVE":
         edit_json(config, lambda c: c["options"].update(steps=-3))
+    elif content == "HUGE":
+        edit_json(config, lambda c: c["options"].update(batch_size=10**9))
     else:
         config.write_text(content)
     one_line_error(capsys, main(_resume(run_copy)), str(config), message)

@@ -225,3 +225,20 @@ def test_stale_temporary_files_are_cleaned_unless_being_written(tmp_path):
     assert sorted(p.name for p in removed) == sorted([killed.name, stale_lock.name])
     assert not killed.exists() and not stale_lock.exists()
     assert all(p.exists() for p in mine)
+
+
+def test_a_planted_lock_link_or_fifo_is_never_written_through(tmp_path):
+    from artgen.images import OutputClaim, check_output
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("IMPORTANT DATA")
+    (tmp_path / ".a.png.lock").symlink_to(victim)
+    with pytest.raises(ArtgenError, match="lock file"):
+        OutputClaim(tmp_path / "a.png").acquire()
+    assert victim.read_text() == "IMPORTANT DATA"
+    os.mkfifo(tmp_path / ".b.png.lock")
+    with pytest.raises(ArtgenError, match="not a regular file"):
+        OutputClaim(tmp_path / "b.png").acquire()
+    (tmp_path / "dl.png").symlink_to(tmp_path / "missing.png")  # a dangling link exists
+    with pytest.raises(ArtgenError, match="already exists"):
+        check_output(tmp_path / "dl.png")

@@ -137,7 +137,10 @@ def bombs() -> dict[str, tuple[bytes, str]]:
         a = Asm().op(pickle.EMPTY_DICT).str("G")
         a.persistent("Generator", type_=sub(kind, 40, a.memo))
         out[f"meta-type-{kind}s"] = (a.op(pickle.SETITEM).bytes(), expected)
-    for kind, expected in (("tuple", "tuples nested"), ("frozenset", "holds no StyleGAN2-ADA")):
+    for kind, expected in (
+        ("tuple", "tuples nested"),
+        ("frozenset", "dict key or set member is a"),
+    ):
         a = Asm().op(pickle.EMPTY_DICT).bomb(kind, 40).int(1).op(pickle.SETITEM)
         out[f"top-key-{kind}s"] = (a.bytes(), expected)
     out["kwargs-lists"] = (kwargs_bomb(), "init arguments hold more than")
@@ -433,3 +436,19 @@ def test_mutated_snapshots_load_or_fail_with_an_artgen_error(tmp_path):
     finally:
         signal.signal(signal.SIGALRM, previous)
     assert outcomes["loaded"] > 10 and outcomes["refused"] > 10, outcomes
+
+
+@pytest.mark.parametrize("key", ["int", "float", "tuple"])
+def test_dict_keys_cannot_be_crafted_to_collide(tmp_path, key):
+    """Ints, floats and tuples hash without randomisation: 30,000 keys i * (2**61 - 1) all
+    hash to 0 and made building one dict take 18 s. Only strings and small ints are keys."""
+    n = 30_000
+    make = {"int": lambda i: i * (2**61 - 1), "float": lambda i: float(i) * 2.0**61,
+            "tuple": lambda i: (i * (2**61 - 1),)}[key]  # fmt: skip
+    data = pickle.dumps({"G": None, "x": {make(i): 0 for i in range(n)}}, protocol=4)
+    path = tmp_path / "collide.pkl"
+    path.write_bytes(data)
+    t0 = time.perf_counter()
+    with pytest.raises(ArtgenError, match="dict key or set member"):
+        safe_pickle.load_stylegan2_pickle(path)
+    assert time.perf_counter() - t0 < 2.0

@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from artgen.errors import ArtgenError
+from artgen.errors import ArtgenError, clip
 
 EXAMPLES = """\
 examples:
@@ -40,6 +40,10 @@ examples:
   artgen finetune gan --base runs/biased --images balanced_ref/ --method fairtl++ --out runs/fair
   artgen sample runs/cifar-art -n 16 -o grid.png
 """
+
+# Every error is printed on one line of printable characters, and never at length: a
+# message may quote a file's contents.
+MESSAGE_LIMIT = 1000
 
 
 def _add_dataclass_flags(
@@ -253,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return _cmd_app(argparse.Namespace(app_args=argv[1:]))
         except ArtgenError as e:
-            print(f"artgen: error: {e}", file=sys.stderr)
+            print(f"artgen: error: {clip(e, MESSAGE_LIMIT)}", file=sys.stderr)
             return 2
     parser = build_parser(_peek_method(argv))
     args = parser.parse_args(argv)
@@ -288,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "eval":
             return _cmd_eval(args)
     except ArtgenError as e:
-        print(f"artgen: error: {e}", file=sys.stderr)
+        print(f"artgen: error: {clip(e, MESSAGE_LIMIT)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(
@@ -465,24 +469,24 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(params, indent=2, sort_keys=True))
         return 0
     if isinstance(params, dict) and params.get("method") in ("sample",):
-        print(f"{args.image}: samples from {str(params.get('run'))[:200]} (artgen sample)")
+        print(f"{args.image}: samples from {clip(params.get('run'))} (artgen sample)")
         return 0
     try:
         method, options = validate_params(params)
     except ArtgenError as e:
         raise ArtgenError(f"{args.image}: metadata that artgen cannot use: {e}") from None
-    print(f"{args.image}: made by artgen {str(params.get('artgen'))[:20]} ({method.name})")
+    # Fields are printable (validate_params refuses control characters) and clipped.
+    print(f"{args.image}: made by artgen {clip(params.get('artgen'), 20)} ({method.name})")
     c = params["content"]
-    print(f"  content: {c['file'][:200]}  sha256 {c['sha256'][:16]}...")
+    print(f"  content: {clip(c['file'])}  sha256 {clip(c['sha256'], 16)}...")
     for s in params["styles"]:
-        name = f" (catalogue style {s['name'][:80]})" if s.get("name") else ""
-        print(
-            f"  style:   {s['file'][:200]}{name}  weight {s['weight']:g}  sha256 {s['sha256'][:16]}..."
-        )
+        name = f" (catalogue style {clip(s['name'], 80)})" if s.get("name") else ""
+        print(f"  style:   {clip(s['file'])}{name}  weight {s['weight']:g}  "
+              f"sha256 {clip(s['sha256'], 16)}...")  # fmt: skip
     print(f"  device:  {params.get('device')}")
     print("  options:")
     for k, v in options.to_dict().items():
-        print(f"    {k}: {str(v)[:200]}")
+        print(f"    {k}: {clip(v)}")
     print("reproduce with:")
     print("  " + reproduce_command(params))
     return 0
@@ -797,7 +801,7 @@ def _cmd_styles(args: argparse.Namespace) -> int:
         try:
             print(f"{name}: {catalog.fetch(name, callback=_download_bar())}")
         except ArtgenError as e:
-            print(f"artgen: error: {e}", file=sys.stderr)
+            print(f"artgen: error: {clip(e, MESSAGE_LIMIT)}", file=sys.stderr)
             failed += 1
     return 2 if failed else 0  # as `weights fetch`: an ArtgenError is exit 2
 

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from artgen.checkpoint import (
+    MAX_BATCH,
     StepInterrupt,
     absolute_paths,
     check_run_folder,
@@ -111,6 +112,8 @@ class AdaINTrainOptions:
         for name in ("steps", "batch_size", "sample_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ArtgenError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
+        if self.batch_size > MAX_BATCH:
+            raise ArtgenError(f"--batch-size {self.batch_size}: at most {MAX_BATCH}")
         if not 32 <= self.crop <= 2048 or self.crop % 16:
             raise ArtgenError(f"--crop {self.crop}: must be a multiple of 16 from 32 to 2048")
         if not (self.lr > 0 and math.isfinite(self.lr)) or self.lr_decay < 0:

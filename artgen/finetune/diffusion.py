@@ -50,6 +50,7 @@ from PIL import Image
 from safetensors import SafetensorError
 
 from artgen.checkpoint import (
+    MAX_BATCH,
     StepInterrupt,
     absolute_paths,
     check_finite,
@@ -173,6 +174,8 @@ class DiffusionFinetuneOptions:
                      "num_samples", "sample_steps", "lora_rank"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ArtgenError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
+        if self.batch_size > MAX_BATCH:
+            raise ArtgenError(f"--batch-size {self.batch_size}: at most {MAX_BATCH}")
         for name in ("keep_checkpoints", "warmup_steps", "num_class_images", "resolution", "lr",
                      "lora_alpha", "weight_decay", "max_grad_norm", "prior_weight"):  # fmt: skip
             if getattr(self, name) < 0:

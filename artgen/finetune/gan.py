@@ -65,6 +65,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from artgen.checkpoint import (
+    MAX_BATCH,
     StepInterrupt,
     absolute_paths,
     check_finite,
@@ -229,6 +230,8 @@ def _check_values(options: Any) -> None:
     for name in ("steps", "batch_size", "r1_every", "sample_every", "checkpoint_every"):
         if getattr(options, name) < 1:
             raise ArtgenError(f"--{name.replace('_', '-')} {getattr(options, name)}: must be >= 1")
+    if options.batch_size > MAX_BATCH:
+        raise ArtgenError(f"--batch-size {options.batch_size}: at most {MAX_BATCH}")
     if options.keep_checkpoints < 0:
         raise ArtgenError(f"--keep-checkpoints {options.keep_checkpoints}: must be >= 0")
     if not options.lr > 0:

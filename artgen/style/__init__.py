@@ -164,20 +164,24 @@ def validate_params(params: Any) -> tuple[StyleMethod, Any]:
     device = params.get("device", "cpu")
     if not isinstance(device, str) or not re.fullmatch(r"(cpu|mps|cuda)(:\d{1,3})?", device):
         raise ArtgenError(f"unknown device {str(device)[:40]!r}")
+    for key in ("artgen", "run"):
+        if key in params and not (isinstance(params[key], str) and params[key].isprintable()):
+            raise ArtgenError(f"its {key} field is not a line of text")
     styles = params.get("styles")
     if not isinstance(styles, list) or not styles or len(styles) > 64:
         raise ArtgenError("its styles are not a list of 1 to 64 entries")
     for item in [params.get("content"), *styles]:
         if not (isinstance(item, dict) and isinstance(item.get("file"), str)
-                and 0 < len(item["file"]) <= 4096
-                and isinstance(item.get("sha256"), str)):  # fmt: skip
+                and 0 < len(item["file"]) <= 4096 and item["file"].isprintable()
+                and isinstance(item.get("sha256"), str) and item["sha256"].isprintable()):  # fmt: skip
             raise ArtgenError("its content/style entries are not {file, sha256} records")
     for s in styles:
         w = s.get("weight")
         if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w) or w < 0:
             raise ArtgenError("a style weight is not a number >= 0")
-        if not isinstance(s.get("name", ""), str) or len(s.get("name", "")) > 200:
-            raise ArtgenError("a style's catalogue name is not a short string")
+        name = s.get("name", "")
+        if not isinstance(name, str) or len(name) > 200 or not name.isprintable():
+            raise ArtgenError("a style's catalogue name is not a short line of text")
     return m, options
 
 
@@ -187,12 +191,12 @@ def reproduce_command(params: dict[str, Any]) -> str:
     Every field is validated first and shell-quoted, so a tampered PNG cannot inject code.
     """
     m, options = validate_params(params)
-    parts = ["artgen", "stylize", params["content"]["file"]]
+    parts = ["artgen", "stylize", _not_a_flag(params["content"]["file"])]
     if m.name != DEFAULT_METHOD:
         parts += ["--method", m.name]
     for s in params["styles"]:
         # A catalogue style by its name (it resolves anywhere); other files by their name.
-        parts += ["--style", f"{s.get('name') or s['file']}:{s['weight']:g}"]
+        parts += ["--style", _not_a_flag(f"{s.get('name') or s['file']}:{s['weight']:g}")]
     defaults = m.options().to_dict()
     for f in fields(m.options):
         v = options.to_dict()[f.name]
@@ -200,7 +204,15 @@ def reproduce_command(params: dict[str, Any]) -> str:
             v = ",".join(f"{x:g}" for x in v) if isinstance(v, (list, tuple)) else v
             parts += [f"--{f.name.replace('_', '-')}", str(v)]
     parts += ["--device", str(params.get("device", "cpu")).split(":")[0], "-o", "OUT.png"]
+    if not all(p.isprintable() for p in parts):
+        # \r or an escape sequence could redraw the terminal over the quoted line.
+        raise ArtgenError("its parameters hold control characters")
     return " ".join(shlex.quote(p) for p in parts)
+
+
+def _not_a_flag(name: str) -> str:
+    """A file name as an argument: one starting with '-' would read as an option."""
+    return "./" + name if name.startswith("-") else name
 
 
 __all__ = [

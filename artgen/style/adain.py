@@ -24,7 +24,7 @@ from PIL import Image
 
 from artgen import color
 from artgen.devices import resolve_device
-from artgen.errors import ArtgenError
+from artgen.errors import ArtgenError, clip
 from artgen.images import LoadedImage, load_image, resize_long_side, to_pil, to_tensor
 from artgen.models.adain import blend_stats
 from artgen.style import StyleMethod
@@ -74,7 +74,11 @@ class AdaINOptions:
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ArtgenError:
-            return ArtgenError(f"{name}={getattr(self, name)!r}: {why}")
+            v = getattr(self, name)
+            shown = (
+                f"<int of {v.bit_length()} bits>" if isinstance(v, int) and v > 10**60 else repr(v)
+            )
+            return ArtgenError(f"{name}={clip(shown, 60)}: {why}")
 
         for name, kind in (("size", int), ("seed", int)):
             if not isinstance(getattr(self, name), kind) or isinstance(getattr(self, name), bool):
@@ -107,7 +111,7 @@ class AdaINOptions:
         unknown = set(d) - known
         if unknown:
             raise ArtgenError(
-                f"unknown option(s): {', '.join(sorted(str(k)[:40] for k in unknown))}"
+                f"unknown option(s): {clip(', '.join(sorted(str(k)[:40] for k in unknown)), 120)}"
             )
         return cls(**d)
 

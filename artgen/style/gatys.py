@@ -29,7 +29,7 @@ from PIL import Image
 
 from artgen import color
 from artgen.devices import resolve_device
-from artgen.errors import ArtgenError, Cancelled
+from artgen.errors import ArtgenError, Cancelled, clip
 from artgen.images import LoadedImage, load_image, resize_long_side, to_pil, to_tensor
 from artgen.losses import blend_grams, content_loss, gram, scaled_mse, tv_loss
 from artgen.models.backbones import FeatureExtractor
@@ -39,6 +39,7 @@ PRESERVE_COLOR = ("none", "luminance", "histogram")
 INITS = ("content", "noise", "fast")
 OPTIMIZERS = ("adam", "lbfgs")
 PRECISIONS = ("auto", "fp32", "bf16")
+BACKBONE_CHOICES = ("auto", "vgg19", "efficientnet-lite0")
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ class StylizeOptions:
     )
     backbone: str = field(
         default="auto",
-        metadata={"help": "feature network", "choices": ("auto", "vgg19", "efficientnet-lite0")},
+        metadata={"help": "feature network", "choices": BACKBONE_CHOICES},
     )
     precision: str = field(
         default="auto",
@@ -110,8 +111,23 @@ class StylizeOptions:
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ArtgenError:
-            return ArtgenError(f"{name}={getattr(self, name)!r}: {why}")
+            v = getattr(self, name)
+            shown = (
+                f"<int of {v.bit_length()} bits>" if isinstance(v, int) and v > 10**60 else repr(v)
+            )
+            return ArtgenError(f"{name}={clip(shown, 60)}: {why}")
 
+        for f in fields(self):  # types first: options also come from files (PNG metadata)
+            v, kind = getattr(self, f.name), str(f.type)
+            if v is None and "None" in kind:
+                continue
+            if kind == "int" and (not isinstance(v, int) or isinstance(v, bool)):
+                raise bad(f.name, "must be a whole number")
+            if kind.startswith("float") and (not isinstance(v, (int, float)) or isinstance(v, bool)
+                                             or not math.isfinite(v)):  # fmt: skip
+                raise bad(f.name, "must be a number")
+            if kind == "str" and (not isinstance(v, str) or len(v) > 64 or not v.isprintable()):
+                raise bad(f.name, "must be a short word")
         if not 16 <= self.size <= 16384:
             raise bad("size", "must be between 16 and 16384")
         if not (isinstance(self.seed, int) and 0 <= self.seed < 2**63):
@@ -131,6 +147,7 @@ class StylizeOptions:
             ("init", INITS),
             ("optimizer", OPTIMIZERS),
             ("precision", PRECISIONS),
+            ("backbone", BACKBONE_CHOICES),
         ):
             if getattr(self, name) not in allowed:
                 raise bad(name, f"choose one of {', '.join(allowed)}")
@@ -156,7 +173,9 @@ class StylizeOptions:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ArtgenError(f"unknown option(s): {', '.join(sorted(unknown))}")
+            raise ArtgenError(
+                f"unknown option(s): {clip(', '.join(sorted(map(str, unknown))), 120)}"
+            )
         d = dict(d)
         if d.get("style_layer_weights") is not None:
             d["style_layer_weights"] = tuple(d["style_layer_weights"])
