@@ -55,6 +55,31 @@ class StyleMethod:
     describe: Callable[[Any], str] | None = None
 
 
+def option_error(options: Any, name: str, why: str) -> ArtgenError:
+    """An options dataclass's one-line refusal of field ``name``, its value quoted short."""
+    v = getattr(options, name)
+    shown = f"<int of {v.bit_length()} bits>" if isinstance(v, int) and v > 10**60 else repr(v)
+    return ArtgenError(f"{name}={clip(shown, 60)}: {why}")
+
+
+def check_field_types(options: Any, skip: Sequence[str] = ()) -> None:
+    """Each field of a method's options has its declared type (int, float, a short printable
+    str, or None where allowed): options also come from files (PNG metadata)."""
+    for f in fields(options):
+        if f.name in skip:
+            continue
+        v, kind = getattr(options, f.name), str(f.type)
+        if v is None and "None" in kind:
+            continue
+        if kind == "int" and (not isinstance(v, int) or isinstance(v, bool)):
+            raise option_error(options, f.name, "must be a whole number")
+        if kind.startswith("float") and (not isinstance(v, (int, float)) or isinstance(v, bool)
+                                         or not math.isfinite(v)):  # fmt: skip
+            raise option_error(options, f.name, "must be a number")
+        if kind == "str" and (not isinstance(v, str) or len(v) > 64 or not v.isprintable()):
+            raise option_error(options, f.name, "must be a short word")
+
+
 def method_names() -> list[str]:
     return list(METHODS)
 

@@ -13,7 +13,6 @@ The network has no randomness: the same input gives the same picture on the same
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -73,20 +72,12 @@ class AdaINOptions:
     )
 
     def __post_init__(self) -> None:
-        def bad(name: str, why: str) -> ArtgenError:
-            v = getattr(self, name)
-            shown = (
-                f"<int of {v.bit_length()} bits>" if isinstance(v, int) and v > 10**60 else repr(v)
-            )
-            return ArtgenError(f"{name}={clip(shown, 60)}: {why}")
+        from artgen.style import check_field_types, option_error
 
-        for name, kind in (("size", int), ("seed", int)):
-            if not isinstance(getattr(self, name), kind) or isinstance(getattr(self, name), bool):
-                raise bad(name, "must be a whole number")
-        for name in ("strength", "style_scale"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-                raise bad(name, "must be a number")
+        def bad(name: str, why: str) -> ArtgenError:
+            return option_error(self, name, why)
+
+        check_field_types(self, skip=("model",))  # a folder path: checked below
         if not 16 <= self.size <= 16384:
             raise bad("size", "must be between 16 and 16384")
         if not 0 <= self.seed < 2**63:

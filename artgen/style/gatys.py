@@ -110,24 +110,12 @@ class StylizeOptions:
     )
 
     def __post_init__(self) -> None:
-        def bad(name: str, why: str) -> ArtgenError:
-            v = getattr(self, name)
-            shown = (
-                f"<int of {v.bit_length()} bits>" if isinstance(v, int) and v > 10**60 else repr(v)
-            )
-            return ArtgenError(f"{name}={clip(shown, 60)}: {why}")
+        from artgen.style import check_field_types, option_error
 
-        for f in fields(self):  # types first: options also come from files (PNG metadata)
-            v, kind = getattr(self, f.name), str(f.type)
-            if v is None and "None" in kind:
-                continue
-            if kind == "int" and (not isinstance(v, int) or isinstance(v, bool)):
-                raise bad(f.name, "must be a whole number")
-            if kind.startswith("float") and (not isinstance(v, (int, float)) or isinstance(v, bool)
-                                             or not math.isfinite(v)):  # fmt: skip
-                raise bad(f.name, "must be a number")
-            if kind == "str" and (not isinstance(v, str) or len(v) > 64 or not v.isprintable()):
-                raise bad(f.name, "must be a short word")
+        def bad(name: str, why: str) -> ArtgenError:
+            return option_error(self, name, why)
+
+        check_field_types(self)
         if not 16 <= self.size <= 16384:
             raise bad("size", "must be between 16 and 16384")
         if not (isinstance(self.seed, int) and 0 <= self.seed < 2**63):
