@@ -52,9 +52,8 @@ def mean_std(features: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, t
     The statistics AdaIN transfers (Huang & Belongie 2017, eq. 5-6); eps inside the square
     root as in their code, so flat regions do not divide by zero.
     """
-    f = features.float()
-    var = f.var(dim=(2, 3), keepdim=True, unbiased=False)
-    return f.mean(dim=(2, 3), keepdim=True), (var + eps).sqrt()
+    var, mean = torch.var_mean(features.float(), dim=(2, 3), keepdim=True, correction=0)
+    return mean, (var + eps).sqrt()
 
 
 def stats_loss(features: torch.Tensor, target_mean: torch.Tensor, target_std: torch.Tensor):

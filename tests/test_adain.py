@@ -283,3 +283,55 @@ def test_a_damaged_model_folder_is_one_line_naming_the_file(tmp_path, images, ca
         err = capsys.readouterr().err
         assert rc == 2 and why in err and err.count("\n") == 1, (folder.name, err)
         assert str(folder) in err
+
+
+@pytest.mark.parametrize("size", [(5, 7), (8, 8), (1, 3)])
+def test_upsample_conv_is_upsample_pad_conv_at_four_ninths_the_work(size):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 6, *size, generator=g, requires_grad=True)
+    w = torch.randn(4, 6, 3, 3, generator=g, requires_grad=True)
+    b = torch.randn(4, generator=g)
+    up = torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")
+    mode = "reflect" if min(size) > 1 else "replicate"  # reflect needs 2 pixels
+    want = torch.nn.functional.conv2d(torch.nn.functional.pad(up, (1, 1, 1, 1), mode=mode), w, b)
+    got = M.upsample_conv(x, M.upsample_conv_weight(w), b)
+    assert got.shape == want.shape == (2, 4, 2 * size[0], 2 * size[1])
+    assert torch.allclose(got, want, atol=1e-5)
+    # The same gradients too, so training uses it as well.
+    gx, gw = torch.autograd.grad((want * want.detach().sin()).sum(), (x, w))
+    hx, hw = torch.autograd.grad((got * want.detach().sin()).sum(), (x, w))
+    assert torch.allclose(gx, hx, atol=1e-4) and torch.allclose(gw, hw, atol=1e-4)
+    # The 4x4 kernel: 16 taps, each a sum of 1, 2 or 4 of the 9 (by hand for one corner).
+    k = M.upsample_conv_weight(w)
+    assert k.shape == (6, 4, 4, 4)
+    assert torch.allclose(k[0, 0, 1, 1], w[0, 0, 1:, 1:].sum())
+    assert torch.allclose(k[0, 0, 3, 0], w[0, 0, 0, 2])
+
+
+def test_skip_decoder_fast_forward_equals_the_straightforward_one_and_follows_its_weights():
+    torch.manual_seed(0)
+    dec = M.SkipDecoder((5, 6, 7), (8, 9, 10), (6, 4)).eval()
+    feats = [torch.randn(2, 5, 12, 16), torch.randn(2, 6, 6, 8), torch.randn(2, 7, 3, 4)]
+    with torch.inference_mode():
+        a, b = dec(feats), dec.forward_reference(feats)
+    assert a.shape == (2, 3, 48, 64) and torch.allclose(a, b, atol=1e-5)
+    # The transposed kernels are kept between calls, and refreshed when a weight changes.
+    with torch.no_grad():
+        for p in dec.parameters():
+            p.mul_(1.5)
+    with torch.inference_mode():
+        a, b = dec(feats), dec.forward_reference(feats)
+    assert torch.allclose(a, b, atol=1e-4)
+    # Sizes that are not a factor of 2 apart take the straightforward path.
+    odd = [torch.randn(1, 5, 13, 16), torch.randn(1, 6, 6, 8), torch.randn(1, 7, 3, 4)]
+    with torch.no_grad():
+        assert torch.allclose(dec(odd), dec.forward_reference(odd), atol=1e-5)
+
+
+def test_adain_blend_is_the_papers_interpolation():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 3, 5, 6, generator=g) * 2 + 0.5
+    m, s = mean_std(torch.randn(2, 3, 4, 4, generator=g) * 0.4 - 1)
+    for alpha in (0.0, 0.3, 1.0):
+        want = alpha * M.adain(x, m, s) + (1 - alpha) * x  # eq. 11's target
+        assert torch.allclose(M.adain_blend(x, m, s, alpha), want, atol=1e-5)

@@ -136,3 +136,25 @@ def test_clip_cuts_at_a_word_and_keeps_one_line():
     assert len(cut) <= 50 and cut.endswith("…") and "\n" not in cut
     assert text.startswith(cut[:-1]) and text[len(cut) - 1] in " ;?"  # ends on a word boundary
     assert len(clip("x" * 10_000_000, 200)) == 200  # a huge value is not walked whole
+
+
+def test_lite0_built_here_is_timms_model_output_for_output():
+    # artgen builds EfficientNet-Lite0 itself (importing timm costs ~3 s of start-up);
+    # timm's model is the reference: the same keys in the same order, the same outputs.
+    import timm
+
+    from artgen.models.backbones import efficientnet_lite0
+
+    sd = read_state_dict(efficientnet_lite0_path(), "")
+    ours = efficientnet_lite0_classifier(sd)
+    ref = timm.create_model("efficientnet_lite0", pretrained=False).eval()
+    ref.load_state_dict({k: v for k, v in zip(ref.state_dict(), sd.values(), strict=True)})
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    x = torch.rand(2, 3, 96, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(ours(x), ref(x), atol=1e-4)
+        feats = efficientnet_lite0(sd, fold_bn=False)(x, ["block3_2"])["block3_2"]
+        h = ref.bn1(ref.conv_stem((x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+                                  / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)))  # fmt: skip
+        h = ref.blocks[3](ref.blocks[2](ref.blocks[1](ref.blocks[0](h))))
+        assert torch.allclose(feats, h, atol=1e-5)

