@@ -1,13 +1,22 @@
 """``artgen eval``: measure a fine-tuned generator against a reference image set.
 
 Reports, each labelled with the network that produced it (see artgen.metrics):
-- FID (Heusel et al. 2017) and KID (Binkowski et al. 2018) on pretrained features;
+- FID (Heusel et al. 2017) and KID (Binkowski et al. 2018) on pretrained features, KID
+  with its standard error (bootstrap; see artgen.metrics.kid_from_features);
 - intra-cluster LPIPS diversity (Ojha et al. 2021): low means the generator copies
   its few training images;
 - with a labels CSV and an attribute: the generated images' attribute proportions,
   as labelled by a linear probe trained on the labelled reference images (see
   artgen.probe, with its cross-validated accuracy), and the Fairness Discrepancy
-  (Teo et al. 2023).
+  (Teo et al. 2023) with a bootstrap interval. By default the
+  probe also trains on degraded copies of the references (artgen.probe.degrade: blur,
+  noise, colour shifts, down-up sampling, banding, at the samples' resolution), its
+  confusion matrix is measured on other degraded copies of held-out references, and the
+  proportions are corrected for those errors (artgen.metrics.correct_proportions);
+  ``uncorrected`` turns this off.
+
+Departure from Teo et al.: they label samples with a ResNet-18 trained on real images and
+report FD uncorrected, without an interval.
 """
 
 from __future__ import annotations
@@ -58,23 +67,53 @@ class EvalOptions:
     labels: str = field(default="", metadata={"help": "CSV labelling the reference images"})
     attribute: str = field(default="", metadata={"help": "attribute to measure proportions of"})
     kid_subsets: int = field(default=100, metadata={"help": "KID subsets"})
+    # A negative name: bool fields become store_true flags, so the default must be False.
+    uncorrected: bool = field(
+        default=False,
+        metadata={"help": "attribute probe on clean references only, proportions not "
+                  "corrected (default: it also trains on degraded copies and its errors on "
+                  "degraded held-out references are corrected for)"},
+    )  # fmt: skip
+    bootstrap: int = field(
+        default=1000, metadata={"help": "bootstrap replicates for FD's 95 percent interval"}
+    )
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps"})
 
 
-_FEATURES: dict[tuple, torch.Tensor] = {}
+_FEATURES: dict[tuple, Any] = {}
+# Degraded copies of the references: fixed seeds, so that every evaluation of a run (and
+# of every run against the same set) uses the same calibration.
+DEGRADE_SEEDS = (1, 2)  # the copy the probe trains on, the copy its errors are measured on
 
 
-def _reference_features(files: list[Path], net: Any, image_features: Callable) -> torch.Tensor:
-    """Features of the reference images, remembered for the process's next evaluations of the
-    same unchanged files with the same network (an experiment measures many runs against
-    one set)."""
-    key = (net.label, tuple((str(p.resolve()), p.stat().st_mtime_ns, p.stat().st_size)
-                            for p in files))  # fmt: skip
+def _reference_features(
+    files: list[Path], net: Any, compute: Callable[[], Any], extra: tuple = ()
+) -> Any:
+    """``compute()`` (features of the reference images), remembered for the process's next
+    evaluations of the same unchanged files with the same network and ``extra`` settings
+    (an experiment measures many runs against one set)."""
+    key = (net.label, extra, tuple((str(p.resolve()), p.stat().st_mtime_ns, p.stat().st_size)
+                                   for p in files))  # fmt: skip
     if key not in _FEATURES:
-        if len(_FEATURES) >= 4:
+        if len(_FEATURES) >= 6:
             _FEATURES.pop(next(iter(_FEATURES)))
-        _FEATURES[key] = image_features(files, net)
+        _FEATURES[key] = compute()
     return _FEATURES[key]
+
+
+def _degraded_features(files: list[Path], res: int, net: Any, image_features: Callable) -> list:
+    """Features of the references at the samples' resolution through artgen.probe.degrade,
+    one tensor per seed of DEGRADE_SEEDS."""
+    from artgen.data import ImageSet
+    from artgen.probe import degrade
+
+    data = ImageSet(files, res, center_crop=True, random_flip=False)
+    clean = (torch.stack([data[i]["pixels"] for i in range(len(files))]) + 1) / 2
+    out = []
+    for seed in DEGRADE_SEEDS:
+        g = torch.Generator().manual_seed(seed)
+        out.append(image_features(degrade(clean.clamp(0, 1), generator=g), net))
+    return out
 
 
 def evaluate(
@@ -93,7 +132,7 @@ def evaluate(
     from artgen.finetune.gan import is_gan_run, sample_gan_run
     from artgen.metrics import (
         attribute_proportions,
-        fairness_discrepancy,
+        fairness_discrepancy_interval,
         fid_from_features,
         image_features,
         intra_cluster_diversity,
@@ -101,7 +140,7 @@ def evaluate(
         load_fid_network,
         load_lpips,
     )
-    from artgen.probe import cross_validated_accuracy, fit_linear_probe
+    from artgen.probe import calibrate_probe, cross_validated_accuracy, fit_linear_probe
 
     run = Path(run_dir)
     if not options.images:
@@ -135,18 +174,26 @@ def evaluate(
             samples = generate(options.num_samples, options.seed)
         source = f"{len(samples)} generated (seed {options.seed})"
 
+    if options.bootstrap < 1:
+        raise ArtgenError(f"--bootstrap {options.bootstrap}: must be >= 1")
     net = load_fid_network(options.fid_network, device)
-    real = _reference_features(ref_files, net, image_features)
+    real = _reference_features(ref_files, net, lambda: image_features(ref_files, net))
     fake = image_features(samples, net)
     kid_mean, kid_std = kid_from_features(real, fake, subsets=options.kid_subsets,
                                           seed=options.seed)  # fmt: skip
+    subset = min(1000, len(ref_files), len(samples))
+    whole = subset >= len(ref_files) and subset >= len(samples)
     result: dict[str, Any] = {
         "run": str(run),
         "reference": {"folder": str(options.images), "count": len(ref_files)},
         "samples": {"source": source, "count": len(samples)},
         "fid": {"value": fid_from_features(real, fake), "network": net.label},
-        "kid": {"mean": kid_mean, "std": kid_std, "network": net.label},
-    }
+        # std: the spread of a KID estimate on subsets of subset_size (for sets no larger,
+        # the bootstrap standard error of the full-set KID that "mean" then is).
+        "kid": {"mean": kid_mean, "std": kid_std, "network": net.label,
+                "subset_size": subset, "subsets": options.kid_subsets,
+                "std_is": "bootstrap standard error" if whole else "std over subsets"},
+    }  # fmt: skip
 
     # Diversity at the samples' own size; references are centre-cropped to match.
     res = samples[0].size[0]
@@ -166,18 +213,53 @@ def evaluate(
     if labels is not None:
         values = labels.values(options.attribute)
         accuracy, folds = cross_validated_accuracy(real, values)
-        probe = fit_linear_probe(real, values)
-        predicted = probe.predict(fake)
-        props = attribute_proportions(predicted, probe.classes)
+        calibration = None
+        if not options.uncorrected:
+            degraded = _reference_features(
+                ref_files, net, lambda: _degraded_features(ref_files, res, net, image_features),
+                extra=("degraded", res, DEGRADE_SEEDS),
+            )  # fmt: skip
+            calibration = calibrate_probe(real, degraded[0], degraded[1], values)
+            probe = calibration.probe
+        else:
+            probe = fit_linear_probe(real, values)
+        classes = probe.classes
+        predicted = [classes.index(p) for p in probe.predict(fake)]
+        fd = fairness_discrepancy_interval(
+            predicted, len(classes), replicates=options.bootstrap, seed=options.seed,
+            calibration=None if calibration is None else (calibration.true, calibration.predicted),
+        )  # fmt: skip
+        what = f"linear probe on {net.label}"
+        if calibration is not None:
+            what += (f"; trained with degraded copies, corrected for its errors on degraded "
+                     f"held-out references (accuracy there {calibration.accuracy:.2f})")  # fmt: skip
         result["attribute"] = {
             "name": options.attribute,
-            "reference_proportions": attribute_proportions(values, probe.classes),
-            "generated_proportions": props,
-            "fairness_discrepancy": fairness_discrepancy(list(props.values())),
-            "classifier": f"linear probe on {net.label}",
+            "reference_proportions": attribute_proportions(values, classes),
+            # Corrected for the probe's errors when calibrated; the probe's own calls are
+            # observed_proportions.
+            "generated_proportions": dict(zip(classes, fd["proportions"], strict=True)),
+            "observed_proportions": dict(zip(classes, fd["observed"], strict=True)),
+            "fairness_discrepancy": fd["fd"],
+            "fairness_discrepancy_raw": fd["fd_raw"],
+            "fairness_discrepancy_interval": [fd["low"], fd["high"]],
+            "fairness_discrepancy_std": fd["std"],
+            "interval": f"{fd['level']:.0%} percentile bootstrap, {fd['replicates']} replicates"
+                        + (" of the samples and the calibration images" if calibration else
+                           " of the samples"),
+            "corrected": calibration is not None,
+            "calibration": None if calibration is None else {
+                "images": len(values), "folds": calibration.folds,
+                "accuracy": calibration.accuracy,
+                "confusion": {t: dict(zip(classes, row, strict=True))
+                              for t, row in zip(classes, fd["confusion"], strict=True)},
+                "degradations": "artgen.probe.degrade (down-up sampling, blur, colour "
+                                f"shifts, banding, noise) at {res} px",
+            },
+            "classifier": what,
             "classifier_accuracy": accuracy,
             "classifier_folds": folds,
-        }
+        }  # fmt: skip
     result["options"] = asdict(options)
     if run.is_dir():
         tmp = run / ".eval.json.tmp"

@@ -18,6 +18,9 @@
   Learning", AAAI 2023, after Choi et al., "Fair Generative Modeling via Weak
   Supervision", ICML 2020: the L2 distance between the uniform distribution over
   a sensitive attribute's classes and the generated samples' class proportions.
+  :func:`fairness_discrepancy_interval` corrects the proportions for the classifier's
+  errors (the standard misclassification correction, with a confusion matrix estimated
+  on images of known class) and gives a bootstrap interval.
 
 Departures from the papers:
 - FID and KID features do not come from Inception-v3 (its weights cannot be had
@@ -28,6 +31,9 @@ Departures from the papers:
   choice for the same reason: the network must not change with what is on disk.
 - LPIPS needs torchvision's ImageNet trunk, which is not always on disk; without
   it :func:`load_lpips` returns a clearly labelled, uncalibrated stand-in.
+- KID's spread: a set no larger than the subset size is bootstrapped (resampled with
+  replacement) instead of being used whole by every subset, so the reported standard
+  deviation is the estimate's standard error rather than 0 (see :func:`kid_from_features`).
 
 Heavy weights are never loaded behind the caller's back: functions take the
 network (or distance function) as an argument, and ``load_*`` helpers build the
@@ -195,14 +201,46 @@ def _poly_mmd2(x: np.ndarray, y: np.ndarray) -> float:
     return float(xx + yy - 2 * kxy.sum() / (m * n))
 
 
+def _poly_mmd2_rows(x: np.ndarray, y: np.ndarray, ix: np.ndarray, iy: np.ndarray) -> float:
+    """:func:`_poly_mmd2` of rows ``ix`` of x and ``iy`` of y, which may repeat (a bootstrap
+    draw): the within-set sums leave out every pair of one original row with itself, so the
+    estimate stays (nearly) unbiased instead of counting k(x, x) terms."""
+    xs, ys = x[ix], y[iy]
+    d = x.shape[1]
+    kxx = (xs @ xs.T / d + 1) ** 3
+    kyy = (ys @ ys.T / d + 1) ** 3
+    kxy = (xs @ ys.T / d + 1) ** 3
+    mx, my = ix[:, None] != ix[None, :], iy[:, None] != iy[None, :]
+    return float(kxx[mx].sum() / mx.sum() + kyy[my].sum() / my.sum() - 2 * kxy.mean())
+
+
+def _draw(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
+    """``size`` of ``n`` rows: a subset without replacement, or, when the subset would be the
+    whole set, a bootstrap resample (with replacement) holding at least two distinct rows."""
+    if size < n:
+        return rng.choice(n, size, replace=False)
+    while True:
+        idx = rng.integers(0, n, n)
+        if (idx != idx[0]).any():
+            return idx
+
+
 def kid_from_features(
     a: ArrayLike, b: ArrayLike, *, subsets: int = 100, subset_size: int = 1000, seed: int = 0
 ) -> tuple[float, float]:
-    """KID: mean and standard deviation of :func:`polynomial_mmd2` over random subsets.
+    """KID and its spread: (estimate, standard deviation over ``subsets`` random subsets).
 
-    Each subset draws ``subset_size`` rows without replacement from each set
-    (clipped to the smaller set's size). The standard deviation is that of the
-    per-subset estimates (ddof 0, as torch-fidelity reports it), not a standard error.
+    Each subset draws ``subset_size`` rows from each set, clipped to the smaller set's
+    size: without replacement from a set larger than that (Binkowski et al.'s code), as a
+    bootstrap resample of a set that the subset would cover whole. The standard deviation
+    (ddof 0) is thus always the sampling spread of a KID estimate on subsets of that size:
+    for sets no larger than ``subset_size``, the bootstrap standard error of the full-set
+    KID, which is then the estimate returned (exactly :func:`polynomial_mmd2`). Otherwise
+    the estimate is the mean over the subsets, as torch-fidelity reports it.
+
+    Departure: the reference code (and artgen before this) drew every subset without
+    replacement, so sets at or below ``subset_size`` gave identical subsets and a spread of
+    0 ("+- 0.0000"), which said nothing about the estimate's uncertainty.
     The estimate is unbiased, so it can be slightly negative for matching sets.
     """
     x, y = _features_pair(a, b, "KID")
@@ -210,15 +248,16 @@ def kid_from_features(
         raise ArtgenError(
             f"KID needs subsets >= 1 and subset_size >= 2, got {subsets}, {subset_size}"
         )
-    size = min(subset_size, x.shape[0], y.shape[0])
+    n, m = x.shape[0], y.shape[0]
+    size = min(subset_size, n, m)
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(subsets):
-        ia = rng.choice(x.shape[0], size, replace=False)
-        ib = rng.choice(y.shape[0], size, replace=False)
-        values.append(_poly_mmd2(x[ia], y[ib]))
+        ia, ib = _draw(rng, n, size), _draw(rng, m, size)
+        values.append(_poly_mmd2_rows(x, y, ia, ib))
     v = np.asarray(values)
-    return float(v.mean()), float(v.std())
+    whole = size >= n and size >= m
+    return (_poly_mmd2(x, y) if whole else float(v.mean())), float(v.std())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,7 +334,12 @@ class FeatureNet(nn.Module):
 def efficientnet_lite0_feature_net(state_dict: dict[str, torch.Tensor]) -> FeatureNet:
     """EfficientNet-Lite0 (timm) up to its global average pool: 1280-d features."""
     net = backbones.efficientnet_lite0_classifier(state_dict)
-    net.reset_classifier(0)  # forward now ends at the pooled 1280-d pre-logits
+    # forward now ends at the pooled 1280-d pre-logits (timm's model, or artgen's own
+    # Lite0Classifier, whose forward is classifier(pooled features)).
+    if hasattr(net, "reset_classifier"):
+        net.reset_classifier(0)
+    else:
+        net.classifier = nn.Identity()
     return FeatureNet(
         net,
         name="efficientnet-lite0",
@@ -636,3 +680,120 @@ def fairness_discrepancy(proportions: Sequence[float] | ArrayLike | Mapping[str,
             f"proportions must be non-negative and sum to 1, got sum {float(p.sum()):.6g}"
         )
     return float(np.linalg.norm(np.full_like(p, 1 / p.shape[0]) - p))
+
+
+# ---------------------------------------------------------------------------------------------
+# Fairness with a classifier that makes mistakes
+#
+# A probe's shares on generated images are biased by its errors there: observed_j =
+# sum_i p_i C[i, j], with C[i, j] = P(called j | truly i). The standard misclassification
+# correction inverts that (for two classes p = (observed - FPR) / (TPR - FPR); Buonaccorsi,
+# "Measurement Error", 2010, ch. 3), with C estimated on images whose class is known. The
+# bootstrap (Efron and Tibshirani 1993) resamples both the generated images and those
+# calibration images, so the interval carries the uncertainty of C as well.
+
+
+def confusion_matrix(true: Sequence[int], predicted: Sequence[int], k: int) -> np.ndarray:
+    """(k, k) row-normalised confusion: [i, j] = share of class-i items called j."""
+    t, p = np.asarray(true, dtype=np.int64), np.asarray(predicted, dtype=np.int64)
+    if t.shape != p.shape or t.ndim != 1 or t.size == 0:
+        raise ArtgenError(f"need as many true as predicted labels, got {t.shape} and {p.shape}")
+    if min(t.min(), p.min()) < 0 or max(t.max(), p.max()) >= k:
+        raise ArtgenError(f"labels must be class indices 0 to {k - 1}")
+    counts = np.zeros((k, k))
+    np.add.at(counts, (t, p), 1)
+    rows = counts.sum(1, keepdims=True)
+    if (rows == 0).any():
+        missing = [i for i in range(k) if rows[i, 0] == 0]
+        raise ArtgenError(f"no calibration items of class(es) {missing}: cannot estimate "
+                          "the classifier's errors on them")  # fmt: skip
+    return counts / rows
+
+
+def correct_proportions(observed: Sequence[float] | ArrayLike, confusion: ArrayLike) -> np.ndarray:
+    """True class shares p from a classifier's observed shares: solve observed = C^T p.
+
+    ``confusion[i, j]`` = P(called j | truly i) (rows sum to 1). For two classes this is
+    p_1 = (observed_1 - FPR) / (TPR - FPR) with TPR = C[1, 1], FPR = C[0, 1]. The solution
+    is clipped to [0, 1] (observed shares outside the range the classifier can produce,
+    from sampling noise) and renormalised to sum 1. A classifier that calls every class
+    alike (singular C) cannot be corrected: ArtgenError.
+    """
+    o = _float64(observed, "observed proportions")
+    c = _float64(confusion, "confusion matrix")
+    k = o.shape[0]
+    if o.ndim != 1 or c.shape != (k, k):
+        raise ArtgenError(f"need k shares and a (k, k) confusion matrix, got {o.shape}, {c.shape}")
+    if np.linalg.cond(c) > 1e8:
+        raise ArtgenError("the classifier's calls do not depend on the class (its confusion "
+                          "matrix is singular): proportions cannot be corrected")  # fmt: skip
+    p = np.clip(np.linalg.solve(c.T, o), 0.0, 1.0)
+    return p / p.sum() if p.sum() > 0 else np.full(k, 1 / k)
+
+
+def fairness_discrepancy_interval(
+    predicted: Sequence[int],
+    k: int,
+    *,
+    calibration: tuple[Sequence[int], Sequence[int]] | None = None,
+    replicates: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, object]:
+    """FD of generated items with a percentile bootstrap interval, optionally corrected.
+
+    ``predicted``: the classifier's class index for each generated item. ``calibration``:
+    (true, predicted) class indices of items whose class is known and which look like
+    generated ones (e.g. degraded held-out images); with it the shares are corrected by
+    :func:`correct_proportions` and each bootstrap replicate resamples the calibration items
+    too (within each true class, so every class stays represented). Returns ``fd`` and
+    ``proportions`` (corrected when calibrated), ``observed`` (the raw shares), ``fd_raw``,
+    ``low`` / ``high`` (the ``level`` percentile interval of FD), ``std`` (its bootstrap
+    standard deviation) and ``confusion`` (or None). FD is a norm, so near 0 its estimate is
+    biased upwards and the interval need not contain 0 even for a fair generator.
+    """
+    pred = np.asarray(predicted, dtype=np.int64)
+    if pred.ndim != 1 or pred.size == 0 or pred.min() < 0 or pred.max() >= k:
+        raise ArtgenError(f"predicted must be a non-empty list of class indices 0 to {k - 1}")
+    if replicates < 1 or not 0 < level < 1:
+        raise ArtgenError(f"need replicates >= 1 and 0 < level < 1, got {replicates}, {level}")
+
+    def shares(p: np.ndarray) -> np.ndarray:
+        return np.bincount(p, minlength=k) / p.size
+
+    observed = shares(pred)
+    conf = None
+    if calibration is not None:
+        t_cal = np.asarray(calibration[0], dtype=np.int64)
+        p_cal = np.asarray(calibration[1], dtype=np.int64)
+        conf = confusion_matrix(t_cal, p_cal, k)
+        props = correct_proportions(observed, conf)
+        by_class = [np.flatnonzero(t_cal == i) for i in range(k)]
+    else:
+        props = observed
+    rng = np.random.default_rng(seed)
+    fds = np.empty(replicates)
+    for r in range(replicates):
+        o = shares(pred[rng.integers(0, pred.size, pred.size)])
+        if conf is not None:
+            idx = np.concatenate([rows[rng.integers(0, rows.size, rows.size)] for rows in by_class])
+            c = confusion_matrix(t_cal[idx], p_cal[idx], k)
+            # A resampled confusion can be singular for a poor classifier: least squares then.
+            sol = np.linalg.lstsq(c.T, o, rcond=None)[0]
+            sol = np.clip(sol, 0.0, 1.0)
+            o = sol / sol.sum() if sol.sum() > 0 else np.full(k, 1 / k)
+        fds[r] = np.linalg.norm(o - 1 / k)
+    alpha = (1 - level) / 2
+    low, high = np.quantile(fds, [alpha, 1 - alpha])
+    return {
+        "fd": fairness_discrepancy(props),
+        "fd_raw": fairness_discrepancy(observed),
+        "proportions": props.tolist(),
+        "observed": observed.tolist(),
+        "low": float(low),
+        "high": float(high),
+        "std": float(fds.std()),
+        "level": level,
+        "replicates": replicates,
+        "confusion": None if conf is None else conf.tolist(),
+    }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from artgen.errors import ArtgenError
 from artgen.evaluate import EvalOptions, evaluate
@@ -43,6 +44,18 @@ def test_fid_diversity_and_fairness_discrepancy(reference, tmp_path):
     assert a["generated_proportions"] == {"painting": 0.9, "photo": 0.1}
     assert a["fairness_discrepancy"] == pytest.approx(0.5657, abs=1e-3)
     assert a["reference_proportions"] == {"painting": 0.5, "photo": 0.5}
+    # Photos and stripes stay apart through the degradations: the confusion is the identity,
+    # so the correction changes nothing; the interval comes from the 20 samples.
+    assert a["corrected"] and a["calibration"]["accuracy"] == 1.0
+    assert a["calibration"]["confusion"] == {"painting": {"painting": 1.0, "photo": 0.0},
+                                             "photo": {"painting": 0.0, "photo": 1.0}}  # fmt: skip
+    assert a["observed_proportions"] == a["generated_proportions"]
+    assert a["fairness_discrepancy_raw"] == pytest.approx(a["fairness_discrepancy"])
+    low, high = a["fairness_discrepancy_interval"]
+    assert low < a["fairness_discrepancy"] < high and 0.3 < low and high <= 0.7072
+    assert a["fairness_discrepancy_std"] > 0.03  # sd of the share over 20 draws: 0.067 * sqrt 2
+    k = r["kid"]
+    assert k["std"] > 0 and k["std_is"] == "bootstrap standard error" and k["subset_size"] == 20
     assert "efficientnet-lite0" in r["fid"]["network"]
     assert "stand-in" in r["diversity"]["distance"]
     assert json.loads((run / "eval.json").read_text())["fid"] == r["fid"]
@@ -69,3 +82,58 @@ def test_eval_errors(reference, tmp_path):
         evaluate(tmp_path, EvalOptions(images=str(folder), labels=str(labels), attribute="colour"))
     with pytest.raises(ArtgenError, match="--images"):
         evaluate(tmp_path, EvalOptions())
+
+
+def test_eval_corrects_a_probe_that_misreads_degraded_images(reference, tmp_path):
+    """A probe trained on clean images only, on "generated" images degraded the way
+    artgen.probe.degrade does: the calibrated evaluation is no further from the truth."""
+    from artgen.images import to_pil, to_tensor
+    from artgen.probe import degrade
+
+    folder, labels = reference
+
+    def degraded_balanced(n, seed):
+        g = torch.Generator().manual_seed(seed)
+        clean = [stripes(48, seed=300 + i) if i % 2 else photo(48, 48, seed=300 + i)
+                 for i in range(n)]  # fmt: skip
+        x = degrade(torch.cat([to_tensor(im) for im in clean]), generator=g, strength=1.5)
+        return [to_pil(im) for im in x]
+
+    base = dict(images=str(folder), num_samples=20, labels=str(labels), attribute="kind",
+                lpips="stand-in", kid_subsets=5, device="cpu", bootstrap=200)  # fmt: skip
+    plain = evaluate(tmp_path, EvalOptions(**base, uncorrected=True),
+                     generate=degraded_balanced)["attribute"]  # fmt: skip
+    fixed = evaluate(tmp_path, EvalOptions(**base), generate=degraded_balanced)["attribute"]
+    assert not plain["corrected"] and plain["calibration"] is None
+    assert fixed["fairness_discrepancy"] <= plain["fairness_discrepancy"] + 1e-9
+    assert fixed["fairness_discrepancy_interval"][0] <= 0.25
+    with pytest.raises(ArtgenError, match="--bootstrap"):
+        evaluate(tmp_path, EvalOptions(**{**base, "bootstrap": 0}), generate=degraded_balanced)
+
+
+def test_cli_prints_fd_with_its_interval_and_kid_with_its_error(reference, tmp_path, monkeypatch,
+                                                                capsys):  # fmt: skip
+    import artgen.evaluate as ev
+    from artgen.cli import main
+
+    folder, labels = reference
+    run = tmp_path / "run"
+    run.mkdir()
+    real = ev.evaluate
+
+    def biased(n, seed):
+        return [stripes(48, seed=100 + seed + i) if i % 10 else photo(48, 48, seed=100 + i)
+                for i in range(n)]  # fmt: skip
+
+    monkeypatch.setattr(ev, "evaluate", lambda r, o: real(r, o, generate=biased))
+    assert main(["eval", str(run), "--images", str(folder), "--labels", str(labels),
+                 "--attribute", "kind", "--num-samples", "20", "--lpips", "stand-in",
+                 "--kid-subsets", "5", "--device", "cpu"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    saved = json.loads((run / "eval.json").read_text())
+    a, k = saved["attribute"], saved["kid"]
+    lo, hi = a["fairness_discrepancy_interval"]
+    assert f"FD         {a['fairness_discrepancy']:10.4f}   [{lo:.4f}, {hi:.4f}]" in out
+    assert f"uncorrected {a['fairness_discrepancy_raw']:.4f}" in out
+    assert f"+- {k['std']:.4f}   (bootstrap standard error, subsets of 20)" in out
+    assert "probe's calls painting 0.90, photo 0.10" in out

@@ -5,16 +5,19 @@ Every network is a tiny StyleGAN2 built in the test (16 px, 16 channels at most)
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -28,10 +31,12 @@ from artgen.finetune.gan import (
     g_nonsaturating_loss,
     generate_gan,
     is_gan_run,
+    layer_features,
     load_gan,
     options_for_resume,
     r1_penalty,
     sample_gan_run,
+    synthesis_layers,
     train_gan,
 )
 from artgen.models.stylegan2 import Discriminator, Generator, StyleGAN2Config
@@ -108,20 +113,93 @@ def test_r1_penalty_of_a_linear_discriminator_is_its_squared_weight_norm():
     assert r1_penalty(logits, x).item() == pytest.approx(w.square().sum().item(), rel=1e-5)
 
 
+def _official_cdc(source, target, feat_ind):
+    """Ojha et al.'s train.py, loop for loop: nn.CosineSimilarity per pair, nn.Softmax(dim=1)
+    per row, nn.KLDivLoss() (reduction "mean") of log(target) against source."""
+    n = source[0].shape[0]
+    sim, sfm, kl = torch.nn.CosineSimilarity(), torch.nn.Softmax(dim=1), torch.nn.KLDivLoss()
+
+    def dist(feats):
+        d = torch.zeros(n, n - 1)
+        for p1 in range(n):
+            c = 0
+            for p2 in range(n):
+                if p1 != p2:
+                    a = feats[feat_ind[p1]][p1].reshape(-1).unsqueeze(0)
+                    b = feats[feat_ind[p1]][p2].reshape(-1).unsqueeze(0)
+                    d[p1, c] = sim(a, b)
+                    c += 1
+        return sfm(d)
+
+    with warnings.catch_warnings():  # torch: "'mean' ... will be changed"
+        warnings.simplefilter("ignore", UserWarning)
+        return kl(torch.log(dist(target)), dist(source))
+
+
+def test_cdc_loss_of_a_fixed_four_sample_batch_matches_a_hand_computation():
+    # Four 2-d features at 0, 90, 180 and 270 degrees: cosine similarities 0, -1, 0 from
+    # each anchor; the target collapses them all onto one direction (similarities 1, 1, 1).
+    src = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
+    tgt = torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0], [4.0, 0.0]])
+    # Every row's source softmax holds 1/(2+e), 1/(2+e) and e/(2+e) (e = exp(-1)); the
+    # target's is uniform. KL per row, then nn.KLDivLoss's mean over the 4 x 3 entries:
+    e = math.exp(-1)
+    a, b = 1 / (2 + e), e / (2 + e)
+    row = 2 * a * math.log(3 * a) + b * math.log(3 * b)
+    hand = 4 * row / 12
+    assert hand == pytest.approx(0.02709, abs=1e-5)
+    layers = [0, 0, 0, 0]
+    assert cdc_loss([src], [tgt], layers).item() == pytest.approx(hand, rel=1e-5)
+    assert _official_cdc([src], [tgt], layers).item() == pytest.approx(hand, rel=1e-5)
+
+
+def test_cdc_loss_matches_the_official_loop_with_one_layer_per_anchor():
+    g = torch.Generator().manual_seed(0)
+    src = [torch.randn(4, 3, 4, 4, generator=g), torch.randn(4, 5, 2, 2, generator=g),
+           torch.randn(4, 7, generator=g)]  # fmt: skip
+    tgt = [torch.randn(s.shape, generator=g, requires_grad=True) for s in src]
+    for layers in ([0, 1, 2, 1], [2, 2, 0, 0], [1, 1, 1, 1]):
+        ours = cdc_loss(src, tgt, layers)
+        assert ours.item() == pytest.approx(_official_cdc(src, tgt, layers).item(), rel=1e-5)
+    # The earlier form ("batchmean": sum over rows / N) is N - 1 times the official mean.
+    for n in (4, 8, 16):
+        s, t = torch.randn(n, 6, generator=g), torch.randn(n, 6, generator=g)
+        mean = cdc_loss([s], [t], [0] * n).item()
+        from artgen.finetune.gan import _similarity_distribution as dist
+
+        batchmean = F.kl_div(dist(t, log=True), dist(s, log=False), reduction="batchmean")
+        assert batchmean.item() / mean == pytest.approx(n - 1, rel=1e-5)
+    ours.backward()
+    assert tgt[1].grad is not None and src[1].grad is None
+
+
 def test_cdc_loss_is_zero_for_identical_features_and_gradient_descent_lowers_it():
     src = [torch.randn(6, 4, 5, 5), torch.randn(6, 8)]
-    assert cdc_loss(src, [s.clone() for s in src]).item() == pytest.approx(0.0, abs=1e-6)
+    layers = [0, 1, 0, 1, 1, 0]
+    assert cdc_loss(src, [s.clone() for s in src], layers).item() == pytest.approx(0.0, abs=1e-6)
     tgt = [torch.randn_like(s, requires_grad=True) for s in src]
-    first = cdc_loss(src, tgt).item()
-    assert first > 0.01
-    opt = torch.optim.SGD(tgt, lr=5.0)
+    first = cdc_loss(src, tgt, layers).item()
+    assert first > 0.002
+    opt = torch.optim.SGD(tgt, lr=50.0)
     for _ in range(50):
         opt.zero_grad()
-        cdc_loss(src, tgt).backward()
+        cdc_loss(src, tgt, layers).backward()
         opt.step()
-    assert cdc_loss(src, tgt).item() < 0.3 * first
+    assert cdc_loss(src, tgt, layers).item() < 0.3 * first
     with pytest.raises(ValueError):
-        cdc_loss([torch.randn(2, 3)], [torch.randn(2, 3)])
+        cdc_loss([torch.randn(2, 3)], [torch.randn(2, 3)], [0, 0])
+    with pytest.raises(ValueError, match="one layer index per anchor"):
+        cdc_loss(src, tgt, [0, 1, 2, 0, 0, 0])
+
+
+def test_cdc_layers_are_the_modulated_convolutions_in_order():
+    G = Generator(tiny_config())  # 16 px: b4.conv1, b8.conv0, b8.conv1, b16.conv0, b16.conv1
+    layers = synthesis_layers(G)
+    assert len(layers) == 2 * 4 - 3
+    assert layers[0] is G.synthesis.b4.conv1 and layers[-1] is G.synthesis.b16.conv1
+    feats = layer_features(G, torch.randn(4, 16), None)
+    assert [tuple(f.shape[2:]) for f in feats] == [(4, 4), (8, 8), (8, 8), (16, 16), (16, 16)]
+    assert not any(m._forward_hooks for m in layers)  # the hooks are removed
 
 
 # -- training steps lower their losses ------------------------------------------------------
@@ -228,22 +306,40 @@ def test_freezed_and_frozen_generator_parts_stay_bit_identical(tmp_path, base_ru
     assert "FreezeD" in (run / "README.md").read_text()
 
 
-def test_fairtl_plus_plus_linear_probing_trains_only_the_mapping_and_the_last_block(
+def test_fairtl_plus_plus_linear_probing_as_the_authors_code_trains_all_of_g(
     tmp_path, base_run, images
 ):
     G0, D0 = load_gan(base_run)
     # After linear probing, everything trains; the frozen critic changes what G learns.
     lpft = load_gan(finetune_gan(ft_options(base_run, images, tmp_path / "lpft",
                                             method="fairtl++", lp_steps=1)))[0]  # fmt: skip
-    g0 = dict(G0.named_parameters())
-    assert any(not torch.equal(g0[k], p) for k, p in lpft.named_parameters()
-               if k.startswith("synthesis."))  # fmt: skip
     alone = load_gan(finetune_gan(ft_options(base_run, images, tmp_path / "lam1",
                                              method="fairtl++", lp_steps=1,
                                              feedback_lambda=1.0)))[0]  # fmt: skip
     assert not torch.equal(lpft.synthesis.b16.conv1.weight, alone.synthesis.b16.conv1.weight)
+    # Linear probing only (3 of 3 steps): all of G trains; D's 8 and 16 px blocks (here every
+    # block but the 4x4 output block) stay frozen, as train_fairTL++.py's freezeLayers.
     run = finetune_gan(ft_options(base_run, images, tmp_path / "lp", method="fairtl++",
                                   lp_steps=3, feedback_lambda=0.5))  # fmt: skip
+    G1, D1 = load_gan(run)
+    g0, g1 = dict(G0.named_parameters()), dict(G1.named_parameters())
+    for part in ("mapping.", "synthesis.b4.", "synthesis.b8.", "synthesis.b16."):
+        assert any(not torch.equal(g0[k], g1[k]) for k in g0 if k.startswith(part)), part
+    d0, d1 = dict(D0.named_parameters()), dict(D1.named_parameters())
+    assert D0.block_names() == ["b16", "b8", "b4"]
+    assert all(torch.equal(d0[k], d1[k]) for k in d0 if k.startswith(("b16.", "b8.")))
+    assert any(not torch.equal(d0[k], d1[k]) for k in d0 if k.startswith("b4."))
+    config = json.loads((run / "config.json").read_text())
+    assert config["lp_steps"] == 3 and config["lp_frozen_d_blocks"] == ["b16", "b8"]
+    assert "authors split" in (run / "README.md").read_text()
+
+
+def test_fairtl_plus_plus_mapping_split_trains_only_the_mapping_and_the_last_block(
+    tmp_path, base_run, images
+):
+    G0, D0 = load_gan(base_run)
+    run = finetune_gan(ft_options(base_run, images, tmp_path / "lp", method="fairtl++",
+                                  lp_steps=3, lp_split="mapping"))  # fmt: skip
     G1, D1 = load_gan(run)
     g0, g1 = dict(G0.named_parameters()), dict(G1.named_parameters())
     assert any(not torch.equal(g0[k], g1[k]) for k in g0 if k.startswith("mapping."))
@@ -252,7 +348,52 @@ def test_fairtl_plus_plus_linear_probing_trains_only_the_mapping_and_the_last_bl
     d0, d1 = dict(D0.named_parameters()), dict(D1.named_parameters())
     assert any(not torch.equal(d0[k], d1[k]) for k in d0 if k.startswith(last + "."))
     assert all(torch.equal(d0[k], d1[k]) for k in d0 if not k.startswith(last + "."))
-    assert json.loads((run / "config.json").read_text())["lp_steps"] == 3
+    with pytest.raises(ArtgenError, match="--lp-split"):
+        ft_options(base_run, images, tmp_path / "x", lp_split="all").check()
+
+
+def test_a_run_recorded_before_lp_split_loads_and_resumes_with_the_old_split(
+    tmp_path, base_run, images
+):
+    run = finetune_gan(ft_options(base_run, images, tmp_path / "old", method="fairtl++",
+                                  lp_steps=2, steps=2, checkpoint_every=1))  # fmt: skip
+    edit_json(run / "config.json", lambda c: c["options"].pop("lp_split"))
+    assert len(sample_gan_run(run, 2)) == 2  # reading it (sample, eval) still works
+    resumed = options_for_resume(GanFinetuneOptions, run, steps=3)
+    assert resumed.lp_split == "mapping"  # what such a run did
+    assert json.loads((run / "config.json").read_text())["options"]["lp_split"] == "mapping"
+
+
+def test_optimisers_and_ema_follow_stylegan2_ada(tmp_path, base_run, images):
+    # G: lr and betas scaled by c = 4/5 (G_reg_interval 4); D: by 16/17 (R1 every 16).
+    run = finetune_gan(ft_options(base_run, images, tmp_path / "ft", steps=1, lr=0.002,
+                                  checkpoint_every=1, ema_kimg=0.01))  # fmt: skip
+    ckpt = run / "checkpoints" / "step-0000001"
+    state = json.loads((ckpt / "state.json").read_text())
+    (g_group,), (d_group,) = state["opt_g"]["param_groups"], state["opt_d"]["param_groups"]
+    assert g_group["lr"] == pytest.approx(0.002 * 4 / 5) and g_group["betas"][0] == 0.0
+    assert g_group["betas"][1] == pytest.approx(0.99 ** (4 / 5))
+    assert d_group["lr"] == pytest.approx(0.002 * 16 / 17)
+    assert d_group["betas"][1] == pytest.approx(0.99 ** (16 / 17))
+    # Fine-tuning: no EMA ramp-up, so after one step of batch 4 with a half-life of 10 images
+    # G_ema = G.lerp(G_base, 0.5 ** (4 / 10)) (the ramp-up would make it 0.5 ** (4 / 0.2)).
+    beta = 0.5 ** (4 / 10)
+    G0 = dict(load_gan(base_run)[0].named_parameters())
+    raw, ema = load_file(str(ckpt / "G.safetensors")), load_file(str(ckpt / "G_ema.safetensors"))
+    moved = 0
+    for k, p0 in G0.items():
+        expected = raw[k].lerp(p0.detach(), beta)
+        assert torch.allclose(ema[k], expected, atol=1e-6), k
+        moved += not torch.equal(raw[k], p0.detach())
+    assert moved > 0
+    # From scratch the ramp-up stays: after one step G_ema is almost the raw G.
+    scratch = train_gan(train_options(images, tmp_path / "s", steps=1, checkpoint_every=1,
+                                      ema_kimg=0.01))  # fmt: skip
+    ckpt = scratch / "checkpoints" / "step-0000001"
+    raw, ema = load_file(str(ckpt / "G.safetensors")), load_file(str(ckpt / "G_ema.safetensors"))
+    assert all(torch.allclose(ema[k], raw[k], atol=1e-5) for k in raw)
+    config = json.loads((run / "config.json").read_text())
+    assert config["ema_rampup"] is None and config["g_lr"] == pytest.approx(0.0016)
 
 
 def test_cdc_adaptation_runs_and_balanced_draws_are_even(tmp_path, base_run, images):
@@ -322,7 +463,9 @@ def test_a_conditional_base_adapts_one_class_and_samples_it_by_default(tmp_path,
                      networks=(G0, unconditional_d))  # fmt: skip
     assert not (tmp_path / "x").exists()
 
-    run = finetune_gan(ft_options(base, images, tmp_path / "run", class_index=1, steps=4))
+    # Fine-tuning has no EMA ramp-up: a half-life of 4 images lets the saved (EMA) G move.
+    run = finetune_gan(ft_options(base, images, tmp_path / "run", class_index=1, steps=4,
+                                  ema_kimg=0.004))  # fmt: skip
     # Only class 1's label was ever shown, so only its column of the label embeddings moved.
     G, D = load_gan(run)
     for before, after in [(G0.mapping.embed.weight, G.mapping.embed.weight),

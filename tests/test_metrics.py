@@ -10,7 +10,10 @@ from artgen.metrics import (
     FeatureDistance,
     assign_clusters,
     attribute_proportions,
+    confusion_matrix,
+    correct_proportions,
     fairness_discrepancy,
+    fairness_discrepancy_interval,
     fid_from_features,
     frechet_distance,
     gaussian_stats,
@@ -145,14 +148,39 @@ def test_kid_near_zero_for_one_distribution_and_positive_for_a_shift():
     assert kid_from_features(a, b, subsets=50, subset_size=150, seed=1)[0] != same_mean
 
 
-def test_kid_subset_size_is_clipped_to_the_smaller_set():
+def test_kid_of_sets_smaller_than_a_subset_is_the_full_estimate_with_a_bootstrap_spread():
     g = torch.Generator().manual_seed(1)
     a, b = torch.randn(20, 4, generator=g), torch.randn(20, 4, generator=g) + 1
-    mean, std = kid_from_features(a, b, subsets=5, subset_size=1000)
-    # Every subset is then the whole of both sets.
-    assert mean == pytest.approx(polynomial_mmd2(a, b)) and std == pytest.approx(0.0, abs=1e-12)
+    mean, std = kid_from_features(a, b, subsets=50, subset_size=1000)
+    # The estimate is that of the whole sets; the spread is no longer 0 ("+- 0.0000").
+    assert mean == pytest.approx(polynomial_mmd2(a, b)) and std > 0.01 * mean
     with pytest.raises(ArtgenError, match="at least 2"):
         kid_from_features(a[:1], b)
+
+
+def test_kid_bootstrap_spread_matches_the_spread_over_fresh_sets():
+    # 60 independent pairs of 80-row sets from N(0, I) and N(0.3, I): the sd of their KIDs
+    # is the true standard error; each pair's bootstrap spread should estimate it.
+    rng = np.random.default_rng(0)
+    kids, spreads = [], []
+    for _ in range(60):
+        a, b = rng.normal(size=(80, 6)), rng.normal(size=(80, 6)) + 0.3
+        mean, std = kid_from_features(a, b, subsets=40, subset_size=1000, seed=1)
+        kids.append(mean)
+        spreads.append(std)
+    true_se = float(np.std(kids))
+    assert 0.7 * true_se < float(np.median(spreads)) < 1.5 * true_se, (true_se, spreads[:5])
+
+
+def test_kid_bootstrap_rows_leave_out_pairs_of_a_row_with_itself():
+    from artgen.metrics import _poly_mmd2_rows
+
+    # d = 1: x = (0, 1, 2) drawn as rows (0, 0, 1); pairs of distinct rows: (0,1) twice each
+    # way, k(0, 1) = 1, so XX = 1; y = (1, 2) whole: YY = k(1, 2) = 27; XY: the mean of
+    # k(x, y) over the 3 x 2 drawn pairs: rows 0, 0, 1 against 1, 2: (1+1+1+1+8+27)/6.
+    x, y = np.array([[0.0], [1.0], [2.0]]), np.array([[1.0], [2.0]])
+    got = _poly_mmd2_rows(x, y, np.array([0, 0, 1]), np.array([0, 1]))
+    assert got == pytest.approx(1 + 27 - 2 * 39 / 6)
 
 
 # --- Feature networks ------------------------------------------------------------------------
@@ -331,3 +359,53 @@ def test_attribute_proportions_counts_every_class():
         attribute_proportions(values, classes=["female"])
     with pytest.raises(ArtgenError, match="no attribute values"):
         attribute_proportions([])
+
+
+def test_misclassification_correction_by_hand():
+    # Two classes, TPR 0.8, FPR 0.1: a true share p of class 1 is observed as
+    # 0.1 + 0.7 p; 0.45 observed -> p = (0.45 - 0.1) / (0.8 - 0.1) = 0.5.
+    c = np.array([[0.9, 0.1], [0.2, 0.8]])
+    assert correct_proportions([0.55, 0.45], c) == pytest.approx([0.5, 0.5])
+    assert correct_proportions([0.9, 0.1], c) == pytest.approx([1.0, 0.0])  # p = 0
+    assert correct_proportions([0.95, 0.05], c) == pytest.approx([1.0, 0.0])  # clipped
+    # Three classes: solve observed = C^T p.
+    c3 = np.array([[0.8, 0.1, 0.1], [0.1, 0.7, 0.2], [0.0, 0.1, 0.9]])
+    p = np.array([0.2, 0.3, 0.5])
+    assert correct_proportions(c3.T @ p, c3) == pytest.approx(p)
+    with pytest.raises(ArtgenError, match="singular"):
+        correct_proportions([0.5, 0.5], [[0.5, 0.5], [0.5, 0.5]])
+
+
+def test_confusion_matrix_counts_rows_by_true_class():
+    c = confusion_matrix([0, 0, 0, 0, 1, 1], [0, 0, 0, 1, 1, 0], 2)
+    assert c == pytest.approx(np.array([[0.75, 0.25], [0.5, 0.5]]))
+    with pytest.raises(ArtgenError, match="no calibration items of class"):
+        confusion_matrix([0, 0], [0, 1], 2)
+
+
+def test_fairness_discrepancy_interval_corrects_and_covers_the_truth():
+    rng = np.random.default_rng(0)
+    # A classifier with TPR 0.8 and FPR 0.3 on a generator that is truly 50/50: it sees
+    # 0.3 + 0.5 * 0.5 = 55 % of class 1 (raw FD 0.071); corrected, FD is near 0.
+    tpr, fpr = 0.8, 0.3
+    truth = rng.integers(0, 2, 2000)
+    called = np.where(truth == 1, rng.random(2000) < tpr, rng.random(2000) < fpr).astype(int)
+    cal_true = rng.integers(0, 2, 1000)
+    cal_called = np.where(cal_true == 1, rng.random(1000) < tpr,
+                          rng.random(1000) < fpr).astype(int)  # fmt: skip
+    r = fairness_discrepancy_interval(called, 2, calibration=(cal_true, cal_called),
+                                      replicates=300)  # fmt: skip
+    assert r["observed"][1] == pytest.approx(0.55, abs=0.03)
+    assert r["fd_raw"] == pytest.approx(math.sqrt(2) * 0.05, abs=0.04)
+    assert r["proportions"][1] == pytest.approx(0.5, abs=0.05) and r["fd"] < 0.06
+    assert r["low"] <= r["fd"] <= r["high"] < 0.15 and r["std"] > 0
+    assert np.asarray(r["confusion"]) == pytest.approx(np.array([[0.7, 0.3], [0.2, 0.8]]), abs=0.05)
+    # Without calibration: the raw shares, and an interval from the samples alone.
+    raw = fairness_discrepancy_interval(called, 2, replicates=300)
+    assert raw["fd"] == raw["fd_raw"] == pytest.approx(r["fd_raw"]) and raw["confusion"] is None
+    assert raw["high"] - raw["low"] < r["high"] - r["low"]  # C's uncertainty widens it
+    # A fully biased generator (all class 0) through a perfect classifier: FD sqrt(1/2), no spread.
+    perfect = fairness_discrepancy_interval([0] * 50, 2, calibration=([0, 1], [0, 1]))
+    assert perfect["fd"] == pytest.approx(math.sqrt(0.5)) and perfect["std"] < 1e-12
+    with pytest.raises(ArtgenError, match="class indices"):
+        fairness_discrepancy_interval([0, 2], 2)

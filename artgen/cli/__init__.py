@@ -399,6 +399,8 @@ def _cmd_stylize(args: argparse.Namespace) -> int:
             )
         finally:
             bar.close()
+        if image.info.get("note"):  # e.g. that it was made in tiles, and why
+            print(f"note: {image.info['note']}", file=sys.stderr)
         params = run_params(content, styles, options, image, device)
         path = save_png(image, out, params=params, overwrite=args.overwrite)
     print(f"wrote {path} ({image.width}x{image.height})")
@@ -762,16 +764,27 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     print(f"{args.run}: {r['samples']['source']} images against {r['reference']['count']} "
           f"in {r['reference']['folder']}")  # fmt: skip
     print(f"  FID        {r['fid']['value']:10.3f}   ({r['fid']['network']})")
-    print(f"  KID        {r['kid']['mean']:10.4f} +- {r['kid']['std']:.4f}")
+    k = r["kid"]
+    print(f"  KID        {k['mean']:10.4f} +- {k['std']:.4f}   ({k.get('std_is', 'std')}, "
+          f"subsets of {k.get('subset_size', '?')})")  # fmt: skip
     d = r["diversity"]
     print(f"  diversity  {d['intra_cluster']:10.4f}   (intra-cluster, {d['distance']})")
     if "attribute" in r:
         a = r["attribute"]
         props = ", ".join(f"{k} {v:.2f}" for k, v in a["generated_proportions"].items())
+        obs = ", ".join(f"{k} {v:.2f}" for k, v in a.get("observed_proportions", {}).items())
         ref = ", ".join(f"{k} {v:.2f}" for k, v in a["reference_proportions"].items())
-        print(f"  {a['name']}: generated {props} (reference {ref})")
-        print(f"  FD         {a['fairness_discrepancy']:10.4f}   ({a['classifier']}, "
-              f"{a['classifier_folds']}-fold accuracy {a['classifier_accuracy']:.2f})")  # fmt: skip
+        calls = f"probe's calls {obs}; " if obs else ""
+        print(f"  {a['name']}: generated {props} ({calls}reference {ref})")
+        interval = a.get("fairness_discrepancy_interval")
+        extra = ""
+        if interval:
+            extra = f"   [{interval[0]:.4f}, {interval[1]:.4f}] ({a.get('interval', '')})"
+        if "fairness_discrepancy_raw" in a:
+            extra += f"; uncorrected {a['fairness_discrepancy_raw']:.4f}"
+        print(f"  FD         {a['fairness_discrepancy']:10.4f}{extra}")
+        print(f"             {a['classifier']}; {a['classifier_folds']}-fold accuracy "
+              f"{a['classifier_accuracy']:.2f}")  # fmt: skip
     print(f"written to {args.run}/eval.json")
     return 0
 

@@ -3,9 +3,12 @@
 The models are artgen.models.stylegan2 (Karras et al. 2020). The training loop is the one of
 StyleGAN2-ADA (Karras et al. 2020, "Training Generative Adversarial Networks with Limited
 Data") written out explicitly: non-saturating logistic loss, lazy R1 regularisation on real
-images, Adam with betas (0, 0.99), an exponential moving average of the generator's weights
-with ADA's half-life ramp-up, and differentiable augmentation of everything the discriminator
-sees (DiffAugment, Zhao et al. 2020; see artgen.augment) in place of ADA's adaptive pipeline.
+images, Adam with betas (0, 0.99) scaled for lazy regularisation as its training_loop.py does
+(lr * c and betas ** c, c = 4/5 for G and 16/17 for D), an exponential moving average of the
+generator's weights with ADA's half-life ramp-up when training from scratch and without it
+when adapting a pretrained network (its train.py sets ema_rampup = None whenever it resumes
+from a pickle), and differentiable augmentation of everything the discriminator sees
+(DiffAugment, Zhao et al. 2020; see artgen.augment) in place of ADA's adaptive pipeline.
 
 Adaptation methods (``finetune_gan``), combinable:
 
@@ -15,9 +18,13 @@ Adaptation methods (``finetune_gan``), combinable:
 * frozen generator layers (e.g. the mapping network, or the coarse synthesis blocks);
 * cross-domain distance consistency (Ojha et al. 2021, "Few-shot Image Generation via
   Cross-domain Correspondence"): the pairwise similarities of a batch's intermediate features
-  in the adapted generator are kept close (KL) to those in the frozen source generator.
-  Departure: the paper's patch-level discriminator on "anchor" regions is not implemented;
-  the whole-image discriminator judges every sample.
+  in the adapted generator are kept close (KL) to those in the frozen source generator. As
+  in the authors' train.py (utkarshojha/few-shot-gan-adaptation): 4 fresh latents per step,
+  each anchor compared in one randomly drawn modulated-convolution layer (any but the first,
+  4x4 one), the KL averaged over the 4 x 3 entries (``nn.KLDivLoss()``), weight ``--cdc``
+  (their kl_wt default 1000). Departures: the paper's patch-level discriminator on "anchor"
+  regions is not implemented (the whole-image discriminator judges every sample), and both
+  generators get the same constant noise where the official code draws fresh noise for each.
 
 Fair transfer learning (Teo, Abdollahzadeh and Cheung 2023, "Fair Generative Models via
 Transfer Learning"): a generator pretrained on a large, biased set is adapted on a small
@@ -29,9 +36,15 @@ balanced reference set.
     trained one judges closeness to the reference set, and the generator minimises
     ``lambda * L_fair + (1 - lambda) * L_quality``;
   - linear probing then fine-tuning (LP-FT): for the first ``lp_steps`` only part of the
-    networks train, then all of them. Our reading of "linear probing" for a GAN, where the
-    paper leaves the split to its code: the generator's mapping network and the
-    discriminator's last block (b4, the epilogue holding the output layer) train first.
+    networks train, then all of them. The paper leaves the split to its code; the authors'
+    released fairTL++ script (sutd-visual-computing-group/FairTL,
+    ProGAN/pytorch_GAN_zoo-main/train_fairTL++.py) trains all of G and freezes the
+    discriminator's 8 and 16 px blocks during linear probing (``lp_split="authors"``, the
+    default). Their StyleGAN2 scripts (train_2D_LP.py) are not in that repository, so the
+    split is carried over from the ProGAN one by resolution. ``lp_split="mapping"`` is
+    artgen's earlier reading: only G's mapping network and D's last block (b4) train first.
+    The authors' StyleGAN2 recipe also runs without augmentation (``--aug=noaug``); artgen's
+    default stays DiffAugment (pass ``augment=""`` to follow them).
 
 Importance weighting (Choi et al. 2020, "Fair Generative Modeling via Weak Supervision") is
 available to both procedures through ``labels`` and ``balance``: every value of the
@@ -72,9 +85,11 @@ from artgen.checkpoint import (
     check_run_folder,
     list_checkpoints,
     optimizer_to_tensors,
+    options_from_dict,
     read_checkpoint,
     read_json,
     read_run_config,
+    resolve_run_path,
     rng_to_tensors,
     save_checkpoint,
     write_json,
@@ -86,6 +101,20 @@ from artgen.devices import resolve_device
 from artgen.errors import ArtgenError, Cancelled
 
 METHODS = ("full", "fairtl", "fairtl++")
+# fairTL++'s linear-probing split (see the module docstring): "authors" as the authors' code,
+# "mapping" the reading artgen used before (the mapping network and D's last block).
+LP_SPLITS = ("authors", "mapping")
+# The D blocks the authors' code freezes while linear probing: train_fairTL++.py freezes its
+# ProGAN discriminator's scaleLayers 0 and 1, the 8 and 16 px blocks (next to the 4x4 output
+# block; the loop visits scaleLayers in reverse, from the image side).
+LP_FROZEN_D = ("b8", "b16")
+# CDC anchors per step: Ojha et al.'s train.py draws feat_const_batch = 4 fresh latents every
+# iteration, whatever the batch size.
+CDC_BATCH = 4
+# StyleGAN2-ADA (training_loop.py) lowers lr and betas by c = interval / (interval + 1) for
+# each network with a lazy regulariser: G_reg_interval = 4 (its default, which train.py keeps
+# for every config, "cifar" with pl_weight = 0 included) and D_reg_interval = 16 (--r1-every).
+G_REG_INTERVAL = 4
 RUN_KINDS = ("train-gan", "finetune-gan")  # the "method" a GAN run's config.json records
 # Settings that name files or folders: recorded as absolute paths (see absolute_paths).
 PATHS = ("base", "images", "out", "labels")
@@ -197,6 +226,13 @@ class GanFinetuneOptions:
         metadata={"help": "fairtl++: steps of linear probing before fine-tuning all "
                   "(-1: a quarter of --steps)"},
     )  # fmt: skip
+    lp_split: str = field(
+        default="authors",
+        metadata={"help": "fairtl++: what trains during linear probing. authors: all of G, "
+                  "D without its 8 and 16 px blocks (Teo et al.'s code); mapping: G's mapping "
+                  "network and D's last block (artgen's earlier reading)",
+                  "choices": list(LP_SPLITS)},
+    )  # fmt: skip
     labels: str = field(default="", metadata={"help": "CSV: file name plus attribute columns"})
     balance: str = field(
         default="", metadata={"help": "attribute whose values are drawn equally often"}
@@ -218,6 +254,8 @@ class GanFinetuneOptions:
             raise ArtgenError(f"--feedback-lambda {self.feedback_lambda}: must be in [0, 1]")
         if self.cdc < 0:
             raise ArtgenError(f"--cdc {self.cdc}: must be >= 0")
+        if self.lp_split not in LP_SPLITS:
+            raise ArtgenError(f"--lp-split {self.lp_split}: use one of {', '.join(LP_SPLITS)}")
         if self.freeze_d < 0 or self.class_index < -1 or self.lp_steps < -1:
             raise ArtgenError("--freeze-d must be >= 0, --class-index and --lp-steps >= -1")
 
@@ -290,7 +328,9 @@ def r1_penalty(real_logits: torch.Tensor, real_images: torch.Tensor) -> torch.Te
 
 
 def _similarity_distribution(f: torch.Tensor, log: bool) -> torch.Tensor:
-    """Each sample's softmax over its cosine similarities to the batch's other samples."""
+    """Each sample's softmax over its cosine similarities to the batch's other samples
+    (N, N-1): row i lists sim(f_i, f_j) for j != i in increasing j, as the official code's
+    loop fills ``dist_source[pair1, tmpc]``."""
     flat = F.normalize(f.flatten(1), dim=1)
     sim = flat @ flat.T
     n = sim.shape[0]
@@ -299,25 +339,49 @@ def _similarity_distribution(f: torch.Tensor, log: bool) -> torch.Tensor:
     return F.log_softmax(sim, dim=1) if log else F.softmax(sim, dim=1)
 
 
-def cdc_loss(source: Sequence[torch.Tensor], target: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Cross-domain distance consistency (Ojha et al. 2021, eq. 2), summed over layers.
+def cdc_loss(
+    source: Sequence[torch.Tensor],
+    target: Sequence[torch.Tensor],
+    layers: Sequence[int] | torch.Tensor,
+) -> torch.Tensor:
+    """Cross-domain distance consistency (Ojha et al. 2021, eq. 2), as their code computes it.
 
     ``source[l]`` and ``target[l]`` are layer l's features (N, ...) of the same N >= 3
-    latents in the frozen source generator and the adapted one. For each sample, the softmax
-    of its cosine similarities to the others is a distribution; the loss is the mean KL
-    divergence KL(source || target). Departure: the paper draws one layer per step; this sums
-    over the layers given.
+    latents in the frozen source generator and the adapted one; ``layers[i]`` is the layer
+    anchor i is compared in (the official train.py draws one per anchor,
+    ``feat_ind = numpy.random.randint(1, n_latent - 1, size=feat_const_batch)``). Row i of
+    each distribution is the softmax over j != i of the cosine similarity of samples i and j
+    in layer ``layers[i]``; the loss is ``nn.KLDivLoss()(log p_target, p_source)``, the
+    default reduction "mean": the sum of p_s (log p_s - log p_t) over the N (N-1) entries,
+    divided by N (N-1).
+
+    Departure from the paper's text, not its code: eq. 2 sums the KL over anchors; the code
+    (and artgen) averages. An earlier artgen divided by N ("batchmean": N - 1 times this),
+    summed three block outputs and used max(batch, 4) anchors, about 45 times the official
+    strength at one weight. That form is not kept: the official one at a larger weight
+    reaches the same strength, and the old form was not measured to be better.
     """
     if len(source) != len(target) or not source:
         raise ValueError("cdc_loss needs the same, non-zero number of source and target layers")
-    total = source[0].new_zeros(())
-    for s, t in zip(source, target, strict=True):
-        if s.shape[0] < 3:
-            raise ValueError("cdc_loss needs a batch of at least 3")
-        p_s = _similarity_distribution(s.detach(), log=False)
-        log_p_t = _similarity_distribution(t, log=True)
-        total = total + F.kl_div(log_p_t, p_s, reduction="batchmean")
-    return total
+    layers = torch.as_tensor(layers, dtype=torch.long).flatten().cpu()
+    n = source[0].shape[0]
+    if n < 3:
+        raise ValueError("cdc_loss needs a batch of at least 3")
+    if layers.numel() != n or bool((layers < 0).any()) or bool((layers >= len(source)).any()):
+        raise ValueError(f"cdc_loss needs one layer index per anchor (N = {n}), each below "
+                         f"{len(source)}")  # fmt: skip
+    rows_s, rows_t = [], []
+    for layer in sorted(set(layers.tolist())):
+        s, t = source[layer], target[layer]
+        if s.shape[0] != n or t.shape != s.shape:
+            raise ValueError(f"cdc_loss: layer {layer} has {tuple(s.shape)} and {tuple(t.shape)}")
+        anchors = (layers == layer).nonzero().flatten()
+        rows_s.append(_similarity_distribution(s.detach(), log=False)[anchors.to(s.device)])
+        rows_t.append(_similarity_distribution(t, log=True)[anchors.to(t.device)])
+    p_s, log_p_t = torch.cat(rows_s), torch.cat(rows_t)
+    # nn.KLDivLoss()'s "mean", written out (torch warns that its "mean" will change): the sum
+    # over all N (N-1) entries over their number. Rows in any order give the same mean.
+    return F.kl_div(log_p_t, p_s, reduction="sum") / p_s.numel()
 
 
 # -- the networks ------------------------------------------------------------------------
@@ -401,6 +465,34 @@ def _under(name: str, prefixes: Sequence[str]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
+def synthesis_layers(G: torch.nn.Module) -> list[torch.nn.Module]:
+    """G's modulated convolutions in order, b4.conv1, b8.conv0, b8.conv1, ...: the layers
+    whose outputs rosinality's StyleGAN2 (on which Ojha et al.'s CDC code is built) returns
+    as ``feat_list``, 2 log2(R) - 3 of them."""
+    layers = []
+    for res in G.synthesis.block_resolutions:
+        block = getattr(G.synthesis, f"b{res}")
+        if hasattr(block, "conv0"):
+            layers.append(block.conv0)
+        layers.append(block.conv1)
+    return layers
+
+
+def layer_features(
+    G: torch.nn.Module, z: torch.Tensor, c: torch.Tensor | None
+) -> list[torch.Tensor]:
+    """The outputs (N, C, H, W) of each of :func:`synthesis_layers`, with constant noise."""
+    feats: list[torch.Tensor] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: feats.append(out))
+             for m in synthesis_layers(G)]  # fmt: skip
+    try:
+        G(z, c, noise_mode="const")
+    finally:
+        for h in hooks:
+            h.remove()
+    return feats
+
+
 @torch.no_grad()
 def _ema_update(G_ema: torch.nn.Module, G: torch.nn.Module, beta: float) -> None:
     for p_ema, p in zip(G_ema.parameters(), G.parameters(), strict=True):
@@ -482,7 +574,15 @@ def run_class_index(run_dir: str | os.PathLike) -> int:
     if found is None:
         return -1
     cls = GanTrainOptions if found[0]["method"] == "train-gan" else GanFinetuneOptions
-    _, options = read_run_config(root, cls, paths=PATHS)  # checked, though only one field is used
+    config = read_run_config(root, method=RUN_KINDS)[0]
+    saved = config.get("options")
+    if isinstance(saved, dict):  # a run recorded before a setting existed: what it did
+        saved = {**ADDED_SETTINGS.get(cls, {}), **saved}
+        saved = {k: (resolve_run_path(root, v) if k in PATHS and isinstance(v, str) else v)
+                 for k, v in saved.items()}  # fmt: skip
+    elif "options" not in config:
+        raise ArtgenError(f"{root / 'config.json'}: no options field")
+    options = options_from_dict(cls, saved, root / "config.json")  # checked, one field used
     return getattr(options, "class_index", -1)
 
 
@@ -521,9 +621,32 @@ def is_gan_run(run_dir: str | os.PathLike) -> bool:
 # -- the runs ----------------------------------------------------------------------------
 
 
+# Settings added after runs may have been recorded, each with the value that reproduces what
+# such a run did. options_from_dict refuses a missing setting (today's default could silently
+# change the run), so a run recorded without one gets this value instead: on reading, and
+# written into its config.json when it is resumed (which rewrites that file anyway).
+ADDED_SETTINGS: dict[type, dict[str, Any]] = {GanFinetuneOptions: {"lp_split": "mapping"}}
+
+
+def _record_added_settings(cls: type, run_dir: str | os.PathLike) -> None:
+    added = ADDED_SETTINGS.get(cls)
+    path = Path(run_dir) / "config.json"
+    if not added or not path.is_file():
+        return
+    try:
+        config = read_json(path, "run config")
+    except ArtgenError:
+        return  # the reader below names what is wrong with it
+    saved = config.get("options") if isinstance(config, dict) else None
+    if isinstance(saved, dict) and any(k not in saved for k in added):
+        config["options"] = {**added, **saved}
+        write_json(path, config)
+
+
 def options_for_resume(cls: type, run_dir: str | os.PathLike, **overrides: Any) -> Any:
     """The ``cls`` options a run was started with, with ``overrides`` of RESUMABLE settings."""
     method = "train-gan" if cls is GanTrainOptions else "finetune-gan"
+    _record_added_settings(cls, run_dir)
     return _options_for_resume(cls, run_dir, overrides, changeable=RESUMABLE, method=method,
                                paths=PATHS)  # fmt: skip
 
@@ -598,6 +721,7 @@ def finetune_gan(
     mapping = [n for n, _ in G.named_parameters() if n.startswith("mapping.")]
     if (
         options.method == "fairtl++"
+        and options.lp_split == "mapping"
         and options.lp_steps != 0
         and all(_under(n, frozen) for n in mapping)
     ):
@@ -653,6 +777,7 @@ def _run(
         D_quality = copy.deepcopy(D).eval().requires_grad_(False)  # the pretrained critic
     if finetune and options.cdc > 0:
         G_source = copy.deepcopy(G).eval().requires_grad_(False)
+        n_cdc_layers = len(synthesis_layers(G))
 
     # What trains: everything but the user's frozen parts (FreezeD, --freeze-g).
     frozen_d = D.block_names()[: options.freeze_d] if finetune else []
@@ -671,14 +796,27 @@ def _run(
             if not isinstance(saved, int) or isinstance(saved, bool) or not 0 <= saved <= 1 << 62:
                 raise ArtgenError(f"{run / 'config.json'}: lp_steps is not a whole number >= 0")
             lp_steps = saved
-    lp_g = {n for n in g_params if n.startswith("mapping.")}
-    lp_d = {n for n in d_params if n.startswith(D.block_names()[-1] + ".")}
+    lp_split = getattr(options, "lp_split", "authors")
+    if lp_split == "mapping":  # artgen's earlier reading
+        lp_g = {n for n in g_params if n.startswith("mapping.")}
+        lp_d = {n for n in d_params if n.startswith(D.block_names()[-1] + ".")}
+        lp_frozen_d = D.block_names()[:-1]
+    else:  # the authors' train_fairTL++.py: all of G; D without its 8 and 16 px blocks
+        lp_frozen_d = [b for b in D.block_names()[:-1] if b in LP_FROZEN_D]
+        lp_g = set(g_params)
+        lp_d = {n for n in d_params if not _under(n, lp_frozen_d)}
 
     batch = options.batch_size
     r1_gamma = options.r1_gamma or 2e-4 * res * res / (batch * world)
     ema_kimg = options.ema_kimg or batch * world * 10 / 32
-    c = options.r1_every / (options.r1_every + 1)  # lazy regularisation (StyleGAN2 app. B)
-    opt_g = torch.optim.Adam(list(g_params.values()), lr=options.lr, betas=(0.0, 0.99), eps=1e-8)
+    # Lazy regularisation (StyleGAN2 app. B; StyleGAN2-ADA training_loop.py): each network
+    # with a lazy regulariser gets lr * c and betas ** c, c = interval / (interval + 1). ADA
+    # keeps G_reg_interval = 4 even where path-length regularisation is off (its cifar config),
+    # so G is scaled too. A resumed run restores the lr and betas its checkpoint holds.
+    c_g = G_REG_INTERVAL / (G_REG_INTERVAL + 1)
+    c = options.r1_every / (options.r1_every + 1)
+    opt_g = torch.optim.Adam(list(g_params.values()), lr=options.lr * c_g,
+                             betas=(0.0, 0.99**c_g), eps=1e-8)  # fmt: skip
     opt_d = torch.optim.Adam(list(d_params.values()), lr=options.lr * c,
                              betas=(0.0, 0.99**c), eps=1e-8)  # fmt: skip
 
@@ -713,6 +851,8 @@ def _run(
         "options": absolute_paths(dataclasses.asdict(options), PATHS),
         "network": G.config.to_dict(), "r1_gamma": r1_gamma, "ema_kimg": ema_kimg,
         "lp_steps": lp_steps, "frozen_d_blocks": frozen_d, "frozen_g": frozen_g,
+        "lp_frozen_d_blocks": lp_frozen_d if lp_steps else [],
+        "ema_rampup": None if finetune else 0.05, "g_lr": options.lr * c_g,
         "device": str(dev), "num_processes": world, "num_images": len(files),
         "trainable_parameters_g": sum(p.numel() for p in g_params.values()),
         "trainable_parameters_d": sum(p.numel() for p in d_params.values()),
@@ -807,11 +947,14 @@ def _run(
                 quality = g_nonsaturating_loss(D_quality(aug_fake, cond(batch)))
                 loss_g = lam * loss_g + (1 - lam) * quality
             if G_source is not None:
-                z = torch.randn(max(batch, 4), G.config.z_dim, generator=g, device=dev)
+                # Ojha et al.'s train.py: 4 fresh anchors, anchor i compared in layer
+                # randint(1, n_latent - 1): any modulated convolution but the first.
+                z = torch.randn(CDC_BATCH, G.config.z_dim, generator=g, device=dev)
+                layers = torch.randint(1, n_cdc_layers, (CDC_BATCH,), generator=g, device=dev)
                 with torch.no_grad():
-                    _, f_src = G_source(z, cond(len(z)), noise_mode="const", return_features=True)
-                _, f_tgt = G(z, cond(len(z)), noise_mode="const", return_features=True)
-                loss_g = loss_g + options.cdc * cdc_loss(f_src[1:], f_tgt[1:])
+                    f_src = layer_features(G_source, z, cond(CDC_BATCH))
+                f_tgt = layer_features(G, z, cond(CDC_BATCH))
+                loss_g = loss_g + options.cdc * cdc_loss(f_src, f_tgt, layers)
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             sync(g_params.values())
@@ -819,7 +962,9 @@ def _run(
 
             step += 1
             cur_nimg = step * batch * world
-            ema_nimg = min(ema_kimg * 1000, cur_nimg * 0.05)  # ADA's ramp-up
+            # ADA's ramp-up from scratch; off when adapting a pretrained network, as ADA's
+            # train.py does whenever it resumes from a pickle (args.ema_rampup = None).
+            ema_nimg = ema_kimg * 1000 if finetune else min(ema_kimg * 1000, cur_nimg * 0.05)
             _ema_update(G_ema, G, 0.5 ** (batch * world / max(ema_nimg, 1e-8)))
 
             losses = torch.stack([loss_d.detach(), loss_g.detach()])
@@ -940,7 +1085,9 @@ def write_model_card(run: Path, config: dict, grid_path: Path) -> None:
         if o.get("cdc"):
             extras.append(f"cross-domain distance consistency (weight {o['cdc']})")
         if o["method"] == "fairtl++":
-            extras.append(f"lambda {o['feedback_lambda']}, {config['lp_steps']} LP steps")
+            split = o.get("lp_split", "mapping")
+            extras.append(f"lambda {o['feedback_lambda']}, {config['lp_steps']} LP steps "
+                          f"({split} split)")  # fmt: skip
         if extras:
             what += " (" + "; ".join(extras) + ")"
     cls = f", class_index={o['class_index']}" if o.get("class_index", -1) >= 0 else ""

@@ -30,7 +30,7 @@ No file I/O here: artgen.weights reads and writes these networks.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -57,15 +57,19 @@ def adain_blend(
     style_std: torch.Tensor,
     alpha: float | torch.Tensor = 1.0,
     eps: float = 1e-5,
+    content_stats: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """alpha AdaIN(x, y) + (1 - alpha) x (eq. 11's target), as one affine map per channel.
+
+    ``content_stats``: the content's (mean, std) when ``content`` is a tile of a larger
+    picture whose statistics were gathered beforehand (see AdaINModel.forward_tiled).
 
     AdaIN is x * sigma(y) / sigma(x) + (mu(y) - mu(x) sigma(y) / sigma(x)), so the blend
     is x * a + b with a = alpha sigma(y) / sigma(x) + 1 - alpha and b = alpha (mu(y) -
     mu(x) sigma(y) / sigma(x)): one pass over the features instead of five.
     """
     x = content.float()
-    c_mean, c_std = mean_std(x, eps)
+    c_mean, c_std = mean_std(x, eps) if content_stats is None else content_stats
     gain = style_std.float() / c_std
     scale = alpha * gain + (1 - alpha)
     shift = alpha * (style_mean.float() - c_mean * gain)
@@ -361,6 +365,56 @@ def build_encoder(config: AdaINConfig, state_dict: dict[str, torch.Tensor] | Non
     return enc.truncate([*config.levels, *config.style_layers])
 
 
+def _tile_starts(size: int, tile: int, overlap: int, multiple: int) -> list[int]:
+    """Where tiles of ``tile`` px start along a side of ``size`` px (a multiple of
+    ``multiple``): ``overlap`` apart at least, the last one flush with the end."""
+    if size <= tile:
+        return [0]
+    step = tile - overlap
+    starts = list(range(0, size - tile, step)) + [size - tile]
+    return [s // multiple * multiple for s in starts]
+
+
+def _core(start: int, starts: list[int], tile: int, size: int) -> tuple[int, int]:
+    """The part of the picture a tile answers for in the statistics: from the middle of
+    its overlap with the previous tile to the middle of its overlap with the next, on the
+    encoder's stride (16), so that the parts of all tiles partition the picture."""
+    i = starts.index(start)
+    lo = 0 if i == 0 else (starts[i - 1] + tile + start) // 2 // 16 * 16
+    hi = size if i == len(starts) - 1 else (start + tile + starts[i + 1]) // 2 // 16 * 16
+    return lo, hi
+
+
+# How far into a tile its edge still changes the output: measured for the shipped network
+# (EfficientNet-Lite0 to stride 16 and its decoder) on a 512 px tile of a 1024 px photo,
+# the mean error against the whole picture is 0.088 at the edge, 0.037 at 32-48 px, 0.003
+# at 64-96 px and 0 from 96 px on.
+TILE_EDGE = 96
+
+
+def _ramp(start: int, length: int, size: int, overlap: int, device) -> torch.Tensor:
+    """Blending weights along one side of a tile. Where another tile overlaps it, the
+    outer TILE_EDGE px get weight 0 (the encoder's zero padding and the decoder's edge
+    effects reach that far: the frame of artefacts that ``border`` keeps off a whole
+    picture), then the weight rises linearly to 1 over the rest of the overlap but its
+    other TILE_EDGE px. The two tiles' dead bands sit at opposite ends of their overlap,
+    so every pixel keeps a weight, and it comes only from tiles that compute it as the
+    whole picture would."""
+    dead = min(TILE_EDGE, (overlap - 1) // 2)
+    w = torch.ones(length, device=device)
+    rise = overlap - 2 * dead
+    ramp = torch.zeros(overlap, device=device)
+    ramp[dead : dead + rise] = (torch.arange(rise, device=device, dtype=torch.float32) + 1) / (
+        rise + 1
+    )
+    ramp[dead + rise :] = 1.0
+    if start > 0:
+        w[:overlap] = ramp
+    if start + length < size:
+        w[-overlap:] = torch.minimum(w[-overlap:], ramp.flip(0))
+    return w
+
+
 class AdaINModel(nn.Module):
     """Encoder (frozen) + AdaIN at ``config.levels`` + decoder.
 
@@ -414,17 +468,123 @@ class AdaINModel(nn.Module):
     ) -> torch.Tensor:
         """``border``: reflect-pad the photo by this many pixels on every side and crop them
         off the output, so that the encoder's zero padding falls outside the picture."""
+        x, h, w, b = self._prepare(content, border)
+        out = self._decode(self.stylise_features(x, stats, alpha))
+        return out[..., b : h - b, b : w - b]
+
+    def _prepare(self, content: torch.Tensor, border: int) -> tuple[torch.Tensor, int, int, int]:
         b = border
         if b:
             h0, w0 = content.shape[-2:]
             mode = "reflect" if b < min(h0, w0) else "replicate"
             content = F.pad(content, (b, b, b, b), mode=mode)
         x, h, w = self._pad(content)
-        t = self.stylise_features(x, stats, alpha)
+        return x, h, w, b
+
+    def _decode(self, t: list[torch.Tensor]) -> torch.Tensor:
         dtype = next(self.decoder.parameters()).dtype
-        if x.is_cuda and torch.is_autocast_enabled():
+        if t[0].is_cuda and torch.is_autocast_enabled():
             dtype = torch.get_autocast_dtype("cuda")
-        out = self.decoder([v.to(dtype) for v in t])
+        return self.decoder([v.to(dtype) for v in t])
+
+    def _tiled_stats(self, x: torch.Tensor, tile: int, overlap: int,
+                     on_tile: Callable[[int, int], None] | None = None,
+                     total: int = 0) -> Stats:  # fmt: skip
+        """Channel mean and std of the features of ``x`` (a multiple of the stride in size)
+        at every AdaIN level, from tiles: each tile's features are summed (in float64) over
+        the tile's own part of the picture, away from its edges, and the parts partition
+        the picture, so the result is the whole picture's."""
+        H, W = x.shape[-2:]
+        rows = _tile_starts(H, tile, overlap, self.multiple)
+        cols = _tile_starts(W, tile, overlap, self.multiple)
+        sums: list[list] = [[0.0, 0.0, 0] for _ in self.config.levels]
+        done = 0
+        for y0 in rows:
+            for x0 in cols:
+                ty, tx = _core(y0, rows, tile, H), _core(x0, cols, tile, W)
+                xt = x[..., y0 : y0 + tile, x0 : x0 + tile]
+                f = self.encoder(xt, self.config.levels)
+                for k, name in enumerate(self.config.levels):
+                    v = f[name]
+                    stride = xt.shape[-2] // v.shape[-2]
+                    part = v[..., (ty[0] - y0) // stride : (ty[1] - y0) // stride,
+                             (tx[0] - x0) // stride : (tx[1] - x0) // stride].double()  # fmt: skip
+                    sums[k][0] = sums[k][0] + part.sum((2, 3), keepdim=True)
+                    sums[k][1] = sums[k][1] + (part * part).sum((2, 3), keepdim=True)
+                    sums[k][2] += part.shape[-2] * part.shape[-1]
+                done += 1
+                if on_tile is not None:
+                    on_tile(done, total or len(rows) * len(cols))
+        out = []
+        for s1, s2, n in sums:
+            mean = s1 / n
+            var = (s2 / n - mean * mean).clamp_min(0)
+            out.append((mean.float(), (var + 1e-5).sqrt().float()))
+        return out
+
+    def style_stats_tiled(self, style: torch.Tensor, tile: int = 1024, overlap: int = 256) -> Stats:
+        """:meth:`style_stats` in tiles, for a style image as large as a tiled output.
+        Departure: the style is first reflect-padded to a multiple of the stride (under 16
+        px of each side), which the untiled statistics do not see."""
+        x, _, _ = self._pad(style)
+        return self._tiled_stats(x, tile, overlap)
+
+    def forward_tiled(
+        self,
+        content: torch.Tensor,
+        stats: Stats,
+        alpha: float | torch.Tensor = 1.0,
+        border: int = 0,
+        tile: int = 1024,
+        overlap: int = 256,
+        on_tile: Callable[[int, int], None] | None = None,
+    ) -> torch.Tensor:
+        """:meth:`forward` in overlapping tiles, for pictures larger than memory.
+
+        Two passes. The first encodes each tile and sums the features over the tile's own
+        part of the picture (the parts partition it), which gives the whole picture's
+        channel mean and std, the statistics AdaIN normalises by; per-tile statistics
+        would give every tile a different colour. The second encodes each tile again,
+        applies AdaIN with those statistics, decodes it and blends the overlaps with
+        linear ramps, so no seam shows. Tiles start on the encoder's stride, so each
+        sees the same pixel grid as the whole picture; only the receptive field near a
+        tile's edge differs, and those pixels get no weight (see TILE_EDGE): with an
+        overlap of at least 2 TILE_EDGE the result is the whole picture's, to float
+        rounding, wherever the statistics are the same. Memory: one tile's activations
+        plus the output (and a weight map) at full size. ``on_tile(done, total)`` is
+        called after each tile of each pass.
+        """
+        m = self.multiple
+        if tile % m or overlap % m or not 0 < 2 * overlap < tile:
+            raise ValueError(f"tile {tile} and overlap {overlap} must be multiples of {m} "
+                             "with 2 * overlap < tile")  # fmt: skip
+        x, h, w, b = self._prepare(content, border)
+        H, W = x.shape[-2:]
+        rows, cols = _tile_starts(H, tile, overlap, m), _tile_starts(W, tile, overlap, m)
+        spans = [(y0, x0) for y0 in rows for x0 in cols]
+        total = 2 * len(spans)
+        # Pass 1: the whole picture's statistics at every AdaIN level.
+        content_stats = self._tiled_stats(x, tile, overlap, on_tile, total)
+        done = len(spans)
+        # Pass 2: stylise each tile with the whole picture's statistics and blend.
+        out = torch.zeros(x.shape[0], 3, H, W, device=x.device)
+        weight = torch.zeros(1, 1, H, W, device=x.device)
+        for y0, x0 in spans:
+            xt = x[..., y0 : y0 + tile, x0 : x0 + tile]
+            f = self.encoder(xt, self.config.levels)
+            t = [adain_blend(f[name], sm, ss, alpha, content_stats=cs)
+                 for name, (sm, ss), cs in zip(self.config.levels, stats, content_stats,
+                                                strict=True)]  # fmt: skip
+            y = self._decode(t).float()
+            wy = _ramp(y0, xt.shape[-2], H, overlap, x.device).view(1, 1, -1, 1)
+            wx = _ramp(x0, xt.shape[-1], W, overlap, x.device).view(1, 1, 1, -1)
+            wt = wy * wx
+            out[..., y0 : y0 + tile, x0 : x0 + tile] += y * wt
+            weight[..., y0 : y0 + tile, x0 : x0 + tile] += wt
+            done += 1
+            if on_tile is not None:
+                on_tile(done, total)
+        out /= weight
         return out[..., b : h - b, b : w - b]
 
 

@@ -30,6 +30,12 @@ from artgen.style import StyleMethod
 from artgen.style.gatys import PRESERVE_COLOR, StylizeProgress, parse_styles
 
 PRECISIONS = ("auto", "fp32", "bf16")
+# Memory one output pixel costs in a forward pass of the shipped network: 225 to 260 bytes
+# in fp32 (peak resident memory at 1024 and 2048 px on a CPU, margin included). Half that
+# in bf16. Tiling is chosen when the estimate, with a 25% margin, passes 80% of what the
+# device has free.
+BYTES_PER_PIXEL = 260
+TILE_OVERLAP = 256  # at least 2 x artgen.models.adain.TILE_EDGE
 # Pixels of reflected photo around the picture while it goes through the network: the
 # encoder pads with zeros, and without this margin the decoder paints a frame of
 # artefacts along the edges (seen on every sample sheet of the shipped decoder).
@@ -67,6 +73,13 @@ class AdaINOptions:
         metadata={"help": "auto is bf16 autocast on CUDA, fp32 elsewhere",
                   "choices": PRECISIONS},
     )  # fmt: skip
+    tile: int = field(
+        default=0,
+        metadata={
+            "help": "work in overlapping tiles of this many pixels, for outputs beyond memory: "
+            "0 tiles only when the memory estimate says the picture does not fit, -1 never"
+        },
+    )
     seed: int = field(
         default=0, metadata={"help": "recorded for reproduction (the network is deterministic)"}
     )
@@ -84,6 +97,8 @@ class AdaINOptions:
             raise bad("seed", "must be a whole number from 0 to 2**63 - 1")
         if not 0.0 <= self.strength <= 1.0:
             raise bad("strength", "must be between 0 and 1")
+        if self.tile not in (0, -1) and not (640 <= self.tile <= 16384 and self.tile % 16 == 0):
+            raise bad("tile", "must be 0 (automatic), -1 (never) or a multiple of 16 from 640")
         if not 0.05 <= self.style_scale <= 8.0:
             raise bad("style_scale", "must be between 0.05 and 8")
         if self.preserve_color not in PRESERVE_COLOR:
@@ -120,7 +135,7 @@ def describe(model: Any) -> str:
 
 
 def _prepare(model, styles: list[tuple[LoadedImage, float]], contents: list[torch.Tensor],
-             options: AdaINOptions, dev: torch.device, amp):  # fmt: skip
+             options: AdaINOptions, dev: torch.device, amp, tile: int = 0):  # fmt: skip
     """The blended style statistics for each content. Colour preservation matches the style
     to each photo, so then every photo needs its own; otherwise one set serves them all."""
     long_side = max(max(c.shape[-2:]) for c in contents)
@@ -143,10 +158,31 @@ def _prepare(model, styles: list[tuple[LoadedImage, float]], contents: list[torc
             elif options.preserve_color == "luminance":
                 s = color.match_luminance(color.luminance(s), color.luminance(c))
             with amp:
-                stats.append(model.style_stats(s))
+                if tile:
+                    stats.append(model.style_stats_tiled(s, tile, TILE_OVERLAP))
+                else:
+                    stats.append(model.style_stats(s))
             weights.append(w)
         per_content.append(blend_stats(stats, weights))
     return per_content if len(per_content) == len(contents) else per_content * len(contents)
+
+
+def _choose_tile(asked: int, h: int, w: int, n: int, dev: torch.device, bpv: int,
+                 style_side: int = 0) -> int:  # fmt: skip
+    """The tile size to use (0: the whole picture at once)."""
+    if asked == -1:
+        return 0
+    if asked > 0:
+        return asked if max(h, w, style_side) > asked else 0
+    from artgen.style.gatys import available_memory
+
+    avail = available_memory(dev)
+    need = 1.25 * BYTES_PER_PIXEL * bpv / 4 * max(h * w * n, style_side * style_side)
+    if avail is None or need <= 0.8 * avail:
+        return 0
+    # A tile that takes at most half of what is free, between 640 and 2048 px.
+    side = int((0.5 * avail / (1.25 * BYTES_PER_PIXEL * bpv / 4 * n)) ** 0.5)
+    return max(640, min(2048, side // 16 * 16))
 
 
 def stylize_many(
@@ -185,18 +221,31 @@ def stylize_many(
     groups: dict[tuple[int, int], list[int]] = {}
     for i, t in enumerate(tensors):
         groups.setdefault(tuple(t.shape[-2:]), []).append(i)
+    notes: list[str] = []
     with torch.inference_mode():
         for idx in groups.values():
+            h, w = tensors[idx[0]].shape[-2:]
+            # The style goes through the encoder at the output's long side (by style_scale).
+            style_side = round(max(h, w) * options.style_scale)
+            tile = _choose_tile(options.tile, h + 2 * BORDER, w + 2 * BORDER, len(idx), dev,
+                                2 if use_bf16 else 4, style_side)  # fmt: skip
+            if tile and options.tile == 0:
+                notes.append(f"{w}x{h} does not fit in memory in one piece: tiles of {tile} px")
             batch = torch.cat([tensors[i] for i in idx])
             inp = color.luminance(batch) if options.preserve_color == "luminance" else batch
-            stats_each = _prepare(model, style_items, [tensors[i] for i in idx], options, dev, amp)
+            stats_each = _prepare(model, style_items, [tensors[i] for i in idx], options, dev, amp,
+                                  tile)  # fmt: skip
             stats = [
                 (torch.cat([s[k][0] for s in stats_each]), torch.cat([s[k][1] for s in stats_each]))
                 for k in range(len(stats_each[0]))
             ]
             inp = inp.contiguous(memory_format=cl)
             with amp:
-                out = model(inp, stats, float(options.strength), border=BORDER)
+                if tile:
+                    out = model.forward_tiled(inp, stats, float(options.strength), border=BORDER,
+                                              tile=tile, overlap=TILE_OVERLAP)  # fmt: skip
+                else:
+                    out = model(inp, stats, float(options.strength), border=BORDER)
             out = out.float().clamp(0, 1)
             if options.preserve_color == "luminance":
                 out = torch.cat([color.combine_luminance(out[k : k + 1], batch[k : k + 1])
@@ -206,6 +255,9 @@ def stylize_many(
                 if loaded[i].alpha is not None:
                     im.putalpha(loaded[i].alpha.resize(im.size, Image.Resampling.LANCZOS))
                 im.info["model"] = options.model
+                im.info["tile"] = tile or options.tile  # the size used, when it tiled
+                if notes:
+                    im.info["note"] = notes[-1]
                 outputs[i] = im
     if callback is not None:
         last = outputs[-1]
@@ -235,7 +287,7 @@ METHOD = StyleMethod(
     options=AdaINOptions,
     load=load,
     stylize=stylize,
-    resolved=("model",),
+    resolved=("model", "tile"),
     stylize_many=stylize_many,
     describe=describe,
 )
