@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo demo-fast app test test-slow lint bench bench-fast clean browser
+.PHONY: install demo demo-fast demo-video app test test-slow lint bench bench-fast clean browser
 
 install: $(STAMP)
 
@@ -22,6 +22,11 @@ demo: install
 demo-fast: install
 	$(VENV)/bin/artgen stylize styles/examples/chelsea.jpg --style swirls --method adain -o out/demo-fast.png --overwrite
 	@echo "Your fast stylised picture: $(CURDIR)/out/demo-fast.png"
+
+# A short clip of the example cat, stylised per frame and temporally consistent, with the
+# flicker of each measured (warping error, Lai et al. 2018).
+demo-video: install
+	$(PY) docs/video_experiment.py --demo out/video
 
 app: install
 	$(VENV)/bin/artgen app

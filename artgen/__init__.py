@@ -6,6 +6,7 @@ Python API::
     image = artgen.stylize("photo.jpg", {"a.jpg": 0.7, "b.jpg": 0.3}, size=512, seed=0)
     image.save("out.png")
     fast = artgen.stylize("photo.jpg", "painting.jpg", method="adain", strength=0.8)
+    artgen.stylize_video("clip.mp4", "painting.jpg", "styled.mp4", method="adain")
 
     run = artgen.finetune_diffusion(artgen.DiffusionFinetuneOptions(
         base="google/ddpm-cifar10-32", images="my_art/", out="runs/my-art"))
@@ -39,6 +40,7 @@ from artgen.finetune.gan import (
 from artgen.style import get_method, method_names, stylize
 from artgen.style.adain import AdaINOptions
 from artgen.style.gatys import StylizeOptions, StylizeProgress
+from artgen.video import VideoOptions, VideoProgress, VideoResult, stylize_video
 
 __version__ = "0.1.0"
 __all__ = [
@@ -66,5 +68,9 @@ __all__ = [
     "StylizeOptions",
     "StylizeProgress",
     "stylize",
+    "stylize_video",
+    "VideoOptions",
+    "VideoProgress",
+    "VideoResult",
     "__version__",
 ]

@@ -16,7 +16,7 @@ import os
 import stat
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -242,33 +242,75 @@ def save_png(
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
+        fd, tmp = _temporary(path)
         with os.fdopen(fd, "wb") as f:
             image.save(f, format="PNG", pnginfo=info)
             f.flush()
             os.fsync(f.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # fails if the name appeared meanwhile: never clobber
-            except FileExistsError:
-                raise ArtgenError(
-                    f"{path}: already exists (pass --overwrite to replace it)"
-                ) from None
-            except OSError:
-                if path.exists():
-                    raise ArtgenError(f"{path}: already exists") from None
-                os.replace(tmp, path)  # file systems without hard links
+        _publish(tmp, path, overwrite)
     except OSError as e:
         raise ArtgenError(f"{path}: cannot write ({_message(e)})") from None
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _temporary(path: Path) -> tuple[int, str]:
+    """A new temporary file beside ``path`` (``.NAME.XXXX.tmp``), with the usual permissions."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
+    return fd, tmp
+
+
+def _publish(tmp: str, path: Path, overwrite: bool) -> None:
+    """Move the finished ``tmp`` to ``path``; without ``overwrite`` never replace a file."""
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # fails if the name appeared meanwhile: never clobber
+    except FileExistsError:
+        raise ArtgenError(f"{path}: already exists (pass --overwrite to replace it)") from None
+    except OSError:
+        if path.exists():
+            raise ArtgenError(f"{path}: already exists") from None
+        os.replace(tmp, path)  # file systems without hard links
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Write a file of any kind atomically, as :func:`save_png` writes PNGs.
+
+    Yields a temporary path in the same folder; when the block ends without an error, the
+    file there is synced and moved to ``path`` (an existing file is replaced only with
+    ``overwrite``); otherwise it is removed. OSErrors become an ArtgenError naming ``path``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ArtgenError(f"{path}: is a folder; give a file name for the output")
+    if os.path.lexists(path) and not overwrite:
+        raise ArtgenError(f"{path}: already exists (pass --overwrite to replace it)")
+    tmp = None
+    try:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = _temporary(path)
+            os.close(fd)
+        except OSError as e:
+            raise ArtgenError(f"{path}: cannot write ({_message(e)})") from None
+        yield Path(tmp)
+        try:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            _publish(tmp, path, overwrite)
+        except OSError as e:
+            raise ArtgenError(f"{path}: cannot write ({_message(e)})") from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 # ------------------------------------------------------- claiming outputs (concurrent runs)
@@ -392,11 +434,12 @@ def _pid_alive(pid: int | None) -> bool:  # pragma: no cover - Windows
     return True
 
 
-def clean_stale_files(folder: str | os.PathLike) -> list[Path]:
+def clean_stale_files(folder: str | os.PathLike, suffixes: Sequence[str] = (".png",)) -> list[Path]:
     """Remove the temporary files and lock files that killed runs left in ``folder``.
 
     A ``.NAME.png.XXXXXXXX.tmp`` is removed only when nobody holds the claim on NAME.png,
-    so a run that is writing it right now keeps it. Returns what was removed.
+    so a run that is writing it right now keeps it. Only outputs whose names end in one of
+    ``suffixes`` count. Returns what was removed.
     """
     folder = Path(folder)
     removed: list[Path] = []
@@ -412,7 +455,7 @@ def clean_stale_files(folder: str | os.PathLike) -> list[Path]:
             target = folder / name[1:].rsplit(".", 2)[0]  # ".x.png.abc123.tmp" -> "x.png"
         else:
             continue
-        if not target.name.lower().endswith(".png"):
+        if not target.name.lower().endswith(tuple(suffixes)):
             continue
         claim = OutputClaim(target)
         if not claim.acquire():

@@ -23,6 +23,7 @@ examples:
   artgen stylize photo.jpg --style starry-night --preserve-color luminance --strength 2 -o out.png
   artgen batch photos/ --style mosaic -o stylised/ --shard 1/2
   artgen batch photos/ --style mosaic --method adain -o fast/
+  artgen video clip.mp4 --style waves --method adain -o styled.mp4
   artgen info out.png
   artgen styles list
   artgen weights fetch vgg19
@@ -94,6 +95,15 @@ def _style_arg(s: str) -> tuple[str, float]:
     return s, 1.0
 
 
+VIDEO_EXAMPLES = """\
+examples:
+  artgen video clip.mp4 --style waves --method adain -o styled.mp4          # fast, steady
+  artgen video clip.mp4 --style swirls --size 256 --iterations 100 -o slow.mp4   # Gatys
+  artgen video frames/ --style mosaic --method adain --fps 30 -o styled/    # folders too
+  artgen video clip.mp4 --style waves --method adain --consistency none -o flicker.mp4
+  artgen video long.mp4 --style waves --shard 2/4 -o styled.mp4             # one of 4 machines
+"""
+
 TRAIN_ADAIN_EXAMPLES = """\
 examples:
   artgen train adain --content photos/ --styles paintings/ --out runs/adain
@@ -162,6 +172,20 @@ def build_parser(method: str = "gatys") -> argparse.ArgumentParser:
     bp.add_argument("-o", "--output", required=True, help="output folder (NAME.png for each input)")
     _add_dataclass_flags(bp, BatchOptions)
     common(bp)
+
+    from artgen.video import VideoOptions
+
+    vp = sub.add_parser(
+        "video",
+        help="stylise a video or a folder of frames, temporally consistent (resumable)",
+        epilog=VIDEO_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    vp.add_argument("input", help="video file (mp4, mov, mkv, webm, gif, avi) or folder of frames")
+    vp.add_argument("-o", "--output", required=True,
+                    help="output video (.mp4 .mov .mkv .webm .gif) or folder (one PNG per frame)")  # fmt: skip
+    _add_dataclass_flags(vp, VideoOptions)
+    common(vp)
 
     ip = sub.add_parser("info", help="print the parameters stored in a PNG that artgen wrote")
     ip.add_argument("image")
@@ -269,6 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_stylize(args)
         if args.command == "batch":
             return _cmd_batch(args)
+        if args.command == "video":
+            return _cmd_video(args)
         if args.command == "info":
             return _cmd_info(args)
         if args.command == "weights":
@@ -462,11 +488,70 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_video(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from artgen import catalog
+    from artgen.style import get_method
+    from artgen.video import VideoOptions, plan_video, run_video
+
+    video = _options(args, VideoOptions)
+    plan = plan_video(args.input, args.output,
+                      _options(args, get_method(args.method).options), video)  # fmt: skip
+    for s, _ in args.style:
+        style = str(catalog.resolve(s))
+        if _same_file(style, args.output) or (plan.kind == "folder"
+                                              and _same_file(os.path.dirname(style), plan.cache)):  # fmt: skip
+            raise ArtgenError(f"{args.output}: would overwrite the style image {style}")
+    method, options, model, device, styles = _setup(args)
+    i, n = video.shard_numbers()
+    share = plan.last - plan.first
+    overall = tqdm(total=share, desc=f"video {i}/{n}" if n > 1 else "video", unit="frame",
+                   position=0, disable=args.quiet, dynamic_ncols=True)  # fmt: skip
+    bar = _Bar(args.quiet, position=1, leave=False)
+    encode: list = []
+
+    def on_frame(p) -> None:
+        bar.close()
+        if p.status == "encoded":
+            if not encode:
+                encode.append(tqdm(total=p.total, desc="encode", unit="frame", position=0,
+                                   disable=args.quiet, dynamic_ncols=True))  # fmt: skip
+            encode[0].update(p.done - encode[0].n)
+        elif p.status != "warmup":
+            overall.update(p.done - overall.n)
+        bar.desc = f"frame {p.frame + 1}"
+
+    try:
+        r = run_video(plan, styles, options, model=model, device=device, on_frame=on_frame,
+                      callback=bar)  # fmt: skip
+    finally:
+        bar.close()
+        overall.close()
+        for b in encode:
+            b.close()
+    made = f"{r.stylised} frames stylised, {r.cached} from the cache"
+    if r.output is None:
+        print(f"{made}; {r.missing} of {r.frames} frames still to be made by the other shards "
+              f"(the run that completes them writes {args.output}; cache {r.cache})")  # fmt: skip
+        return 0
+    print(f"{made} -> {r.output} ({r.frames} frames, {float(r.fps):g} fps, "
+          f"{r.size[0]}x{r.size[1]}; audio: {r.audio})")  # fmt: skip
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from artgen.images import read_params
     from artgen.style import reproduce_command, validate_params
+    from artgen.video import OUTPUT_FORMATS
 
+    if os.path.splitext(args.image)[1].lower() in OUTPUT_FORMATS:  # a video artgen wrote
+        from artgen.video import read_video_params
+
+        return _info_video(args, read_video_params(args.image))
     params = read_params(args.image)
+    if isinstance(params, dict) and isinstance(params.get("video"), dict):  # a video's frame
+        return _info_video(args, params)
     if args.json:
         print(json.dumps(params, indent=2, sort_keys=True))
         return 0
@@ -491,6 +576,24 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(f"    {k}: {clip(v)}")
     print("reproduce with:")
     print("  " + reproduce_command(params))
+    return 0
+
+
+def _info_video(args: argparse.Namespace, params: dict) -> int:
+    from artgen.video import describe_video_params, video_command
+
+    if args.json:
+        print(json.dumps(params, indent=2, sort_keys=True))
+        return 0
+    try:
+        lines = describe_video_params(params)
+        command = video_command(params)
+    except ArtgenError as e:
+        raise ArtgenError(f"{args.image}: metadata that artgen cannot use: {e}") from None
+    print(f"{args.image}: made by artgen {clip(params.get('artgen'), 20)} (video)")
+    print("\n".join(lines))
+    print("reproduce with:")
+    print("  " + command)
     return 0
 
 

@@ -43,6 +43,9 @@ class StyleMethod:
       ``image.info`` naming what was resolved (``resolved`` lists those keys).
     - ``stylize_many``: optional; several contents of one size in one batch.
     - ``describe(model)``: one line for the user about the loaded network.
+    - ``stylize_guided``: optional, for methods that optimise the picture: ``stylize`` plus
+      ``init`` (the starting picture) and ``extra_loss(y)`` (a term added to the objective);
+      artgen.video uses it for Ruder et al. 2016's temporal loss.
     """
 
     name: str
@@ -53,6 +56,7 @@ class StyleMethod:
     resolved: tuple[str, ...] = ()
     stylize_many: Callable[..., list[Image.Image]] | None = None
     describe: Callable[[Any], str] | None = None
+    stylize_guided: Callable[..., Image.Image] | None = None
 
 
 def option_error(options: Any, name: str, why: str) -> ArtgenError:

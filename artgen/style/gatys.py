@@ -11,7 +11,12 @@ Networks", CVPR 2016. Extensions, each marked where it departs from the paper:
 - several styles blended by weighting their Gram matrices;
 - colour preservation (artgen.color);
 - bf16 autocast and channels_last for the backbone on CUDA; Gram matrices and
-  losses are computed in fp32 (artgen.losses).
+  losses are computed in fp32 (artgen.losses);
+- a hook for video (``init`` and ``extra_loss`` of :func:`stylize`): Ruder, Dosovitskiy &
+  Brox, "Artistic style transfer for videos", GCPR 2016, start each frame from the warped
+  previous result and add a temporal loss; artgen.video passes both in. With ``init`` the
+  optimisation runs at the final scale only (the warped result already has the large-scale
+  structure that the coarse scales exist to build). Unused, nothing changes.
 """
 
 from __future__ import annotations
@@ -309,6 +314,8 @@ def stylize(
     extractor: FeatureExtractor | None = None,
     device: str | torch.device | None = None,
     callback: Callable[[StylizeProgress], None] | None = None,
+    init: Image.Image | torch.Tensor | None = None,
+    extra_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
     **overrides: Any,
 ) -> Image.Image:
     """Stylise ``content`` with one or more ``styles``; returns a PIL image.
@@ -318,6 +325,13 @@ def stylize(
     in the options is loaded. ``callback`` receives a StylizeProgress after each
     step and may raise artgen.Cancelled to stop. The output keeps the content's
     alpha plane; ``image.info["backbone"]`` names the backbone used.
+
+    For video (Ruder et al. 2016): ``init`` (a picture, or a (1, 3, H, W) tensor in [0, 1])
+    is the starting image instead of ``options.init``, and then only the final scale is
+    optimised; ``extra_loss(y)`` is added to the objective at every step, where ``y`` is
+    the picture as the output will show it ((1, 3, h, w) RGB in [0, 1], differentiable;
+    under ``preserve_color="luminance"`` the optimised grey combined with the content's
+    colours).
     """
     options = options or StylizeOptions()
     if overrides:
@@ -372,7 +386,7 @@ def stylize(
         with amp:
             return extractor(x.contiguous(memory_format=memory_format), which)
 
-    sizes = scale_sizes(options)
+    sizes = scale_sizes(options) if init is None else [options.size]
     cw, ch = content_img.size
     final_w, final_h = _fit(cw, ch, options.size)
     check_fits(extractor, final_w, final_h, dev, 2 if use_bf16 else 4)
@@ -420,7 +434,13 @@ def stylize(
             del per_style
 
         if x_prev is None:
-            if options.init == "noise":
+            if init is not None:
+                x0 = init if isinstance(init, torch.Tensor) else to_tensor(init.convert("RGB"))
+                x0 = F.interpolate(x0.float().to(dev), size=(h, w), mode="bicubic",
+                                   align_corners=False).clamp(0, 1)  # fmt: skip
+                if options.preserve_color == "luminance":
+                    x0 = color.luminance(x0)
+            elif options.init == "noise":
                 x0 = torch.rand(1, 3, h, w, generator=gen).to(dev)
             elif options.init == "fast":
                 x0 = _fast_start(content_img, style_items, options, long_side, dev)
@@ -438,7 +458,9 @@ def stylize(
         x = x0.detach().clone().requires_grad_(True)
         ema = x0.detach().clone()
 
-        def objective(x: torch.Tensor, c_feats=c_feats, style_grams=style_grams) -> torch.Tensor:
+        def objective(
+            x: torch.Tensor, c_feats=c_feats, style_grams=style_grams, content_rgb=content_rgb
+        ) -> torch.Tensor:
             feats = features(x, layers)
             loss = x.new_zeros((), dtype=torch.float32)
             for name in spec.content_layers:
@@ -449,6 +471,11 @@ def stylize(
                 )
             if tv_weight:
                 loss = loss + tv_weight * tv_loss(x.float())
+            if extra_loss is not None:
+                shown = x.float()
+                if options.preserve_color == "luminance":
+                    shown = color.combine_luminance(shown, content_rgb)
+                loss = loss + extra_loss(shown)
             return loss
 
         def render(ema=ema, content_rgb=content_rgb) -> Image.Image:
@@ -553,6 +580,12 @@ def _stylize(content, styles, options, *, model=None, device=None, callback=None
     return stylize(content, styles, options, extractor=model, device=device, callback=callback)
 
 
+def _stylize_guided(content, styles, options, *, model=None, device=None, callback=None,
+                    init=None, extra_loss=None) -> Image.Image:  # fmt: skip
+    return stylize(content, styles, options, extractor=model, device=device, callback=callback,
+                   init=init, extra_loss=extra_loss)  # fmt: skip
+
+
 METHOD = StyleMethod(
     name="gatys",
     summary="quality: optimise the picture against VGG/EfficientNet features (Gatys et al. 2016)",
@@ -561,6 +594,7 @@ METHOD = StyleMethod(
     stylize=_stylize,
     resolved=("backbone",),
     describe=_describe,
+    stylize_guided=_stylize_guided,
 )
 
 

@@ -1,0 +1,1057 @@
+"""Stylising a video: decode, stylise frame by frame with temporal consistency, cache, encode.
+
+The maths (flow, warping, masks, the temporal loss, the flicker metric) is in
+artgen.temporal; this module is the procedure around it, as artgen.style.batch is for a
+folder of pictures:
+
+- decoding and encoding with PyAV (FFmpeg inside its wheel); a GIF is written by Pillow;
+  the frame rate and the frame count are kept, and the first audio track is copied packet
+  by packet (re-encoded only where the output container cannot hold its codec);
+- ``consistency="flow"``: methods that optimise the picture (gatys) follow Ruder,
+  Dosovitskiy & Brox, "Artistic style transfer for videos", GCPR 2016: each frame starts
+  from the previous result warped by the optical flow, with their temporal loss on the
+  pixels the flow can be trusted on. Feed-forward methods (adain) blend each stylised
+  frame with the warped previous output on those pixels (and restore its texture
+  contrast, artgen.temporal.restore_detail); flow is DIS (Kroeger et al., ECCV 2016);
+- every stylised frame is written atomically into a cache folder, so an interrupted run
+  resumes where it stopped; the cache records the run's resolved settings (JSON) and is
+  refused by a run with other settings; ``--start``/``--end`` pick a range and
+  ``--shard I/N`` one of N consecutive parts of it; the run that completes the set
+  writes the output, atomically.
+
+Departures: a variable-frame-rate input comes out at its average rate (the frame count is
+kept); the first frame of a shard whose previous frame is not cached yet is preceded by
+``warmup`` stylised (not kept) frames, which approaches but does not equal the frames an
+unsplit run makes; audio trimmed by ``--start`` is cut at the nearest packet.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shlex
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from artgen.errors import ArtgenError, clip
+from artgen.images import (
+    IMAGE_SUFFIXES,
+    MAX_PIXELS,
+    MIN_SIDE,
+    LoadedImage,
+    OutputClaim,
+    atomic_output,
+    check_output,
+    check_output_dir,
+    clean_stale_files,
+    load_image,
+    save_png,
+)
+from artgen.style import method_of, reproduce_command, run_params, validate_params
+
+# Output suffix -> (FFmpeg muxer, video encoder); GIFs are written by Pillow.
+OUTPUT_FORMATS: dict[str, tuple[str, str]] = {
+    ".mp4": ("mp4", "libx264"),
+    ".m4v": ("mp4", "libx264"),
+    ".mov": ("mov", "libx264"),
+    ".mkv": ("matroska", "libx264"),
+    ".webm": ("webm", "libvpx-vp9"),
+    ".gif": ("gif", "gif"),
+}
+# Names that look like an output artgen does not write (not taken for a folder's name).
+_NOT_OUTPUTS = (*IMAGE_SUFFIXES, ".avi", ".flv", ".wmv", ".mpg", ".mpeg", ".ts", ".ogv", ".3gp")
+# FFmpeg demuxers artgen reads videos with; anything else is refused before decoding.
+INPUT_DEMUXERS = frozenset({"mov", "mp4", "matroska", "webm", "gif", "avi"})
+CONSISTENCY = ("flow", "none")
+DEFAULT_FPS = 24
+CONFIG_NAME = "artgen-video.json"
+FRAME_NAME = "frame_{:06d}.png"
+_FRAME_RE = re.compile(r"frame_(\d{6,})\.png")
+MAX_FRAMES = 1_000_000
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    """How a video is split, kept consistent over time, cached and written."""
+
+    start: int = field(default=0, metadata={"help": "first frame to stylise (0-based)"})
+    end: int | None = field(
+        default=None, metadata={"help": "stop before this frame (default: after the last)"}
+    )
+    shard: str = field(
+        default="1/1",
+        metadata={"help": "I/N: stylise only the I-th of N consecutive parts of the frames; "
+                  "the run that completes them all writes the output"},
+    )  # fmt: skip
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "replace OUTPUT if it exists, and restart a frame cache that "
+                  "was made with other settings"},
+    )  # fmt: skip
+    consistency: str = field(
+        default="flow",
+        metadata={"help": "flow: temporally consistent (gatys: Ruder et al.'s temporal loss; "
+                  "adain: blend with the flow-warped previous frame); none: frames on their "
+                  "own", "choices": CONSISTENCY},
+    )  # fmt: skip
+    blend: float = field(
+        default=0.4,
+        metadata={"help": "feed-forward methods (adain): weight of the warped previous frame, "
+                  "0 to 0.95; higher is steadier but fades the style"},
+    )  # fmt: skip
+    temporal_weight: float = field(
+        default=1000.0,
+        metadata={"help": "gatys: weight of the temporal loss (Ruder et al. 2016)"},
+    )
+    flow: str = field(
+        default="medium",
+        metadata={"help": "DIS optical flow preset",
+                  "choices": ("ultrafast", "fast", "medium")},
+    )  # fmt: skip
+    warmup: int = field(
+        default=4,
+        metadata={"help": "frames stylised (not kept) before a shard's first frame when the "
+                  "frame before it is not cached yet"},
+    )  # fmt: skip
+    batch_size: int = field(
+        default=8, metadata={"help": "frames per network pass, for methods that batch (adain)"}
+    )
+    fps: float | None = field(
+        default=None,
+        metadata={"help": "frame rate for a folder of frames (default: 24); a video keeps "
+                  "its own"},
+    )  # fmt: skip
+    crf: int = field(
+        default=18,
+        metadata={"help": "quality of mp4/mov/mkv/webm output: 0 (best) to 51 (worst)"},
+    )
+    cache: str | None = field(
+        default=None,
+        metadata={"help": "folder for the stylised frames (default: OUTPUT.frames beside a "
+                  "video output; the output folder itself)"},
+    )  # fmt: skip
+    keep_frames: bool = field(
+        default=False, metadata={"help": "keep the frame cache after the video is written"}
+    )
+
+    def __post_init__(self) -> None:
+        def bad(flag: str, why: str) -> ArtgenError:
+            v = getattr(self, flag)
+            return ArtgenError(f"--{flag.replace('_', '-')} {clip(repr(v), 60)}: {why}")
+
+        for name in ("start", "warmup", "batch_size", "crf"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise bad(name, "must be a whole number")
+        if self.end is not None and (not isinstance(self.end, int) or isinstance(self.end, bool)):
+            raise bad("end", "must be a whole number")
+        if not 0 <= self.start < MAX_FRAMES:
+            raise bad("start", "must be a frame number >= 0")
+        if self.end is not None and not self.start < self.end <= MAX_FRAMES:
+            raise bad("end", f"must be greater than --start ({self.start})")
+        if not isinstance(self.shard, str):
+            raise bad("shard", "expected I/N, for example 1/4")
+        self.shard_numbers()
+        if self.consistency not in CONSISTENCY:
+            raise bad("consistency", f"choose one of {', '.join(CONSISTENCY)}")
+        if self.flow not in ("ultrafast", "fast", "medium"):
+            raise bad("flow", "choose one of ultrafast, fast, medium")
+        for name, lo, hi in (("blend", 0.0, 0.95), ("temporal_weight", 0.0, 1e6)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+                raise bad(name, f"must be a number from {lo:g} to {hi:g}")
+        if self.fps is not None and (isinstance(self.fps, bool) or not isinstance(self.fps, (int, float))
+                                     or not 0.1 <= self.fps <= 1000):  # fmt: skip
+            raise bad("fps", "must be a number from 0.1 to 1000")
+        if not 0 <= self.warmup <= 1000:
+            raise bad("warmup", "must be from 0 to 1000")
+        if not 1 <= self.batch_size <= 1024:
+            raise bad("batch_size", "must be from 1 to 1024")
+        if not 0 <= self.crf <= 51:
+            raise bad("crf", "must be from 0 to 51")
+        if self.cache is not None and (not isinstance(self.cache, str) or not self.cache):
+            raise bad("cache", "must be a folder")
+
+    def shard_numbers(self) -> tuple[int, int]:
+        m = re.fullmatch(r"\s*(\d{1,6})\s*/\s*(\d{1,6})\s*", self.shard)
+        if not m:
+            raise ArtgenError(
+                f"--shard {clip(repr(self.shard), 40)}: expected I/N, for example 1/4"
+            )
+        i, n = int(m.group(1)), int(m.group(2))
+        if not (n >= 1 and 1 <= i <= n):
+            raise ArtgenError(f"--shard {self.shard!r}: need 1 <= I <= N")
+        return i, n
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> VideoOptions:
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ArtgenError(
+                f"unknown video option(s): {clip(', '.join(sorted(map(str, unknown))), 120)}"
+            )
+        return cls(**d)
+
+
+# Settings that change the pixels of a frame: a cache made with others is not reused.
+_PIXEL_SETTINGS = ("consistency", "blend", "temporal_weight", "flow")
+
+
+@dataclass(frozen=True)
+class VideoProgress:
+    """Sent to ``on_frame`` after each frame: stylised, found in the cache, a warm-up frame
+    (stylised but not kept), or written to the output file."""
+
+    frame: int  # index of the frame in the input (0-based)
+    done: int  # frames of this run's share finished so far (or encoded so far)
+    total: int  # frames in this run's share (or to encode)
+    status: str  # "stylised", "cached", "warmup" or "encoded"
+    elapsed: float  # seconds since the run started
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What was found in the input: a video file or a folder of numbered frames."""
+
+    path: Path
+    kind: str  # "video" or "folder"
+    frames: int
+    fps: Fraction
+    width: int
+    height: int
+    times: tuple[float, ...] = ()  # seconds of each frame (videos)
+    audio: str | None = None  # codec of the first audio track, if any
+    files: tuple[Path, ...] = ()  # the frames of a folder, in order
+
+
+@dataclass(frozen=True)
+class VideoPlan:
+    """A checked job: the input, the frame range and share, the size, where things go."""
+
+    info: VideoInfo
+    output: Path
+    kind: str  # "file" or "folder"
+    cache: Path
+    start: int
+    end: int
+    first: int  # this share: frames first .. last - 1
+    last: int
+    size: tuple[int, int]  # (width, height) of every output frame
+    video: VideoOptions
+
+
+@dataclass(frozen=True)
+class VideoResult:
+    output: Path | None  # the file or folder written; None while frames are still missing
+    frames: int  # frames in the range start..end
+    stylised: int  # made by this run
+    cached: int  # of this share, found in the cache
+    missing: int  # of the range, still to be made (by other shards)
+    fps: Fraction
+    size: tuple[int, int]
+    audio: str  # what became of the sound
+    cache: Path
+    seconds: float
+
+
+# ------------------------------------------------------------------------------ input
+
+
+def _natural_key(p: Path) -> tuple:
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name))
+
+
+def _open_container(path: Path):
+    """The input video opened from a file object (so no FFmpeg protocol or URL can be named),
+    and its container format checked before any frame is decoded."""
+    import av
+
+    f = open(path, "rb")
+    try:
+        container = av.open(f, "r")
+    except (av.FFmpegError, ValueError, OSError) as e:
+        f.close()
+        raise ArtgenError(f"{path}: not a readable video ({clip(e, 120)})") from None
+    names = set(container.format.name.split(","))
+    if not names & INPUT_DEMUXERS or not container.streams.video:
+        container.close()
+        f.close()
+        what = "has no video track" if names & INPUT_DEMUXERS else (
+            f"is {clip(container.format.long_name, 60)}, not a video artgen reads")  # fmt: skip
+        raise ArtgenError(f"{path}: {what} (mp4, mov, mkv, webm, gif or avi)")
+    return container, f
+
+
+def probe_video(source: str | os.PathLike, fps: float | None = None) -> VideoInfo:
+    """Check the input and count its frames (every frame is decoded once: a damaged file is
+    refused here, before any compute). ``fps`` is for a folder of frames only."""
+    path = Path(source)
+    if not path.exists():
+        raise ArtgenError(f"{path}: no such file or folder")
+    if path.is_dir():
+        files = sorted((p for p in path.iterdir()
+                        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)  # fmt: skip
+        if not files:
+            raise ArtgenError(
+                f"{path}: no image frames in this folder ({', '.join(IMAGE_SUFFIXES)})"
+            )
+        if len(files) > MAX_FRAMES:
+            raise ArtgenError(f"{path}: {len(files)} frames; the limit is {MAX_FRAMES}")
+        first = load_image(files[0])
+        rate = Fraction(fps if fps is not None else DEFAULT_FPS).limit_denominator(1001)
+        return VideoInfo(path, "folder", len(files), rate, *first.size, files=tuple(files))
+    if fps is not None:
+        raise ArtgenError(f"--fps {fps:g}: a video keeps its own frame rate; --fps is for a "
+                          "folder of frames")  # fmt: skip
+    if path.stat().st_size == 0:
+        raise ArtgenError(f"{path}: empty file (0 bytes)")
+    import av
+
+    container, f = _open_container(path)
+    try:
+        stream = container.streams.video[0]
+        w, h = stream.codec_context.width, stream.codec_context.height
+        if w * h > MAX_PIXELS:
+            raise ArtgenError(f"{path}: refused, {w}x{h} frames are {w * h:,} pixels (limit "
+                              f"{MAX_PIXELS:,})")  # fmt: skip
+        if w and h and min(w, h) < MIN_SIDE:
+            raise ArtgenError(f"{path}: frames too small ({w}x{h}); each side must be at least "
+                              f"{MIN_SIDE} px")  # fmt: skip
+        stream.thread_type = "AUTO"
+        times: list[float] = []
+        try:
+            for frame in container.decode(stream):
+                t = frame.time
+                times.append(float(t) if t is not None else float("nan"))
+                if len(times) > MAX_FRAMES:
+                    raise ArtgenError(f"{path}: more than {MAX_FRAMES} frames")
+        except av.FFmpegError as e:
+            raise ArtgenError(
+                f"{path}: corrupt video at frame {len(times)} ({clip(e, 120)})"
+            ) from None
+        if not times:
+            raise ArtgenError(f"{path}: no frames in its video track")
+        rate = stream.average_rate or stream.guessed_rate
+        if not rate or rate <= 0:
+            span = times[-1] - times[0]
+            rate = (
+                Fraction((len(times) - 1) / span)
+                if len(times) > 1 and span > 0
+                else Fraction(DEFAULT_FPS)
+            )
+        rate = Fraction(rate).limit_denominator(1001)
+        if any(math.isnan(t) for t in times):
+            times = [k / float(rate) for k in range(len(times))]
+        audio = container.streams.audio[0].codec_context.name if container.streams.audio else None
+        return VideoInfo(path, "video", len(times), rate, w, h, tuple(times), audio)
+    finally:
+        container.close()
+        f.close()
+
+
+def read_frames(info: VideoInfo, first: int = 0) -> Iterator[tuple[int, Image.Image]]:
+    """The input's frames from ``first`` on, as (index, RGB picture at the input's size)."""
+    if info.kind == "folder":
+        for k in range(first, info.frames):
+            im = load_image(info.files[k]).rgb
+            if im.size != (info.width, info.height):
+                raise ArtgenError(f"{info.files[k]}: is {im.width}x{im.height}, the first frame "
+                                  f"{info.width}x{info.height}; all frames must be one size")  # fmt: skip
+            yield k, im
+        return
+    import av
+
+    container, f = _open_container(info.path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        k = 0
+        try:
+            for frame in container.decode(stream):
+                if k >= first:
+                    yield k, frame.to_image()
+                k += 1
+        except av.FFmpegError as e:
+            raise ArtgenError(f"{info.path}: corrupt video at frame {k} ({clip(e, 120)})") from None
+    finally:
+        container.close()
+        f.close()
+
+
+def frame_size(width: int, height: int, long_side: int) -> tuple[int, int]:
+    """The output frame size: ``long_side`` on the long side, both sides even (for yuv420p)."""
+    s = long_side / max(width, height)
+    return (max(MIN_SIDE, round(width * s) // 2 * 2), max(MIN_SIDE, round(height * s) // 2 * 2))
+
+
+# ------------------------------------------------------------------------------ planning
+
+
+def output_kind(output: str | os.PathLike) -> str:
+    out = Path(output)
+    if out.suffix.lower() in OUTPUT_FORMATS:
+        return "file"
+    if out.suffix.lower() in _NOT_OUTPUTS and not out.is_dir():
+        raise ArtgenError(f"{out}: unknown output type; give a file ending in "
+                          f"{', '.join(OUTPUT_FORMATS)}, or a folder for PNG frames")  # fmt: skip
+    return "folder"
+
+
+def plan_video(
+    source: str | os.PathLike,
+    output: str | os.PathLike,
+    options: Any,
+    video: VideoOptions | None = None,
+) -> VideoPlan:
+    """Check everything that can be checked before any compute, and say what this run does.
+
+    ``options`` is the style method's options (its ``size`` sets the frames' long side).
+    """
+    video = video or VideoOptions()
+    kind = output_kind(output)
+    out = Path(output)
+    info = probe_video(source, video.fps)
+    src = info.path
+    end = info.frames if video.end is None else video.end
+    if video.start >= info.frames:
+        raise ArtgenError(f"--start {video.start}: {src} has {info.frames} frames (0 to "
+                          f"{info.frames - 1})")  # fmt: skip
+    if end > info.frames:
+        raise ArtgenError(f"--end {end}: {src} has {info.frames} frames")
+    i, n = video.shard_numbers()
+    span = end - video.start
+    if n > span:
+        raise ArtgenError(f"--shard {video.shard}: {span} frames cannot be split in {n} parts")
+    first = video.start + (i - 1) * span // n
+    last = video.start + i * span // n
+    if _same(out, src) or (info.kind == "folder" and kind == "folder" and _same(out, src)):
+        raise ArtgenError(f"{out}: is the input; artgen never overwrites an input")
+    if info.kind == "folder" and any(_same(out, p) for p in info.files[:1]):
+        raise ArtgenError(f"{out}: is an input frame; artgen never overwrites an input")
+    if kind == "file":
+        check_output(out, overwrite=video.overwrite)  # before any compute
+        cache = Path(video.cache) if video.cache else out.with_name(out.name + ".frames")
+    else:
+        if out.exists() and not out.is_dir():
+            raise ArtgenError(f"{out}: is a file; give a folder for PNG frames")
+        cache = Path(video.cache) if video.cache else out
+        if video.cache and not _same(cache, out):
+            raise ArtgenError(f"--cache {video.cache}: a folder output is its own cache; leave "
+                              "--cache out")  # fmt: skip
+    if _same(cache, src) or (info.kind == "folder" and cache.resolve() == src.resolve()):
+        raise ArtgenError(f"{cache}: is the input folder; choose another output or --cache")
+    check_output_dir(cache)
+    size = frame_size(info.width, info.height, options.size)
+    return VideoPlan(info, out, kind, cache, video.start, end, first, last, size, video)
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return os.path.realpath(a) == os.path.realpath(b)
+    except OSError:
+        return False
+
+
+# ------------------------------------------------------------------------------ the cache
+
+
+def frame_path(cache: Path, k: int) -> Path:
+    return cache / FRAME_NAME.format(k)
+
+
+def cached_frames(cache: Path) -> set[int]:
+    if not cache.is_dir():
+        return set()
+    return {int(m.group(1)) for p in cache.iterdir() if (m := _FRAME_RE.fullmatch(p.name))}
+
+
+def _cache_key(record: dict) -> dict:
+    """What must match for cached frames to be reused: the input, the styles, the method and
+    its options, the frame size and the temporal settings (not the range, nor the version)."""
+    return {k: record.get(k) for k in ("method", "content", "styles", "options", "device")} | {
+        "video": {k: record["video"].get(k) for k in ("size", "fps", *_PIXEL_SETTINGS)}
+    }
+
+
+def _prepare_cache(plan: VideoPlan, record: dict) -> dict:
+    """Make sure the cache folder holds frames of this run (or none); returns its record."""
+    cache = plan.cache
+    clean_stale_files(cache)
+    config = cache / CONFIG_NAME
+    have = cached_frames(cache)
+    if config.exists():
+        try:
+            old = json.loads(config.read_text())
+            if not isinstance(old, dict) or not isinstance(old.get("video"), dict):
+                raise ValueError
+        except (ValueError, OSError, RecursionError):
+            raise ArtgenError(f"{config}: not a record artgen video wrote; remove it, or choose "
+                              "another output") from None  # fmt: skip
+        if _cache_key(old) == _cache_key(record):
+            record["resolved"] = (
+                old.get("resolved", {}) if isinstance(old.get("resolved"), dict) else {}
+            )
+            _write_json(config, record)
+            return record
+        if not plan.video.overwrite:
+            diff = sorted(k for k in _cache_key(record)
+                          if _cache_key(old).get(k) != _cache_key(record).get(k))  # fmt: skip
+            raise ArtgenError(
+                f"{cache}: holds frames of another run ({', '.join(diff)} differ); pass "
+                "--overwrite to start again, or give another output or --cache"
+            )
+        for k in have:
+            frame_path(cache, k).unlink(missing_ok=True)
+    elif have:
+        raise ArtgenError(f"{cache}: holds frame files that no artgen video run recorded; "
+                          "choose an empty or new folder")  # fmt: skip
+    _write_json(config, record)
+    return record
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    with atomic_output(path, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True))
+
+
+def _remove_cache(cache: Path) -> None:
+    """Remove what artgen put in the cache folder, and the folder if it is then empty."""
+    for k in cached_frames(cache):
+        frame_path(cache, k).unlink(missing_ok=True)
+    (cache / CONFIG_NAME).unlink(missing_ok=True)
+    try:
+        cache.rmdir()
+    except OSError:
+        pass  # the user's own files are there too: leave them
+
+
+# ------------------------------------------------------------------------------ the run
+
+
+def _style_list(styles: Any) -> list[tuple[LoadedImage, float]]:
+    if isinstance(styles, dict):
+        items = list(styles.items())
+    elif isinstance(styles, (str, os.PathLike, Image.Image, LoadedImage)):
+        items = [(styles, 1.0)]
+    else:
+        items = [s if isinstance(s, tuple) else (s, 1.0) for s in styles]
+    out = [(s if isinstance(s, LoadedImage) else load_image(s), float(w)) for s, w in items]
+    if not out or any(not math.isfinite(w) or w < 0 for _, w in out) or sum(w for _, w in out) <= 0:
+        raise ArtgenError("style weights must be >= 0 and not all zero")
+    return out
+
+
+def _as_array(im: Image.Image) -> np.ndarray:
+    return np.asarray(im.convert("RGB"), np.float32) / 255.0
+
+
+def _as_image(a: np.ndarray) -> Image.Image:
+    return Image.fromarray((np.clip(a, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), "RGB")
+
+
+def run_video(
+    plan: VideoPlan,
+    styles: Any,
+    options: Any,
+    *,
+    model: Any = None,
+    device: Any = None,
+    on_frame: Callable[[VideoProgress], None] | None = None,
+    callback: Callable[[Any], None] | None = None,
+) -> VideoResult:
+    """Stylise this run's share of the frames (skipping those in the cache), then, if every
+    frame of the range is there, write the output. ``callback`` gets the method's own
+    progress (each Gatys step); either callback may raise to stop, and what is cached stays."""
+    t0 = time.perf_counter()
+    method = method_of(options)
+    video = plan.video
+    w, h = plan.size
+    if options.size != max(w, h):  # both sides even: the long side may lose a pixel
+        options = method.options.from_dict({**options.to_dict(), "size": max(w, h)})
+    style_items = _style_list(styles)
+    if model is None:
+        model = method.load(options, device)
+    first_frame = next(read_frames(plan.info, 0))[1]
+    content_id = LoadedImage(first_frame, None, str(plan.info.path))
+    record = run_params(content_id, style_items, options, Image.new("RGB", (1, 1)), device)
+    record["video"] = {
+        **{k: getattr(video, k) for k in _PIXEL_SETTINGS},
+        "size": [w, h],
+        "fps": str(plan.info.fps),
+        "frames": plan.info.frames,
+        "input": plan.info.kind,
+        "output": plan.output.suffix.lower() if plan.kind == "file" else "/",
+    }
+    record = _prepare_cache(plan, record)
+    i, n = video.shard_numbers()
+    claim = OutputClaim(plan.cache / f"shard-{plan.first}-{plan.last}")
+    if not claim.acquire():
+        raise ArtgenError(f"{plan.cache}: another artgen run (pid {claim.owner()}) is making "
+                          f"frames {plan.first} to {plan.last - 1}")  # fmt: skip
+    total = plan.last - plan.first
+    counts = {"stylised": 0, "cached": 0}
+    try:
+        have = cached_frames(plan.cache)
+        todo = [k for k in range(plan.first, plan.last) if k not in have]
+        counts["cached"] = total - len(todo)
+        if on_frame and counts["cached"]:
+            on_frame(VideoProgress(plan.first, counts["cached"], total, "cached",
+                                   time.perf_counter() - t0))  # fmt: skip
+        if todo:
+            _stylise_frames(plan, todo[0], have, style_items, options, record, method, model,
+                            device, counts, total, t0, on_frame, callback)  # fmt: skip
+    finally:
+        claim.release()
+    have = cached_frames(plan.cache)
+    missing = sum(1 for k in range(plan.start, plan.end) if k not in have)
+    audio = "none in the input" if plan.info.audio is None else "kept"
+    written: Path | None = None
+    if plan.kind == "folder":
+        audio = "not written (a folder of frames has no sound)" if plan.info.audio else audio
+        written = plan.output if not missing else None
+    elif not missing:
+        audio = _encode(plan, record, on_frame, t0)
+        written = plan.output
+        if not video.keep_frames:
+            _remove_cache(plan.cache)
+    return VideoResult(written, plan.end - plan.start, counts["stylised"], counts["cached"],
+                       missing, plan.info.fps, plan.size, audio, plan.cache,
+                       time.perf_counter() - t0)  # fmt: skip
+
+
+def _stylise_frames(plan, first_todo, have, style_items, options, record, method, model, device,
+                    counts, total, t0, on_frame, callback) -> None:  # fmt: skip
+    """The frame loop: decode from where the chain starts, stylise what is not cached."""
+    import torch
+
+    from artgen import temporal
+
+    video = plan.video
+    consistent = video.consistency == "flow"
+    # Where the chain of frames starts: right after a cached frame if there is one, at the
+    # range's start, or `warmup` frames early (those are stylised but not kept).
+    if not consistent or (first_todo - 1) in have or first_todo == plan.start:
+        begin = first_todo
+    else:
+        begin = max(plan.start, first_todo - video.warmup)
+    prev_out: np.ndarray | None = None
+    prev_in: np.ndarray | None = None
+    use_prev = consistent and (begin - 1) in have and begin > 0
+    w, h = plan.size
+    guided = method.stylize_guided
+    step = video.batch_size if (method.stylize_many is not None and guided is None) else 1
+    if not consistent:
+        step = video.batch_size if method.stylize_many is not None else 1
+    pending: list[tuple[int, LoadedImage, np.ndarray]] = []
+
+    def params_for(k: int) -> dict:
+        return {**_with_resolved(record), "video": {**record["video"], "frame": k}}
+
+    def keep(k: int, out: np.ndarray, info: dict, inp: np.ndarray) -> None:
+        nonlocal prev_out, prev_in
+        im = _as_image(out)
+        if k >= plan.first:
+            resolved = {key: info[key] for key in method.resolved if key in info}
+            _check_resolved(plan, record, resolved)
+            save_png(im, frame_path(plan.cache, k), params=params_for(k))
+            counts["stylised"] += 1
+            status = "stylised"
+        else:
+            status = "warmup"
+        prev_out, prev_in = _as_array(im), inp  # the 8-bit frame: a resumed run sees the same
+        if on_frame:
+            on_frame(VideoProgress(k, counts["stylised"] + counts["cached"], total, status,
+                                   time.perf_counter() - t0))  # fmt: skip
+
+    def flush() -> None:
+        if not pending:
+            return
+        contents = [c for _, c, _ in pending]
+        if len(contents) > 1:
+            raws = method.stylize_many(contents, style_items, options, model=model, device=device,
+                                       callback=callback)  # fmt: skip
+        elif guided is not None and consistent and prev_out is not None:
+            raws = [None]
+        else:
+            raws = [method.stylize(contents[0], style_items, options, model=model, device=device,
+                                   callback=callback)]  # fmt: skip
+        for (k, content, inp), raw in zip(pending, raws, strict=True):
+            if raw is None:  # Ruder et al.: start from the warped result, temporal loss
+                pair = temporal.frame_pair(inp, prev_in, video.flow)
+                warped = temporal.warp(prev_out, pair.flow)
+                target = torch.from_numpy(warped).permute(2, 0, 1)[None]
+                mask = torch.from_numpy(pair.mask)[None, None]
+                weight = float(video.temporal_weight)
+
+                def extra(y, target=target, mask=mask, weight=weight):
+                    t, m = target.to(y.device), mask.to(y.device)
+                    if t.shape[-2:] != y.shape[-2:]:
+                        t = torch.nn.functional.interpolate(t, size=y.shape[-2:], mode="bilinear")
+                        m = torch.nn.functional.interpolate(m, size=y.shape[-2:], mode="nearest")
+                    return weight * temporal.temporal_loss(y, t, m)
+
+                image = guided(content, style_items, options, model=model, device=device,
+                               callback=callback, init=target, extra_loss=extra)  # fmt: skip
+                keep(k, _as_array(image), image.info, inp)
+                continue
+            out = _as_array(raw)
+            if consistent and prev_out is not None:
+                # Departure from Ruder et al.'s mask: only the forward-backward (occlusion)
+                # check, as the issue asks; their motion-boundary test rejected about 8% of
+                # the pixels of a real clip for DIS flow's noise, where blending is harmless.
+                pair = temporal.frame_pair(inp, prev_in, video.flow, motion_boundaries=False)
+                warped = temporal.warp(prev_out, pair.flow)
+                blended = temporal.blend_warped(out, warped, pair.mask, video.blend)
+                out = temporal.restore_detail(blended, out)
+            keep(k, out, raw.info, inp)
+        pending.clear()
+
+    start_read = begin - 1 if use_prev else begin
+    for k, frame in read_frames(plan.info, start_read):
+        if k >= plan.last:
+            break
+        small = frame.resize((w, h), Image.Resampling.LANCZOS) if frame.size != (w, h) else frame
+        inp = _as_array(small)
+        if k in have:
+            flush()
+            prev_out = _as_array(load_image(frame_path(plan.cache, k)).rgb)
+            prev_in = inp
+            continue
+        pending.append((k, LoadedImage(small, None, f"{plan.info.path.name} frame {k}"), inp))
+        if len(pending) >= step or (consistent and guided is not None):
+            flush()
+    flush()
+
+
+def _check_resolved(plan: VideoPlan, record: dict, resolved: dict) -> None:
+    """A choice the method resolved ('auto' backbone) must match the cache's frames."""
+    if not resolved:
+        return
+    stored = record.setdefault("resolved", {})
+    for key, value in resolved.items():
+        if key in stored and stored[key] != value:
+            raise ArtgenError(f"{plan.cache}: its frames were made with {key} {stored[key]}, this "
+                              f"run has {value}; pass --{key.replace('_', '-')} {stored[key]}")  # fmt: skip
+    if any(key not in stored for key in resolved):
+        stored.update(resolved)
+        _write_json(plan.cache / CONFIG_NAME, record)
+
+
+def _with_resolved(record: dict) -> dict:
+    """The record with the method's resolved choices ('auto' -> the backbone used) filled in,
+    as a picture's parameters record them."""
+    resolved = record.get("resolved") or {}
+    return {**{k: v for k, v in record.items() if k != "resolved"},
+            "options": {**record["options"], **resolved}}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ encoding
+
+
+def _audio_packets(plan: VideoPlan, out_container, fmt: str):
+    """The output audio stream, and an iterator of (seconds, packet) for it: the first audio
+    track of the input, trimmed to the range, packets copied (or re-encoded if the
+    container cannot hold the codec). (None, None, why) if there is no audio."""
+    import av
+
+    if plan.info.audio is None:
+        return None, None, "none in the input"
+    container, f = _open_container(plan.info.path)
+    ia = container.streams.audio[0]
+    times = plan.info.times
+    shift = times[plan.start] if plan.start > 0 else 0.0
+    stop = times[plan.end] if plan.end < plan.info.frames else math.inf
+    remux = ia.codec_context.name in out_container.supported_codecs
+    if remux:
+        oa = out_container.add_stream_from_template(ia)
+        how = f"kept ({ia.codec_context.name}, copied)"
+    else:
+        codec = out_container.default_audio_codec
+        oa = out_container.add_stream(codec, rate=ia.codec_context.sample_rate or 48000)
+        how = f"kept ({ia.codec_context.name} re-encoded as {codec} for {fmt})"
+
+    def packets():
+        try:
+            if remux:
+                offset = round(shift / ia.time_base) if shift else 0
+                for pk in container.demux(ia):
+                    if pk.dts is None or pk.pts is None:
+                        continue
+                    t = float(pk.pts * ia.time_base)
+                    if (shift and t < shift) or t >= stop:
+                        continue
+                    pk.pts -= offset
+                    pk.dts -= offset
+                    pk.stream = oa
+                    yield t - shift, pk
+            else:
+                rs = av.AudioResampler(format=oa.codec_context.format, layout=oa.codec_context.layout,
+                                       rate=oa.codec_context.sample_rate)  # fmt: skip
+                for fr in container.decode(ia):
+                    t = float(fr.time) if fr.time is not None else 0.0
+                    if (shift and t < shift) or t >= stop:
+                        continue
+                    fr.pts = None
+                    for r in rs.resample(fr):
+                        for pk in oa.encode(r):
+                            yield t - shift, pk
+                for r in rs.resample(None):
+                    for pk in oa.encode(r):
+                        yield math.inf, pk
+                for pk in oa.encode(None):
+                    yield math.inf, pk
+        except av.FFmpegError as e:
+            raise ArtgenError(f"{plan.info.path}: corrupt audio track ({clip(e, 120)})") from None
+        finally:
+            container.close()
+            f.close()
+
+    return oa, packets(), how
+
+
+def _encode(plan: VideoPlan, record: dict, on_frame, t0: float) -> str:
+    """Write the cached frames start..end as the output video, atomically; returns what
+    became of the audio."""
+    out = plan.output
+    frames = [frame_path(plan.cache, k) for k in range(plan.start, plan.end)]
+    params = {**_with_resolved(record),
+              "video": {**record["video"], "start": plan.start, "end": plan.end}}  # fmt: skip
+    claim = OutputClaim(out)
+    if not claim.acquire():
+        raise ArtgenError(f"{out}: another artgen run (pid {claim.owner()}) is writing it")
+    try:
+        clean_stale_files(out.parent, suffixes=(out.name.lower(),))
+        fmt, codec = OUTPUT_FORMATS[out.suffix.lower()]
+        total = len(frames)
+
+        def report(i: int) -> None:
+            if on_frame:
+                on_frame(VideoProgress(plan.start + i, i + 1, total, "encoded",
+                                       time.perf_counter() - t0))  # fmt: skip
+
+        with atomic_output(out, overwrite=plan.video.overwrite) as tmp:
+            if fmt == "gif":
+                _write_gif(tmp, frames, plan.info.fps, report)
+                return "dropped (a GIF has no sound)" if plan.info.audio else "none in the input"
+            return _write_video(tmp, fmt, codec, frames, plan, params, report)
+    finally:
+        claim.release()
+
+
+def _write_gif(tmp: Path, frames: list[Path], fps: Fraction, report) -> None:
+    def rest():
+        for i, p in enumerate(frames[1:], start=1):
+            im = load_image(p).rgb
+            report(i)
+            yield im
+
+    first = load_image(frames[0]).rgb
+    report(0)
+    with open(tmp, "wb") as f:
+        # GIF delays are in 1/100 s: the frame rate is kept to that precision.
+        first.save(f, format="GIF", save_all=True, append_images=rest(),
+                   duration=max(20, round(1000 / float(fps))), loop=0)  # fmt: skip
+
+
+def _write_video(tmp: Path, fmt: str, codec: str, frames: list[Path], plan: VideoPlan,
+                 params: dict, report) -> str:  # fmt: skip
+    import av
+
+    w, h = plan.size
+    fps = plan.info.fps
+    with open(tmp, "wb") as f:
+        try:
+            container = av.open(f, "w", format=fmt)
+        except (av.FFmpegError, ValueError) as e:
+            raise ArtgenError(f"{plan.output}: cannot write {fmt} ({clip(e, 120)})") from None
+        try:
+            opts = {"crf": str(plan.video.crf)}
+            if codec == "libvpx-vp9":
+                opts["b"] = "0"  # constant quality
+            stream = container.add_stream(codec, rate=fps, options=opts)
+            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+            container.metadata["comment"] = json.dumps(params, sort_keys=True)
+            oa, audio, how = _audio_packets(plan, container, fmt)
+            pending = None
+            for i, p in enumerate(frames):
+                arr = np.asarray(load_image(p).rgb)
+                if arr.shape[:2] != (h, w):
+                    raise ArtgenError(f"{p}: is {arr.shape[1]}x{arr.shape[0]}, not {w}x{h}; "
+                                      "remove it to make it again")  # fmt: skip
+                vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
+                vf.pts = i
+                for pk in stream.encode(vf):
+                    container.mux(pk)
+                # Interleave: the sound up to the end of this frame.
+                now = (i + 1) / float(fps)
+                while audio is not None:
+                    if pending is None:
+                        pending = next(audio, None)
+                        if pending is None:
+                            audio = None
+                            break
+                    if pending[0] > now:
+                        break
+                    container.mux(pending[1])
+                    pending = None
+                report(i)
+            for pk in stream.encode(None):
+                container.mux(pk)
+            if pending is not None:
+                container.mux(pending[1])
+            for _, pk in audio or ():
+                container.mux(pk)
+        except av.FFmpegError as e:
+            raise ArtgenError(f"{plan.output}: encoding failed ({clip(e, 120)})") from None
+        finally:
+            container.close()
+    return how
+
+
+# ------------------------------------------------------------------------------ the API
+
+
+def stylize_video(
+    source: str | os.PathLike,
+    styles: Any,
+    output: str | os.PathLike,
+    options: Any = None,
+    video: VideoOptions | None = None,
+    *,
+    method: str | None = None,
+    model: Any = None,
+    device: Any = None,
+    on_frame: Callable[[VideoProgress], None] | None = None,
+    callback: Callable[[Any], None] | None = None,
+    **overrides: Any,
+) -> VideoResult:
+    """Stylise a video (or a folder of numbered frames) into ``output`` (a video file, or a
+    folder that gets one PNG per frame), temporally consistent by default.
+
+    ``options`` is the style method's options dataclass (``method`` picks one by name, with
+    keyword ``overrides`` of its fields, as in :func:`artgen.stylize`); ``video`` holds the
+    frame range, shard, temporal settings and cache (:class:`VideoOptions`). ``model`` is a
+    network loaded earlier with the method's ``load``. Returns a :class:`VideoResult`.
+    """
+    from artgen.style import DEFAULT_METHOD, get_method
+
+    m = get_method(method) if method else (method_of(options) if options is not None
+                                           else get_method(DEFAULT_METHOD))  # fmt: skip
+    if options is None:
+        options = m.options()
+    if overrides:
+        options = m.options.from_dict({**options.to_dict(), **overrides})
+    plan = plan_video(source, output, options, video)
+    return run_video(plan, styles, options, model=model, device=device, on_frame=on_frame,
+                     callback=callback)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ info
+
+
+def read_video_params(path: str | os.PathLike) -> dict:
+    """The parameters artgen stored in a video it wrote (the container's comment tag)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtgenError(f"{path}: no such file")
+    if path.suffix.lower() == ".gif":
+        raise ArtgenError(f"{path}: a GIF holds no artgen parameters (a frame cache, kept with "
+                          "--keep-frames, does)")  # fmt: skip
+    container, f = _open_container(path)
+    try:
+        meta = {k.lower(): v for k, v in container.metadata.items()}
+    finally:
+        container.close()
+        f.close()
+    raw = meta.get("comment")
+    if not raw:
+        raise ArtgenError(f"{path}: holds no artgen parameters (not written by artgen video?)")
+    try:
+        params = json.loads(raw[:200_000])
+    except (ValueError, RecursionError):
+        raise ArtgenError(f"{path}: its artgen parameters are not valid JSON") from None
+    if not isinstance(params, dict) or not isinstance(params.get("video"), dict):
+        raise ArtgenError(f"{path}: holds no artgen video parameters")
+    return params
+
+
+def video_command(params: dict) -> str:
+    """The `artgen video` command line that remakes a video from its stored parameters
+    (validated and shell-quoted as :func:`artgen.style.reproduce_command` does)."""
+    v = params.get("video")
+    if not isinstance(v, dict):
+        raise ArtgenError("its parameters have no video settings")
+    still = {k: val for k, val in params.items() if k not in ("video", "resolved")}
+    parts = shlex.split(reproduce_command(still))[:-2]  # drops "-o OUT.png"
+    parts[1] = "video"
+    defaults = VideoOptions()
+    try:
+        given = VideoOptions(**{k: v[k] for k in _PIXEL_SETTINGS if k in v},
+                             start=v.get("start", 0), end=v.get("end"))  # fmt: skip
+    except (TypeError, ArtgenError) as e:
+        raise ArtgenError(f"its video settings do not fit ({clip(e, 120)})") from None
+    for name in (*_PIXEL_SETTINGS, "start"):
+        if getattr(given, name) != getattr(defaults, name):
+            parts += [f"--{name.replace('_', '-')}", f"{getattr(given, name):g}"
+                      if isinstance(getattr(given, name), float) else str(getattr(given, name))]  # fmt: skip
+    if given.end is not None and given.end != v.get("frames"):
+        parts += ["--end", str(given.end)]
+    if v.get("input") == "folder" and isinstance(v.get("fps"), str):
+        try:
+            parts += ["--fps", f"{float(Fraction(v['fps'])):g}"]
+        except (ValueError, ZeroDivisionError):
+            raise ArtgenError("its frame rate is not a number") from None
+    suffix = v.get("output")
+    suffix = suffix if suffix in OUTPUT_FORMATS else "/"
+    parts += ["-o", "OUT" + suffix if suffix != "/" else "OUT_FRAMES/"]
+    if not all(p.isprintable() for p in parts):
+        raise ArtgenError("its parameters hold control characters")
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def describe_video_params(params: dict) -> list[str]:
+    """Lines for `artgen info` about a video artgen wrote (or one of its frames)."""
+    m, options = validate_params({k: v for k, v in params.items() if k != "video"})
+    v = params["video"]
+    lines = [f"  input:   {clip(params['content']['file'])} ({clip(v.get('input'), 10)}, "
+             f"{clip(v.get('frames'), 10)} frames at {clip(v.get('fps'), 16)} fps)"]  # fmt: skip
+    for s in params["styles"]:
+        lines.append(f"  style:   {clip(s['file'])}  weight {s['weight']:g}")
+    lines.append(f"  method:  {m.name}; consistency {clip(v.get('consistency'), 10)}")
+    if isinstance(v.get("frame"), int):
+        lines.append(f"  frame:   {v['frame']}")
+    lines.append(f"  size:    {clip(v.get('size'), 20)}")
+    lines.append("  options:")
+    for k, val in options.to_dict().items():
+        lines.append(f"    {k}: {clip(val)}")
+    return lines
+
+
+__all__ = [
+    "OUTPUT_FORMATS",
+    "VideoInfo",
+    "VideoOptions",
+    "VideoPlan",
+    "VideoProgress",
+    "VideoResult",
+    "describe_video_params",
+    "plan_video",
+    "probe_video",
+    "read_frames",
+    "read_video_params",
+    "run_video",
+    "stylize_video",
+    "video_command",
+]
