@@ -25,3 +25,19 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     ):
         raise ArtgenError("device 'mps': Apple's Metal backend is not available on this machine")
     return torch.device(name)
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes that a run may still use on ``device`` (None: unknown)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+    return None

@@ -232,27 +232,14 @@ def save_png(
     Every OSError becomes an ArtgenError naming the file.
     """
     path = Path(path)
-    if path.is_dir():
-        raise ArtgenError(f"{path}: is a folder; give a file name for the output")
-    if path.exists() and not overwrite:
-        raise ArtgenError(f"{path}: already exists (pass --overwrite to replace it)")
     info = PngImagePlugin.PngInfo()
     if params is not None:
         info.add_text(PARAMS_KEY, json.dumps(params, sort_keys=True))
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = _temporary(path)
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", pnginfo=info)
-            f.flush()
-            os.fsync(f.fileno())
-        _publish(tmp, path, overwrite)
-    except OSError as e:
-        raise ArtgenError(f"{path}: cannot write ({_message(e)})") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        try:
+            image.save(tmp, format="PNG", pnginfo=info)
+        except OSError as e:
+            raise ArtgenError(f"{path}: cannot write ({_message(e)})") from None
     return path
 
 

@@ -56,7 +56,7 @@ from artgen.images import (
     load_image,
     save_png,
 )
-from artgen.style import method_of, reproduce_command, run_params, validate_params
+from artgen.style import load_styles, method_of, reproduce_command, run_params, validate_params
 
 # Output suffix -> (FFmpeg muxer, video encoder); GIFs are written by Pillow.
 OUTPUT_FORMATS: dict[str, tuple[str, str]] = {
@@ -540,19 +540,6 @@ def _remove_cache(cache: Path) -> None:
 # ------------------------------------------------------------------------------ the run
 
 
-def _style_list(styles: Any) -> list[tuple[LoadedImage, float]]:
-    if isinstance(styles, dict):
-        items = list(styles.items())
-    elif isinstance(styles, (str, os.PathLike, Image.Image, LoadedImage)):
-        items = [(styles, 1.0)]
-    else:
-        items = [s if isinstance(s, tuple) else (s, 1.0) for s in styles]
-    out = [(s if isinstance(s, LoadedImage) else load_image(s), float(w)) for s, w in items]
-    if not out or any(not math.isfinite(w) or w < 0 for _, w in out) or sum(w for _, w in out) <= 0:
-        raise ArtgenError("style weights must be >= 0 and not all zero")
-    return out
-
-
 def _as_array(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("RGB"), np.float32) / 255.0
 
@@ -580,7 +567,7 @@ def run_video(
     w, h = plan.size
     if options.size != max(w, h):  # both sides even: the long side may lose a pixel
         options = method.options.from_dict({**options.to_dict(), "size": max(w, h)})
-    style_items = _style_list(styles)
+    style_items = load_styles(styles)
     if model is None:
         model = method.load(options, device)
     first_frame = next(read_frames(plan.info, 0))[1]

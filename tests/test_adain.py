@@ -397,16 +397,16 @@ def test_tiled_output_is_the_whole_pictures_without_seams(shipped):
 
 def test_tiling_is_chosen_when_the_estimate_says_it_does_not_fit(shipped, monkeypatch, tmp_path,
                                                                  capsys):  # fmt: skip
+    from artgen import devices
     from artgen.cli import main
     from artgen.style import adain as fast
-    from artgen.style import gatys
 
     photo(300, 200).save(tmp_path / "c.png")
     stripes(96).save(tmp_path / "s.png")
     assert fast._choose_tile(0, 800, 600, 1, torch.device("cpu"), 4) == 0  # fits here
     assert fast._choose_tile(-1, 8000, 6000, 1, torch.device("cpu"), 4) == 0
     assert fast._choose_tile(1024, 800, 600, 1, torch.device("cpu"), 4) == 0  # one tile
-    monkeypatch.setattr(gatys, "available_memory", lambda dev: 100 * 2**20)  # 100 MiB free
+    monkeypatch.setattr(devices, "available_memory", lambda dev: 100 * 2**20)  # 100 MiB free
     assert fast._choose_tile(0, 2000, 1500, 1, torch.device("cpu"), 4) == 640
     rc = main(["stylize", str(tmp_path / "c.png"), "--style", str(tmp_path / "s.png"),
                "--method", "adain", "--size", "700", "-o", str(tmp_path / "o.png"), "-q"])  # fmt: skip

@@ -84,6 +84,39 @@ def check_field_types(options: Any, skip: Sequence[str] = ()) -> None:
             raise option_error(options, f.name, "must be a short word")
 
 
+# A style as callers give it: a file, a PIL image, or an artgen.images.LoadedImage.
+StyleSpec = Any
+
+
+def parse_styles(styles: Any) -> list[tuple[StyleSpec, float]]:
+    """Accept one style, a list of styles, a list of (style, weight) pairs, or a {style: weight} dict."""
+    from artgen.images import LoadedImage
+
+    if isinstance(styles, dict):
+        items = list(styles.items())
+    elif isinstance(styles, (str, os.PathLike, Image.Image, LoadedImage)):
+        items = [(styles, 1.0)]
+    else:
+        items = [s if isinstance(s, tuple) else (s, 1.0) for s in styles]
+    if not items:
+        raise ArtgenError("at least one style image is needed")
+    for s, w in items:
+        if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
+            raise ArtgenError(f"style weight {w!r} for {s}: must be a number >= 0")
+    if sum(w for _, w in items) <= 0:
+        raise ArtgenError("style weights must not all be zero")
+    return items
+
+
+def load_styles(styles: Any) -> list[tuple[Any, float]]:
+    """:func:`parse_styles`, each style loaded (an artgen.images.LoadedImage) and its weight a
+    float; zero weights are kept (a method drops them, a record keeps them)."""
+    from artgen.images import LoadedImage, load_image
+
+    return [(s if isinstance(s, LoadedImage) else load_image(s), float(w))
+            for s, w in parse_styles(styles)]  # fmt: skip
+
+
 def method_names() -> list[str]:
     return list(METHODS)
 

@@ -26,8 +26,8 @@ from artgen.devices import resolve_device
 from artgen.errors import ArtgenError, clip
 from artgen.images import LoadedImage, load_image, resize_long_side, to_pil, to_tensor
 from artgen.models.adain import blend_stats
-from artgen.style import StyleMethod
-from artgen.style.gatys import PRESERVE_COLOR, StylizeProgress, parse_styles
+from artgen.style import StyleMethod, load_styles
+from artgen.style.gatys import PRESERVE_COLOR, StylizeProgress
 
 PRECISIONS = ("auto", "fp32", "bf16")
 # Memory one output pixel costs in a forward pass of the shipped network: 225 to 260 bytes
@@ -174,9 +174,9 @@ def _choose_tile(asked: int, h: int, w: int, n: int, dev: torch.device, bpv: int
         return 0
     if asked > 0:
         return asked if max(h, w, style_side) > asked else 0
-    from artgen.style.gatys import available_memory
+    from artgen import devices
 
-    avail = available_memory(dev)
+    avail = devices.available_memory(dev)
     need = 1.25 * BYTES_PER_PIXEL * bpv / 4 * max(h * w * n, style_side * style_side)
     if avail is None or need <= 0.8 * avail:
         return 0
@@ -204,9 +204,7 @@ def stylize_many(
         model = load(options, dev)
     model = model.to(dev)
     loaded = [c if isinstance(c, LoadedImage) else load_image(c) for c in contents]
-    style_items = [(s if isinstance(s, LoadedImage) else load_image(s), float(w))
-                   for s, w in parse_styles(styles)]  # fmt: skip
-    style_items = [(s, w) for s, w in style_items if w > 0]
+    style_items = [(s, w) for s, w in load_styles(styles) if w > 0]
     use_bf16 = options.precision == "bf16" or (options.precision == "auto" and dev.type == "cuda")
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16)
     # channels_last on every device: oneDNN's depthwise and 3x3 convolutions are about 1.8x

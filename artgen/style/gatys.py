@@ -33,12 +33,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from artgen import color
-from artgen.devices import resolve_device
+from artgen.devices import available_memory, resolve_device
 from artgen.errors import ArtgenError, Cancelled, clip
 from artgen.images import LoadedImage, load_image, resize_long_side, to_pil, to_tensor
 from artgen.losses import blend_grams, content_loss, gram, scaled_mse, tv_loss
 from artgen.models.backbones import FeatureExtractor
-from artgen.style import StyleMethod
+from artgen.style import StyleMethod, load_styles, parse_styles  # noqa: F401 (re-exported)
 
 PRESERVE_COLOR = ("none", "luminance", "histogram")
 INITS = ("content", "noise", "fast")
@@ -194,27 +194,6 @@ class StylizeProgress:
         return self.render()
 
 
-StyleSpec = str | os.PathLike | Image.Image | LoadedImage
-
-
-def parse_styles(styles: Any) -> list[tuple[StyleSpec, float]]:
-    """Accept one style, a list of styles, a list of (style, weight) pairs, or a {style: weight} dict."""
-    if isinstance(styles, dict):
-        items = list(styles.items())
-    elif isinstance(styles, (str, os.PathLike, Image.Image, LoadedImage)):
-        items = [(styles, 1.0)]
-    else:
-        items = [s if isinstance(s, tuple) else (s, 1.0) for s in styles]
-    if not items:
-        raise ArtgenError("at least one style image is needed")
-    for s, w in items:
-        if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
-            raise ArtgenError(f"style weight {w!r} for {s}: must be a number >= 0")
-    if sum(w for _, w in items) <= 0:
-        raise ArtgenError("style weights must not all be zero")
-    return items
-
-
 def scale_sizes(options: StylizeOptions) -> list[int]:
     """Long sides of the scales, coarse to fine, ending at options.size."""
     if options.min_size >= options.size:
@@ -227,22 +206,6 @@ def scale_sizes(options: StylizeOptions) -> list[int]:
 
 
 # ---------------------------------------------------------------- memory
-
-
-def available_memory(device: torch.device) -> int | None:
-    """Bytes that a run may still use on ``device`` (None: unknown)."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
-    if device.type == "cpu":
-        try:
-            with open("/proc/meminfo") as f:
-                for line in f:
-                    if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            return None
-    return None
 
 
 def bytes_per_pixel(extractor: FeatureExtractor, bytes_per_value: int = 4) -> float:
@@ -369,11 +332,7 @@ def stylize(
     extractor = extractor.truncate(layers)
 
     content_img = content if isinstance(content, LoadedImage) else load_image(content)
-    style_items = [
-        (s if isinstance(s, LoadedImage) else load_image(s), float(w))
-        for s, w in parse_styles(styles)
-    ]
-    style_items = [(s, w) for s, w in style_items if w > 0]
+    style_items = [(s, w) for s, w in load_styles(styles) if w > 0]
 
     use_bf16 = options.precision == "bf16" or (options.precision == "auto" and dev.type == "cuda")
     if use_bf16 and dev.type == "cpu" and options.precision == "auto":
