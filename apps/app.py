@@ -5,7 +5,12 @@
 Built on artgen's public Python API only (the library itself never imports
 gradio). Listens on 127.0.0.1 unless told otherwise; nothing is served beyond
 this server's own cache (uploads, results) and the bundled styles; no user text is
-ever evaluated or used as a path. Each server keeps its uploads and results in a
+ever evaluated or used as a path.
+
+Regional styles: under "Regions" the user paints over the content photo (a brush layer
+of a gr.ImageEditor); the painted layer's alpha is the mask of the style chosen for the
+painted area, and the rest gets another style, the styles picked above, or none (the
+photo stays there). artgen.stylize's ``masks`` do the rest (artgen.style.Regions). Each server keeps its uploads and results in a
 private temporary folder (Gradio's cache included, through GRADIO_TEMP_DIR), removed
 when it stops; folders of servers that were killed are removed by the next one.
 """
@@ -33,8 +38,8 @@ import gradio as gr  # noqa: E402
 import artgen  # noqa: E402
 from artgen import ArtgenError, Cancelled, catalog  # noqa: E402
 from artgen.devices import resolve_device  # noqa: E402
-from artgen.images import load_image, save_png  # noqa: E402
-from artgen.style import get_method, method_of, run_params  # noqa: E402
+from artgen.images import load_image, load_mask, save_png  # noqa: E402
+from artgen.style import get_method, mask_arguments, method_of, run_params  # noqa: E402
 
 UPLOAD_SLOTS = 2
 PREVIEW_EVERY = 10  # steps between streamed previews
@@ -49,6 +54,9 @@ DEFAULTS = get_method("gatys").options()
 MAX_SEED = 2**63 - 1  # torch.manual_seed's range for non-negative seeds
 ROOT_PREFIX = "artgen-studio-"
 CACHE_AGE_S = 86400  # a long-running server forgets uploads and results after a day
+# "Style for the rest" of a painted region: the styles picked above, or none (the photo).
+REST_PICKED, REST_NONE = "picked", "none"
+PAINTED_MASK = "painted-mask"  # how the PNG records a mask painted in the studio
 
 
 def _remove_abandoned_roots() -> None:
@@ -181,11 +189,14 @@ class Studio:
         return seed
 
     def inputs(self, content, rest):
-        """(content, styles, options, history) from the page's inputs."""
+        """(content, styles, options, history, masks) from the page's inputs; ``masks`` is
+        None, or one mask (or None) per style when a region is painted."""
         n = len(self.styles)
         bundled_w = rest[:n]
         uploads = rest[n : n + 2 * UPLOAD_SLOTS]
-        strength, preserve, size, quality, backbone, seed, history = rest[n + 2 * UPLOAD_SLOTS :]
+        tail = rest[n + 2 * UPLOAD_SLOTS :]
+        strength, preserve, size, quality, backbone, seed, history = tail[:7]
+        editor, region_style, rest_style = (list(tail[7:10]) + [None] * 3)[:3]
         content_img = self.load_upload(content, "content")
         if content_img is None:
             raise gr.Error("Add a content picture first (upload, webcam or paste).")
@@ -194,18 +205,45 @@ class Studio:
             for e, w in zip(self.styles, bundled_w, strict=True)
             if w > 0
         ]
+        upload_imgs = []
         for k in range(UPLOAD_SLOTS):
             path, w = uploads[2 * k], uploads[2 * k + 1]
             img = self.load_upload(path, f"style upload {k + 1}")
+            upload_imgs.append(img)
             if img is not None and w > 0:
                 styles.append((img, float(w)))
+        masks = None
+        mask = painted_mask(editor, content_img.size)
+        if mask is not None:
+            painted = self.named_style(region_style, upload_imgs)
+            if rest_style in (None, "", REST_PICKED):
+                others = styles
+            elif rest_style == REST_NONE:
+                others = []
+            else:
+                others = [self.named_style(rest_style, upload_imgs)]
+            styles = [painted, *others]
+            masks = [mask, *[None] * len(others)]
         if not styles:
             raise gr.Error("Pick at least one style: click one in the gallery, or upload your own.")
         options = self.options(quality, size, strength, preserve, backbone, seed)
-        return content_img, styles, options, list(history or [])
+        return content_img, styles, options, list(history or []), masks
 
-    def save(self, image, content_img, styles, options, n: int) -> Path:
-        params = run_params(content_img, styles, options, image, self.device)
+    def named_style(self, name, upload_imgs) -> tuple:
+        """A style chosen in a region's dropdown: a bundled style's name or an upload slot."""
+        for e in self.styles:
+            if name == e.name:
+                return load_image(e.path), 1.0
+        for k, img in enumerate(upload_imgs):
+            if name == upload_choice(k):
+                if img is None:
+                    raise gr.Error(f"{upload_choice(k)} is chosen for a region but empty: "
+                                   "upload a style there.")  # fmt: skip
+                return img, 1.0
+        raise gr.Error(f"Unknown style {str(name)[:40]!r} for a region.")
+
+    def save(self, image, content_img, styles, options, n: int, masks=None) -> Path:
+        params = run_params(content_img, styles, options, image, self.device, masks)
         path = self.out_dir / f"artgen-{time.strftime('%Y%m%d-%H%M%S')}-{options.seed}-{n}.png"
         return save_png(image, path, params=params, overwrite=True)
 
@@ -217,20 +255,21 @@ class Studio:
             return gr.skip(), gr.skip(), gr.skip()
         has_style = any(w > 0 for w in rest[:n]) or any(
             rest[n + 2 * k] and rest[n + 2 * k + 1] > 0 for k in range(UPLOAD_SLOTS)
-        )
+        ) or is_painted(rest[n + 2 * UPLOAD_SLOTS + 7] if len(rest) > n + 2 * UPLOAD_SLOTS + 7
+                        else None)  # fmt: skip
         if not has_style:
             return gr.skip(), "Pick a style to see it live.", gr.skip()
         t0 = time.perf_counter()
         try:
-            content_img, styles, options, _ = self.inputs(content, rest)
-            image = get_method("adain").stylize(
-                content_img, styles, options, model=self.model("adain", options), device=self.device
-            )
+            content_img, styles, options, _, masks = self.inputs(content, rest)
+            fast = get_method("adain")
+            image = fast.stylize(content_img, styles, options, model=self.model("adain", options),
+                                 device=self.device, **mask_arguments(fast, masks, None))  # fmt: skip
         except ArtgenError as e:
             return gr.skip(), problem(str(e)), gr.skip()
         except gr.Error as e:
             return gr.skip(), problem(e.message), gr.skip()
-        path = self.save(image, content_img, styles, options, 0)
+        path = self.save(image, content_img, styles, options, 0, masks)
         status = (f"Instant: {image.width}x{image.height} in {time.perf_counter() - t0:.2f} s "
                   "(fast method). Press Stylize to keep it, or choose Final for Gatys.")  # fmt: skip
         return str(path), status, gr.update(value=str(path), visible=True)
@@ -251,9 +290,10 @@ class Studio:
         the gallery stay as they were (an error would mark each of them red).
         """
         try:
-            content_img, styles, options, history = self.inputs(content, rest)
+            content_img, styles, options, history, masks = self.inputs(content, rest)
             method = method_of(options)
             model = self.model(method.name, options)
+            extra = mask_arguments(method, masks, None)
         except ArtgenError as e:
             yield gr.skip(), problem(str(e)), gr.skip(), gr.skip(), gr.skip()
             return
@@ -275,7 +315,7 @@ class Studio:
             try:
                 outcome["image"] = method.stylize(
                     content_img, styles, options, model=model, device=self.device,
-                    callback=on_step,
+                    callback=on_step, **extra,
                 )  # fmt: skip
             except Cancelled:
                 outcome["cancelled"] = True
@@ -313,11 +353,44 @@ class Studio:
         if "image" not in outcome:
             raise gr.Error("Stopped.")
         image = outcome["image"]
-        path = self.save(image, content_img, styles, options, len(history) + 1)
+        path = self.save(image, content_img, styles, options, len(history) + 1, masks)
         history = [str(path), *history][:24]
         used = image.info.get("backbone") or f"the fast method ({image.info.get('model')})"
         status = f"Done: {image.width}x{image.height} with {used}. The PNG remembers its settings."
         yield str(path), status, gr.update(value=str(path), visible=True), history, history
+
+
+def upload_choice(k: int) -> str:
+    return f"Style {k + 1} (your upload)"
+
+
+def is_painted(editor) -> bool:
+    """Whether an ImageEditor value has any painted (non-transparent) pixel."""
+    import numpy as np
+
+    layers = (editor or {}).get("layers") if isinstance(editor, dict) else None
+    for layer in layers or []:
+        if layer is not None and layer.mode in ("RGBA", "LA", "PA"):
+            if np.asarray(layer.getchannel("A")).max() > 0:
+                return True
+    return False
+
+
+def painted_mask(editor, size: tuple[int, int]):
+    """The region painted in the ImageEditor as an artgen mask: the union (max) of its
+    layers' alpha, at the content's size ``size`` (W, H); None when nothing is painted."""
+    import numpy as np
+    from PIL import Image
+
+    if not is_painted(editor):
+        return None
+    alphas = [np.asarray(layer.getchannel("A").resize(size, Image.Resampling.BILINEAR),
+                         dtype=np.float32) / 255.0
+              for layer in editor["layers"] if layer is not None and "A" in layer.getbands()]  # fmt: skip
+    try:
+        return load_mask(np.maximum.reduce(alphas), name=PAINTED_MASK)
+    except ArtgenError as e:
+        raise gr.Error(str(e)) from None
 
 
 def problem(message: str) -> str:
@@ -364,6 +437,30 @@ def build(studio: Studio) -> gr.Blocks:
                             ))  # fmt: skip
                             w = gr.Slider(0, 1, value=1, step=0.05, label="weight")
                         uploads += [up, w]
+                with gr.Accordion("Regions: paint where a style goes", open=False,
+                                  elem_id="regions"):  # fmt: skip
+                    region_editor = gr.ImageEditor(
+                        # An empty value, not None, so API clients may leave it out.
+                        value={"background": None, "layers": [], "composite": None},
+                        label="Paint the region over your photo", type="pil", image_mode="RGBA",
+                        sources=[], format="png", layers=False, transforms=[],
+                        brush=gr.Brush(colors=["#ff3366"], color_mode="fixed", default_size=40),
+                        elem_id="region-editor", height=320,
+                    )  # fmt: skip
+                    region_choices = [
+                        *style_names,
+                        *[upload_choice(k) for k in range(UPLOAD_SLOTS)],
+                    ]
+                    with gr.Row():
+                        region_style = gr.Dropdown(
+                            region_choices, value=style_names[0] if style_names else None,
+                            label="Style for the painted area", elem_id="region-style",
+                        )  # fmt: skip
+                        rest_style = gr.Dropdown(
+                            [("The styles picked above", REST_PICKED),
+                             ("None: keep the photo", REST_NONE), *region_choices],
+                            value=REST_PICKED, label="Style for the rest", elem_id="rest-style",
+                        )  # fmt: skip
                 with gr.Row():
                     strength = gr.Slider(
                         0.1, 5, value=DEFAULTS.strength, step=0.1, label="Strength"
@@ -417,6 +514,9 @@ def build(studio: Studio) -> gr.Blocks:
             backbone,
             seed,
             history,
+            region_editor,
+            region_style,
+            rest_style,
         ]
         run = go.click(
             studio.stylize, inputs, [result, status, download, session, history], api_name="stylize",
@@ -425,7 +525,13 @@ def build(studio: Studio) -> gr.Blocks:
         stop.click(None, None, None, cancels=[run], api_name="stop")
 
         # Instant mode: every change of a control re-renders with the fast method.
-        for control in [content, *weights, *uploads, strength, preserve, size, quality]:
+        # A new photo is the painting's new background; the old strokes are dropped.
+        content.change(
+            lambda path: {"background": path, "layers": [], "composite": path} if path else None,
+            content, region_editor, api_name=False, queue=False,
+        )  # fmt: skip
+        for control in [content, *weights, *uploads, strength, preserve, size, quality,
+                        region_editor, region_style, rest_style]:  # fmt: skip
             control.change(
                 studio.live, inputs, [result, status, download], api_name=False,
                 concurrency_limit=cfg.concurrency, concurrency_id="device",

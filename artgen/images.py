@@ -125,6 +125,78 @@ def _normalise(im: Image.Image, *, name: str, max_pixels: int) -> LoadedImage:
     return LoadedImage(im.convert("RGB"), None, name)
 
 
+@dataclass(frozen=True)
+class LoadedMask:
+    """A region mask: one grey plane in [0, 1] (white 1: the region; grey: partly) as a
+    float ("F") image, and the name of where it came from (a file path, or ``<mask>``)."""
+
+    image: Image.Image
+    name: str
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.image.size
+
+    def tensor(self, size: tuple[int, int]) -> torch.Tensor:
+        """The mask at ``size`` (W, H) as a (1, 1, H, W) float tensor in [0, 1] (bilinear,
+        antialiased when it shrinks, so soft edges stay soft)."""
+        im = self.image if self.image.size == tuple(size) else self.image.resize(
+            tuple(size), Image.Resampling.BILINEAR)  # fmt: skip
+        a = np.asarray(im, dtype=np.float32).clip(0.0, 1.0)
+        return torch.from_numpy(a.copy())[None, None]
+
+    def check_shape(self, size: tuple[int, int], tolerance: float = 0.05) -> None:
+        """Refuse a mask whose aspect ratio is not the picture's (``size``, W x H): it is
+        stretched to the picture, so a rotated or cropped mask would mark the wrong place."""
+        (mw, mh), (w, h) = self.size, size
+        if abs((mw / mh) / (w / h) - 1) > tolerance:
+            raise ArtgenError(
+                f"{self.name}: the mask is {mw}x{mh} but the picture is {w}x{h}; a mask must "
+                "have the photo's shape (it is resized to the output)"
+            )
+
+
+def load_mask(
+    source: str | os.PathLike | Image.Image | np.ndarray | LoadedMask,
+    *,
+    max_pixels: int = MAX_PIXELS,
+    name: str | None = None,
+) -> LoadedMask:
+    """Open a region mask safely (as :func:`load_image`: formats, sizes, EXIF orientation).
+
+    The mask is the image's grey level (white 1, black 0); where the image has an alpha
+    plane, a transparent pixel counts as black (the grey level times the alpha), so a
+    painted layer on a transparent canvas is its strokes. A 2-D numpy array is taken as
+    the values themselves (floats in [0, 1], or uint8 0-255). A mask with nothing white
+    or grey in it (all black) is refused: it marks no region. One-line ArtgenErrors name
+    the file.
+    """
+    if isinstance(source, LoadedMask):
+        return source
+    if isinstance(source, np.ndarray):
+        label = name or "<mask>"
+        if source.ndim != 2:
+            raise ArtgenError(f"{label}: a mask array must be 2-D (H, W), not {source.shape}")
+        a = source.astype(np.float32) / (255.0 if source.dtype == np.uint8 else 1.0)
+        if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
+            raise ArtgenError(f"{label}: mask values must lie in [0, 1]")
+        _check_dimensions((a.shape[1], a.shape[0]), label, max_pixels)
+        values = Image.fromarray(a, "F")
+    else:
+        loaded = load_image(source, max_pixels=max_pixels)
+        label = name or (loaded.name if not isinstance(source, Image.Image) else "<mask>")
+        grey = np.asarray(loaded.rgb.convert("L"), dtype=np.float32) / 255.0
+        if loaded.alpha is not None:
+            grey = grey * (np.asarray(loaded.alpha, dtype=np.float32) / 255.0)
+        values = Image.fromarray(grey, "F")
+    if values.getextrema()[1] <= 0:
+        raise ArtgenError(
+            f"{label}: the mask is all black, so it marks no region (white marks where its "
+            "style goes, grey partly)"
+        )
+    return LoadedMask(values, label)
+
+
 def resize_long_side(im: Image.Image, long_side: int) -> Image.Image:
     """Resize so that the longer side is ``long_side`` (Lanczos), keeping the aspect ratio."""
     w, h = im.size

@@ -1,5 +1,6 @@
-"""Loss functions for neural style transfer (pure functions; the Gram matrix and the
-channel statistics of AdaIN live here only).
+"""Loss functions for neural style transfer (pure functions; the Gram matrix, its masked
+form for regional styles, the channel statistics of AdaIN and the resampling of region
+masks to feature maps live here only).
 
 Gatys, Ecker & Bethge, "Image Style Transfer Using Convolutional Neural
 Networks", CVPR 2016: content loss on feature maps, style loss on Gram
@@ -22,6 +23,39 @@ def gram(features: torch.Tensor) -> torch.Tensor:
     n, c, h, w = features.shape
     f = features.float().reshape(n, c, h * w)
     return torch.bmm(f, f.transpose(1, 2)) / (h * w)
+
+
+def masked_gram(features: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """The Gram matrix of one region of (N, C, H, W) features, in fp32: the mean of f f^T
+    over the pixels, each weighted by ``mask`` (N or 1, 1, h, w), values in [0, 1], resized
+    to the features by :func:`resize_mask`. An all-ones mask gives :func:`gram`.
+
+    Gatys et al. 2017, "Controlling Perceptual Factors in Neural Style Transfer", sec. 4
+    (spatial control): a region's Gram is computed from the features multiplied by the
+    region's guidance channel. Departure: each pixel is weighted by the mask once (the paper
+    multiplies the features by it, a weight of m^2), and the sum is divided by the mask's
+    sum instead of H*W, so a region's Gram is an average over that region whatever its size,
+    comparable with the style image's plain Gram, and a soft edge counts in proportion.
+    """
+    n, c, h, w = features.shape
+    m = resize_mask(mask, (h, w)).float().reshape(mask.shape[0], 1, h * w)
+    f = features.float().reshape(n, c, h * w)
+    total = m.sum(dim=2, keepdim=True).clamp_min(eps)
+    return torch.bmm(f * m, f.transpose(1, 2)) / total
+
+
+def resize_mask(mask: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """A soft mask (N, R, h, w) at ``size`` (H, W): averaged over each target cell when it
+    shrinks (area resampling, so each cell holds the share of its pixels that the mask
+    covers, and the mean is kept), bilinear when it grows. The paper's simpler option (it
+    also propagates guides through the network); a feature cell of stride s stands for the
+    s x s pixels it starts at, which is where area resampling puts it."""
+    size = (int(size[0]), int(size[1]))
+    if tuple(mask.shape[-2:]) == size:
+        return mask
+    if mask.shape[-2] >= size[0] and mask.shape[-1] >= size[1]:
+        return F.adaptive_avg_pool2d(mask.float(), size)
+    return F.interpolate(mask.float(), size=size, mode="bilinear", align_corners=False)
 
 
 def scaled_mse(x: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -53,6 +87,20 @@ def mean_std(features: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, t
     root as in their code, so flat regions do not divide by zero.
     """
     var, mean = torch.var_mean(features.float(), dim=(2, 3), keepdim=True, correction=0)
+    return mean, (var + eps).sqrt()
+
+
+def masked_mean_std(
+    features: torch.Tensor, mask: torch.Tensor, eps: float = 1e-5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`mean_std` of one region: each pixel weighted by ``mask`` (N or 1, 1, h, w) in
+    [0, 1], resized to the features by :func:`resize_mask`. An all-ones mask gives
+    :func:`mean_std`; a region the mask does not reach gives mean 0, std sqrt(eps)."""
+    x = features.float()
+    m = resize_mask(mask, x.shape[-2:]).float()
+    total = m.sum(dim=(2, 3), keepdim=True).clamp_min(1e-8)
+    mean = (x * m).sum(dim=(2, 3), keepdim=True) / total
+    var = ((x - mean).pow(2) * m).sum(dim=(2, 3), keepdim=True) / total
     return mean, (var + eps).sqrt()
 
 

@@ -337,3 +337,89 @@ def test_real_browser_instant_mode_updates_live(server, tmp_path):
                 path=os.environ["ARTGEN_SCREENSHOT_INSTANT"],
                 clip={"x": 0, "y": 0, "width": 1400, "height": 900},
             )
+
+
+# ----------------------------------------------------------------- regions (issue 12, sec. 3)
+
+
+def painted_layer(size, left_fraction=0.5):
+    """An ImageEditor brush layer: opaque strokes over the left part, transparent elsewhere."""
+    import numpy as np
+
+    w, h = size
+    a = np.zeros((h, w, 4), np.uint8)
+    a[:, : int(w * left_fraction)] = (255, 51, 102, 255)
+    return Image.fromarray(a, "RGBA")
+
+
+def _kept_and_styled(path, content, size):
+    """Mean difference from the photo on the right 40% (left unpainted) and the left 40%."""
+    import numpy as np
+
+    out = Image.open(path).convert("RGB")
+    ref = Image.open(content).convert("RGB").resize(out.size, Image.Resampling.LANCZOS)
+    d = np.abs(np.asarray(out, float) - np.asarray(ref, float)) / 255
+    w = out.width
+    return d[:, int(0.6 * w) :].mean(), d[:, : int(0.4 * w)].mean()
+
+
+def test_painted_region_through_the_app_function(server):
+    """The painted layer's alpha is the mask of the painted area's style; the rest gets the
+    styles picked above, another style, or none (the photo)."""
+    _, studio = server
+    n = len(studio.styles)
+    content = str(REPO / "styles/examples/chelsea.jpg")
+    editor = {"background": Image.open(content), "composite": None,
+              "layers": [painted_layer(Image.open(content).size)]}  # fmt: skip
+    rest = [0] * n + [None, 1, None, 1, 1.0, "none", 256]
+    # Instant, swirls where painted, nothing picked above and rest "none": the photo stays.
+    path, status, _ = studio.live(content, *rest, "Instant", "auto", 0, [], editor, "swirls",
+                                  "none")  # fmt: skip
+    assert status.startswith("Instant: 256x")
+    p = read_params(path)
+    assert [s["file"] for s in p["styles"]] == ["swirls.jpg"]
+    assert p["styles"][0]["mask"]["file"] == "painted-mask"
+    kept, styled = _kept_and_styled(path, content, 256)
+    assert kept < 1 / 255 and styled > 0.1, (kept, styled)  # measured 0 and 0.23
+    # Gatys (Fast preview), waves for the rest: both regions stylised, each by its style.
+    updates = list(studio.stylize(content, *rest[:-1], 128, "Fast preview", "efficientnet-lite0",
+                                  0, [], editor, "swirls", "waves"))  # fmt: skip
+    path, status = updates[-1][0], updates[-1][1]
+    assert status.startswith("Done: 128x85")
+    p = read_params(path)
+    assert [s["file"] for s in p["styles"]] == ["swirls.jpg", "waves.jpg"]
+    assert "mask" in p["styles"][0] and "mask" not in p["styles"][1]
+    kept, styled = _kept_and_styled(path, content, 128)
+    assert kept > 0.05 and styled > 0.05, (kept, styled)
+    # Nothing painted: exactly as without regions (the styles picked above, no mask).
+    empty = {"background": Image.open(content), "composite": None,
+             "layers": [painted_layer(Image.open(content).size, 0)]}  # fmt: skip
+    weights = [1] + [0] * (n - 1)
+    path, _, _ = studio.live(content, *weights, *rest[n:], "Instant", "auto", 0, [], empty,
+                             "swirls", "none")  # fmt: skip
+    assert "mask" not in read_params(path)["styles"][0]
+    # A region style slot that is empty says so in the status line.
+    _, status, _ = studio.live(content, *rest, "Instant", "auto", 0, [], editor,
+                               "Style 1 (your upload)", "none")  # fmt: skip
+    assert "Style 1 (your upload) is chosen for a region but empty" in status
+
+
+def test_painted_region_through_the_api(server, tmp_path):
+    """Over HTTP, as the page sends it: Gradio's ImageEditor payload with a brush layer."""
+    url, _ = server
+    client = connect(url)
+    content = REPO / "styles/examples/coffee.jpg"
+    painted_layer(Image.open(content).size).save(tmp_path / "layer.png")
+    editor = {"background": handle_file(str(content)), "composite": None,
+              "layers": [handle_file(str(tmp_path / "layer.png"))]}  # fmt: skip
+    path, status, _, _ = client.predict(
+        *args(content, style_weights=(0, 0, 0, 0), size=256, quality="Instant"),
+        editor, "mosaic", "none", api_name="/stylize",
+    )  # fmt: skip
+    assert "the fast method" in status
+    p = read_params(path)
+    assert (
+        p["styles"][0]["file"] == "mosaic.jpg" and p["styles"][0]["mask"]["file"] == "painted-mask"
+    )
+    kept, styled = _kept_and_styled(path, content, 256)
+    assert kept < 1 / 255 and styled > 0.1, (kept, styled)

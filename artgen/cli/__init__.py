@@ -95,6 +95,48 @@ def _style_arg(s: str) -> tuple[str, float]:
     return s, 1.0
 
 
+class _MaskAction(argparse.Action):
+    """``--mask PATH``: the mask of the ``--style`` just before it (argparse reads flags in
+    order, so the styles seen so far are in the namespace). Stored as {style index: path}."""
+
+    def __call__(self, parser, namespace, value, option_string=None) -> None:
+        styles = getattr(namespace, "style", None) or []
+        masks = dict(getattr(namespace, self.dest, None) or {})
+        if not styles:
+            parser.error(f"--mask {value}: put it after the --style it belongs to")
+        if len(styles) - 1 in masks:
+            parser.error(f"--mask {value}: the --style before it ({styles[-1][0]}) already has "
+                         f"a mask ({masks[len(styles) - 1]}); give each --style one --mask")  # fmt: skip
+        masks[len(styles) - 1] = value
+        setattr(namespace, self.dest, masks)
+
+
+def _mask_flags(p: argparse.ArgumentParser) -> None:
+    """--mask (after a --style) and --content-mask, for stylize and batch."""
+    g = p.add_argument_group("regional styles (masks: white where it applies, grey partly)")
+    g.add_argument(
+        "--mask", action=_MaskAction, dest="masks", default=None, metavar="MASK",
+        help="the region of the --style just before it: that style applies where MASK is "
+        "white. Styles without a --mask share what the masks leave (all of it, without "
+        "masks); where nothing covers, the photo stays. Resized to the output",
+    )  # fmt: skip
+    g.add_argument(
+        "--content-mask", metavar="MASK", default=None,
+        help="where MASK is white, the photo stays unstylised (soft edges blend)",
+    )  # fmt: skip
+
+
+def _load_masks(args: argparse.Namespace):
+    """(masks aligned with args.style or None, content mask or None), loaded: a bad mask
+    fails here, before any model is loaded."""
+    from artgen.images import load_mask
+
+    given = getattr(args, "masks", None) or {}
+    masks = [load_mask(given[i]) if i in given else None for i in range(len(args.style))]
+    cmask = getattr(args, "content_mask", None)
+    return (masks if given else None), (load_mask(cmask) if cmask else None)
+
+
 VIDEO_EXAMPLES = """\
 examples:
   artgen video clip.mp4 --style waves --method adain -o styled.mp4          # fast, steady
@@ -161,6 +203,7 @@ def build_parser(method: str = "gatys") -> argparse.ArgumentParser:
     sp.add_argument("-o", "--output", required=True, help="output PNG")
     sp.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     common(sp)
+    _mask_flags(sp)
 
     bp = sub.add_parser(
         "batch",
@@ -172,6 +215,7 @@ def build_parser(method: str = "gatys") -> argparse.ArgumentParser:
     bp.add_argument("-o", "--output", required=True, help="output folder (NAME.png for each input)")
     _add_dataclass_flags(bp, BatchOptions)
     common(bp)
+    _mask_flags(bp)
 
     from artgen.video import VideoOptions
 
@@ -411,23 +455,29 @@ def _cmd_stylize(args: argparse.Namespace) -> int:
     out = args.output
     if not out.lower().endswith(".png"):
         raise ArtgenError(f"{out}: output must be a .png file (it carries the parameters)")
-    inputs = [args.content, *[str(catalog.resolve(s)) for s, _ in args.style]]
+    inputs = [args.content, *[str(catalog.resolve(s)) for s, _ in args.style],
+              *(args.masks or {}).values(), *([args.content_mask] if args.content_mask else [])]  # fmt: skip
     if any(_same_file(out, i) for i in inputs):
         raise ArtgenError(f"{out}: is one of the inputs; artgen never overwrites an input")
     check_output(out, overwrite=args.overwrite)  # before any compute
     content = load_image(args.content)
+    masks, content_mask = _load_masks(args)
+    from artgen.style import check_masks, get_method, mask_arguments
+
+    extra = mask_arguments(get_method(args.method), masks, content_mask)
+    check_masks(content.size, masks, content_mask)  # before the model loads
     method, options, model, device, styles = _setup(args)
     bar = _Bar(args.quiet)
     with OutputClaim(out):
         try:
             image = method.stylize(
-                content, styles, options, model=model, device=device, callback=bar
+                content, styles, options, model=model, device=device, callback=bar, **extra
             )
         finally:
             bar.close()
         if image.info.get("note"):  # e.g. that it was made in tiles, and why
             print(f"note: {image.info['note']}", file=sys.stderr)
-        params = run_params(content, styles, options, image, device)
+        params = run_params(content, styles, options, image, device, masks, content_mask)
         path = save_png(image, out, params=params, overwrite=args.overwrite)
     print(f"wrote {path} ({image.width}x{image.height})")
     return 0
@@ -449,7 +499,14 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
     if any(_same_file(j.output, catalog.resolve(s)) for j in jobs for s, _ in args.style):
         raise ArtgenError("an output would overwrite a style image; choose another output folder")
+    mask_files = [*(args.masks or {}).values(), *([args.content_mask] if args.content_mask else [])]
+    if any(_same_file(j.output, m) for j in jobs for m in mask_files):
+        raise ArtgenError("an output would overwrite a mask; choose another output folder")
     check_output_dir(args.output)  # before any compute
+    masks, content_mask = _load_masks(args)
+    from artgen.style import get_method, mask_arguments
+
+    mask_arguments(get_method(args.method), masks, content_mask)  # refused before any work
     method, options, model, device, styles = _setup(args)
     overall = tqdm(
         total=len(jobs), desc=f"batch {i}/{n}", unit="img", position=0, disable=args.quiet
@@ -470,6 +527,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         results = run_batch(
             jobs, styles, options, batch, model=model, device=device,
             on_image=on_image, on_result=on_result, callback=bar,
+            masks=masks, content_mask=content_mask,
         )  # fmt: skip
     finally:
         bar.close()
@@ -570,6 +628,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
         name = f" (catalogue style {clip(s['name'], 80)})" if s.get("name") else ""
         print(f"  style:   {clip(s['file'])}{name}  weight {s['weight']:g}  "
               f"sha256 {clip(s['sha256'], 16)}...")  # fmt: skip
+        if "mask" in s:
+            m = s["mask"]
+            print(f"    mask:  {clip(m['file'])}  sha256 {clip(m['sha256'], 16)}...")
+    if "content_mask" in params:
+        m = params["content_mask"]
+        print(f"  content mask (kept unstylised): {clip(m['file'])}  "
+              f"sha256 {clip(m['sha256'], 16)}...")  # fmt: skip
     print(f"  device:  {params.get('device')}")
     print("  options:")
     for k, v in options.to_dict().items():

@@ -24,6 +24,14 @@ Two encoder/decoder pairs:
   statistics as well as the photo's edges. The decoder is kept narrow at full
   resolution (32 and 16 channels), which is where a CPU spends its time.
 
+Regional styles (:meth:`AdaINModel.forward_masked`): the spatial control of Gatys et al.
+2017 ("Controlling Perceptual Factors in Neural Style Transfer", sec. 4) carried over to
+feature statistics. At every AdaIN level each region's content features are normalised by
+that region's own mean and std (each pixel weighted by the region's soft mask, brought to
+the level's size by area resampling: artgen.losses.resize_mask) and given its style's
+mean and std; the results are blended by the masks, and where no region reaches the
+content's features pass unchanged (:func:`adain_regions`).
+
 No file I/O here: artgen.weights reads and writes these networks.
 """
 
@@ -38,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from artgen.losses import mean_std
+from artgen.losses import masked_mean_std, mean_std, resize_mask
 from artgen.models.backbones import FeatureExtractor, efficientnet_lite0
 
 ENCODERS = ("efficientnet-lite0", "vgg19")
@@ -77,6 +85,30 @@ def adain_blend(
 
 
 Stats = list[tuple[torch.Tensor, torch.Tensor]]  # (mean, std) per AdaIN level, (N, C, 1, 1)
+
+
+def adain_regions(
+    content: torch.Tensor,
+    region_stats: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    weights: torch.Tensor,
+    alpha: float | torch.Tensor = 1.0,
+    eps: float = 1e-5,
+    content_stats: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> torch.Tensor:
+    """Regional AdaIN at one level: sum_r w_r * blend_r(x) + (1 - sum_r w_r) * x, where
+    blend_r is :func:`adain_blend` towards region r's style statistics ``region_stats[r]``
+    with the content normalised by region r's own statistics (``masked_mean_std`` of x
+    under w_r), and ``weights`` (N or 1, R, h, w) are the regions' soft masks at this
+    level (summing to at most 1). ``content_stats``: each region's content (mean, std),
+    when ``content`` is a tile of a larger picture (see AdaINModel.forward_tiled)."""
+    x = content.float()
+    w = weights.float()
+    out = x * (1.0 - w.sum(1, keepdim=True)).clamp_min(0.0)
+    for r, (sm, ss) in enumerate(region_stats):
+        plane = w[:, r : r + 1]
+        cs = masked_mean_std(x, plane, eps) if content_stats is None else content_stats[r]
+        out = out + plane * adain_blend(x, sm, ss, alpha, eps, content_stats=cs)
+    return out
 
 
 def blend_stats(stats: Sequence[Stats], weights: Sequence[float]) -> Stats:
@@ -481,6 +513,28 @@ class AdaINModel(nn.Module):
         x, h, w = self._pad(content)
         return x, h, w, b
 
+    def forward_masked(
+        self,
+        content: torch.Tensor,
+        region_stats: Sequence[Stats],
+        weights: torch.Tensor,
+        alpha: float | torch.Tensor = 1.0,
+        border: int = 0,
+    ) -> torch.Tensor:
+        """:meth:`forward` with regional styles: ``region_stats[r]`` are region r's style
+        statistics (as :meth:`style_stats` gives them), ``weights`` (N or 1, R, H, W) the
+        regions' soft masks at the content's size, summing to at most 1 at each pixel
+        (where they sum to less, the content's own features fill in). The masks are padded
+        as the photo is and area-resampled to every AdaIN level (:func:`adain_regions`)."""
+        x, h, w, b = self._prepare(content, border)
+        m, _, _, _ = self._prepare(weights.float(), border)
+        f = self.encoder(x, self.config.levels)
+        t = [adain_regions(f[name], [rs[k] for rs in region_stats],
+                           resize_mask(m, f[name].shape[-2:]), alpha)
+             for k, name in enumerate(self.config.levels)]  # fmt: skip
+        out = self._decode(t)
+        return out[..., b : h - b, b : w - b]
+
     def _decode(self, t: list[torch.Tensor]) -> torch.Tensor:
         dtype = next(self.decoder.parameters()).dtype
         if t[0].is_cuda and torch.is_autocast_enabled():
@@ -489,15 +543,23 @@ class AdaINModel(nn.Module):
 
     def _tiled_stats(self, x: torch.Tensor, tile: int, overlap: int,
                      on_tile: Callable[[int, int], None] | None = None,
-                     total: int = 0) -> Stats:  # fmt: skip
+                     total: int = 0, weights: torch.Tensor | None = None,
+                     level_masks: dict | None = None) -> Stats | list[Stats]:  # fmt: skip
         """Channel mean and std of the features of ``x`` (a multiple of the stride in size)
         at every AdaIN level, from tiles: each tile's features are summed (in float64) over
         the tile's own part of the picture, away from its edges, and the parts partition
-        the picture, so the result is the whole picture's."""
+        the picture, so the result is the whole picture's.
+
+        With ``weights`` (N or 1, R, H, W region masks at the size of ``x``): each region's
+        weighted statistics, a list of R Stats (the masks resampled to each level as
+        :meth:`forward_masked` does, kept in ``level_masks``)."""
         H, W = x.shape[-2:]
         rows = _tile_starts(H, tile, overlap, self.multiple)
         cols = _tile_starts(W, tile, overlap, self.multiple)
-        sums: list[list] = [[0.0, 0.0, 0] for _ in self.config.levels]
+        n_regions = 1 if weights is None else weights.shape[1]
+        sums: list[list] = [[[0.0, 0.0, 0.0] for _ in range(n_regions)]
+                            for _ in self.config.levels]  # fmt: skip
+        level_masks = {} if level_masks is None else level_masks
         done = 0
         for y0 in rows:
             for x0 in cols:
@@ -507,20 +569,43 @@ class AdaINModel(nn.Module):
                 for k, name in enumerate(self.config.levels):
                     v = f[name]
                     stride = xt.shape[-2] // v.shape[-2]
-                    part = v[..., (ty[0] - y0) // stride : (ty[1] - y0) // stride,
-                             (tx[0] - x0) // stride : (tx[1] - x0) // stride].double()  # fmt: skip
-                    sums[k][0] = sums[k][0] + part.sum((2, 3), keepdim=True)
-                    sums[k][1] = sums[k][1] + (part * part).sum((2, 3), keepdim=True)
-                    sums[k][2] += part.shape[-2] * part.shape[-1]
+                    ys = slice((ty[0] - y0) // stride, (ty[1] - y0) // stride)
+                    xs = slice((tx[0] - x0) // stride, (tx[1] - x0) // stride)
+                    part = v[..., ys, xs].double()
+                    if weights is None:
+                        acc = sums[k][0]
+                        acc[0] = acc[0] + part.sum((2, 3), keepdim=True)
+                        acc[1] = acc[1] + (part * part).sum((2, 3), keepdim=True)
+                        acc[2] += part.shape[-2] * part.shape[-1]
+                        continue
+                    lm = self._level_mask(weights, k, stride, level_masks)
+                    lm = lm[..., y0 // stride : y0 // stride + v.shape[-2],
+                            x0 // stride : x0 // stride + v.shape[-1]][..., ys, xs].double()  # fmt: skip
+                    for r in range(n_regions):
+                        m = lm[:, r : r + 1]
+                        acc = sums[k][r]
+                        acc[0] = acc[0] + (part * m).sum((2, 3), keepdim=True)
+                        acc[1] = acc[1] + (part * part * m).sum((2, 3), keepdim=True)
+                        acc[2] = acc[2] + m.sum((2, 3), keepdim=True)
                 done += 1
                 if on_tile is not None:
                     on_tile(done, total or len(rows) * len(cols))
-        out = []
-        for s1, s2, n in sums:
-            mean = s1 / n
-            var = (s2 / n - mean * mean).clamp_min(0)
-            out.append((mean.float(), (var + 1e-5).sqrt().float()))
-        return out
+        per_region: list[Stats] = [[] for _ in range(n_regions)]
+        for level in sums:
+            for r, (s1, s2, n) in enumerate(level):
+                n = n.clamp_min(1e-8) if isinstance(n, torch.Tensor) else n
+                mean = s1 / n
+                var = (s2 / n - mean * mean).clamp_min(0)
+                per_region[r].append((mean.float(), (var + 1e-5).sqrt().float()))
+        return per_region[0] if weights is None else per_region
+
+    def _level_mask(self, weights: torch.Tensor, k: int, stride: int, cache: dict) -> torch.Tensor:
+        """The region masks (at the size of the padded picture) at AdaIN level ``k``, whose
+        stride is ``stride``: what :meth:`forward_masked` uses for the whole picture."""
+        if k not in cache:
+            H, W = weights.shape[-2:]
+            cache[k] = resize_mask(weights.float(), (H // stride, W // stride))
+        return cache[k]
 
     def style_stats_tiled(self, style: torch.Tensor, tile: int = 1024, overlap: int = 256) -> Stats:
         """:meth:`style_stats` in tiles, for a style image as large as a tiled output.
@@ -532,12 +617,13 @@ class AdaINModel(nn.Module):
     def forward_tiled(
         self,
         content: torch.Tensor,
-        stats: Stats,
+        stats: Stats | Sequence[Stats],
         alpha: float | torch.Tensor = 1.0,
         border: int = 0,
         tile: int = 1024,
         overlap: int = 256,
         on_tile: Callable[[int, int], None] | None = None,
+        weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """:meth:`forward` in overlapping tiles, for pictures larger than memory.
 
@@ -553,18 +639,24 @@ class AdaINModel(nn.Module):
         rounding, wherever the statistics are the same. Memory: one tile's activations
         plus the output (and a weight map) at full size. ``on_tile(done, total)`` is
         called after each tile of each pass.
+
+        With ``weights`` (region masks, as :meth:`forward_masked` takes them) ``stats`` is
+        one Stats per region; each region's content statistics are gathered over the whole
+        picture in the first pass, and the result is :meth:`forward_masked`'s.
         """
         m = self.multiple
         if tile % m or overlap % m or not 0 < 2 * overlap < tile:
             raise ValueError(f"tile {tile} and overlap {overlap} must be multiples of {m} "
                              "with 2 * overlap < tile")  # fmt: skip
         x, h, w, b = self._prepare(content, border)
+        masks = None if weights is None else self._prepare(weights.float(), border)[0]
+        level_masks: dict = {}
         H, W = x.shape[-2:]
         rows, cols = _tile_starts(H, tile, overlap, m), _tile_starts(W, tile, overlap, m)
         spans = [(y0, x0) for y0 in rows for x0 in cols]
         total = 2 * len(spans)
         # Pass 1: the whole picture's statistics at every AdaIN level.
-        content_stats = self._tiled_stats(x, tile, overlap, on_tile, total)
+        content_stats = self._tiled_stats(x, tile, overlap, on_tile, total, masks, level_masks)
         done = len(spans)
         # Pass 2: stylise each tile with the whole picture's statistics and blend.
         out = torch.zeros(x.shape[0], 3, H, W, device=x.device)
@@ -572,9 +664,20 @@ class AdaINModel(nn.Module):
         for y0, x0 in spans:
             xt = x[..., y0 : y0 + tile, x0 : x0 + tile]
             f = self.encoder(xt, self.config.levels)
-            t = [adain_blend(f[name], sm, ss, alpha, content_stats=cs)
-                 for name, (sm, ss), cs in zip(self.config.levels, stats, content_stats,
-                                                strict=True)]  # fmt: skip
+            if masks is None:
+                t = [adain_blend(f[name], sm, ss, alpha, content_stats=cs)
+                     for name, (sm, ss), cs in zip(self.config.levels, stats, content_stats,
+                                                    strict=True)]  # fmt: skip
+            else:
+                t = []
+                for k, name in enumerate(self.config.levels):
+                    v = f[name]
+                    stride = xt.shape[-2] // v.shape[-2]
+                    lm = self._level_mask(masks, k, stride, level_masks)
+                    lm = lm[..., y0 // stride : y0 // stride + v.shape[-2],
+                            x0 // stride : x0 // stride + v.shape[-1]]  # fmt: skip
+                    t.append(adain_regions(v, [rs[k] for rs in stats], lm, alpha,
+                                           content_stats=[cs[k] for cs in content_stats]))  # fmt: skip
             y = self._decode(t).float()
             wy = _ramp(y0, xt.shape[-2], H, overlap, x.device).view(1, 1, -1, 1)
             wx = _ramp(x0, xt.shape[-1], W, overlap, x.device).view(1, 1, 1, -1)
@@ -601,6 +704,7 @@ __all__ = [
     "VGG19_CONFIG",
     "adain",
     "adain_blend",
+    "adain_regions",
     "blend_stats",
     "build_model",
     "upsample_conv",

@@ -46,6 +46,8 @@ class StyleMethod:
     - ``stylize_guided``: optional, for methods that optimise the picture: ``stylize`` plus
       ``init`` (the starting picture) and ``extra_loss(y)`` (a term added to the objective);
       artgen.video uses it for Ruder et al. 2016's temporal loss.
+    - ``masks``: True when ``stylize`` (and ``stylize_many``) take ``masks=`` (one per style,
+      or None) and ``content_mask=``: regional styles (see :class:`Regions`).
     """
 
     name: str
@@ -57,6 +59,7 @@ class StyleMethod:
     stylize_many: Callable[..., list[Image.Image]] | None = None
     describe: Callable[[Any], str] | None = None
     stylize_guided: Callable[..., Image.Image] | None = None
+    masks: bool = False
 
 
 def option_error(options: Any, name: str, why: str) -> ArtgenError:
@@ -117,6 +120,113 @@ def load_styles(styles: Any) -> list[tuple[Any, float]]:
             for s, w in parse_styles(styles)]  # fmt: skip
 
 
+# ---------------------------------------------------------------- regional styles (masks)
+
+
+def load_masks(masks: Any, n_styles: int) -> list[Any] | None:
+    """The masks of ``n_styles`` styles as a list of artgen.images.LoadedMask or None (one per
+    style, in the styles' order); None when no style has one. ``masks`` is None, a list of
+    masks (paths, PIL images, 2-D arrays in [0, 1], or None for a style without one), or,
+    for a single style, one mask."""
+    from artgen.images import load_mask
+
+    if masks is None:
+        return None
+    if not isinstance(masks, (list, tuple)):
+        if n_styles != 1:
+            raise ArtgenError(f"masks: give a list of {n_styles} masks (None for a style "
+                              "without one), one per style")  # fmt: skip
+        masks = [masks]
+    if len(masks) != n_styles:
+        raise ArtgenError(f"masks: {len(masks)} masks for {n_styles} styles; give one per "
+                          "style (None for a style without one)")  # fmt: skip
+    loaded = [None if m is None else load_mask(m) for m in masks]
+    return loaded if any(m is not None for m in loaded) else None
+
+
+@dataclass(frozen=True)
+class Regions:
+    """Where each style goes: the regional styles of Gatys et al. 2017 ("Controlling
+    Perceptual Factors in Neural Style Transfer", sec. 4, spatial control).
+
+    The rule. Each style with a mask applies where its mask is white (grey: partly). Styles
+    that share a mask (the same pixels) share a region and blend there by their weights;
+    the styles without a mask share one region, *the rest*: whatever the masks leave
+    uncovered (everything, when no style has a mask), blended by their weights. Where
+    masks overlap by more than 1 in sum, they are scaled down to sum to 1 there. Where no
+    region reaches (masks that leave a part uncovered and no style without a mask), and
+    where ``content_mask`` is white, the photo stays as it is: every region's weight is
+    multiplied by (1 - content mask), and what is left, ``keep``, is the share of the photo
+    in the output (the methods composite it in, softly). Masks are stretched to the
+    picture, so they must have its aspect ratio (5% tolerance).
+
+    ``groups``: per region, the (index into the styles, weight) of its styles and its mask
+    (None: the rest).
+    """
+
+    groups: tuple[tuple[tuple[tuple[int, float], ...], Any], ...]
+    content_mask: Any = None
+
+    def check(self, size: tuple[int, int]) -> None:
+        """ArtgenError naming the mask whose shape is not that of a picture of ``size``."""
+        for _, mask in self.groups:
+            if mask is not None:
+                mask.check_shape(size)
+        if self.content_mask is not None:
+            self.content_mask.check_shape(size)
+
+    def weights(self, size: tuple[int, int], device: Any = "cpu") -> tuple[Any, Any]:
+        """(weights, keep) at ``size`` (W, H): (1, R, H, W), one plane per region of
+        :attr:`groups`, and (1, 1, H, W) the photo's share, or None where it is 0 everywhere.
+        The planes and keep sum to 1 at every pixel."""
+        import torch
+
+        w, h = size
+        masks = [None if m is None else m.tensor(size).to(device) for _, m in self.groups]
+        covered = sum((m for m in masks if m is not None), torch.zeros(1, 1, h, w, device=device))
+        scale = 1.0 / covered.clamp_min(1.0)
+        rest = (1.0 - covered * scale).clamp(0.0, 1.0)
+        planes = [rest if m is None else m * scale for m in masks]
+        if self.content_mask is not None:
+            free = 1.0 - self.content_mask.tensor(size).to(device)
+            planes = [p * free for p in planes]
+        weights = torch.cat(planes, 1)
+        keep = (1.0 - weights.sum(1, keepdim=True)).clamp(0.0, 1.0)
+        return weights, (keep if float(keep.max()) > 1e-6 else None)
+
+
+def check_masks(size: tuple[int, int], masks: Sequence[Any] | None, content_mask: Any) -> None:
+    """ArtgenError naming the first loaded mask whose shape is not that of a picture of
+    ``size`` (W, H): a check to make before any work, per picture."""
+    for m in [*(masks or []), content_mask]:
+        if m is not None:
+            m.check_shape(size)
+
+
+def plan_regions(
+    styles: Sequence[tuple[Any, float]], masks: Any = None, content_mask: Any = None
+) -> tuple[list[tuple[Any, float]], Regions | None]:
+    """The styles a method uses (weight > 0) and, when any mask is given, their
+    :class:`Regions` (None without masks: the plain, unmasked path). ``styles`` are loaded
+    (:func:`load_styles`); ``masks`` as :func:`load_masks` takes them, ``content_mask``
+    one mask (or None)."""
+    from artgen.images import load_mask
+
+    loaded = load_masks(masks, len(styles))
+    cmask = None if content_mask is None else load_mask(content_mask)
+    kept = [(i, s, w) for i, (s, w) in enumerate(styles) if w > 0]
+    items = [(s, w) for _, s, w in kept]
+    if loaded is None and cmask is None:
+        return items, None
+    groups: dict[Any, tuple[list[tuple[int, float]], Any]] = {}
+    for k, (i, _, w) in enumerate(kept):
+        mask = loaded[i] if loaded is not None else None
+        key = None if mask is None else (mask.size, hashlib.sha256(mask.image.tobytes()).digest())
+        groups.setdefault(key, ([], mask))[0].append((k, w))
+    regions = Regions(tuple((tuple(g), m) for g, m in groups.values()), cmask)
+    return items, regions
+
+
 def method_names() -> list[str]:
     return list(METHODS)
 
@@ -146,6 +256,8 @@ def stylize(
     extractor: Any = None,
     device: Any = None,
     callback: Callable | None = None,
+    masks: Any = None,
+    content_mask: Any = None,
     **overrides: Any,
 ) -> Image.Image:
     """Stylise ``content`` with one or more ``styles`` by ``method`` (default ``gatys``).
@@ -153,6 +265,11 @@ def stylize(
     ``options`` is the method's options dataclass (or None for its defaults); keyword
     ``overrides`` replace fields of it. ``model`` (``extractor`` for gatys, as before) is a
     network loaded earlier with the method's ``load``, to reuse across calls.
+
+    Regional styles: ``masks`` is a list with one mask per style (a path, a PIL image or a
+    2-D array in [0, 1]; None for a style without one): each style applies where its mask
+    is white, the styles without a mask cover the rest. ``content_mask``: where it is
+    white the photo stays unstylised. The rule in full: :class:`Regions`.
     """
     m = get_method(method) if method else (method_of(options) if options is not None
                                            else get_method(DEFAULT_METHOD))  # fmt: skip
@@ -164,8 +281,19 @@ def stylize(
         )
     if overrides:
         options = m.options.from_dict({**options.to_dict(), **overrides})
+    extra = mask_arguments(m, masks, content_mask)
     return m.stylize(content, styles, options, model=model if model is not None else extractor,
-                     device=device, callback=callback)  # fmt: skip
+                     device=device, callback=callback, **extra)  # fmt: skip
+
+
+def mask_arguments(m: StyleMethod, masks: Any, content_mask: Any) -> dict[str, Any]:
+    """The keyword arguments that pass masks to ``m``'s stylize: none when there are none
+    (so methods without masks work as before); an ArtgenError if ``m`` cannot take them."""
+    if masks is None and content_mask is None:
+        return {}
+    if not m.masks:
+        raise ArtgenError(f"method {m.name} does not support masks (regional styles)")
+    return {"masks": masks, "content_mask": content_mask}
 
 
 # ---------------------------------------------------------------- what a PNG records
@@ -177,8 +305,14 @@ def run_params(
     options: Any,
     image: Image.Image,
     device: Any = None,
+    masks: Sequence[Any] | None = None,
+    content_mask: Any = None,
 ) -> dict[str, Any]:
-    """What a PNG records about the run that made it: enough to make it again."""
+    """What a PNG records about the run that made it: enough to make it again.
+
+    ``masks`` (one per style, or None; loaded masks, artgen.images.LoadedMask) are recorded
+    in their style's entry, ``content_mask`` beside the content, each by file name and
+    sha256 (of the file, or of the mask's values when it is not a file)."""
     from artgen import __version__, catalog
     from artgen.devices import resolve_device
     from artgen.images import sha256_file
@@ -192,18 +326,33 @@ def run_params(
             return {**out, "name": name} if name else out
         return {"file": im.name, "sha256": hashlib.sha256(im.rgb.tobytes()).hexdigest()}
 
+    def mask_ident(mask: Any) -> dict[str, Any]:
+        if os.path.isfile(mask.name):
+            return {"file": os.path.basename(mask.name), "sha256": sha256_file(mask.name)}
+        return {"file": mask.name, "sha256": hashlib.sha256(mask.image.tobytes()).hexdigest()}
+
     opts = options.to_dict()
     for key in m.resolved:  # e.g. backbone 'auto' -> the one used
         if key in image.info:
             opts[key] = image.info[key]
-    return {
+    records = [{**ident(s, style=True), "weight": w} for s, w in styles]
+    if masks is not None:
+        if len(masks) != len(records):
+            raise ArtgenError(f"{len(masks)} masks for {len(records)} styles")
+        for record, mask in zip(records, masks, strict=True):
+            if mask is not None:
+                record["mask"] = mask_ident(mask)
+    params = {
         "artgen": __version__,
         "method": m.name,
         "content": ident(content),
-        "styles": [{**ident(s, style=True), "weight": w} for s, w in styles],
+        "styles": records,
         "options": opts,
         "device": str(resolve_device(device) if device is not None else "cpu"),
     }
+    if content_mask is not None:
+        params["content_mask"] = mask_ident(content_mask)
+    return params
 
 
 def validate_params(params: Any) -> tuple[StyleMethod, Any]:
@@ -232,11 +381,19 @@ def validate_params(params: Any) -> tuple[StyleMethod, Any]:
     styles = params.get("styles")
     if not isinstance(styles, list) or not styles or len(styles) > 64:
         raise ArtgenError("its styles are not a list of 1 to 64 entries")
-    for item in [params.get("content"), *styles]:
-        if not (isinstance(item, dict) and isinstance(item.get("file"), str)
+
+    def is_record(item: Any) -> bool:
+        return (isinstance(item, dict) and isinstance(item.get("file"), str)
                 and 0 < len(item["file"]) <= 4096 and item["file"].isprintable()
-                and isinstance(item.get("sha256"), str) and item["sha256"].isprintable()):  # fmt: skip
+                and isinstance(item.get("sha256"), str) and item["sha256"].isprintable())  # fmt: skip
+
+    for item in [params.get("content"), *styles]:
+        if not is_record(item):
             raise ArtgenError("its content/style entries are not {file, sha256} records")
+    for item in [*(s["mask"] for s in styles if "mask" in s),
+                 *([params["content_mask"]] if "content_mask" in params else [])]:  # fmt: skip
+        if not is_record(item):
+            raise ArtgenError("its mask entries are not {file, sha256} records")
     for s in styles:
         w = s.get("weight")
         if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w) or w < 0:
@@ -259,6 +416,10 @@ def reproduce_command(params: dict[str, Any]) -> str:
     for s in params["styles"]:
         # A catalogue style by its name (it resolves anywhere); other files by their name.
         parts += ["--style", _not_a_flag(f"{s.get('name') or s['file']}:{s['weight']:g}")]
+        if "mask" in s:
+            parts += ["--mask", _not_a_flag(s["mask"]["file"])]
+    if "content_mask" in params:
+        parts += ["--content-mask", _not_a_flag(params["content_mask"]["file"])]
     defaults = m.options().to_dict()
     for f in fields(m.options):
         v = options.to_dict()[f.name]
@@ -279,7 +440,11 @@ def _not_a_flag(name: str) -> str:
 
 __all__ = [
     "METHODS",
+    "Regions",
     "StyleMethod",
+    "check_masks",
+    "load_masks",
+    "plan_regions",
     "get_method",
     "method_names",
     "method_of",

@@ -7,7 +7,15 @@ Normalization", ICCV 2017. The controls of its section 7, as the paper does them
 - colour preservation: ``histogram`` recolours each style to the photo's colour
   statistics before transfer (the paper's choice, after Gatys et al. 2016b);
   ``luminance`` stylises brightness only and keeps the photo's colours (an addition);
-- any output size, since the network is fully convolutional.
+- any output size, since the network is fully convolutional;
+- regional styles (``masks``, ``content_mask``; an addition, after the spatial control of
+  Gatys et al. 2017, "Controlling Perceptual Factors in Neural Style Transfer"): per-region
+  feature statistics (artgen.models.adain.AdaINModel.forward_masked): at every AdaIN level
+  each region's content features are normalised by that region's mask-weighted mean and
+  std and given its styles' blended mean and std, and the results are blended by the
+  regions' soft masks, area-resampled to the level. Where the content mask (or no
+  region) keeps the photo, the features pass unchanged and the output is blended with
+  the photo by that soft mask, so those pixels are the photo itself. Works tiled too.
 The network has no randomness: the same input gives the same picture on the same device.
 """
 
@@ -26,7 +34,7 @@ from artgen.devices import resolve_device
 from artgen.errors import ArtgenError, clip
 from artgen.images import LoadedImage, load_image, resize_long_side, to_pil, to_tensor
 from artgen.models.adain import blend_stats
-from artgen.style import StyleMethod, load_styles
+from artgen.style import StyleMethod, load_styles, plan_regions
 from artgen.style.gatys import PRESERVE_COLOR, StylizeProgress
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -167,6 +175,14 @@ def _prepare(model, styles: list[tuple[LoadedImage, float]], contents: list[torc
     return per_content if len(per_content) == len(contents) else per_content * len(contents)
 
 
+def _batch_stats(stats_each: list) -> list:
+    """Per-content style statistics (one Stats each) as one Stats for the batch."""
+    return [
+        (torch.cat([s[k][0] for s in stats_each]), torch.cat([s[k][1] for s in stats_each]))
+        for k in range(len(stats_each[0]))
+    ]
+
+
 def _choose_tile(asked: int, h: int, w: int, n: int, dev: torch.device, bpv: int,
                  style_side: int = 0) -> int:  # fmt: skip
     """The tile size to use (0: the whole picture at once)."""
@@ -193,9 +209,12 @@ def stylize_many(
     model: Any = None,
     device: Any = None,
     callback: Callable[[StylizeProgress], None] | None = None,
+    masks: Any = None,
+    content_mask: Any = None,
 ) -> list[Image.Image]:
     """Stylise several contents with the same styles; contents of one output size go through
-    the network as one batch."""
+    the network as one batch. ``masks`` (one per style, or None) and ``content_mask`` as in
+    artgen.stylize: the same masks, resized to each picture (artgen.style.Regions)."""
     options = options or AdaINOptions()
     t0 = time.perf_counter()
     dev = resolve_device(device) if device is not None else (
@@ -204,7 +223,10 @@ def stylize_many(
         model = load(options, dev)
     model = model.to(dev)
     loaded = [c if isinstance(c, LoadedImage) else load_image(c) for c in contents]
-    style_items = [(s, w) for s, w in load_styles(styles) if w > 0]
+    style_items, regions = plan_regions(load_styles(styles), masks, content_mask)
+    if regions is not None:
+        for c in loaded:
+            regions.check(c.size)
     use_bf16 = options.precision == "bf16" or (options.precision == "auto" and dev.type == "cuda")
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16)
     # channels_last on every device: oneDNN's depthwise and 3x3 convolutions are about 1.8x
@@ -231,23 +253,38 @@ def stylize_many(
                 notes.append(f"{w}x{h} does not fit in memory in one piece: tiles of {tile} px")
             batch = torch.cat([tensors[i] for i in idx])
             inp = color.luminance(batch) if options.preserve_color == "luminance" else batch
-            stats_each = _prepare(model, style_items, [tensors[i] for i in idx], options, dev, amp,
-                                  tile)  # fmt: skip
-            stats = [
-                (torch.cat([s[k][0] for s in stats_each]), torch.cat([s[k][1] for s in stats_each]))
-                for k in range(len(stats_each[0]))
-            ]
             inp = inp.contiguous(memory_format=cl)
-            with amp:
-                if tile:
-                    out = model.forward_tiled(inp, stats, float(options.strength), border=BORDER,
-                                              tile=tile, overlap=TILE_OVERLAP)  # fmt: skip
-                else:
-                    out = model(inp, stats, float(options.strength), border=BORDER)
+            keep = None
+            if regions is None:
+                stats = _batch_stats(_prepare(model, style_items, [tensors[i] for i in idx],
+                                              options, dev, amp, tile))  # fmt: skip
+                with amp:
+                    if tile:
+                        out = model.forward_tiled(inp, stats, float(options.strength),
+                                                  border=BORDER, tile=tile, overlap=TILE_OVERLAP)  # fmt: skip
+                    else:
+                        out = model(inp, stats, float(options.strength), border=BORDER)
+            else:
+                weights, keep = regions.weights((w, h), dev)
+                region_stats = [
+                    _batch_stats(_prepare(model, [style_items[i] for i, _ in members],
+                                          [tensors[i] for i in idx], options, dev, amp, tile))
+                    for members, _ in regions.groups
+                ]  # fmt: skip
+                with amp:
+                    if tile:
+                        out = model.forward_tiled(inp, region_stats, float(options.strength),
+                                                  border=BORDER, tile=tile, overlap=TILE_OVERLAP,
+                                                  weights=weights)  # fmt: skip
+                    else:
+                        out = model.forward_masked(inp, region_stats, weights,
+                                                   float(options.strength), border=BORDER)  # fmt: skip
             out = out.float().clamp(0, 1)
             if options.preserve_color == "luminance":
                 out = torch.cat([color.combine_luminance(out[k : k + 1], batch[k : k + 1])
                                  for k in range(len(idx))])  # fmt: skip
+            if keep is not None:  # the photo itself where it is kept (soft edges blend)
+                out = keep * batch + (1 - keep) * out
             for k, i in enumerate(idx):
                 im = to_pil(out[k])
                 if loaded[i].alpha is not None:
@@ -273,10 +310,13 @@ def stylize(
     model: Any = None,
     device: Any = None,
     callback: Callable[[StylizeProgress], None] | None = None,
+    masks: Any = None,
+    content_mask: Any = None,
 ) -> Image.Image:
-    """Stylise one picture with the fast method; returns a PIL image (alpha kept)."""
+    """Stylise one picture with the fast method; returns a PIL image (alpha kept).
+    ``masks`` and ``content_mask``: regional styles, as in artgen.stylize."""
     return stylize_many([content], styles, options, model=model, device=device,
-                        callback=callback)[0]  # fmt: skip
+                        callback=callback, masks=masks, content_mask=content_mask)[0]  # fmt: skip
 
 
 METHOD = StyleMethod(
@@ -288,6 +328,7 @@ METHOD = StyleMethod(
     resolved=("model", "tile"),
     stylize_many=stylize_many,
     describe=describe,
+    masks=True,
 )
 
 __all__ = ["AdaINOptions", "METHOD", "load", "stylize", "stylize_many"]

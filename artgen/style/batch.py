@@ -5,6 +5,11 @@ pictures behind; running the same command again skips them and finishes the rest
 Each output is claimed (:class:`artgen.images.OutputClaim`) before it is made, so two
 runs on the same folder share the work instead of both doing all of it, and what a
 killed run left behind (temporary and lock files) is removed when the next one starts.
+
+Masks (regional styles) apply to every picture of the folder alike, each resized to the
+picture's output size: a folder of shots with the same framing (a fixed camera, a series)
+gets the same regions. A picture whose shape (aspect ratio) differs from the masks' is
+reported as failed, by name, and the rest go on.
 """
 
 from __future__ import annotations
@@ -24,9 +29,10 @@ from artgen.images import (
     check_output_dir,
     clean_stale_files,
     load_image,
+    load_mask,
     save_png,
 )
-from artgen.style import method_of, run_params
+from artgen.style import check_masks, load_masks, mask_arguments, method_of, run_params
 
 
 @dataclass(frozen=True)
@@ -119,10 +125,20 @@ def run_batch(
     on_image: Callable[[int, BatchJob], None] | None = None,
     on_result: Callable[[BatchResult], None] | None = None,
     callback: Callable[[Any], None] | None = None,
+    masks: list[Any] | None = None,
+    content_mask: Any = None,
 ) -> list[BatchResult]:
     """Stylise each job with the method of ``options``; a bad image is recorded as failed and
-    the rest go on. Methods that batch get up to ``batch.batch_size`` pictures per pass."""
+    the rest go on. Methods that batch get up to ``batch.batch_size`` pictures per pass.
+
+    ``masks`` (loaded, artgen.images.LoadedMask, one per style or None) and ``content_mask``
+    apply to every picture, resized to it; a picture of another shape fails on its own."""
     method = method_of(options)
+    if masks is not None:
+        masks = load_masks(masks, len(styles))
+    if content_mask is not None:
+        content_mask = load_mask(content_mask)
+    extra = mask_arguments(method, masks, content_mask)
     if batch.batch_size < 1:
         raise ArtgenError(f"--batch-size {batch.batch_size}: must be >= 1")
     for folder in sorted({job.output.parent for job in jobs}):
@@ -180,7 +196,13 @@ def run_batch(
                     finish(BatchResult(job, "skipped", why))
                     continue
                 try:
-                    loaded.append((job, load_image(job.source)))
+                    content = load_image(job.source)
+                    if extra:
+                        try:
+                            check_masks(content.size, masks, content_mask)
+                        except ArtgenError as e:
+                            raise ArtgenError(f"{job.source}: {e}") from None
+                    loaded.append((job, content))
                 except ArtgenError as e:
                     done(BatchResult(job, "failed", str(e), time.perf_counter() - t0))
             if not loaded:
@@ -188,10 +210,10 @@ def run_batch(
             try:
                 if step > 1:
                     images = method.stylize_many([c for _, c in loaded], styles, options, model=model,
-                                                 device=device, callback=callback)  # fmt: skip
+                                                 device=device, callback=callback, **extra)  # fmt: skip
                 else:
                     images = [method.stylize(loaded[0][1], styles, options, model=model,
-                                             device=device, callback=callback)]  # fmt: skip
+                                             device=device, callback=callback, **extra)]  # fmt: skip
             except ArtgenError as e:
                 for job, _ in loaded:
                     done(BatchResult(job, "failed", str(e), time.perf_counter() - t0))
@@ -199,7 +221,8 @@ def run_batch(
             each = (time.perf_counter() - t0) / len(loaded)
             for (job, content), image in zip(loaded, images, strict=True):
                 try:
-                    params = run_params(content, styles, options, image, device)
+                    params = run_params(content, styles, options, image, device, masks,
+                                        content_mask)  # fmt: skip
                     save_png(image, job.output, params=params, overwrite=batch.overwrite)
                     done(BatchResult(job, "done", seconds=each))
                 except ArtgenError as e:

@@ -16,7 +16,19 @@ Networks", CVPR 2016. Extensions, each marked where it departs from the paper:
   Brox, "Artistic style transfer for videos", GCPR 2016, start each frame from the warped
   previous result and add a temporal loss; artgen.video passes both in. With ``init`` the
   optimisation runs at the final scale only (the warped result already has the large-scale
-  structure that the coarse scales exist to build). Unused, nothing changes.
+  structure that the coarse scales exist to build). Unused, nothing changes;
+- regional styles (``masks``, ``content_mask``): the spatial control of Gatys et al. 2017,
+  sec. 4. Each region (artgen.style.Regions: a style's mask, or what the masks leave to
+  the styles without one) gets its own style loss, between the Gram matrix of the
+  picture's features inside the region (artgen.losses.masked_gram: each feature pixel
+  weighted by the region's mask, averaged over the region) and its styles' plain Gram
+  blend. The masks are brought to each feature layer by area resampling of the mask at
+  the picture's size (artgen.losses.resize_mask), the paper's simpler option (it also
+  propagates them through the network). Each region's loss counts by its share of the
+  picture, so one region covering everything is the plain loss. Where the content mask
+  (or no region) keeps the photo, the picture is not free: it is optimised as
+  x = keep * photo + (1 - keep) * y over y, so those pixels are the photo at every step
+  and the soft edge of ``keep`` blends the two; the content loss is unchanged.
 """
 
 from __future__ import annotations
@@ -36,9 +48,22 @@ from artgen import color
 from artgen.devices import available_memory, resolve_device
 from artgen.errors import ArtgenError, Cancelled, clip
 from artgen.images import LoadedImage, load_image, resize_long_side, to_pil, to_tensor
-from artgen.losses import blend_grams, content_loss, gram, scaled_mse, tv_loss
+from artgen.losses import (
+    blend_grams,
+    content_loss,
+    gram,
+    masked_gram,
+    resize_mask,
+    scaled_mse,
+    tv_loss,
+)
 from artgen.models.backbones import FeatureExtractor
-from artgen.style import StyleMethod, load_styles, parse_styles  # noqa: F401 (re-exported)
+from artgen.style import (  # noqa: F401 (parse_styles re-exported)
+    StyleMethod,
+    load_styles,
+    parse_styles,
+    plan_regions,
+)
 
 PRESERVE_COLOR = ("none", "luminance", "histogram")
 INITS = ("content", "noise", "fast")
@@ -279,6 +304,8 @@ def stylize(
     callback: Callable[[StylizeProgress], None] | None = None,
     init: Image.Image | torch.Tensor | None = None,
     extra_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    masks: Any = None,
+    content_mask: Any = None,
     **overrides: Any,
 ) -> Image.Image:
     """Stylise ``content`` with one or more ``styles``; returns a PIL image.
@@ -295,6 +322,10 @@ def stylize(
     the picture as the output will show it ((1, 3, h, w) RGB in [0, 1], differentiable;
     under ``preserve_color="luminance"`` the optimised grey combined with the content's
     colours).
+
+    Regional styles: ``masks``, one per style (None for a style without one), put each
+    style where its mask is white; ``content_mask`` keeps the photo where it is white
+    (the rule: artgen.style.Regions; the method: this module's docstring).
     """
     options = options or StylizeOptions()
     if overrides:
@@ -332,7 +363,9 @@ def stylize(
     extractor = extractor.truncate(layers)
 
     content_img = content if isinstance(content, LoadedImage) else load_image(content)
-    style_items = [(s, w) for s, w in load_styles(styles) if w > 0]
+    style_items, regions = plan_regions(load_styles(styles), masks, content_mask)
+    if regions is not None:
+        regions.check(content_img.size)
 
     use_bf16 = options.precision == "bf16" or (options.precision == "auto" and dev.type == "cuda")
     if use_bf16 and dev.type == "cpu" and options.precision == "auto":
@@ -390,7 +423,13 @@ def stylize(
                 name: blend_grams([gram(f[name]) for f in per_style], [wt for _, wt in styles_t])
                 for name in style_layers
             }
+            region_terms, keep = None, None
+            if regions is not None:
+                region_terms, keep = _region_terms(regions, per_style, style_layers, (w, h),
+                                                   dev, features(target_content, style_layers))  # fmt: skip
             del per_style
+        # Where the photo is kept, the picture is the photo (see the module's docstring).
+        base = None if keep is None else keep * target_content
 
         if x_prev is None:
             if init is not None:
@@ -402,13 +441,16 @@ def stylize(
             elif options.init == "noise":
                 x0 = torch.rand(1, 3, h, w, generator=gen).to(dev)
             elif options.init == "fast":
-                x0 = _fast_start(content_img, style_items, options, long_side, dev)
+                x0 = _fast_start(content_img, style_items, options, long_side, dev, regions)
                 if options.preserve_color == "luminance":
                     x0 = color.luminance(x0)
             else:
                 x0 = target_content.clone()
         else:
             x0 = F.interpolate(x_prev, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1)
+
+        def compose(y: torch.Tensor, base=base, keep=keep) -> torch.Tensor:
+            return y if base is None else base + (1 - keep) * y
 
         if options.optimizer == "lbfgs":
             # The scaled MSE has a kink at zero error (x0 == content), where its gradient
@@ -418,16 +460,24 @@ def stylize(
         ema = x0.detach().clone()
 
         def objective(
-            x: torch.Tensor, c_feats=c_feats, style_grams=style_grams, content_rgb=content_rgb
-        ) -> torch.Tensor:
+            x: torch.Tensor, c_feats=c_feats, style_grams=style_grams, content_rgb=content_rgb,
+            region_terms=region_terms, compose=compose,
+        ) -> torch.Tensor:  # fmt: skip
+            x = compose(x)
             feats = features(x, layers)
             loss = x.new_zeros((), dtype=torch.float32)
             for name in spec.content_layers:
                 loss = loss + content_weight * content_loss(feats[name], c_feats[name])
             for name, lw in zip(style_layers, layer_w, strict=True):
-                loss = loss + options.strength * lw * scaled_mse(
-                    gram(feats[name]), style_grams[name]
-                )
+                if region_terms is None:
+                    loss = loss + options.strength * lw * scaled_mse(
+                        gram(feats[name]), style_grams[name]
+                    )
+                    continue
+                for mask, share, target in region_terms[name]:
+                    loss = loss + options.strength * lw * share * scaled_mse(
+                        masked_gram(feats[name], mask), target
+                    )
             if tv_weight:
                 loss = loss + tv_weight * tv_loss(x.float())
             if extra_loss is not None:
@@ -437,8 +487,8 @@ def stylize(
                 loss = loss + extra_loss(shown)
             return loss
 
-        def render(ema=ema, content_rgb=content_rgb) -> Image.Image:
-            out = ema
+        def render(ema=ema, content_rgb=content_rgb, compose=compose) -> Image.Image:
+            out = compose(ema)
             if options.preserve_color == "luminance":
                 out = color.combine_luminance(ema, content_rgb)
             return to_pil(out)
@@ -486,8 +536,8 @@ def stylize(
                         render=render,
                     )
                 )
-        x_prev = ema
-        result_rgb = ema
+        x_prev = compose(ema)
+        result_rgb = x_prev
 
     assert result_rgb is not None and content_full is not None
     if options.preserve_color == "luminance":
@@ -499,14 +549,41 @@ def stylize(
     return out
 
 
-def _fast_start(content, styles, options: StylizeOptions, long_side: int, dev) -> torch.Tensor:
-    """The fast method's picture at the first scale (``--init fast``), as the starting point."""
+def _region_terms(regions, per_style, style_layers, size, dev, content_feats):
+    """Per style layer, each region's (mask at the layer's size, share of the picture,
+    target Gram: its styles' blend), and the photo's share ``keep`` (or None)."""
+    weights, keep = regions.weights(size, dev)
+    terms: dict[str, list] = {name: [] for name in style_layers}
+    for r, (members, _) in enumerate(regions.groups):
+        plane = weights[:, r : r + 1]
+        share = float(plane.mean())
+        if share <= 1e-6:
+            continue  # a region the content mask covers, or too small for this scale
+        for name in style_layers:
+            target = blend_grams([gram(per_style[i][name]) for i, _ in members],
+                                 [wt for _, wt in members])  # fmt: skip
+            mask = resize_mask(plane, content_feats[name].shape[-2:])
+            terms[name].append((mask, share, target))
+    return terms, keep
+
+
+def _fast_start(content, styles, options: StylizeOptions, long_side: int, dev,
+                regions=None) -> torch.Tensor:  # fmt: skip
+    """The fast method's picture at the first scale (``--init fast``), as the starting point
+    (with the same regions, when there are masks)."""
     from artgen.style import get_method
 
     fast = get_method("adain")
     preserve = "histogram" if options.preserve_color == "histogram" else "none"
     opts = fast.options(size=long_side, style_scale=options.style_scale, preserve_color=preserve)
-    image = fast.stylize(content, styles, opts, device=dev)
+    extra = {}
+    if regions is not None:
+        masks: list = [None] * len(styles)
+        for members, mask in regions.groups:
+            for i, _ in members:
+                masks[i] = mask
+        extra = {"masks": masks, "content_mask": regions.content_mask}
+    image = fast.stylize(content, styles, opts, device=dev, **extra)
     return to_tensor(image.convert("RGB")).to(dev)
 
 
@@ -535,14 +612,16 @@ def _describe(extractor: FeatureExtractor) -> str:
     return getattr(extractor, "note", f"backbone: {extractor.spec.name}")
 
 
-def _stylize(content, styles, options, *, model=None, device=None, callback=None) -> Image.Image:
-    return stylize(content, styles, options, extractor=model, device=device, callback=callback)
+def _stylize(content, styles, options, *, model=None, device=None, callback=None,
+             masks=None, content_mask=None) -> Image.Image:  # fmt: skip
+    return stylize(content, styles, options, extractor=model, device=device, callback=callback,
+                   masks=masks, content_mask=content_mask)  # fmt: skip
 
 
 def _stylize_guided(content, styles, options, *, model=None, device=None, callback=None,
-                    init=None, extra_loss=None) -> Image.Image:  # fmt: skip
+                    init=None, extra_loss=None, masks=None, content_mask=None) -> Image.Image:  # fmt: skip
     return stylize(content, styles, options, extractor=model, device=device, callback=callback,
-                   init=init, extra_loss=extra_loss)  # fmt: skip
+                   init=init, extra_loss=extra_loss, masks=masks, content_mask=content_mask)  # fmt: skip
 
 
 METHOD = StyleMethod(
@@ -554,6 +633,7 @@ METHOD = StyleMethod(
     resolved=("backbone",),
     describe=_describe,
     stylize_guided=_stylize_guided,
+    masks=True,
 )
 
 
