@@ -10,11 +10,16 @@ Python API::
 
     run = artgen.finetune_diffusion(artgen.DiffusionFinetuneOptions(
         base="google/ddpm-cifar10-32", images="my_art/", out="runs/my-art"))
-    images = artgen.generate(artgen.load_run(run), 16, seed=0)
+    images = artgen.load_run(run).generate(16, seed=0, steps=50)     # PIL images
 
     gan = artgen.finetune_gan(artgen.GanFinetuneOptions(
         base="runs/base", images="reference/", out="runs/fair", method="fairtl++"))
-    images = artgen.generate_gan(artgen.load_generator(gan), 16, seed=0)
+    images = artgen.load_run(gan).generate(16, seed=0, truncation=0.7)
+
+``artgen.load_run`` returns the run object of the run's kind (artgen.runs: a DiffusionRun or
+a GanRun, with ``.kind``, ``.path``, ``.config``, ``.generate`` and ``.sample_grid``). The
+older calls still work: ``artgen.generate(pipeline_or_run, n, ...)``,
+``artgen.generate_gan(artgen.load_generator(gan), n, ...)`` and ``artgen.sample_run``.
 """
 
 from artgen.errors import ArtgenError, Cancelled
@@ -24,8 +29,6 @@ from artgen.finetune.diffusion import (
     FinetuneProgress,
     SampleOptions,
     finetune_diffusion,
-    generate,
-    load_run,
     sample_run,
 )
 from artgen.finetune.gan import (
@@ -37,6 +40,7 @@ from artgen.finetune.gan import (
     load_generator,
     train_gan,
 )
+from artgen.runs import DiffusionRun, GanRun, Run, generate, load_run, register_run
 from artgen.style import get_method, method_names, stylize
 from artgen.style.adain import AdaINOptions
 from artgen.style.gatys import StylizeOptions, StylizeProgress
@@ -63,6 +67,10 @@ __all__ = [
     "finetune_diffusion",
     "generate",
     "load_run",
+    "Run",
+    "DiffusionRun",
+    "GanRun",
+    "register_run",
     "sample_run",
     "Cancelled",
     "StylizeOptions",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,16 @@ from artgen.errors import ArtgenError
 
 
 def styles_dir() -> Path:
+    """$ARTGEN_STYLES_DIR, else the checkout's styles/, else the copy an installed wheel
+    put under sys.prefix/share/artgen/styles (pyproject's data-files)."""
     env = os.environ.get("ARTGEN_STYLES_DIR")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "styles"
+    if env:
+        return Path(env)
+    checkout = Path(__file__).resolve().parent.parent / "styles"
+    installed = Path(sys.prefix) / "share" / "artgen" / "styles"
+    if not (checkout / "manifest.json").is_file() and (installed / "manifest.json").is_file():
+        return installed
+    return checkout
 
 
 def artgen_home() -> Path:
@@ -79,10 +88,18 @@ def load_manifest(path: Path | None = None) -> list[StyleEntry]:
     for e in data.get("fetchable", []):
         out.append(
             StyleEntry(
-                e["name"], e["title"], e["artist"], e["licence"], e["url"],
-                cache_dir() / e["file"], "fetchable", e.get("year"), e["url"], e["sha256"],
+                e["name"],
+                e["title"],
+                e["artist"],
+                e["licence"],
+                e["url"],
+                cache_dir() / e["file"],
+                "fetchable",
+                e.get("year"),
+                e["url"],
+                e["sha256"],
             )
-        )  # fmt: skip
+        )
     return out
 
 

@@ -89,8 +89,12 @@ def read_json(path: str | os.PathLike, what: str, *, limit: int = MAX_CONFIG_BYT
 
 
 def _is_number(v: Any) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            and abs(v) < _INT_LIMIT)  # fmt: skip
+    return (
+        isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        and math.isfinite(v)
+        and abs(v) < _INT_LIMIT
+    )
 
 
 def _check_like(saved: Any, current: Any, where: str) -> None:
@@ -157,8 +161,10 @@ def optimizer_from_tensors(
         raise ArtgenError(f"{where}: no param_groups list")
     groups = meta["param_groups"]
     if len(groups) != len(current["param_groups"]):
-        raise ArtgenError(f"{where}: {len(groups)} parameter groups, but this run has "
-                          f"{len(current['param_groups'])}")  # fmt: skip
+        raise ArtgenError(
+            f"{where}: {len(groups)} parameter groups, but this run has "
+            f"{len(current['param_groups'])}"
+        )
     for i, (saved, now) in enumerate(zip(groups, current["param_groups"], strict=True)):
         if not isinstance(saved, dict) or saved.get("params") != now["params"]:
             raise ArtgenError(f"{where}: parameter group {i} does not match this run's")
@@ -186,8 +192,12 @@ def optimizer_from_tensors(
             )
         state.setdefault(int(idx), {})[name] = v
     for idx, extra in scalars.items():
-        if not (isinstance(idx, str) and idx.isdigit() and int(idx) < len(params)
-                and isinstance(extra, dict)):  # fmt: skip
+        if not (
+            isinstance(idx, str)
+            and idx.isdigit()
+            and int(idx) < len(params)
+            and isinstance(extra, dict)
+        ):
             raise ArtgenError(f"{where}: unexpected scalars entry {_show(idx)}")
         for name, v in extra.items():
             if not (v is None or isinstance(v, bool) or _is_number(v)):
@@ -245,10 +255,10 @@ def rng_to_tensors(generators: dict[str, torch.Generator]) -> tuple[dict[str, to
 def _words(value: Any, n: int) -> bool:
     """A list of ``n`` 32-bit unsigned integers (a Mersenne Twister's state words)."""
     return (
-        isinstance(value, list) and len(value) == n
-        and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 1 << 32
-                for x in value)
-    )  # fmt: skip
+        isinstance(value, list)
+        and len(value) == n
+        and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 1 << 32 for x in value)
+    )
 
 
 def rng_from_tensors(
@@ -260,26 +270,44 @@ def rng_from_tensors(
 ) -> None:
     """Restore what rng_to_tensors saved, all or nothing: a state that does not check out
     leaves every generator as it was."""
-    for key, like in [("torch", torch.get_rng_state()),
-                      *((f"gen.{n}", g.get_state()) for n, g in generators.items())]:  # fmt: skip
+    for key, like in [
+        ("torch", torch.get_rng_state()),
+        *((f"gen.{n}", g.get_state()) for n, g in generators.items()),
+    ]:
         t = tensors.get(key)
         if t is None:
             raise ArtgenError(f"{where}: no {key} state")
         if t.dtype != like.dtype or tuple(t.shape) != tuple(like.shape):
-            raise ArtgenError(f"{where}: the {key} state is {t.dtype} {list(t.shape)}, "
-                              f"not {like.dtype} {list(like.shape)}")  # fmt: skip
+            raise ArtgenError(
+                f"{where}: the {key} state is {t.dtype} {list(t.shape)}, "
+                f"not {like.dtype} {list(like.shape)}"
+            )
     if not isinstance(meta, dict):
         raise ArtgenError(f"{where}: the random state is {_show(meta)}, not an object")
     py, n = meta.get("python"), meta.get("numpy")
-    if not (isinstance(py, list) and len(py) == 3 and isinstance(py[0], int)
-            and _words(py[1], 625) and (py[2] is None or isinstance(py[2], float))):  # fmt: skip
+    if not (
+        isinstance(py, list)
+        and len(py) == 3
+        and isinstance(py[0], int)
+        and _words(py[1], 625)
+        and (py[2] is None or isinstance(py[2], float))
+    ):
         raise ArtgenError(f"{where}: python is not a saved Python random state")
-    if not (isinstance(n, list) and len(n) == 5 and n[0] == "MT19937" and _words(n[1], 624)
-            and all(isinstance(x, int) and not isinstance(x, bool) for x in n[2:4])
-            and isinstance(n[4], (int, float))):  # fmt: skip
+    if not (
+        isinstance(n, list)
+        and len(n) == 5
+        and n[0] == "MT19937"
+        and _words(n[1], 624)
+        and all(isinstance(x, int) and not isinstance(x, bool) for x in n[2:4])
+        and isinstance(n[4], (int, float))
+    ):
         raise ArtgenError(f"{where}: numpy is not a saved NumPy random state")
-    before = (torch.get_rng_state(), {k: g.get_state() for k, g in generators.items()},
-              random.getstate(), np.random.get_state())  # fmt: skip
+    before = (
+        torch.get_rng_state(),
+        {k: g.get_state() for k, g in generators.items()},
+        random.getstate(),
+        np.random.get_state(),
+    )
     try:
         torch.set_rng_state(tensors["torch"])
         if torch.cuda.is_available():
@@ -321,8 +349,10 @@ def save_checkpoint(
     tmp.mkdir()
     for stem, group in tensors.items():
         # safetensors refuses tensors that share memory; checkpoints are small, so copy.
-        save_file({k: v.detach().cpu().contiguous().clone() for k, v in group.items()},
-                  str(tmp / f"{stem}.safetensors"))  # fmt: skip
+        save_file(
+            {k: v.detach().cpu().contiguous().clone() for k, v in group.items()},
+            str(tmp / f"{stem}.safetensors"),
+        )
     write_json(tmp / "state.json", {**state, "step": step})
     if final.exists():  # the same step saved twice (Ctrl-C right after a save)
         shutil.rmtree(final)
@@ -338,9 +368,8 @@ def list_checkpoints(checkpoints: Path) -> list[Path]:
     if not checkpoints.is_dir():
         return []
     found = [
-        p for p in checkpoints.iterdir()
-        if STEP_DIR.match(p.name) and (p / "state.json").is_file()
-    ]  # fmt: skip
+        p for p in checkpoints.iterdir() if STEP_DIR.match(p.name) and (p / "state.json").is_file()
+    ]
     return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
 
 
@@ -363,8 +392,10 @@ def check_finite(tensors: Mapping[str, torch.Tensor], where: str | os.PathLike) 
     weights only ever draw blank or noise images, so they are refused at loading."""
     for name, t in tensors.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise ArtgenError(f"{where}: {name} holds non-finite values (NaN or infinity); "
-                              "the weights are damaged")  # fmt: skip
+            raise ArtgenError(
+                f"{where}: {name} holds non-finite values (NaN or infinity); "
+                "the weights are damaged"
+            )
 
 
 def _is_int(v: Any) -> bool:
@@ -388,15 +419,17 @@ class Checkpoint:
     def group(self, stem: str) -> dict[str, torch.Tensor]:
         """The tensors of ``stem.safetensors``."""
         if stem not in self.tensors:
-            raise ArtgenError(f"{self.path / (stem + '.safetensors')}: missing (the checkpoint "
-                              "is incomplete)")  # fmt: skip
+            raise ArtgenError(
+                f"{self.path / (stem + '.safetensors')}: missing (the checkpoint is incomplete)"
+            )
         return self.tensors[stem]
 
     def field(self, key: str) -> Any:
         """A field of state.json that must be there."""
         if key not in self.state:
-            raise ArtgenError(f"{self.state_file}: no {_show(key)} field (the checkpoint is "
-                              "incomplete)")  # fmt: skip
+            raise ArtgenError(
+                f"{self.state_file}: no {_show(key)} field (the checkpoint is incomplete)"
+            )
         return self.state[key]
 
     def int_field(self, key: str, default: int) -> int:
@@ -427,8 +460,10 @@ class Checkpoint:
         for name, t in targets.items():
             s = saved[name]
             if tuple(s.shape) != tuple(t.shape) or s.is_floating_point() != t.is_floating_point():
-                raise ArtgenError(f"{where}: {name} is {s.dtype} {list(s.shape)}, this run's "
-                                  f"{t.dtype} {list(t.shape)}")  # fmt: skip
+                raise ArtgenError(
+                    f"{where}: {name} is {s.dtype} {list(s.shape)}, this run's "
+                    f"{t.dtype} {list(t.shape)}"
+                )
         check_finite(saved, where)
         return saved
 
@@ -562,8 +597,10 @@ def resolve_run_path(run: str | os.PathLike, value: str) -> str:
 def absolute_paths(options: dict, paths: Collection[str]) -> dict:
     """``options`` (an asdict) with its path settings made absolute, as a run records them,
     so a run resumes from any directory."""
-    return {k: (os.path.abspath(os.path.expanduser(v)) if k in paths and v else v)
-            for k, v in options.items()}  # fmt: skip
+    return {
+        k: (os.path.abspath(os.path.expanduser(v)) if k in paths and v else v)
+        for k, v in options.items()
+    }
 
 
 def options_from_dict(
@@ -582,8 +619,11 @@ def options_from_dict(
     kinds = _field_kinds(cls)
     unknown = sorted(str(k) for k in saved if k not in kinds)
     if unknown:
-        raise ArtgenError(f"{where}: options has {_show(unknown[0])}, which is not a setting "
-                          f"of {cls.__name__}")  # fmt: skip
+        raise ArtgenError(
+            f"{where}: options has {_show(unknown[0])}, which is not a setting of {cls.__name__}"
+        )
+    # A setting added after the run was recorded takes the value that reproduces it.
+    saved = {**getattr(cls, "ADDED_SETTINGS", {}), **saved}
     missing = [k for k in kinds if k not in saved]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -592,8 +632,10 @@ def options_from_dict(
     for k, kind in kinds.items():
         v = _check_option(kind, saved[k])
         if v is None:
-            raise ArtgenError(f"{where}: options.{k} is {_show(saved[k])}, not "
-                              f"{_KIND_NAMES.get(kind, kind.__name__)}")  # fmt: skip
+            raise ArtgenError(
+                f"{where}: options.{k} is {_show(saved[k])}, not "
+                f"{_KIND_NAMES.get(kind, kind.__name__)}"
+            )
         values[k] = v
     values.update(overrides or {})
     try:
@@ -632,16 +674,19 @@ def read_run_config(
         wanted = [method] if isinstance(method, str) else list(method)
         got = config.get("method")
         if got not in wanted:
-            raise ArtgenError(f"{path}: method is {_show(got)}, not "
-                              f"{' or '.join(wanted)} (another kind of run?)")  # fmt: skip
+            raise ArtgenError(
+                f"{path}: method is {_show(got)}, not {' or '.join(wanted)} (another kind of run?)"
+            )
     if cls is None:
         return config, None
     if "options" not in config:
         raise ArtgenError(f"{path}: no options field")
     saved = config["options"]
     if isinstance(saved, dict):
-        saved = {k: (resolve_run_path(run, v) if k in paths and isinstance(v, str) else v)
-                 for k, v in saved.items()}  # fmt: skip
+        saved = {
+            k: (resolve_run_path(run, v) if k in paths and isinstance(v, str) else v)
+            for k, v in saved.items()
+        }
     return config, options_from_dict(cls, saved, path)
 
 
@@ -654,8 +699,10 @@ def check_run_folder(run: Path, resume: bool) -> None:
         if not (run / "config.json").is_file():
             raise ArtgenError(f"{run}: nothing to resume (no config.json there)")
     elif run.exists() and any(run.iterdir()):
-        raise ArtgenError(f"{run}: exists and is not empty; choose a new --out folder "
-                          "(or pass --resume to continue the run there)")  # fmt: skip
+        raise ArtgenError(
+            f"{run}: exists and is not empty; choose a new --out folder "
+            "(or pass --resume to continue the run there)"
+        )
 
 
 def options_for_resume(
@@ -680,11 +727,14 @@ def options_for_resume(
         for k, v in overrides.items():
             if k in (*changeable, "resume", "out") or k not in merged:
                 continue
-            same = merged[k] == v or (k in paths and isinstance(v, str) and v
-                                      and os.path.abspath(v) == merged[k])  # fmt: skip
+            same = merged[k] == v or (
+                k in paths and isinstance(v, str) and v and os.path.abspath(v) == merged[k]
+            )
             if not same:
-                raise ArtgenError(f"--{k.replace('_', '-')} cannot change when resuming (the run "
-                                  f"uses {_show(merged[k])}); only {', '.join(sorted(changeable))} can")  # fmt: skip
+                raise ArtgenError(
+                    f"--{k.replace('_', '-')} cannot change when resuming (the run "
+                    f"uses {_show(merged[k])}); only {', '.join(sorted(changeable))} can"
+                )
     merged.update(overrides)
     for k, v in (("out", str(run_dir)), ("resume", True)):
         if k in merged:  # every trainer's options have both

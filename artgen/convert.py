@@ -43,6 +43,7 @@ import torch
 
 from artgen.errors import ArtgenError, clip
 from artgen.models.stylegan2 import (
+    CONFIG_LIMITS,
     D_MAPPING_LAYERS,
     D_MAPPING_LR_MULTIPLIER,
     Discriminator,
@@ -84,6 +85,9 @@ _FILTER = [1, 3, 3, 1]  # the official default resample_filter, the only one art
 _MAX_DEPTH = 64  # module nesting; the official networks are 5 deep
 MAX_KWARGS_NODES = 10_000  # values in one network's init kwargs; the official ones have ~30
 MAX_NAME_CHARS = 100  # parameter, buffer and submodule names (official: at most 14 characters)
+# mbstd_group_size=None (the whole minibatch, which legacy.py can record) becomes the largest
+# group artgen's config allows: the minibatch-stddev layer groups min(group, batch) samples.
+WHOLE_BATCH_GROUP = CONFIG_LIMITS["mbstd_group_size"][1]
 
 _NETWORK_KINDS = {"generator": "Generator", "discriminator": "Discriminator"}
 # Config fields that only one of the two networks uses; the rest (resolution, img_channels,
@@ -337,12 +341,12 @@ def config_from_kwargs(kind: str, kwargs: dict) -> StyleGAN2Config:
         epilogue = top.sub("epilogue_kwargs")
         group_size = epilogue.get("mbstd_group_size", 4)
         fields["mbstd_num_channels"] = epilogue.get("mbstd_num_channels", 1)
-        if group_size is None and fields["mbstd_num_channels"]:
-            raise ArtgenError(
-                "Discriminator.epilogue_kwargs: mbstd_group_size=None (the whole batch) is not "
-                "supported by artgen"
-            )
-        fields["mbstd_group_size"] = group_size if group_size is not None else 4
+        # None is one group of the whole minibatch: what legacy.py records when it converts a
+        # TensorFlow network that did not set the group size (converted TensorFlow releases
+        # seen in use record it so). artgen's group is min(group_size, batch), so its largest
+        # group size is the same layer for any batch up to that size (a D's batches are far
+        # smaller).
+        fields["mbstd_group_size"] = WHOLE_BATCH_GROUP if group_size is None else group_size
         epilogue.expect("activation", "lrelu", "lrelu")
         epilogue.done()
     top.done()

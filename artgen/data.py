@@ -15,17 +15,16 @@ here the artist labels every image in a CSV, so the ratio is known exactly:
 from __future__ import annotations
 
 import csv
-import math
 import os
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from artgen.errors import ArtgenError, clip
 from artgen.images import IMAGE_SUFFIXES, MAX_PIXELS, load_image
@@ -167,8 +166,11 @@ def read_labels(
         values = {a: row[i] for a, i in zip(attributes, attr_cols, strict=True)}
         empty = [a for a, v in values.items() if not v]
         if empty:
-            shown = f" ({clip(name, _CUT)}) has no value for {clip(empty[0], _CUT)!r}" if echo else (
-                f" has an empty cell in column {header.index(empty[0]) + 1}")  # fmt: skip
+            shown = (
+                f" ({clip(name, _CUT)}) has no value for {clip(empty[0], _CUT)!r}"
+                if echo
+                else (f" has an empty cell in column {header.index(empty[0]) + 1}")
+            )
             raise ArtgenError(f"{path}: row {line}{shown}")
         by_name[name] = values
         line_of[name] = line
@@ -297,47 +299,3 @@ class ImageSet(Dataset):
             crop = crop.flip(2)
         pixels = crop.float().div(127.5).sub(1.0)
         return {"pixels": pixels, "index": int(index)}
-
-
-class InfiniteSampler(Sampler[int]):
-    """Indices in ``range(n)`` drawn with replacement, for ever.
-
-    Uniform when ``weights`` is None, else with probability proportional to ``weights`` (the
-    draw ``torch.utils.data.WeightedRandomSampler`` makes, ``torch.multinomial`` with
-    replacement). Indices are drawn one at a time, as the DataLoader asks, so the
-    ``generator``'s state after step k fully determines what follows: saving it with a
-    checkpoint and restoring it resumes the same sequence (with ``num_workers=0``; workers
-    prefetch and run the generator ahead). It has no length: iterate for a number of steps.
-    """
-
-    def __init__(self, n: int, weights: Sequence[float] | None, generator: torch.Generator) -> None:
-        if n < 1:
-            raise ValueError(f"need at least one item to sample from, got n={n}")
-        self.n = n
-        self.generator = generator
-        self.weights: torch.Tensor | None = None
-        if weights is not None:
-            w = torch.as_tensor(list(weights), dtype=torch.float64)
-            if w.shape != (n,):
-                raise ValueError(f"expected {n} weights, got {w.numel()}")
-            if not torch.isfinite(w).all() or (w < 0).any() or not math.isfinite(w.sum()):
-                raise ValueError("weights must be finite and non-negative")
-            if w.sum() <= 0:
-                raise ValueError("weights must not all be zero")
-            self.weights = w
-
-    def __iter__(self) -> Iterator[int]:
-        while True:
-            if self.weights is None:
-                i = torch.randint(0, self.n, (1,), generator=self.generator)
-            else:
-                i = torch.multinomial(self.weights, 1, replacement=True, generator=self.generator)
-            yield int(i.item())
-
-
-def make_sampler(
-    n: int, weights: Sequence[float] | None, generator: torch.Generator
-) -> InfiniteSampler:
-    """An infinite sampler over ``n`` items: uniform with replacement, or weighted by
-    ``weights`` (for example ``balance_weights(labels.values(attr))``). See InfiniteSampler."""
-    return InfiniteSampler(n, weights, generator)

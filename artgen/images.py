@@ -140,8 +140,11 @@ class LoadedMask:
     def tensor(self, size: tuple[int, int]) -> torch.Tensor:
         """The mask at ``size`` (W, H) as a (1, 1, H, W) float tensor in [0, 1] (bilinear,
         antialiased when it shrinks, so soft edges stay soft)."""
-        im = self.image if self.image.size == tuple(size) else self.image.resize(
-            tuple(size), Image.Resampling.BILINEAR)  # fmt: skip
+        im = (
+            self.image
+            if self.image.size == tuple(size)
+            else self.image.resize(tuple(size), Image.Resampling.BILINEAR)
+        )
         a = np.asarray(im, dtype=np.float32).clip(0.0, 1.0)
         return torch.from_numpy(a.copy())[None, None]
 
@@ -408,8 +411,9 @@ class OutputClaim:
             try:
                 # O_NOFOLLOW and a regular-file check: a lock name planted as a link (or a
                 # FIFO) must not make artgen truncate and write into whatever it points at.
-                fd = os.open(self.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK,
-                             0o644)  # fmt: skip
+                fd = os.open(
+                    self.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644
+                )
             except OSError as e:
                 raise ArtgenError(
                     f"{self.lock}: cannot use it as a lock file ({_message(e)}); remove it"

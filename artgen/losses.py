@@ -68,10 +68,6 @@ def content_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return scaled_mse(features, target)
 
 
-def style_loss(features: torch.Tensor, target_gram: torch.Tensor) -> torch.Tensor:
-    return scaled_mse(gram(features), target_gram)
-
-
 def tv_loss(image: torch.Tensor) -> torch.Tensor:
     """Mean squared difference between neighbouring pixels (replicate-padded)."""
     x = F.pad(image, (0, 1, 0, 1), mode="replicate")

@@ -705,8 +705,10 @@ def confusion_matrix(true: Sequence[int], predicted: Sequence[int], k: int) -> n
     rows = counts.sum(1, keepdims=True)
     if (rows == 0).any():
         missing = [i for i in range(k) if rows[i, 0] == 0]
-        raise ArtgenError(f"no calibration items of class(es) {missing}: cannot estimate "
-                          "the classifier's errors on them")  # fmt: skip
+        raise ArtgenError(
+            f"no calibration items of class(es) {missing}: cannot estimate "
+            "the classifier's errors on them"
+        )
     return counts / rows
 
 
@@ -725,8 +727,10 @@ def correct_proportions(observed: Sequence[float] | ArrayLike, confusion: ArrayL
     if o.ndim != 1 or c.shape != (k, k):
         raise ArtgenError(f"need k shares and a (k, k) confusion matrix, got {o.shape}, {c.shape}")
     if np.linalg.cond(c) > 1e8:
-        raise ArtgenError("the classifier's calls do not depend on the class (its confusion "
-                          "matrix is singular): proportions cannot be corrected")  # fmt: skip
+        raise ArtgenError(
+            "the classifier's calls do not depend on the class (its confusion "
+            "matrix is singular): proportions cannot be corrected"
+        )
     p = np.clip(np.linalg.solve(c.T, o), 0.0, 1.0)
     return p / p.sum() if p.sum() > 0 else np.full(k, 1 / k)
 

@@ -64,8 +64,9 @@ def fit_linear_probe(
     probe = LinearProbe(x.mean(0), x.std(0).clamp_min(1e-6), classes)
     nn.init.zeros_(probe.linear.weight)
     nn.init.zeros_(probe.linear.bias)
-    opt = torch.optim.LBFGS(probe.linear.parameters(), max_iter=max_iter,
-                            line_search_fn="strong_wolfe")  # fmt: skip
+    opt = torch.optim.LBFGS(
+        probe.linear.parameters(), max_iter=max_iter, line_search_fn="strong_wolfe"
+    )
 
     def closure() -> torch.Tensor:
         opt.zero_grad()

@@ -422,8 +422,11 @@ def _check_storage_bytes(data: bytes, numel: int, element_size: int) -> None:
         for _ in range(4):  # magic number, protocol, system info, the storage's pickle
             for _op in pickletools.genops(f):
                 pass
-        keys = [arg for op, arg, _ in pickletools.genops(f) if isinstance(arg, str)
-                and "UNICODE" in op.name]  # fmt: skip
+        keys = [
+            arg
+            for op, arg, _ in pickletools.genops(f)
+            if isinstance(arg, str) and "UNICODE" in op.name
+        ]
     except (ValueError, EOFError) as e:
         raise _Malformed(f"unreadable tensor storage layout ({clip(e, 80)})") from None
     tail = data[f.tell() :]
@@ -528,8 +531,9 @@ def _rebuild_from_type_v2(func, new_type, args, state):
     The real function calls ``func`` (any global) and the subclass's ``__setstate__``; here
     ``func`` must be one of the checked rebuilders above and the attributes are dropped.
     """
-    if not any(func is f for f in (_rebuild_tensor_v2, _rebuild_parameter,
-                                   _rebuild_parameter_with_state)):  # fmt: skip
+    if not any(
+        func is f for f in (_rebuild_tensor_v2, _rebuild_parameter, _rebuild_parameter_with_state)
+    ):
         raise _Malformed(f"tensor rebuilt by {short_repr(func)}")
     if not (new_type is _TENSOR_TYPE or new_type is _PARAMETER_TYPE):
         raise _Malformed(f"tensor subclass {short_repr(new_type)}")
@@ -618,8 +622,12 @@ def _keys(items):
     then take quadratic time (a 400 KB file, a minute).
     """
     for k in items:
-        if not (type(k) is str or (type(k) is int and -(2**31) <= k < 2**31)
-                or k is None or type(k) is bool):  # fmt: skip
+        if not (
+            type(k) is str
+            or (type(k) is int and -(2**31) <= k < 2**31)
+            or k is None
+            or type(k) is bool
+        ):
             raise _Malformed(f"a dict key or set member is a {_type_name(k)}")
     return items
 
@@ -854,12 +862,22 @@ class SafeUnpickler(pickle._Unpickler):
         self._push_tuple(items)
 
     for _name, _method in (
-        ("BUILD", _load_build), ("SETITEM", _load_setitem), ("SETITEMS", _load_setitems),
-        ("APPEND", _load_append), ("APPENDS", _load_appends), ("ADDITEMS", _load_additems),
-        ("REDUCE", _load_reduce), ("NEWOBJ", _load_newobj), ("NEWOBJ_EX", _load_newobj_ex),
-        ("TUPLE", _load_tuple), ("TUPLE1", _load_tuple1), ("TUPLE2", _load_tuple2),
-        ("TUPLE3", _load_tuple3), ("DICT", _load_dict), ("FROZENSET", _load_frozenset),
-    ):  # fmt: skip
+        ("BUILD", _load_build),
+        ("SETITEM", _load_setitem),
+        ("SETITEMS", _load_setitems),
+        ("APPEND", _load_append),
+        ("APPENDS", _load_appends),
+        ("ADDITEMS", _load_additems),
+        ("REDUCE", _load_reduce),
+        ("NEWOBJ", _load_newobj),
+        ("NEWOBJ_EX", _load_newobj_ex),
+        ("TUPLE", _load_tuple),
+        ("TUPLE1", _load_tuple1),
+        ("TUPLE2", _load_tuple2),
+        ("TUPLE3", _load_tuple3),
+        ("DICT", _load_dict),
+        ("FROZENSET", _load_frozenset),
+    ):
         dispatch[_op(_name)] = _method
     del _name, _method
 

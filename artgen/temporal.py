@@ -285,8 +285,13 @@ def pan_zoom_clip(
         c, z = view(t)
         # The affine map pixel -> photo point, for warpAffine's inverse mapping.
         m = np.array([[1 / z, 0, c[0] - o[0] / z], [0, 1 / z, c[1] - o[1] / z]], np.float64)
-        frame = cv2.warpAffine(src, m, (w, h), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
-                               borderMode=cv2.BORDER_REFLECT)  # fmt: skip
+        frame = cv2.warpAffine(
+            src,
+            m,
+            (w, h),
+            flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_REFLECT,
+        )
         frames.append(np.clip(frame, 0, 1).astype(np.float32))
         if t:
             cp, zp = view(t - 1)

@@ -89,56 +89,67 @@ class VideoOptions:
     )
     shard: str = field(
         default="1/1",
-        metadata={"help": "I/N: stylise only the I-th of N consecutive parts of the frames; "
-                  "the run that completes them all writes the output"},
-    )  # fmt: skip
+        metadata={
+            "help": "I/N: stylise only the I-th of N consecutive parts of the frames; "
+            "the run that completes them all writes the output"
+        },
+    )
     overwrite: bool = field(
         default=False,
-        metadata={"help": "replace OUTPUT if it exists, and restart a frame cache that "
-                  "was made with other settings"},
-    )  # fmt: skip
+        metadata={
+            "help": "replace OUTPUT if it exists, and restart a frame cache that "
+            "was made with other settings"
+        },
+    )
     consistency: str = field(
         default="flow",
-        metadata={"help": "flow: temporally consistent (gatys: Ruder et al.'s temporal loss; "
-                  "adain: blend with the flow-warped previous frame); none: frames on their "
-                  "own", "choices": CONSISTENCY},
-    )  # fmt: skip
+        metadata={
+            "help": "flow: temporally consistent (gatys: Ruder et al.'s temporal loss; "
+            "adain: blend with the flow-warped previous frame); none: frames on their "
+            "own",
+            "choices": CONSISTENCY,
+        },
+    )
     blend: float = field(
         default=0.4,
-        metadata={"help": "feed-forward methods (adain): weight of the warped previous frame, "
-                  "0 to 0.95; higher is steadier but fades the style"},
-    )  # fmt: skip
+        metadata={
+            "help": "feed-forward methods (adain): weight of the warped previous frame, "
+            "0 to 0.95; higher is steadier but fades the style"
+        },
+    )
     temporal_weight: float = field(
         default=1000.0,
         metadata={"help": "gatys: weight of the temporal loss (Ruder et al. 2016)"},
     )
     flow: str = field(
         default="medium",
-        metadata={"help": "DIS optical flow preset",
-                  "choices": ("ultrafast", "fast", "medium")},
-    )  # fmt: skip
+        metadata={"help": "DIS optical flow preset", "choices": ("ultrafast", "fast", "medium")},
+    )
     warmup: int = field(
         default=4,
-        metadata={"help": "frames stylised (not kept) before a shard's first frame when the "
-                  "frame before it is not cached yet"},
-    )  # fmt: skip
+        metadata={
+            "help": "frames stylised (not kept) before a shard's first frame when the "
+            "frame before it is not cached yet"
+        },
+    )
     batch_size: int = field(
         default=8, metadata={"help": "frames per network pass, for methods that batch (adain)"}
     )
     fps: float | None = field(
         default=None,
-        metadata={"help": "frame rate for a folder of frames (default: 24); a video keeps "
-                  "its own"},
-    )  # fmt: skip
+        metadata={"help": "frame rate for a folder of frames (default: 24); a video keeps its own"},
+    )
     crf: int = field(
         default=18,
         metadata={"help": "quality of mp4/mov/mkv/webm output: 0 (best) to 51 (worst)"},
     )
     cache: str | None = field(
         default=None,
-        metadata={"help": "folder for the stylised frames (default: OUTPUT.frames beside a "
-                  "video output; the output folder itself)"},
-    )  # fmt: skip
+        metadata={
+            "help": "folder for the stylised frames (default: OUTPUT.frames beside a "
+            "video output; the output folder itself)"
+        },
+    )
     keep_frames: bool = field(
         default=False, metadata={"help": "keep the frame cache after the video is written"}
     )
@@ -169,8 +180,11 @@ class VideoOptions:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
                 raise bad(name, f"must be a number from {lo:g} to {hi:g}")
-        if self.fps is not None and (isinstance(self.fps, bool) or not isinstance(self.fps, (int, float))
-                                     or not 0.1 <= self.fps <= 1000):  # fmt: skip
+        if self.fps is not None and (
+            isinstance(self.fps, bool)
+            or not isinstance(self.fps, (int, float))
+            or not 0.1 <= self.fps <= 1000
+        ):
             raise bad("fps", "must be a number from 0.1 to 1000")
         if not 0 <= self.warmup <= 1000:
             raise bad("warmup", "must be from 0 to 1000")
@@ -288,8 +302,11 @@ def _open_container(path: Path):
     if not names & INPUT_DEMUXERS or not container.streams.video:
         container.close()
         f.close()
-        what = "has no video track" if names & INPUT_DEMUXERS else (
-            f"is {clip(container.format.long_name, 60)}, not a video artgen reads")  # fmt: skip
+        what = (
+            "has no video track"
+            if names & INPUT_DEMUXERS
+            else (f"is {clip(container.format.long_name, 60)}, not a video artgen reads")
+        )
         raise ArtgenError(f"{path}: {what} (mp4, mov, mkv, webm, gif or avi)")
     return container, f
 
@@ -301,8 +318,10 @@ def probe_video(source: str | os.PathLike, fps: float | None = None) -> VideoInf
     if not path.exists():
         raise ArtgenError(f"{path}: no such file or folder")
     if path.is_dir():
-        files = sorted((p for p in path.iterdir()
-                        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)  # fmt: skip
+        files = sorted(
+            (p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+            key=_natural_key,
+        )
         if not files:
             raise ArtgenError(
                 f"{path}: no image frames in this folder ({', '.join(IMAGE_SUFFIXES)})"
@@ -313,8 +332,9 @@ def probe_video(source: str | os.PathLike, fps: float | None = None) -> VideoInf
         rate = Fraction(fps if fps is not None else DEFAULT_FPS).limit_denominator(1001)
         return VideoInfo(path, "folder", len(files), rate, *first.size, files=tuple(files))
     if fps is not None:
-        raise ArtgenError(f"--fps {fps:g}: a video keeps its own frame rate; --fps is for a "
-                          "folder of frames")  # fmt: skip
+        raise ArtgenError(
+            f"--fps {fps:g}: a video keeps its own frame rate; --fps is for a folder of frames"
+        )
     if path.stat().st_size == 0:
         raise ArtgenError(f"{path}: empty file (0 bytes)")
     import av
@@ -324,11 +344,13 @@ def probe_video(source: str | os.PathLike, fps: float | None = None) -> VideoInf
         stream = container.streams.video[0]
         w, h = stream.codec_context.width, stream.codec_context.height
         if w * h > MAX_PIXELS:
-            raise ArtgenError(f"{path}: refused, {w}x{h} frames are {w * h:,} pixels (limit "
-                              f"{MAX_PIXELS:,})")  # fmt: skip
+            raise ArtgenError(
+                f"{path}: refused, {w}x{h} frames are {w * h:,} pixels (limit {MAX_PIXELS:,})"
+            )
         if w and h and min(w, h) < MIN_SIDE:
-            raise ArtgenError(f"{path}: frames too small ({w}x{h}); each side must be at least "
-                              f"{MIN_SIDE} px")  # fmt: skip
+            raise ArtgenError(
+                f"{path}: frames too small ({w}x{h}); each side must be at least {MIN_SIDE} px"
+            )
         stream.thread_type = "AUTO"
         times: list[float] = []
         try:
@@ -367,8 +389,10 @@ def read_frames(info: VideoInfo, first: int = 0) -> Iterator[tuple[int, Image.Im
         for k in range(first, info.frames):
             im = load_image(info.files[k]).rgb
             if im.size != (info.width, info.height):
-                raise ArtgenError(f"{info.files[k]}: is {im.width}x{im.height}, the first frame "
-                                  f"{info.width}x{info.height}; all frames must be one size")  # fmt: skip
+                raise ArtgenError(
+                    f"{info.files[k]}: is {im.width}x{im.height}, the first frame "
+                    f"{info.width}x{info.height}; all frames must be one size"
+                )
             yield k, im
         return
     import av
@@ -404,8 +428,10 @@ def output_kind(output: str | os.PathLike) -> str:
     if out.suffix.lower() in OUTPUT_FORMATS:
         return "file"
     if out.suffix.lower() in _NOT_OUTPUTS and not out.is_dir():
-        raise ArtgenError(f"{out}: unknown output type; give a file ending in "
-                          f"{', '.join(OUTPUT_FORMATS)}, or a folder for PNG frames")  # fmt: skip
+        raise ArtgenError(
+            f"{out}: unknown output type; give a file ending in "
+            f"{', '.join(OUTPUT_FORMATS)}, or a folder for PNG frames"
+        )
     return "folder"
 
 
@@ -426,8 +452,9 @@ def plan_video(
     src = info.path
     end = info.frames if video.end is None else video.end
     if video.start >= info.frames:
-        raise ArtgenError(f"--start {video.start}: {src} has {info.frames} frames (0 to "
-                          f"{info.frames - 1})")  # fmt: skip
+        raise ArtgenError(
+            f"--start {video.start}: {src} has {info.frames} frames (0 to {info.frames - 1})"
+        )
     if end > info.frames:
         raise ArtgenError(f"--end {end}: {src} has {info.frames} frames")
     i, n = video.shard_numbers()
@@ -448,8 +475,9 @@ def plan_video(
             raise ArtgenError(f"{out}: is a file; give a folder for PNG frames")
         cache = Path(video.cache) if video.cache else out
         if video.cache and not _same(cache, out):
-            raise ArtgenError(f"--cache {video.cache}: a folder output is its own cache; leave "
-                              "--cache out")  # fmt: skip
+            raise ArtgenError(
+                f"--cache {video.cache}: a folder output is its own cache; leave --cache out"
+            )
     if _same(cache, src) or (info.kind == "folder" and cache.resolve() == src.resolve()):
         raise ArtgenError(f"{cache}: is the input folder; choose another output or --cache")
     check_output_dir(cache)
@@ -497,8 +525,9 @@ def _prepare_cache(plan: VideoPlan, record: dict) -> dict:
             if not isinstance(old, dict) or not isinstance(old.get("video"), dict):
                 raise ValueError
         except (ValueError, OSError, RecursionError):
-            raise ArtgenError(f"{config}: not a record artgen video wrote; remove it, or choose "
-                              "another output") from None  # fmt: skip
+            raise ArtgenError(
+                f"{config}: not a record artgen video wrote; remove it, or choose another output"
+            ) from None
         if _cache_key(old) == _cache_key(record):
             record["resolved"] = (
                 old.get("resolved", {}) if isinstance(old.get("resolved"), dict) else {}
@@ -506,8 +535,9 @@ def _prepare_cache(plan: VideoPlan, record: dict) -> dict:
             _write_json(config, record)
             return record
         if not plan.video.overwrite:
-            diff = sorted(k for k in _cache_key(record)
-                          if _cache_key(old).get(k) != _cache_key(record).get(k))  # fmt: skip
+            diff = sorted(
+                k for k in _cache_key(record) if _cache_key(old).get(k) != _cache_key(record).get(k)
+            )
             raise ArtgenError(
                 f"{cache}: holds frames of another run ({', '.join(diff)} differ); pass "
                 "--overwrite to start again, or give another output or --cache"
@@ -515,8 +545,10 @@ def _prepare_cache(plan: VideoPlan, record: dict) -> dict:
         for k in have:
             frame_path(cache, k).unlink(missing_ok=True)
     elif have:
-        raise ArtgenError(f"{cache}: holds frame files that no artgen video run recorded; "
-                          "choose an empty or new folder")  # fmt: skip
+        raise ArtgenError(
+            f"{cache}: holds frame files that no artgen video run recorded; "
+            "choose an empty or new folder"
+        )
     _write_json(config, record)
     return record
 
@@ -585,8 +617,10 @@ def run_video(
     i, n = video.shard_numbers()
     claim = OutputClaim(plan.cache / f"shard-{plan.first}-{plan.last}")
     if not claim.acquire():
-        raise ArtgenError(f"{plan.cache}: another artgen run (pid {claim.owner()}) is making "
-                          f"frames {plan.first} to {plan.last - 1}")  # fmt: skip
+        raise ArtgenError(
+            f"{plan.cache}: another artgen run (pid {claim.owner()}) is making "
+            f"frames {plan.first} to {plan.last - 1}"
+        )
     total = plan.last - plan.first
     counts = {"stylised": 0, "cached": 0}
     try:
@@ -594,11 +628,28 @@ def run_video(
         todo = [k for k in range(plan.first, plan.last) if k not in have]
         counts["cached"] = total - len(todo)
         if on_frame and counts["cached"]:
-            on_frame(VideoProgress(plan.first, counts["cached"], total, "cached",
-                                   time.perf_counter() - t0))  # fmt: skip
+            on_frame(
+                VideoProgress(
+                    plan.first, counts["cached"], total, "cached", time.perf_counter() - t0
+                )
+            )
         if todo:
-            _stylise_frames(plan, todo[0], have, style_items, options, record, method, model,
-                            device, counts, total, t0, on_frame, callback)  # fmt: skip
+            _stylise_frames(
+                plan,
+                todo[0],
+                have,
+                style_items,
+                options,
+                record,
+                method,
+                model,
+                device,
+                counts,
+                total,
+                t0,
+                on_frame,
+                callback,
+            )
     finally:
         claim.release()
     have = cached_frames(plan.cache)
@@ -613,13 +664,36 @@ def run_video(
         written = plan.output
         if not video.keep_frames:
             _remove_cache(plan.cache)
-    return VideoResult(written, plan.end - plan.start, counts["stylised"], counts["cached"],
-                       missing, plan.info.fps, plan.size, audio, plan.cache,
-                       time.perf_counter() - t0)  # fmt: skip
+    return VideoResult(
+        written,
+        plan.end - plan.start,
+        counts["stylised"],
+        counts["cached"],
+        missing,
+        plan.info.fps,
+        plan.size,
+        audio,
+        plan.cache,
+        time.perf_counter() - t0,
+    )
 
 
-def _stylise_frames(plan, first_todo, have, style_items, options, record, method, model, device,
-                    counts, total, t0, on_frame, callback) -> None:  # fmt: skip
+def _stylise_frames(
+    plan,
+    first_todo,
+    have,
+    style_items,
+    options,
+    record,
+    method,
+    model,
+    device,
+    counts,
+    total,
+    t0,
+    on_frame,
+    callback,
+) -> None:
     """The frame loop: decode from where the chain starts, stylise what is not cached."""
     import torch
 
@@ -659,21 +733,32 @@ def _stylise_frames(plan, first_todo, have, style_items, options, record, method
             status = "warmup"
         prev_out, prev_in = _as_array(im), inp  # the 8-bit frame: a resumed run sees the same
         if on_frame:
-            on_frame(VideoProgress(k, counts["stylised"] + counts["cached"], total, status,
-                                   time.perf_counter() - t0))  # fmt: skip
+            on_frame(
+                VideoProgress(
+                    k,
+                    counts["stylised"] + counts["cached"],
+                    total,
+                    status,
+                    time.perf_counter() - t0,
+                )
+            )
 
     def flush() -> None:
         if not pending:
             return
         contents = [c for _, c, _ in pending]
         if len(contents) > 1:
-            raws = method.stylize_many(contents, style_items, options, model=model, device=device,
-                                       callback=callback)  # fmt: skip
+            raws = method.stylize_many(
+                contents, style_items, options, model=model, device=device, callback=callback
+            )
         elif guided is not None and consistent and prev_out is not None:
             raws = [None]
         else:
-            raws = [method.stylize(contents[0], style_items, options, model=model, device=device,
-                                   callback=callback)]  # fmt: skip
+            raws = [
+                method.stylize(
+                    contents[0], style_items, options, model=model, device=device, callback=callback
+                )
+            ]
         for (k, content, inp), raw in zip(pending, raws, strict=True):
             if raw is None:  # Ruder et al.: start from the warped result, temporal loss
                 pair = temporal.frame_pair(inp, prev_in, video.flow)
@@ -689,8 +774,16 @@ def _stylise_frames(plan, first_todo, have, style_items, options, record, method
                         m = torch.nn.functional.interpolate(m, size=y.shape[-2:], mode="nearest")
                     return weight * temporal.temporal_loss(y, t, m)
 
-                image = guided(content, style_items, options, model=model, device=device,
-                               callback=callback, init=target, extra_loss=extra)  # fmt: skip
+                image = guided(
+                    content,
+                    style_items,
+                    options,
+                    model=model,
+                    device=device,
+                    callback=callback,
+                    init=target,
+                    extra_loss=extra,
+                )
                 keep(k, _as_array(image), image.info, inp)
                 continue
             out = _as_array(raw)
@@ -729,8 +822,10 @@ def _check_resolved(plan: VideoPlan, record: dict, resolved: dict) -> None:
     stored = record.setdefault("resolved", {})
     for key, value in resolved.items():
         if key in stored and stored[key] != value:
-            raise ArtgenError(f"{plan.cache}: its frames were made with {key} {stored[key]}, this "
-                              f"run has {value}; pass --{key.replace('_', '-')} {stored[key]}")  # fmt: skip
+            raise ArtgenError(
+                f"{plan.cache}: its frames were made with {key} {stored[key]}, this "
+                f"run has {value}; pass --{key.replace('_', '-')} {stored[key]}"
+            )
     if any(key not in stored for key in resolved):
         stored.update(resolved)
         _write_json(plan.cache / CONFIG_NAME, record)
@@ -740,8 +835,10 @@ def _with_resolved(record: dict) -> dict:
     """The record with the method's resolved choices ('auto' -> the backbone used) filled in,
     as a picture's parameters record them."""
     resolved = record.get("resolved") or {}
-    return {**{k: v for k, v in record.items() if k != "resolved"},
-            "options": {**record["options"], **resolved}}  # fmt: skip
+    return {
+        **{k: v for k, v in record.items() if k != "resolved"},
+        "options": {**record["options"], **resolved},
+    }
 
 
 # ------------------------------------------------------------------------------ encoding
@@ -784,8 +881,11 @@ def _audio_packets(plan: VideoPlan, out_container, fmt: str):
                     pk.stream = oa
                     yield t - shift, pk
             else:
-                rs = av.AudioResampler(format=oa.codec_context.format, layout=oa.codec_context.layout,
-                                       rate=oa.codec_context.sample_rate)  # fmt: skip
+                rs = av.AudioResampler(
+                    format=oa.codec_context.format,
+                    layout=oa.codec_context.layout,
+                    rate=oa.codec_context.sample_rate,
+                )
                 for fr in container.decode(ia):
                     t = float(fr.time) if fr.time is not None else 0.0
                     if (shift and t < shift) or t >= stop:
@@ -813,8 +913,10 @@ def _encode(plan: VideoPlan, record: dict, on_frame, t0: float) -> str:
     became of the audio."""
     out = plan.output
     frames = [frame_path(plan.cache, k) for k in range(plan.start, plan.end)]
-    params = {**_with_resolved(record),
-              "video": {**record["video"], "start": plan.start, "end": plan.end}}  # fmt: skip
+    params = {
+        **_with_resolved(record),
+        "video": {**record["video"], "start": plan.start, "end": plan.end},
+    }
     claim = OutputClaim(out)
     if not claim.acquire():
         raise ArtgenError(f"{out}: another artgen run (pid {claim.owner()}) is writing it")
@@ -825,8 +927,9 @@ def _encode(plan: VideoPlan, record: dict, on_frame, t0: float) -> str:
 
         def report(i: int) -> None:
             if on_frame:
-                on_frame(VideoProgress(plan.start + i, i + 1, total, "encoded",
-                                       time.perf_counter() - t0))  # fmt: skip
+                on_frame(
+                    VideoProgress(plan.start + i, i + 1, total, "encoded", time.perf_counter() - t0)
+                )
 
         with atomic_output(out, overwrite=plan.video.overwrite) as tmp:
             if fmt == "gif":
@@ -848,12 +951,19 @@ def _write_gif(tmp: Path, frames: list[Path], fps: Fraction, report) -> None:
     report(0)
     with open(tmp, "wb") as f:
         # GIF delays are in 1/100 s: the frame rate is kept to that precision.
-        first.save(f, format="GIF", save_all=True, append_images=rest(),
-                   duration=max(20, round(1000 / float(fps))), loop=0)  # fmt: skip
+        first.save(
+            f,
+            format="GIF",
+            save_all=True,
+            append_images=rest(),
+            duration=max(20, round(1000 / float(fps))),
+            loop=0,
+        )
 
 
-def _write_video(tmp: Path, fmt: str, codec: str, frames: list[Path], plan: VideoPlan,
-                 params: dict, report) -> str:  # fmt: skip
+def _write_video(
+    tmp: Path, fmt: str, codec: str, frames: list[Path], plan: VideoPlan, params: dict, report
+) -> str:
     import av
 
     w, h = plan.size
@@ -875,8 +985,10 @@ def _write_video(tmp: Path, fmt: str, codec: str, frames: list[Path], plan: Vide
             for i, p in enumerate(frames):
                 arr = np.asarray(load_image(p).rgb)
                 if arr.shape[:2] != (h, w):
-                    raise ArtgenError(f"{p}: is {arr.shape[1]}x{arr.shape[0]}, not {w}x{h}; "
-                                      "remove it to make it again")  # fmt: skip
+                    raise ArtgenError(
+                        f"{p}: is {arr.shape[1]}x{arr.shape[0]}, not {w}x{h}; "
+                        "remove it to make it again"
+                    )
                 vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
                 vf.pts = i
                 for pk in stream.encode(vf):
@@ -934,15 +1046,19 @@ def stylize_video(
     """
     from artgen.style import DEFAULT_METHOD, get_method
 
-    m = get_method(method) if method else (method_of(options) if options is not None
-                                           else get_method(DEFAULT_METHOD))  # fmt: skip
+    m = (
+        get_method(method)
+        if method
+        else (method_of(options) if options is not None else get_method(DEFAULT_METHOD))
+    )
     if options is None:
         options = m.options()
     if overrides:
         options = m.options.from_dict({**options.to_dict(), **overrides})
     plan = plan_video(source, output, options, video)
-    return run_video(plan, styles, options, model=model, device=device, on_frame=on_frame,
-                     callback=callback)  # fmt: skip
+    return run_video(
+        plan, styles, options, model=model, device=device, on_frame=on_frame, callback=callback
+    )
 
 
 # ------------------------------------------------------------------------------ info
@@ -954,8 +1070,10 @@ def read_video_params(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise ArtgenError(f"{path}: no such file")
     if path.suffix.lower() == ".gif":
-        raise ArtgenError(f"{path}: a GIF holds no artgen parameters (a frame cache, kept with "
-                          "--keep-frames, does)")  # fmt: skip
+        raise ArtgenError(
+            f"{path}: a GIF holds no artgen parameters (a frame cache, kept with "
+            "--keep-frames, does)"
+        )
     container, f = _open_container(path)
     try:
         meta = {k.lower(): v for k, v in container.metadata.items()}
@@ -985,14 +1103,21 @@ def video_command(params: dict) -> str:
     parts[1] = "video"
     defaults = VideoOptions()
     try:
-        given = VideoOptions(**{k: v[k] for k in _PIXEL_SETTINGS if k in v},
-                             start=v.get("start", 0), end=v.get("end"))  # fmt: skip
+        given = VideoOptions(
+            **{k: v[k] for k in _PIXEL_SETTINGS if k in v},
+            start=v.get("start", 0),
+            end=v.get("end"),
+        )
     except (TypeError, ArtgenError) as e:
         raise ArtgenError(f"its video settings do not fit ({clip(e, 120)})") from None
     for name in (*_PIXEL_SETTINGS, "start"):
         if getattr(given, name) != getattr(defaults, name):
-            parts += [f"--{name.replace('_', '-')}", f"{getattr(given, name):g}"
-                      if isinstance(getattr(given, name), float) else str(getattr(given, name))]  # fmt: skip
+            parts += [
+                f"--{name.replace('_', '-')}",
+                f"{getattr(given, name):g}"
+                if isinstance(getattr(given, name), float)
+                else str(getattr(given, name)),
+            ]
     if given.end is not None and given.end != v.get("frames"):
         parts += ["--end", str(given.end)]
     if v.get("input") == "folder" and isinstance(v.get("fps"), str):
@@ -1012,8 +1137,10 @@ def describe_video_params(params: dict) -> list[str]:
     """Lines for `artgen info` about a video artgen wrote (or one of its frames)."""
     m, options = validate_params({k: v for k, v in params.items() if k != "video"})
     v = params["video"]
-    lines = [f"  input:   {clip(params['content']['file'])} ({clip(v.get('input'), 10)}, "
-             f"{clip(v.get('frames'), 10)} frames at {clip(v.get('fps'), 16)} fps)"]  # fmt: skip
+    lines = [
+        f"  input:   {clip(params['content']['file'])} ({clip(v.get('input'), 10)}, "
+        f"{clip(v.get('frames'), 10)} frames at {clip(v.get('fps'), 16)} fps)"
+    ]
     for s in params["styles"]:
         lines.append(f"  style:   {clip(s['file'])}  weight {s['weight']:g}")
     lines.append(f"  method:  {m.name}; consistency {clip(v.get('consistency'), 10)}")

@@ -287,8 +287,10 @@ def save_adain_folder(model: torch.nn.Module, folder: Path, *, half: bool = Fals
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    sd = {k: (v.half() if half else v).detach().cpu().contiguous() for k, v in
-          model.decoder.state_dict().items()}  # fmt: skip
+    sd = {
+        k: (v.half() if half else v).detach().cpu().contiguous()
+        for k, v in model.decoder.state_dict().items()
+    }
     tmp = folder / ".decoder.safetensors.tmp"
     save_file(sd, str(tmp), metadata={"format": "pt"})
     umask = os.umask(0)
@@ -309,8 +311,10 @@ def _check_recorded_hash(path: Path) -> None:
     if expected is None and record.is_file():
         expected = record.read_text().strip()
     if expected and not sha256_file(path).startswith(expected):
-        raise ArtgenError(f"{path}: corrupt (sha256 does not match {expected[:16]}...); "
-                          f"delete it and {_adain_fix()}")  # fmt: skip
+        raise ArtgenError(
+            f"{path}: corrupt (sha256 does not match {expected[:16]}...); "
+            f"delete it and {_adain_fix()}"
+        )
 
 
 def fetch_adain(

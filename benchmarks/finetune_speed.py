@@ -34,16 +34,20 @@ import torch
 def _unet_config(size: int) -> dict:
     if size <= 64:  # google/ddpm-cifar10-32's architecture
         return dict(
-            sample_size=size, block_out_channels=(128, 256, 256, 256), layers_per_block=2,
+            sample_size=size,
+            block_out_channels=(128, 256, 256, 256),
+            layers_per_block=2,
             down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
             up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-        )  # fmt: skip
+        )
     # google/ddpm-ema-church-256's six levels, attention at 1/16 of the size
     return dict(
-        sample_size=size, block_out_channels=(128, 128, 256, 256, 512, 512), layers_per_block=2,
+        sample_size=size,
+        block_out_channels=(128, 128, 256, 256, 512, 512),
+        layers_per_block=2,
         down_block_types=("DownBlock2D",) * 4 + ("AttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "AttnUpBlock2D") + ("UpBlock2D",) * 4,
-    )  # fmt: skip
+    )
 
 
 def _base(size: int, folder: Path) -> Path:
@@ -94,10 +98,18 @@ def run_artgen(size: int, method: str, steps: int, device: str, warmup: int = 3)
         base, images = _base(size, tmp / "base"), _images(tmp / "images", size)
         times: list[float] = []
         opts = DiffusionFinetuneOptions(
-            base=str(base), images=str(images), out=str(tmp / "run"), method=method,
-            steps=steps + warmup, batch_size=_batch(size), sample_every=10**9,
-            checkpoint_every=10**9, num_samples=1, sample_steps=1, device=str(dev),
-        )  # fmt: skip
+            base=str(base),
+            images=str(images),
+            out=str(tmp / "run"),
+            method=method,
+            steps=steps + warmup,
+            batch_size=_batch(size),
+            sample_every=10**9,
+            checkpoint_every=10**9,
+            num_samples=1,
+            sample_steps=1,
+            device=str(dev),
+        )
 
         def cb(p):
             if dev.type == "cuda":
@@ -160,8 +172,13 @@ def _in_fresh_process(fn, *args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--sizes", type=int, nargs="+", default=None,
-                    help="default: 32 64 on CPU, 32 64 256 512 on GPU")  # fmt: skip
+    ap.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=None,
+        help="default: 32 64 on CPU, 32 64 256 512 on GPU",
+    )
     ap.add_argument("--methods", nargs="+", default=["full", "lora"])
     ap.add_argument("--steps", type=int, default=None, help="timed steps (5 CPU, 50 GPU)")
     ap.add_argument("--rounds", type=int, default=3)
@@ -174,10 +191,14 @@ def main() -> None:
     sizes = args.sizes or ([32, 64, 256, 512] if gpu else [32, 64])
     steps = args.steps or (50 if gpu else 5)
     name = torch.cuda.get_device_name(dev) if gpu else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"device: {name}; torch {torch.__version__}; {steps} timed steps after 3 warm-up; "
-          f"median of {args.rounds} alternating rounds\n")  # fmt: skip
-    print(f"{'size':>5s} {'batch':>5s} {'method':>6s} {'artgen it/s':>12s} {'ref it/s':>9s} "
-          f"{'ratio':>6s} {'artgen MiB':>11s} {'ref MiB':>8s}")  # fmt: skip
+    print(
+        f"device: {name}; torch {torch.__version__}; {steps} timed steps after 3 warm-up; "
+        f"median of {args.rounds} alternating rounds\n"
+    )
+    print(
+        f"{'size':>5s} {'batch':>5s} {'method':>6s} {'artgen it/s':>12s} {'ref it/s':>9s} "
+        f"{'ratio':>6s} {'artgen MiB':>11s} {'ref MiB':>8s}"
+    )
     rows = []
     for size in sizes:
         for method in args.methods:
@@ -188,9 +209,11 @@ def main() -> None:
             a = sorted(a_runs, key=lambda d: d["its"])[len(a_runs) // 2]
             r = sorted(r_runs, key=lambda d: d["its"])[len(r_runs) // 2]
             rows.append({"size": size, "method": method, "artgen": a, "reference": r})
-            print(f"{size:5d} {_batch(size):5d} {method:>6s} {a['its']:12.2f} {r['its']:9.2f} "
-                  f"{a['its'] / r['its']:6.2f} {a['peak_mib']:11.0f} {r['peak_mib']:8.0f}",
-                  flush=True)  # fmt: skip
+            print(
+                f"{size:5d} {_batch(size):5d} {method:>6s} {a['its']:12.2f} {r['its']:9.2f} "
+                f"{a['its'] / r['its']:6.2f} {a['peak_mib']:11.0f} {r['peak_mib']:8.0f}",
+                flush=True,
+            )
     if args.json:
         Path(args.json).write_text(json.dumps({"device": name, "rows": rows}, indent=2))
 

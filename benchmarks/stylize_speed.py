@@ -61,7 +61,7 @@ def _peak(device: torch.device) -> float:
 
 def run_artgen(backbone: str, size: int, iters: int, device: str, warmup: int = 3) -> dict:
     import artgen
-    from artgen.style.gatys import resolve_device
+    from artgen.devices import resolve_device
 
     dev = resolve_device(device)
     ext, note = _extractor(backbone, dev)
@@ -73,17 +73,24 @@ def run_artgen(backbone: str, size: int, iters: int, device: str, warmup: int = 
         stamps.append(time.perf_counter())
 
     artgen.stylize(
-        _content(size), _content(size), extractor=ext, device=dev, size=size, min_size=size,
-        iterations=iters + warmup, callback=cb, backbone=backbone,
-    )  # fmt: skip
+        _content(size),
+        _content(size),
+        extractor=ext,
+        device=dev,
+        size=size,
+        min_size=size,
+        iterations=iters + warmup,
+        callback=cb,
+        backbone=backbone,
+    )
     its = iters / (stamps[-1] - stamps[warmup - 1])
     return {"its": its, "peak_mib": _peak(dev), "weights": note}
 
 
 def run_reference(backbone: str, size: int, iters: int, device: str, warmup: int = 3) -> dict:
     """Plain Gatys: fp32, contiguous, un-fused backbone, MSE on features and Grams, Adam."""
+    from artgen.devices import resolve_device
     from artgen.images import to_tensor
-    from artgen.style.gatys import resolve_device
 
     dev = resolve_device(device)
     ext, note = _extractor(backbone, dev, fold_bn=False)
@@ -134,15 +141,21 @@ def run_reference(backbone: str, size: int, iters: int, device: str, warmup: int
 
 def run_end_to_end(backbone: str, size: int, iters: int, device: str, multiscale: bool) -> dict:
     import artgen
-    from artgen.style.gatys import resolve_device
+    from artgen.devices import resolve_device
 
     dev = resolve_device(device)
     ext, note = _extractor(backbone, dev)
     t0 = time.perf_counter()
     artgen.stylize(
-        _content(size), _content(size), extractor=ext, device=dev, size=size,
-        min_size=128 if multiscale else size, iterations=iters, backbone=backbone,
-    )  # fmt: skip
+        _content(size),
+        _content(size),
+        extractor=ext,
+        device=dev,
+        size=size,
+        min_size=128 if multiscale else size,
+        iterations=iters,
+        backbone=backbone,
+    )
     if dev.type == "cuda":
         torch.cuda.synchronize()
     return {"seconds": time.perf_counter() - t0, "peak_mib": _peak(dev), "weights": note}
@@ -178,7 +191,7 @@ def main() -> None:
     )
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
-    from artgen.style.gatys import resolve_device
+    from artgen.devices import resolve_device
 
     dev = resolve_device(args.device)
     iters = args.iters or (50 if dev.type == "cuda" else 10)
@@ -193,8 +206,10 @@ def main() -> None:
         f"median of {args.rounds} alternating rounds\n"
     )
     rows = []
-    print(f"{'backbone':20s} {'size':>5s} {'artgen it/s':>12s} {'ref it/s':>9s} {'ratio':>6s} "
-          f"{'artgen MiB':>11s} {'ref MiB':>8s}  weights")  # fmt: skip
+    print(
+        f"{'backbone':20s} {'size':>5s} {'artgen it/s':>12s} {'ref it/s':>9s} {'ratio':>6s} "
+        f"{'artgen MiB':>11s} {'ref MiB':>8s}  weights"
+    )
     for bb in args.backbones:
         for size in args.sizes:
             # Alternate the two, each in a fresh process, and keep the medians: these
@@ -205,16 +220,21 @@ def main() -> None:
                 runs_r.append(_in_fresh_process(run_reference, bb, size, iters, args.device))
             a, r = _median(runs_a), _median(runs_r)
             rows.append({"backbone": bb, "size": size, "artgen": a, "reference": r})
-            print(f"{bb:20s} {size:5d} {a['its']:12.2f} {r['its']:9.2f} {a['its'] / r['its']:6.2f} "
-                  f"{a['peak_mib']:11.0f} {r['peak_mib']:8.0f}  {a['weights']}", flush=True)  # fmt: skip
+            print(
+                f"{bb:20s} {size:5d} {a['its']:12.2f} {r['its']:9.2f} {a['its'] / r['its']:6.2f} "
+                f"{a['peak_mib']:11.0f} {r['peak_mib']:8.0f}  {a['weights']}",
+                flush=True,
+            )
     size = max(args.sizes)
     print(f"\nwhole run at {size} px, {e2e_iters} steps per scale (efficientnet-lite0):")
     ms = _in_fresh_process(run_end_to_end, "efficientnet-lite0", size, e2e_iters, args.device, True)
     ss = _in_fresh_process(
         run_end_to_end, "efficientnet-lite0", size, e2e_iters, args.device, False
     )
-    print(f"  coarse-to-fine 128..{size}: {ms['seconds']:.1f} s; one scale at {size}: {ss['seconds']:.1f} s "
-          f"(ratio {ms['seconds'] / ss['seconds']:.2f}: the extra coarse scales cost this much more)")  # fmt: skip
+    print(
+        f"  coarse-to-fine 128..{size}: {ms['seconds']:.1f} s; one scale at {size}: {ss['seconds']:.1f} s "
+        f"(ratio {ms['seconds'] / ss['seconds']:.2f}: the extra coarse scales cost this much more)"
+    )
     rows.append({"end_to_end": {"multiscale": ms, "single": ss, "size": size, "iters": e2e_iters}})
     if args.json:
         with open(args.json, "w") as f:

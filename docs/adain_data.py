@@ -38,15 +38,22 @@ SKIMAGE_PHOTOS = {  # licence lines from skimage/data/_fetchers.py
 DEBIAN_PHOTOS = [
     ("mate-backgrounds", "GPL-2+", "/usr/share/backgrounds/mate/nature/*.jpg"),
     ("mate-backgrounds", "GPL-2+", "/usr/share/backgrounds/mate/desktop/GreenTraditional.jpg"),
-    ("plasma-workspace-wallpapers", "GPL-2+",
-     "/usr/share/wallpapers/{Autumn,BytheWater,ColdRipple,ColorfulCups,DarkestHour,EveningGlow,"
-     "FallenLeaf,Kite,OneStandsOut,Path,SafeLanding,summer_1am}/contents/images/*.jpg"),
+    (
+        "plasma-workspace-wallpapers",
+        "GPL-2+",
+        "/usr/share/wallpapers/{Autumn,BytheWater,ColdRipple,ColorfulCups,DarkestHour,EveningGlow,"
+        "FallenLeaf,Kite,OneStandsOut,Path,SafeLanding,summer_1am}/contents/images/*.jpg",
+    ),
     ("ukui-wallpapers", "CC-BY-SA-3.0", "/usr/share/backgrounds/*.jpg"),
-]  # fmt: skip
+]
 DEBIAN_STYLES = [
-    ("mate-backgrounds", "GPL-2+", "/usr/share/backgrounds/mate/abstract/{Flow,Gulp,Silk,Spring,Waves,Elephants}.*"),
+    (
+        "mate-backgrounds",
+        "GPL-2+",
+        "/usr/share/backgrounds/mate/abstract/{Flow,Gulp,Silk,Spring,Waves,Elephants}.*",
+    ),
     ("mypaint-data-extras", "GPL-2+", "/usr/share/mypaint/backgrounds/*/*.png"),
-]  # fmt: skip
+]
 SHARED_PAINTINGS = {
     "starry_night.jpg": "Vincent van Gogh, The Starry Night (1889), public domain",
     "shipwreck.jpg": "J. M. W. Turner, The Shipwreck (1805), public domain",
@@ -83,9 +90,12 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="", help="folder for content/, styles/ and manifest.json")
     ap.add_argument("--shared", default=str(ROOT.parent / "shared" / "images"))
-    ap.add_argument("--artist-out", default="",
-                    help="also write the artist set of docs/adain.md: 6 crops of the held-out "
-                    "red-chalk drawing (woman_in_peasant_dress), as an artist's 'my_art/'")  # fmt: skip
+    ap.add_argument(
+        "--artist-out",
+        default="",
+        help="also write the artist set of docs/adain.md: 6 crops of the held-out "
+        "red-chalk drawing (woman_in_peasant_dress), as an artist's 'my_art/'",
+    )
     args = ap.parse_args()
     if args.artist_out:
         art = Path(args.artist_out)
@@ -107,8 +117,10 @@ def main() -> int:
     manifest: list[dict] = []
 
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d",
-                        tmp, SKIMAGE], check=True)  # fmt: skip
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", tmp, SKIMAGE],
+            check=True,
+        )
         wheel = zipfile.ZipFile(glob.glob(f"{tmp}/*.whl")[0])
         for name, licence in SKIMAGE_PHOTOS.items():
             with wheel.open(f"skimage/data/{name}") as f:
@@ -116,8 +128,14 @@ def main() -> int:
                 im.load()
             dest = f"skimage-{Path(name).stem}.jpg"
             save(im, out / "content" / dest)
-            manifest.append({"file": f"content/{dest}", "package": f"PyPI {SKIMAGE}",
-                             "path": f"skimage/data/{name}", "licence": licence})  # fmt: skip
+            manifest.append(
+                {
+                    "file": f"content/{dest}",
+                    "package": f"PyPI {SKIMAGE}",
+                    "path": f"skimage/data/{name}",
+                    "licence": licence,
+                }
+            )
 
     for package, licence, pattern in DEBIAN_PHOTOS:
         seen = set()
@@ -129,22 +147,40 @@ def main() -> int:
                 continue
             seen.add(dest)
             save(Image.open(p), out / "content" / dest)
-            manifest.append({"file": f"content/{dest}", "package": f"Debian {package}",
-                             "path": p, "licence": licence})  # fmt: skip
+            manifest.append(
+                {
+                    "file": f"content/{dest}",
+                    "package": f"Debian {package}",
+                    "path": p,
+                    "licence": licence,
+                }
+            )
 
     for package, licence, pattern in DEBIAN_STYLES:
         for p in expand(pattern):
             dest = f"{package.split('-')[0]}-{Path(p).stem.replace(' ', '_')}.jpg"
             save(Image.open(p), out / "styles" / dest, 768)
-            manifest.append({"file": f"styles/{dest}", "package": f"Debian {package}",
-                             "path": p, "licence": licence})  # fmt: skip
+            manifest.append(
+                {
+                    "file": f"styles/{dest}",
+                    "package": f"Debian {package}",
+                    "path": p,
+                    "licence": licence,
+                }
+            )
 
     shared = Path(args.shared)
     for name, what in SHARED_PAINTINGS.items():
         dest = f"painting-{Path(name).stem}.jpg"
         save(Image.open(shared / name), out / "styles" / dest, 768)
-        manifest.append({"file": f"styles/{dest}", "package": "shared/images (project data)",
-                         "path": name, "licence": what})  # fmt: skip
+        manifest.append(
+            {
+                "file": f"styles/{dest}",
+                "package": "shared/images (project data)",
+                "path": name,
+                "licence": what,
+            }
+        )
 
     spec = importlib.util.spec_from_file_location("make_styles", ROOT / "styles" / "make_styles.py")
     ms = importlib.util.module_from_spec(spec)
@@ -157,9 +193,14 @@ def main() -> int:
                 im = recolour(im, rng)
             dest = f"generated-{kind}-{seed}.jpg"
             save(im, out / "styles" / dest)
-            manifest.append({"file": f"styles/{dest}", "package": "styles/make_styles.py",
-                             "path": f"{kind}(seed={seed})" + (", recoloured" if seed % 3 else ""),
-                             "licence": "CC0-1.0 (this project)"})  # fmt: skip
+            manifest.append(
+                {
+                    "file": f"styles/{dest}",
+                    "package": "styles/make_styles.py",
+                    "path": f"{kind}(seed={seed})" + (", recoloured" if seed % 3 else ""),
+                    "licence": "CC0-1.0 (this project)",
+                }
+            )
 
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     n_c = sum(m["file"].startswith("content/") for m in manifest)

@@ -134,8 +134,11 @@ def plot_log(log_path: Path, out: Path, style_weight: float) -> None:
         "total": ([r["step"] for r in rows], [r["loss"] for r in rows], (0, 0, 0)),
         "content": ([r["step"] for r in rows], [r["content"] for r in rows], (30, 90, 200)),
         f"style x {style_weight:g}": (
-            [r["step"] for r in rows], [r["style"] * style_weight for r in rows], (200, 60, 30)),
-    }  # fmt: skip
+            [r["step"] for r in rows],
+            [r["style"] * style_weight for r in rows],
+            (200, 60, 30),
+        ),
+    }
 
     def smooth(v: list[float], k: int = 10) -> list[float]:
         return [statistics.mean(v[max(0, i - k) : i + 1]) for i in range(len(v))]
@@ -153,8 +156,10 @@ def plot_log(log_path: Path, out: Path, style_weight: float) -> None:
         x = m + frac * (W - m - 10)
         d.text((x - 10, H - m + 6), f"{xmax * frac:.0f}", fill="black")
     for i, (name, (xs, ys, col)) in enumerate(series.items()):
-        pts = [(m + x / xmax * (W - m - 10), H - m - y / ymax * (H - m - 10))
-               for x, y in zip(xs, smooth(ys), strict=True)]  # fmt: skip
+        pts = [
+            (m + x / xmax * (W - m - 10), H - m - y / ymax * (H - m - 10))
+            for x, y in zip(xs, smooth(ys), strict=True)
+        ]
         d.line(pts, fill=col, width=2)
         d.text((W - 170, 14 + 14 * i), name, fill=col)
     d.text((W // 2 - 60, H - 18), "training step", fill="black")
@@ -176,8 +181,11 @@ def main() -> int:
     torch.set_num_threads(2)
     if args.train_run:
         cfg = json.loads((Path(args.train_run) / "config.json").read_text())
-        plot_log(Path(args.train_run) / "log.jsonl", DOCS / "images" / "adain_loss.png",
-                 cfg["style_weight"])  # fmt: skip
+        plot_log(
+            Path(args.train_run) / "log.jsonl",
+            DOCS / "images" / "adain_loss.png",
+            cfg["style_weight"],
+        )
     photos, styles = pairs(Path(args.shared))
     judge = Judge()
     gatys_model = artgen.get_method("gatys").load(
@@ -192,8 +200,14 @@ def main() -> int:
         for sname, spath in styles.items():
             style = load_image(spath).rgb
             t0 = time.perf_counter()
-            g = artgen.stylize(photo, style, model=gatys_model, size=args.size,
-                               iterations=args.gatys_iterations, backbone="efficientnet-lite0")  # fmt: skip
+            g = artgen.stylize(
+                photo,
+                style,
+                model=gatys_model,
+                size=args.size,
+                iterations=args.gatys_iterations,
+                backbone="efficientnet-lite0",
+            )
             tg = time.perf_counter() - t0
             t0 = time.perf_counter()
             a = artgen.stylize(photo, style, method="adain", model=fast, size=args.size)
@@ -202,22 +216,42 @@ def main() -> int:
             row = {"photo": pname, "style": sname, "seconds_gatys": tg, "seconds_fast": ta}
             outs = {"gatys": g, "fast": a}
             if artist is not None and sname == args.artist_style:
-                outs["fast+artist"] = artgen.stylize(photo, style, method="adain", model=artist,
-                                                     size=args.size)  # fmt: skip
+                outs["fast+artist"] = artgen.stylize(
+                    photo, style, method="adain", model=artist, size=args.size
+                )
             for k, im in outs.items():
                 row[f"{k}_content"] = judge.content_loss(im, photo)
                 row[f"{k}_style_ratio"] = judge.style_distance(im, style) / d0
                 row[f"{k}_edges"] = edge_correlation(im, photo)
             results["pairs"].append(row)
-            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
-                  flush=True)  # fmt: skip
-            if (pname, sname) in {("chelsea", "mondrian"), ("tubingen", "swirls"),
-                                  ("golden_gate", args.artist_style), ("coffee", "waves")}:  # fmt: skip
-                sheet_rows.append([("photo", photo), ("style (held out)", style), ("Gatys", g),
-                                   ("fast (shipped)", a)])  # fmt: skip
+            print(
+                json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
+                flush=True,
+            )
+            if (pname, sname) in {
+                ("chelsea", "mondrian"),
+                ("tubingen", "swirls"),
+                ("golden_gate", args.artist_style),
+                ("coffee", "waves"),
+            }:
+                sheet_rows.append(
+                    [
+                        ("photo", photo),
+                        ("style (held out)", style),
+                        ("Gatys", g),
+                        ("fast (shipped)", a),
+                    ]
+                )
             if "fast+artist" in outs:
-                artist_rows.append([("photo", photo), ("artist's style", style), ("Gatys", g),
-                                    ("fast (shipped)", a), ("fast + artist fine-tune", outs["fast+artist"])])  # fmt: skip
+                artist_rows.append(
+                    [
+                        ("photo", photo),
+                        ("artist's style", style),
+                        ("Gatys", g),
+                        ("fast (shipped)", a),
+                        ("fast + artist fine-tune", outs["fast+artist"]),
+                    ]
+                )
     rows = results["pairs"]
     summary = {}
     for k in ("gatys", "fast"):
@@ -243,18 +277,31 @@ def main() -> int:
         curves = {}
         for init in ("content", "fast"):
             losses: list[float] = []
-            artgen.stylize(photo, style, model=gatys_model, size=args.size, init=init,
-                           iterations=args.gatys_iterations, backbone="efficientnet-lite0",
-                           callback=lambda p, losses=losses: losses.append(p.loss))  # fmt: skip
+            artgen.stylize(
+                photo,
+                style,
+                model=gatys_model,
+                size=args.size,
+                init=init,
+                iterations=args.gatys_iterations,
+                backbone="efficientnet-lite0",
+                callback=lambda p, losses=losses: losses.append(p.loss),
+            )
             curves[init] = losses
         final = curves["content"][-1]
         last_scale = curves["fast"][-args.gatys_iterations :]
         reach = next((i + 1 for i, v in enumerate(last_scale) if v <= final), None)
-        init_rows.append({"photo": pname, "style": sname, "final_content_init": final,
-                          "final_fast_init": curves["fast"][-1],
-                          "first_scale_end_content": curves["content"][args.gatys_iterations - 1],
-                          "first_scale_end_fast": curves["fast"][args.gatys_iterations - 1],
-                          "fast_reaches_content_final_at_last_scale_step": reach})  # fmt: skip
+        init_rows.append(
+            {
+                "photo": pname,
+                "style": sname,
+                "final_content_init": final,
+                "final_fast_init": curves["fast"][-1],
+                "first_scale_end_content": curves["content"][args.gatys_iterations - 1],
+                "first_scale_end_fast": curves["fast"][args.gatys_iterations - 1],
+                "fast_reaches_content_final_at_last_scale_step": reach,
+            }
+        )
         print(json.dumps(init_rows[-1]), flush=True)
     results["init_fast"] = init_rows
     (DOCS / "adain_results.json").write_text(json.dumps(results, indent=1) + "\n")

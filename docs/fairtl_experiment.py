@@ -53,8 +53,14 @@ from PIL import Image, ImageDraw
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "docs"))
 
-NET = {"resolution": 32, "z_dim": 64, "w_dim": 64, "mapping_layers": 2,
-       "channel_base": 512, "channel_max": 64}  # fmt: skip
+NET = {
+    "resolution": 32,
+    "z_dim": 64,
+    "w_dim": 64,
+    "mapping_layers": 2,
+    "channel_base": 512,
+    "channel_max": 64,
+}
 PRETRAIN_STEPS = 4000
 ADAPT_STEPS = 500
 BATCH = 16
@@ -86,8 +92,10 @@ def probe_check(data: Path, n: int = 400) -> dict:
         make_set(fresh, n, 0.5, seed=7)
     files = list_images(fresh)
     truth = [classes.index(v) for v in read_labels(str(fresh / "labels.csv"), files).values("attr")]
-    pix = (torch.stack([d["pixels"] for d in ImageSet(files, 32, center_crop=True,
-                                                      random_flip=False)]) + 1) / 2  # fmt: skip
+    pix = (
+        torch.stack([d["pixels"] for d in ImageSet(files, 32, center_crop=True, random_flip=False)])
+        + 1
+    ) / 2
     x = degrade(pix.clamp(0, 1), generator=torch.Generator().manual_seed(11))
     called = [classes.index(c) for c in cal.probe.predict(image_features(x, net))]
     clean = [classes.index(c) for c in cal.probe.predict(image_features(files, net))]
@@ -95,13 +103,15 @@ def probe_check(data: Path, n: int = 400) -> dict:
     def agree(a: list[int], b: list[int]) -> float:
         return sum(x == y for x, y in zip(a, b, strict=True)) / len(a)
 
-    return {"classes": classes,
-            "cross_validated_confusion": confusion_matrix(cal.true, cal.predicted, 2).tolist(),
-            "cross_validated_accuracy_degraded": cal.accuracy,
-            "fresh_degraded_confusion": confusion_matrix(truth, called, 2).tolist(),
-            "fresh_degraded_accuracy": agree(truth, called),
-            "fresh_clean_accuracy": agree(truth, clean),
-            "fresh_images": len(truth)}  # fmt: skip
+    return {
+        "classes": classes,
+        "cross_validated_confusion": confusion_matrix(cal.true, cal.predicted, 2).tolist(),
+        "cross_validated_accuracy_degraded": cal.accuracy,
+        "fresh_degraded_confusion": confusion_matrix(truth, called, 2).tolist(),
+        "fresh_degraded_accuracy": agree(truth, called),
+        "fresh_clean_accuracy": agree(truth, clean),
+        "fresh_images": len(truth),
+    }
 
 
 def labelled(image: Image.Image, text: str) -> Image.Image:
@@ -133,8 +143,10 @@ def probe_sheet(out: Path, keys: dict[str, str], n: int = 32) -> Image.Image:
         for i, (im, call) in enumerate(zip(images, calls, strict=True)):
             x, y = (i % cols) * (z + 4), (i // cols) * (z + 12)
             tile.paste(im.resize((z, z), Image.Resampling.NEAREST), (x, y))
-            d.rectangle([x, y + z + 2, x + z - 1, y + z + 8],
-                        fill=(220, 30, 30) if call == "long_hair" else (190, 190, 190))  # fmt: skip
+            d.rectangle(
+                [x, y + z + 2, x + z - 1, y + z + 8],
+                fill=(220, 30, 30) if call == "long_hair" else (190, 190, 190),
+            )
         rows.append(labelled(tile, f"{label}: the probe calls {share:.0%} long hair (red)"))
     sheet = Image.new("RGB", (rows[0].width, sum(r.height for r in rows)), "white")
     y = 0
@@ -176,10 +188,14 @@ def main() -> None:
     pre, ada = max(2, round(pre * args.scale)), max(2, round(ada * args.scale))
     t0 = time.perf_counter()
 
-    sets = {"biased": (2000, 0.1, 1, "source"), "reference": (100, 0.5, 2, "source"),
-            "heldout": (500, 0.5, 4, "source"), "target10": (10, 0.5, 3, "target"),
-            "target_heldout": (200, 0.5, 5, "target"),
-            "clusters10": (10, 0.5, 6, "source")}  # fmt: skip
+    sets = {
+        "biased": (2000, 0.1, 1, "source"),
+        "reference": (100, 0.5, 2, "source"),
+        "heldout": (500, 0.5, 4, "source"),
+        "target10": (10, 0.5, 3, "target"),
+        "target_heldout": (200, 0.5, 5, "target"),
+        "clusters10": (10, 0.5, 6, "source"),
+    }
     for name, (n, frac, seed, domain) in sets.items():
         if not (data / name / "labels.csv").is_file():
             make_set(data / name, n, frac, seed=seed, domain=domain)
@@ -198,10 +214,25 @@ def main() -> None:
         start = time.perf_counter()
         if not done(run):
             resume = (run / "config.json").is_file()
-            train_gan(GanTrainOptions(images=str(data / images), out=str(run), steps=steps,
-                                      resume=resume, **NET, **common, **every, **kw))  # fmt: skip
-        runs[key] = {"label": label, "run": run, "seed": 0, "key": key,
-                     "minutes": (time.perf_counter() - start) / 60}  # fmt: skip
+            train_gan(
+                GanTrainOptions(
+                    images=str(data / images),
+                    out=str(run),
+                    steps=steps,
+                    resume=resume,
+                    **NET,
+                    **common,
+                    **every,
+                    **kw,
+                )
+            )
+        runs[key] = {
+            "label": label,
+            "run": run,
+            "seed": 0,
+            "key": key,
+            "minutes": (time.perf_counter() - start) / 60,
+        }
 
     def adapt(key: str, label: str, images: str, **kw) -> None:
         if args.quick and key not in QUICK_ROWS:
@@ -211,23 +242,48 @@ def main() -> None:
             start = time.perf_counter()
             if not done(run):
                 resume = (run / "config.json").is_file()
-                finetune_gan(GanFinetuneOptions(base=str(out / "runs" / "pretrained"),
-                                                images=str(data / images), out=str(run),
-                                                steps=ada, checkpoint_every=max(1, ada // 2),
-                                                resume=resume, seed=seed, **common, **kw))  # fmt: skip
-            runs[run.name] = {"label": label, "run": run, "seed": seed, "key": key,
-                              "minutes": (time.perf_counter() - start) / 60}  # fmt: skip
+                finetune_gan(
+                    GanFinetuneOptions(
+                        base=str(out / "runs" / "pretrained"),
+                        images=str(data / images),
+                        out=str(run),
+                        steps=ada,
+                        checkpoint_every=max(1, ada // 2),
+                        resume=resume,
+                        seed=seed,
+                        **common,
+                        **kw,
+                    )
+                )
+            runs[run.name] = {
+                "label": label,
+                "run": run,
+                "seed": seed,
+                "key": key,
+                "minutes": (time.perf_counter() - start) / 60,
+            }
 
     labels = str(data / "biased" / "labels.csv")
     train("pretrained", "pretrained on the biased set", "biased", pre)
-    train("weighting", "importance weighting (biased set)", "biased", pre, labels=labels,
-          balance="attr")  # fmt: skip
+    train(
+        "weighting",
+        "importance weighting (biased set)",
+        "biased",
+        pre,
+        labels=labels,
+        balance="attr",
+    )
     adapt("fairtl", "fairTL (reference set)", "reference", method="fairtl")
     adapt("fairtl++", "fairTL++ (reference set)", "reference", method="fairtl++")
     train("scratch", "from scratch on the reference set", "reference", pre)
     adapt("full10", "10-shot target: full, no augmentation", "target10", augment="")
-    adapt("freezed10", "10-shot target: FreezeD (2 blocks), no aug.", "target10", augment="",
-          freeze_d=2)  # fmt: skip
+    adapt(
+        "freezed10",
+        "10-shot target: FreezeD (2 blocks), no aug.",
+        "target10",
+        augment="",
+        freeze_d=2,
+    )
     adapt("diffaug10", "10-shot target: DiffAugment", "target10")
     adapt("cdc10", "10-shot target: DiffAugment + CDC (weight 1000)", "target10", cdc=1000.0)
     adapt("cdc100_10", "10-shot target: DiffAugment + CDC (weight 100)", "target10", cdc=100.0)
@@ -238,31 +294,52 @@ def main() -> None:
         key = r["key"]
         target = key.endswith("10")
         ref = data / ("target_heldout" if target else "heldout")
-        eval_opts = EvalOptions(images=str(ref), num_samples=args.samples, seed=0,
-                                device="cpu", kid_subsets=50,
-                                clusters=str(data / ("target10" if target else "clusters10")),
-                                labels="" if target else str(ref / "labels.csv"),
-                                attribute="" if target else "attr")  # fmt: skip
+        eval_opts = EvalOptions(
+            images=str(ref),
+            num_samples=args.samples,
+            seed=0,
+            device="cpu",
+            kid_subsets=50,
+            clusters=str(data / ("target10" if target else "clusters10")),
+            labels="" if target else str(ref / "labels.csv"),
+            attribute="" if target else "attr",
+        )
         saved = r["run"] / "eval.json"
         m = json.loads(saved.read_text()) if saved.is_file() else None
         if m is None or m["options"] != json.loads(json.dumps(asdict(eval_opts))):
             m = evaluate(r["run"], eval_opts)  # measured once; a re-run reuses eval.json
-        row = {"key": key, "seed": r["seed"], "method": r["label"], "fid": m["fid"]["value"],
-               "kid": m["kid"]["mean"], "diversity": m["diversity"]["intra_cluster"]}  # fmt: skip
+        row = {
+            "key": key,
+            "seed": r["seed"],
+            "method": r["label"],
+            "fid": m["fid"]["value"],
+            "kid": m["kid"]["mean"],
+            "diversity": m["diversity"]["intra_cluster"],
+        }
         if "attribute" in m:
             a = m["attribute"]
-            row.update(fd=a["fairness_discrepancy"], fd_raw=a["fairness_discrepancy_raw"],
-                       fd_interval=a["fairness_discrepancy_interval"],
-                       long_hair=a["generated_proportions"]["long_hair"],
-                       long_hair_raw=a["observed_proportions"]["long_hair"],
-                       probe_accuracy=a["classifier_accuracy"],
-                       probe_accuracy_degraded=(a["calibration"] or {}).get("accuracy"))  # fmt: skip
+            row.update(
+                fd=a["fairness_discrepancy"],
+                fd_raw=a["fairness_discrepancy_raw"],
+                fd_interval=a["fairness_discrepancy_interval"],
+                long_hair=a["generated_proportions"]["long_hair"],
+                long_hair_raw=a["observed_proportions"]["long_hair"],
+                probe_accuracy=a["classifier_accuracy"],
+                probe_accuracy_degraded=(a["calibration"] or {}).get("accuracy"),
+            )
         results.append(row)
         print(json.dumps(row), flush=True)
         if r["seed"] != 0:
             continue
         G = load_generator(r["run"])
-        tiles.append(labelled(grid(generate_gan(G, 16, seed=0), cols=8).resize((8 * 34 * 2, 2 * 34 * 2), Image.Resampling.NEAREST), r["label"]))  # noqa: E501  # fmt: skip
+        tiles.append(
+            labelled(
+                grid(generate_gan(G, 16, seed=0), cols=8).resize(
+                    (8 * 34 * 2, 2 * 34 * 2), Image.Resampling.NEAREST
+                ),
+                r["label"],
+            )
+        )  # noqa: E501
         first_metrics = m
 
     width = max(t.width for t in tiles)
@@ -280,19 +357,32 @@ def main() -> None:
     )
     check = probe_check(data)
     print(json.dumps({"probe_check": check}), flush=True)
-    meta = {"network": NET, "pretrain_steps": pre, "adapt_steps": ada, "batch": BATCH,
-            "samples": args.samples, "fid_network": first_metrics["fid"]["network"],
-            "diversity": first_metrics["diversity"]["distance"],
-            "seeds": list(seeds), "minutes_this_invocation": (time.perf_counter() - t0) / 60,
-            "quick": args.quick, "probe_check": check,
-            "gan_defaults": {k: v for k, v in asdict(GanFinetuneOptions()).items()
-                             if k in ("lr", "augment", "feedback_lambda", "lp_steps")}}  # fmt: skip
+    meta = {
+        "network": NET,
+        "pretrain_steps": pre,
+        "adapt_steps": ada,
+        "batch": BATCH,
+        "samples": args.samples,
+        "fid_network": first_metrics["fid"]["network"],
+        "diversity": first_metrics["diversity"]["distance"],
+        "seeds": list(seeds),
+        "minutes_this_invocation": (time.perf_counter() - t0) / 60,
+        "quick": args.quick,
+        "probe_check": check,
+        "gan_defaults": {
+            k: v
+            for k, v in asdict(GanFinetuneOptions()).items()
+            if k in ("lr", "augment", "feedback_lambda", "lp_steps")
+        },
+    }
     (docs / "fairtl_results.json").write_text(
         json.dumps({"meta": meta, "rows": results}, indent=2) + "\n"
     )
-    lines = ["| method | runs | FD ↓ (corrected) | FD 95 % interval | FD raw | long hair "
-             "(corrected / raw) | FID ↓ | KID ↓ | diversity ↑ |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| method | runs | FD ↓ (corrected) | FD 95 % interval | FD raw | long hair "
+        "(corrected / raw) | FID ↓ | KID ↓ | diversity ↑ |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
 
     def cell(group: list[dict], name: str, fmt: str) -> str:
         values = [r[name] for r in group if name in r]
@@ -304,16 +394,24 @@ def main() -> None:
         return f"{mean:{fmt}} ± {statistics.stdev(values):{fmt}}"
 
     def interval(group: list[dict]) -> str:  # each seed's bootstrap interval
-        return ", ".join(f"[{r['fd_interval'][0]:.3f}, {r['fd_interval'][1]:.3f}]"
-                         for r in group if "fd_interval" in r) or "n/a"  # fmt: skip
+        return (
+            ", ".join(
+                f"[{r['fd_interval'][0]:.3f}, {r['fd_interval'][1]:.3f}]"
+                for r in group
+                if "fd_interval" in r
+            )
+            or "n/a"
+        )
 
     for key in dict.fromkeys(r["key"] for r in results):  # mean ± sd over the seeds
         group = [r for r in results if r["key"] == key]
-        lines.append(f"| {group[0]['method']} | {len(group)} | {cell(group, 'fd', '.3f')} | "
-                     f"{interval(group)} | {cell(group, 'fd_raw', '.3f')} | "
-                     f"{cell(group, 'long_hair', '.2f')} / {cell(group, 'long_hair_raw', '.2f')} | "
-                     f"{cell(group, 'fid', '.1f')} | "
-                     f"{cell(group, 'kid', '.3f')} | {cell(group, 'diversity', '.3f')} |")  # fmt: skip
+        lines.append(
+            f"| {group[0]['method']} | {len(group)} | {cell(group, 'fd', '.3f')} | "
+            f"{interval(group)} | {cell(group, 'fd_raw', '.3f')} | "
+            f"{cell(group, 'long_hair', '.2f')} / {cell(group, 'long_hair_raw', '.2f')} | "
+            f"{cell(group, 'fid', '.1f')} | "
+            f"{cell(group, 'kid', '.3f')} | {cell(group, 'diversity', '.3f')} |"
+        )
     (docs / "fairtl_results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"{meta['minutes_this_invocation']:.1f} min; written to {docs}")

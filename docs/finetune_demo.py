@@ -43,10 +43,13 @@ def random_base(folder: Path) -> Path:
 
     torch.manual_seed(0)
     unet = UNet2DModel(
-        sample_size=SIZE, block_out_channels=(32, 64, 64), layers_per_block=1,
+        sample_size=SIZE,
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
         down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8,
-    )  # fmt: skip
+        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+    )
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=1000)).save_pretrained(
         folder
     )
@@ -88,20 +91,35 @@ def main() -> None:
 
     def progress(p):
         if p.step % 100 == 0:
-            print(f"  step {p.step}/{p.total_steps} loss {p.loss:.4f} ({p.elapsed:.0f} s)",
-                  flush=True)  # fmt: skip
+            print(
+                f"  step {p.step}/{p.total_steps} loss {p.loss:.4f} ({p.elapsed:.0f} s)", flush=True
+            )
 
     print("1. pretraining a base DDPM from scratch on swirls, waves and facets")
-    common = dict(batch_size=8, sample_every=10**6, checkpoint_every=500, num_samples=16,
-                  sample_steps=50, device="cpu", seed=0)  # fmt: skip
+    common = dict(
+        batch_size=8,
+        sample_every=10**6,
+        checkpoint_every=500,
+        num_samples=16,
+        sample_steps=50,
+        device="cpu",
+        seed=0,
+    )
     base_run = finetune_diffusion(
         DiffusionFinetuneOptions(
-            base=str(random_base(out / "random_base")), images=str(out / "base_set"),
-            out=str(out / "base_run"), method="full", steps=args.pretrain_steps, lr=1e-3,
-            lr_schedule="cosine", warmup_steps=100, ema_decay=0.999, **common,
+            base=str(random_base(out / "random_base")),
+            images=str(out / "base_set"),
+            out=str(out / "base_run"),
+            method="full",
+            steps=args.pretrain_steps,
+            lr=1e-3,
+            lr_schedule="cosine",
+            warmup_steps=100,
+            ema_decay=0.999,
+            **common,
         ),
         callback=progress,
-    )  # fmt: skip
+    )
     # The pretrained base, as a folder any diffusers user (and artgen) can load.
     base_pipe = load_run(base_run)
     base_pipe.save_pretrained(out / "base")
@@ -109,40 +127,60 @@ def main() -> None:
     print("2. LoRA fine-tuning of that base on 12 mosaic crops")
     run = finetune_diffusion(
         DiffusionFinetuneOptions(
-            base=str(out / "base"), images=str(out / "mosaic"), out=str(out / "mosaic_run"),
-            method="lora", steps=args.finetune_steps, lr=1e-3, lora_rank=8, **common,
+            base=str(out / "base"),
+            images=str(out / "mosaic"),
+            out=str(out / "mosaic_run"),
+            method="lora",
+            steps=args.finetune_steps,
+            lr=1e-3,
+            lora_rank=8,
+            **common,
         ),
         callback=progress,
-    )  # fmt: skip
+    )
 
     print("3. measuring both against the mosaic crops")
-    opts = EvalOptions(images=str(out / "mosaic"), num_samples=48, sample_steps=50,
-                       lpips="auto", device="cpu")  # fmt: skip
+    opts = EvalOptions(
+        images=str(out / "mosaic"), num_samples=48, sample_steps=50, lpips="auto", device="cpu"
+    )
     base = load_base(str(out / "base"))
     before = evaluate(out / "base_run", opts, generate=lambda n, s: generate(base, n, seed=s))
     after = evaluate(run, opts)
     tuned = load_run(run)
     results = {
-        "pretrain_steps": args.pretrain_steps, "finetune_steps": args.finetune_steps,
-        "fid_network": before["fid"]["network"], "diversity_distance": after["diversity"]["distance"],
-        "base": {"fid": before["fid"]["value"], "kid": before["kid"]["mean"],
-                 "diversity": before["diversity"]["intra_cluster"]},
-        "lora": {"fid": after["fid"]["value"], "kid": after["kid"]["mean"],
-                 "diversity": after["diversity"]["intra_cluster"]},
-    }  # fmt: skip
+        "pretrain_steps": args.pretrain_steps,
+        "finetune_steps": args.finetune_steps,
+        "fid_network": before["fid"]["network"],
+        "diversity_distance": after["diversity"]["distance"],
+        "base": {
+            "fid": before["fid"]["value"],
+            "kid": before["kid"]["mean"],
+            "diversity": before["diversity"]["intra_cluster"],
+        },
+        "lora": {
+            "fid": after["fid"]["value"],
+            "kid": after["kid"]["mean"],
+            "diversity": after["diversity"]["intra_cluster"],
+        },
+    }
     print(json.dumps(results, indent=2))
 
     up = 3  # 32 px is small on a page
     panels = [
-        ("12 mosaic crops (the new set)",
-         grid([load_image(p).rgb for p in sorted((out / "mosaic").glob("*.png"))], cols=4)),
+        (
+            "12 mosaic crops (the new set)",
+            grid([load_image(p).rgb for p in sorted((out / "mosaic").glob("*.png"))], cols=4),
+        ),
         ("base model (swirls/waves/facets)", grid(generate(base, 16, seed=7), cols=4)),
         (f"after LoRA ({args.finetune_steps} steps)", grid(generate(tuned, 16, seed=7), cols=4)),
-    ]  # fmt: skip
-    panels = [labelled(g.resize((g.width * up, g.height * up), Image.Resampling.NEAREST), t)
-              for t, g in panels]  # fmt: skip
-    sheet = Image.new("RGB", (sum(p.width for p in panels) + 20 * 2, max(p.height for p in panels)),
-                      "white")  # fmt: skip
+    ]
+    panels = [
+        labelled(g.resize((g.width * up, g.height * up), Image.Resampling.NEAREST), t)
+        for t, g in panels
+    ]
+    sheet = Image.new(
+        "RGB", (sum(p.width for p in panels) + 20 * 2, max(p.height for p in panels)), "white"
+    )
     x = 0
     for p in panels:
         sheet.paste(p, (x, 0))

@@ -55,10 +55,19 @@ def main() -> None:
     waves, swirls = ROOT / "styles/waves.jpg", ROOT / "styles/swirls.jpg"
     variants = [
         ("--style waves", artgen.stylize(cup, waves, extractor=ext, size=384)),
-        ("waves:0.5 + swirls:0.5", artgen.stylize(cup, {waves: 0.5, swirls: 0.5}, extractor=ext, size=384)),
-        ("--preserve-color luminance", artgen.stylize(cup, waves, extractor=ext, size=384, preserve_color="luminance")),
-        ("--strength 3 --style-scale 2", artgen.stylize(cup, waves, extractor=ext, size=384, strength=3, style_scale=2)),
-    ]  # fmt: skip
+        (
+            "waves:0.5 + swirls:0.5",
+            artgen.stylize(cup, {waves: 0.5, swirls: 0.5}, extractor=ext, size=384),
+        ),
+        (
+            "--preserve-color luminance",
+            artgen.stylize(cup, waves, extractor=ext, size=384, preserve_color="luminance"),
+        ),
+        (
+            "--strength 3 --style-scale 2",
+            artgen.stylize(cup, waves, extractor=ext, size=384, strength=3, style_scale=2),
+        ),
+    ]
     tile(
         [Image.open(cup)] + [v for _, v in variants],
         ["content: coffee.jpg"] + [k for k, _ in variants],

@@ -44,8 +44,22 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 STYLES = ["swirls", "mosaic", "waves", "facets"]
 # Two-sided 95% t quantiles for n - 1 degrees of freedom.
-T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26,
-       10: 2.23, 11: 2.20, 12: 2.18, 15: 2.13, 20: 2.09}  # fmt: skip
+T95 = {
+    1: 12.71,
+    2: 4.30,
+    3: 3.18,
+    4: 2.78,
+    5: 2.57,
+    6: 2.45,
+    7: 2.36,
+    8: 2.31,
+    9: 2.26,
+    10: 2.23,
+    11: 2.20,
+    12: 2.18,
+    15: 2.13,
+    20: 2.09,
+}
 
 
 def interval(values: list[float]) -> dict:
@@ -68,8 +82,14 @@ def synthetic(name: str, size: tuple[int, int], n: int, folder: Path) -> dict:
     for k, f in enumerate(clip.frames):
         Image.fromarray(u8(f)).save(folder / f"{k:04d}.png")
     frames = [np.asarray(Image.open(folder / f"{k:04d}.png"), np.float32) / 255 for k in range(n)]
-    return {"name": name, "input": folder, "frames": frames, "pairs": clip.pairs,
-            "video": {}, "judge_flow": "true motion"}  # fmt: skip
+    return {
+        "name": name,
+        "input": folder,
+        "frames": frames,
+        "pairs": clip.pairs,
+        "video": {},
+        "judge_flow": "true motion",
+    }
 
 
 def bunny(shared: Path, long_side: int, start: int, n: int) -> dict:
@@ -88,19 +108,33 @@ def bunny(shared: Path, long_side: int, start: int, n: int) -> dict:
         back = T.farneback_flow(frames[k], frames[k - 1])
         fwd = T.farneback_flow(frames[k - 1], frames[k])
         pairs.append(T.FramePair(back, T.consistency_mask(back, fwd)))
-    return {"name": "bunny", "input": path, "frames": frames, "pairs": pairs,
-            "video": {"start": start, "end": start + n}, "judge_flow": "Farneback"}  # fmt: skip
+    return {
+        "name": "bunny",
+        "input": path,
+        "frames": frames,
+        "pairs": pairs,
+        "video": {"start": start, "end": start + n},
+        "judge_flow": "Farneback",
+    }
 
 
 def run(clip: dict, style: str, options, mode: str, out: Path, model) -> tuple[float, float, list]:
     if out.exists():  # frames cached by an earlier run (maybe of older code) would be reused
         shutil.rmtree(out)
-    stylize_video(clip["input"], ROOT / f"styles/{style}.jpg", out, options,
-                  VideoOptions(consistency=mode, overwrite=True, **clip["video"]), model=model)  # fmt: skip
+    stylize_video(
+        clip["input"],
+        ROOT / f"styles/{style}.jpg",
+        out,
+        options,
+        VideoOptions(consistency=mode, overwrite=True, **clip["video"]),
+        model=model,
+    )
     start = clip["video"].get("start", 0)
     n = len(clip["frames"])
-    frames = [np.asarray(Image.open(out / f"frame_{start + k:06d}.png"), np.float32) / 255
-              for k in range(n)]  # fmt: skip
+    frames = [
+        np.asarray(Image.open(out / f"frame_{start + k:06d}.png"), np.float32) / 255
+        for k in range(n)
+    ]
     s = load_image(ROOT / f"styles/{style}.jpg").rgb
     w = frames[0].shape[1]
     st = to_tensor(s.resize((w, round(w * s.height / s.width))))
@@ -124,20 +158,34 @@ def experiment(
             e1, s1, f1 = run(
                 clip, style, options, "flow", work / f"{label}-{clip['name']}-{style}-flow", model
             )
-            rows.append({"clip": clip["name"], "style": style, "judge_flow": clip["judge_flow"],
-                         "warp_per_frame": e0, "warp_consistent": e1, "ratio": e0 / e1,
-                         "style_per_frame": s0, "style_consistent": s1,
-                         "style_change_pct": 100 * (s1 / s0 - 1),
-                         "seconds": time.perf_counter() - t0})  # fmt: skip
-            print(f"{label} {clip['name']:8s} {style:7s} warp {e0:.4f} -> {e1:.4f} "
-                  f"({e0 / e1:.2f}x)  style {s0:.1f} -> {s1:.1f} ({100 * (s1 / s0 - 1):+.1f}%)",
-                  flush=True)  # fmt: skip
+            rows.append(
+                {
+                    "clip": clip["name"],
+                    "style": style,
+                    "judge_flow": clip["judge_flow"],
+                    "warp_per_frame": e0,
+                    "warp_consistent": e1,
+                    "ratio": e0 / e1,
+                    "style_per_frame": s0,
+                    "style_consistent": s1,
+                    "style_change_pct": 100 * (s1 / s0 - 1),
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
+            print(
+                f"{label} {clip['name']:8s} {style:7s} warp {e0:.4f} -> {e1:.4f} "
+                f"({e0 / e1:.2f}x)  style {s0:.1f} -> {s1:.1f} ({100 * (s1 / s0 - 1):+.1f}%)",
+                flush=True,
+            )
             if clip["name"] == "bunny" and style == "swirls":
                 STRIP[label] = (clip, f0, f1)
-    return {"rows": rows, "ratio": interval([r["ratio"] for r in rows]),
-            "style_change_pct": interval([r["style_change_pct"] for r in rows]),
-            "warp_per_frame": interval([r["warp_per_frame"] for r in rows]),
-            "warp_consistent": interval([r["warp_consistent"] for r in rows])}  # fmt: skip
+    return {
+        "rows": rows,
+        "ratio": interval([r["ratio"] for r in rows]),
+        "style_change_pct": interval([r["style_change_pct"] for r in rows]),
+        "warp_per_frame": interval([r["warp_per_frame"] for r in rows]),
+        "warp_consistent": interval([r["warp_consistent"] for r in rows]),
+    }
 
 
 STRIP: dict = {}
@@ -153,13 +201,19 @@ def flicker_map(frames: list, pairs: list, k: int) -> np.ndarray:
 def strip(label: str, path: Path, picks=(1, 6, 11, 16, 21)) -> None:
     clip, per_frame, consistent = STRIP[label]
     h, w = clip["frames"][0].shape[:2]
-    rows = [("input frames", [clip["frames"][k] for k in picks]),
-            ("each frame on its own (--consistency none)", [per_frame[k] for k in picks]),
-            ("change vs the warped previous frame (brighter: flicker)",
-             [np.repeat(flicker_map(per_frame, clip["pairs"], k)[..., None], 3, -1) for k in picks]),
-            ("temporally consistent (default)", [consistent[k] for k in picks]),
-            ("change vs the warped previous frame",
-             [np.repeat(flicker_map(consistent, clip["pairs"], k)[..., None], 3, -1) for k in picks])]  # fmt: skip
+    rows = [
+        ("input frames", [clip["frames"][k] for k in picks]),
+        ("each frame on its own (--consistency none)", [per_frame[k] for k in picks]),
+        (
+            "change vs the warped previous frame (brighter: flicker)",
+            [np.repeat(flicker_map(per_frame, clip["pairs"], k)[..., None], 3, -1) for k in picks],
+        ),
+        ("temporally consistent (default)", [consistent[k] for k in picks]),
+        (
+            "change vs the warped previous frame",
+            [np.repeat(flicker_map(consistent, clip["pairs"], k)[..., None], 3, -1) for k in picks],
+        ),
+    ]
     pad, title = 4, 16
     sheet = Image.new(
         "RGB", (len(picks) * (w + pad) - pad, len(rows) * (h + title + pad) + 14), "white"
@@ -180,12 +234,17 @@ def write_markdown(results: dict, path: Path) -> None:
     a, g, st = results["adain"], results["gatys"], results["settings"]
 
     def pair_rows(r: dict) -> list[str]:
-        return [f"| {x['clip']} | {x['style']} | {x['judge_flow']} | {x['warp_per_frame']:.4f} | "
-                f"{x['warp_consistent']:.4f} | {x['ratio']:.2f}x | {x['style_per_frame']:.1f} | "
-                f"{x['style_consistent']:.1f} | {x['style_change_pct']:+.1f}% |" for x in r["rows"]]  # fmt: skip
+        return [
+            f"| {x['clip']} | {x['style']} | {x['judge_flow']} | {x['warp_per_frame']:.4f} | "
+            f"{x['warp_consistent']:.4f} | {x['ratio']:.2f}x | {x['style_per_frame']:.1f} | "
+            f"{x['style_consistent']:.1f} | {x['style_change_pct']:+.1f}% |"
+            for x in r["rows"]
+        ]
 
-    head = ("| clip | style | metric's flow | warping error, per frame | consistent | lower by | "
-            "style distance, per frame | consistent | change |\n|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+    head = (
+        "| clip | style | metric's flow | warping error, per frame | consistent | lower by | "
+        "style distance, per frame | consistent | change |\n|---|---|---|---|---|---|---|---|---|"
+    )
     text = f"""# Video: flicker and style
 
 Made by `python docs/video_experiment.py --shared ../shared` ({a["ratio"]["n"]} fast and
@@ -291,13 +350,31 @@ def demo(out: Path) -> int:
     result = {}
     for mode in ("none", "flow"):
         video = out / f"styled-{mode}.mp4"
-        rc = main(["video", str(clip_mp4), "--style", "swirls", "--method", "adain", "--size", "320",
-                   "--consistency", mode, "--overwrite", "--keep-frames", "-o", str(video)])  # fmt: skip
+        rc = main(
+            [
+                "video",
+                str(clip_mp4),
+                "--style",
+                "swirls",
+                "--method",
+                "adain",
+                "--size",
+                "320",
+                "--consistency",
+                mode,
+                "--overwrite",
+                "--keep-frames",
+                "-o",
+                str(video),
+            ]
+        )
         if rc:
             return rc
         cache = out / f"styled-{mode}.mp4.frames"
-        frames = [np.asarray(Image.open(cache / f"frame_{k:06d}.png"), np.float32) / 255
-                  for k in range(len(clip["frames"]))]  # fmt: skip
+        frames = [
+            np.asarray(Image.open(cache / f"frame_{k:06d}.png"), np.float32) / 255
+            for k in range(len(clip["frames"]))
+        ]
         result[mode] = T.warping_error(frames, clip["pairs"])
     print(
         f"warping error (Lai et al. 2018, lower is steadier): each frame on its own "
@@ -349,17 +426,24 @@ def main_(argv: list[str] | None = None) -> int:
     if args.shared:
         gclips.append(bunny(args.shared, gw, 8, args.gatys_frames))
     slow = artgen.get_method("gatys")
-    slow_opts = artgen.StylizeOptions(size=gw, min_size=gw, iterations=args.gatys_iterations,
-                                      backbone="efficientnet-lite0")  # fmt: skip
+    slow_opts = artgen.StylizeOptions(
+        size=gw, min_size=gw, iterations=args.gatys_iterations, backbone="efficientnet-lite0"
+    )
     t0 = time.perf_counter()
-    results["gatys"] = experiment(gclips, ["swirls", "mosaic"], slow_opts, slow.load(slow_opts),
-                                  args.work, "gatys")  # fmt: skip
+    results["gatys"] = experiment(
+        gclips, ["swirls", "mosaic"], slow_opts, slow.load(slow_opts), args.work, "gatys"
+    )
     results["gatys"]["seconds"] = time.perf_counter() - t0
-    results["settings"] = {"adain": {"size": [w, h], "frames": args.frames, "blend": VideoOptions().blend},
-                           "gatys": {"size": [gw, gh], "frames": args.gatys_frames,
-                                     "iterations": args.gatys_iterations,
-                                     "temporal_weight": VideoOptions().temporal_weight},
-                           "flow": VideoOptions().flow}  # fmt: skip
+    results["settings"] = {
+        "adain": {"size": [w, h], "frames": args.frames, "blend": VideoOptions().blend},
+        "gatys": {
+            "size": [gw, gh],
+            "frames": args.gatys_frames,
+            "iterations": args.gatys_iterations,
+            "temporal_weight": VideoOptions().temporal_weight,
+        },
+        "flow": VideoOptions().flow,
+    }
     (DOCS / "video_results.json").write_text(json.dumps(results, indent=2) + "\n")
     if "adain" in STRIP:
         strip("adain", DOCS / "images/video_strip.png")

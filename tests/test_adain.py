@@ -190,8 +190,9 @@ def test_same_input_same_picture_and_batches_match_singles(shipped):
     assert one.tobytes() == again.tobytes()
     from artgen.style import get_method
 
-    both = get_method("adain").stylize_many([a, b], stripes(), model=shipped,
-                                            options=artgen.AdaINOptions(size=96))  # fmt: skip
+    both = get_method("adain").stylize_many(
+        [a, b], stripes(), model=shipped, options=artgen.AdaINOptions(size=96)
+    )
     diff = (to_tensor(both[0]) - to_tensor(one)).abs().max().item()
     assert diff <= 2 / 255  # the same up to float rounding in a batched convolution
 
@@ -199,10 +200,12 @@ def test_same_input_same_picture_and_batches_match_singles(shipped):
 def test_colour_preservation_keeps_the_photos_colours(shipped):
     content, style = photo(128, 96, seed=6), stripes(96, seed=7)
     plain = artgen.stylize(content, style, method="adain", model=shipped, size=128)
-    lum = artgen.stylize(content, style, method="adain", model=shipped, size=128,
-                         preserve_color="luminance")  # fmt: skip
-    hist = artgen.stylize(content, style, method="adain", model=shipped, size=128,
-                          preserve_color="histogram")  # fmt: skip
+    lum = artgen.stylize(
+        content, style, method="adain", model=shipped, size=128, preserve_color="luminance"
+    )
+    hist = artgen.stylize(
+        content, style, method="adain", model=shipped, size=128, preserve_color="histogram"
+    )
     c_mean = to_tensor(content).mean(dim=(2, 3))
 
     def colour_error(img) -> float:
@@ -233,10 +236,12 @@ def test_bf16_path_runs_and_matches_fp32(shipped):
 def test_gatys_can_start_from_the_fast_picture(shipped, lite0):
     content, style = photo(64, 48, seed=10), stripes(64, seed=11)
     fast = artgen.stylize(content, style, method="adain", model=shipped, size=64)
-    one_step = artgen.stylize(content, style, extractor=lite0, size=64, min_size=64,
-                              iterations=1, init="fast", lr=0.001)  # fmt: skip
-    from_photo = artgen.stylize(content, style, extractor=lite0, size=64, min_size=64,
-                                iterations=1, lr=0.001)  # fmt: skip
+    one_step = artgen.stylize(
+        content, style, extractor=lite0, size=64, min_size=64, iterations=1, init="fast", lr=0.001
+    )
+    from_photo = artgen.stylize(
+        content, style, extractor=lite0, size=64, min_size=64, iterations=1, lr=0.001
+    )
     to_fast = (to_tensor(one_step) - to_tensor(fast)).abs().mean().item()
     assert to_fast < 0.01 < (to_tensor(from_photo) - to_tensor(fast)).abs().mean().item()
 
@@ -267,8 +272,12 @@ def test_a_damaged_model_folder_is_one_line_naming_the_file(tmp_path, images, ca
     sd[first] = torch.full_like(sd[first], float("nan"))
     save_file(sd, str(d / "decoder.safetensors"))
     cases[d] = f"{first} holds non-finite values"
-    for name, text in (("list", "[]"), ("brace", "{"), ("deep", "[" * 50_000),
-                       ("widths", '{"encoder": "efficientnet-lite0", "widths": 5}')):  # fmt: skip
+    for name, text in (
+        ("list", "[]"),
+        ("brace", "{"),
+        ("deep", "[" * 50_000),
+        ("widths", '{"encoder": "efficientnet-lite0", "widths": 5}'),
+    ):
         d = copy(name)
         (d / "config.json").write_text(text)
         cases[d] = "config.json"
@@ -277,9 +286,23 @@ def test_a_damaged_model_folder_is_one_line_naming_the_file(tmp_path, images, ca
     (d / "config.json").write_text(json.dumps({**cfg, "levels": None}))
     cases[d] = "not an AdaIN model config"
     for folder, why in cases.items():
-        rc = main(["stylize", str(images["content"]), "--method", "adain", "--model", str(folder),
-                   "--style", str(images["style"]), "--size", "48", "-o",
-                   str(tmp_path / f"{folder.name}.png"), "-q"])  # fmt: skip
+        rc = main(
+            [
+                "stylize",
+                str(images["content"]),
+                "--method",
+                "adain",
+                "--model",
+                str(folder),
+                "--style",
+                str(images["style"]),
+                "--size",
+                "48",
+                "-o",
+                str(tmp_path / f"{folder.name}.png"),
+                "-q",
+            ]
+        )
         err = capsys.readouterr().err
         assert rc == 2 and why in err and err.count("\n") == 1, (folder.name, err)
         assert str(folder) in err
@@ -377,8 +400,15 @@ def test_tiled_output_is_the_whole_pictures_without_seams(shipped):
             assert torch.allclose(a, c, atol=1e-3) and torch.allclose(b, d, atol=1e-3, rtol=1e-3)
         whole = shipped(x, whole_stats, 0.8, border=16).clamp(0, 1)
         calls = []
-        tiled = shipped.forward_tiled(x, whole_stats, 0.8, border=16, tile=640, overlap=256,
-                                      on_tile=lambda d, t: calls.append((d, t))).clamp(0, 1)  # fmt: skip
+        tiled = shipped.forward_tiled(
+            x,
+            whole_stats,
+            0.8,
+            border=16,
+            tile=640,
+            overlap=256,
+            on_tile=lambda d, t: calls.append((d, t)),
+        ).clamp(0, 1)
     assert tiled.shape == whole.shape == (1, 3, 600, 900)
     assert calls[-1] == (4, 4)  # 932 x 632 px padded: 2 x 1 tiles, two passes
     assert (tiled - whole).abs().max().item() < 2e-3
@@ -395,8 +425,9 @@ def test_tiled_output_is_the_whole_pictures_without_seams(shipped):
     assert abs(ratio - ref[border_cols].mean() / ref.mean()) < 0.03
 
 
-def test_tiling_is_chosen_when_the_estimate_says_it_does_not_fit(shipped, monkeypatch, tmp_path,
-                                                                 capsys):  # fmt: skip
+def test_tiling_is_chosen_when_the_estimate_says_it_does_not_fit(
+    shipped, monkeypatch, tmp_path, capsys
+):
     from artgen import devices
     from artgen.cli import main
     from artgen.style import adain as fast
@@ -408,8 +439,21 @@ def test_tiling_is_chosen_when_the_estimate_says_it_does_not_fit(shipped, monkey
     assert fast._choose_tile(1024, 800, 600, 1, torch.device("cpu"), 4) == 0  # one tile
     monkeypatch.setattr(devices, "available_memory", lambda dev: 100 * 2**20)  # 100 MiB free
     assert fast._choose_tile(0, 2000, 1500, 1, torch.device("cpu"), 4) == 640
-    rc = main(["stylize", str(tmp_path / "c.png"), "--style", str(tmp_path / "s.png"),
-               "--method", "adain", "--size", "700", "-o", str(tmp_path / "o.png"), "-q"])  # fmt: skip
+    rc = main(
+        [
+            "stylize",
+            str(tmp_path / "c.png"),
+            "--style",
+            str(tmp_path / "s.png"),
+            "--method",
+            "adain",
+            "--size",
+            "700",
+            "-o",
+            str(tmp_path / "o.png"),
+            "-q",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 0 and "does not fit in memory in one piece: tiles of 640 px" in err
     main(["info", str(tmp_path / "o.png")])

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import shutil
 import socket
 import struct
-import sys
 import tempfile
 import threading
 import time
@@ -26,13 +24,9 @@ from .conftest import REPO, photo
 
 
 def load_app():
-    if "artgen_studio_app" in sys.modules:
-        return sys.modules["artgen_studio_app"]
-    spec = importlib.util.spec_from_file_location("artgen_studio_app", REPO / "apps" / "app.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    from artgen.cli import studio
+
+    return studio
 
 
 def free_port() -> int:
@@ -62,8 +56,20 @@ def server():
 
 
 def args(content, style_weights=(1, 0, 0, 0), size=128, quality="Fast preview", seed=0):
-    return [handle_file(str(content)), *style_weights, None, 1, None, 1, 1.0, "none", size, quality,
-            "efficientnet-lite0", seed]  # fmt: skip
+    return [
+        handle_file(str(content)),
+        *style_weights,
+        None,
+        1,
+        None,
+        1,
+        1.0,
+        "none",
+        size,
+        quality,
+        "efficientnet-lite0",
+        seed,
+    ]
 
 
 def png_header(w: int, h: int) -> bytes:
@@ -158,8 +164,11 @@ def test_bad_seed_is_said_in_the_status_line_and_nothing_changes(server):
     n = len(studio.styles)
     content = str(REPO / "styles/examples/coffee.jpg")
     for seed in (1e30, -1, 2.5, float("nan"), float("inf")):
-        rest = [1] + [0] * (n - 1) + [None, 1, None, 1, 1.0, "none", 128, "Fast preview",
-                                      "efficientnet-lite0", seed, []]  # fmt: skip
+        rest = (
+            [1]
+            + [0] * (n - 1)
+            + [None, 1, None, 1, 1.0, "none", 128, "Fast preview", "efficientnet-lite0", seed, []]
+        )
         updates = list(studio.stylize(content, *rest))
         assert len(updates) == 1, seed
         image, status, download, gallery, history = updates[0]
@@ -265,8 +274,15 @@ def browser_page(url: str):
         pytest.skip(f"{CHROMIUM} not installed (make browser)")
     from playwright.sync_api import sync_playwright
 
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+    ]
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=flags)
         try:
@@ -369,12 +385,16 @@ def test_painted_region_through_the_app_function(server):
     _, studio = server
     n = len(studio.styles)
     content = str(REPO / "styles/examples/chelsea.jpg")
-    editor = {"background": Image.open(content), "composite": None,
-              "layers": [painted_layer(Image.open(content).size)]}  # fmt: skip
+    editor = {
+        "background": Image.open(content),
+        "composite": None,
+        "layers": [painted_layer(Image.open(content).size)],
+    }
     rest = [0] * n + [None, 1, None, 1, 1.0, "none", 256]
     # Instant, swirls where painted, nothing picked above and rest "none": the photo stays.
-    path, status, _ = studio.live(content, *rest, "Instant", "auto", 0, [], editor, "swirls",
-                                  "none")  # fmt: skip
+    path, status, _ = studio.live(
+        content, *rest, "Instant", "auto", 0, [], editor, "swirls", "none"
+    )
     assert status.startswith("Instant: 256x")
     p = read_params(path)
     assert [s["file"] for s in p["styles"]] == ["swirls.jpg"]
@@ -382,8 +402,20 @@ def test_painted_region_through_the_app_function(server):
     kept, styled = _kept_and_styled(path, content, 256)
     assert kept < 1 / 255 and styled > 0.1, (kept, styled)  # measured 0 and 0.23
     # Gatys (Fast preview), waves for the rest: both regions stylised, each by its style.
-    updates = list(studio.stylize(content, *rest[:-1], 128, "Fast preview", "efficientnet-lite0",
-                                  0, [], editor, "swirls", "waves"))  # fmt: skip
+    updates = list(
+        studio.stylize(
+            content,
+            *rest[:-1],
+            128,
+            "Fast preview",
+            "efficientnet-lite0",
+            0,
+            [],
+            editor,
+            "swirls",
+            "waves",
+        )
+    )
     path, status = updates[-1][0], updates[-1][1]
     assert status.startswith("Done: 128x85")
     p = read_params(path)
@@ -392,15 +424,20 @@ def test_painted_region_through_the_app_function(server):
     kept, styled = _kept_and_styled(path, content, 128)
     assert kept > 0.05 and styled > 0.05, (kept, styled)
     # Nothing painted: exactly as without regions (the styles picked above, no mask).
-    empty = {"background": Image.open(content), "composite": None,
-             "layers": [painted_layer(Image.open(content).size, 0)]}  # fmt: skip
+    empty = {
+        "background": Image.open(content),
+        "composite": None,
+        "layers": [painted_layer(Image.open(content).size, 0)],
+    }
     weights = [1] + [0] * (n - 1)
-    path, _, _ = studio.live(content, *weights, *rest[n:], "Instant", "auto", 0, [], empty,
-                             "swirls", "none")  # fmt: skip
+    path, _, _ = studio.live(
+        content, *weights, *rest[n:], "Instant", "auto", 0, [], empty, "swirls", "none"
+    )
     assert "mask" not in read_params(path)["styles"][0]
     # A region style slot that is empty says so in the status line.
-    _, status, _ = studio.live(content, *rest, "Instant", "auto", 0, [], editor,
-                               "Style 1 (your upload)", "none")  # fmt: skip
+    _, status, _ = studio.live(
+        content, *rest, "Instant", "auto", 0, [], editor, "Style 1 (your upload)", "none"
+    )
     assert "Style 1 (your upload) is chosen for a region but empty" in status
 
 
@@ -410,12 +447,18 @@ def test_painted_region_through_the_api(server, tmp_path):
     client = connect(url)
     content = REPO / "styles/examples/coffee.jpg"
     painted_layer(Image.open(content).size).save(tmp_path / "layer.png")
-    editor = {"background": handle_file(str(content)), "composite": None,
-              "layers": [handle_file(str(tmp_path / "layer.png"))]}  # fmt: skip
+    editor = {
+        "background": handle_file(str(content)),
+        "composite": None,
+        "layers": [handle_file(str(tmp_path / "layer.png"))],
+    }
     path, status, _, _ = client.predict(
         *args(content, style_weights=(0, 0, 0, 0), size=256, quality="Instant"),
-        editor, "mosaic", "none", api_name="/stylize",
-    )  # fmt: skip
+        editor,
+        "mosaic",
+        "none",
+        api_name="/stylize",
+    )
     assert "the fast method" in status
     p = read_params(path)
     assert (

@@ -104,11 +104,17 @@ def tiny_checkpoint(root: Path):
     g = torch.Generator().manual_seed(1)
     opt_t, opt_meta = optimizer_to_tensors(opt)
     rng_t, rng_meta = rng_to_tensors({"data": g})
-    state = {"opt": opt_meta, "rng": rng_meta, "drawn": {"a": 2}, "num_processes": 1,
-             "sched": {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"}
-             | {"lr_lambdas": [None]}}  # fmt: skip
-    path = save_checkpoint(root / "checkpoints", 3,
-                           {"net": net.state_dict(), "opt": opt_t, "rng": rng_t}, state)  # fmt: skip
+    state = {
+        "opt": opt_meta,
+        "rng": rng_meta,
+        "drawn": {"a": 2},
+        "num_processes": 1,
+        "sched": {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"}
+        | {"lr_lambdas": [None]},
+    }
+    path = save_checkpoint(
+        root / "checkpoints", 3, {"net": net.state_dict(), "opt": opt_t, "rng": rng_t}, state
+    )
     return path, (net, opt, g, sched)
 
 
@@ -167,7 +173,7 @@ def _edit_state(path: Path, edit) -> None:
         ("drawn is a list", ["state.json", "drawn"]),
         ("non-finite weights", ["net.safetensors", "0.weight"]),
     ],
-)  # fmt: skip
+)
 def test_a_damaged_checkpoint_is_one_line_naming_its_file_and_field(tmp_path, damage, names):
     path, live = tiny_checkpoint(tmp_path)
     if damage == "step is a string":
@@ -279,22 +285,32 @@ def test_fuzzed_checkpoints_restore_or_give_an_artgen_error(tmp_path):
         ("[]", "not a run config object"),
         ('{"options": {}}', "options.images is missing"),
         ('{"options": []}', "options is [], not an object"),
-        ('{"options": {"images": "", "steps": "abc", "lr": 0.1, "flip": false}}',
-         'options.steps is "abc", not a whole number'),
-        ('{"options": {"images": "", "steps": true, "lr": 0.1, "flip": false}}',
-         "options.steps is true"),
-        ('{"options": {"images": "", "steps": 1, "lr": NaN, "flip": false}}',
-         "options.lr is NaN, not a finite number"),
-        ('{"options": {"images": "", "steps": 0, "lr": 0.1, "flip": false}}',
-         "--steps 0: must be >= 1"),
-        ('{"options": {"images": "", "steps": 1, "lr": 0.1, "flip": false, "x": 1}}',
-         'options has "x", which is not a setting'),
+        (
+            '{"options": {"images": "", "steps": "abc", "lr": 0.1, "flip": false}}',
+            'options.steps is "abc", not a whole number',
+        ),
+        (
+            '{"options": {"images": "", "steps": true, "lr": 0.1, "flip": false}}',
+            "options.steps is true",
+        ),
+        (
+            '{"options": {"images": "", "steps": 1, "lr": NaN, "flip": false}}',
+            "options.lr is NaN, not a finite number",
+        ),
+        (
+            '{"options": {"images": "", "steps": 0, "lr": 0.1, "flip": false}}',
+            "--steps 0: must be >= 1",
+        ),
+        (
+            '{"options": {"images": "", "steps": 1, "lr": 0.1, "flip": false, "x": 1}}',
+            'options has "x", which is not a setting',
+        ),
         ('{"method": "b", "options": {}}', 'method is "b", not a'),
         ("[" * 100_000, "not valid JSON"),
         ('{"x": "' + "a" * (2 << 20) + '"}', "too large"),
         ("\xff\xfe", "not valid JSON"),
     ],
-)  # fmt: skip
+)
 def test_a_damaged_run_config_is_one_line_naming_the_file(tmp_path, content, message):
     (tmp_path / "config.json").write_bytes(content.encode("latin-1"))
     with pytest.raises(ArtgenError) as e:
@@ -331,7 +347,10 @@ def test_run_config_paths_are_absolute_or_relative_to_the_run(tmp_path, monkeypa
     with pytest.raises(ArtgenError, match="--images cannot change when resuming"):
         options_for_resume(Opts, run, {"images": "/elsewhere"}, changeable=(), paths=("images",))
     assert absolute_paths({"images": "x", "lr": 1, "labels": ""}, ("images", "labels")) == {
-        "images": os.path.abspath("x"), "lr": 1, "labels": ""}  # fmt: skip
+        "images": os.path.abspath("x"),
+        "lr": 1,
+        "labels": "",
+    }
 
 
 def test_load_safetensors_names_a_truncated_or_missing_file(tmp_path):

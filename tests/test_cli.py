@@ -22,8 +22,21 @@ def test_stylize_writes_png_with_parameters_and_info_reproduces(
     images, tmp_path, capsys, monkeypatch
 ):
     out = tmp_path / "out.png"
-    rc = main(["stylize", str(images["content"]), "--style", f"{images['style']}:0.7",
-               "--style", f"{images['style2']}:0.3", "--seed", "7", "-o", str(out), *FAST])  # fmt: skip
+    rc = main(
+        [
+            "stylize",
+            str(images["content"]),
+            "--style",
+            f"{images['style']}:0.7",
+            "--style",
+            f"{images['style2']}:0.3",
+            "--seed",
+            "7",
+            "-o",
+            str(out),
+            *FAST,
+        ]
+    )
     assert rc == 0
     captured = capsys.readouterr()
     assert "backbone: efficientnet-lite0" in captured.err and f"wrote {out}" in captured.out
@@ -89,8 +102,18 @@ def test_refuses_to_overwrite(images, tmp_path, capsys):
     assert out.read_bytes() == b"precious"
     # An input is never an output, even with --overwrite.
     shutil.copy(images["style"], tmp_path / "s.png")
-    rc = main(["stylize", str(images["content"]), "--style", str(tmp_path / "s.png"), "-o", str(tmp_path / "s.png"),
-               "--overwrite", *FAST])  # fmt: skip
+    rc = main(
+        [
+            "stylize",
+            str(images["content"]),
+            "--style",
+            str(tmp_path / "s.png"),
+            "-o",
+            str(tmp_path / "s.png"),
+            "--overwrite",
+            *FAST,
+        ]
+    )
     assert rc == 2 and "is one of the inputs" in capsys.readouterr().err
 
 
@@ -107,10 +130,24 @@ def test_bad_image_and_missing_weights_messages(images, tmp_path, capsys):
         ]
     )
     err = capsys.readouterr().err
-    assert rc == 2 and err.strip() == f"artgen: error: {tmp_path / 'bad.jpg'}: not a readable image " \
-        "(accepted formats: PNG, JPEG, WEBP, BMP, TIFF, GIF)"  # fmt: skip
-    rc = main(["stylize", str(images["content"]), "--style", str(images["style"]), "--backbone", "vgg19",
-               "-o", str(tmp_path / "o.png")])  # fmt: skip
+    assert (
+        rc == 2
+        and err.strip()
+        == f"artgen: error: {tmp_path / 'bad.jpg'}: not a readable image "
+        "(accepted formats: PNG, JPEG, WEBP, BMP, TIFF, GIF)"
+    )
+    rc = main(
+        [
+            "stylize",
+            str(images["content"]),
+            "--style",
+            str(images["style"]),
+            "--backbone",
+            "vgg19",
+            "-o",
+            str(tmp_path / "o.png"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and len(err.strip().splitlines()) == 1
     assert VGG19_FILE in err and "artgen weights fetch vgg19" in err and "Traceback" not in err
@@ -213,8 +250,22 @@ def test_batch_shards_split_the_folder(folder, images, tmp_path, capsys):
     (folder / "broken.jpg").unlink()
     out = tmp_path / "out"
     for i in (1, 2):
-        assert main(["batch", str(folder), "--style", str(images["style"]), "-o", str(out),
-                     "--shard", f"{i}/2", *FAST]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "batch",
+                    str(folder),
+                    "--style",
+                    str(images["style"]),
+                    "-o",
+                    str(out),
+                    "--shard",
+                    f"{i}/2",
+                    *FAST,
+                ]
+            )
+            == 0
+        )
         assert "2 stylised" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == [f"img{k}.png" for k in range(4)]
     assert (
@@ -291,9 +342,25 @@ def test_catalogue_files_exist_and_fetch_checks_hashes(tmp_path, monkeypatch, ca
 
 def test_fast_method_from_the_cli_and_info_reproduces(images, tmp_path, capsys, monkeypatch):
     out = tmp_path / "fast.png"
-    rc = main(["stylize", str(images["content"]), "--method", "adain", "--style",
-               f"{images['style']}:0.6", "--style", f"{images['style2']}:0.4", "--strength", "0.8",
-               "--size", "80", "-o", str(out), "-q"])  # fmt: skip
+    rc = main(
+        [
+            "stylize",
+            str(images["content"]),
+            "--method",
+            "adain",
+            "--style",
+            f"{images['style']}:0.6",
+            "--style",
+            f"{images['style2']}:0.4",
+            "--strength",
+            "0.8",
+            "--size",
+            "80",
+            "-o",
+            str(out),
+            "-q",
+        ]
+    )
     assert rc == 0
     assert "AdaIN with efficientnet-lite0" in capsys.readouterr().err
     p = read_params(out)
@@ -310,8 +377,15 @@ def test_fast_method_from_the_cli_and_info_reproduces(images, tmp_path, capsys, 
 
 
 def test_fast_method_flags_are_its_own(images, tmp_path, capsys):
-    base = ["stylize", str(images["content"]), "--style", str(images["style"]), "-o",
-            str(tmp_path / "x.png"), "-q"]  # fmt: skip
+    base = [
+        "stylize",
+        str(images["content"]),
+        "--style",
+        str(images["style"]),
+        "-o",
+        str(tmp_path / "x.png"),
+        "-q",
+    ]
     with pytest.raises(SystemExit):  # a Gatys flag is not the fast method's
         main([*base, "--method", "adain", "--iterations", "5"])
     assert "unrecognized arguments: --iterations" in capsys.readouterr().err
@@ -333,10 +407,26 @@ def test_fast_batch_goes_in_batches_and_resumes(folder, images, tmp_path, capsys
         calls.append(len(contents))
         return real(contents, *a, **k)
 
-    monkeypatch.setattr(adain_mod, "METHOD", adain_mod.METHOD.__class__(
-        **{**adain_mod.METHOD.__dict__, "stylize_many": counting}))  # fmt: skip
-    argv = ["batch", str(folder), "--method", "adain", "--style", str(images["style"]), "-o",
-            str(out), "--size", "48", "--batch-size", "3", "-q"]  # fmt: skip
+    monkeypatch.setattr(
+        adain_mod,
+        "METHOD",
+        adain_mod.METHOD.__class__(**{**adain_mod.METHOD.__dict__, "stylize_many": counting}),
+    )
+    argv = [
+        "batch",
+        str(folder),
+        "--method",
+        "adain",
+        "--style",
+        str(images["style"]),
+        "-o",
+        str(out),
+        "--size",
+        "48",
+        "--batch-size",
+        "3",
+        "-q",
+    ]
     assert main(argv) == 1  # broken.jpg fails, the rest are done
     text = capsys.readouterr().out
     assert "4 stylised, 0 already done (skipped), 1 failed" in text and "broken.jpg" in text
@@ -352,8 +442,24 @@ def test_info_refuses_tampered_metadata_without_running_it(images, tmp_path, cap
     from artgen.images import save_png
 
     good = tmp_path / "good.png"
-    assert main(["stylize", str(images["content"]), "--method", "adain", "--style",
-                 str(images["style"]), "--size", "48", "-o", str(good), "-q"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "stylize",
+                str(images["content"]),
+                "--method",
+                "adain",
+                "--style",
+                str(images["style"]),
+                "--size",
+                "48",
+                "-o",
+                str(good),
+                "-q",
+            ]
+        )
+        == 0
+    )
     params = read_params(good)
     capsys.readouterr()
     bad = [
@@ -405,13 +511,30 @@ def test_a_third_method_is_one_file_and_one_registry_line(images, tmp_path, monk
         rgb = content.rgb if hasattr(content, "rgb") else load_image(content).rgb
         return resize_long_side(rgb, options.size)
 
-    mod.METHOD = style.StyleMethod("identity", "the photo as it is", IdentityOptions,
-                                   load=lambda *a: None, stylize=stylize)  # fmt: skip
+    mod.METHOD = style.StyleMethod(
+        "identity", "the photo as it is", IdentityOptions, load=lambda *a: None, stylize=stylize
+    )
     monkeypatch.setitem(sys.modules, "artgen_test_identity", mod)
     monkeypatch.setitem(style.METHODS, "identity", "artgen_test_identity")
     out = tmp_path / "id.png"
-    assert main(["stylize", str(images["content"]), "--method", "identity", "--style",
-                 str(images["style"]), "--size", "32", "-o", str(out), "-q"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "stylize",
+                str(images["content"]),
+                "--method",
+                "identity",
+                "--style",
+                str(images["style"]),
+                "--size",
+                "32",
+                "-o",
+                str(out),
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert Image.open(out).size == (32, 21) and read_params(out)["method"] == "identity"
     assert main(["info", str(out)]) == 0
     assert "--method identity" in capsys.readouterr().out
@@ -441,8 +564,9 @@ def test_bad_outputs_are_refused_before_any_work(images, tmp_path, capsys, monke
         (["/sys/artgen-out.png", "--overwrite"], "inside /sys"),
     ]
     for out, why in cases:
-        rc = main(["stylize", str(images["content"]), "--style", str(images["style"]), "-o", *out,
-                   *FAST])  # fmt: skip
+        rc = main(
+            ["stylize", str(images["content"]), "--style", str(images["style"]), "-o", *out, *FAST]
+        )
         err = capsys.readouterr().err
         assert rc == 2 and why in err and err.count("\n") == 1, (out, err)
         assert "Traceback" not in err
@@ -454,8 +578,10 @@ def test_batch_refuses_an_unwritable_output_folder_before_any_work(
 ):
     _never_stylize(monkeypatch)
     (tmp_path / "afile").write_text("x")
-    for out, why in ((tmp_path / "afile" / "out", "is a file, not a folder"),
-                     ("/proc/artgen-batch", "cannot write in /proc/artgen-batch")):  # fmt: skip
+    for out, why in (
+        (tmp_path / "afile" / "out", "is a file, not a folder"),
+        ("/proc/artgen-batch", "cannot write in /proc/artgen-batch"),
+    ):
         rc = main(["batch", str(folder), "--style", str(images["style"]), "-o", str(out), *FAST])
         err = capsys.readouterr().err
         assert rc == 2 and why in err and err.count("\n") == 1, err
@@ -469,8 +595,18 @@ def test_batch_never_overwrites_an_input_through_a_symlink(images, tmp_path, cap
     nest = tmp_path / "nest" / "in"
     nest.mkdir(parents=True)
     (nest / "f1.png").symlink_to(shared / "f1.png")
-    rc = main(["batch", str(nest), "--style", str(images["style"]), "-o", str(shared),
-               "--overwrite", *FAST])  # fmt: skip
+    rc = main(
+        [
+            "batch",
+            str(nest),
+            "--style",
+            str(images["style"]),
+            "-o",
+            str(shared),
+            "--overwrite",
+            *FAST,
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "never overwrites an input" in err and err.count("\n") == 1
     assert (shared / "f1.png").read_bytes() == before
@@ -488,11 +624,15 @@ def test_reproduce_lines_work_for_bundled_fetched_and_path_styles(
     shutil.copy(images["style2"], entry.path)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    for spec, expected in (("swirls", "--style swirls:1"), ("shipwreck", "--style shipwreck:1"),
-                           (str(images["style"]), "--style style.png:1")):  # fmt: skip
+    for spec, expected in (
+        ("swirls", "--style swirls:1"),
+        ("shipwreck", "--style shipwreck:1"),
+        (str(images["style"]), "--style style.png:1"),
+    ):
         out = tmp_path / f"{os.path.basename(spec)}.png"
-        assert main(["stylize", str(images["content"]), "--style", spec, "-o", str(out),
-                     *FAST]) == 0  # fmt: skip
+        assert (
+            main(["stylize", str(images["content"]), "--style", spec, "-o", str(out), *FAST]) == 0
+        )
         capsys.readouterr()
         assert main(["info", str(out)]) == 0
         cmd = capsys.readouterr().out.strip().splitlines()[-1].strip()
@@ -517,15 +657,32 @@ def test_info_survives_fuzzed_metadata(images, tmp_path, capsys):
     from artgen.images import save_png
 
     good = tmp_path / "good.png"
-    assert main(["stylize", str(images["content"]), "--style", "swirls", "-o", str(good),
-                 *FAST]) == 0  # fmt: skip
+    assert (
+        main(["stylize", str(images["content"]), "--style", "swirls", "-o", str(good), *FAST]) == 0
+    )
     capsys.readouterr()
     params = read_params(good)
     base = Image.open(good)
     base.load()
     rng = random.Random(0)
-    odd = [None, True, -1, 0, 1e308, float("nan"), "", "x" * 5000, "$(touch /tmp/artgen-fz)",
-           [], {}, [[[[]]]], {"a": {"b": {}}}, "cuda:0", 2**70, "a\nb"]  # fmt: skip
+    odd = [
+        None,
+        True,
+        -1,
+        0,
+        1e308,
+        float("nan"),
+        "",
+        "x" * 5000,
+        "$(touch /tmp/artgen-fz)",
+        [],
+        {},
+        [[[[]]]],
+        {"a": {"b": {}}},
+        "cuda:0",
+        2**70,
+        "a\nb",
+    ]
 
     def mutate(obj, depth=0):
         if isinstance(obj, dict) and obj and rng.random() < 0.7:
@@ -581,10 +738,28 @@ def test_concurrent_batches_share_the_work(folder, images, tmp_path):
     for k in range(4, 10):
         photo(48, 40, seed=k).save(folder / f"img{k}.png")
     out = tmp_path / "out"
-    argv = [sys.executable, "-m", "artgen", "batch", str(folder), "--method", "adain", "--style",
-            str(images["style"]), "-o", str(out), "--size", "48", "--batch-size", "1", "-q"]  # fmt: skip
-    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "artgen",
+        "batch",
+        str(folder),
+        "--method",
+        "adain",
+        "--style",
+        str(images["style"]),
+        "-o",
+        str(out),
+        "--size",
+        "48",
+        "--batch-size",
+        "1",
+        "-q",
+    ]
+    procs = [
+        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     results = [p.communicate(timeout=300) for p in procs]
     for p, (o, e) in zip(procs, results, strict=True):
         assert p.returncode == 0, (o, e)
@@ -610,8 +785,9 @@ def test_batch_counts_what_another_run_does_as_skipped(folder, images, tmp_path,
     adain = get_method("adain")
     options = adain.options(size=48)
     with OutputClaim(out / "img1.png"):  # another run is making it
-        results = run_batch(jobs, [(load_image(images["style"]), 1.0)], options,
-                            BatchOptions(batch_size=1))  # fmt: skip
+        results = run_batch(
+            jobs, [(load_image(images["style"]), 1.0)], options, BatchOptions(batch_size=1)
+        )
     status = {r.job.output.name: (r.status, r.error) for r in results}
     assert status["img0.png"] == ("done", None) and status["img3.png"] == ("done", None)
     assert status["img1.png"] == ("skipped", "another artgen run is making it")
@@ -626,8 +802,13 @@ def test_messages_name_the_right_flag_and_defaults_once(tmp_path, capsys):
         load_fid_network("vgg19")
     assert "--fid-network efficientnet-lite0" in str(e.value)
     assert "--backbone" not in str(e.value)
-    for argv in (["stylize", "--help"], ["eval", "--help"], ["finetune", "gan", "--help"],
-                 ["stylize", "--method", "adain", "--help"], ["batch", "--help"]):  # fmt: skip
+    for argv in (
+        ["stylize", "--help"],
+        ["eval", "--help"],
+        ["finetune", "gan", "--help"],
+        ["stylize", "--method", "adain", "--help"],
+        ["batch", "--help"],
+    ):
         with pytest.raises(SystemExit):
             main(argv)
         text = " ".join(capsys.readouterr().out.split())
@@ -641,8 +822,9 @@ def test_info_never_prints_control_characters_flags_or_long_echoes(images, tmp_p
     from artgen.images import save_png
 
     good = tmp_path / "good.png"
-    assert main(["stylize", str(images["content"]), "--style", "swirls", "-o", str(good),
-                 *FAST]) == 0  # fmt: skip
+    assert (
+        main(["stylize", str(images["content"]), "--style", "swirls", "-o", str(good), *FAST]) == 0
+    )
     capsys.readouterr()
     p = read_params(good)
     overdraw = "x\r\x1b[K  artgen stylize content.png -o OUT.png; touch /tmp/artgen-pw #"
@@ -683,3 +865,17 @@ def test_info_never_prints_control_characters_flags_or_long_echoes(images, tmp_p
     assert main(["info", str(path)]) == 0
     assert "artgen stylize ./-photo.png " in capsys.readouterr().out
     assert not os.path.exists("/tmp/artgen-pw")
+
+
+def test_sample_and_eval_flags_come_from_the_run_kinds_and_eval_options(capsys):
+    for argv, flags in [
+        (["sample", "--help"], ["--steps", "--prompt", "--truncation", "--class-index", "-n N"]),
+        (["eval", "--help"], ["--metrics", "--images", "--labels"]),
+    ]:
+        with pytest.raises(SystemExit):
+            main(argv)
+        text = " ".join(capsys.readouterr().out.split())
+        for flag in flags:
+            assert flag in text, (argv, flag)
+        for line in text.split(" --"):
+            assert line.count("(default:") <= 1, (argv, line)

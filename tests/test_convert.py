@@ -661,8 +661,6 @@ def test_orig_discriminator_with_positional_arguments(tmp_path, marker):
         ("D", lambda kw: kw.update(architecture="skip"), "architecture='skip' is not supported"),
         ("G_ema", lambda kw: kw["mapping_kwargs"].update(activation="relu"),
          "activation='relu' is not supported"),
-        ("D", lambda kw: kw["epilogue_kwargs"].update(mbstd_group_size=None),
-         "mbstd_group_size=None"),
         ("G_ema", lambda kw: kw.update(init_res=[4, 4]), "unknown option 'init_res'"),
         ("G_ema", lambda kw: kw.pop("z_dim"), "missing z_dim"),
     ],
@@ -675,6 +673,24 @@ def test_unsupported_options_are_refused_by_name(tmp_path, marker, network, chan
         convert_stylegan2_pickle(pkl, tmp_path / "out")
     assert str(err.value).startswith(f"{pkl}: {network}: ")
     assert not (tmp_path / "out").exists()
+
+
+def test_mbstd_group_of_the_whole_minibatch(tmp_path, marker):
+    """mbstd_group_size=None, which legacy.py records for a TensorFlow network that did not set
+    it: one group of the whole minibatch."""
+    snapshot, nets = build_snapshot(module_src_for(marker))
+    snapshot["D"].state["_init_kwargs"]["epilogue_kwargs"] = EasyDict(
+        mbstd_group_size=None, mbstd_num_channels=1, activation="lrelu")  # fmt: skip
+    out = convert_stylegan2_pickle(write_pickle(tmp_path / "net.pkl", snapshot), tmp_path / "o")
+    d = Discriminator.from_pretrained(out["discriminator"])
+    assert d.config.mbstd_group_size == 1024  # the largest group artgen's config allows
+    assert Generator.from_pretrained(out["generator"]).config.mbstd_group_size == 1024
+    img = torch.randn([8, 3, 16, 16], generator=torch.Generator().manual_seed(5))
+    for n in (1, 3, 8):  # any batch is one group, as the official layer makes it
+        whole = Discriminator(dataclasses.replace(CFG, mbstd_group_size=n)).eval()
+        whole.load_state_dict(nets["D"].state_dict())
+        with torch.no_grad():
+            assert torch.equal(d(img[:n]), whole(img[:n]))
 
 
 def test_missing_and_extra_tensors_are_named(tmp_path, marker):

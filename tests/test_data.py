@@ -16,7 +16,6 @@ from artgen.data import (
     balance_weights,
     check_attribute,
     list_images,
-    make_sampler,
     proportions,
     read_labels,
 )
@@ -159,47 +158,6 @@ def test_balance_weights_and_proportions():
     assert proportions(["z", "a", "m", "a"])["a"] == 0.5
     three = balance_weights(["x", "y", "y", "z", "z", "z"])
     assert three == pytest.approx([1 / 3, 1 / 6, 1 / 6, 1 / 9, 1 / 9, 1 / 9])
-
-
-def _draw(sampler, k: int) -> list[int]:
-    it = iter(sampler)
-    return [next(it) for _ in range(k)]
-
-
-def test_sampler_balances_a_90_10_set():
-    values = ["a"] * 90 + ["b"] * 10
-    draws = 20000
-    balanced = make_sampler(100, balance_weights(values), torch.Generator().manual_seed(1))
-    got = proportions([values[i] for i in _draw(balanced, draws)])
-    assert got["a"] == pytest.approx(0.5, abs=0.02)
-    uniform = make_sampler(100, None, torch.Generator().manual_seed(1))
-    idx = _draw(uniform, draws)
-    got = proportions([values[i] for i in idx])
-    assert got["a"] == pytest.approx(0.9, abs=0.02)
-    assert min(idx) == 0 and max(idx) == 99 and len(set(idx)) == 100
-    # Explicit equal weights give the same shares as None.
-    equal = make_sampler(100, [1.0] * 100, torch.Generator().manual_seed(2))
-    assert proportions([values[i] for i in _draw(equal, draws)])["a"] == pytest.approx(
-        0.9, abs=0.02
-    )
-
-
-def test_sampler_is_infinite_and_resumable():
-    g = torch.Generator().manual_seed(3)
-    sampler = make_sampler(5, [1, 2, 3, 4, 0], g)
-    it = iter(sampler)
-    first = [next(it) for _ in range(50)]
-    assert 4 not in first  # zero weight is never drawn
-    state = g.get_state()
-    rest = [next(it) for _ in range(50)]
-    g.set_state(state)
-    it2 = iter(sampler)
-    assert [next(it2) for _ in range(50)] == rest
-    loader = torch.utils.data.DataLoader(range(5), batch_size=4, sampler=sampler)
-    batches = iter(loader)
-    assert all(len(next(batches)) == 4 for _ in range(300))  # runs past any epoch
-    with pytest.raises(ValueError):
-        make_sampler(3, [1.0, 2.0], g)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -71,7 +72,8 @@ def test_train_writes_a_run_and_resumes_exactly(data, tmp_path):
     assert cfg["method"] == "train-adain" and cfg["options"]["steps"] == 4
     log = [json.loads(line) for line in (straight / "log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 4 and all(v["loss"] > 0 for v in log)
-    assert (straight / "samples" / "step-0000004.png").is_file()
+    assert (straight / "samples" / "step-0000002.png").is_file()
+    assert (straight / "samples" / "final.png").is_file()
     assert (straight / "README.md").read_text().count("--method adain --model") == 1
 
 
@@ -80,11 +82,35 @@ def test_resume_guards(data, tmp_path):
     run = tmp_path / "run"
     with pytest.raises(ArtgenError, match="nothing to resume"):
         T.train_adain(T.AdaINTrainOptions(styles=str(s), content=str(c), out=str(run), resume=True))
-    assert main(["train", "adain", "--content", str(c), "--styles", str(s), "--out", str(run),
-                 *TINY, "--steps", "2", "-q"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "adain",
+                "--content",
+                str(c),
+                "--styles",
+                str(s),
+                "--out",
+                str(run),
+                *TINY,
+                "--steps",
+                "2",
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert main(["train", "adain", "--out", str(run), "--resume", "--lr", "0.1", "-q"]) == 2
-    with pytest.raises(ArtgenError, match="exists and is not empty"):
+    with pytest.raises(ArtgenError, match="already holds a run; pass --resume"):
         T.train_adain(T.AdaINTrainOptions(styles=str(s), content=str(c), out=str(run), steps=2))
+    # the API guards a resumed run as the CLI does
+    resumed = T.options_for_resume(run, steps=3)
+    with pytest.raises(ArtgenError, match="--lr: the run in"):
+        T.train_adain(dataclasses.replace(resumed, lr=0.1))
+    shutil.rmtree(run / "checkpoints")
+    with pytest.raises(ArtgenError, match="no checkpoint to resume from"):
+        T.train_adain(resumed)
     with pytest.raises(ArtgenError, match="--crop 30: must be a multiple of 16"):
         T.AdaINTrainOptions(crop=30)
 
@@ -102,9 +128,33 @@ def test_fine_tuning_from_the_shipped_decoder_lowers_the_style_loss(data, tmp_pa
     art.mkdir()
     stripes(96, seed=11).save(art / "mine.png")
     run = tmp_path / "mine"
-    rc = main(["train", "adain", "--base", "shipped", "--content", str(c), "--styles", str(art),
-               "--out", str(run), "--steps", "30", "--crop", "64", "--batch-size", "4",
-               "--lr", "5e-4", "--sample-every", "30", "--checkpoint-every", "30", "-q"])  # fmt: skip
+    rc = main(
+        [
+            "train",
+            "adain",
+            "--base",
+            "shipped",
+            "--content",
+            str(c),
+            "--styles",
+            str(art),
+            "--out",
+            str(run),
+            "--steps",
+            "30",
+            "--crop",
+            "64",
+            "--batch-size",
+            "4",
+            "--lr",
+            "5e-4",
+            "--sample-every",
+            "30",
+            "--checkpoint-every",
+            "30",
+            "-q",
+        ]
+    )
     assert rc == 0
     before, after = weights.load_adain("shipped"), weights.load_adain(str(run))
     held_out = photo(128, 96, seed=9)
@@ -133,8 +183,25 @@ def adain_run(tmp_path_factory) -> Path:
         photo(80, 64, seed=k).save(c / f"c{k}.png")
         stripes(72, seed=k).save(s / f"s{k}.png")
     run = root / "run"
-    assert main(["train", "adain", "--content", str(c), "--styles", str(s), "--out", str(run),
-                 *TINY, "--steps", "2", "-q"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "adain",
+                "--content",
+                str(c),
+                "--styles",
+                str(s),
+                "--out",
+                str(run),
+                *TINY,
+                "--steps",
+                "2",
+                "-q",
+            ]
+        )
+        == 0
+    )
     return run
 
 
@@ -143,16 +210,16 @@ def adain_run(tmp_path_factory) -> Path:
     [
         ("step is a string", ["state.json", "step"]),
         ("no optimizer in state.json", ["state.json", "optimizer"]),
-        ("garbled rng state", ["rng", "python"]),
-        ("no rng.safetensors", ["rng.safetensors"]),
+        ("garbled rng state", ["rng0", "python"]),
+        ("no rng0.safetensors", ["rng0.safetensors"]),
         ("truncated decoder.safetensors", ["decoder.safetensors"]),
         ("config options is a list", ["config.json", "options is []"]),
         ("config batch_size is abc", ["config.json", "options.batch_size"]),
         ("config is {", ["config.json", "not valid JSON"]),
         ("config is []", ["config.json"]),
-        ("config options is {}", ["config.json", "options.styles is missing"]),
+        ("config options is {}", ["config.json", "options.out is missing"]),
     ],
-)  # fmt: skip
+)
 def test_a_damaged_adain_run_resumes_to_one_line(adain_run, tmp_path, capsys, damage, names):
     run = Path(shutil.copytree(adain_run, tmp_path / "run"))
     ckpt = run / "checkpoints" / "step-0000002"
@@ -160,18 +227,21 @@ def test_a_damaged_adain_run_resumes_to_one_line(adain_run, tmp_path, capsys, da
     edits = {
         "step is a string": lambda: edit_json(state, lambda s: s.update(step="2")),
         "no optimizer in state.json": lambda: edit_json(state, lambda s: s.pop("optimizer")),
-        "garbled rng state": lambda: edit_json(state, lambda s: s["rng"].update(python=[1])),
-        "no rng.safetensors": lambda: (ckpt / "rng.safetensors").unlink(),
+        "garbled rng state": lambda: edit_json(state, lambda s: s["rng0"].update(python=[1])),
+        "no rng0.safetensors": lambda: (ckpt / "rng0.safetensors").unlink(),
         "truncated decoder.safetensors": lambda: (ckpt / "decoder.safetensors").write_bytes(
-            (ckpt / "decoder.safetensors").read_bytes()[:100]),
+            (ckpt / "decoder.safetensors").read_bytes()[:100]
+        ),
         "config options is a list": lambda: edit_json(config, lambda c: c.update(options=[])),
         "config batch_size is abc": lambda: edit_json(
-            config, lambda c: c["options"].update(batch_size="abc")),
+            config, lambda c: c["options"].update(batch_size="abc")
+        ),
         "config is {": lambda: config.write_text("{"),
         "config is []": lambda: config.write_text("[]"),
         "config options is {}": lambda: config.write_text(
-            '{"method": "train-adain", "options": {}}'),
-    }  # fmt: skip
+            '{"method": "train-adain", "options": {}}'
+        ),
+    }
     edits[damage]()
     rc = main(["train", "adain", "--out", str(run), "--resume", "--steps", "4", "-q"])
     err = capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -44,10 +45,20 @@ def bases(tmp_path_factory) -> dict[str, Path]:
 def fast(bases, out, base="ddpm", **kw) -> DiffusionFinetuneOptions:
     """Options for a quick CPU run on the tiny models."""
     args = dict(
-        base=base, images=str(bases["images"]), out=str(out), steps=40,
-        batch_size=4, lr=3e-3, warmup_steps=0, sample_every=1000, checkpoint_every=1000,
-        num_samples=4, sample_steps=2, ema_decay=0.0, device="cpu",
-    )  # fmt: skip
+        base=base,
+        images=str(bases["images"]),
+        out=str(out),
+        steps=40,
+        batch_size=4,
+        lr=3e-3,
+        warmup_steps=0,
+        sample_every=1000,
+        checkpoint_every=1000,
+        num_samples=4,
+        sample_steps=2,
+        ema_decay=0.0,
+        device="cpu",
+    )
     args.update(kw)
     args["base"] = str(bases.get(args["base"], args["base"]))
     return DiffusionFinetuneOptions(**args)
@@ -119,9 +130,16 @@ def test_full_finetune_with_frozen_down_blocks(bases, tmp_path):
 def test_text_to_image_lora_with_prior_preservation(bases, tmp_path):
     before = fixed_batch_loss(load_base(str(bases["sd"])), bases["images"], 16)
     run = finetune_diffusion(
-        fast(bases, tmp_path / "run", base="sd", steps=40, lr=1e-2, class_prompt="a painting",
-             num_class_images=3)
-    )  # fmt: skip
+        fast(
+            bases,
+            tmp_path / "run",
+            base="sd",
+            steps=40,
+            lr=1e-2,
+            class_prompt="a painting",
+            num_class_images=3,
+        )
+    )
     assert len(list((run / "class_images").glob("*.png"))) == 3
     pipe = load_run(run)
     after = fixed_batch_loss(pipe, bases["images"], 16)
@@ -202,8 +220,22 @@ def test_resume_refuses_changed_settings(bases, tmp_path):
     state.write_text(json.dumps({**saved, "num_processes": 2}))
     with pytest.raises(ArtgenError, match="saved by 2 process.*not 1"):
         finetune_diffusion(options_for_resume(run, steps=3))
+    with pytest.raises(ArtgenError, match="--lora-rank cannot change when resuming"):
+        options_for_resume(tmp_path / "r", lora_rank=4, steps=3)
+    # the trainer itself keeps the run's settings, for options built by hand too
+    changed = dataclasses.replace(options_for_resume(run, steps=3), lora_rank=4)
     with pytest.raises(ArtgenError, match="--lora-rank: the run .* used 8, not 4"):
-        finetune_diffusion(options_for_resume(tmp_path / "r", lora_rank=4, steps=3))
+        finetune_diffusion(changed)
+    for k, v in (("lr", 0.5), ("batch_size", 2)):  # no longer silently allowed
+        with pytest.raises(ArtgenError, match=f"--{k.replace('_', '-')}: the run"):
+            finetune_diffusion(dataclasses.replace(options_for_resume(run, steps=3), **{k: v}))
+
+
+def test_resume_without_a_checkpoint_is_an_error_naming_the_folder(bases, tmp_path):
+    run = finetune_diffusion(fast(bases, tmp_path / "r", steps=1, checkpoint_every=1))
+    shutil.rmtree(run / "checkpoints")
+    with pytest.raises(ArtgenError, match=r"r: no checkpoint to resume from in .*checkpoints"):
+        finetune_diffusion(options_for_resume(run, steps=3))
     with pytest.raises(ArtgenError, match="nothing to resume"):
         options_for_resume(tmp_path / "nothing")
 
@@ -213,9 +245,17 @@ def test_balance_draws_attribute_values_equally(bases, tmp_path):
     rows = ["file,hair"] + [f"img{i:02d}.png,{'dark' if i < 18 else 'light'}" for i in range(20)]
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
     run = finetune_diffusion(
-        fast(bases, tmp_path / "run", images=str(folder), labels=str(tmp_path / "labels.csv"),
-             balance="hair", steps=100, batch_size=4, lr=1e-4)
-    )  # fmt: skip
+        fast(
+            bases,
+            tmp_path / "run",
+            images=str(folder),
+            labels=str(tmp_path / "labels.csv"),
+            balance="hair",
+            steps=100,
+            batch_size=4,
+            lr=1e-4,
+        )
+    )
     balance = json.loads((run / "balance.json").read_text())
     assert balance["dataset"] == {"dark": 0.9, "light": 0.1}
     assert abs(balance["realised"]["light"] - 0.5) < 0.08, balance  # 400 draws
@@ -232,10 +272,15 @@ def test_balance_draws_attribute_values_equally(bases, tmp_path):
         ({"base": "/nonexistent/model"}, "no such folder"),
         ({"method": "dreambooth"}, "use lora or full"),
         ({"freeze": "encoder_blocks"}, "no such UNet block"),
-        ({"freeze": "down_blocks,mid_block,up_blocks,conv_in,conv_out,time_embedding,conv_norm_out",
-          "method": "full"}, "nothing left to train"),
+        (
+            {
+                "freeze": "down_blocks,mid_block,up_blocks,conv_in,conv_out,time_embedding,conv_norm_out",
+                "method": "full",
+            },
+            "nothing left to train",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_inputs(bases, tmp_path, change, message):
     (tmp_path / "empty").mkdir()
     bad = image_folder(tmp_path / "bad", n=2, size=20)
@@ -243,8 +288,12 @@ def test_bad_inputs(bases, tmp_path, change, message):
     good = "file,hair\n" + "".join(f"img{i:02d}.png,{'a' if i % 2 else 'b'}\n" for i in range(8))
     (tmp_path / "good.csv").write_text(good)
     (tmp_path / "missing.csv").write_text(good + "ghost.png,a\n")
-    subst = {"EMPTY": tmp_path / "empty", "BAD": bad, "GOOD": tmp_path / "good.csv",
-             "MISSING_FILES": tmp_path / "missing.csv"}  # fmt: skip
+    subst = {
+        "EMPTY": tmp_path / "empty",
+        "BAD": bad,
+        "GOOD": tmp_path / "good.csv",
+        "MISSING_FILES": tmp_path / "missing.csv",
+    }
     change = {k: str(subst.get(v, v)) for k, v in change.items()}
     with pytest.raises(ArtgenError, match=message):
         finetune_diffusion(fast(bases, tmp_path / "run", steps=1, **change))
@@ -254,10 +303,31 @@ def test_cli_finetune_sample_eval(bases, tmp_path, capsys):
     from artgen.cli import main
 
     run = tmp_path / "run"
-    code = main(["finetune", "diffusion", "--base", str(bases["ddpm"]), "--images",
-                 str(bases["images"]), "--out", str(run), "--steps", "3", "--batch-size", "2",
-                 "--sample-every", "2", "--num-samples", "4", "--sample-steps", "2",
-                 "--device", "cpu", "-q"])  # fmt: skip
+    code = main(
+        [
+            "finetune",
+            "diffusion",
+            "--base",
+            str(bases["ddpm"]),
+            "--images",
+            str(bases["images"]),
+            "--out",
+            str(run),
+            "--steps",
+            "3",
+            "--batch-size",
+            "2",
+            "--sample-every",
+            "2",
+            "--num-samples",
+            "4",
+            "--sample-steps",
+            "2",
+            "--device",
+            "cpu",
+            "-q",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert (run / "samples" / "step-0000002.png").is_file()
     grid = tmp_path / "grid.png"
@@ -265,14 +335,46 @@ def test_cli_finetune_sample_eval(bases, tmp_path, capsys):
     assert Image.open(grid).size == (3 * 16 + 2 * 2, 2 * 16 + 2)
     assert main(["sample", str(run), "-n", "6", "--steps", "2", "-o", str(grid)]) == 2
     assert "already exists" in capsys.readouterr().err
-    assert main(["eval", str(run), "--images", str(bases["images"]), "--num-samples", "4",
-                 "--sample-steps", "2", "--lpips", "stand-in", "--kid-subsets", "5"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "eval",
+                str(run),
+                "--images",
+                str(bases["images"]),
+                "--num-samples",
+                "4",
+                "--sample-steps",
+                "2",
+                "--lpips",
+                "stand-in",
+                "--kid-subsets",
+                "5",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "FID" in out and "efficientnet-lite0" in out and "stand-in" in out
     assert json.loads((run / "eval.json").read_text())["samples"]["count"] == 4
 
-    assert main(["finetune", "diffusion", "--base", str(bases["ddpm"]), "--images",
-                 str(bases["images"]), "--out", str(run), "--steps", "3"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "finetune",
+                "diffusion",
+                "--base",
+                str(bases["ddpm"]),
+                "--images",
+                str(bases["images"]),
+                "--out",
+                str(run),
+                "--steps",
+                "3",
+            ]
+        )
+        == 2
+    )
     assert "pass --resume" in capsys.readouterr().err
     # --resume needs only the run folder; a longer --steps extends the run.
     assert main(["finetune", "diffusion", "--out", str(run), "--resume", "--steps", "5", "-q"]) == 0
@@ -289,15 +391,42 @@ def test_hub_id_loads_offline_from_the_cache(bases, tmp_path):
 
     shutil.copytree(bases["ddpm"], repo / "snapshots" / snap)
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "artgen", "finetune", "diffusion", "--images",
-           str(bases["images"]), "--steps", "2", "--batch-size", "2", "--num-samples", "1",
-           "--sample-steps", "1", "--device", "cpu", "-q"]  # fmt: skip
-    ok = subprocess.run([*cmd, "--base", "artgen-test/tiny-ddpm", "--out", str(tmp_path / "r1")],
-                        env=env, cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "artgen",
+        "finetune",
+        "diffusion",
+        "--images",
+        str(bases["images"]),
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--num-samples",
+        "1",
+        "--sample-steps",
+        "1",
+        "--device",
+        "cpu",
+        "-q",
+    ]
+    ok = subprocess.run(
+        [*cmd, "--base", "artgen-test/tiny-ddpm", "--out", str(tmp_path / "r1")],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0, ok.stderr
     assert (tmp_path / "r1" / "lora" / "adapter_model.safetensors").is_file()
-    bad = subprocess.run([*cmd, "--base", "artgen-test/not-cached", "--out", str(tmp_path / "r2")],
-                         env=env, cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    bad = subprocess.run(
+        [*cmd, "--base", "artgen-test/not-cached", "--out", str(tmp_path / "r2")],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2
     last = bad.stderr.strip().splitlines()[-1]
     assert "artgen-test/not-cached" in last and "not in the Hugging Face cache" in last
@@ -307,10 +436,34 @@ def test_two_processes_through_torchrun(bases, tmp_path):
     """What accelerate launch does on several GPUs, here as two CPU processes (gloo DDP)."""
     torchrun = Path(sys.executable).with_name("torchrun")
     run = tmp_path / "ddp"
-    cmd = [str(torchrun), "--nproc_per_node", "2", "-m", "artgen", "finetune", "diffusion",
-           "--base", str(bases["ddpm"]), "--images", str(bases["images"]), "--out", str(run),
-           "--steps", "4", "--batch-size", "2", "--checkpoint-every", "2", "--num-samples", "1",
-           "--sample-steps", "1", "--device", "cpu", "-q"]  # fmt: skip
+    cmd = [
+        str(torchrun),
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "artgen",
+        "finetune",
+        "diffusion",
+        "--base",
+        str(bases["ddpm"]),
+        "--images",
+        str(bases["images"]),
+        "--out",
+        str(run),
+        "--steps",
+        "4",
+        "--batch-size",
+        "2",
+        "--checkpoint-every",
+        "2",
+        "--num-samples",
+        "1",
+        "--sample-steps",
+        "1",
+        "--device",
+        "cpu",
+        "-q",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -358,7 +511,7 @@ def _sample(run: Path, tmp_path: Path) -> list[str]:
         ("truncated optimizer.safetensors", ["optimizer.safetensors"]),
         ("lr_scheduler garbage", ["state.json", "lr_scheduler"]),
     ],
-)  # fmt: skip
+)
 def test_a_damaged_diffusion_checkpoint_is_one_line(runs, tmp_path, capsys, damage, names):
     from artgen.cli import main
 
@@ -392,10 +545,10 @@ def test_a_damaged_diffusion_checkpoint_is_one_line(runs, tmp_path, capsys, dama
         ("{", "not valid JSON"),
         ("[]", "not a run config object"),
         ('{"options": {}}', "method is null"),
-        ('{"method": "finetune-diffusion", "options": {}}', "options.base is missing"),
+        ('{"method": "finetune-diffusion", "options": {}}', "options.out is missing"),
         ("RESOLUTION", "resolution"),
     ],
-)  # fmt: skip
+)
 def test_a_damaged_diffusion_run_config_is_one_line(runs, tmp_path, capsys, content, message):
     from artgen.cli import main
 
@@ -425,7 +578,7 @@ def test_a_damaged_diffusion_run_config_is_one_line(runs, tmp_path, capsys, cont
         ("full", "truncated", "unet"),
         ("full", "non-finite", "unet"),
     ],
-)  # fmt: skip
+)
 def test_damaged_run_weights_are_refused_when_sampling(runs, tmp_path, capsys, kind, damage, file):
     from artgen.cli import main
 
@@ -461,3 +614,245 @@ def test_resume_with_a_relative_path_in_the_config_uses_the_run_folder(runs, bas
     assert options.images == str(run / "data")
     finetune_diffusion(options)
     assert json.loads((run / "config.json").read_text())["options"]["images"] == str(run / "data")
+
+
+# -- LoRA files that other tools load (issue 14 item 2) -------------------------------------
+
+_UNET_PROBE = """
+import sys, torch
+from diffusers import StableDiffusionPipeline
+base, lora, out = sys.argv[1:4]
+pipe = StableDiffusionPipeline.from_pretrained(base)
+if lora != "-":
+    pipe.load_lora_weights(lora)
+kinds = {type(m.base_layer).__name__ for n, m in pipe.unet.named_modules() if hasattr(m, "lora_A") and m.lora_A}
+adapted = sorted(n for n, m in pipe.unet.named_modules() if hasattr(m, "lora_A") and m.lora_A)
+g = torch.Generator().manual_seed(7)
+x, c = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 3, 32, generator=g)
+with torch.no_grad():
+    y = pipe.unet(x, 500, encoder_hidden_states=c).sample
+torch.save({"y": y, "adapted": adapted, "kinds": sorted(kinds)}, out)
+"""
+
+
+def _unet_probe(unet) -> torch.Tensor:
+    g = torch.Generator().manual_seed(7)
+    x, c = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 3, 32, generator=g)
+    with torch.no_grad():
+        return unet(x, 500, encoder_hidden_states=c).sample
+
+
+def _adapted(unet) -> dict[str, str]:
+    """Module path -> the class of the layer it adapts, for every module with an adapter."""
+    return {
+        n: type(m.base_layer).__name__
+        for n, m in unet.named_modules()
+        if hasattr(m, "lora_A") and m.lora_A
+    }
+
+
+@pytest.fixture(scope="module")
+def sd_lora(bases, tmp_path_factory) -> Path:
+    """A text-to-image LoRA on attention and convolutions, alpha != rank, kohya export."""
+    root = tmp_path_factory.mktemp("sdlora")
+    return finetune_diffusion(
+        fast(
+            bases,
+            root / "run",
+            base="sd",
+            steps=3,
+            lr=3e-2,
+            lora_rank=4,
+            lora_alpha=2,
+            export_format="kohya",
+            sample_every=1000,
+            num_samples=1,
+        )
+    )
+
+
+def _trained_adapters(bases) -> dict[str, str]:
+    """What training adapts: a fresh UNet given the run's LoraConfig."""
+    from artgen.finetune.diffusion import prepare_trainable
+
+    unet = load_base(str(bases["sd"])).unet
+    prepare_trainable(unet, fast(bases, "unused", base="sd", lora_rank=4, lora_alpha=2))
+    return _adapted(unet)
+
+
+def test_lora_file_holds_every_adapter_in_peft_names_and_load_run_restores_all(bases, sd_lora):
+    keys = load_file(str(sd_lora / "lora" / "pytorch_lora_weights.safetensors"))
+    assert keys and all(
+        k.startswith("unet.") and (".lora_A." in k or ".lora_B." in k) for k in keys
+    )
+    trained = _trained_adapters(bases)
+    # both kinds of layer: attention projections (Linear) and ResNet convolutions (Conv2d)
+    assert set(trained.values()) == {"Linear", "Conv2d"}
+    assert len(keys) == 2 * len(trained)
+    pipe = load_run(sd_lora)
+    assert _adapted(pipe.unet) == trained  # 16 + 32 adapters on the tiny UNet, none dropped
+
+
+def test_plain_diffusers_loads_the_whole_lora_and_matches_artgen(bases, sd_lora, tmp_path):
+    """In a separate process, as a user would: from_pretrained + load_lora_weights."""
+    outs = {}
+    for name, lora in (
+        ("base", "-"),
+        ("lora", str(sd_lora / "lora")),
+        ("kohya", str(sd_lora / "lora" / "lora_kohya.safetensors")),
+    ):
+        out = tmp_path / f"{name}.pt"
+        proc = subprocess.run(
+            [sys.executable, "-c", _UNET_PROBE, str(bases["sd"]), lora, str(out)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "additional target modules" not in proc.stderr
+        outs[name] = torch.load(out, weights_only=True)
+    trained = _trained_adapters(bases)
+    for name in ("lora", "kohya"):  # diffusers' kohya reader places every adapter too
+        assert outs[name]["adapted"] == sorted(trained), name
+        assert outs[name]["kinds"] == ["Conv2d", "Linear"]
+    ours = _unet_probe(load_run(sd_lora).unet)
+    base = outs["base"]["y"]
+    assert (ours - base).abs().max() > 1e-3  # the LoRA changes the model...
+    torch.testing.assert_close(outs["lora"]["y"], ours, atol=1e-5, rtol=1e-4)  # ...the same way
+    # kohya's alpha (2) / rank (4) scale survives the round trip
+    torch.testing.assert_close(outs["kohya"]["y"], ours, atol=1e-5, rtol=1e-4)
+
+
+def test_kohya_file_layout(bases, sd_lora):
+    from safetensors import safe_open
+
+    path = sd_lora / "lora" / "lora_kohya.safetensors"
+    tensors = load_file(str(path))
+    peft = load_file(str(sd_lora / "lora" / "pytorch_lora_weights.safetensors"))
+    modules = sorted(_trained_adapters(bases))
+    names = ["lora_unet_" + m.replace(".", "_") for m in modules]
+    assert sorted(tensors) == sorted(
+        f"{n}.{s}" for n in names for s in ("alpha", "lora_down.weight", "lora_up.weight")
+    )
+    for m, n in zip(modules, names, strict=True):
+        assert torch.equal(tensors[f"{n}.lora_down.weight"], peft[f"unet.{m}.lora_A.weight"])
+        assert torch.equal(tensors[f"{n}.lora_up.weight"], peft[f"unet.{m}.lora_B.weight"])
+        assert tensors[f"{n}.alpha"].item() == 2.0
+    # a ResNet conv is LoCon: 3x3 down, 1x1 up
+    conv = "lora_unet_down_blocks_0_resnets_0_conv1"
+    assert tensors[f"{conv}.lora_down.weight"].shape[2:] == (3, 3)
+    assert tensors[f"{conv}.lora_up.weight"].shape[2:] == (1, 1)
+    with safe_open(str(path), "pt") as f:
+        assert f.metadata()["ss_network_module"] == "networks.lora"
+
+
+def test_lora_written_before_the_key_fix_loads_whole(bases, sd_lora, tmp_path):
+    """Files of earlier runs mixed peft's names (convolutions) with diffusers' old
+    attention names; load_run renames them in memory and keeps the run's alpha."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from safetensors import safe_open
+
+    run = Path(shutil.copytree(sd_lora, tmp_path / "old"))
+    path = run / "lora" / "pytorch_lora_weights.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    mixed = convert_state_dict_to_diffusers(load_file(str(path)))
+    assert any(".lora.down." in k for k in mixed) and any(".lora_A." in k for k in mixed)
+    save_file(mixed, str(path), metadata=meta)
+    pipe = load_run(run)
+    assert _adapted(pipe.unet) == _trained_adapters(bases)
+    torch.testing.assert_close(_unet_probe(pipe.unet), _unet_probe(load_run(sd_lora).unet))
+
+
+def test_lora_that_does_not_load_whole_is_an_error(bases, sd_lora, tmp_path):
+    run = Path(shutil.copytree(sd_lora, tmp_path / "odd"))
+    path = run / "lora" / "pytorch_lora_weights.safetensors"
+    with_extra = load_file(str(path))
+    key = next(iter(with_extra))
+    rank = with_extra[key].shape[0]
+    with_extra["unet.no_such_block.proj.lora_A.weight"] = torch.zeros(rank, 8)
+    with_extra["unet.no_such_block.proj.lora_B.weight"] = torch.zeros(8, rank)
+    save_file(with_extra, str(path))
+    with pytest.raises(ArtgenError, match=r"pytorch_lora_weights.safetensors: .*"):
+        load_run(run)
+
+
+def test_unconditional_lora_restores_every_adapter(bases, tmp_path):
+    from artgen.finetune.diffusion import prepare_trainable
+
+    run = finetune_diffusion(fast(bases, tmp_path / "run", steps=2))
+    unet = load_base(str(bases["ddpm"])).unet
+    prepare_trainable(unet, fast(bases, "unused"))
+    assert set(_adapted(unet).values()) == {"Linear", "Conv2d"}
+    assert _adapted(load_run(run).unet) == _adapted(unet)
+
+
+def test_relative_base_is_recorded_so_sampling_works_from_elsewhere(bases, tmp_path, monkeypatch):
+    from artgen.cli import main
+
+    monkeypatch.chdir(bases["ddpm"].parent)
+    assert (
+        main(
+            [
+                "finetune",
+                "diffusion",
+                "--base",
+                "./ddpm",
+                "--images",
+                str(bases["images"]),
+                "--out",
+                str(tmp_path / "run"),
+                "--steps",
+                "1",
+                "--sample-every",
+                "1000",
+                "--num-samples",
+                "1",
+                "--sample-steps",
+                "1",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["options"]["base"]
+    assert recorded == str(bases["ddpm"].resolve())
+    monkeypatch.chdir(tmp_path)
+    assert (
+        main(
+            [
+                "sample",
+                str(tmp_path / "run"),
+                "-n",
+                "1",
+                "--steps",
+                "1",
+                "-o",
+                str(tmp_path / "s.png"),
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "s.png").is_file()
+
+
+def test_artgen_export_writes_the_kohya_file_of_a_finished_run(sd_lora, tmp_path, capsys):
+    from artgen.cli import main
+
+    run = Path(shutil.copytree(sd_lora, tmp_path / "run"))
+    kohya = run / "lora" / "lora_kohya.safetensors"
+    expected = load_file(str(kohya))
+    kohya.unlink()
+    assert main(["export", str(run)]) == 0
+    again = load_file(str(kohya))
+    assert sorted(again) == sorted(expected)
+    assert all(torch.equal(again[k], expected[k]) for k in expected)
+    # to a file of the user's choice, never over an existing one
+    mine = tmp_path / "mine.safetensors"
+    assert main(["export", str(run), "-o", str(mine)]) == 0 and mine.is_file()
+    capsys.readouterr()
+    assert one_line_error(capsys, main(["export", str(run), "-o", str(mine)]), str(mine))
+    # a finished run is not resumable: the message says how to train further
+    with pytest.raises(ArtgenError, match="already at step 3 of 3"):
+        finetune_diffusion(options_for_resume(run))

@@ -43,8 +43,14 @@ from artgen.models.stylegan2 import Discriminator, Generator, StyleGAN2Config
 
 from .conftest import edit_json, one_line_error
 
-TINY = {"resolution": 16, "z_dim": 16, "w_dim": 16, "mapping_layers": 2,
-        "channel_base": 128, "channel_max": 16}  # fmt: skip
+TINY = {
+    "resolution": 16,
+    "z_dim": 16,
+    "w_dim": 16,
+    "mapping_layers": 2,
+    "channel_base": 128,
+    "channel_max": 16,
+}
 
 
 def tiny_config() -> StyleGAN2Config:
@@ -60,8 +66,11 @@ def shapes_folder(folder: Path, n: int = 8, size: int = 16) -> Path:
     for i in range(n):
         a = rng.uniform(0, 80, (size, size, 3))
         r = size / 4
-        mask = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2 < r * r) if i % 4 == 0 else (
-            (abs(yy - size / 2) < r) & (abs(xx - size / 2) < r))  # fmt: skip
+        mask = (
+            ((yy - size / 2) ** 2 + (xx - size / 2) ** 2 < r * r)
+            if i % 4 == 0
+            else ((abs(yy - size / 2) < r) & (abs(xx - size / 2) < r))
+        )
         a[mask] = [230, 180, 40]
         name = f"im{i:02d}.png"
         Image.fromarray(a.astype(np.uint8)).save(folder / name)
@@ -76,8 +85,16 @@ def images(tmp_path) -> Path:
 
 
 def train_options(images: Path, out: Path, **kw) -> GanTrainOptions:
-    base = dict(images=str(images), out=str(out), steps=4, batch_size=4, sample_every=100,
-                checkpoint_every=2, device="cpu", **TINY)  # fmt: skip
+    base = dict(
+        images=str(images),
+        out=str(out),
+        steps=4,
+        batch_size=4,
+        sample_every=100,
+        checkpoint_every=2,
+        device="cpu",
+        **TINY,
+    )
     base.update(kw)
     return GanTrainOptions(**base)
 
@@ -88,8 +105,16 @@ def base_run(tmp_path, images) -> Path:
 
 
 def ft_options(base: Path, images: Path, out: Path, **kw) -> GanFinetuneOptions:
-    o = dict(base=str(base), images=str(images), out=str(out), steps=3, batch_size=4,
-             sample_every=100, checkpoint_every=100, device="cpu")  # fmt: skip
+    o = dict(
+        base=str(base),
+        images=str(images),
+        out=str(out),
+        steps=3,
+        batch_size=4,
+        sample_every=100,
+        checkpoint_every=100,
+        device="cpu",
+    )
     o.update(kw)
     return GanFinetuneOptions(**o)
 
@@ -155,8 +180,11 @@ def test_cdc_loss_of_a_fixed_four_sample_batch_matches_a_hand_computation():
 
 def test_cdc_loss_matches_the_official_loop_with_one_layer_per_anchor():
     g = torch.Generator().manual_seed(0)
-    src = [torch.randn(4, 3, 4, 4, generator=g), torch.randn(4, 5, 2, 2, generator=g),
-           torch.randn(4, 7, generator=g)]  # fmt: skip
+    src = [
+        torch.randn(4, 3, 4, 4, generator=g),
+        torch.randn(4, 5, 2, 2, generator=g),
+        torch.randn(4, 7, generator=g),
+    ]
     tgt = [torch.randn(s.shape, generator=g, requires_grad=True) for s in src]
     for layers in ([0, 1, 2, 1], [2, 2, 0, 0], [1, 1, 1, 1]):
         ours = cdc_loss(src, tgt, layers)
@@ -243,12 +271,20 @@ def test_generator_steps_lower_its_loss_against_a_fixed_discriminator():
 
 def test_train_gan_writes_a_complete_run_that_loads_and_samples(tmp_path, images):
     run = train_gan(train_options(images, tmp_path / "run"))
-    for name in ("config.json", "README.md", "log.jsonl", "samples/final.png",
-                 "generator/config.json", "generator/model.safetensors",
-                 "discriminator/model.safetensors"):  # fmt: skip
+    for name in (
+        "config.json",
+        "README.md",
+        "log.jsonl",
+        "samples/final.png",
+        "generator/config.json",
+        "generator/model.safetensors",
+        "discriminator/model.safetensors",
+    ):
         assert (run / name).is_file(), name
     assert [p.name for p in sorted((run / "checkpoints").iterdir())] == [
-        "step-0000002", "step-0000004"]  # fmt: skip
+        "step-0000002",
+        "step-0000004",
+    ]
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4]
     assert is_gan_run(run) and not is_gan_run(images)
@@ -269,7 +305,7 @@ def test_train_gan_writes_a_complete_run_that_loads_and_samples(tmp_path, images
 def test_resume_continues_exactly_where_an_uninterrupted_run_would_be(tmp_path, images):
     straight = train_gan(train_options(images, tmp_path / "a", steps=4))
     train_gan(train_options(images, tmp_path / "b", steps=2))
-    resumed = train_gan(options_for_resume(GanTrainOptions, tmp_path / "b", steps=4))
+    resumed = train_gan(options_for_resume(tmp_path / "b", steps=4))
     for part in ("generator", "discriminator"):
         sa = load_file(str(straight / part / "model.safetensors"))
         sb = load_file(str(resumed / part / "model.safetensors"))
@@ -279,13 +315,14 @@ def test_resume_continues_exactly_where_an_uninterrupted_run_would_be(tmp_path, 
     log = [json.loads(line)["step"] for line in (resumed / "log.jsonl").read_text().splitlines()]
     assert log == [1, 2, 3, 4]  # no silent restart from step 0
     with pytest.raises(ArtgenError, match="already at step 4"):
-        train_gan(options_for_resume(GanTrainOptions, tmp_path / "b", steps=4))
+        train_gan(options_for_resume(tmp_path / "b", steps=4))
 
 
 def test_freezed_and_frozen_generator_parts_stay_bit_identical(tmp_path, base_run, images):
     G0, D0 = load_gan(base_run)
-    run = finetune_gan(ft_options(base_run, images, tmp_path / "ft", freeze_d=2,
-                                  freeze_g="mapping,b4"))  # fmt: skip
+    run = finetune_gan(
+        ft_options(base_run, images, tmp_path / "ft", freeze_d=2, freeze_g="mapping,b4")
+    )
     G1, D1 = load_gan(run)
     frozen_d = D0.block_names()[:2]
     d0, d1 = D0.state_dict(), D1.state_dict()
@@ -311,16 +348,29 @@ def test_fairtl_plus_plus_linear_probing_as_the_authors_code_trains_all_of_g(
 ):
     G0, D0 = load_gan(base_run)
     # After linear probing, everything trains; the frozen critic changes what G learns.
-    lpft = load_gan(finetune_gan(ft_options(base_run, images, tmp_path / "lpft",
-                                            method="fairtl++", lp_steps=1)))[0]  # fmt: skip
-    alone = load_gan(finetune_gan(ft_options(base_run, images, tmp_path / "lam1",
-                                             method="fairtl++", lp_steps=1,
-                                             feedback_lambda=1.0)))[0]  # fmt: skip
+    lpft = load_gan(
+        finetune_gan(ft_options(base_run, images, tmp_path / "lpft", method="fairtl++", lp_steps=1))
+    )[0]
+    alone = load_gan(
+        finetune_gan(
+            ft_options(
+                base_run,
+                images,
+                tmp_path / "lam1",
+                method="fairtl++",
+                lp_steps=1,
+                feedback_lambda=1.0,
+            )
+        )
+    )[0]
     assert not torch.equal(lpft.synthesis.b16.conv1.weight, alone.synthesis.b16.conv1.weight)
     # Linear probing only (3 of 3 steps): all of G trains; D's 8 and 16 px blocks (here every
     # block but the 4x4 output block) stay frozen, as train_fairTL++.py's freezeLayers.
-    run = finetune_gan(ft_options(base_run, images, tmp_path / "lp", method="fairtl++",
-                                  lp_steps=3, feedback_lambda=0.5))  # fmt: skip
+    run = finetune_gan(
+        ft_options(
+            base_run, images, tmp_path / "lp", method="fairtl++", lp_steps=3, feedback_lambda=0.5
+        )
+    )
     G1, D1 = load_gan(run)
     g0, g1 = dict(G0.named_parameters()), dict(G1.named_parameters())
     for part in ("mapping.", "synthesis.b4.", "synthesis.b8.", "synthesis.b16."):
@@ -338,8 +388,11 @@ def test_fairtl_plus_plus_mapping_split_trains_only_the_mapping_and_the_last_blo
     tmp_path, base_run, images
 ):
     G0, D0 = load_gan(base_run)
-    run = finetune_gan(ft_options(base_run, images, tmp_path / "lp", method="fairtl++",
-                                  lp_steps=3, lp_split="mapping"))  # fmt: skip
+    run = finetune_gan(
+        ft_options(
+            base_run, images, tmp_path / "lp", method="fairtl++", lp_steps=3, lp_split="mapping"
+        )
+    )
     G1, D1 = load_gan(run)
     g0, g1 = dict(G0.named_parameters()), dict(G1.named_parameters())
     assert any(not torch.equal(g0[k], g1[k]) for k in g0 if k.startswith("mapping."))
@@ -355,19 +408,32 @@ def test_fairtl_plus_plus_mapping_split_trains_only_the_mapping_and_the_last_blo
 def test_a_run_recorded_before_lp_split_loads_and_resumes_with_the_old_split(
     tmp_path, base_run, images
 ):
-    run = finetune_gan(ft_options(base_run, images, tmp_path / "old", method="fairtl++",
-                                  lp_steps=2, steps=2, checkpoint_every=1))  # fmt: skip
+    run = finetune_gan(
+        ft_options(
+            base_run,
+            images,
+            tmp_path / "old",
+            method="fairtl++",
+            lp_steps=2,
+            steps=2,
+            checkpoint_every=1,
+        )
+    )
     edit_json(run / "config.json", lambda c: c["options"].pop("lp_split"))
     assert len(sample_gan_run(run, 2)) == 2  # reading it (sample, eval) still works
-    resumed = options_for_resume(GanFinetuneOptions, run, steps=3)
+    resumed = options_for_resume(run, steps=3)
     assert resumed.lp_split == "mapping"  # what such a run did
+    finetune_gan(resumed)  # and the resumed run records it
     assert json.loads((run / "config.json").read_text())["options"]["lp_split"] == "mapping"
 
 
 def test_optimisers_and_ema_follow_stylegan2_ada(tmp_path, base_run, images):
     # G: lr and betas scaled by c = 4/5 (G_reg_interval 4); D: by 16/17 (R1 every 16).
-    run = finetune_gan(ft_options(base_run, images, tmp_path / "ft", steps=1, lr=0.002,
-                                  checkpoint_every=1, ema_kimg=0.01))  # fmt: skip
+    run = finetune_gan(
+        ft_options(
+            base_run, images, tmp_path / "ft", steps=1, lr=0.002, checkpoint_every=1, ema_kimg=0.01
+        )
+    )
     ckpt = run / "checkpoints" / "step-0000001"
     state = json.loads((ckpt / "state.json").read_text())
     (g_group,), (d_group,) = state["opt_g"]["param_groups"], state["opt_d"]["param_groups"]
@@ -387,8 +453,9 @@ def test_optimisers_and_ema_follow_stylegan2_ada(tmp_path, base_run, images):
         moved += not torch.equal(raw[k], p0.detach())
     assert moved > 0
     # From scratch the ramp-up stays: after one step G_ema is almost the raw G.
-    scratch = train_gan(train_options(images, tmp_path / "s", steps=1, checkpoint_every=1,
-                                      ema_kimg=0.01))  # fmt: skip
+    scratch = train_gan(
+        train_options(images, tmp_path / "s", steps=1, checkpoint_every=1, ema_kimg=0.01)
+    )
     ckpt = scratch / "checkpoints" / "step-0000001"
     raw, ema = load_file(str(ckpt / "G.safetensors")), load_file(str(ckpt / "G_ema.safetensors"))
     assert all(torch.allclose(ema[k], raw[k], atol=1e-5) for k in raw)
@@ -398,14 +465,31 @@ def test_optimisers_and_ema_follow_stylegan2_ada(tmp_path, base_run, images):
 
 def test_cdc_adaptation_runs_and_balanced_draws_are_even(tmp_path, base_run, images):
     # 2 of 8 images are round: balanced draws take each shape about half the time.
-    run = finetune_gan(ft_options(base_run, images, tmp_path / "cdc", cdc=10.0, steps=20,
-                                  labels=str(images / "labels.csv"), balance="shape"))  # fmt: skip
+    run = finetune_gan(
+        ft_options(
+            base_run,
+            images,
+            tmp_path / "cdc",
+            cdc=10.0,
+            steps=20,
+            labels=str(images / "labels.csv"),
+            balance="shape",
+        )
+    )
     b = json.loads((run / "balance.json").read_text())
     assert b["dataset"] == {"round": 0.25, "square": 0.75}
     assert abs(b["realised"]["round"] - 0.5) < 0.15  # 80 draws: sd 0.056, so about 2.7 sd
     # The CDC term changes the training: the same run without it ends elsewhere.
-    plain = finetune_gan(ft_options(base_run, images, tmp_path / "plain", steps=20,
-                                    labels=str(images / "labels.csv"), balance="shape"))  # fmt: skip
+    plain = finetune_gan(
+        ft_options(
+            base_run,
+            images,
+            tmp_path / "plain",
+            steps=20,
+            labels=str(images / "labels.csv"),
+            balance="shape",
+        )
+    )
     a, b = load_gan(run)[0], load_gan(plain)[0]
     assert not torch.equal(a.synthesis.b16.conv1.weight, b.synthesis.b16.conv1.weight)
     assert "cross-domain distance consistency" in (run / "README.md").read_text()
@@ -419,7 +503,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, base_run, images):
         (ft_options(tmp_path / "nope", images, tmp_path / "x"), "no such folder"),
         (ft_options(images, images, tmp_path / "x"), "needs generator/"),
         (ft_options(base_run, tmp_path / "empty", tmp_path / "x"), "no images"),
-        (ft_options(base_run, images, base_run), "not empty"),
+        (ft_options(base_run, images, base_run), "already holds a run"),
         (ft_options(base_run, images, tmp_path / "x", balance="shape"), "--balance needs"),
         (ft_options(base_run, images, tmp_path / "x", method="magic"), "--method magic"),
         (ft_options(base_run, images, tmp_path / "x", augment="blur"), "blur"),
@@ -433,7 +517,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, base_run, images):
     with pytest.raises(ArtgenError, match="whole generator"):
         finetune_gan(ft_options(base_run, images, tmp_path / "x", freeze_g="mapping,synthesis"))
     with pytest.raises(ArtgenError, match="--lr cannot change when resuming"):
-        options_for_resume(GanTrainOptions, base_run, lr=0.1)
+        options_for_resume(base_run, lr=0.1)
     with pytest.raises(ArtgenError, match="power of two"):
         train_gan(train_options(images, tmp_path / "y", resolution=24))
     with pytest.raises(ArtgenError, match="nothing to resume"):
@@ -451,26 +535,34 @@ def test_a_conditional_base_adapts_one_class_and_samples_it_by_default(tmp_path,
     a, b = (np.asarray(generate_gan(G0, 2, class_index=k)[0], float) for k in (0, 2))
     assert np.abs(a - b).mean() > 1.0  # the label matters: same latent, another class
 
-    for kw, message in [({}, r"class-conditional \(3 classes\): pass --class-index K"),
-                        ({"class_index": 3}, "--class-index 3: .* from 0 to 2")]:  # fmt: skip
+    for kw, message in [
+        ({}, r"class-conditional \(3 classes\): pass --class-index K"),
+        ({"class_index": 3}, "--class-index 3: .* from 0 to 2"),
+    ]:
         with pytest.raises(ArtgenError, match=message):
             finetune_gan(ft_options(base, images, tmp_path / "x", **kw))
     with pytest.raises(ArtgenError, match="--class-index 1: this network is unconditional"):
         finetune_gan(ft_options(base_run, images, tmp_path / "x", class_index=1))
     unconditional_d = Discriminator(tiny_config())
     with pytest.raises(ArtgenError, match="generator has 3 classes but the discriminator 0"):
-        finetune_gan(ft_options("", images, tmp_path / "x", class_index=1),
-                     networks=(G0, unconditional_d))  # fmt: skip
+        finetune_gan(
+            ft_options("", images, tmp_path / "x", class_index=1), networks=(G0, unconditional_d)
+        )
     assert not (tmp_path / "x").exists()
 
     # Fine-tuning has no EMA ramp-up: a half-life of 4 images lets the saved (EMA) G move.
-    run = finetune_gan(ft_options(base, images, tmp_path / "run", class_index=1, steps=4,
-                                  ema_kimg=0.004))  # fmt: skip
+    run = finetune_gan(
+        ft_options(base, images, tmp_path / "run", class_index=1, steps=4, ema_kimg=0.004)
+    )
     # Only class 1's label was ever shown, so only its column of the label embeddings moved.
     G, D = load_gan(run)
-    for before, after in [(G0.mapping.embed.weight, G.mapping.embed.weight),
-                          (Discriminator.from_pretrained(base / "discriminator").mapping.embed.weight,
-                           D.mapping.embed.weight)]:  # fmt: skip
+    for before, after in [
+        (G0.mapping.embed.weight, G.mapping.embed.weight),
+        (
+            Discriminator.from_pretrained(base / "discriminator").mapping.embed.weight,
+            D.mapping.embed.weight,
+        ),
+    ]:
         assert torch.equal(before[:, [0, 2]], after[:, [0, 2]])
         assert (before[:, 1] - after[:, 1]).abs().max() > 1e-4
     assert "class 1 of 3" in (run / "README.md").read_text()
@@ -484,13 +576,34 @@ def test_a_conditional_base_adapts_one_class_and_samples_it_by_default(tmp_path,
     from artgen.cli import main
 
     out = tmp_path / "class0.png"
-    assert main(["sample", str(run), "-n", "2", "-o", str(out), "--class-index", "0",
-                 "--device", "cpu"]) == 0  # fmt: skip
+    assert (
+        main(
+            ["sample", str(run), "-n", "2", "-o", str(out), "--class-index", "0", "--device", "cpu"]
+        )
+        == 0
+    )
     assert np.array_equal(
         np.asarray(Image.open(out).convert("RGB"))[:16, :16], np.asarray(other[0])
     )
-    assert main(["eval", str(run), "--images", str(images), "--num-samples", "4",
-                 "--class-index", "0", "--kid-subsets", "2", "--device", "cpu"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "eval",
+                str(run),
+                "--images",
+                str(images),
+                "--num-samples",
+                "4",
+                "--class-index",
+                "0",
+                "--kid-subsets",
+                "2",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
 
 
 def test_cli_train_finetune_sample(tmp_path, images, capsys):
@@ -498,22 +611,93 @@ def test_cli_train_finetune_sample(tmp_path, images, capsys):
 
     tiny = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
     base = tmp_path / "base"
-    assert main(["train", "gan", "--images", str(images), "--out", str(base), "--steps", "2",
-                 "--batch-size", "4", "--device", "cpu", "-q", *tiny]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "gan",
+                "--images",
+                str(images),
+                "--out",
+                str(base),
+                "--steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--device",
+                "cpu",
+                "-q",
+                *tiny,
+            ]
+        )
+        == 0
+    )
     run = tmp_path / "ft"
-    assert main(["finetune", "gan", "--base", str(base), "--images", str(images),
-                 "--out", str(run), "--steps", "2", "--batch-size", "4", "--freeze-d", "1",
-                 "--device", "cpu", "-q"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "finetune",
+                "gan",
+                "--base",
+                str(base),
+                "--images",
+                str(images),
+                "--out",
+                str(run),
+                "--steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--freeze-d",
+                "1",
+                "--device",
+                "cpu",
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert "done:" in capsys.readouterr().out
     grid = tmp_path / "grid.png"
-    assert main(["sample", str(run), "-n", "4", "-o", str(grid), "--truncation", "0.5",
-                 "--device", "cpu"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "sample",
+                str(run),
+                "-n",
+                "4",
+                "-o",
+                str(grid),
+                "--truncation",
+                "0.5",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert Image.open(grid).size[0] > 16
     # A second finetune into the same folder is refused, with the folder left alone.
     before = sorted(p.name for p in run.iterdir())
-    assert main(["finetune", "gan", "--base", str(base), "--images", str(images),
-                 "--out", str(run), "--device", "cpu", "-q"]) == 2  # fmt: skip
-    assert "not empty" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "finetune",
+                "gan",
+                "--base",
+                str(base),
+                "--images",
+                str(images),
+                "--out",
+                str(run),
+                "--device",
+                "cpu",
+                "-q",
+            ]
+        )
+        == 2
+    )
+    assert "already holds a run" in capsys.readouterr().err
     assert sorted(p.name for p in run.iterdir()) == before
 
 
@@ -526,7 +710,7 @@ def test_a_cancelled_run_saves_a_checkpoint_and_resumes_from_it(tmp_path, images
     with pytest.raises(Cancelled):
         train_gan(options, callback=stop_at_3)
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-0000003"]
-    run = train_gan(options_for_resume(GanTrainOptions, tmp_path / "run"))
+    run = train_gan(options_for_resume(tmp_path / "run"))
     steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
 
@@ -536,9 +720,29 @@ def test_two_processes_through_torchrun(tmp_path, images):
     torchrun = Path(sys.executable).with_name("torchrun")
     run = tmp_path / "ddp"
     tiny = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
-    cmd = [str(torchrun), "--nproc_per_node", "2", "-m", "artgen", "train", "gan",
-           "--images", str(images), "--out", str(run), "--steps", "3", "--batch-size", "4",
-           "--checkpoint-every", "2", "--device", "cpu", "-q", *tiny]  # fmt: skip
+    cmd = [
+        str(torchrun),
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "artgen",
+        "train",
+        "gan",
+        "--images",
+        str(images),
+        "--out",
+        str(run),
+        "--steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--checkpoint-every",
+        "2",
+        "--device",
+        "cpu",
+        "-q",
+        *tiny,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     repo = Path(__file__).resolve().parent.parent
     done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
@@ -586,7 +790,7 @@ def _resume(run: Path) -> list[str]:
         ("betas out of range", ["opt_g.param_groups[0].betas", "[0, 1)"]),
         ("negative lr", ["opt_g.param_groups[0].lr", ">= 0"]),
     ],
-)  # fmt: skip
+)
 def test_a_damaged_gan_checkpoint_is_one_line_naming_its_file(run_copy, capsys, damage, names):
     from artgen.cli import main
 
@@ -613,7 +817,7 @@ def test_a_damaged_gan_checkpoint_is_one_line_naming_its_file(run_copy, capsys, 
         edit_json(state, lambda s: s["opt_g"]["param_groups"][0].update(lr=-1e9))
     one_line_error(capsys, main(_resume(run_copy)), str(ckpt), *names)
     with pytest.raises(ArtgenError):
-        train_gan(options_for_resume(GanTrainOptions, run_copy, steps=4))
+        train_gan(options_for_resume(run_copy, steps=4))
 
 
 @pytest.mark.parametrize(
@@ -624,11 +828,11 @@ def test_a_damaged_gan_checkpoint_is_one_line_naming_its_file(run_copy, capsys, 
         ("{", "not valid JSON"),
         ("[]", "not a run config object"),
         ('{"options": {}}', "method is null"),
-        ('{"method": "train-gan", "options": {}}', "options.images is missing"),
+        ('{"method": "train-gan", "options": {}}', "options.out is missing"),
         ("NEGATIVE", "--steps -3: must be >= 1"),
         ("HUGE", "--batch-size 1000000000: at most 4096"),
     ],
-)  # fmt: skip
+)
 def test_a_damaged_gan_run_config_is_one_line_naming_it(run_copy, capsys, content, message):
     from artgen.cli import main
 
@@ -643,7 +847,7 @@ def test_a_damaged_gan_run_config_is_one_line_naming_it(run_copy, capsys, conten
         config.write_text(content)
     one_line_error(capsys, main(_resume(run_copy)), str(config), message)
     with pytest.raises(ArtgenError, match=str(config)):
-        options_for_resume(GanTrainOptions, run_copy)
+        options_for_resume(run_copy)
     # Sampling reads the run config too (the class a run adapted): the same verdict.
     rc = main(
         ["sample", str(run_copy), "-n", "1", "-o", str(run_copy / "s.png"), "--device", "cpu"]
@@ -657,8 +861,9 @@ def test_a_corrupt_or_linked_generator_is_reported_as_such(run_copy, tmp_path, c
     out = ["-n", "1", "-o", str(tmp_path / "s.png"), "--device", "cpu"]
     (run_copy / "generator" / "config.json").write_text("{")
     assert is_gan_run(run_copy)  # a damaged GAN run is still a GAN run
-    line = one_line_error(capsys, main(["sample", str(run_copy), *out]),
-                          str(run_copy / "generator" / "config.json"))  # fmt: skip
+    line = one_line_error(
+        capsys, main(["sample", str(run_copy), *out]), str(run_copy / "generator" / "config.json")
+    )
     assert "diffusers" not in line
     # A generator/ that links to a folder elsewhere: still a GAN run, whose generator is bad.
     elsewhere = tmp_path / "elsewhere"
@@ -668,8 +873,18 @@ def test_a_corrupt_or_linked_generator_is_reported_as_such(run_copy, tmp_path, c
     (run_copy / "generator").symlink_to(elsewhere, target_is_directory=True)
     line = one_line_error(capsys, main(["sample", str(run_copy), *out]), "generator")
     assert "diffusers" not in line and "secret" not in line
-    rc = main(["eval", str(run_copy), "--images", str(run_copy / "samples"), "--num-samples", "2",
-               "--device", "cpu"])  # fmt: skip
+    rc = main(
+        [
+            "eval",
+            str(run_copy),
+            "--images",
+            str(run_copy / "samples"),
+            "--num-samples",
+            "2",
+            "--device",
+            "cpu",
+        ]
+    )
     assert "diffusers" not in one_line_error(capsys, rc, "generator")
 
 
@@ -696,20 +911,24 @@ def test_run_config_paths_resolve_in_the_run_and_files_are_never_quoted(run_copy
     from artgen.cli import main
 
     # A relative path in a run's config.json means a folder inside the run.
-    shutil.copytree(Path(json.loads((run_copy / "config.json").read_text())["options"]["images"]),
-                    run_copy / "data")  # fmt: skip
+    shutil.copytree(
+        Path(json.loads((run_copy / "config.json").read_text())["options"]["images"]),
+        run_copy / "data",
+    )
     edit_json(run_copy / "config.json", lambda c: c["options"].update(images="data"))
-    assert options_for_resume(GanTrainOptions, run_copy).images == str(run_copy / "data")
+    assert options_for_resume(run_copy).images == str(run_copy / "data")
     assert main(_resume(run_copy)) == 0, capsys.readouterr().err
     saved = json.loads((run_copy / "config.json").read_text())["options"]
     assert saved["images"] == str(run_copy / "data")  # recorded absolute from then on
     # Labels pointing at a file that is not a labels CSV: its text never reaches the message.
     secret = run_copy.parent / "passwd"
     secret.write_text("root:x:0:0:SECRET-LINE:/root:/bin/bash\ndaemon:x:1:1\n")
-    edit_json(run_copy / "config.json",
-               lambda c: c["options"].update(labels=str(secret), balance="shape"))  # fmt: skip
-    line = one_line_error(capsys, main(_resume(run_copy)[:-3] + ["--steps", "6", "-q"]),
-                          str(secret))  # fmt: skip
+    edit_json(
+        run_copy / "config.json", lambda c: c["options"].update(labels=str(secret), balance="shape")
+    )
+    line = one_line_error(
+        capsys, main(_resume(run_copy)[:-3] + ["--steps", "6", "-q"]), str(secret)
+    )
     assert "SECRET" not in line and "root:x" not in line
 
 

@@ -140,9 +140,15 @@ def test_alpha_is_kept(lite0, tmp_path, images):
 def test_lbfgs_lowers_the_loss(lite0, images):
     losses = []
     artgen.stylize(
-        images["content"], images["style"], extractor=lite0, optimizer="lbfgs", callback=lambda p: losses.append(p.loss),
-        size=64, min_size=64, iterations=30,
-    )  # fmt: skip
+        images["content"],
+        images["style"],
+        extractor=lite0,
+        optimizer="lbfgs",
+        callback=lambda p: losses.append(p.loss),
+        size=64,
+        min_size=64,
+        iterations=30,
+    )
     assert losses[-1] < 0.9 * losses[0]  # measured: about 0.8
 
 
@@ -171,9 +177,14 @@ def test_multi_scale_schedule():
 def test_multi_scale_progress_visits_each_scale(lite0, images):
     sizes = []
     artgen.stylize(
-        images["content"], images["style"], extractor=lite0, size=96, min_size=48, iterations=3,
+        images["content"],
+        images["style"],
+        extractor=lite0,
+        size=96,
+        min_size=48,
+        iterations=3,
         callback=lambda p: sizes.append((p.scale, p.width)),
-    )  # fmt: skip
+    )
     assert sizes == [(1, 48)] * 3 + [(2, 96)] * 3
 
 

@@ -155,9 +155,11 @@ def test_save_png_turns_os_errors_into_one_line(tmp_path):
 def test_read_params_refuses_deep_and_huge_metadata(tmp_path):
     from PIL import PngImagePlugin
 
-    for text, why in (("[" * 100_000 + "]" * 100_000, "nested too deeply"),
-                      ('"' + "a" * 300_000 + '"', "characters long"),
-                      ('"' + "a" * 1_200_000 + '"', "too large to read safely")):  # fmt: skip
+    for text, why in (
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ('"' + "a" * 300_000 + '"', "characters long"),
+        ('"' + "a" * 1_200_000 + '"', "too large to read safely"),
+    ):
         info = PngImagePlugin.PngInfo()
         info.add_text("artgen", text, zip=True)
         p = tmp_path / "t.png"
@@ -189,9 +191,11 @@ def test_a_killed_owner_leaves_a_claim_that_is_free_at_once(tmp_path):
     import sys
 
     out = tmp_path / "k.png"
-    code = ("import sys, time; from artgen.images import OutputClaim; "
-            f"c = OutputClaim({str(out)!r}); assert c.acquire(); print('held', flush=True); "
-            "time.sleep(60)")  # fmt: skip
+    code = (
+        "import sys, time; from artgen.images import OutputClaim; "
+        f"c = OutputClaim({str(out)!r}); assert c.acquire(); print('held', flush=True); "
+        "time.sleep(60)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "held"

@@ -46,8 +46,9 @@ def halves(w: int = W, h: int = H) -> tuple[np.ndarray, np.ndarray]:
 def side(im: Image.Image, which: str) -> Image.Image:
     """The outer 40% of a picture on one side, away from the soft edge."""
     w = im.width
-    return im.crop((0, 0, int(w * 0.4), im.height) if which == "L"
-                   else (int(w * 0.6), 0, w, im.height))  # fmt: skip
+    return im.crop(
+        (0, 0, int(w * 0.4), im.height) if which == "L" else (int(w * 0.6), 0, w, im.height)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -143,8 +144,9 @@ def gram_distance(ext, image, style) -> float:
     layers = ext.spec.style_layers
     with torch.no_grad():
         a, b = ext(to_tensor(image), layers), ext(to_tensor(style), layers)
-    return float(np.mean([((gram(a[n]) - gram(b[n])).norm() / gram(b[n]).norm()).item()
-                          for n in layers]))  # fmt: skip
+    return float(
+        np.mean([((gram(a[n]) - gram(b[n])).norm() / gram(b[n]).norm()).item() for n in layers])
+    )
 
 
 def test_gatys_each_region_takes_its_own_style(lite0):
@@ -153,8 +155,11 @@ def test_gatys_each_region_takes_its_own_style(lite0):
     out = artgen.stylize(photo(), [A, B], extractor=lite0, masks=[left, right], **FAST_GATYS)
     assert out.size == (64, 43)
     As, Bs = A.resize((64, 64)), B.resize((64, 64))
-    d = {(s, name): gram_distance(lite0, side(out, s), style)
-         for s in "LR" for name, style in (("A", As), ("B", Bs))}  # fmt: skip
+    d = {
+        (s, name): gram_distance(lite0, side(out, s), style)
+        for s in "LR"
+        for name, style in (("A", As), ("B", Bs))
+    }
     # Measured (40 steps, 64 px): left 0.70 to A, 1.11 to B; right 1.03 to A, 0.57 to B;
     # the photo itself is 1.0 and 1.0 / 0.92 away.
     assert d["L", "A"] < 0.8 * d["L", "B"], d
@@ -174,24 +179,32 @@ def stats_dist(model, image, style) -> float:
 def test_adain_each_region_takes_its_own_style(shipped):
     left, right = halves()
     A, B = stripes(96), dots(96)
-    out = artgen.stylize(photo(), [A, B], method="adain", model=shipped, size=96,
-                         masks=[left, right])  # fmt: skip
-    d = {(s, name): stats_dist(shipped, side(out, s), style)
-         for s in "LR" for name, style in (("A", A), ("B", B))}  # fmt: skip
+    out = artgen.stylize(
+        photo(), [A, B], method="adain", model=shipped, size=96, masks=[left, right]
+    )
+    d = {
+        (s, name): stats_dist(shipped, side(out, s), style)
+        for s in "LR"
+        for name, style in (("A", A), ("B", B))
+    }
     # Measured: left 179 to A, 272 to B; right 245 to A, 177 to B.
     assert d["L", "A"] < 0.8 * d["L", "B"], d
     assert d["R", "B"] < 0.8 * d["R", "A"], d
     # Swapping the masks swaps the regions' styles.
-    swapped = artgen.stylize(photo(), [A, B], method="adain", model=shipped, size=96,
-                             masks=[right, left])  # fmt: skip
+    swapped = artgen.stylize(
+        photo(), [A, B], method="adain", model=shipped, size=96, masks=[right, left]
+    )
     assert stats_dist(shipped, side(swapped, "L"), B) < stats_dist(shipped, side(swapped, "L"), A)
 
 
 @pytest.mark.parametrize("method", ["gatys", "adain"])
 def test_the_content_mask_keeps_the_photo(method, lite0, shipped):
     left, _ = halves()
-    kw = dict(extractor=lite0, **FAST_GATYS) if method == "gatys" else dict(
-        method="adain", model=shipped, size=96)  # fmt: skip
+    kw = (
+        dict(extractor=lite0, **FAST_GATYS)
+        if method == "gatys"
+        else dict(method="adain", model=shipped, size=96)
+    )
     out = artgen.stylize(photo(), stripes(96), content_mask=left, **kw)
     ref = photo().resize(out.size, Image.Resampling.LANCZOS)
     diff = np.abs(np.asarray(out, float) - np.asarray(ref, float)) / 255
@@ -209,8 +222,11 @@ def test_the_content_mask_keeps_the_photo(method, lite0, shipped):
 
 @pytest.mark.parametrize("method", ["gatys", "adain"])
 def test_one_all_white_mask_is_no_mask(method, lite0, shipped):
-    kw = dict(extractor=lite0, size=48, min_size=48, iterations=10) if method == "gatys" else dict(
-        method="adain", model=shipped, size=96)  # fmt: skip
+    kw = (
+        dict(extractor=lite0, size=48, min_size=48, iterations=10)
+        if method == "gatys"
+        else dict(method="adain", model=shipped, size=96)
+    )
     plain = artgen.stylize(photo(), stripes(96), **kw)
     masked = artgen.stylize(photo(), stripes(96), masks=[np.ones((H, W), np.float32)], **kw)
     diff = np.abs(np.asarray(plain, float) - np.asarray(masked, float)).max()
@@ -231,8 +247,9 @@ def test_masked_tiles_give_the_whole_pictures_result(shipped):
             shipped.style_stats(to_tensor(dots(128))),
         ]
         whole = shipped.forward_masked(x, stats, wts, 0.9, border=16).clamp(0, 1)
-        tiled = shipped.forward_tiled(x, stats, 0.9, border=16, tile=512, overlap=224,
-                                      weights=wts).clamp(0, 1)  # fmt: skip
+        tiled = shipped.forward_tiled(
+            x, stats, 0.9, border=16, tile=512, overlap=224, weights=wts
+        ).clamp(0, 1)
     assert tiled.shape == whole.shape == (1, 3, 400, 640)
     # Measured 2e-4 (float rounding; the unmasked tiles differ by as much here).
     assert (tiled - whole).abs().max().item() < 1e-3
@@ -270,8 +287,11 @@ def test_bad_masks_are_one_line_errors_naming_the_file(tmp_path, shipped):
     (tmp_path / "notes.png").write_text("not an image")
     Image.new("L", (W, H), 0).save(tmp_path / "black.png")
     Image.new("L", (64, 64), 255).save(tmp_path / "square.png")
-    for name, why in (("notes.png", "not a readable image"), ("black.png", "all black"),
-                      ("missing.png", "no such file")):  # fmt: skip
+    for name, why in (
+        ("notes.png", "not a readable image"),
+        ("black.png", "all black"),
+        ("missing.png", "no such file"),
+    ):
         with pytest.raises(ArtgenError, match=f"{name}: .*{why}"):
             load_mask(tmp_path / name)
     run = dict(method="adain", model=shipped, size=96)
@@ -317,10 +337,30 @@ def files(tmp_path):
 
 def test_cli_masks_are_recorded_and_reproduce(files, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out.png"
-    assert main(["stylize", str(files["content"]), "--method", "adain",
-                 "--style", str(files["a"]), "--mask", str(files["left"]),
-                 "--style", str(files["b"]), "--mask", str(files["right"]),
-                 "--size", "96", "-o", str(out), "-q"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "stylize",
+                str(files["content"]),
+                "--method",
+                "adain",
+                "--style",
+                str(files["a"]),
+                "--mask",
+                str(files["left"]),
+                "--style",
+                str(files["b"]),
+                "--mask",
+                str(files["right"]),
+                "--size",
+                "96",
+                "-o",
+                str(out),
+                "-q",
+            ]
+        )
+        == 0
+    )
     p = read_params(out)
     assert [s["mask"]["file"] for s in p["styles"]] == ["left.png", "right.png"]
     assert len(p["styles"][0]["mask"]["sha256"]) == 64 and "content_mask" not in p
@@ -339,9 +379,28 @@ def test_cli_masks_are_recorded_and_reproduce(files, tmp_path, capsys, monkeypat
 
     # Gatys with a content mask: recorded, printed and on the reproduce line.
     out2 = tmp_path / "kept.png"
-    assert main(["stylize", str(files["content"]), "--style", str(files["a"]),
-                 "--content-mask", str(files["left"]), "--size", "48", "--min-size", "48",
-                 "--iterations", "3", "-o", str(out2), "-q"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "stylize",
+                str(files["content"]),
+                "--style",
+                str(files["a"]),
+                "--content-mask",
+                str(files["left"]),
+                "--size",
+                "48",
+                "--min-size",
+                "48",
+                "--iterations",
+                "3",
+                "-o",
+                str(out2),
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert read_params(out2)["content_mask"]["file"] == "left.png"
     capsys.readouterr()
     main(["info", str(out2)])
@@ -352,21 +411,65 @@ def test_cli_masks_are_recorded_and_reproduce(files, tmp_path, capsys, monkeypat
 def test_cli_mask_flag_errors(files, tmp_path, capsys):
     out = str(tmp_path / "x.png")
     with pytest.raises(SystemExit):
-        main(["stylize", str(files["content"]), "--mask", str(files["left"]), "--style",
-              str(files["a"]), "-o", out])  # fmt: skip
+        main(
+            [
+                "stylize",
+                str(files["content"]),
+                "--mask",
+                str(files["left"]),
+                "--style",
+                str(files["a"]),
+                "-o",
+                out,
+            ]
+        )
     assert "put it after the --style it belongs to" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["stylize", str(files["content"]), "--style", str(files["a"]), "--mask",
-              str(files["left"]), "--mask", str(files["right"]), "-o", out])  # fmt: skip
+        main(
+            [
+                "stylize",
+                str(files["content"]),
+                "--style",
+                str(files["a"]),
+                "--mask",
+                str(files["left"]),
+                "--mask",
+                str(files["right"]),
+                "-o",
+                out,
+            ]
+        )
     assert "already has a mask (" in capsys.readouterr().err
     Image.new("L", (W, H), 0).save(tmp_path / "black.png")
-    rc = main(["stylize", str(files["content"]), "--style", str(files["a"]), "--mask",
-               str(tmp_path / "black.png"), "-o", out, "-q"])  # fmt: skip
+    rc = main(
+        [
+            "stylize",
+            str(files["content"]),
+            "--style",
+            str(files["a"]),
+            "--mask",
+            str(tmp_path / "black.png"),
+            "-o",
+            out,
+            "-q",
+        ]
+    )
     line = one_line_error(capsys, rc, "black.png", "all black")
     assert "model" not in line
     Image.new("L", (64, 96), 255).save(tmp_path / "portrait.png")
-    rc = main(["stylize", str(files["content"]), "--style", str(files["a"]), "--content-mask",
-               str(tmp_path / "portrait.png"), "-o", out, "-q"])  # fmt: skip
+    rc = main(
+        [
+            "stylize",
+            str(files["content"]),
+            "--style",
+            str(files["a"]),
+            "--content-mask",
+            str(tmp_path / "portrait.png"),
+            "-o",
+            out,
+            "-q",
+        ]
+    )
     one_line_error(capsys, rc, "portrait.png", "the photo's shape")
 
 
@@ -376,8 +479,23 @@ def test_batch_applies_the_same_masks_to_each_picture(files, tmp_path, capsys):
     photo(96, 64, seed=1).save(folder / "one.png")
     photo(192, 128, seed=2).save(folder / "two.png")  # same shape, twice the size
     photo(64, 96, seed=3).save(folder / "tall.png")  # another shape: fails on its own
-    rc = main(["batch", str(folder), "--method", "adain", "--style", str(files["a"]), "--mask",
-               str(files["left"]), "--size", "96", "-o", str(tmp_path / "out"), "-q"])  # fmt: skip
+    rc = main(
+        [
+            "batch",
+            str(folder),
+            "--method",
+            "adain",
+            "--style",
+            str(files["a"]),
+            "--mask",
+            str(files["left"]),
+            "--size",
+            "96",
+            "-o",
+            str(tmp_path / "out"),
+            "-q",
+        ]
+    )
     text = capsys.readouterr().out
     assert rc == 1 and "2 stylised" in text and "1 failed" in text
     assert "tall.png: " in text and "left.png: the mask is 96x64 but the picture is 64x96" in text
@@ -395,9 +513,26 @@ def test_tampered_mask_records_are_refused(files, tmp_path, capsys):
     from artgen.images import save_png
 
     out = tmp_path / "out.png"
-    assert main(["stylize", str(files["content"]), "--method", "adain", "--style",
-                 str(files["a"]), "--mask", str(files["left"]), "--size", "48", "-o", str(out),
-                 "-q"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "stylize",
+                str(files["content"]),
+                "--method",
+                "adain",
+                "--style",
+                str(files["a"]),
+                "--mask",
+                str(files["left"]),
+                "--size",
+                "48",
+                "-o",
+                str(out),
+                "-q",
+            ]
+        )
+        == 0
+    )
     p = read_params(out)
     for bad in ({"file": "x\x1b[2J.png", "sha256": "0"}, "left.png", {"file": ""}):
         q = json.loads(json.dumps(p))

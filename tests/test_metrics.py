@@ -391,10 +391,8 @@ def test_fairness_discrepancy_interval_corrects_and_covers_the_truth():
     truth = rng.integers(0, 2, 2000)
     called = np.where(truth == 1, rng.random(2000) < tpr, rng.random(2000) < fpr).astype(int)
     cal_true = rng.integers(0, 2, 1000)
-    cal_called = np.where(cal_true == 1, rng.random(1000) < tpr,
-                          rng.random(1000) < fpr).astype(int)  # fmt: skip
-    r = fairness_discrepancy_interval(called, 2, calibration=(cal_true, cal_called),
-                                      replicates=300)  # fmt: skip
+    cal_called = np.where(cal_true == 1, rng.random(1000) < tpr, rng.random(1000) < fpr).astype(int)
+    r = fairness_discrepancy_interval(called, 2, calibration=(cal_true, cal_called), replicates=300)
     assert r["observed"][1] == pytest.approx(0.55, abs=0.03)
     assert r["fd_raw"] == pytest.approx(math.sqrt(2) * 0.05, abs=0.04)
     assert r["proportions"][1] == pytest.approx(0.5, abs=0.05) and r["fd"] < 0.06

@@ -319,7 +319,7 @@ def _storage_reduce():
         (lambda: (OrderedDict, ()), {"items": 1}, "OrderedDict"),
         (lambda: np.float64(1.5).__reduce__()[:2], (None, {"x": 1}), "float64"),
     ],
-)  # fmt: skip
+)
 def test_build_is_refused_on_everything_but_stubs(tmp_path, reduced, state, kind):
     pkl = write_pickle(tmp_path / "s.pkl", _layer(WithState(reduced(), state)))
     with pytest.raises(ArtgenError, match=rf"sets state \(BUILD\) on a {kind}$"):
@@ -334,10 +334,9 @@ def test_items_only_go_into_containers_and_calls_only_to_allowed_functions(tmp_p
         "APPENDS": Asm().op(*device.parts[1:], pickle.MARK).int(0).op(pickle.APPENDS),
         "ADDITEMS": Asm().op(pickle.EMPTY_DICT, pickle.MARK).int(0).op(pickle.ADDITEMS),
         "REDUCE": Asm().op(*device.parts[1:], pickle.EMPTY_TUPLE, pickle.REDUCE),
-        "NEWOBJ": Asm().global_("collections", "OrderedDict").op(pickle.EMPTY_TUPLE,
-                                                                 pickle.NEWOBJ),
+        "NEWOBJ": Asm().global_("collections", "OrderedDict").op(pickle.EMPTY_TUPLE, pickle.NEWOBJ),
         "INST": Asm().op(pickle.MARK, pickle.INST + b"builtins\nset\n"),
-    }  # fmt: skip
+    }
     for opcode, asm in cases.items():
         path = tmp_path / f"{opcode}.pkl"
         path.write_bytes(asm.bytes())
@@ -386,8 +385,15 @@ def _alarm(signum, frame):
 def test_mutated_snapshots_load_or_fail_with_an_artgen_error(tmp_path):
     # The smallest networks the official layout allows, and no G (G_ema stands for it): each
     # case then costs a few tens of milliseconds, most of it torch reading the storages.
-    cfg = StyleGAN2Config(resolution=8, z_dim=8, w_dim=8, mapping_layers=2, channel_base=64,
-                          channel_max=8, conv_clamp=256)  # fmt: skip
+    cfg = StyleGAN2Config(
+        resolution=8,
+        z_dim=8,
+        w_dim=8,
+        mapping_layers=2,
+        channel_base=64,
+        channel_max=8,
+        conv_clamp=256,
+    )
     snapshot, _ = build_snapshot(module_src_for(tmp_path / "MARKER"), cfg)
     del snapshot["G"]
     pkl = write_pickle(tmp_path / "net.pkl", snapshot)
@@ -443,8 +449,11 @@ def test_dict_keys_cannot_be_crafted_to_collide(tmp_path, key):
     """Ints, floats and tuples hash without randomisation: 30,000 keys i * (2**61 - 1) all
     hash to 0 and made building one dict take 18 s. Only strings and small ints are keys."""
     n = 30_000
-    make = {"int": lambda i: i * (2**61 - 1), "float": lambda i: float(i) * 2.0**61,
-            "tuple": lambda i: (i * (2**61 - 1),)}[key]  # fmt: skip
+    make = {
+        "int": lambda i: i * (2**61 - 1),
+        "float": lambda i: float(i) * 2.0**61,
+        "tuple": lambda i: (i * (2**61 - 1),),
+    }[key]
     data = pickle.dumps({"G": None, "x": {make(i): 0 for i in range(n)}}, protocol=4)
     path = tmp_path / "collide.pkl"
     path.write_bytes(data)

@@ -75,18 +75,34 @@ def test_conditional_shapes():
 def test_official_names():
     g, d = Generator(tiny(32)), Discriminator(tiny(32))
     gsd, dsd = g.state_dict(), d.state_dict()
-    for name in ["mapping.fc0.weight", "mapping.fc1.bias", "mapping.w_avg",
-                 "synthesis.b4.const", "synthesis.b4.resample_filter",
-                 "synthesis.b4.conv1.affine.weight", "synthesis.b4.conv1.affine.bias",
-                 "synthesis.b4.conv1.noise_strength", "synthesis.b4.conv1.noise_const",
-                 "synthesis.b8.conv0.weight", "synthesis.b8.conv0.resample_filter",
-                 "synthesis.b8.torgb.weight", "synthesis.b8.torgb.affine.weight",
-                 "synthesis.b32.conv1.bias"]:  # fmt: skip
+    for name in [
+        "mapping.fc0.weight",
+        "mapping.fc1.bias",
+        "mapping.w_avg",
+        "synthesis.b4.const",
+        "synthesis.b4.resample_filter",
+        "synthesis.b4.conv1.affine.weight",
+        "synthesis.b4.conv1.affine.bias",
+        "synthesis.b4.conv1.noise_strength",
+        "synthesis.b4.conv1.noise_const",
+        "synthesis.b8.conv0.weight",
+        "synthesis.b8.conv0.resample_filter",
+        "synthesis.b8.torgb.weight",
+        "synthesis.b8.torgb.affine.weight",
+        "synthesis.b32.conv1.bias",
+    ]:
         assert name in gsd, name
     assert not any(k.startswith(("mapping.embed", "synthesis.b4.conv0")) for k in gsd)
-    for name in ["b32.fromrgb.weight", "b32.skip.weight", "b32.conv1.resample_filter",
-                 "b16.conv0.weight", "b4.conv.weight", "b4.fc.weight", "b4.out.weight",
-                 "b4.out.bias"]:  # fmt: skip
+    for name in [
+        "b32.fromrgb.weight",
+        "b32.skip.weight",
+        "b32.conv1.resample_filter",
+        "b16.conv0.weight",
+        "b4.conv.weight",
+        "b4.fc.weight",
+        "b4.out.weight",
+        "b4.out.bias",
+    ]:
         assert name in dsd, name
     assert "b16.fromrgb.weight" not in dsd and "b32.skip.bias" not in dsd
     assert gsd["synthesis.b8.conv0.weight"].shape == (32, 32, 3, 3)
@@ -184,8 +200,11 @@ def test_sizes_are_bounded_above_as_well_as_below():
     StyleGAN2Config(resolution=1024, channel_base=65536, channel_max=1024, c_dim=1000)
     for name, (low, high) in CONFIG_LIMITS.items():
         for value in (low - 1, high + 1, 2**31):
-            with pytest.raises(ArtgenError, match=rf"^StyleGAN2 config: {name} must be in "
-                               rf"\[{low}, {high}\], got {value}$"):  # fmt: skip
+            with pytest.raises(
+                ArtgenError,
+                match=rf"^StyleGAN2 config: {name} must be in "
+                rf"\[{low}, {high}\], got {value}$",
+            ):
                 StyleGAN2Config(**{name: value})
     with pytest.raises(ArtgenError, match="resolution must be a power of two"):
         StyleGAN2Config(resolution=48)
@@ -209,9 +228,13 @@ def test_sizes_are_bounded_above_as_well_as_below():
 
 @pytest.mark.parametrize(
     "cfg",
-    [tiny(16), tiny(16, c_dim=5), tiny(32, d_architecture="orig", img_channels=1,
-                                      mbstd_num_channels=2), tiny(8, mapping_layers=1, z_dim=7)],
-)  # fmt: skip
+    [
+        tiny(16),
+        tiny(16, c_dim=5),
+        tiny(32, d_architecture="orig", img_channels=1, mbstd_num_channels=2),
+        tiny(8, mapping_layers=1, z_dim=7),
+    ],
+)
 def test_parameter_counts_are_exact(cfg):
     counts = cfg.parameter_counts()
     for network, cls in (("generator", Generator), ("discriminator", Discriminator)):
@@ -228,8 +251,11 @@ def test_allocation_failures_are_artgen_errors(monkeypatch):
         )
 
     monkeypatch.setattr(stylegan2.SynthesisLayer, "__init__", out_of_memory)
-    with pytest.raises(ArtgenError, match=r"^StyleGAN2 generator of [\d,]+ parameters "
-                       r"\(resolution 16\): not enough memory to build it$"):  # fmt: skip
+    with pytest.raises(
+        ArtgenError,
+        match=r"^StyleGAN2 generator of [\d,]+ parameters "
+        r"\(resolution 16\): not enough memory to build it$",
+    ):
         Generator(tiny(16))
     monkeypatch.setattr(stylegan2.DiscriminatorBlock, "__init__", out_of_memory)
     with pytest.raises(ArtgenError, match="StyleGAN2 discriminator of .* not enough memory"):
@@ -264,8 +290,11 @@ def test_bad_config_json_and_weights_name_the_file(tmp_path):
         text = str(e.value)
         assert text.startswith(f"{config_path}: ") and "\n" not in text, what
         assert len(text) < len(str(config_path)) + 300, what
-    for text, message in (("[" * 100_000, "unreadable"), ("{", "unreadable"),
-                          (" " * (2 << 20), "larger than")):  # fmt: skip
+    for text, message in (
+        ("[" * 100_000, "unreadable"),
+        ("{", "unreadable"),
+        (" " * (2 << 20), "larger than"),
+    ):
         config_path.write_text(text)
         with pytest.raises(ArtgenError, match=message) as e:
             Generator.from_pretrained(folder)

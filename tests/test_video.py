@@ -103,8 +103,9 @@ def png_frames(folder: Path, n: int = N) -> list[np.ndarray]:
 # ----------------------------------------------------------------------- the numbers
 
 
-def test_fast_method_flickers_at_least_2x_less_and_keeps_the_style(clip, media, fast_model, lite0,
-                                                                   tmp_path):  # fmt: skip
+def test_fast_method_flickers_at_least_2x_less_and_keeps_the_style(
+    clip, media, fast_model, lite0, tmp_path
+):
     """The issue's target, on the test clip: the warping error (Lai et al. 2018, judged with the
     clip's TRUE motion, not the flow the method used) at least 2x lower than independent
     frames, and the style statistics distance at most 10% worse (mean over two styles; the
@@ -117,11 +118,19 @@ def test_fast_method_flickers_at_least_2x_less_and_keeps_the_style(clip, media, 
         got = {}
         for mode in ("none", "flow"):
             out = tmp_path / f"{name}-{mode}"
-            stylize_video(media["frames"], [(style, 1.0)], out, opts,
-                          VideoOptions(consistency=mode), model=fast_model)  # fmt: skip
+            stylize_video(
+                media["frames"],
+                [(style, 1.0)],
+                out,
+                opts,
+                VideoOptions(consistency=mode),
+                model=fast_model,
+            )
             frames = png_frames(out)
-            got[mode] = (T.warping_error(frames, clip.pairs),
-                         T.style_distance(T.frames_tensor(frames), st, lite0))  # fmt: skip
+            got[mode] = (
+                T.warping_error(frames, clip.pairs),
+                T.style_distance(T.frames_tensor(frames), st, lite0),
+            )
         ratios.append(got["none"][0] / got["flow"][0])
         worse.append(got["flow"][1] / got["none"][1] - 1)
         assert ratios[-1] >= 2.0 and worse[-1] <= 0.12, (name, got)
@@ -258,8 +267,9 @@ def test_an_interrupted_run_resumes_from_its_cache(media, fast_model, tmp_path, 
 
     video = VideoOptions(batch_size=3)
     with pytest.raises(KeyboardInterrupt):
-        stylize_video(media["mp4"], STYLE, out, opts, video, model=fast_model,
-                      on_frame=stop_after_five)  # fmt: skip
+        stylize_video(
+            media["mp4"], STYLE, out, opts, video, model=fast_model, on_frame=stop_after_five
+        )
     assert [p.frame for p in seen] == [0, 1, 2, 3, 4] and seen[-1].total == N
     assert not out.exists()
     assert sorted(os.listdir(cache)) == [
@@ -306,8 +316,12 @@ def test_shards_split_the_frames_and_the_last_one_writes_the_video(media, tmp_pa
 
 def test_plan_gives_consecutive_shares(media):
     opts = artgen.AdaINOptions(size=W)
-    shares = [plan_video(media["frames"], media["dir"] / "x", opts, VideoOptions(shard=f"{i}/3",
-                         start=1, end=11)) for i in (1, 2, 3)]  # fmt: skip
+    shares = [
+        plan_video(
+            media["frames"], media["dir"] / "x", opts, VideoOptions(shard=f"{i}/3", start=1, end=11)
+        )
+        for i in (1, 2, 3)
+    ]
     assert [(p.first, p.last) for p in shares] == [(1, 4), (4, 7), (7, 11)]
     assert shares[0].info.files[2].name == "img2.png" and shares[0].info.fps == Fraction(24)
 

@@ -154,7 +154,11 @@ def test_lite0_built_here_is_timms_model_output_for_output():
     with torch.no_grad():
         assert torch.allclose(ours(x), ref(x), atol=1e-4)
         feats = efficientnet_lite0(sd, fold_bn=False)(x, ["block3_2"])["block3_2"]
-        h = ref.bn1(ref.conv_stem((x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
-                                  / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)))  # fmt: skip
+        h = ref.bn1(
+            ref.conv_stem(
+                (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+                / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+            )
+        )
         h = ref.blocks[3](ref.blocks[2](ref.blocks[1](ref.blocks[0](h))))
         assert torch.allclose(feats, h, atol=1e-5)

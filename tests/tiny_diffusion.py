@@ -16,11 +16,16 @@ def tiny_ddpm(folder: Path, size: int = 16, prediction_type: str = "epsilon") ->
 
     torch.manual_seed(0)
     unet = UNet2DModel(
-        sample_size=size, in_channels=3, out_channels=3, layers_per_block=1,
-        block_out_channels=(8, 16), norm_num_groups=4, attention_head_dim=4,
+        sample_size=size,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        norm_num_groups=4,
+        attention_head_dim=4,
         down_block_types=("DownBlock2D", "AttnDownBlock2D"),
         up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-    )  # fmt: skip
+    )
     scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type)
     DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder)
     return folder
@@ -56,31 +61,56 @@ def tiny_sd(folder: Path) -> Path:
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        block_out_channels=(4, 8), layers_per_block=1, sample_size=8, in_channels=4,
-        out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
-        norm_num_groups=2, attention_head_dim=2,
-    )  # fmt: skip
+        block_out_channels=(4, 8),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        norm_num_groups=2,
+        attention_head_dim=2,
+    )
     vae = AutoencoderKL(
-        block_out_channels=[4, 8], in_channels=3, out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-        latent_channels=4, norm_num_groups=2, sample_size=16,
-    )  # fmt: skip
+        block_out_channels=[4, 8],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        latent_channels=4,
+        norm_num_groups=2,
+        sample_size=16,
+    )
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
-            bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37,
-            layer_norm_eps=1e-5, num_attention_heads=4, num_hidden_layers=2, vocab_size=80,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+            hidden_size=32,
+            intermediate_size=37,
+            layer_norm_eps=1e-5,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=80,
         )
-    )  # fmt: skip
+    )
     scheduler = DDPMScheduler(
-        num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+        num_train_timesteps=1000,
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
         beta_end=0.012,
-    )  # fmt: skip
+    )
     pipe = StableDiffusionPipeline(
-        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tiny_tokenizer(folder / "_tok"),
-        scheduler=scheduler, safety_checker=None, feature_extractor=None,
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tiny_tokenizer(folder / "_tok"),
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
         requires_safety_checker=False,
-    )  # fmt: skip
+    )
     pipe.save_pretrained(folder / "pipe")
     return folder / "pipe"
 

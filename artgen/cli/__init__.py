@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from artgen.cli.flags import add_dataclass_flags as _add_dataclass_flags
 from artgen.errors import ArtgenError, clip
 
 EXAMPLES = """\
@@ -47,43 +48,6 @@ examples:
 MESSAGE_LIMIT = 1000
 
 
-def _add_dataclass_flags(
-    parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()
-) -> None:
-    """One flag per field; absent flags are left out of the namespace, so the field default holds."""
-    group = parser.add_argument_group(f"{cls.__name__} (defaults are the method's)")
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        flag = ("-" if len(f.name) == 1 else "--") + f.name.replace("_", "-")
-        help_ = f.metadata.get("help", "")
-        if f.default is not None and "(default:" not in help_:
-            help_ += f" (default: {f.default})"
-        kw: dict = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_}
-        # The annotation as written (a string under `from __future__ import annotations`).
-        t = f.type.__name__ if isinstance(f.type, type) else str(f.type)
-        if t == "bool":
-            group.add_argument(flag, action="store_true", **kw)
-            continue
-        if "choices" in f.metadata:
-            kw["choices"] = f.metadata["choices"]
-        if t.startswith("tuple"):
-            kw["type"] = _float_list
-            kw["metavar"] = "W1,W2,..."
-        elif t.startswith("int"):
-            kw["type"] = int
-        elif t.startswith("float"):
-            kw["type"] = float
-        group.add_argument(flag, **kw)
-
-
-def _float_list(s: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in s.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r}: expected comma-separated numbers") from None
-
-
 def _style_arg(s: str) -> tuple[str, float]:
     """PATH_OR_NAME[:WEIGHT]"""
     path, sep, w = s.rpartition(":")
@@ -105,8 +69,10 @@ class _MaskAction(argparse.Action):
         if not styles:
             parser.error(f"--mask {value}: put it after the --style it belongs to")
         if len(styles) - 1 in masks:
-            parser.error(f"--mask {value}: the --style before it ({styles[-1][0]}) already has "
-                         f"a mask ({masks[len(styles) - 1]}); give each --style one --mask")  # fmt: skip
+            parser.error(
+                f"--mask {value}: the --style before it ({styles[-1][0]}) already has "
+                f"a mask ({masks[len(styles) - 1]}); give each --style one --mask"
+            )
         masks[len(styles) - 1] = value
         setattr(namespace, self.dest, masks)
 
@@ -115,15 +81,21 @@ def _mask_flags(p: argparse.ArgumentParser) -> None:
     """--mask (after a --style) and --content-mask, for stylize and batch."""
     g = p.add_argument_group("regional styles (masks: white where it applies, grey partly)")
     g.add_argument(
-        "--mask", action=_MaskAction, dest="masks", default=None, metavar="MASK",
+        "--mask",
+        action=_MaskAction,
+        dest="masks",
+        default=None,
+        metavar="MASK",
         help="the region of the --style just before it: that style applies where MASK is "
         "white. Styles without a --mask share what the masks leave (all of it, without "
         "masks); where nothing covers, the photo stays. Resized to the output",
-    )  # fmt: skip
+    )
     g.add_argument(
-        "--content-mask", metavar="MASK", default=None,
+        "--content-mask",
+        metavar="MASK",
+        default=None,
         help="where MASK is white, the photo stays unstylised (soft edges blend)",
-    )  # fmt: skip
+    )
 
 
 def _load_masks(args: argparse.Namespace):
@@ -174,10 +146,14 @@ def build_parser(method: str = "gatys") -> argparse.ArgumentParser:
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(
-            "--style", action="append", required=True, type=_style_arg, metavar="STYLE[:WEIGHT]",
+            "--style",
+            action="append",
+            required=True,
+            type=_style_arg,
+            metavar="STYLE[:WEIGHT]",
             help="style image path or catalogue name (see `artgen styles list`), with an optional "
             "blend weight; repeat to blend several",
-        )  # fmt: skip
+        )
         sp.add_argument(
             "--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)"
         )
@@ -187,10 +163,12 @@ def build_parser(method: str = "gatys") -> argparse.ArgumentParser:
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
         summaries = "; ".join(f"{n}: {get_method(n).summary}" for n in METHODS)
         sp.add_argument(
-            "--method", choices=list(METHODS), default=DEFAULT_METHOD,
+            "--method",
+            choices=list(METHODS),
+            default=DEFAULT_METHOD,
             help=f"style method ({summaries}). The flags below are {style_method.name}'s; "
             "`--method NAME --help` lists another's (default: gatys)",
-        )  # fmt: skip
+        )
         _add_dataclass_flags(sp, style_method.options)
 
     sp = sub.add_parser(
@@ -226,8 +204,12 @@ def build_parser(method: str = "gatys") -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     vp.add_argument("input", help="video file (mp4, mov, mkv, webm, gif, avi) or folder of frames")
-    vp.add_argument("-o", "--output", required=True,
-                    help="output video (.mp4 .mov .mkv .webm .gif) or folder (one PNG per frame)")  # fmt: skip
+    vp.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="output video (.mp4 .mov .mkv .webm .gif) or folder (one PNG per frame)",
+    )
     _add_dataclass_flags(vp, VideoOptions)
     common(vp)
 
@@ -246,7 +228,7 @@ def build_parser(method: str = "gatys") -> argparse.ArgumentParser:
     )
     ap.add_argument("app_args", nargs=argparse.REMAINDER, help="see `artgen app --help`")
 
-    from artgen.finetune.diffusion import DiffusionFinetuneOptions, SampleOptions
+    from artgen.finetune.diffusion import DiffusionFinetuneOptions
 
     fp = sub.add_parser("finetune", help="adapt a pretrained generator to your images")
     fsub = fp.add_subparsers(dest="family", metavar="FAMILY", required=True)
@@ -258,7 +240,7 @@ def build_parser(method: str = "gatys") -> argparse.ArgumentParser:
     )
     fd.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_dataclass_flags(fd, DiffusionFinetuneOptions)
-    from artgen.finetune.gan import GanFinetuneOptions, GanSampleOptions, GanTrainOptions
+    from artgen.finetune.gan import GanFinetuneOptions, GanTrainOptions
 
     fg = fsub.add_parser(
         "gan",
@@ -290,6 +272,16 @@ def build_parser(method: str = "gatys") -> argparse.ArgumentParser:
     )
     cv.add_argument("pickle", help="network-snapshot-*.pkl from NVlabs/stylegan2-ada-pytorch")
     cv.add_argument("out", help="folder to create: OUT/generator and OUT/discriminator")
+    ex = sub.add_parser(
+        "export", help="a text-to-image LoRA run as one kohya-style file (ComfyUI, A1111)"
+    )
+    ex.add_argument("run", help="a finished artgen finetune diffusion run (method lora)")
+    ex.add_argument(
+        "-o",
+        "--output",
+        default="",
+        help="file to write (default: RUN/lora/lora_kohya.safetensors)",
+    )
 
     smp = sub.add_parser("sample", help="new images from a fine-tuned run, as one grid")
     smp.add_argument("run", help="run folder written by artgen finetune")
@@ -297,13 +289,17 @@ def build_parser(method: str = "gatys") -> argparse.ArgumentParser:
     smp.add_argument("--each", metavar="DIR", help="also write every image to DIR")
     smp.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     smp.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
-    _add_dataclass_flags(smp, SampleOptions)
-    _add_dataclass_flags(smp, GanSampleOptions)
+    from artgen.runs import sample_settings
+
+    seen: set[str] = set()
+    for settings in sample_settings():  # each kind of run's own flags (artgen.runs)
+        _add_dataclass_flags(smp, settings, skip=seen)
+        seen |= {f.name for f in dataclasses.fields(settings)}
 
     from artgen.evaluate import EvalOptions
 
     ev = sub.add_parser(
-        "eval", help="FID/KID, diversity and attribute proportions of a fine-tuned run"
+        "eval", help="FID/KID, diversity, attribute proportions (--metrics) of a fine-tuned run"
     )
     ev.add_argument("run", help="run folder written by artgen finetune")
     ev.add_argument("--json", action="store_true", help="print only the JSON")
@@ -316,6 +312,25 @@ def build_parser(method: str = "gatys") -> argparse.ArgumentParser:
     ssub.add_parser("list", help="bundled styles and fetchable paintings")
     sf = ssub.add_parser("fetch", help="download paintings (needs the internet)")
     sf.add_argument("names", nargs="*", help="names from `artgen styles list` (default: all)")
+    # Dispatch: each command's parser names its handler (no order-sensitive if-chain).
+    for parser, handler in (
+        (sp, _cmd_stylize),
+        (bp, _cmd_batch),
+        (vp, _cmd_video),
+        (ip, _cmd_info),
+        (wp, _cmd_weights),
+        (st, _cmd_styles),
+        (ap, _cmd_app),
+        (fd, _cmd_finetune),
+        (fg, lambda a: _cmd_gan(a, "finetune")),
+        (tg, lambda a: _cmd_gan(a, "train")),
+        (ta, _cmd_train_adain),
+        (cv, _cmd_convert),
+        (ex, _cmd_export),
+        (smp, _cmd_sample),
+        (ev, _cmd_eval),
+    ):
+        parser.set_defaults(func=handler)
     return p
 
 
@@ -333,34 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        if args.command == "stylize":
-            return _cmd_stylize(args)
-        if args.command == "batch":
-            return _cmd_batch(args)
-        if args.command == "video":
-            return _cmd_video(args)
-        if args.command == "info":
-            return _cmd_info(args)
-        if args.command == "weights":
-            return _cmd_weights(args)
-        if args.command == "styles":
-            return _cmd_styles(args)
-        if args.command == "app":
-            return _cmd_app(args)
-        if args.command == "finetune" and args.family == "gan":
-            return _cmd_gan(args, "finetune")
-        if args.command == "train" and args.family == "adain":
-            return _cmd_train_adain(args)
-        if args.command == "train":
-            return _cmd_gan(args, "train")
-        if args.command == "convert":
-            return _cmd_convert(args)
-        if args.command == "finetune":
-            return _cmd_finetune(args)
-        if args.command == "sample":
-            return _cmd_sample(args)
-        if args.command == "eval":
-            return _cmd_eval(args)
+        return args.func(args)
     except ArtgenError as e:
         print(f"artgen: error: {clip(e, MESSAGE_LIMIT)}", file=sys.stderr)
         return 2
@@ -370,8 +358,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    parser.error(f"unknown command {args.command}")
-    return 2
 
 
 # ------------------------------------------------------------------ helpers
@@ -426,9 +412,13 @@ class _Bar:
             return
         if self.bar is None:
             self.bar = self._tqdm(
-                total=p.total_steps, position=self.position, leave=self.leave, desc=self.desc, unit="it",
+                total=p.total_steps,
+                position=self.position,
+                leave=self.leave,
+                desc=self.desc,
+                unit="it",
                 dynamic_ncols=True,
-            )  # fmt: skip
+            )
         self.bar.set_postfix_str(
             f"scale {p.scale}/{p.num_scales} {p.width}x{p.height} loss {p.loss:.3g}", False
         )
@@ -455,8 +445,12 @@ def _cmd_stylize(args: argparse.Namespace) -> int:
     out = args.output
     if not out.lower().endswith(".png"):
         raise ArtgenError(f"{out}: output must be a .png file (it carries the parameters)")
-    inputs = [args.content, *[str(catalog.resolve(s)) for s, _ in args.style],
-              *(args.masks or {}).values(), *([args.content_mask] if args.content_mask else [])]  # fmt: skip
+    inputs = [
+        args.content,
+        *[str(catalog.resolve(s)) for s, _ in args.style],
+        *(args.masks or {}).values(),
+        *([args.content_mask] if args.content_mask else []),
+    ]
     if any(_same_file(out, i) for i in inputs):
         raise ArtgenError(f"{out}: is one of the inputs; artgen never overwrites an input")
     check_output(out, overwrite=args.overwrite)  # before any compute
@@ -525,10 +519,18 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
     try:
         results = run_batch(
-            jobs, styles, options, batch, model=model, device=device,
-            on_image=on_image, on_result=on_result, callback=bar,
-            masks=masks, content_mask=content_mask,
-        )  # fmt: skip
+            jobs,
+            styles,
+            options,
+            batch,
+            model=model,
+            device=device,
+            on_image=on_image,
+            on_result=on_result,
+            callback=bar,
+            masks=masks,
+            content_mask=content_mask,
+        )
     finally:
         bar.close()
         overall.close()
@@ -554,18 +556,26 @@ def _cmd_video(args: argparse.Namespace) -> int:
     from artgen.video import VideoOptions, plan_video, run_video
 
     video = _options(args, VideoOptions)
-    plan = plan_video(args.input, args.output,
-                      _options(args, get_method(args.method).options), video)  # fmt: skip
+    plan = plan_video(
+        args.input, args.output, _options(args, get_method(args.method).options), video
+    )
     for s, _ in args.style:
         style = str(catalog.resolve(s))
-        if _same_file(style, args.output) or (plan.kind == "folder"
-                                              and _same_file(os.path.dirname(style), plan.cache)):  # fmt: skip
+        if _same_file(style, args.output) or (
+            plan.kind == "folder" and _same_file(os.path.dirname(style), plan.cache)
+        ):
             raise ArtgenError(f"{args.output}: would overwrite the style image {style}")
     method, options, model, device, styles = _setup(args)
     i, n = video.shard_numbers()
     share = plan.last - plan.first
-    overall = tqdm(total=share, desc=f"video {i}/{n}" if n > 1 else "video", unit="frame",
-                   position=0, disable=args.quiet, dynamic_ncols=True)  # fmt: skip
+    overall = tqdm(
+        total=share,
+        desc=f"video {i}/{n}" if n > 1 else "video",
+        unit="frame",
+        position=0,
+        disable=args.quiet,
+        dynamic_ncols=True,
+    )
     bar = _Bar(args.quiet, position=1, leave=False)
     encode: list = []
 
@@ -573,16 +583,25 @@ def _cmd_video(args: argparse.Namespace) -> int:
         bar.close()
         if p.status == "encoded":
             if not encode:
-                encode.append(tqdm(total=p.total, desc="encode", unit="frame", position=0,
-                                   disable=args.quiet, dynamic_ncols=True))  # fmt: skip
+                encode.append(
+                    tqdm(
+                        total=p.total,
+                        desc="encode",
+                        unit="frame",
+                        position=0,
+                        disable=args.quiet,
+                        dynamic_ncols=True,
+                    )
+                )
             encode[0].update(p.done - encode[0].n)
         elif p.status != "warmup":
             overall.update(p.done - overall.n)
         bar.desc = f"frame {p.frame + 1}"
 
     try:
-        r = run_video(plan, styles, options, model=model, device=device, on_frame=on_frame,
-                      callback=bar)  # fmt: skip
+        r = run_video(
+            plan, styles, options, model=model, device=device, on_frame=on_frame, callback=bar
+        )
     finally:
         bar.close()
         overall.close()
@@ -590,11 +609,15 @@ def _cmd_video(args: argparse.Namespace) -> int:
             b.close()
     made = f"{r.stylised} frames stylised, {r.cached} from the cache"
     if r.output is None:
-        print(f"{made}; {r.missing} of {r.frames} frames still to be made by the other shards "
-              f"(the run that completes them writes {args.output}; cache {r.cache})")  # fmt: skip
+        print(
+            f"{made}; {r.missing} of {r.frames} frames still to be made by the other shards "
+            f"(the run that completes them writes {args.output}; cache {r.cache})"
+        )
         return 0
-    print(f"{made} -> {r.output} ({r.frames} frames, {float(r.fps):g} fps, "
-          f"{r.size[0]}x{r.size[1]}; audio: {r.audio})")  # fmt: skip
+    print(
+        f"{made} -> {r.output} ({r.frames} frames, {float(r.fps):g} fps, "
+        f"{r.size[0]}x{r.size[1]}; audio: {r.audio})"
+    )
     return 0
 
 
@@ -626,15 +649,19 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"  content: {clip(c['file'])}  sha256 {clip(c['sha256'], 16)}...")
     for s in params["styles"]:
         name = f" (catalogue style {clip(s['name'], 80)})" if s.get("name") else ""
-        print(f"  style:   {clip(s['file'])}{name}  weight {s['weight']:g}  "
-              f"sha256 {clip(s['sha256'], 16)}...")  # fmt: skip
+        print(
+            f"  style:   {clip(s['file'])}{name}  weight {s['weight']:g}  "
+            f"sha256 {clip(s['sha256'], 16)}..."
+        )
         if "mask" in s:
             m = s["mask"]
             print(f"    mask:  {clip(m['file'])}  sha256 {clip(m['sha256'], 16)}...")
     if "content_mask" in params:
         m = params["content_mask"]
-        print(f"  content mask (kept unstylised): {clip(m['file'])}  "
-              f"sha256 {clip(m['sha256'], 16)}...")  # fmt: skip
+        print(
+            f"  content mask (kept unstylised): {clip(m['file'])}  "
+            f"sha256 {clip(m['sha256'], 16)}..."
+        )
     print(f"  device:  {params.get('device')}")
     print("  options:")
     for k, v in options.to_dict().items():
@@ -676,8 +703,10 @@ def _cmd_weights(args: argparse.Namespace) -> int:
         except ArtgenError as e:
             print(f"efficientnet-lite0: {e}")
         shipped = weights.ADAIN_SHIPPED / "decoder.safetensors"
-        print(f"adain shipped (efficientnet-lite0 decoder): "
-              f"{shipped if shipped.is_file() else 'missing from this installation'}")  # fmt: skip
+        print(
+            f"adain shipped (efficientnet-lite0 decoder): "
+            f"{shipped if shipped.is_file() else 'missing from this installation'}"
+        )
         vgg_dir = weights.adain_vgg_dir()
         have = all((vgg_dir / n).is_file() for n in weights.ADAIN_FILES)
         print(
@@ -712,27 +741,17 @@ def _download_bar():
 
 
 def _cmd_app(args: argparse.Namespace) -> int:
-    """Run apps/app.py (it lives beside the package: the library never imports gradio)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "apps" / "app.py"
-    if not path.is_file():
-        raise ArtgenError(
-            f"{path}: the studio app is not there (artgen app needs a source checkout)"
-        )
+    """The studio (artgen/cli/studio.py, an interface like this one: the library never
+    imports gradio). Part of the package, so an installed artgen has it too."""
     try:
         import gradio  # noqa: F401
     except ImportError:
         raise ArtgenError(
-            "the studio needs gradio: pip install -e '.[app]' (make install does this)"
+            "the studio needs gradio: pip install 'artgen[app]' (make install does this)"
         ) from None
-    spec = importlib.util.spec_from_file_location("artgen_studio_app", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module.main(args.app_args)
+    from artgen.cli import studio
+
+    return studio.main(args.app_args)
 
 
 def _quiet_libraries() -> None:
@@ -760,7 +779,11 @@ def _training_options(args: argparse.Namespace, cls: type, options_for_resume):
     if given.get("resume"):
         if not given.get("out"):
             raise ArtgenError("--resume: give the run folder with --out")
-        return options_for_resume(given.pop("out"), **given)
+        out = given.pop("out")
+        options = options_for_resume(out, **given)
+        if not isinstance(options, cls):
+            raise ArtgenError(f"{out}: holds a {options.KIND} run, not a {cls.KIND} one")
+        return options
     return cls(**given)
 
 
@@ -772,8 +795,11 @@ def _run_training(train, options, bar: _StepBar, command: str):
         run = train(options, callback=bar)
     except (KeyboardInterrupt, Cancelled):
         bar.close()
-        print(f"artgen: interrupted at step {bar.step}; checkpoint saved. Continue with:\n"
-              f"  artgen {command} --out {options.out} --resume", file=sys.stderr)  # fmt: skip
+        print(
+            f"artgen: interrupted at step {bar.step}; checkpoint saved. Continue with:\n"
+            f"  artgen {command} --out {options.out} --resume",
+            file=sys.stderr,
+        )
         return None
     finally:
         bar.close()
@@ -810,8 +836,14 @@ class _StepBar:
         from tqdm.auto import tqdm
 
         if self.bar is None:
-            self.bar = tqdm(total=p.total_steps, initial=p.step - 1, desc=self.desc, unit="step",
-                            disable=self.quiet, dynamic_ncols=True)  # fmt: skip
+            self.bar = tqdm(
+                total=p.total_steps,
+                initial=p.step - 1,
+                desc=self.desc,
+                unit="step",
+                disable=self.quiet,
+                dynamic_ncols=True,
+            )
         self.step = p.step
         self.bar.set_postfix_str(self.postfix(p), False)
         self.bar.update(1)
@@ -825,7 +857,6 @@ class _StepBar:
 
 
 def _cmd_gan(args: argparse.Namespace, what: str) -> int:
-    from functools import partial
 
     from artgen.finetune.gan import (
         GanFinetuneOptions,
@@ -836,7 +867,7 @@ def _cmd_gan(args: argparse.Namespace, what: str) -> int:
     )
 
     cls = GanFinetuneOptions if what == "finetune" else GanTrainOptions
-    options = _training_options(args, cls, partial(options_for_resume, cls))
+    options = _training_options(args, cls, options_for_resume)
     bar = _StepBar(args.quiet, f"{what} gan", lambda p: f"G {p.loss_g:.3f} D {p.loss_d:.3f}")
     train = finetune_gan if what == "finetune" else train_gan
     run = _run_training(train, options, bar, f"{what} gan")
@@ -851,8 +882,11 @@ def _cmd_train_adain(args: argparse.Namespace) -> int:
     from artgen.finetune.adain import AdaINTrainOptions, options_for_resume, train_adain
 
     options = _training_options(args, AdaINTrainOptions, options_for_resume)
-    bar = _StepBar(args.quiet, "train adain",
-                   lambda p: f"loss {p.loss:.3f} content {p.content_loss:.3f} style {p.style_loss:.3f}")  # fmt: skip
+    bar = _StepBar(
+        args.quiet,
+        "train adain",
+        lambda p: f"loss {p.loss:.3f} content {p.content_loss:.3f} style {p.style_loss:.3f}",
+    )
     run = _run_training(train_adain, options, bar, "train adain")
     if run is None:
         return 130
@@ -860,6 +894,14 @@ def _cmd_train_adain(args: argparse.Namespace) -> int:
         f"done: {run} (network {run / 'model'}, samples {run / 'samples'}); use it with "
         f"--method adain --model {run}"
     )
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from artgen.finetune.diffusion import export_lora
+
+    path = export_lora(args.run, args.output)
+    print(f"kohya-style LoRA: {path} (ComfyUI: models/loras/; A1111: models/Lora/)")
     return 0
 
 
@@ -877,14 +919,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from artgen import __version__
-    from artgen.finetune.diffusion import SampleOptions, sample_run
-    from artgen.finetune.gan import (
-        GanSampleOptions,
-        is_gan_run,
-        run_class_index,
-        sample_gan_run,
-    )
     from artgen.images import check_output, check_output_dir, grid, save_png
+    from artgen.runs import load_run, run_class, sample_setting_names
 
     _quiet_libraries()
     out = args.output
@@ -893,66 +929,46 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     check_output(out, overwrite=args.overwrite)  # before any compute
     if args.each:
         check_output_dir(args.each)
-    options = _options(args, SampleOptions)
-    gan = _options(args, GanSampleOptions)
-    gan_run = is_gan_run(args.run)
-    if gan_run:
-        if gan.class_index == -1:  # record the class actually drawn
-            gan = dataclasses.replace(gan, class_index=run_class_index(args.run))
-        images = sample_gan_run(args.run, options.n, seed=options.seed,
-                                truncation_psi=gan.truncation, class_index=gan.class_index,
-                                device=args.device)  # fmt: skip
-    else:
-        for f in dataclasses.fields(GanSampleOptions):
-            if getattr(gan, f.name) != f.default:
-                raise ArtgenError(f"--{f.name.replace('_', '-')}: only for GAN runs, and "
-                                  f"{args.run} is a diffusion run")  # fmt: skip
-        images = sample_run(args.run, options, device=args.device)
-    params = {"artgen": __version__, "method": "sample", "run": str(Path(args.run).resolve()),
-              "options": dataclasses.asdict(options)}  # fmt: skip
-    if gan_run:
-        params["options"] = {"n": options.n, "seed": options.seed, **dataclasses.asdict(gan)}
+    # The flags given (absent ones are not in args): each kind takes only its own.
+    given = {k: v for k, v in vars(args).items() if k in sample_setting_names()}
+    run_class(args.run)[0].check_settings(given, args.run)  # before loading any weights
+    run = load_run(args.run, device=args.device)
+    options = run.sample_options(**given)
+    images = run.generate(**options)
+    params = {
+        "artgen": __version__,
+        "method": "sample",
+        "run": str(Path(args.run).resolve()),
+        "options": options,
+    }
     path = save_png(grid(images), out, params=params, overwrite=args.overwrite)
     if args.each:
         for i, im in enumerate(images):
-            save_png(im, Path(args.each) / f"sample-{options.seed + i:05d}.png",
-                     params={**params, "index": i}, overwrite=args.overwrite)  # fmt: skip
+            save_png(
+                im,
+                Path(args.each) / f"sample-{options['seed'] + i:05d}.png",
+                params={**params, "index": i},
+                overwrite=args.overwrite,
+            )
     print(f"wrote {path} ({len(images)} images)")
     return 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from artgen.evaluate import EvalOptions, evaluate
+    from artgen.metric_registry import format_result
 
     _quiet_libraries()
     r = evaluate(args.run, _options(args, EvalOptions))
     if args.json:
         print(json.dumps(r, indent=2, sort_keys=True))
         return 0
-    print(f"{args.run}: {r['samples']['source']} images against {r['reference']['count']} "
-          f"in {r['reference']['folder']}")  # fmt: skip
-    print(f"  FID        {r['fid']['value']:10.3f}   ({r['fid']['network']})")
-    k = r["kid"]
-    print(f"  KID        {k['mean']:10.4f} +- {k['std']:.4f}   ({k.get('std_is', 'std')}, "
-          f"subsets of {k.get('subset_size', '?')})")  # fmt: skip
-    d = r["diversity"]
-    print(f"  diversity  {d['intra_cluster']:10.4f}   (intra-cluster, {d['distance']})")
-    if "attribute" in r:
-        a = r["attribute"]
-        props = ", ".join(f"{k} {v:.2f}" for k, v in a["generated_proportions"].items())
-        obs = ", ".join(f"{k} {v:.2f}" for k, v in a.get("observed_proportions", {}).items())
-        ref = ", ".join(f"{k} {v:.2f}" for k, v in a["reference_proportions"].items())
-        calls = f"probe's calls {obs}; " if obs else ""
-        print(f"  {a['name']}: generated {props} ({calls}reference {ref})")
-        interval = a.get("fairness_discrepancy_interval")
-        extra = ""
-        if interval:
-            extra = f"   [{interval[0]:.4f}, {interval[1]:.4f}] ({a.get('interval', '')})"
-        if "fairness_discrepancy_raw" in a:
-            extra += f"; uncorrected {a['fairness_discrepancy_raw']:.4f}"
-        print(f"  FD         {a['fairness_discrepancy']:10.4f}{extra}")
-        print(f"             {a['classifier']}; {a['classifier_folds']}-fold accuracy "
-              f"{a['classifier_accuracy']:.2f}")  # fmt: skip
+    against = ""
+    if "reference" in r:
+        against = f" against {r['reference']['count']} in {r['reference']['folder']}"
+    print(f"{args.run}: {r['samples']['source']} images{against}")
+    for line in format_result(r):  # each metric prints itself (artgen.metric_registry)
+        print(line)
     print(f"written to {args.run}/eval.json")
     return 0
 
@@ -962,8 +978,11 @@ def _cmd_styles(args: argparse.Namespace) -> int:
 
     entries = catalog.load_manifest()
     if args.action == "list":
-        for kind, heading in (("bundled", "bundled styles"), ("fetchable", "paintings to fetch (public domain)"),
-                              ("example", "example content")):  # fmt: skip
+        for kind, heading in (
+            ("bundled", "bundled styles"),
+            ("fetchable", "paintings to fetch (public domain)"),
+            ("example", "example content"),
+        ):
             print(f"{heading}:")
             for e in entries:
                 if e.kind != kind:

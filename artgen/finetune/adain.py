@@ -17,21 +17,19 @@ Departures, each deliberate:
   this is transfer learning of the fast method to that artist's style.
 
 Run folder: config.json (resolved options), log.jsonl (one line per logged step),
-samples/step-N.png (a sheet: content, style, result), checkpoints/step-N (safetensors +
+samples/step-N.png and final.png (a sheet: content, style, result), checkpoints/step-N (safetensors +
 JSON through artgen.checkpoint, resumed exactly with --resume), model/ (the trained
 network: config.json + decoder.safetensors, what `--model RUN` loads).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -39,23 +37,15 @@ from PIL import Image
 
 from artgen.checkpoint import (
     MAX_BATCH,
-    StepInterrupt,
-    absolute_paths,
-    check_run_folder,
-    list_checkpoints,
     optimizer_to_tensors,
-    read_checkpoint,
-    rng_to_tensors,
-    save_checkpoint,
-    write_json,
 )
 from artgen.devices import resolve_device
 from artgen.errors import ArtgenError
+from artgen.finetune.run import RunOptions, open_run, train
+from artgen.finetune.run import options_for_resume as options_for_resume  # the one policy
 from artgen.losses import mean_std, stats_loss
 
 ENCODER_CHOICES = ("efficientnet-lite0", "vgg19")
-# Settings a resumed run may change; any other change would alter the run being continued.
-RESUME_CHANGEABLE = ("steps", "sample_every", "checkpoint_every", "keep_checkpoints", "device")
 # Settings that name folders, recorded as absolute paths. --base is one too unless it names
 # a bundled network (shipped, vgg19), so it is recorded absolute but not resolved on reading.
 PATHS = ("styles", "out", "content")
@@ -63,11 +53,13 @@ BASE_NAMES = ("", "shipped", "vgg19")
 
 
 @dataclass(frozen=True)
-class AdaINTrainOptions:
+class AdaINTrainOptions(RunOptions):
     """`artgen train adain`: train (or fine-tune) the decoder of the fast style method."""
 
+    KIND: ClassVar[str] = "train-adain"
+    PATHS: ClassVar[tuple[str, ...]] = PATHS
+
     styles: str = field(default="", metadata={"help": "folder of style images"})
-    out: str = field(default="", metadata={"help": "run folder to create (or to resume)"})
     content: str = field(
         default="",
         metadata={
@@ -98,15 +90,21 @@ class AdaINTrainOptions:
     )
     sample_every: int = field(default=500, metadata={"help": "steps between sample sheets"})
     checkpoint_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
-    keep_checkpoints: int = field(default=2, metadata={"help": "checkpoints kept on disk"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps"})
     precision: str = field(
         default="auto",
-        metadata={"help": "auto is bf16 autocast on CUDA, fp32 elsewhere",
-                  "choices": ("auto", "fp32", "bf16")},
-    )  # fmt: skip
-    seed: int = field(default=0, metadata={"help": "random seed"})
-    resume: bool = field(default=False, metadata={"help": "continue the run in --out"})
+        metadata={
+            "help": "auto is bf16 autocast on CUDA, fp32 elsewhere",
+            "choices": ("auto", "fp32", "bf16"),
+        },
+    )
+
+    def recorded(self) -> dict:
+        """As config.json records them: folders absolute, and --base unless it names a
+        bundled network."""
+        d = super().recorded()
+        if d["base"] not in BASE_NAMES:
+            d["base"] = os.path.abspath(os.path.expanduser(d["base"]))
+        return d
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "sample_every", "checkpoint_every"):
@@ -180,8 +178,13 @@ class CropSource:
             left = int(torch.randint(w - size + 1, (1,), generator=g))
             x = img[:, top : top + size, left : left + size].float().div(255).unsqueeze(0)
             if size != self.crop:
-                x = F.interpolate(x, size=(self.crop, self.crop), mode="bilinear",
-                                  antialias=True, align_corners=False)  # fmt: skip
+                x = F.interpolate(
+                    x,
+                    size=(self.crop, self.crop),
+                    mode="bilinear",
+                    antialias=True,
+                    align_corners=False,
+                )
             if bool(torch.rand((), generator=g) < 0.5):
                 x = x.flip(-1)
             out.append(x)
@@ -244,154 +247,129 @@ def train_adain(
     """Train the decoder; returns the run folder (the network is in RUN/model)."""
     from artgen import __version__
     from artgen.data import list_images
-    from artgen.images import grid, save_png
-    from artgen.weights import save_adain_folder
 
     if not options.styles:
         raise ArtgenError("--styles: give the folder of style images")
     if not options.out:
         raise ArtgenError("--out: give a run folder to create")
-    run = Path(options.out)
-    check_run_folder(run, options.resume)
     content_dir = options.content or (str(_example_photos()) if options.base else "")
     if not content_dir:
         raise ArtgenError("--content: give a folder of photos (needed when training from scratch)")
     style_files = list_images(options.styles)
     content_files = list_images(content_dir)
+    run = open_run(options, create=False)
 
     device = resolve_device(options.device)
     torch.manual_seed(options.seed)
     model, source = _initial_model(options, device)
-    model.encoder.eval()
-    decoder = model.decoder.train().requires_grad_(True)
-    style_weight = options.style_weight or DEFAULT_STYLE_WEIGHT[model.config.encoder]
-    opt = torch.optim.Adam(decoder.parameters(), lr=options.lr)
-
-    def lr_at(step: int) -> float:
-        return options.lr / (1.0 + options.lr_decay * step)
-
-    use_bf16 = options.precision == "bf16" or (
-        options.precision == "auto" and device.type == "cuda"
+    trainer = _AdaINTrainer(
+        options,
+        model,
+        device,
+        CropSource(content_files, options.crop, content_dir),
+        CropSource(style_files, options.crop, options.styles),
     )
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
-
-    g = torch.Generator().manual_seed(options.seed)
-    contents = CropSource(content_files, options.crop, content_dir)
-    styles = CropSource(style_files, options.crop, options.styles)
-    step = 0
-    ckpt_dir = run / "checkpoints"
-    if options.resume:
-        found = list_checkpoints(ckpt_dir)
-        if not found:
-            raise ArtgenError(f"{run}: no checkpoint to resume from in {ckpt_dir}")
-        step = restore(found[-1], decoder, opt, g)
-        if step >= options.steps:
-            raise ArtgenError(f"{run}: already at step {step} of {options.steps}; "
-                              "pass a larger --steps to train further")  # fmt: skip
-    run.mkdir(parents=True, exist_ok=True)
     resolved = {
-        "artgen": __version__, "method": "train-adain", "options": _recorded(options),
-        "network": model.config.to_dict(), "base": source, "style_weight": style_weight,
-        "content_folder": os.path.abspath(content_dir), "num_content": len(content_files),
-        "num_styles": len(style_files), "device": str(device),
-        "trainable_parameters": sum(p.numel() for p in decoder.parameters()),
-    }  # fmt: skip
-    resolved["options"]["resume"] = False
-    write_json(run / "config.json", resolved)
+        "artgen": __version__,
+        "method": options.KIND,
+        "network": model.config.to_dict(),
+        "base": source,
+        "style_weight": trainer.style_weight,
+        "content_folder": os.path.abspath(content_dir),
+        "num_content": len(content_files),
+        "num_styles": len(style_files),
+        "device": str(device),
+        "trainable_parameters": sum(p.numel() for p in model.decoder.parameters()),
+    }
+    return train(trainer, options, run, resolved, callback=callback)
 
-    # A fixed sheet: the same 4 content crops and 4 style crops at every sample.
-    g_fixed = torch.Generator().manual_seed(12345)
-    sheet_c = contents.batch(4, g_fixed).to(device)
-    sheet_s = styles.batch(4, g_fixed).to(device)
 
-    def samples(at: int) -> Path:
-        decoder.eval()
-        with torch.no_grad(), amp:
-            out = model(sheet_c, model.style_stats(sheet_s)).float().clamp(0, 1)
-        decoder.train()
-        from artgen.images import to_pil
+class _AdaINTrainer:
+    """The decoder, its optimizer and one step of the paper's loss, for
+    artgen.finetune.run.train."""
 
+    draws = None  # crops are drawn by CropSource from the data generator
+
+    def __init__(self, options, model, device, contents: CropSource, styles: CropSource) -> None:
+        self.options, self.model, self.device = options, model, device
+        self.contents, self.styles = contents, styles
+        model.encoder.eval()
+        self.decoder = model.decoder.train().requires_grad_(True)
+        self.style_weight = options.style_weight or DEFAULT_STYLE_WEIGHT[model.config.encoder]
+        self.opt = torch.optim.Adam(self.decoder.parameters(), lr=options.lr)
+        use_bf16 = options.precision == "bf16" or (
+            options.precision == "auto" and device.type == "cuda"
+        )
+        self.amp = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+        self.g = torch.Generator().manual_seed(options.seed)
+        # A fixed sheet: the same 4 content crops and 4 style crops at every sample.
+        g_fixed = torch.Generator().manual_seed(12345)
+        self.sheet_c = contents.batch(4, g_fixed).to(device)
+        self.sheet_s = styles.batch(4, g_fixed).to(device)
+
+    def lr_at(self, step: int) -> float:
+        return self.options.lr / (1.0 + self.options.lr_decay * step)
+
+    def generators(self) -> dict[str, torch.Generator]:
+        return {"data": self.g}
+
+    def state(self) -> tuple[dict, dict]:
+        opt_t, opt_meta = optimizer_to_tensors(self.opt)
+        return {"decoder": self.decoder.state_dict(), "optimizer": opt_t}, {"optimizer": opt_meta}
+
+    def load_state(self, ckpt: Any) -> None:
+        ckpt.load_module("decoder", self.decoder)
+        ckpt.load_optimizer("optimizer", self.opt)
+
+    def step(self, step: int) -> dict[str, float]:
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_at(step)
+        c = self.contents.batch(self.options.batch_size, self.g).to(self.device)
+        s = self.styles.batch(self.options.batch_size, self.g).to(self.device)
+        with self.amp():
+            loss, l_c, l_s, _ = adain_losses(self.model, c, s, self.style_weight)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return {
+            "loss": float(loss.detach()),
+            "content": float(l_c.detach()),
+            "style": float(l_s.detach()),
+            "lr": self.lr_at(step),
+        }
+
+    def sample(self) -> Image.Image:
+        from artgen.images import grid, to_pil
+
+        self.decoder.eval()
+        with torch.no_grad(), self.amp():
+            out = self.model(self.sheet_c, self.model.style_stats(self.sheet_s))
+        self.decoder.train()
+        out = out.float().clamp(0, 1)
         tiles = []
         for k in range(4):
-            tiles += [to_pil(sheet_c[k]), to_pil(sheet_s[k]), to_pil(out[k])]
-        return save_png(grid(tiles, cols=3), run / "samples" / f"step-{at:07d}.png",
-                        overwrite=True, params={"artgen": __version__, "step": at})  # fmt: skip
+            tiles += [to_pil(self.sheet_c[k]), to_pil(self.sheet_s[k]), to_pil(out[k])]
+        return grid(tiles, cols=3)
 
-    def checkpoint(at: int) -> Path:
-        opt_t, opt_meta = optimizer_to_tensors(opt)
-        rng_t, rng_meta = rng_to_tensors({"data": g})
-        return save_checkpoint(
-            ckpt_dir, at, {"decoder": decoder.state_dict(), "optimizer": opt_t, "rng": rng_t},
-            {"optimizer": opt_meta, "rng": rng_meta}, keep=options.keep_checkpoints,
-        )  # fmt: skip
+    def finish(self, run: Path, resolved: dict) -> Callable[[Path], None]:
+        from artgen.weights import save_adain_folder
 
-    t0 = time.perf_counter()
-    log = open(run / "log.jsonl", "a")  # noqa: SIM115 - closed in finally
-    try:
-        with StepInterrupt() as stop:
-            while step < options.steps:
-                stop.mid_step = True
-                for group in opt.param_groups:
-                    group["lr"] = lr_at(step)
-                c = contents.batch(options.batch_size, g).to(device)
-                s = styles.batch(options.batch_size, g).to(device)
-                with amp:
-                    loss, l_c, l_s, _ = adain_losses(model, c, s, style_weight)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-                stop.mid_step = False
-                sample_path = ckpt_path = None
-                if step % options.sample_every == 0 or step == options.steps:
-                    sample_path = samples(step)
-                if step % options.checkpoint_every == 0 or step == options.steps:
-                    ckpt_path = checkpoint(step)
-                if step % 10 == 0 or step == options.steps or step == 1:
-                    log.write(json.dumps({"step": step, "loss": float(loss.detach()), "content": float(l_c.detach()),
-                                          "style": float(l_s.detach()), "lr": lr_at(step - 1),
-                                          "seconds": round(time.perf_counter() - t0, 2)}) + "\n")  # fmt: skip
-                    log.flush()
-                if callback is not None:
-                    callback(AdaINTrainProgress(
-                        step, options.steps, float(loss.detach()), float(l_c.detach()), float(l_s.detach()), lr_at(step - 1),
-                        time.perf_counter() - t0, sample_path, ckpt_path,
-                    ))  # fmt: skip
-                stop.raise_if_requested()
-    except KeyboardInterrupt:
-        if (
-            not list_checkpoints(ckpt_dir)
-            or int(list_checkpoints(ckpt_dir)[-1].name.split("-")[1]) != step
-        ):
-            checkpoint(step)
-        raise
-    finally:
-        log.close()
-    decoder.eval()
-    save_adain_folder(model, run / "model")
-    _write_model_card(run, resolved)
-    return run
+        self.decoder.eval()
+        save_adain_folder(self.model, run / "model")
+        return lambda final: _write_model_card(run, resolved)
 
-
-def restore(
-    path: Path, decoder: torch.nn.Module, opt: torch.optim.Optimizer, g: torch.Generator
-) -> int:
-    """Put the checkpoint in ``path`` back into the decoder, its optimizer and the data
-    generator; returns its step. Each piece is checked first (artgen.checkpoint.Checkpoint),
-    so a damaged checkpoint is one ArtgenError naming its file and field."""
-    ckpt = read_checkpoint(path)
-    ckpt.load_module("decoder", decoder)
-    ckpt.load_optimizer("optimizer", opt)
-    ckpt.load_rng("rng", {"data": g})
-    return ckpt.step
-
-
-def _recorded(options: AdaINTrainOptions) -> dict:
-    """The options as a run's config.json records them: folders absolute."""
-    d = absolute_paths(dataclasses.asdict(options), PATHS)
-    if d["base"] not in BASE_NAMES:
-        d["base"] = os.path.abspath(os.path.expanduser(d["base"]))
-    return d
+    def progress(self, step, logs, elapsed, sample, checkpoint) -> AdaINTrainProgress:
+        return AdaINTrainProgress(
+            step,
+            self.options.steps,
+            logs["loss"],
+            logs["content"],
+            logs["style"],
+            logs["lr"],
+            elapsed,
+            sample,
+            checkpoint,
+        )
 
 
 def _write_model_card(run: Path, config: dict) -> None:
@@ -410,13 +388,6 @@ def _write_model_card(run: Path, config: dict) -> None:
     tmp = run / ".README.md.tmp"
     tmp.write_text(text)
     os.replace(tmp, run / "README.md")
-
-
-def options_for_resume(run_dir: str | os.PathLike, **overrides) -> AdaINTrainOptions:
-    from artgen.checkpoint import options_for_resume as read
-
-    return read(AdaINTrainOptions, run_dir, overrides, changeable=RESUME_CHANGEABLE,
-                method="train-adain", paths=PATHS)  # fmt: skip
 
 
 __all__ = ["AdaINTrainOptions", "AdaINTrainProgress", "train_adain", "adain_losses"]

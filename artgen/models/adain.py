@@ -178,23 +178,60 @@ LITE0_CONFIG = AdaINConfig()
 
 # naoto0804/pytorch-AdaIN net.py: "vgg" up to relu5_4, as one nn.Sequential.
 _VGG_NORMALISED = [
-    ("conv", 3, 3, 1), ("pad",), ("conv", 3, 64, 3), ("relu", "relu1_1"),
-    ("pad",), ("conv", 64, 64, 3), ("relu", "relu1_2"), ("pool",),
-    ("pad",), ("conv", 64, 128, 3), ("relu", "relu2_1"),
-    ("pad",), ("conv", 128, 128, 3), ("relu", "relu2_2"), ("pool",),
-    ("pad",), ("conv", 128, 256, 3), ("relu", "relu3_1"),
-    ("pad",), ("conv", 256, 256, 3), ("relu", "relu3_2"),
-    ("pad",), ("conv", 256, 256, 3), ("relu", "relu3_3"),
-    ("pad",), ("conv", 256, 256, 3), ("relu", "relu3_4"), ("pool",),
-    ("pad",), ("conv", 256, 512, 3), ("relu", "relu4_1"),
-    ("pad",), ("conv", 512, 512, 3), ("relu", "relu4_2"),
-    ("pad",), ("conv", 512, 512, 3), ("relu", "relu4_3"),
-    ("pad",), ("conv", 512, 512, 3), ("relu", "relu4_4"), ("pool",),
-    ("pad",), ("conv", 512, 512, 3), ("relu", "relu5_1"),
-    ("pad",), ("conv", 512, 512, 3), ("relu", "relu5_2"),
-    ("pad",), ("conv", 512, 512, 3), ("relu", "relu5_3"),
-    ("pad",), ("conv", 512, 512, 3), ("relu", "relu5_4"),
-]  # fmt: skip
+    ("conv", 3, 3, 1),
+    ("pad",),
+    ("conv", 3, 64, 3),
+    ("relu", "relu1_1"),
+    ("pad",),
+    ("conv", 64, 64, 3),
+    ("relu", "relu1_2"),
+    ("pool",),
+    ("pad",),
+    ("conv", 64, 128, 3),
+    ("relu", "relu2_1"),
+    ("pad",),
+    ("conv", 128, 128, 3),
+    ("relu", "relu2_2"),
+    ("pool",),
+    ("pad",),
+    ("conv", 128, 256, 3),
+    ("relu", "relu3_1"),
+    ("pad",),
+    ("conv", 256, 256, 3),
+    ("relu", "relu3_2"),
+    ("pad",),
+    ("conv", 256, 256, 3),
+    ("relu", "relu3_3"),
+    ("pad",),
+    ("conv", 256, 256, 3),
+    ("relu", "relu3_4"),
+    ("pool",),
+    ("pad",),
+    ("conv", 256, 512, 3),
+    ("relu", "relu4_1"),
+    ("pad",),
+    ("conv", 512, 512, 3),
+    ("relu", "relu4_2"),
+    ("pad",),
+    ("conv", 512, 512, 3),
+    ("relu", "relu4_3"),
+    ("pad",),
+    ("conv", 512, 512, 3),
+    ("relu", "relu4_4"),
+    ("pool",),
+    ("pad",),
+    ("conv", 512, 512, 3),
+    ("relu", "relu5_1"),
+    ("pad",),
+    ("conv", 512, 512, 3),
+    ("relu", "relu5_2"),
+    ("pad",),
+    ("conv", 512, 512, 3),
+    ("relu", "relu5_3"),
+    ("pad",),
+    ("conv", 512, 512, 3),
+    ("relu", "relu5_4"),
+]
 
 
 def _layer(spec: tuple) -> nn.Module:
@@ -238,16 +275,36 @@ def vgg_encoder(seq: nn.Sequential, last: str = "relu4_1") -> FeatureExtractor:
 
 
 _VGG_DECODER = [
-    ("pad",), ("conv", 512, 256, 3), ("relu", ""), ("up",),
-    ("pad",), ("conv", 256, 256, 3), ("relu", ""),
-    ("pad",), ("conv", 256, 256, 3), ("relu", ""),
-    ("pad",), ("conv", 256, 256, 3), ("relu", ""),
-    ("pad",), ("conv", 256, 128, 3), ("relu", ""), ("up",),
-    ("pad",), ("conv", 128, 128, 3), ("relu", ""),
-    ("pad",), ("conv", 128, 64, 3), ("relu", ""), ("up",),
-    ("pad",), ("conv", 64, 64, 3), ("relu", ""),
-    ("pad",), ("conv", 64, 3, 3),
-]  # fmt: skip
+    ("pad",),
+    ("conv", 512, 256, 3),
+    ("relu", ""),
+    ("up",),
+    ("pad",),
+    ("conv", 256, 256, 3),
+    ("relu", ""),
+    ("pad",),
+    ("conv", 256, 256, 3),
+    ("relu", ""),
+    ("pad",),
+    ("conv", 256, 256, 3),
+    ("relu", ""),
+    ("pad",),
+    ("conv", 256, 128, 3),
+    ("relu", ""),
+    ("up",),
+    ("pad",),
+    ("conv", 128, 128, 3),
+    ("relu", ""),
+    ("pad",),
+    ("conv", 128, 64, 3),
+    ("relu", ""),
+    ("up",),
+    ("pad",),
+    ("conv", 64, 64, 3),
+    ("relu", ""),
+    ("pad",),
+    ("conv", 64, 3, 3),
+]
 
 
 class VGGDecoder(nn.Module):
@@ -529,9 +586,12 @@ class AdaINModel(nn.Module):
         x, h, w, b = self._prepare(content, border)
         m, _, _, _ = self._prepare(weights.float(), border)
         f = self.encoder(x, self.config.levels)
-        t = [adain_regions(f[name], [rs[k] for rs in region_stats],
-                           resize_mask(m, f[name].shape[-2:]), alpha)
-             for k, name in enumerate(self.config.levels)]  # fmt: skip
+        t = [
+            adain_regions(
+                f[name], [rs[k] for rs in region_stats], resize_mask(m, f[name].shape[-2:]), alpha
+            )
+            for k, name in enumerate(self.config.levels)
+        ]
         out = self._decode(t)
         return out[..., b : h - b, b : w - b]
 
@@ -541,10 +601,16 @@ class AdaINModel(nn.Module):
             dtype = torch.get_autocast_dtype("cuda")
         return self.decoder([v.to(dtype) for v in t])
 
-    def _tiled_stats(self, x: torch.Tensor, tile: int, overlap: int,
-                     on_tile: Callable[[int, int], None] | None = None,
-                     total: int = 0, weights: torch.Tensor | None = None,
-                     level_masks: dict | None = None) -> Stats | list[Stats]:  # fmt: skip
+    def _tiled_stats(
+        self,
+        x: torch.Tensor,
+        tile: int,
+        overlap: int,
+        on_tile: Callable[[int, int], None] | None = None,
+        total: int = 0,
+        weights: torch.Tensor | None = None,
+        level_masks: dict | None = None,
+    ) -> Stats | list[Stats]:
         """Channel mean and std of the features of ``x`` (a multiple of the stride in size)
         at every AdaIN level, from tiles: each tile's features are summed (in float64) over
         the tile's own part of the picture, away from its edges, and the parts partition
@@ -557,8 +623,7 @@ class AdaINModel(nn.Module):
         rows = _tile_starts(H, tile, overlap, self.multiple)
         cols = _tile_starts(W, tile, overlap, self.multiple)
         n_regions = 1 if weights is None else weights.shape[1]
-        sums: list[list] = [[[0.0, 0.0, 0.0] for _ in range(n_regions)]
-                            for _ in self.config.levels]  # fmt: skip
+        sums: list[list] = [[[0.0, 0.0, 0.0] for _ in range(n_regions)] for _ in self.config.levels]
         level_masks = {} if level_masks is None else level_masks
         done = 0
         for y0 in rows:
@@ -579,8 +644,11 @@ class AdaINModel(nn.Module):
                         acc[2] += part.shape[-2] * part.shape[-1]
                         continue
                     lm = self._level_mask(weights, k, stride, level_masks)
-                    lm = lm[..., y0 // stride : y0 // stride + v.shape[-2],
-                            x0 // stride : x0 // stride + v.shape[-1]][..., ys, xs].double()  # fmt: skip
+                    lm = lm[
+                        ...,
+                        y0 // stride : y0 // stride + v.shape[-2],
+                        x0 // stride : x0 // stride + v.shape[-1],
+                    ][..., ys, xs].double()
                     for r in range(n_regions):
                         m = lm[:, r : r + 1]
                         acc = sums[k][r]
@@ -646,8 +714,10 @@ class AdaINModel(nn.Module):
         """
         m = self.multiple
         if tile % m or overlap % m or not 0 < 2 * overlap < tile:
-            raise ValueError(f"tile {tile} and overlap {overlap} must be multiples of {m} "
-                             "with 2 * overlap < tile")  # fmt: skip
+            raise ValueError(
+                f"tile {tile} and overlap {overlap} must be multiples of {m} "
+                "with 2 * overlap < tile"
+            )
         x, h, w, b = self._prepare(content, border)
         masks = None if weights is None else self._prepare(weights.float(), border)[0]
         level_masks: dict = {}
@@ -665,19 +735,32 @@ class AdaINModel(nn.Module):
             xt = x[..., y0 : y0 + tile, x0 : x0 + tile]
             f = self.encoder(xt, self.config.levels)
             if masks is None:
-                t = [adain_blend(f[name], sm, ss, alpha, content_stats=cs)
-                     for name, (sm, ss), cs in zip(self.config.levels, stats, content_stats,
-                                                    strict=True)]  # fmt: skip
+                t = [
+                    adain_blend(f[name], sm, ss, alpha, content_stats=cs)
+                    for name, (sm, ss), cs in zip(
+                        self.config.levels, stats, content_stats, strict=True
+                    )
+                ]
             else:
                 t = []
                 for k, name in enumerate(self.config.levels):
                     v = f[name]
                     stride = xt.shape[-2] // v.shape[-2]
                     lm = self._level_mask(masks, k, stride, level_masks)
-                    lm = lm[..., y0 // stride : y0 // stride + v.shape[-2],
-                            x0 // stride : x0 // stride + v.shape[-1]]  # fmt: skip
-                    t.append(adain_regions(v, [rs[k] for rs in stats], lm, alpha,
-                                           content_stats=[cs[k] for cs in content_stats]))  # fmt: skip
+                    lm = lm[
+                        ...,
+                        y0 // stride : y0 // stride + v.shape[-2],
+                        x0 // stride : x0 // stride + v.shape[-1],
+                    ]
+                    t.append(
+                        adain_regions(
+                            v,
+                            [rs[k] for rs in stats],
+                            lm,
+                            alpha,
+                            content_stats=[cs[k] for cs in content_stats],
+                        )
+                    )
             y = self._decode(t).float()
             wy = _ramp(y0, xt.shape[-2], H, overlap, x.device).view(1, 1, -1, 1)
             wx = _ramp(x0, xt.shape[-1], W, overlap, x.device).view(1, 1, 1, -1)

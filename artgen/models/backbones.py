@@ -67,7 +67,29 @@ EFFICIENTNET_LITE0_SPEC = BackboneSpec(
 
 SPECS = {s.name: s for s in (VGG19_SPEC, EFFICIENTNET_LITE0_SPEC)}
 
-_VGG19_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]  # fmt: skip
+_VGG19_CFG = [
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+    512,
+    "M",
+]
 
 
 class FeatureExtractor(nn.Module):
@@ -154,8 +176,15 @@ def vgg19(state_dict: dict[str, torch.Tensor] | None = None) -> FeatureExtractor
 # (ds_r1_k3_s1_e1_c16, ir_r2_k3_s2_e6_c24, ir_r2_k5_s2_e6_c40, ir_r3_k3_s2_e6_c80,
 # ir_r3_k5_s1_e6_c112, ir_r4_k5_s2_e6_c192, ir_r1_k3_s1_e6_c320): for each stage the
 # repeats, kernel, first stride, expansion and output channels. Stem 32, head 1280.
-_LITE0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
-                 (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))  # fmt: skip
+_LITE0_STAGES = (
+    (1, 3, 1, 1, 16),
+    (2, 3, 2, 6, 24),
+    (2, 5, 2, 6, 40),
+    (3, 3, 2, 6, 80),
+    (3, 5, 1, 6, 112),
+    (4, 5, 2, 6, 192),
+    (1, 3, 1, 6, 320),
+)
 
 
 class _Lite0Block(nn.Module):
@@ -182,8 +211,11 @@ class _Lite0Block(nn.Module):
             self.conv_pw, self.bn1 = nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid)
             self.conv_dw, self.bn2 = dw, nn.BatchNorm2d(mid)
             self.conv_pwl, self.bn3 = nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout)
-            self.order = (("conv_pw", "bn1", True), ("conv_dw", "bn2", True),
-                          ("conv_pwl", "bn3", False))  # fmt: skip
+            self.order = (
+                ("conv_pw", "bn1", True),
+                ("conv_dw", "bn2", True),
+                ("conv_pwl", "bn3", False),
+            )
         self.has_skip = stride == 1 and cin == cout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -295,9 +327,17 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
         weight = conv.weight * scale.view(-1, 1, 1, 1)
         bias = (bias - bn.running_mean) * scale + bn.bias
     fused = nn.Conv2d(
-        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-        conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode, device="meta",
-    )  # fmt: skip
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        bias=True,
+        padding_mode=conv.padding_mode,
+        device="meta",
+    )
     fused.weight = nn.Parameter(weight, requires_grad=conv.weight.requires_grad)
     fused.bias = nn.Parameter(bias, requires_grad=conv.weight.requires_grad)
     return fused

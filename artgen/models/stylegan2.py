@@ -484,8 +484,9 @@ class MappingNetwork(nn.Module):
         if c_dim > 0:
             self.embed = FullyConnectedLayer(c_dim, embed_features)
         for idx in range(num_layers):
-            layer = FullyConnectedLayer(features[idx], features[idx + 1], activation="lrelu",
-                                        lr_multiplier=lr_multiplier)  # fmt: skip
+            layer = FullyConnectedLayer(
+                features[idx], features[idx + 1], activation="lrelu", lr_multiplier=lr_multiplier
+            )
             setattr(self, f"fc{idx}", layer)
         if num_ws is not None and w_avg_beta is not None:
             self.register_buffer("w_avg", torch.zeros([w_dim]))
@@ -575,8 +576,15 @@ class SynthesisLayer(nn.Module):
             noise = noise * self.noise_strength
         elif noise_mode == "const":
             noise = self.noise_const * self.noise_strength
-        x = modulated_conv2d(x, self.weight, styles, up=self.up, noise=noise,
-                             resample_filter=self.resample_filter, fused=fused)  # fmt: skip
+        x = modulated_conv2d(
+            x,
+            self.weight,
+            styles,
+            up=self.up,
+            noise=noise,
+            resample_filter=self.resample_filter,
+            fused=fused,
+        )
         return _bias_act(x, self.bias, "lrelu", 1.0, self.conv_clamp)
 
 
@@ -622,11 +630,13 @@ class SynthesisBlock(nn.Module):
         if in_channels == 0:
             self.const = nn.Parameter(torch.randn([out_channels, resolution, resolution]))
         else:
-            self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, resolution, up=2,
-                                        conv_clamp=conv_clamp)  # fmt: skip
+            self.conv0 = SynthesisLayer(
+                in_channels, out_channels, w_dim, resolution, up=2, conv_clamp=conv_clamp
+            )
             self.num_conv = 2
-        self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim, resolution,
-                                    conv_clamp=conv_clamp)  # fmt: skip
+        self.conv1 = SynthesisLayer(
+            out_channels, out_channels, w_dim, resolution, conv_clamp=conv_clamp
+        )
         self.torgb = ToRGBLayer(out_channels, img_channels, w_dim, conv_clamp=conv_clamp)
         self.num_torgb = 1
 
@@ -664,8 +674,14 @@ class SynthesisNetwork(nn.Module):
         self.num_ws = 0
         for res in self.block_resolutions:
             in_channels = config.channels(res // 2) if res > 4 else 0
-            block = SynthesisBlock(in_channels, config.channels(res), config.w_dim, res,
-                                   config.img_channels, conv_clamp=config.conv_clamp)  # fmt: skip
+            block = SynthesisBlock(
+                in_channels,
+                config.channels(res),
+                config.w_dim,
+                res,
+                config.img_channels,
+                conv_clamp=config.conv_clamp,
+            )
             # Consecutive blocks share a w: the toRGB of one block and the first
             # conv of the next. Only the last toRGB needs a w of its own.
             self.num_ws += block.num_conv
@@ -713,12 +729,15 @@ class DiscriminatorBlock(nn.Module):
         self.architecture = architecture
         self.register_buffer("resample_filter", _fir_filter())
         if in_channels == 0:
-            self.fromrgb = Conv2dLayer(img_channels, tmp_channels, 1, activation="lrelu",
-                                       conv_clamp=conv_clamp)  # fmt: skip
-        self.conv0 = Conv2dLayer(tmp_channels, tmp_channels, 3, activation="lrelu",
-                                 conv_clamp=conv_clamp)  # fmt: skip
-        self.conv1 = Conv2dLayer(tmp_channels, out_channels, 3, activation="lrelu", down=2,
-                                 conv_clamp=conv_clamp)  # fmt: skip
+            self.fromrgb = Conv2dLayer(
+                img_channels, tmp_channels, 1, activation="lrelu", conv_clamp=conv_clamp
+            )
+        self.conv0 = Conv2dLayer(
+            tmp_channels, tmp_channels, 3, activation="lrelu", conv_clamp=conv_clamp
+        )
+        self.conv1 = Conv2dLayer(
+            tmp_channels, out_channels, 3, activation="lrelu", down=2, conv_clamp=conv_clamp
+        )
         if architecture == "resnet":
             self.skip = Conv2dLayer(tmp_channels, out_channels, 1, bias=False, down=2)
 
@@ -778,8 +797,13 @@ class DiscriminatorEpilogue(nn.Module):
         self.mbstd = (
             MinibatchStdLayer(mbstd_group_size, mbstd_num_channels) if mbstd_num_channels else None
         )
-        self.conv = Conv2dLayer(in_channels + mbstd_num_channels, in_channels, 3,
-                                activation="lrelu", conv_clamp=conv_clamp)  # fmt: skip
+        self.conv = Conv2dLayer(
+            in_channels + mbstd_num_channels,
+            in_channels,
+            3,
+            activation="lrelu",
+            conv_clamp=conv_clamp,
+        )
         self.fc = FullyConnectedLayer(in_channels * resolution**2, in_channels, activation="lrelu")
         self.out = FullyConnectedLayer(in_channels, 1 if cmap_dim == 0 else cmap_dim)
 
@@ -839,8 +863,12 @@ class _Pretrained(nn.Module):
         tmp = folder / f".{WEIGHTS_FILE}.tmp"
         save_file(tensors, str(tmp), metadata={"format": FORMAT})
         os.replace(tmp, folder / WEIGHTS_FILE)
-        meta = {**self.config.to_dict(), "class": type(self).__name__, "format": FORMAT,
-                "version": FORMAT_VERSION}  # fmt: skip
+        meta = {
+            **self.config.to_dict(),
+            "class": type(self).__name__,
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+        }
         write_json(folder / CONFIG_FILE, meta)
         return folder
 
@@ -890,12 +918,14 @@ class _Pretrained(nn.Module):
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         missing = sorted(set(expected) - set(tensors))
         unexpected = sorted(set(tensors) - set(expected))
-        wrong = sorted(k for k in set(expected) & set(tensors)
-                       if tuple(tensors[k].shape) != expected[k])  # fmt: skip
+        wrong = sorted(
+            k for k in set(expected) & set(tensors) if tuple(tensors[k].shape) != expected[k]
+        )
         problems = [f"missing {k}" for k in missing]
         problems += [f"unexpected {k}" for k in unexpected]
-        problems += [f"{k} has shape {list(tensors[k].shape)}, expected {list(expected[k])}"
-                     for k in wrong]  # fmt: skip
+        problems += [
+            f"{k} has shape {list(tensors[k].shape)}, expected {list(expected[k])}" for k in wrong
+        ]
         if problems:
             more = f" (and {len(problems) - 2} more)" if len(problems) > 2 else ""
             raise ArtgenError(
@@ -916,9 +946,15 @@ class Generator(_Pretrained):
             # Built in the official order, so a seed gives the official initial weights.
             self.synthesis = SynthesisNetwork(config)
             self.num_ws = self.synthesis.num_ws
-            self.mapping = MappingNetwork(config.z_dim, config.c_dim, config.w_dim, self.num_ws,
-                                          config.mapping_layers, config.mapping_lr_multiplier,
-                                          config.w_avg_beta)  # fmt: skip
+            self.mapping = MappingNetwork(
+                config.z_dim,
+                config.c_dim,
+                config.w_dim,
+                self.num_ws,
+                config.mapping_layers,
+                config.mapping_lr_multiplier,
+                config.w_avg_beta,
+            )
 
     def forward(
         self,
@@ -934,10 +970,16 @@ class Generator(_Pretrained):
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Images [N, C, R, R] in about [-1, 1]; with ``return_features`` also the
         feature map after each block, lowest resolution first."""
-        ws = self.mapping(z, c, truncation_psi=truncation_psi,
-                          truncation_cutoff=truncation_cutoff, update_w_avg=update_w_avg)  # fmt: skip
-        return self.synthesis(ws, noise_mode=noise_mode, return_features=return_features,
-                              generator=generator)  # fmt: skip
+        ws = self.mapping(
+            z,
+            c,
+            truncation_psi=truncation_psi,
+            truncation_cutoff=truncation_cutoff,
+            update_w_avg=update_w_avg,
+        )
+        return self.synthesis(
+            ws, noise_mode=noise_mode, return_features=return_features, generator=generator
+        )
 
 
 class Discriminator(_Pretrained):
@@ -952,18 +994,28 @@ class Discriminator(_Pretrained):
         with _allocating("discriminator", config):
             for res in self.block_resolutions:
                 in_channels = config.channels(res) if res < config.resolution else 0
-                block = DiscriminatorBlock(in_channels, config.channels(res),
-                                           config.channels(res // 2), config.img_channels,
-                                           config.d_architecture,
-                                           conv_clamp=config.conv_clamp)  # fmt: skip
+                block = DiscriminatorBlock(
+                    in_channels,
+                    config.channels(res),
+                    config.channels(res // 2),
+                    config.img_channels,
+                    config.d_architecture,
+                    conv_clamp=config.conv_clamp,
+                )
                 setattr(self, f"b{res}", block)
             cmap_dim = config.channels(4) if config.c_dim > 0 else 0
             if config.c_dim > 0:
-                self.mapping = MappingNetwork(0, config.c_dim, cmap_dim, None, D_MAPPING_LAYERS,
-                                              D_MAPPING_LR_MULTIPLIER, None)  # fmt: skip
-            self.b4 = DiscriminatorEpilogue(config.channels(4), cmap_dim, 4,
-                                            config.mbstd_group_size, config.mbstd_num_channels,
-                                            conv_clamp=config.conv_clamp)  # fmt: skip
+                self.mapping = MappingNetwork(
+                    0, config.c_dim, cmap_dim, None, D_MAPPING_LAYERS, D_MAPPING_LR_MULTIPLIER, None
+                )
+            self.b4 = DiscriminatorEpilogue(
+                config.channels(4),
+                cmap_dim,
+                4,
+                config.mbstd_group_size,
+                config.mbstd_num_channels,
+                conv_clamp=config.conv_clamp,
+            )
 
     def block_names(self) -> list[str]:
         """Block names from the image input to the output: ["b32", "b16", "b8", "b4"]."""

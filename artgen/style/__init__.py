@@ -80,8 +80,9 @@ def check_field_types(options: Any, skip: Sequence[str] = ()) -> None:
             continue
         if kind == "int" and (not isinstance(v, int) or isinstance(v, bool)):
             raise option_error(options, f.name, "must be a whole number")
-        if kind.startswith("float") and (not isinstance(v, (int, float)) or isinstance(v, bool)
-                                         or not math.isfinite(v)):  # fmt: skip
+        if kind.startswith("float") and (
+            not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)
+        ):
             raise option_error(options, f.name, "must be a number")
         if kind == "str" and (not isinstance(v, str) or len(v) > 64 or not v.isprintable()):
             raise option_error(options, f.name, "must be a short word")
@@ -116,8 +117,10 @@ def load_styles(styles: Any) -> list[tuple[Any, float]]:
     float; zero weights are kept (a method drops them, a record keeps them)."""
     from artgen.images import LoadedImage, load_image
 
-    return [(s if isinstance(s, LoadedImage) else load_image(s), float(w))
-            for s, w in parse_styles(styles)]  # fmt: skip
+    return [
+        (s if isinstance(s, LoadedImage) else load_image(s), float(w))
+        for s, w in parse_styles(styles)
+    ]
 
 
 # ---------------------------------------------------------------- regional styles (masks)
@@ -134,12 +137,16 @@ def load_masks(masks: Any, n_styles: int) -> list[Any] | None:
         return None
     if not isinstance(masks, (list, tuple)):
         if n_styles != 1:
-            raise ArtgenError(f"masks: give a list of {n_styles} masks (None for a style "
-                              "without one), one per style")  # fmt: skip
+            raise ArtgenError(
+                f"masks: give a list of {n_styles} masks (None for a style "
+                "without one), one per style"
+            )
         masks = [masks]
     if len(masks) != n_styles:
-        raise ArtgenError(f"masks: {len(masks)} masks for {n_styles} styles; give one per "
-                          "style (None for a style without one)")  # fmt: skip
+        raise ArtgenError(
+            f"masks: {len(masks)} masks for {n_styles} styles; give one per "
+            "style (None for a style without one)"
+        )
     loaded = [None if m is None else load_mask(m) for m in masks]
     return loaded if any(m is not None for m in loaded) else None
 
@@ -271,8 +278,11 @@ def stylize(
     is white, the styles without a mask cover the rest. ``content_mask``: where it is
     white the photo stays unstylised. The rule in full: :class:`Regions`.
     """
-    m = get_method(method) if method else (method_of(options) if options is not None
-                                           else get_method(DEFAULT_METHOD))  # fmt: skip
+    m = (
+        get_method(method)
+        if method
+        else (method_of(options) if options is not None else get_method(DEFAULT_METHOD))
+    )
     if options is None:
         options = m.options()
     elif not isinstance(options, m.options):
@@ -282,8 +292,15 @@ def stylize(
     if overrides:
         options = m.options.from_dict({**options.to_dict(), **overrides})
     extra = mask_arguments(m, masks, content_mask)
-    return m.stylize(content, styles, options, model=model if model is not None else extractor,
-                     device=device, callback=callback, **extra)  # fmt: skip
+    return m.stylize(
+        content,
+        styles,
+        options,
+        model=model if model is not None else extractor,
+        device=device,
+        callback=callback,
+        **extra,
+    )
 
 
 def mask_arguments(m: StyleMethod, masks: Any, content_mask: Any) -> dict[str, Any]:
@@ -383,15 +400,22 @@ def validate_params(params: Any) -> tuple[StyleMethod, Any]:
         raise ArtgenError("its styles are not a list of 1 to 64 entries")
 
     def is_record(item: Any) -> bool:
-        return (isinstance(item, dict) and isinstance(item.get("file"), str)
-                and 0 < len(item["file"]) <= 4096 and item["file"].isprintable()
-                and isinstance(item.get("sha256"), str) and item["sha256"].isprintable())  # fmt: skip
+        return (
+            isinstance(item, dict)
+            and isinstance(item.get("file"), str)
+            and 0 < len(item["file"]) <= 4096
+            and item["file"].isprintable()
+            and isinstance(item.get("sha256"), str)
+            and item["sha256"].isprintable()
+        )
 
     for item in [params.get("content"), *styles]:
         if not is_record(item):
             raise ArtgenError("its content/style entries are not {file, sha256} records")
-    for item in [*(s["mask"] for s in styles if "mask" in s),
-                 *([params["content_mask"]] if "content_mask" in params else [])]:  # fmt: skip
+    for item in [
+        *(s["mask"] for s in styles if "mask" in s),
+        *([params["content_mask"]] if "content_mask" in params else []),
+    ]:
         if not is_record(item):
             raise ArtgenError("its mask entries are not {file, sha256} records")
     for s in styles:

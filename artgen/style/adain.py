@@ -78,9 +78,8 @@ class AdaINOptions:
     )
     precision: str = field(
         default="auto",
-        metadata={"help": "auto is bf16 autocast on CUDA, fp32 elsewhere",
-                  "choices": PRECISIONS},
-    )  # fmt: skip
+        metadata={"help": "auto is bf16 autocast on CUDA, fp32 elsewhere", "choices": PRECISIONS},
+    )
     tile: int = field(
         default=0,
         metadata={
@@ -142,8 +141,15 @@ def describe(model: Any) -> str:
     return f"model: AdaIN with {model.config.encoder} encoder"
 
 
-def _prepare(model, styles: list[tuple[LoadedImage, float]], contents: list[torch.Tensor],
-             options: AdaINOptions, dev: torch.device, amp, tile: int = 0):  # fmt: skip
+def _prepare(
+    model,
+    styles: list[tuple[LoadedImage, float]],
+    contents: list[torch.Tensor],
+    options: AdaINOptions,
+    dev: torch.device,
+    amp,
+    tile: int = 0,
+):
     """The blended style statistics for each content. Colour preservation matches the style
     to each photo, so then every photo needs its own; otherwise one set serves them all."""
     long_side = max(max(c.shape[-2:]) for c in contents)
@@ -183,8 +189,9 @@ def _batch_stats(stats_each: list) -> list:
     ]
 
 
-def _choose_tile(asked: int, h: int, w: int, n: int, dev: torch.device, bpv: int,
-                 style_side: int = 0) -> int:  # fmt: skip
+def _choose_tile(
+    asked: int, h: int, w: int, n: int, dev: torch.device, bpv: int, style_side: int = 0
+) -> int:
     """The tile size to use (0: the whole picture at once)."""
     if asked == -1:
         return 0
@@ -217,8 +224,13 @@ def stylize_many(
     artgen.stylize: the same masks, resized to each picture (artgen.style.Regions)."""
     options = options or AdaINOptions()
     t0 = time.perf_counter()
-    dev = resolve_device(device) if device is not None else (
-        next(model.decoder.parameters()).device if model is not None else resolve_device("auto"))  # fmt: skip
+    dev = (
+        resolve_device(device)
+        if device is not None
+        else (
+            next(model.decoder.parameters()).device if model is not None else resolve_device("auto")
+        )
+    )
     if model is None:
         model = load(options, dev)
     model = model.to(dev)
@@ -247,8 +259,15 @@ def stylize_many(
             h, w = tensors[idx[0]].shape[-2:]
             # The style goes through the encoder at the output's long side (by style_scale).
             style_side = round(max(h, w) * options.style_scale)
-            tile = _choose_tile(options.tile, h + 2 * BORDER, w + 2 * BORDER, len(idx), dev,
-                                2 if use_bf16 else 4, style_side)  # fmt: skip
+            tile = _choose_tile(
+                options.tile,
+                h + 2 * BORDER,
+                w + 2 * BORDER,
+                len(idx),
+                dev,
+                2 if use_bf16 else 4,
+                style_side,
+            )
             if tile and options.tile == 0:
                 notes.append(f"{w}x{h} does not fit in memory in one piece: tiles of {tile} px")
             batch = torch.cat([tensors[i] for i in idx])
@@ -256,33 +275,60 @@ def stylize_many(
             inp = inp.contiguous(memory_format=cl)
             keep = None
             if regions is None:
-                stats = _batch_stats(_prepare(model, style_items, [tensors[i] for i in idx],
-                                              options, dev, amp, tile))  # fmt: skip
+                stats = _batch_stats(
+                    _prepare(model, style_items, [tensors[i] for i in idx], options, dev, amp, tile)
+                )
                 with amp:
                     if tile:
-                        out = model.forward_tiled(inp, stats, float(options.strength),
-                                                  border=BORDER, tile=tile, overlap=TILE_OVERLAP)  # fmt: skip
+                        out = model.forward_tiled(
+                            inp,
+                            stats,
+                            float(options.strength),
+                            border=BORDER,
+                            tile=tile,
+                            overlap=TILE_OVERLAP,
+                        )
                     else:
                         out = model(inp, stats, float(options.strength), border=BORDER)
             else:
                 weights, keep = regions.weights((w, h), dev)
                 region_stats = [
-                    _batch_stats(_prepare(model, [style_items[i] for i, _ in members],
-                                          [tensors[i] for i in idx], options, dev, amp, tile))
+                    _batch_stats(
+                        _prepare(
+                            model,
+                            [style_items[i] for i, _ in members],
+                            [tensors[i] for i in idx],
+                            options,
+                            dev,
+                            amp,
+                            tile,
+                        )
+                    )
                     for members, _ in regions.groups
-                ]  # fmt: skip
+                ]
                 with amp:
                     if tile:
-                        out = model.forward_tiled(inp, region_stats, float(options.strength),
-                                                  border=BORDER, tile=tile, overlap=TILE_OVERLAP,
-                                                  weights=weights)  # fmt: skip
+                        out = model.forward_tiled(
+                            inp,
+                            region_stats,
+                            float(options.strength),
+                            border=BORDER,
+                            tile=tile,
+                            overlap=TILE_OVERLAP,
+                            weights=weights,
+                        )
                     else:
-                        out = model.forward_masked(inp, region_stats, weights,
-                                                   float(options.strength), border=BORDER)  # fmt: skip
+                        out = model.forward_masked(
+                            inp, region_stats, weights, float(options.strength), border=BORDER
+                        )
             out = out.float().clamp(0, 1)
             if options.preserve_color == "luminance":
-                out = torch.cat([color.combine_luminance(out[k : k + 1], batch[k : k + 1])
-                                 for k in range(len(idx))])  # fmt: skip
+                out = torch.cat(
+                    [
+                        color.combine_luminance(out[k : k + 1], batch[k : k + 1])
+                        for k in range(len(idx))
+                    ]
+                )
             if keep is not None:  # the photo itself where it is kept (soft edges blend)
                 out = keep * batch + (1 - keep) * out
             for k, i in enumerate(idx):
@@ -296,9 +342,19 @@ def stylize_many(
                 outputs[i] = im
     if callback is not None:
         last = outputs[-1]
-        callback(StylizeProgress(step=1, total_steps=1, scale=1, num_scales=1, width=last.width,
-                                 height=last.height, loss=0.0, elapsed=time.perf_counter() - t0,
-                                 render=lambda: last))  # fmt: skip
+        callback(
+            StylizeProgress(
+                step=1,
+                total_steps=1,
+                scale=1,
+                num_scales=1,
+                width=last.width,
+                height=last.height,
+                loss=0.0,
+                elapsed=time.perf_counter() - t0,
+                render=lambda: last,
+            )
+        )
     return outputs  # type: ignore[return-value]
 
 
@@ -315,8 +371,16 @@ def stylize(
 ) -> Image.Image:
     """Stylise one picture with the fast method; returns a PIL image (alpha kept).
     ``masks`` and ``content_mask``: regional styles, as in artgen.stylize."""
-    return stylize_many([content], styles, options, model=model, device=device,
-                        callback=callback, masks=masks, content_mask=content_mask)[0]  # fmt: skip
+    return stylize_many(
+        [content],
+        styles,
+        options,
+        model=model,
+        device=device,
+        callback=callback,
+        masks=masks,
+        content_mask=content_mask,
+    )[0]
 
 
 METHOD = StyleMethod(

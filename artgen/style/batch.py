@@ -209,11 +209,27 @@ def run_batch(
                 continue
             try:
                 if step > 1:
-                    images = method.stylize_many([c for _, c in loaded], styles, options, model=model,
-                                                 device=device, callback=callback, **extra)  # fmt: skip
+                    images = method.stylize_many(
+                        [c for _, c in loaded],
+                        styles,
+                        options,
+                        model=model,
+                        device=device,
+                        callback=callback,
+                        **extra,
+                    )
                 else:
-                    images = [method.stylize(loaded[0][1], styles, options, model=model,
-                                             device=device, callback=callback, **extra)]  # fmt: skip
+                    images = [
+                        method.stylize(
+                            loaded[0][1],
+                            styles,
+                            options,
+                            model=model,
+                            device=device,
+                            callback=callback,
+                            **extra,
+                        )
+                    ]
             except ArtgenError as e:
                 for job, _ in loaded:
                     done(BatchResult(job, "failed", str(e), time.perf_counter() - t0))
@@ -221,8 +237,9 @@ def run_batch(
             each = (time.perf_counter() - t0) / len(loaded)
             for (job, content), image in zip(loaded, images, strict=True):
                 try:
-                    params = run_params(content, styles, options, image, device, masks,
-                                        content_mask)  # fmt: skip
+                    params = run_params(
+                        content, styles, options, image, device, masks, content_mask
+                    )
                     save_png(image, job.output, params=params, overwrite=batch.overwrite)
                     done(BatchResult(job, "done", seconds=each))
                 except ArtgenError as e:

@@ -105,9 +105,11 @@ class StylizeOptions:
     )
     init: str = field(
         default="content",
-        metadata={"help": "starting image: the photo, noise, or the fast method's result",
-                  "choices": INITS},
-    )  # fmt: skip
+        metadata={
+            "help": "starting image: the photo, noise, or the fast method's result",
+            "choices": INITS,
+        },
+    )
     optimizer: str = field(default="adam", metadata={"help": "optimiser", "choices": OPTIMIZERS})
     lr: float = field(
         default=0.02, metadata={"help": "Adam step size (pixels in [0, 1]); L-BFGS ignores it"}
@@ -425,8 +427,14 @@ def stylize(
             }
             region_terms, keep = None, None
             if regions is not None:
-                region_terms, keep = _region_terms(regions, per_style, style_layers, (w, h),
-                                                   dev, features(target_content, style_layers))  # fmt: skip
+                region_terms, keep = _region_terms(
+                    regions,
+                    per_style,
+                    style_layers,
+                    (w, h),
+                    dev,
+                    features(target_content, style_layers),
+                )
             del per_style
         # Where the photo is kept, the picture is the photo (see the module's docstring).
         base = None if keep is None else keep * target_content
@@ -434,8 +442,9 @@ def stylize(
         if x_prev is None:
             if init is not None:
                 x0 = init if isinstance(init, torch.Tensor) else to_tensor(init.convert("RGB"))
-                x0 = F.interpolate(x0.float().to(dev), size=(h, w), mode="bicubic",
-                                   align_corners=False).clamp(0, 1)  # fmt: skip
+                x0 = F.interpolate(
+                    x0.float().to(dev), size=(h, w), mode="bicubic", align_corners=False
+                ).clamp(0, 1)
                 if options.preserve_color == "luminance":
                     x0 = color.luminance(x0)
             elif options.init == "noise":
@@ -460,9 +469,13 @@ def stylize(
         ema = x0.detach().clone()
 
         def objective(
-            x: torch.Tensor, c_feats=c_feats, style_grams=style_grams, content_rgb=content_rgb,
-            region_terms=region_terms, compose=compose,
-        ) -> torch.Tensor:  # fmt: skip
+            x: torch.Tensor,
+            c_feats=c_feats,
+            style_grams=style_grams,
+            content_rgb=content_rgb,
+            region_terms=region_terms,
+            compose=compose,
+        ) -> torch.Tensor:
             x = compose(x)
             feats = features(x, layers)
             loss = x.new_zeros((), dtype=torch.float32)
@@ -560,15 +573,17 @@ def _region_terms(regions, per_style, style_layers, size, dev, content_feats):
         if share <= 1e-6:
             continue  # a region the content mask covers, or too small for this scale
         for name in style_layers:
-            target = blend_grams([gram(per_style[i][name]) for i, _ in members],
-                                 [wt for _, wt in members])  # fmt: skip
+            target = blend_grams(
+                [gram(per_style[i][name]) for i, _ in members], [wt for _, wt in members]
+            )
             mask = resize_mask(plane, content_feats[name].shape[-2:])
             terms[name].append((mask, share, target))
     return terms, keep
 
 
-def _fast_start(content, styles, options: StylizeOptions, long_side: int, dev,
-                regions=None) -> torch.Tensor:  # fmt: skip
+def _fast_start(
+    content, styles, options: StylizeOptions, long_side: int, dev, regions=None
+) -> torch.Tensor:
     """The fast method's picture at the first scale (``--init fast``), as the starting point
     (with the same regions, when there are masks)."""
     from artgen.style import get_method
@@ -612,16 +627,54 @@ def _describe(extractor: FeatureExtractor) -> str:
     return getattr(extractor, "note", f"backbone: {extractor.spec.name}")
 
 
-def _stylize(content, styles, options, *, model=None, device=None, callback=None,
-             masks=None, content_mask=None) -> Image.Image:  # fmt: skip
-    return stylize(content, styles, options, extractor=model, device=device, callback=callback,
-                   masks=masks, content_mask=content_mask)  # fmt: skip
+def _stylize(
+    content,
+    styles,
+    options,
+    *,
+    model=None,
+    device=None,
+    callback=None,
+    masks=None,
+    content_mask=None,
+) -> Image.Image:
+    return stylize(
+        content,
+        styles,
+        options,
+        extractor=model,
+        device=device,
+        callback=callback,
+        masks=masks,
+        content_mask=content_mask,
+    )
 
 
-def _stylize_guided(content, styles, options, *, model=None, device=None, callback=None,
-                    init=None, extra_loss=None, masks=None, content_mask=None) -> Image.Image:  # fmt: skip
-    return stylize(content, styles, options, extractor=model, device=device, callback=callback,
-                   init=init, extra_loss=extra_loss, masks=masks, content_mask=content_mask)  # fmt: skip
+def _stylize_guided(
+    content,
+    styles,
+    options,
+    *,
+    model=None,
+    device=None,
+    callback=None,
+    init=None,
+    extra_loss=None,
+    masks=None,
+    content_mask=None,
+) -> Image.Image:
+    return stylize(
+        content,
+        styles,
+        options,
+        extractor=model,
+        device=device,
+        callback=callback,
+        init=init,
+        extra_loss=extra_loss,
+        masks=masks,
+        content_mask=content_mask,
+    )
 
 
 METHOD = StyleMethod(

@@ -1,0 +1,720 @@
+"""artgen studio: a Gradio page for combining a content picture with styles.
+
+    artgen app [--port 7860] [--share]        or        python apps/app.py
+
+It lives in the package (artgen/cli, the interface layer) so that an installed artgen
+has it; apps/app.py is the file to run from a checkout.
+
+Built on artgen's public Python API only (the library itself never imports
+gradio). Listens on 127.0.0.1 unless told otherwise; nothing is served beyond
+this server's own cache (uploads, results) and the bundled styles; no user text is
+ever evaluated or used as a path.
+
+Regional styles: under "Regions" the user paints over the content photo (a brush layer
+of a gr.ImageEditor); the painted layer's alpha is the mask of the style chosen for the
+painted area, and the rest gets another style, the styles picked above, or none (the
+photo stays there). artgen.stylize's ``masks`` do the rest (artgen.style.Regions). Each server keeps its uploads and results in a
+private temporary folder (Gradio's cache included, through GRADIO_TEMP_DIR), removed
+when it stops; folders of servers that were killed are removed by the next one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import os
+import queue
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+
+import artgen  # noqa: E402
+from artgen import ArtgenError, Cancelled, catalog  # noqa: E402
+from artgen.devices import resolve_device  # noqa: E402
+from artgen.images import load_image, load_mask, save_png  # noqa: E402
+from artgen.style import get_method, mask_arguments, method_of, run_params  # noqa: E402
+
+UPLOAD_SLOTS = 2
+PREVIEW_EVERY = 10  # steps between streamed previews
+# Quality presets: a style method and settings of its options. "Instant" is the fast
+# (feed-forward) method and re-renders live as the controls move; the others optimise.
+PRESETS = {
+    "Instant": ("adain", {}),
+    "Fast preview": ("gatys", dict(iterations=60, min_size=128)),
+    "Final": ("gatys", dict(iterations=200, min_size=128)),
+}
+DEFAULTS = get_method("gatys").options()
+MAX_SEED = 2**63 - 1  # torch.manual_seed's range for non-negative seeds
+ROOT_PREFIX = "artgen-studio-"
+CACHE_AGE_S = 86400  # a long-running server forgets uploads and results after a day
+# "Style for the rest" of a painted region: the styles picked above, or none (the photo).
+REST_PICKED, REST_NONE = "picked", "none"
+PAINTED_MASK = "painted-mask"  # how the PNG records a mask painted in the studio
+
+
+def _remove_abandoned_roots() -> None:
+    """Remove the temporary folders of studio servers that died without cleaning up."""
+    for root in Path(tempfile.gettempdir()).glob(ROOT_PREFIX + "*"):
+        try:
+            pid = int((root / "pid").read_text().strip())
+        except (OSError, ValueError):
+            continue  # not ours, or still being made: leave it
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(root, ignore_errors=True)
+        except PermissionError:
+            pass  # another user's live server
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """How the studio is served. CLI flags of `artgen app` come from these fields."""
+
+    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
+    port: int | None = field(
+        default=None, metadata={"help": "port (default: 7860 or the next free one)"}
+    )
+    share: bool = field(default=False, metadata={"help": "also open a public gradio.live link"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps"})
+    concurrency: int = field(default=1, metadata={"help": "jobs running at once on the device"})
+    max_queue: int = field(
+        default=8, metadata={"help": "jobs that may wait; more get a 'queue is full' message"}
+    )
+    max_file_size: str = field(default="20mb", metadata={"help": "largest upload"})
+    max_pixels: int = field(default=24_000_000, metadata={"help": "largest upload in pixels"})
+    max_size: int = field(default=1024, metadata={"help": "largest output size offered"})
+
+
+def guard_upload(component: gr.Image) -> gr.Image:
+    """Make a bad upload fail with a clear one-line message instead of Gradio's generic error.
+
+    Gradio opens uploads with Pillow before the handler runs; a text file renamed .png
+    or a decompression bomb fails there. gr.Error raised here reaches the user as is.
+    """
+    from PIL import Image
+
+    original = component.preprocess
+
+    def preprocess(payload):
+        try:
+            return original(payload)
+        except gr.Error:
+            raise
+        except Image.DecompressionBombError:
+            why = "has too many pixels to open safely"
+        except Image.UnidentifiedImageError:
+            why = "is not an image Pillow can read (PNG, JPEG, WebP, BMP, TIFF, GIF)"
+        except Exception as e:  # noqa: BLE001 - any failure to read the upload
+            why = f"could not be read ({type(e).__name__})"
+        name = Path(getattr(payload, "orig_name", None) or "the upload").name
+        raise gr.Error(f"{component.label}: {name} {why}.")
+
+    component.preprocess = preprocess
+    return component
+
+
+class Studio:
+    """The app's state shared by all sessions: loaded backbones and the results folder."""
+
+    def __init__(self, config: AppConfig):
+        self.config = config
+        self.device = resolve_device(config.device)
+        self._models: dict[tuple[str, str], object] = {}
+        self._load_lock = threading.Lock()
+        _remove_abandoned_roots()
+        self.root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX))
+        (self.root / "pid").write_text(f"{os.getpid()}\n")
+        self.out_dir = self.root / "results"
+        self.out_dir.mkdir()
+        # Gradio's cache (uploads, and the copies of results it serves) goes in here too,
+        # not in the shared /tmp/gradio where anyone's planted file would be served.
+        # Gradio reads the variable whenever it needs the folder, so it stays set.
+        self.cache_dir = self.root / "gradio"
+        self.cache_dir.mkdir()
+        os.environ["GRADIO_TEMP_DIR"] = str(self.cache_dir)
+        entries = catalog.load_manifest()
+        self.styles = [e for e in entries if e.kind == "bundled" and e.available]
+        self.examples = {e.name: e for e in entries if e.kind == "example" and e.available}
+
+    def close(self) -> None:
+        """Remove this server's temporary folder (uploads, results, Gradio's cache)."""
+        shutil.rmtree(self.root, ignore_errors=True)
+        if os.environ.get("GRADIO_TEMP_DIR") == str(self.cache_dir):
+            del os.environ["GRADIO_TEMP_DIR"]
+
+    def model(self, method: str, options) -> object:
+        """The loaded network of ``method`` for ``options`` (loaded once, shared by sessions)."""
+        key = (method, str(getattr(options, "backbone", getattr(options, "model", ""))))
+        with self._load_lock:
+            if key not in self._models:
+                self._models[key] = get_method(method).load(options, self.device)
+            return self._models[key]
+
+    def options(self, quality, size, strength, preserve, backbone, seed):
+        if quality not in PRESETS:
+            raise gr.Error(f"Unknown quality {quality!r}.")
+        method, preset = PRESETS[quality]
+        seed = self.seed(seed)
+        try:
+            if method == "adain":  # alpha in [0, 1]: a strength above 1 means full style
+                return get_method(method).options(
+                    size=int(size),
+                    strength=min(1.0, float(strength)),
+                    preserve_color=str(preserve),
+                    seed=seed,
+                )
+            return get_method(method).options(
+                size=int(size),
+                strength=float(strength),
+                preserve_color=str(preserve),
+                backbone=str(backbone),
+                seed=seed,
+                **preset,
+            )
+        except ArtgenError as e:
+            raise gr.Error(str(e)) from None
+
+    @staticmethod
+    def seed(value) -> int:
+        """The seed box's value as an int in torch's range; a clear message otherwise."""
+        seed = None
+        if isinstance(value, int) and not isinstance(value, bool):
+            seed = value
+        elif isinstance(value, float) and value.is_integer():
+            seed = int(value)
+        if seed is None or not 0 <= seed <= MAX_SEED:
+            raise gr.Error(f"Seed {str(value)[:30]}: use a whole number from 0 to {MAX_SEED}.")
+        return seed
+
+    def inputs(self, content, rest):
+        """(content, styles, options, history, masks) from the page's inputs; ``masks`` is
+        None, or one mask (or None) per style when a region is painted."""
+        n = len(self.styles)
+        bundled_w = rest[:n]
+        uploads = rest[n : n + 2 * UPLOAD_SLOTS]
+        tail = rest[n + 2 * UPLOAD_SLOTS :]
+        strength, preserve, size, quality, backbone, seed, history = tail[:7]
+        editor, region_style, rest_style = (list(tail[7:10]) + [None] * 3)[:3]
+        content_img = self.load_upload(content, "content")
+        if content_img is None:
+            raise gr.Error("Add a content picture first (upload, webcam or paste).")
+        styles = [
+            (load_image(e.path), float(w))
+            for e, w in zip(self.styles, bundled_w, strict=True)
+            if w > 0
+        ]
+        upload_imgs = []
+        for k in range(UPLOAD_SLOTS):
+            path, w = uploads[2 * k], uploads[2 * k + 1]
+            img = self.load_upload(path, f"style upload {k + 1}")
+            upload_imgs.append(img)
+            if img is not None and w > 0:
+                styles.append((img, float(w)))
+        masks = None
+        mask = painted_mask(editor, content_img.size)
+        if mask is not None:
+            painted = self.named_style(region_style, upload_imgs)
+            if rest_style in (None, "", REST_PICKED):
+                others = styles
+            elif rest_style == REST_NONE:
+                others = []
+            else:
+                others = [self.named_style(rest_style, upload_imgs)]
+            styles = [painted, *others]
+            masks = [mask, *[None] * len(others)]
+        if not styles:
+            raise gr.Error("Pick at least one style: click one in the gallery, or upload your own.")
+        options = self.options(quality, size, strength, preserve, backbone, seed)
+        return content_img, styles, options, list(history or []), masks
+
+    def named_style(self, name, upload_imgs) -> tuple:
+        """A style chosen in a region's dropdown: a bundled style's name or an upload slot."""
+        for e in self.styles:
+            if name == e.name:
+                return load_image(e.path), 1.0
+        for k, img in enumerate(upload_imgs):
+            if name == upload_choice(k):
+                if img is None:
+                    raise gr.Error(
+                        f"{upload_choice(k)} is chosen for a region but empty: "
+                        "upload a style there."
+                    )
+                return img, 1.0
+        raise gr.Error(f"Unknown style {str(name)[:40]!r} for a region.")
+
+    def save(self, image, content_img, styles, options, n: int, masks=None) -> Path:
+        params = run_params(content_img, styles, options, image, self.device, masks)
+        path = self.out_dir / f"artgen-{time.strftime('%Y%m%d-%H%M%S')}-{options.seed}-{n}.png"
+        return save_png(image, path, params=params, overwrite=True)
+
+    def live(self, content, *rest):
+        """The Instant preview: re-rendered whenever a control changes (fast method only)."""
+        n = len(self.styles)
+        quality = rest[n + 2 * UPLOAD_SLOTS + 3]
+        if quality != "Instant" or not content:
+            return gr.skip(), gr.skip(), gr.skip()
+        has_style = (
+            any(w > 0 for w in rest[:n])
+            or any(rest[n + 2 * k] and rest[n + 2 * k + 1] > 0 for k in range(UPLOAD_SLOTS))
+            or is_painted(
+                rest[n + 2 * UPLOAD_SLOTS + 7] if len(rest) > n + 2 * UPLOAD_SLOTS + 7 else None
+            )
+        )
+        if not has_style:
+            return gr.skip(), "Pick a style to see it live.", gr.skip()
+        t0 = time.perf_counter()
+        try:
+            content_img, styles, options, _, masks = self.inputs(content, rest)
+            fast = get_method("adain")
+            image = fast.stylize(
+                content_img,
+                styles,
+                options,
+                model=self.model("adain", options),
+                device=self.device,
+                **mask_arguments(fast, masks, None),
+            )
+        except ArtgenError as e:
+            return gr.skip(), problem(str(e)), gr.skip()
+        except gr.Error as e:
+            return gr.skip(), problem(e.message), gr.skip()
+        path = self.save(image, content_img, styles, options, 0, masks)
+        status = (
+            f"Instant: {image.width}x{image.height} in {time.perf_counter() - t0:.2f} s "
+            "(fast method). Press Stylize to keep it, or choose Final for Gatys."
+        )
+        return str(path), status, gr.update(value=str(path), visible=True)
+
+    def load_upload(self, path: str | None, what: str):
+        if not path:
+            return None
+        try:
+            return load_image(path, max_pixels=self.config.max_pixels)
+        except ArtgenError as e:
+            # The message names Gradio's cache path; show the user's view of it.
+            raise gr.Error(f"{what}: {str(e).replace(str(path), Path(path).name)}") from None
+
+    def stylize(self, content, *rest, progress=gr.Progress()):  # noqa: B008 - Gradio's idiom
+        """Generator: streams (image, status, download, gallery, history) updates.
+
+        A problem with the inputs is said in the status line; the result, the download and
+        the gallery stay as they were (an error would mark each of them red).
+        """
+        try:
+            content_img, styles, options, history, masks = self.inputs(content, rest)
+            method = method_of(options)
+            model = self.model(method.name, options)
+            extra = mask_arguments(method, masks, None)
+        except ArtgenError as e:
+            yield gr.skip(), problem(str(e)), gr.skip(), gr.skip(), gr.skip()
+            return
+        except gr.Error as e:
+            yield gr.skip(), problem(e.message), gr.skip(), gr.skip(), gr.skip()
+            return
+
+        updates: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        outcome: dict = {}
+
+        def on_step(p: artgen.StylizeProgress) -> None:
+            if stop.is_set():
+                raise Cancelled
+            if p.step % PREVIEW_EVERY == 0 or p.step == p.total_steps:
+                updates.put((p.step, p.total_steps, p.scale, p.num_scales, p.elapsed, p.image()))
+
+        def work() -> None:
+            try:
+                outcome["image"] = method.stylize(
+                    content_img,
+                    styles,
+                    options,
+                    model=model,
+                    device=self.device,
+                    callback=on_step,
+                    **extra,
+                )
+            except Cancelled:
+                outcome["cancelled"] = True
+            except ArtgenError as e:
+                outcome["error"] = str(e)
+            except Exception as e:  # noqa: BLE001 - reported to the user, the server goes on
+                outcome["error"] = f"{type(e).__name__}: {e}"
+            finally:
+                updates.put(None)
+
+        worker = threading.Thread(target=work, name="artgen-stylize", daemon=True)
+        worker.start()
+        progress(0, desc="starting")
+        try:
+            while True:
+                item = updates.get()
+                if item is None:
+                    break
+                step, total, scale, scales, elapsed, preview = item
+                eta = elapsed / step * (total - step)
+                progress(step / total, desc=f"scale {scale}/{scales}")
+                status = f"Step {step}/{total} (scale {scale}/{scales}), about {eta:.0f} s left"
+                yield preview, status, gr.skip(), gr.skip(), gr.skip()
+        finally:
+            # Reached on completion and when Stop cancels this generator: the engine's
+            # callback sees the flag at its next step and returns, freeing the device.
+            stop.set()
+            worker.join(timeout=30)
+            if self.device.type == "cuda":
+                import torch
+
+                torch.cuda.empty_cache()
+        if "error" in outcome:
+            raise gr.Error(outcome["error"])
+        if "image" not in outcome:
+            raise gr.Error("Stopped.")
+        image = outcome["image"]
+        path = self.save(image, content_img, styles, options, len(history) + 1, masks)
+        history = [str(path), *history][:24]
+        used = image.info.get("backbone") or f"the fast method ({image.info.get('model')})"
+        status = f"Done: {image.width}x{image.height} with {used}. The PNG remembers its settings."
+        yield str(path), status, gr.update(value=str(path), visible=True), history, history
+
+
+def upload_choice(k: int) -> str:
+    return f"Style {k + 1} (your upload)"
+
+
+def is_painted(editor) -> bool:
+    """Whether an ImageEditor value has any painted (non-transparent) pixel."""
+    import numpy as np
+
+    layers = (editor or {}).get("layers") if isinstance(editor, dict) else None
+    for layer in layers or []:
+        if layer is not None and layer.mode in ("RGBA", "LA", "PA"):
+            if np.asarray(layer.getchannel("A")).max() > 0:
+                return True
+    return False
+
+
+def painted_mask(editor, size: tuple[int, int]):
+    """The region painted in the ImageEditor as an artgen mask: the union (max) of its
+    layers' alpha, at the content's size ``size`` (W, H); None when nothing is painted."""
+    import numpy as np
+    from PIL import Image
+
+    if not is_painted(editor):
+        return None
+    alphas = [
+        np.asarray(layer.getchannel("A").resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
+        / 255.0
+        for layer in editor["layers"]
+        if layer is not None and "A" in layer.getbands()
+    ]
+    try:
+        return load_mask(np.maximum.reduce(alphas), name=PAINTED_MASK)
+    except ArtgenError as e:
+        raise gr.Error(str(e)) from None
+
+
+def problem(message: str) -> str:
+    """A status line that says what to fix."""
+    return f"**Not started:** {message}"
+
+
+def build(studio: Studio) -> gr.Blocks:
+    cfg = studio.config
+    style_names = [e.name for e in studio.styles]
+    # delete_cache: files older than a day go every hour, and all of them at shutdown.
+    with gr.Blocks(title="artgen studio", delete_cache=(3600, CACHE_AGE_S)) as demo:
+        gr.Markdown(
+            "# artgen studio\n"
+            "1. Add a **content** picture. 2. Click one or more **styles** (or upload your own). "
+            "3. Press **Stylize**. Results stream in as they form; **Stop** cancels. "
+            "**Instant** quality re-renders live (fast method) as you move the controls."
+        )
+        history = gr.State([])
+        with gr.Row():
+            with gr.Column(scale=1):
+                content = guard_upload(
+                    gr.Image(
+                        label="Content",
+                        type="filepath",
+                        sources=["upload", "webcam", "clipboard"],
+                        elem_id="content",
+                        height=300,
+                        image_mode=None,
+                    )
+                )
+                gallery = gr.Gallery(
+                    value=[(str(e.path), e.name) for e in studio.styles],
+                    label="Styles: click to add or remove",
+                    columns=4,
+                    height=180,
+                    allow_preview=False,
+                    elem_id="style-gallery",
+                )
+                with gr.Group():
+                    weights = [
+                        gr.Slider(
+                            0, 1, value=0, step=0.05, label=f"{name} weight", elem_id=f"w-{name}"
+                        )
+                        for name in style_names
+                    ]
+                with gr.Accordion("Your own styles", open=False):
+                    uploads = []
+                    for k in range(UPLOAD_SLOTS):
+                        with gr.Row():
+                            up = guard_upload(
+                                gr.Image(
+                                    label=f"Style {k + 1}",
+                                    type="filepath",
+                                    sources=["upload", "clipboard"],
+                                    height=140,
+                                    elem_id=f"style-upload-{k + 1}",
+                                    image_mode=None,
+                                )
+                            )
+                            w = gr.Slider(0, 1, value=1, step=0.05, label="weight")
+                        uploads += [up, w]
+                with gr.Accordion(
+                    "Regions: paint where a style goes", open=False, elem_id="regions"
+                ):
+                    region_editor = gr.ImageEditor(
+                        # An empty value, not None, so API clients may leave it out.
+                        value={"background": None, "layers": [], "composite": None},
+                        label="Paint the region over your photo",
+                        type="pil",
+                        image_mode="RGBA",
+                        sources=[],
+                        format="png",
+                        layers=False,
+                        transforms=[],
+                        brush=gr.Brush(colors=["#ff3366"], color_mode="fixed", default_size=40),
+                        elem_id="region-editor",
+                        height=320,
+                    )
+                    region_choices = [
+                        *style_names,
+                        *[upload_choice(k) for k in range(UPLOAD_SLOTS)],
+                    ]
+                    with gr.Row():
+                        region_style = gr.Dropdown(
+                            region_choices,
+                            value=style_names[0] if style_names else None,
+                            label="Style for the painted area",
+                            elem_id="region-style",
+                        )
+                        rest_style = gr.Dropdown(
+                            [
+                                ("The styles picked above", REST_PICKED),
+                                ("None: keep the photo", REST_NONE),
+                                *region_choices,
+                            ],
+                            value=REST_PICKED,
+                            label="Style for the rest",
+                            elem_id="rest-style",
+                        )
+                with gr.Row():
+                    strength = gr.Slider(
+                        0.1, 5, value=DEFAULTS.strength, step=0.1, label="Strength"
+                    )
+                    size = gr.Slider(
+                        128, cfg.max_size, value=384, step=32, label="Output size (long side, px)"
+                    )
+                with gr.Row():
+                    quality = gr.Radio(list(PRESETS), value="Fast preview", label="Quality")
+                    preserve = gr.Radio(
+                        [
+                            ("Use the style's colours", "none"),
+                            ("Keep my colours (luminance)", "luminance"),
+                            ("Recolour the style (histogram)", "histogram"),
+                        ],
+                        value=DEFAULTS.preserve_color,
+                        label="Colours",
+                    )
+                with gr.Accordion("Advanced", open=False), gr.Row():
+                    backbone = gr.Dropdown(
+                        ["auto", "efficientnet-lite0", "vgg19"],
+                        value=DEFAULTS.backbone,
+                        label="Backbone",
+                    )
+                    seed = gr.Number(value=DEFAULTS.seed, precision=0, label="Seed")
+                with gr.Row():
+                    go = gr.Button("Stylize", variant="primary", elem_id="stylize")
+                    stop = gr.Button("Stop", variant="stop", elem_id="stop")
+            with gr.Column(scale=1):
+                result = gr.Image(
+                    label="Result",
+                    type="filepath",
+                    format="png",
+                    interactive=False,
+                    elem_id="result",
+                    height=420,
+                    buttons=["download", "fullscreen"],
+                )
+                status = gr.Markdown("", elem_id="status")
+                with gr.Row():
+                    download = gr.DownloadButton("Download PNG", visible=False, elem_id="download")
+                    reuse = gr.Button("Use as content", elem_id="reuse")
+                session = gr.Gallery(
+                    label="This session",
+                    columns=4,
+                    height=200,
+                    format="png",
+                    elem_id="session",
+                    object_fit="contain",
+                    fit_columns=False,  # one result stays a thumbnail, not a full-width crop
+                    interactive=False,
+                )
+
+        inputs = [
+            content,
+            *weights,
+            *uploads,
+            strength,
+            preserve,
+            size,
+            quality,
+            backbone,
+            seed,
+            history,
+            region_editor,
+            region_style,
+            rest_style,
+        ]
+        run = go.click(
+            studio.stylize,
+            inputs,
+            [result, status, download, session, history],
+            api_name="stylize",
+            concurrency_limit=cfg.concurrency,
+            concurrency_id="device",
+        )
+        stop.click(None, None, None, cancels=[run], api_name="stop")
+
+        # Instant mode: every change of a control re-renders with the fast method.
+        # A new photo is the painting's new background; the old strokes are dropped.
+        content.change(
+            lambda path: {"background": path, "layers": [], "composite": path} if path else None,
+            content,
+            region_editor,
+            api_name=False,
+            queue=False,
+        )
+        for control in [
+            content,
+            *weights,
+            *uploads,
+            strength,
+            preserve,
+            size,
+            quality,
+            region_editor,
+            region_style,
+            rest_style,
+        ]:
+            control.change(
+                studio.live,
+                inputs,
+                [result, status, download],
+                api_name=False,
+                concurrency_limit=cfg.concurrency,
+                concurrency_id="device",
+                trigger_mode="always_last",
+                show_progress="hidden",
+            )
+
+        def toggle(current: dict, evt: gr.SelectData):
+            """Clicking a style turns its weight on (1) or off (0)."""
+            vals = [current[w] for w in weights]
+            vals[evt.index] = 0 if vals[evt.index] > 0 else 1
+            return vals
+
+        # A set of inputs reaches the function as one {component: value} dict.
+        gallery.select(toggle, set(weights), weights, api_name="toggle_style", queue=False)
+
+        def use_as_content(path):
+            if not path:
+                raise gr.Error("No result yet.")
+            return path
+
+        reuse.click(use_as_content, result, content, api_name="use_as_content", queue=False)
+
+        if "chelsea" in studio.examples and "coffee" in studio.examples:
+            w = {n: 0 for n in style_names}
+            rows = []
+            for ex, style in (("chelsea", "swirls"), ("coffee", "waves"), ("chelsea", "mosaic")):
+                if style in w:
+                    rows.append(
+                        [
+                            str(studio.examples[ex].path),
+                            *[1 if n == style else 0 for n in style_names],
+                            256,
+                            "Fast preview",
+                        ]
+                    )
+            gr.Examples(
+                rows,
+                [content, *weights, size, quality],
+                label="Examples (about 10 s on a laptop CPU)",
+            )
+    demo.queue(max_size=cfg.max_queue, default_concurrency_limit=cfg.concurrency)
+    return demo
+
+
+def launch(config: AppConfig, *, prevent_thread_lock: bool = False):
+    """Serve the studio; returns (demo, studio). ``studio.close()`` removes its files
+    (also done at exit)."""
+    studio = Studio(config)
+    atexit.register(studio.close)
+    demo = build(studio)
+    demo.launch(
+        server_name=config.host,
+        server_port=config.port,
+        share=config.share,
+        max_file_size=config.max_file_size,
+        prevent_thread_lock=prevent_thread_lock,
+        show_error=False,
+        theme=gr.themes.Soft(),
+    )
+    return demo, studio
+
+
+def parse_args(argv: Sequence[str] | None) -> AppConfig:
+    from artgen.cli.flags import add_dataclass_flags
+
+    ap = argparse.ArgumentParser(
+        prog="artgen app", description="Serve the artgen studio in your browser."
+    )
+    add_dataclass_flags(ap, AppConfig, title="how the studio is served")
+    return AppConfig(**vars(ap.parse_args(argv)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = parse_args(argv)
+    import signal
+
+    # `kill`, systemd and docker stop with SIGTERM: exit as on Ctrl-C, so the private
+    # folder is removed (atexit does not run when a signal kills the process).
+    def on_term(*_):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the clean-up
+        sys.exit(143)
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        _, studio = launch(config)  # returns when the server stops (Ctrl-C)
+    except ArtgenError as e:
+        print(f"artgen app: error: {e}", file=sys.stderr)
+        return 2
+    studio.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
