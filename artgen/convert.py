@@ -65,7 +65,7 @@ _POSITIONAL = {
         "img_channels",
         "mapping_kwargs",
         "synthesis_kwargs",
-    ),  # fmt: skip
+    ),
     "Discriminator": (
         "c_dim",
         "img_resolution",
@@ -79,7 +79,7 @@ _POSITIONAL = {
         "block_kwargs",
         "mapping_kwargs",
         "epilogue_kwargs",
-    ),  # fmt: skip
+    ),
 }
 _FILTER = [1, 3, 3, 1]  # the official default resample_filter, the only one artgen implements
 _MAX_DEPTH = 64  # module nesting; the official networks are 5 deep
@@ -458,8 +458,10 @@ def convert_stylegan2_pickle(
     # Each saved config describes both networks: fill what one network does not know from the
     # other (the D's mbstd settings in the generator's config and vice versa), read from the
     # pickle even when that other network is not converted.
-    for role, other_role, fields in (("generator", "discriminator", _D_ONLY),
-                                     ("discriminator", "generator", _G_ONLY)):  # fmt: skip
+    for role, other_role, fields in (
+        ("generator", "discriminator", _D_ONLY),
+        ("discriminator", "generator", _G_ONLY),
+    ):
         if role in configs:
             other = configs.get(other_role) or _other_config(data, other_role)
             configs[role] = _merge(configs[role], other, fields)

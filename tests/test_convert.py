@@ -39,8 +39,17 @@ from artgen.errors import ArtgenError
 from artgen.models.stylegan2 import Discriminator, Generator, StyleGAN2Config
 from artgen.safe_pickle import PersistentStub, load_stylegan2_pickle
 
-CFG = StyleGAN2Config(resolution=16, img_channels=3, z_dim=32, w_dim=32, mapping_layers=2,
-                      channel_base=256, channel_max=32, conv_clamp=256, mbstd_group_size=4)  # fmt: skip
+CFG = StyleGAN2Config(
+    resolution=16,
+    img_channels=3,
+    z_dim=32,
+    w_dim=32,
+    mapping_layers=2,
+    channel_base=256,
+    channel_max=32,
+    conv_clamp=256,
+    mbstd_group_size=4,
+)
 
 
 # -- writing pickles the way stylegan2-ada-pytorch does -------------------------------------------
@@ -124,8 +133,13 @@ class Persistent:
         self.meta = meta
 
     def __reduce__(self):
-        meta = dict(type="class", version=6, module_src=self.module_src,
-                    class_name=self.class_name, state=self.state)  # fmt: skip
+        meta = dict(
+            type="class",
+            version=6,
+            module_src=self.module_src,
+            class_name=self.class_name,
+            state=self.state,
+        )
         meta.update(self.meta)
         return (_reconstruct_persistent_obj, (meta,))
 
@@ -164,23 +178,37 @@ def official_tree(module: torch.nn.Module, src: str, init_kwargs=None, init_args
 def g_kwargs(cfg: StyleGAN2Config = CFG, **synthesis) -> dict:
     """Generator kwargs as the official train.py passes them (G_kwargs + common_kwargs)."""
     return dict(
-        z_dim=cfg.z_dim, w_dim=cfg.w_dim,
+        z_dim=cfg.z_dim,
+        w_dim=cfg.w_dim,
         mapping_kwargs=EasyDict(num_layers=cfg.mapping_layers),
-        synthesis_kwargs=EasyDict(channel_base=cfg.channel_base, channel_max=cfg.channel_max,
-                                  num_fp16_res=4, conv_clamp=cfg.conv_clamp, **synthesis),
-        c_dim=cfg.c_dim, img_resolution=cfg.resolution, img_channels=cfg.img_channels,
-    )  # fmt: skip
+        synthesis_kwargs=EasyDict(
+            channel_base=cfg.channel_base,
+            channel_max=cfg.channel_max,
+            num_fp16_res=4,
+            conv_clamp=cfg.conv_clamp,
+            **synthesis,
+        ),
+        c_dim=cfg.c_dim,
+        img_resolution=cfg.resolution,
+        img_channels=cfg.img_channels,
+    )
 
 
 def d_kwargs(cfg: StyleGAN2Config = CFG, **top) -> dict:
     """Discriminator kwargs as the official train.py passes them."""
     return dict(
-        block_kwargs=EasyDict(), mapping_kwargs=EasyDict(),
+        block_kwargs=EasyDict(),
+        mapping_kwargs=EasyDict(),
         epilogue_kwargs=EasyDict(mbstd_group_size=cfg.mbstd_group_size),
-        channel_base=cfg.channel_base, channel_max=cfg.channel_max, num_fp16_res=4,
+        channel_base=cfg.channel_base,
+        channel_max=cfg.channel_max,
+        num_fp16_res=4,
         conv_clamp=cfg.conv_clamp,
-        c_dim=cfg.c_dim, img_resolution=cfg.resolution, img_channels=cfg.img_channels, **top,
-    )  # fmt: skip
+        c_dim=cfg.c_dim,
+        img_resolution=cfg.resolution,
+        img_channels=cfg.img_channels,
+        **top,
+    )
 
 
 def module_src_for(marker: Path) -> str:
@@ -196,24 +224,41 @@ def module_src_for(marker: Path) -> str:
 def build_snapshot(src: str, cfg: StyleGAN2Config = CFG, seed: int = 0):
     """(snapshot dict of Persistent trees, {name: the artgen network it was made from})."""
     torch.manual_seed(seed)
-    nets = {"G": Generator(cfg).eval(), "D": Discriminator(cfg).eval(),
-            "G_ema": Generator(cfg).eval()}  # fmt: skip
-    augment = Persistent("AugmentPipe", {
-        "training": False, "_parameters": OrderedDict(),
-        "_buffers": OrderedDict(p=torch.tensor(0.2), Hz_geom=torch.randn(12),
-                                Hz_fbank=torch.randn(4, 27)),
-        "_modules": OrderedDict(), "xflip": 1.0, "imgfilter_bands": [1, 1, 1, 1],
-        "_init_args": (), "_init_kwargs": dict(xflip=1, rotate90=1, xint=1, scale=1),
-    }, src)  # fmt: skip
+    nets = {
+        "G": Generator(cfg).eval(),
+        "D": Discriminator(cfg).eval(),
+        "G_ema": Generator(cfg).eval(),
+    }
+    augment = Persistent(
+        "AugmentPipe",
+        {
+            "training": False,
+            "_parameters": OrderedDict(),
+            "_buffers": OrderedDict(
+                p=torch.tensor(0.2), Hz_geom=torch.randn(12), Hz_fbank=torch.randn(4, 27)
+            ),
+            "_modules": OrderedDict(),
+            "xflip": 1.0,
+            "imgfilter_bands": [1, 1, 1, 1],
+            "_init_args": (),
+            "_init_kwargs": dict(xflip=1, rotate90=1, xint=1, scale=1),
+        },
+        src,
+    )
     snapshot = {
         "G": official_tree(nets["G"], src, g_kwargs(cfg)),
         "D": official_tree(nets["D"], src, d_kwargs(cfg)),
         "G_ema": official_tree(nets["G_ema"], src, g_kwargs(cfg)),
         "augment_pipe": augment,
-        "training_set_kwargs": EasyDict(class_name="training.dataset.ImageFolderDataset",
-                                        path="~/datasets/art.zip", use_labels=False,
-                                        max_size=1000, xflip=False, resolution=cfg.resolution),
-    }  # fmt: skip
+        "training_set_kwargs": EasyDict(
+            class_name="training.dataset.ImageFolderDataset",
+            path="~/datasets/art.zip",
+            use_labels=False,
+            max_size=1000,
+            xflip=False,
+            resolution=cfg.resolution,
+        ),
+    }
     return snapshot, nets
 
 
@@ -244,8 +289,9 @@ def images(g: torch.nn.Module, seed: int = 1) -> torch.Tensor:
 
 
 def logits(d: torch.nn.Module, seed: int = 2) -> torch.Tensor:
-    img = torch.randn([4, 3, CFG.resolution, CFG.resolution],
-                      generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    img = torch.randn(
+        [4, 3, CFG.resolution, CFG.resolution], generator=torch.Generator().manual_seed(seed)
+    )
     with torch.no_grad():
         return d(img)
 
@@ -262,8 +308,10 @@ def test_converted_networks_give_the_same_images_and_logits(snapshot_file, tmp_p
     pkl, nets, marker = snapshot_file
     out = convert_stylegan2_pickle(pkl, tmp_path / "out")
 
-    assert out == {"generator": tmp_path / "out" / "generator",
-                   "discriminator": tmp_path / "out" / "discriminator"}  # fmt: skip
+    assert out == {
+        "generator": tmp_path / "out" / "generator",
+        "discriminator": tmp_path / "out" / "discriminator",
+    }
     g = Generator.from_pretrained(out["generator"])
     d = Discriminator.from_pretrained(out["discriminator"])
     assert g.config == CFG and d.config == CFG  # each config gets the other network's fields
@@ -302,9 +350,13 @@ def test_loading_gives_inert_stubs_with_the_official_state(snapshot_file):
     assert type(fc.state["weight_gain"]) is np.float64
     assert fc.state["weight_gain"] == nets["G_ema"].mapping.fc0.weight_gain
     assert data["training_set_kwargs"] == dict(
-        class_name="training.dataset.ImageFolderDataset", path="~/datasets/art.zip",
-        use_labels=False, max_size=1000, xflip=False, resolution=CFG.resolution,
-    )  # fmt: skip
+        class_name="training.dataset.ImageFolderDataset",
+        path="~/datasets/art.zip",
+        use_labels=False,
+        max_size=1000,
+        xflip=False,
+        resolution=CFG.resolution,
+    )
     assert data["augment_pipe"].class_name == "AugmentPipe"
     assert data["augment_pipe"].module_name_hint == "training.augment"
 
@@ -313,11 +365,19 @@ def test_loading_gives_inert_stubs_with_the_official_state(snapshot_file):
     assert state.keys() == expected.keys()
     assert all(torch.equal(state[k], v) for k, v in expected.items())
     assert kwargs == dict(
-        z_dim=32, w_dim=32, mapping_kwargs={"num_layers": 2},
-        synthesis_kwargs={"channel_base": 256, "channel_max": 32, "num_fp16_res": 4,
-                          "conv_clamp": 256},
-        c_dim=0, img_resolution=16, img_channels=3,
-    )  # fmt: skip
+        z_dim=32,
+        w_dim=32,
+        mapping_kwargs={"num_layers": 2},
+        synthesis_kwargs={
+            "channel_base": 256,
+            "channel_max": 32,
+            "num_fp16_res": 4,
+            "conv_clamp": 256,
+        },
+        c_dim=0,
+        img_resolution=16,
+        img_channels=3,
+    )
     assert type(kwargs["mapping_kwargs"]) is dict
     assert config_from_kwargs("generator", kwargs) == CFG
     d_kw, d_state = stylegan2_state(data["D"])
@@ -335,10 +395,20 @@ def test_loading_gives_inert_stubs_with_the_official_state(snapshot_file):
 
 def test_plain_torch_modules_become_stubs(tmp_path):
     linear = torch.nn.Linear(3, 2)
-    pkl = write_pickle(tmp_path / "net.pkl", {"G": Persistent("Generator", {
-        "_parameters": OrderedDict(), "_buffers": OrderedDict(),
-        "_modules": OrderedDict(head=linear, act=torch.nn.LeakyReLU(0.2)),
-    }, "")})  # fmt: skip
+    pkl = write_pickle(
+        tmp_path / "net.pkl",
+        {
+            "G": Persistent(
+                "Generator",
+                {
+                    "_parameters": OrderedDict(),
+                    "_buffers": OrderedDict(),
+                    "_modules": OrderedDict(head=linear, act=torch.nn.LeakyReLU(0.2)),
+                },
+                "",
+            )
+        },
+    )
     g = load_stylegan2_pickle(pkl)["G"]
     head, act = g.state["_modules"]["head"], g.state["_modules"]["act"]
     assert (head.class_name, head.module_name_hint) == ("Linear", "torch.nn.modules.linear")
@@ -420,10 +490,19 @@ def test_reduce_to_an_allowed_function_with_bad_data_is_refused(tmp_path):
     cases = {
         "version": {"G": Persistent("Generator", {}, "", version=5)},
         "type": {"G": Persistent("Generator", {}, "", type="function")},
-        "storage": {"G": Evil(torch._utils._rebuild_tensor_v2, "not a storage", 0, (1,), (1,),
-                              False, OrderedDict())},
+        "storage": {
+            "G": Evil(
+                torch._utils._rebuild_tensor_v2,
+                "not a storage",
+                0,
+                (1,),
+                (1,),
+                False,
+                OrderedDict(),
+            )
+        },
         "dtype": {"G": Evil(np.dtype, "O8", False, True)},
-    }  # fmt: skip
+    }
     for what, obj in cases.items():
         pkl = write_pickle(tmp_path / f"{what}.pkl", obj)
         with pytest.raises(ArtgenError, match="not a valid StyleGAN2-ADA pickle"):
@@ -461,8 +540,11 @@ def legacy_storage_bytes(
     a pickle of a persistent id ('storage', torch.FloatStorage, key, location, numel, None),
     the key list, then the element count (int64) and the raw little-endian data."""
     f = io.BytesIO()
-    info = {"protocol_version": 1001, "little_endian": True,
-            "type_sizes": {"short": 2, "int": 4, "long": 8}}  # fmt: skip
+    info = {
+        "protocol_version": 1001,
+        "little_endian": True,
+        "type_sizes": {"short": 2, "int": 4, "long": 8},
+    }
     for header in (0x1950A86A20F9469CFC6C, 1001, info):
         pickle.dump(header, f, protocol=2)
     storage = object()
@@ -470,8 +552,14 @@ def legacy_storage_bytes(
     class LegacyPickler(pickle.Pickler):
         def persistent_id(self, obj):
             if obj is storage:
-                return ("storage", torch.FloatStorage, "94051", location,
-                        len(values) if numel is None else numel, None)  # fmt: skip
+                return (
+                    "storage",
+                    torch.FloatStorage,
+                    "94051",
+                    location,
+                    len(values) if numel is None else numel,
+                    None,
+                )
             return None
 
     LegacyPickler(f, protocol=2).dump(storage)
@@ -484,10 +572,12 @@ def test_legacy_storage_bytes_of_the_torch_1_era(tmp_path):
     """A cuda storage written in the torch 1.x layout loads (onto the CPU) through torch's
     weights_only reader; strides and offsets are honoured."""
     storage = _StorageRef(legacy_storage_bytes([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]))
-    weight = Evil(torch._utils._rebuild_parameter,
-                  Evil(torch._utils._rebuild_tensor_v2, storage, 1, (2, 3), (1, 2), True,
-                       OrderedDict()),
-                  True, OrderedDict())  # fmt: skip
+    weight = Evil(
+        torch._utils._rebuild_parameter,
+        Evil(torch._utils._rebuild_tensor_v2, storage, 1, (2, 3), (1, 2), True, OrderedDict()),
+        True,
+        OrderedDict(),
+    )
     layer = Persistent("FullyConnectedLayer", {"_parameters": OrderedDict(weight=weight)}, "")
     pkl = write_pickle(tmp_path / "net.pkl", {"G": layer}, protocol=3)
     _, state = stylegan2_state(load_stylegan2_pickle(pkl)["G"])
@@ -505,11 +595,15 @@ def test_legacy_storage_bytes_of_the_torch_1_era(tmp_path):
 def test_a_storage_must_hold_every_element_it_claims(tmp_path, kind):
     """torch allocates what the storage's pickle claims and fills only what the key list
     names: a storage that claims more than it holds would carry uninitialised memory."""
-    make = {"no key": dict(keys=()), "claims more": dict(numel=16 * 16),
-            "two keys": dict(keys=("94051", "1"))}[kind]  # fmt: skip
+    make = {
+        "no key": dict(keys=()),
+        "claims more": dict(numel=16 * 16),
+        "two keys": dict(keys=("94051", "1")),
+    }[kind]
     data = legacy_storage_bytes([1.0, 2.0, 3.0, 4.0], **make)
-    weight = Evil(torch._utils._rebuild_tensor_v2, _StorageRef(data), 0, (2, 2), (2, 1), False,
-                  OrderedDict())  # fmt: skip
+    weight = Evil(
+        torch._utils._rebuild_tensor_v2, _StorageRef(data), 0, (2, 2), (2, 1), False, OrderedDict()
+    )
     pkl = write_pickle(tmp_path / "u.pkl", {"G": weight})
     with pytest.raises(ArtgenError, match="tensor storage"):
         load_stylegan2_pickle(pkl)
@@ -525,8 +619,20 @@ def test_storages_use_only_torchs_own_allow_list(tmp_path):
 
     data = io.BytesIO()
     torch.save({"x": Payload()}, data, _use_new_zipfile_serialization=False)
-    pkl = write_pickle(tmp_path / "net.pkl", {"G": Evil(torch._utils._rebuild_tensor_v2,
-                       _StorageRef(data.getvalue()), 0, (1,), (1,), False, OrderedDict())})  # fmt: skip
+    pkl = write_pickle(
+        tmp_path / "net.pkl",
+        {
+            "G": Evil(
+                torch._utils._rebuild_tensor_v2,
+                _StorageRef(data.getvalue()),
+                0,
+                (1,),
+                (1,),
+                False,
+                OrderedDict(),
+            )
+        },
+    )
     saved = torch.serialization.get_safe_globals()
     torch.serialization.add_safe_globals([print])
     try:
@@ -644,8 +750,10 @@ def test_orig_discriminator_with_positional_arguments(tmp_path, marker):
     src = module_src_for(marker)
     kw = d_kwargs(cfg, architecture="orig")
     args = tuple(kw.pop(k) for k in ("c_dim", "img_resolution", "img_channels"))
-    snapshot = {"G_ema": official_tree(g, src, g_kwargs(cfg)),
-                "D": official_tree(d, src, kw, init_args=args)}  # fmt: skip
+    snapshot = {
+        "G_ema": official_tree(g, src, g_kwargs(cfg)),
+        "D": official_tree(d, src, kw, init_args=args),
+    }
     out = convert_stylegan2_pickle(write_pickle(tmp_path / "net.pkl", snapshot), tmp_path / "o")
     converted = Discriminator.from_pretrained(out["discriminator"])
     assert converted.config == cfg
@@ -656,15 +764,21 @@ def test_orig_discriminator_with_positional_arguments(tmp_path, marker):
 @pytest.mark.parametrize(
     "network, change, message",
     [
-        ("G_ema", lambda kw: kw["synthesis_kwargs"].update(architecture="resnet"),
-         "architecture='resnet' is not supported"),
+        (
+            "G_ema",
+            lambda kw: kw["synthesis_kwargs"].update(architecture="resnet"),
+            "architecture='resnet' is not supported",
+        ),
         ("D", lambda kw: kw.update(architecture="skip"), "architecture='skip' is not supported"),
-        ("G_ema", lambda kw: kw["mapping_kwargs"].update(activation="relu"),
-         "activation='relu' is not supported"),
+        (
+            "G_ema",
+            lambda kw: kw["mapping_kwargs"].update(activation="relu"),
+            "activation='relu' is not supported",
+        ),
         ("G_ema", lambda kw: kw.update(init_res=[4, 4]), "unknown option 'init_res'"),
         ("G_ema", lambda kw: kw.pop("z_dim"), "missing z_dim"),
     ],
-)  # fmt: skip
+)
 def test_unsupported_options_are_refused_by_name(tmp_path, marker, network, change, message):
     snapshot, _ = build_snapshot(module_src_for(marker))
     change(snapshot[network].state["_init_kwargs"])
@@ -680,7 +794,8 @@ def test_mbstd_group_of_the_whole_minibatch(tmp_path, marker):
     it: one group of the whole minibatch."""
     snapshot, nets = build_snapshot(module_src_for(marker))
     snapshot["D"].state["_init_kwargs"]["epilogue_kwargs"] = EasyDict(
-        mbstd_group_size=None, mbstd_num_channels=1, activation="lrelu")  # fmt: skip
+        mbstd_group_size=None, mbstd_num_channels=1, activation="lrelu"
+    )
     out = convert_stylegan2_pickle(write_pickle(tmp_path / "net.pkl", snapshot), tmp_path / "o")
     d = Discriminator.from_pretrained(out["discriminator"])
     assert d.config.mbstd_group_size == 1024  # the largest group artgen's config allows
@@ -710,13 +825,32 @@ def test_missing_and_extra_tensors_are_named(tmp_path, marker):
 
 def test_config_from_official_preset_kwargs():
     """train.py --cfg=paper256 (fmaps 0.5, map 8, mbstd 8) as the official pickle records it."""
-    g = dict(z_dim=512, w_dim=512, c_dim=0, img_resolution=256, img_channels=3,
-             mapping_kwargs={"num_layers": 8},
-             synthesis_kwargs={"channel_base": 16384, "channel_max": 512, "num_fp16_res": 4,
-                               "conv_clamp": 256})  # fmt: skip
-    d = dict(c_dim=0, img_resolution=256, img_channels=3, channel_base=16384, channel_max=512,
-             num_fp16_res=4, conv_clamp=256, block_kwargs={"freeze_layers": 0},
-             mapping_kwargs={}, epilogue_kwargs={"mbstd_group_size": 8})  # fmt: skip
+    g = dict(
+        z_dim=512,
+        w_dim=512,
+        c_dim=0,
+        img_resolution=256,
+        img_channels=3,
+        mapping_kwargs={"num_layers": 8},
+        synthesis_kwargs={
+            "channel_base": 16384,
+            "channel_max": 512,
+            "num_fp16_res": 4,
+            "conv_clamp": 256,
+        },
+    )
+    d = dict(
+        c_dim=0,
+        img_resolution=256,
+        img_channels=3,
+        channel_base=16384,
+        channel_max=512,
+        num_fp16_res=4,
+        conv_clamp=256,
+        block_kwargs={"freeze_layers": 0},
+        mapping_kwargs={},
+        epilogue_kwargs={"mbstd_group_size": 8},
+    )
     gc, dc = config_from_kwargs("generator", g), config_from_kwargs("discriminator", d)
     assert (gc.resolution, gc.channel_base, gc.mapping_layers, gc.conv_clamp) == (
         256,
@@ -767,8 +901,9 @@ def test_cli_convert_then_finetune_from_the_converted_base(snapshot_file, tmp_pa
         ("D", "channel_base", "abc", "channel_base must be an integer, got 'abc'"),
     ],
 )
-def test_network_sizes_from_a_pickle_are_bounded(tmp_path, marker, capsys, network, key, value,
-                                                 message):  # fmt: skip
+def test_network_sizes_from_a_pickle_are_bounded(
+    tmp_path, marker, capsys, network, key, value, message
+):
     from artgen.cli import main
 
     snapshot, _ = build_snapshot(module_src_for(marker))
