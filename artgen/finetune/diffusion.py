@@ -67,7 +67,8 @@ ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 CONV_TARGETS = ("conv1", "conv2")  # the two convolutions of every ResNet block
 # Settings that name files or folders. The base is one only when it is a local folder (it
 # may be a hub id), so it is recorded absolute when local but never resolved on reading.
-PATHS = ("images", "out", "class_images", "labels")  # DiffusionFinetuneOptions.PATHS
+# Settings that name files or folders: recorded as absolute paths (see absolute_paths).
+PATHS = ("images", "out", "class_images", "labels")
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class DiffusionFinetuneOptions(RunOptions):
     (the ones every trainer has come from artgen.finetune.run.RunOptions)."""
 
     KIND: ClassVar[str] = "finetune-diffusion"
-    PATHS: ClassVar[tuple[str, ...]] = ("images", "out", "class_images", "labels")
+    PATHS: ClassVar[tuple[str, ...]] = PATHS
     # Only the output side may change on resume; anything else alters the run.
     RESUMABLE_EXTRA: ClassVar[tuple[str, ...]] = (
         "export_format",
@@ -560,11 +561,6 @@ def finetune_diffusion(
         trainable_names = prepare_trainable(unet, options)
     if options.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    params = dict(unet.named_parameters())
-    trainable = [params[n] for n in trainable_names]
-    for p in trainable:  # train in fp32; autocast handles the forward pass
-        p.data = p.data.float()
-
     data = ImageSet(
         files,
         resolution,
@@ -603,8 +599,8 @@ def finetune_diffusion(
         "mixed_precision": precision,
         "device": str(device_t),
         "num_images": len(files),
-        "trainable_tensors": len(trainable),
-        "trainable_parameters": sum(p.numel() for p in trainable),
+        "trainable_tensors": len(trainable_names),
+        "trainable_parameters": sum(p.numel() for p in trainer.trainable),
     }
     return train(trainer, options, run, resolved, accelerator=accelerator, callback=callback)
 
@@ -634,6 +630,8 @@ class _DiffusionTrainer:
         self.names = trainable_names
         self.params = dict(pipe.unet.named_parameters())
         self.trainable = [self.params[n] for n in trainable_names]
+        for p in self.trainable:  # train in fp32; autocast handles the forward pass
+            p.data = p.data.float()
         optimizer = torch.optim.AdamW(
             self.trainable, lr=options.learning_rate(), weight_decay=options.weight_decay
         )
