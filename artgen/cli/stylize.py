@@ -1,0 +1,465 @@
+"""`artgen stylize`, `batch`, `video` and `info`: pictures from a photo and styles.
+
+Each command's flags for the method come from the method's options dataclass (through
+the style registry, artgen.style), so a new method needs nothing here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from artgen.cli.common import Bar, options_from, same_file
+from artgen.cli.flags import add_dataclass_flags
+from artgen.errors import ArtgenError, clip
+
+EXAMPLES = """\
+examples:
+  artgen stylize photo.jpg --style swirls -o out.png
+  artgen stylize photo.jpg --style a.jpg:0.7 --style b.jpg:0.3 --size 768 -o out.png
+  artgen stylize photo.jpg --style waves --method adain -o fast.png        # under a second
+  artgen stylize photo.jpg --style starry-night --preserve-color luminance --strength 2 -o out.png
+  artgen batch photos/ --style mosaic -o stylised/ --shard 1/2
+  artgen batch photos/ --style mosaic --method adain -o fast/
+  artgen video clip.mp4 --style waves --method adain -o styled.mp4
+  artgen info out.png
+  artgen styles list
+  artgen weights fetch vgg19
+"""
+
+VIDEO_EXAMPLES = """\
+examples:
+  artgen video clip.mp4 --style waves --method adain -o styled.mp4          # fast, steady
+  artgen video clip.mp4 --style swirls --size 256 --iterations 100 -o slow.mp4   # Gatys
+  artgen video frames/ --style mosaic --method adain --fps 30 -o styled/    # folders too
+  artgen video clip.mp4 --style waves --method adain --consistency none -o flicker.mp4
+  artgen video long.mp4 --style waves --shard 2/4 -o styled.mp4             # one of 4 machines
+"""
+
+
+def add_commands(sub: argparse._SubParsersAction, method: str) -> None:
+    """stylize, batch, video and info; the first three get the flags of ``method``."""
+    from artgen.style import DEFAULT_METHOD, METHODS, get_method
+    from artgen.style.batch import BatchOptions
+    from artgen.video import VideoOptions
+
+    style_method = get_method(method if method in METHODS else DEFAULT_METHOD)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--style",
+            action="append",
+            required=True,
+            type=_style_arg,
+            metavar="STYLE[:WEIGHT]",
+            help="style image path or catalogue name (see `artgen styles list`), with an optional "
+            "blend weight; repeat to blend several",
+        )
+        sp.add_argument(
+            "--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)"
+        )
+        sp.add_argument(
+            "--weights", help="path to the backbone's weights file (else TORCH_HOME is searched)"
+        )
+        sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        summaries = "; ".join(f"{n}: {get_method(n).summary}" for n in METHODS)
+        sp.add_argument(
+            "--method",
+            choices=list(METHODS),
+            default=DEFAULT_METHOD,
+            help=f"style method ({summaries}). The flags below are {style_method.name}'s; "
+            "`--method NAME --help` lists another's (default: gatys)",
+        )
+        add_dataclass_flags(sp, style_method.options)
+
+    sp = sub.add_parser(
+        "stylize",
+        help="stylise one image",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sp.add_argument("content", help="content image")
+    sp.add_argument("-o", "--output", required=True, help="output PNG")
+    sp.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    common(sp)
+    _mask_flags(sp)
+    sp.set_defaults(func=_cmd_stylize)
+
+    bp = sub.add_parser(
+        "batch",
+        help="stylise every image in a folder (resumable)",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bp.add_argument("in_dir", help="folder of content images")
+    bp.add_argument("-o", "--output", required=True, help="output folder (NAME.png for each input)")
+    add_dataclass_flags(bp, BatchOptions)
+    common(bp)
+    _mask_flags(bp)
+    bp.set_defaults(func=_cmd_batch)
+
+    vp = sub.add_parser(
+        "video",
+        help="stylise a video or a folder of frames, temporally consistent (resumable)",
+        epilog=VIDEO_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    vp.add_argument("input", help="video file (mp4, mov, mkv, webm, gif, avi) or folder of frames")
+    vp.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="output video (.mp4 .mov .mkv .webm .gif) or folder (one PNG per frame)",
+    )
+    add_dataclass_flags(vp, VideoOptions)
+    common(vp)
+    vp.set_defaults(func=_cmd_video)
+
+    ip = sub.add_parser("info", help="print the parameters stored in a PNG that artgen wrote")
+    ip.add_argument("image")
+    ip.add_argument("--json", action="store_true", help="print only the JSON")
+    ip.set_defaults(func=_cmd_info)
+
+
+def peek_method(argv) -> str:
+    """The --method of a stylize/batch/video command line (their flags depend on it)."""
+    for i, a in enumerate(argv):
+        if a == "--method" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--method="):
+            return a.split("=", 1)[1]
+    return "gatys"
+
+
+def _style_arg(s: str) -> tuple[str, float]:
+    """PATH_OR_NAME[:WEIGHT]"""
+    path, sep, w = s.rpartition(":")
+    if sep and path:
+        try:
+            return path, float(w)
+        except ValueError:
+            pass
+    return s, 1.0
+
+
+class _MaskAction(argparse.Action):
+    """``--mask PATH``: the mask of the ``--style`` just before it (argparse reads flags in
+    order, so the styles seen so far are in the namespace). Stored as {style index: path}."""
+
+    def __call__(self, parser, namespace, value, option_string=None) -> None:
+        styles = getattr(namespace, "style", None) or []
+        masks = dict(getattr(namespace, self.dest, None) or {})
+        if not styles:
+            parser.error(f"--mask {value}: put it after the --style it belongs to")
+        if len(styles) - 1 in masks:
+            parser.error(
+                f"--mask {value}: the --style before it ({styles[-1][0]}) already has "
+                f"a mask ({masks[len(styles) - 1]}); give each --style one --mask"
+            )
+        masks[len(styles) - 1] = value
+        setattr(namespace, self.dest, masks)
+
+
+def _mask_flags(p: argparse.ArgumentParser) -> None:
+    """--mask (after a --style) and --content-mask, for stylize and batch."""
+    g = p.add_argument_group("regional styles (masks: white where it applies, grey partly)")
+    g.add_argument(
+        "--mask",
+        action=_MaskAction,
+        dest="masks",
+        default=None,
+        metavar="MASK",
+        help="the region of the --style just before it: that style applies where MASK is "
+        "white. Styles without a --mask share what the masks leave (all of it, without "
+        "masks); where nothing covers, the photo stays. Resized to the output",
+    )
+    g.add_argument(
+        "--content-mask",
+        metavar="MASK",
+        default=None,
+        help="where MASK is white, the photo stays unstylised (soft edges blend)",
+    )
+
+
+def _load_masks(args: argparse.Namespace):
+    """(masks aligned with args.style or None, content mask or None), loaded: a bad mask
+    fails here, before any model is loaded."""
+    from artgen.images import load_mask
+
+    given = getattr(args, "masks", None) or {}
+    masks = [load_mask(given[i]) if i in given else None for i in range(len(args.style))]
+    cmask = getattr(args, "content_mask", None)
+    return (masks if given else None), (load_mask(cmask) if cmask else None)
+
+
+def _setup(args: argparse.Namespace):
+    """The method, its options, the loaded network, the device and the loaded style images."""
+    from artgen import catalog
+    from artgen.devices import resolve_device
+    from artgen.images import load_image
+    from artgen.style import get_method
+
+    method = get_method(args.method)
+    options = options_from(args, method.options)
+    device = resolve_device(args.device)
+    styles = [(load_image(catalog.resolve(s)), w) for s, w in args.style]
+    if sum(w for _, w in styles) <= 0 or any(w < 0 for _, w in styles):
+        raise ArtgenError("style weights must be >= 0 and not all zero")
+    model = method.load(options, device, args.weights)
+    if method.describe is not None:
+        print(method.describe(model), file=sys.stderr)
+    return method, options, model, device, styles
+
+
+def _cmd_stylize(args: argparse.Namespace) -> int:
+    from artgen import catalog
+    from artgen.images import OutputClaim, check_output, load_image, save_png
+    from artgen.style import run_params
+
+    out = args.output
+    if not out.lower().endswith(".png"):
+        raise ArtgenError(f"{out}: output must be a .png file (it carries the parameters)")
+    inputs = [
+        args.content,
+        *[str(catalog.resolve(s)) for s, _ in args.style],
+        *(args.masks or {}).values(),
+        *([args.content_mask] if args.content_mask else []),
+    ]
+    if any(same_file(out, i) for i in inputs):
+        raise ArtgenError(f"{out}: is one of the inputs; artgen never overwrites an input")
+    check_output(out, overwrite=args.overwrite)  # before any compute
+    content = load_image(args.content)
+    masks, content_mask = _load_masks(args)
+    from artgen.style import check_masks, get_method, mask_arguments
+
+    extra = mask_arguments(get_method(args.method), masks, content_mask)
+    check_masks(content.size, masks, content_mask)  # before the model loads
+    method, options, model, device, styles = _setup(args)
+    bar = Bar(args.quiet)
+    with OutputClaim(out):
+        try:
+            image = method.stylize(
+                content, styles, options, model=model, device=device, callback=bar, **extra
+            )
+        finally:
+            bar.close()
+        if image.info.get("note"):  # e.g. that it was made in tiles, and why
+            print(f"note: {image.info['note']}", file=sys.stderr)
+        params = run_params(content, styles, options, image, device, masks, content_mask)
+        path = save_png(image, out, params=params, overwrite=args.overwrite)
+    print(f"wrote {path} ({image.width}x{image.height})")
+    return 0
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from artgen.style.batch import BatchOptions, plan_batch, run_batch
+
+    batch = options_from(args, BatchOptions)
+    jobs = plan_batch(args.in_dir, args.output, batch)
+    i, n = batch.shard_numbers()
+    if not jobs:
+        print(f"no images to do in {args.in_dir} (shard {i}/{n})")
+        return 0
+    from artgen import catalog
+    from artgen.images import check_output_dir
+
+    if any(same_file(j.output, catalog.resolve(s)) for j in jobs for s, _ in args.style):
+        raise ArtgenError("an output would overwrite a style image; choose another output folder")
+    mask_files = [*(args.masks or {}).values(), *([args.content_mask] if args.content_mask else [])]
+    if any(same_file(j.output, m) for j in jobs for m in mask_files):
+        raise ArtgenError("an output would overwrite a mask; choose another output folder")
+    check_output_dir(args.output)  # before any compute
+    masks, content_mask = _load_masks(args)
+    from artgen.style import get_method, mask_arguments
+
+    mask_arguments(get_method(args.method), masks, content_mask)  # refused before any work
+    method, options, model, device, styles = _setup(args)
+    overall = tqdm(
+        total=len(jobs), desc=f"batch {i}/{n}", unit="img", position=0, disable=args.quiet
+    )
+    bar = Bar(args.quiet, position=1, leave=False)
+
+    def on_image(k, job):
+        bar.close()
+        bar.desc = job.source.name
+
+    def on_result(r):
+        bar.close()
+        if r.status == "failed":
+            overall.write(f"failed: {r.error}")
+        overall.update(1)
+
+    try:
+        results = run_batch(
+            jobs,
+            styles,
+            options,
+            batch,
+            model=model,
+            device=device,
+            on_image=on_image,
+            on_result=on_result,
+            callback=bar,
+            masks=masks,
+            content_mask=content_mask,
+        )
+    finally:
+        bar.close()
+        overall.close()
+    done = sum(r.status == "done" for r in results)
+    skipped = sum(r.status == "skipped" for r in results)
+    by_other = sum(r.status == "skipped" and r.error is not None for r in results)
+    failed = [r for r in results if r.status == "failed"]
+    print(
+        f"{done} stylised, {skipped} already done (skipped"
+        + (f"; {by_other} by another run" if by_other else "")
+        + f"), {len(failed)} failed -> {args.output}"
+    )
+    for r in failed:
+        print(f"  failed: {r.error}")
+    return 1 if failed else 0
+
+
+def _cmd_video(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from artgen import catalog
+    from artgen.style import get_method
+    from artgen.video import VideoOptions, plan_video, run_video
+
+    video = options_from(args, VideoOptions)
+    plan = plan_video(
+        args.input, args.output, options_from(args, get_method(args.method).options), video
+    )
+    for s, _ in args.style:
+        style = str(catalog.resolve(s))
+        if same_file(style, args.output) or (
+            plan.kind == "folder" and same_file(os.path.dirname(style), plan.cache)
+        ):
+            raise ArtgenError(f"{args.output}: would overwrite the style image {style}")
+    method, options, model, device, styles = _setup(args)
+    i, n = video.shard_numbers()
+    share = plan.last - plan.first
+    overall = tqdm(
+        total=share,
+        desc=f"video {i}/{n}" if n > 1 else "video",
+        unit="frame",
+        position=0,
+        disable=args.quiet,
+        dynamic_ncols=True,
+    )
+    bar = Bar(args.quiet, position=1, leave=False)
+    encode: list = []
+
+    def on_frame(p) -> None:
+        bar.close()
+        if p.status == "encoded":
+            if not encode:
+                encode.append(
+                    tqdm(
+                        total=p.total,
+                        desc="encode",
+                        unit="frame",
+                        position=0,
+                        disable=args.quiet,
+                        dynamic_ncols=True,
+                    )
+                )
+            encode[0].update(p.done - encode[0].n)
+        elif p.status != "warmup":
+            overall.update(p.done - overall.n)
+        bar.desc = f"frame {p.frame + 1}"
+
+    try:
+        r = run_video(
+            plan, styles, options, model=model, device=device, on_frame=on_frame, callback=bar
+        )
+    finally:
+        bar.close()
+        overall.close()
+        for b in encode:
+            b.close()
+    made = f"{r.stylised} frames stylised, {r.cached} from the cache"
+    if r.output is None:
+        print(
+            f"{made}; {r.missing} of {r.frames} frames still to be made by the other shards "
+            f"(the run that completes them writes {args.output}; cache {r.cache})"
+        )
+        return 0
+    print(
+        f"{made} -> {r.output} ({r.frames} frames, {float(r.fps):g} fps, "
+        f"{r.size[0]}x{r.size[1]}; audio: {r.audio})"
+    )
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from artgen.images import read_params
+    from artgen.style import reproduce_command, validate_params
+    from artgen.video import OUTPUT_FORMATS
+
+    if os.path.splitext(args.image)[1].lower() in OUTPUT_FORMATS:  # a video artgen wrote
+        from artgen.video import read_video_params
+
+        return _info_video(args, read_video_params(args.image))
+    params = read_params(args.image)
+    if isinstance(params, dict) and isinstance(params.get("video"), dict):  # a video's frame
+        return _info_video(args, params)
+    if args.json:
+        print(json.dumps(params, indent=2, sort_keys=True))
+        return 0
+    if isinstance(params, dict) and params.get("method") in ("sample",):
+        print(f"{args.image}: samples from {clip(params.get('run'))} (artgen sample)")
+        return 0
+    try:
+        method, options = validate_params(params)
+    except ArtgenError as e:
+        raise ArtgenError(f"{args.image}: metadata that artgen cannot use: {e}") from None
+    # Fields are printable (validate_params refuses control characters) and clipped.
+    print(f"{args.image}: made by artgen {clip(params.get('artgen'), 20)} ({method.name})")
+    c = params["content"]
+    print(f"  content: {clip(c['file'])}  sha256 {clip(c['sha256'], 16)}...")
+    for s in params["styles"]:
+        name = f" (catalogue style {clip(s['name'], 80)})" if s.get("name") else ""
+        print(
+            f"  style:   {clip(s['file'])}{name}  weight {s['weight']:g}  "
+            f"sha256 {clip(s['sha256'], 16)}..."
+        )
+        if "mask" in s:
+            m = s["mask"]
+            print(f"    mask:  {clip(m['file'])}  sha256 {clip(m['sha256'], 16)}...")
+    if "content_mask" in params:
+        m = params["content_mask"]
+        print(
+            f"  content mask (kept unstylised): {clip(m['file'])}  "
+            f"sha256 {clip(m['sha256'], 16)}..."
+        )
+    print(f"  device:  {params.get('device')}")
+    print("  options:")
+    for k, v in options.to_dict().items():
+        print(f"    {k}: {clip(v)}")
+    print("reproduce with:")
+    print("  " + reproduce_command(params))
+    return 0
+
+
+def _info_video(args: argparse.Namespace, params: dict) -> int:
+    from artgen.video import describe_video_params, video_command
+
+    if args.json:
+        print(json.dumps(params, indent=2, sort_keys=True))
+        return 0
+    try:
+        lines = describe_video_params(params)
+        command = video_command(params)
+    except ArtgenError as e:
+        raise ArtgenError(f"{args.image}: metadata that artgen cannot use: {e}") from None
+    print(f"{args.image}: made by artgen {clip(params.get('artgen'), 20)} (video)")
+    print("\n".join(lines))
+    print("reproduce with:")
+    print("  " + command)
+    return 0
