@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -113,6 +117,69 @@ def test_resume_guards(data, tmp_path):
         T.train_adain(resumed)
     with pytest.raises(ArtgenError, match="--crop 30: must be a multiple of 16"):
         T.AdaINTrainOptions(crop=30)
+
+
+def test_two_processes_average_their_gradients(data, tmp_path):
+    """What accelerate launch does on several GPUs, here as two CPU processes (gloo): each
+    process draws its own crops, and the first Adam step equals the step on the average of
+    the two processes' gradients, recomputed here in one process."""
+    c, s = data
+    run = tmp_path / "ddp"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    args = ["--content", str(c), "--styles", str(s), "--crop", "32", "--batch-size", "2"]
+    cmd = [str(torchrun), "--nproc_per_node", "2", "-m", "artgen", "train", "adain", *args]
+    cmd += ["--out", str(run), "--steps", "2", "--checkpoint-every", "1", "--device", "cpu", "-q"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    repo = Path(__file__).resolve().parent.parent
+    done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    # The run also checks at its end that both processes hold the same decoder.
+    assert done.returncode == 0, done.stderr[-2000:]
+    config = json.loads((run / "config.json").read_text())
+    assert config["num_processes"] == 2 and config["global_batch"] == 4
+    assert (run / "model" / "decoder.safetensors").is_file()
+
+    opts = T.AdaINTrainOptions(
+        content=str(c), styles=str(s), out=str(tmp_path / "x"), crop=32, batch_size=2
+    )
+    torch.manual_seed(opts.seed)
+    model, _ = T._initial_model(opts, torch.device("cpu"))
+    start = copy.deepcopy(model.decoder.state_dict())
+    grads = []
+    for rank in (0, 1):  # process r draws from seed + r
+        t = T._AdaINTrainer(
+            dataclasses.replace(opts, seed=opts.seed + rank),
+            model,
+            torch.device("cpu"),
+            T.CropSource(sorted(c.iterdir()), 32, "c"),
+            T.CropSource(sorted(s.iterdir()), 32, "s"),
+        )
+        cb = t.contents.batch(2, t.g)
+        sb = t.styles.batch(2, t.g)
+        model.decoder.zero_grad(set_to_none=True)
+        T.adain_losses(model, cb, sb, t.style_weight)[0].backward()
+        grads.append([p.grad.clone() for p in model.decoder.parameters()])
+    opt = torch.optim.Adam(model.decoder.parameters(), lr=opts.lr)
+    for p, g0, g1 in zip(model.decoder.parameters(), *grads, strict=True):
+        p.grad = (g0 + g1) / 2
+    opt.step()
+    step1 = load_file(str(run / "checkpoints" / "step-0000001" / "decoder.safetensors"))
+
+    def mismatched() -> float:
+        """Share of weights more than 1e-6 from the run's first step. Adam's first step is
+        about lr * sign(g), so a weight whose averaged gradient is ~0 may flip on rounding."""
+        state = model.decoder.state_dict()
+        bad = sum(int(((step1[n] - p).abs() > 1e-6).sum()) for n, p in state.items())
+        return bad / sum(p.numel() for p in state.values())
+
+    assert mismatched() < 1e-5  # 1 weight of ~1.2 M on this machine
+    # the check can fail: one process's gradient alone gives another step
+    model.decoder.load_state_dict(start)
+    for p, g0 in zip(model.decoder.parameters(), grads[0], strict=True):
+        p.grad = g0
+    torch.optim.Adam(model.decoder.parameters(), lr=opts.lr).step()
+    assert mismatched() > 0.05
+    # a two-process run resumes with two processes only
+    assert main(["train", "adain", "--out", str(run), "--resume", "--steps", "3", "-q"]) == 2
 
 
 def test_fine_tuning_from_the_shipped_decoder_lowers_the_style_loss(data, tmp_path):

@@ -20,6 +20,12 @@ Run folder: config.json (resolved options), log.jsonl (one line per logged step)
 samples/step-N.png and final.png (a sheet: content, style, result), checkpoints/step-N (safetensors +
 JSON through artgen.checkpoint, resumed exactly with --resume), model/ (the trained
 network: config.json + decoder.safetensors, what `--model RUN` loads).
+
+Several GPUs: ``accelerate launch -m artgen train adain ...`` (or torchrun) runs one process
+per device, each drawing its own crops (data seed + process index) with ``--batch-size``
+pairs, so a step sees batch x processes pairs; gradients are averaged across processes
+before every Adam step (data-parallel SGD, as DDP does), and the run checks at the end that
+every process holds the same decoder.
 """
 
 from __future__ import annotations
@@ -257,10 +263,13 @@ def train_adain(
         raise ArtgenError("--content: give a folder of photos (needed when training from scratch)")
     style_files = list_images(options.styles)
     content_files = list_images(content_dir)
-    run = open_run(options, create=False)
+    from accelerate import Accelerator
 
-    device = resolve_device(options.device)
-    torch.manual_seed(options.seed)
+    accelerator = Accelerator(cpu=resolve_device(options.device).type == "cpu")
+    run = open_run(options, accelerator, create=False)  # every process checks first
+
+    device = accelerator.device
+    torch.manual_seed(options.seed)  # the same decoder initialisation in every process
     model, source = _initial_model(options, device)
     trainer = _AdaINTrainer(
         options,
@@ -268,6 +277,7 @@ def train_adain(
         device,
         CropSource(content_files, options.crop, content_dir),
         CropSource(style_files, options.crop, options.styles),
+        accelerator,
     )
     resolved = {
         "artgen": __version__,
@@ -280,8 +290,9 @@ def train_adain(
         "num_styles": len(style_files),
         "device": str(device),
         "trainable_parameters": sum(p.numel() for p in model.decoder.parameters()),
+        "global_batch": options.batch_size * accelerator.num_processes,
     }
-    return train(trainer, options, run, resolved, callback=callback)
+    return train(trainer, options, run, resolved, accelerator=accelerator, callback=callback)
 
 
 class _AdaINTrainer:
@@ -290,9 +301,14 @@ class _AdaINTrainer:
 
     draws = None  # crops are drawn by CropSource from the data generator
 
-    def __init__(self, options, model, device, contents: CropSource, styles: CropSource) -> None:
+    def __init__(
+        self, options, model, device, contents: CropSource, styles: CropSource, accelerator=None
+    ) -> None:
         self.options, self.model, self.device = options, model, device
         self.contents, self.styles = contents, styles
+        self.accelerator = accelerator
+        self.world = accelerator.num_processes if accelerator is not None else 1
+        rank = accelerator.process_index if accelerator is not None else 0
         model.encoder.eval()
         self.decoder = model.decoder.train().requires_grad_(True)
         self.style_weight = options.style_weight or DEFAULT_STYLE_WEIGHT[model.config.encoder]
@@ -301,7 +317,8 @@ class _AdaINTrainer:
             options.precision == "auto" and device.type == "cuda"
         )
         self.amp = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
-        self.g = torch.Generator().manual_seed(options.seed)
+        # Each process its own crops; process 0 draws exactly what a one-process run draws.
+        self.g = torch.Generator().manual_seed(options.seed + rank)
         # A fixed sheet: the same 4 content crops and 4 style crops at every sample.
         g_fixed = torch.Generator().manual_seed(12345)
         self.sheet_c = contents.batch(4, g_fixed).to(device)
@@ -330,13 +347,28 @@ class _AdaINTrainer:
             loss, l_c, l_s, _ = adain_losses(self.model, c, s, self.style_weight)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        losses = torch.stack([loss.detach(), l_c.detach(), l_s.detach()]).float()
+        if self.world > 1:  # average the gradients (and, for the log, the losses)
+            for p in self.decoder.parameters():
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad.div_(self.world)
+            torch.distributed.all_reduce(losses)
+            losses /= self.world
         self.opt.step()
         return {
-            "loss": float(loss.detach()),
-            "content": float(l_c.detach()),
-            "style": float(l_s.detach()),
+            "loss": float(losses[0]),
+            "content": float(losses[1]),
+            "style": float(losses[2]),
             "lr": self.lr_at(step),
         }
+
+    def end(self) -> None:
+        if self.world > 1:  # gradients were averaged, so every process must hold the same weights
+            total = sum(p.detach().double().sum() for p in self.decoder.parameters())
+            every = self.accelerator.gather(total.reshape(1, 1).to(self.device))
+            if not torch.equal(every, every[:1].expand_as(every)):
+                raise ArtgenError("the processes' decoders diverged; please report this")
 
     def sample(self) -> Image.Image:
         from artgen.images import grid, to_pil
