@@ -6,6 +6,7 @@ Python API::
     image = artgen.stylize("photo.jpg", {"a.jpg": 0.7, "b.jpg": 0.3}, size=512, seed=0)
     image.save("out.png")
     fast = artgen.stylize("photo.jpg", "painting.jpg", method="adain", strength=0.8)
+    mine = artgen.stylize("photo.jpg", method="sdedit", generator="runs/my-art", strength=0.6)
     artgen.stylize_video("clip.mp4", "painting.jpg", "styled.mp4", method="adain")
 
     run = artgen.finetune_diffusion(artgen.DiffusionFinetuneOptions(

@@ -801,3 +801,26 @@ def fairness_discrepancy_interval(
         "replicates": replicates,
         "confusion": None if conf is None else conf.tolist(),
     }
+
+
+# ---------------------------------------------------------------- structure kept
+
+
+def _gradient_magnitude(image: Image.Image) -> np.ndarray:
+    g = np.asarray(image.convert("L"), dtype=np.float64) / 255.0
+    p = np.pad(g, 1, mode="edge")
+    gx = (p[1:-1, 2:] - p[1:-1, :-2]) * 2 + (p[:-2, 2:] - p[:-2, :-2]) + (p[2:, 2:] - p[2:, :-2])
+    gy = (p[2:, 1:-1] - p[:-2, 1:-1]) * 2 + (p[2:, :-2] - p[:-2, :-2]) + (p[2:, 2:] - p[:-2, 2:])
+    return np.hypot(gx, gy)
+
+
+def edge_correlation(a: Image.Image, b: Image.Image) -> float:
+    """How much of ``a``'s structure ``b`` keeps: the Pearson correlation of the two
+    pictures' Sobel gradient magnitudes (``b`` resized to ``a``). 1 for a picture and
+    itself, about 0 for unrelated pictures (noise); 0 when either is flat."""
+    if b.size != a.size:
+        b = b.resize(a.size, Image.Resampling.BICUBIC)
+    x, y = _gradient_magnitude(a).ravel(), _gradient_magnitude(b).ravel()
+    x, y = x - x.mean(), y - y.mean()
+    denom = float(np.sqrt((x * x).sum() * (y * y).sum()))
+    return float((x * y).sum() / denom) if denom > 1e-12 else 0.0

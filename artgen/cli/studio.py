@@ -1,6 +1,6 @@
 """artgen studio: a Gradio page for combining a content picture with styles.
 
-    artgen app [--port 7860] [--share]        or        python apps/app.py
+    artgen app [--port 7860] [--share] [--runs DIR]        or        python apps/app.py
 
 It lives in the package (artgen/cli, the interface layer) so that an installed artgen
 has it; apps/app.py is the file to run from a checkout.
@@ -16,6 +16,11 @@ painted area, and the rest gets another style, the styles picked above, or none 
 photo stays there). artgen.stylize's ``masks`` do the rest (artgen.style.Regions). Each server keeps its uploads and results in a
 private temporary folder (Gradio's cache included, through GRADIO_TEMP_DIR), removed
 when it stops; folders of servers that were killed are removed by the next one.
+
+Your own generator: with ``--runs DIR`` (a folder of `artgen finetune` runs, or one run)
+the studio lists the diffusion runs found there, and "Your fine-tuned generator" repaints
+the content photo with the chosen one (the sdedit method: SDEdit, Meng et al. 2022), with
+its own strength, seed and prompt.
 """
 
 from __future__ import annotations
@@ -93,6 +98,40 @@ class AppConfig:
     max_file_size: str = field(default="20mb", metadata={"help": "largest upload"})
     max_pixels: int = field(default=24_000_000, metadata={"help": "largest upload in pixels"})
     max_size: int = field(default=1024, metadata={"help": "largest output size offered"})
+    runs: str = field(
+        default="",
+        metadata={
+            "help": "a folder of your fine-tuned diffusion runs (or one run): the studio offers "
+            "them as a third method, repainting the photo with your own generator (SDEdit) "
+            "(default: none)"
+        },
+    )
+
+
+def find_runs(folder: str) -> dict[str, Path]:
+    """The diffusion runs in ``folder`` (itself, or its subfolders), by folder name: what
+    the studio offers under "Your fine-tuned generator". GAN runs and other folders are
+    left out; a missing folder is an ArtgenError."""
+    from artgen.runs import DiffusionRun, run_class
+
+    if not folder:
+        return {}
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise ArtgenError(f"--runs {folder}: no such folder")
+    found: dict[str, Path] = {}
+    for path in [root, *sorted(p for p in root.iterdir() if p.is_dir())]:
+        if not (path / "config.json").is_file():
+            continue
+        try:
+            cls, _ = run_class(path)
+        except ArtgenError:
+            continue
+        if issubclass(cls, DiffusionRun):
+            found[path.name] = path
+    if not found:
+        raise ArtgenError(f"--runs {folder}: holds no diffusion run (from `artgen finetune`)")
+    return found
 
 
 def guard_upload(component: gr.Image) -> gr.Image:
@@ -145,6 +184,7 @@ class Studio:
         entries = catalog.load_manifest()
         self.styles = [e for e in entries if e.kind == "bundled" and e.available]
         self.examples = {e.name: e for e in entries if e.kind == "example" and e.available}
+        self.runs = find_runs(config.runs)
 
     def close(self) -> None:
         """Remove this server's temporary folder (uploads, results, Gradio's cache)."""
@@ -154,7 +194,8 @@ class Studio:
 
     def model(self, method: str, options) -> object:
         """The loaded network of ``method`` for ``options`` (loaded once, shared by sessions)."""
-        key = (method, str(getattr(options, "backbone", getattr(options, "model", ""))))
+        kind = getattr(options, "backbone", getattr(options, "model", None))
+        key = (method, str(kind if kind is not None else getattr(options, "generator", "")))
         with self._load_lock:
             if key not in self._models:
                 self._models[key] = get_method(method).load(options, self.device)
@@ -385,6 +426,42 @@ class Studio:
         status = f"Done: {image.width}x{image.height} with {used}. The PNG remembers its settings."
         yield str(path), status, gr.update(value=str(path), visible=True), history, history
 
+    def sdedit(self, content, run, strength, seed, prompt, history):
+        """Repaint the content with a fine-tuned run (the sdedit method): (image, status,
+        download, gallery, history), as ``stylize`` ends. A problem is said in the status."""
+        try:
+            content_img = self.load_upload(content, "content")
+            if content_img is None:
+                raise gr.Error("Add a content picture first (upload, webcam or paste).")
+            if run not in self.runs:
+                raise gr.Error(f"Unknown run {str(run)[:40]!r}: choose one of the list.")
+            method = get_method("sdedit")
+            try:
+                options = method.options(
+                    generator=str(self.runs[run]),
+                    strength=float(strength),
+                    seed=self.seed(seed),
+                    prompt=str(prompt or ""),
+                )
+            except ArtgenError as e:
+                raise gr.Error(str(e)) from None
+            t0 = time.perf_counter()
+            image = method.stylize(
+                content_img, [], options, model=self.model("sdedit", options), device=self.device
+            )
+        except ArtgenError as e:
+            return gr.skip(), problem(str(e)), gr.skip(), gr.skip(), gr.skip()
+        except gr.Error as e:
+            return gr.skip(), problem(e.message), gr.skip(), gr.skip(), gr.skip()
+        history = list(history or [])
+        path = self.save(image, content_img, [], options, len(history) + 1)
+        history = [str(path), *history][:24]
+        status = (
+            f"Done: {image.width}x{image.height} in {time.perf_counter() - t0:.1f} s with your "
+            f"generator {run} (strength {options.strength:g}). The PNG remembers its settings."
+        )
+        return str(path), status, gr.update(value=str(path), visible=True), history, history
+
 
 def upload_choice(k: int) -> str:
     return f"Style {k + 1} (your upload)"
@@ -545,6 +622,33 @@ def build(studio: Studio) -> gr.Blocks:
                         label="Backbone",
                     )
                     seed = gr.Number(value=DEFAULTS.seed, precision=0, label="Seed")
+                if studio.runs:
+                    sdedit_defaults = get_method("sdedit").options()
+                    with gr.Accordion(
+                        "Your fine-tuned generator (SDEdit)", open=False, elem_id="generator"
+                    ):
+                        gr.Markdown(
+                            "Repaint the content with a diffusion model you fine-tuned "
+                            "(`artgen finetune`): the photo is noised by *strength* and your "
+                            "model paints it back. 0 keeps the photo, 1 is a new picture."
+                        )
+                        run_choice = gr.Dropdown(
+                            list(studio.runs),
+                            value=next(iter(studio.runs)),
+                            label="Run",
+                            elem_id="run",
+                        )
+                        with gr.Row():
+                            run_strength = gr.Slider(
+                                0, 1, value=sdedit_defaults.strength, step=0.05, label="Strength"
+                            )
+                            run_seed = gr.Number(value=0, precision=0, label="Seed")
+                        run_prompt = gr.Textbox(
+                            "",
+                            label="Prompt (text-to-image runs; empty: the run's own)",
+                            max_lines=1,
+                        )
+                        repaint = gr.Button("Repaint with my generator", elem_id="repaint")
                 with gr.Row():
                     go = gr.Button("Stylize", variant="primary", elem_id="stylize")
                     stop = gr.Button("Stop", variant="stop", elem_id="stop")
@@ -597,6 +701,15 @@ def build(studio: Studio) -> gr.Blocks:
             concurrency_id="device",
         )
         stop.click(None, None, None, cancels=[run], api_name="stop")
+        if studio.runs:
+            repaint.click(
+                studio.sdedit,
+                [content, run_choice, run_strength, run_seed, run_prompt, history],
+                [result, status, download, session, history],
+                api_name="sdedit",
+                concurrency_limit=cfg.concurrency,
+                concurrency_id="device",
+            )
 
         # Instant mode: every change of a control re-renders with the fast method.
         # A new photo is the painting's new background; the old strokes are dropped.

@@ -21,6 +21,7 @@ examples:
   artgen stylize photo.jpg --style a.jpg:0.7 --style b.jpg:0.3 --size 768 -o out.png
   artgen stylize photo.jpg --style waves --method adain -o fast.png        # under a second
   artgen stylize photo.jpg --style starry-night --preserve-color luminance --strength 2 -o out.png
+  artgen stylize photo.jpg --generator runs/my-art --strength 0.6 -o mine.png   # your own model
   artgen batch photos/ --style mosaic -o stylised/ --shard 1/2
   artgen batch photos/ --style mosaic --method adain -o fast/
   artgen video clip.mp4 --style waves --method adain -o styled.mp4
@@ -51,11 +52,12 @@ def add_commands(sub: argparse._SubParsersAction, method: str) -> None:
         sp.add_argument(
             "--style",
             action="append",
-            required=True,
+            required=style_method.needs_styles,
             type=_style_arg,
             metavar="STYLE[:WEIGHT]",
             help="style image path or catalogue name (see `artgen styles list`), with an optional "
-            "blend weight; repeat to blend several",
+            "blend weight; repeat to blend several"
+            + ("" if style_method.needs_styles else f" (not for {style_method.name})"),
         )
         sp.add_argument(
             "--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)"
@@ -68,9 +70,10 @@ def add_commands(sub: argparse._SubParsersAction, method: str) -> None:
         sp.add_argument(
             "--method",
             choices=list(METHODS),
-            default=DEFAULT_METHOD,
+            default=style_method.name,
             help=f"style method ({summaries}). The flags below are {style_method.name}'s; "
-            "`--method NAME --help` lists another's (default: gatys)",
+            "`--method NAME --help` lists another's (default: gatys; sdedit when "
+            "--generator is given)",
         )
         add_dataclass_flags(sp, style_method.options)
 
@@ -124,12 +127,15 @@ def add_commands(sub: argparse._SubParsersAction, method: str) -> None:
 
 
 def peek_method(argv) -> str:
-    """The --method of a stylize/batch/video command line (their flags depend on it)."""
+    """The --method of a stylize/batch/video command line (their flags depend on it);
+    without one, ``--generator RUN`` means sdedit (a fine-tuned run repaints the photo)."""
     for i, a in enumerate(argv):
         if a == "--method" and i + 1 < len(argv):
             return argv[i + 1]
         if a.startswith("--method="):
             return a.split("=", 1)[1]
+    if any(a == "--generator" or a.startswith("--generator=") for a in argv):
+        return "sdedit"
     return "gatys"
 
 
@@ -189,7 +195,7 @@ def _load_masks(args: argparse.Namespace):
     from artgen.images import load_mask
 
     given = getattr(args, "masks", None) or {}
-    masks = [load_mask(given[i]) if i in given else None for i in range(len(args.style))]
+    masks = [load_mask(given[i]) if i in given else None for i in range(len(args.style or []))]
     cmask = getattr(args, "content_mask", None)
     return (masks if given else None), (load_mask(cmask) if cmask else None)
 
@@ -199,13 +205,14 @@ def _setup(args: argparse.Namespace):
     from artgen import catalog
     from artgen.devices import resolve_device
     from artgen.images import load_image
-    from artgen.style import get_method
+    from artgen.style import check_styles, get_method
 
     method = get_method(args.method)
+    check_styles(method, args.style)
     options = options_from(args, method.options)
     device = resolve_device(args.device)
-    styles = [(load_image(catalog.resolve(s)), w) for s, w in args.style]
-    if sum(w for _, w in styles) <= 0 or any(w < 0 for _, w in styles):
+    styles = [(load_image(catalog.resolve(s)), w) for s, w in args.style or []]
+    if method.needs_styles and (sum(w for _, w in styles) <= 0 or any(w < 0 for _, w in styles)):
         raise ArtgenError("style weights must be >= 0 and not all zero")
     model = method.load(options, device, args.weights)
     if method.describe is not None:
@@ -216,14 +223,15 @@ def _setup(args: argparse.Namespace):
 def _cmd_stylize(args: argparse.Namespace) -> int:
     from artgen import catalog
     from artgen.images import OutputClaim, check_output, load_image, save_png
-    from artgen.style import run_params
+    from artgen.style import check_styles, get_method, run_params
 
+    check_styles(get_method(args.method), args.style)  # before any work
     out = args.output
     if not out.lower().endswith(".png"):
         raise ArtgenError(f"{out}: output must be a .png file (it carries the parameters)")
     inputs = [
         args.content,
-        *[str(catalog.resolve(s)) for s, _ in args.style],
+        *[str(catalog.resolve(s)) for s, _ in args.style or []],
         *(args.masks or {}).values(),
         *([args.content_mask] if args.content_mask else []),
     ]
@@ -256,8 +264,10 @@ def _cmd_stylize(args: argparse.Namespace) -> int:
 def _cmd_batch(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from artgen.style import check_styles, get_method
     from artgen.style.batch import BatchOptions, plan_batch, run_batch
 
+    check_styles(get_method(args.method), args.style)  # before any work
     batch = options_from(args, BatchOptions)
     jobs = plan_batch(args.in_dir, args.output, batch)
     i, n = batch.shard_numbers()
@@ -267,7 +277,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     from artgen import catalog
     from artgen.images import check_output_dir
 
-    if any(same_file(j.output, catalog.resolve(s)) for j in jobs for s, _ in args.style):
+    if any(same_file(j.output, catalog.resolve(s)) for j in jobs for s, _ in args.style or []):
         raise ArtgenError("an output would overwrite a style image; choose another output folder")
     mask_files = [*(args.masks or {}).values(), *([args.content_mask] if args.content_mask else [])]
     if any(same_file(j.output, m) for j in jobs for m in mask_files):
@@ -331,6 +341,11 @@ def _cmd_video(args: argparse.Namespace) -> int:
     from artgen.style import get_method
     from artgen.video import VideoOptions, plan_video, run_video
 
+    if not get_method(args.method).needs_styles:
+        raise ArtgenError(
+            f"--method {args.method}: not for videos (each frame would be repainted on its "
+            "own, and flicker); use stylize or batch on the frames"
+        )
     video = options_from(args, VideoOptions)
     plan = plan_video(
         args.input, args.output, options_from(args, get_method(args.method).options), video

@@ -28,6 +28,7 @@ from artgen.errors import ArtgenError, clip
 METHODS: dict[str, str] = {
     "gatys": "artgen.style.gatys",
     "adain": "artgen.style.adain",
+    "sdedit": "artgen.style.sdedit",
 }
 DEFAULT_METHOD = "gatys"
 
@@ -48,6 +49,9 @@ class StyleMethod:
       artgen.video uses it for Ruder et al. 2016's temporal loss.
     - ``masks``: True when ``stylize`` (and ``stylize_many``) take ``masks=`` (one per style,
       or None) and ``content_mask=``: regional styles (see :class:`Regions`).
+    - ``needs_styles``: False for a method that takes no style images (sdedit: the style
+      is what a fine-tuned generator learned); ``stylize`` then gets ``styles=[]``, and
+      style images given to it are refused (:func:`check_styles`).
     """
 
     name: str
@@ -60,6 +64,20 @@ class StyleMethod:
     describe: Callable[[Any], str] | None = None
     stylize_guided: Callable[..., Image.Image] | None = None
     masks: bool = False
+    needs_styles: bool = True
+
+
+def check_styles(m: StyleMethod, styles: Any) -> None:
+    """ArtgenError when ``styles`` do not suit ``m``: none for a method that needs them,
+    any for a method that takes none (the message says where its style comes from)."""
+    given = styles is not None and not (isinstance(styles, (list, tuple, dict)) and not styles)
+    if m.needs_styles and styles is None:  # an empty list: the method's own message
+        raise ArtgenError(f"method {m.name} needs at least one style image (--style)")
+    if not m.needs_styles and given:
+        raise ArtgenError(
+            f"method {m.name} takes no style images (--style); its style is the one its "
+            "options name (for sdedit: the run given as --generator)"
+        )
 
 
 def option_error(options: Any, name: str, why: str) -> ArtgenError:
@@ -255,7 +273,7 @@ def method_of(options: Any) -> StyleMethod:
 
 def stylize(
     content: Any,
-    styles: Any,
+    styles: Any = None,
     options: Any = None,
     *,
     method: str | None = None,
@@ -277,6 +295,10 @@ def stylize(
     2-D array in [0, 1]; None for a style without one): each style applies where its mask
     is white, the styles without a mask cover the rest. ``content_mask``: where it is
     white the photo stays unstylised. The rule in full: :class:`Regions`.
+
+    A method that takes no style images (``sdedit``) is called with ``styles`` None::
+
+        artgen.stylize("photo.jpg", method="sdedit", generator="runs/my-art", strength=0.6)
     """
     m = (
         get_method(method)
@@ -292,9 +314,10 @@ def stylize(
     if overrides:
         options = m.options.from_dict({**options.to_dict(), **overrides})
     extra = mask_arguments(m, masks, content_mask)
+    check_styles(m, styles)
     return m.stylize(
         content,
-        styles,
+        styles if m.needs_styles else [],
         options,
         model=model if model is not None else extractor,
         device=device,
@@ -396,7 +419,10 @@ def validate_params(params: Any) -> tuple[StyleMethod, Any]:
         if key in params and not (isinstance(params[key], str) and params[key].isprintable()):
             raise ArtgenError(f"its {key} field is not a line of text")
     styles = params.get("styles")
-    if not isinstance(styles, list) or not styles or len(styles) > 64:
+    if not m.needs_styles:
+        if styles != []:
+            raise ArtgenError(f"its styles are not an empty list (method {m.name} takes none)")
+    elif not isinstance(styles, list) or not styles or len(styles) > 64:
         raise ArtgenError("its styles are not a list of 1 to 64 entries")
 
     def is_record(item: Any) -> bool:
@@ -467,6 +493,7 @@ __all__ = [
     "Regions",
     "StyleMethod",
     "check_masks",
+    "check_styles",
     "load_masks",
     "plan_regions",
     "get_method",
