@@ -34,7 +34,7 @@ import re
 import shlex
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,14 @@ from artgen.images import (
     load_image,
     save_png,
 )
-from artgen.style import load_styles, method_of, reproduce_command, run_params, validate_params
+from artgen.style import (
+    OptionsRecord,
+    load_styles,
+    method_of,
+    reproduce_command,
+    run_params,
+    validate_params,
+)
 
 # Output suffix -> (FFmpeg muxer, video encoder); GIFs are written by Pillow.
 OUTPUT_FORMATS: dict[str, tuple[str, str]] = {
@@ -80,8 +87,10 @@ MAX_FRAMES = 1_000_000
 
 
 @dataclass(frozen=True)
-class VideoOptions:
+class VideoOptions(OptionsRecord):
     """How a video is split, kept consistent over time, cached and written."""
+
+    record_name = "video option"
 
     start: int = field(default=0, metadata={"help": "first frame to stylise (0-based)"})
     end: int | None = field(
@@ -205,18 +214,6 @@ class VideoOptions:
         if not (n >= 1 and 1 <= i <= n):
             raise ArtgenError(f"--shard {self.shard!r}: need 1 <= I <= N")
         return i, n
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> VideoOptions:
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ArtgenError(
-                f"unknown video option(s): {clip(', '.join(sorted(map(str, unknown))), 120)}"
-            )
-        return cls(**d)
 
 
 # Settings that change the pixels of a frame: a cache made with others is not reused.

@@ -17,7 +17,7 @@ import os
 import re
 import shlex
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from PIL import Image
@@ -78,6 +78,27 @@ def check_styles(m: StyleMethod, styles: Any) -> None:
             f"method {m.name} takes no style images (--style); its style is the one its "
             "options name (for sdedit: the run given as --generator)"
         )
+
+
+class OptionsRecord:
+    """``to_dict``/``from_dict`` for an options dataclass (what the PNG and run configs
+    record): a plain dict of its fields, and back, with unknown keys refused in one line.
+    ``record_name`` names them in that line."""
+
+    record_name = "option"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        unknown = set(d) - {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        if unknown:
+            raise ArtgenError(
+                f"unknown {cls.record_name}(s): "
+                f"{clip(', '.join(sorted(str(k)[:40] for k in unknown)), 120)}"
+            )
+        return cls(**d)
 
 
 def option_error(options: Any, name: str, why: str) -> ArtgenError:
@@ -490,6 +511,7 @@ def _not_a_flag(name: str) -> str:
 
 __all__ = [
     "METHODS",
+    "OptionsRecord",
     "Regions",
     "StyleMethod",
     "check_masks",

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -31,10 +31,10 @@ from PIL import Image
 
 from artgen import color
 from artgen.devices import resolve_device
-from artgen.errors import ArtgenError, clip
+from artgen.errors import ArtgenError
 from artgen.images import LoadedImage, load_image, resize_long_side, to_pil, to_tensor
 from artgen.models.adain import blend_stats
-from artgen.style import StyleMethod, load_styles, plan_regions
+from artgen.style import OptionsRecord, StyleMethod, load_styles, plan_regions
 from artgen.style.gatys import PRESERVE_COLOR, StylizeProgress
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -51,7 +51,7 @@ BORDER = 16
 
 
 @dataclass(frozen=True)
-class AdaINOptions:
+class AdaINOptions(OptionsRecord):
     """Everything that decides a fast (AdaIN) stylisation. One set of defaults for all."""
 
     size: int = field(default=512, metadata={"help": "long side of the output in pixels"})
@@ -114,19 +114,6 @@ class AdaINOptions:
             raise bad("precision", f"choose one of {', '.join(PRECISIONS)}")
         if not isinstance(self.model, str) or not self.model or len(self.model) > 4096:
             raise bad("model", "must be shipped, vgg19 or a folder")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> AdaINOptions:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ArtgenError(
-                f"unknown option(s): {clip(', '.join(sorted(str(k)[:40] for k in unknown)), 120)}"
-            )
-        return cls(**d)
 
 
 def load(options: AdaINOptions | None = None, device: Any = "cpu", weights: Any = None):

@@ -38,7 +38,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,14 +49,14 @@ from PIL import Image
 from artgen.devices import resolve_device
 from artgen.errors import ArtgenError, clip, first_line
 from artgen.images import LoadedImage, load_image, to_pil, to_tensor
-from artgen.style import StyleMethod
+from artgen.style import OptionsRecord, StyleMethod
 from artgen.style.gatys import StylizeProgress
 
 SCHEDULERS = ("ddim", "ddpm")
 
 
 @dataclass(frozen=True)
-class SDEditOptions:
+class SDEditOptions(OptionsRecord):
     """Everything that decides a stylisation with a fine-tuned diffusion run (SDEdit)."""
 
     generator: str = field(
@@ -143,19 +143,6 @@ class SDEditOptions:
             len(self.run_sha256) == 64 and all(c in "0123456789abcdef" for c in self.run_sha256)
         ):
             raise bad("run_sha256", "must be 64 lowercase hex digits (a sha256)")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SDEditOptions:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ArtgenError(
-                f"unknown option(s): {clip(', '.join(sorted(str(k)[:40] for k in unknown)), 120)}"
-            )
-        return cls(**d)
 
 
 @dataclass
