@@ -803,6 +803,56 @@ def fairness_discrepancy_interval(
     }
 
 
+# ---------------------------------------------------------------- seams of tiled pictures
+
+
+def seam_ratio(
+    image: Image.Image | ArrayLike,
+    columns: Sequence[int] = (),
+    rows: Sequence[int] = (),
+    band: int = 4,
+) -> float:
+    """How visible tile borders are: the mean gradient energy (squared differences between
+    neighbouring pixels, summed over the channels) in bands ``band`` px wide centred on the
+    vertical lines x = ``columns`` and horizontal lines y = ``rows``, divided by the mean
+    elsewhere. About 1 where nothing marks the borders; a seam (a step in colour or
+    texture along a line) makes it larger. ``image``: a PIL image or an (H, W) or (H, W, C)
+    array. ArtgenError when no border is given or the bands cover the whole picture."""
+    a = np.asarray(image, dtype=np.float64)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[0] < 2 or a.shape[1] < 2:
+        raise ArtgenError(f"seam_ratio: an image of shape {a.shape} is not a picture")
+    if band < 1:
+        raise ArtgenError(f"seam_ratio: band={band} must be at least 1")
+    h, w = a.shape[:2]
+    dx = np.zeros((h, w))
+    dy = np.zeros((h, w))
+    dx[:, :-1] = ((a[:, 1:] - a[:, :-1]) ** 2).sum(-1)
+    dy[:-1] = ((a[1:] - a[:-1]) ** 2).sum(-1)
+    energy = dx + dy
+    inside = np.zeros((h, w), dtype=bool)
+    lo, hi = band // 2, band - band // 2
+    for x in columns:
+        if not 0 < x < w:
+            raise ArtgenError(f"seam_ratio: column {x} is not inside a picture {w} px wide")
+        inside[:, max(0, x - lo) : x + hi] = True
+    for y in rows:
+        if not 0 < y < h:
+            raise ArtgenError(f"seam_ratio: row {y} is not inside a picture {h} px high")
+        inside[max(0, y - lo) : y + hi] = True
+    if not inside.any():
+        raise ArtgenError("seam_ratio: give at least one column or row")
+    if inside.all():
+        raise ArtgenError("seam_ratio: the bands cover the whole picture")
+    # The last row and column have no neighbour on one side: left out of both means.
+    energy, inside = energy[:-1, :-1], inside[:-1, :-1]
+    if inside.all() or not inside.any():
+        raise ArtgenError("seam_ratio: the bands cover the whole picture")
+    rest = float(energy[~inside].mean())
+    return float(energy[inside].mean()) / max(rest, 1e-12)
+
+
 # ---------------------------------------------------------------- structure kept
 
 
