@@ -1,7 +1,8 @@
 """Fair transfer learning and few-shot GAN adaptation, measured on a 2-core CPU.
 
-    python docs/fairtl_experiment.py [--out out/fairtl] [--scale 1.0]
+    python docs/fairtl_experiment.py [--out out/fairtl] [--scale 1.0] [--bases 2] [--seeds 3]
     python docs/fairtl_experiment.py --quick     # the direction of each effect, ~15 min
+    python docs/fairtl_experiment.py --rows fairness   # only rows 1, 3 and 4
 
 The setting of Teo, Abdollahzadeh and Cheung (AAAI 2023), on data this script makes
 (docs/fairtl_data.py: 32 px "portraits" whose sensitive attribute is long / short hair):
@@ -14,7 +15,9 @@ The setting of Teo, Abdollahzadeh and Cheung (AAAI 2023), on data this script ma
 
 Rows, each a run of artgen's own commands (artgen.finetune.gan):
 
-1. pretrained on the biased set (the base of rows 3, 4 and 6 to 9);
+1. pretrained on the biased set (the base of rows 3, 4 and 6 to 10); ``--bases N`` trains N
+   such bases independently (training seeds 0, 100, 200, ...), and every adaptation row is
+   run from each base with each of ``--seeds`` seeds;
 2. importance weighting: the same training, but every attribute value drawn equally often
    (``balance``; Choi et al. 2020 with exact weights);
 3. fairTL: the pretrained generator adapted on the reference set;
@@ -34,7 +37,12 @@ Writes docs/fairtl_results.md, docs/fairtl_results.json and docs/images/fairtl.p
 ``--scale`` multiplies every step count (0.02 for a smoke test). ``--quick`` runs the rows
 that show each effect's direction (pretrained, fairTL, fairTL++, 10-shot DiffAugment with
 and without CDC) at a smaller scale: 1500 pre-training steps, 300 adaptation steps, 200
-samples, one seed, into out/fairtl-quick; its tables go to that folder.
+samples, one base, two seeds, into out/fairtl-quick; its tables go to that folder.
+``--rows fairness`` runs only the fair-adaptation rows (pretrained, fairTL, fairTL++).
+
+The table gives, per row, the mean over every run (bases x seeds) with a 95 % interval
+(Student t over the runs; a bootstrap interval over samples is kept per run in the JSON),
+and the mean of each base separately, so the spread between bases shows.
 """
 
 from __future__ import annotations
@@ -66,7 +74,23 @@ ADAPT_STEPS = 500
 BATCH = 16
 SAMPLES = 500
 SEEDS = (0, 1, 2)  # adaptation runs are repeated with these seeds (pre-training: seed 0 only)
-QUICK = {"pretrain": 1500, "adapt": 300, "samples": 200}
+QUICK = {"pretrain": 1500, "adapt": 300, "samples": 200, "seeds": 2}
+BASE_SEED = 100  # base b is pre-trained with seed b * BASE_SEED
+FAIRNESS_ROWS = ("pretrained", "fairtl", "fairtl++")
+# two-sided 95 % Student t quantiles by degrees of freedom (scipy.stats.t.ppf(0.975, df))
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306}
+
+
+def mean_interval(values: list[float]) -> tuple[float, float, float]:
+    """(mean, low, high): the mean with its two-sided 95 % Student t interval; one value
+    gives a zero-width interval."""
+    m = statistics.fmean(values)
+    if len(values) < 2:
+        return m, m, m
+    half = T975.get(len(values) - 1, 1.96) * statistics.stdev(values) / len(values) ** 0.5
+    return m, m - half, m + half
+
+
 QUICK_ROWS = ("pretrained", "fairtl", "fairtl++", "diffaug10", "cdc10")
 
 
@@ -175,13 +199,23 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every step count")
     ap.add_argument("--samples", type=int, default=SAMPLES)
     ap.add_argument("--seeds", type=int, default=len(SEEDS), help="seeds per adaptation row")
+    ap.add_argument("--bases", type=int, default=2, help="independently pre-trained bases")
+    ap.add_argument("--rows", choices=("all", "fairness"), default="all")
     ap.add_argument("--quick", action="store_true", help="the effects' direction, ~15 min")
     args = ap.parse_args()
     if args.quick:
         if args.out == "out/fairtl":
             args.out = "out/fairtl-quick"
-        args.seeds, args.samples = 1, min(args.samples, QUICK["samples"])
+        args.seeds, args.samples = QUICK["seeds"], min(args.samples, QUICK["samples"])
+        args.bases = 1
     seeds = SEEDS[: args.seeds]
+    bases = range(max(1, args.bases))
+
+    def wanted(key: str) -> bool:
+        if args.quick and key not in QUICK_ROWS:
+            return False
+        return args.rows == "all" or key in FAIRNESS_ROWS
+
     out = Path(args.out)
     data = out / "data"
     pre, ada = (QUICK["pretrain"], QUICK["adapt"]) if args.quick else (PRETRAIN_STEPS, ADAPT_STEPS)
@@ -207,61 +241,70 @@ def main() -> None:
     def done(path: Path) -> bool:
         return (path / "generator" / "model.safetensors").is_file()
 
-    def train(key: str, label: str, images: str, steps: int, **kw) -> None:
-        if args.quick and key not in QUICK_ROWS:
-            return
-        run = out / "runs" / key
-        start = time.perf_counter()
-        if not done(run):
-            resume = (run / "config.json").is_file()
-            train_gan(
-                GanTrainOptions(
-                    images=str(data / images),
-                    out=str(run),
-                    steps=steps,
-                    resume=resume,
-                    **NET,
-                    **common,
-                    **every,
-                    **kw,
-                )
-            )
-        runs[key] = {
-            "label": label,
-            "run": run,
-            "seed": 0,
-            "key": key,
-            "minutes": (time.perf_counter() - start) / 60,
-        }
+    def name(key: str, base: int, seed: int = 0) -> str:
+        """Run folder: base 0, seed 0 keep the plain key (the runs of earlier versions)."""
+        return key + (f"-b{base}" if base else "") + (f"-s{seed}" if seed else "")
 
-    def adapt(key: str, label: str, images: str, **kw) -> None:
-        if args.quick and key not in QUICK_ROWS:
+    def train(key: str, label: str, images: str, steps: int, **kw) -> None:
+        if not wanted(key):
             return
-        for seed in seeds:  # seed 0 keeps the plain key
-            run = out / "runs" / (key if seed == 0 else f"{key}-s{seed}")
+        for base in bases:
+            run = out / "runs" / name(key, base)
             start = time.perf_counter()
             if not done(run):
                 resume = (run / "config.json").is_file()
-                finetune_gan(
-                    GanFinetuneOptions(
-                        base=str(out / "runs" / "pretrained"),
+                train_gan(
+                    GanTrainOptions(
                         images=str(data / images),
                         out=str(run),
-                        steps=ada,
-                        checkpoint_every=max(1, ada // 2),
+                        steps=steps,
                         resume=resume,
-                        seed=seed,
+                        seed=base * BASE_SEED,
+                        **NET,
                         **common,
+                        **every,
                         **kw,
                     )
                 )
             runs[run.name] = {
                 "label": label,
                 "run": run,
-                "seed": seed,
+                "seed": 0,
+                "base": base,
                 "key": key,
                 "minutes": (time.perf_counter() - start) / 60,
             }
+
+    def adapt(key: str, label: str, images: str, **kw) -> None:
+        if not wanted(key):
+            return
+        for base in bases:
+            for seed in seeds:
+                run = out / "runs" / name(key, base, seed)
+                start = time.perf_counter()
+                if not done(run):
+                    resume = (run / "config.json").is_file()
+                    finetune_gan(
+                        GanFinetuneOptions(
+                            base=str(out / "runs" / name("pretrained", base)),
+                            images=str(data / images),
+                            out=str(run),
+                            steps=ada,
+                            checkpoint_every=max(1, ada // 2),
+                            resume=resume,
+                            seed=seed,
+                            **common,
+                            **kw,
+                        )
+                    )
+                runs[run.name] = {
+                    "label": label,
+                    "run": run,
+                    "seed": seed,
+                    "base": base,
+                    "key": key,
+                    "minutes": (time.perf_counter() - start) / 60,
+                }
 
     labels = str(data / "biased" / "labels.csv")
     train("pretrained", "pretrained on the biased set", "biased", pre)
@@ -310,7 +353,10 @@ def main() -> None:
             m = evaluate(r["run"], eval_opts)  # measured once; a re-run reuses eval.json
         row = {
             "key": key,
+            "run": r["run"].name,
+            "base": r["base"],
             "seed": r["seed"],
+            "minutes": round(r["minutes"], 2),
             "method": r["label"],
             "fid": m["fid"]["value"],
             "kid": m["kid"]["mean"],
@@ -329,7 +375,7 @@ def main() -> None:
             )
         results.append(row)
         print(json.dumps(row), flush=True)
-        if r["seed"] != 0:
+        if r["seed"] != 0 or r["base"] != 0:
             continue
         G = load_generator(r["run"])
         tiles.append(
@@ -366,6 +412,9 @@ def main() -> None:
         "fid_network": first_metrics["fid"]["network"],
         "diversity": first_metrics["diversity"]["distance"],
         "seeds": list(seeds),
+        "bases": len(bases),
+        "base_seeds": [b * BASE_SEED for b in bases],
+        "rows": args.rows,
         "minutes_this_invocation": (time.perf_counter() - t0) / 60,
         "quick": args.quick,
         "probe_check": check,
@@ -379,39 +428,44 @@ def main() -> None:
         json.dumps({"meta": meta, "rows": results}, indent=2) + "\n"
     )
     lines = [
-        "| method | runs | FD ↓ (corrected) | FD 95 % interval | FD raw | long hair "
-        "(corrected / raw) | FID ↓ | KID ↓ | diversity ↑ |",
+        "| method | runs | FD ↓ corrected: mean [95 % interval] | per base | FD raw | "
+        "long hair, corrected / raw | FID ↓ | KID ↓ | diversity ↑ |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
 
-    def cell(group: list[dict], name: str, fmt: str) -> str:
-        values = [r[name] for r in group if name in r]
+    def cell(group: list[dict], key: str, fmt: str, spread: bool = True) -> str:
+        values = [r[key] for r in group if r.get(key) is not None]
         if not values:
             return "n/a"
-        if len(values) == 1:
-            return format(values[0], fmt)
-        mean = statistics.fmean(values)
-        return f"{mean:{fmt}} ± {statistics.stdev(values):{fmt}}"
+        m, lo, hi = mean_interval(values)
+        if len(values) == 1 or not spread:
+            return format(m, fmt)
+        return f"{m:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
 
-    def interval(group: list[dict]) -> str:  # each seed's bootstrap interval
-        return (
-            ", ".join(
-                f"[{r['fd_interval'][0]:.3f}, {r['fd_interval'][1]:.3f}]"
-                for r in group
-                if "fd_interval" in r
-            )
-            or "n/a"
-        )
+    def per_base(group: list[dict], key: str) -> str:
+        means = [
+            statistics.fmean(r[key] for r in group if r["base"] == b and key in r)
+            for b in sorted({r["base"] for r in group if key in r})
+        ]
+        return " / ".join(f"{v:.3f}" for v in means) if len(means) > 1 else "n/a"
 
-    for key in dict.fromkeys(r["key"] for r in results):  # mean ± sd over the seeds
+    for key in dict.fromkeys(r["key"] for r in results):
         group = [r for r in results if r["key"] == key]
         lines.append(
             f"| {group[0]['method']} | {len(group)} | {cell(group, 'fd', '.3f')} | "
-            f"{interval(group)} | {cell(group, 'fd_raw', '.3f')} | "
-            f"{cell(group, 'long_hair', '.2f')} / {cell(group, 'long_hair_raw', '.2f')} | "
-            f"{cell(group, 'fid', '.1f')} | "
-            f"{cell(group, 'kid', '.3f')} | {cell(group, 'diversity', '.3f')} |"
+            f"{per_base(group, 'fd')} | {cell(group, 'fd_raw', '.3f')} | "
+            f"{cell(group, 'long_hair', '.2f', False)} / "
+            f"{cell(group, 'long_hair_raw', '.2f', False)} | "
+            f"{cell(group, 'fid', '.1f')} | {cell(group, 'kid', '.3f')} | "
+            f"{cell(group, 'diversity', '.3f')} |"
         )
+    c = check
+    lines += [
+        "",
+        f"Probe check on {c['fresh_images']} fresh portraits through unseen degradations: "
+        f"accuracy {c['fresh_degraded_accuracy']:.3f} degraded, {c['fresh_clean_accuracy']:.3f} "
+        f"clean (cross-validated on degraded copies: {c['cross_validated_accuracy_degraded']:.3f}).",
+    ]
     (docs / "fairtl_results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"{meta['minutes_this_invocation']:.1f} min; written to {docs}")
