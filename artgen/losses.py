@@ -37,11 +37,23 @@ def masked_gram(features: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -
     sum instead of H*W, so a region's Gram is an average over that region whatever its size,
     comparable with the style image's plain Gram, and a soft edge counts in proportion.
     """
-    n, c, h, w = features.shape
-    m = resize_mask(mask, (h, w)).float().reshape(mask.shape[0], 1, h * w)
-    f = features.float().reshape(n, c, h * w)
-    total = m.sum(dim=2, keepdim=True).clamp_min(eps)
-    return torch.bmm(f * m, f.transpose(1, 2)) / total
+    h, w = features.shape[-2:]
+    m = resize_mask(mask, (h, w)).float()
+    total = m.reshape(m.shape[0], 1, -1).sum(dim=2, keepdim=True).clamp_min(eps)
+    return weighted_gram(features, m, total)
+
+
+def weighted_gram(
+    features: torch.Tensor, weight: torch.Tensor, norm: float | torch.Tensor
+) -> torch.Tensor:
+    """sum over pixels of ``weight`` * f f^T, divided by ``norm``, in fp32. ``weight``:
+    (N or 1, 1, H, W) at the features' size. :func:`masked_gram` divides by the weights'
+    sum; a tile of a picture too large to go through whole divides by the whole picture's
+    pixel count, so the tiles' parts add up to the picture's Gram (artgen.style.gatys)."""
+    n, c = features.shape[:2]
+    f = features.float().reshape(n, c, -1)
+    w = weight.float().reshape(weight.shape[0], 1, -1)
+    return torch.bmm(f * w, f.transpose(1, 2)) / norm
 
 
 def resize_mask(mask: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:

@@ -81,6 +81,7 @@ from artgen.losses import (
     resize_mask,
     scaled_mse,
     tv_loss,
+    weighted_gram,
 )
 from artgen.models.backbones import FeatureExtractor
 from artgen.style import (  # noqa: F401 (parse_styles re-exported)
@@ -515,14 +516,6 @@ class _Grid:
         )
 
 
-def _weighted_gram(f: torch.Tensor, weight: torch.Tensor, norm: float) -> torch.Tensor:
-    """sum over pixels of weight * f f^T, divided by ``norm``, in fp32 (a tile's share of the
-    whole picture's Gram matrix, or of a region's masked one)."""
-    n, c = f.shape[:2]
-    f = f.float().reshape(n, c, -1)
-    return torch.bmm(f * weight.reshape(weight.shape[0], 1, -1), f.transpose(1, 2)) / norm
-
-
 def _tiled_grams(
     features: Callable[[torch.Tensor, Sequence[str]], dict[str, torch.Tensor]],
     image: torch.Tensor,
@@ -542,7 +535,7 @@ def _tiled_grams(
             for name in layers:
                 wt, _ = grid.weight(t, name)
                 hf, wf = grid.shape[name]
-                g = _weighted_gram(feats[name], wt, hf * wf)
+                g = weighted_gram(feats[name], wt, hf * wf)
                 out[name] = out[name] + g if name in out else g
     return out
 
@@ -616,7 +609,7 @@ class _TiledObjective:
             grams = []
             for k, (mask, _, _) in enumerate(self.style_terms[name]):
                 wm = wt if mask is None else wt * mask[..., fy, fx]
-                g = _weighted_gram(feats[name], wm, max(self.norms[name][k], 1e-8))
+                g = weighted_gram(feats[name], wm, max(self.norms[name][k], 1e-8))
                 grams.append(g.detach())
                 if stats is not None:
                     surrogate = surrogate + (stats["gram_coef"][name][k] * g).sum()
