@@ -112,7 +112,7 @@ def find_runs(folder: str) -> dict[str, Path]:
     """The diffusion runs in ``folder`` (itself, or its subfolders), by folder name: what
     the studio offers under "Your fine-tuned generator". GAN runs and other folders are
     left out; a missing folder is an ArtgenError."""
-    from artgen.runs import DiffusionRun, run_class
+    from artgen.style.sdedit import check_generator
 
     if not folder:
         return {}
@@ -121,14 +121,10 @@ def find_runs(folder: str) -> dict[str, Path]:
         raise ArtgenError(f"--runs {folder}: no such folder")
     found: dict[str, Path] = {}
     for path in [root, *sorted(p for p in root.iterdir() if p.is_dir())]:
-        if not (path / "config.json").is_file():
-            continue
         try:
-            cls, _ = run_class(path)
+            found[path.name] = check_generator(str(path))
         except ArtgenError:
-            continue
-        if issubclass(cls, DiffusionRun):
-            found[path.name] = path
+            continue  # not a run, or not a diffusion run
     if not found:
         raise ArtgenError(f"--runs {folder}: holds no diffusion run (from `artgen finetune`)")
     return found
