@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -94,6 +95,18 @@ def _some(names: Sequence[str]) -> str:
     return shown + (f", ... ({len(names) - _SHOW} more)" if len(names) > _SHOW else "")
 
 
+def _read_csv(path: Path) -> list[list[str]]:
+    """A CSV file's non-blank rows; ArtgenError naming the file if it is not UTF-8 CSV."""
+    try:
+        # utf-8-sig: spreadsheets often write a byte-order mark before the header.
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            return [row for row in csv.reader(f) if any(cell.strip() for cell in row)]
+    except UnicodeDecodeError:
+        raise ArtgenError(f"{path}: not UTF-8 text (save the CSV as UTF-8)") from None
+    except csv.Error as e:
+        raise ArtgenError(f"{path}: not a readable CSV ({e})") from None
+
+
 def read_labels(
     csv_path: str | os.PathLike, files: Sequence[str | os.PathLike], *, echo: bool = True
 ) -> Labels:
@@ -115,14 +128,7 @@ def read_labels(
         raise ArtgenError(f"{path}: no such file")
     if path.is_dir():
         raise ArtgenError(f"{path}: is a folder, not a CSV file")
-    try:
-        # utf-8-sig: spreadsheets often write a byte-order mark before the header.
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            table = [row for row in csv.reader(f) if any(cell.strip() for cell in row)]
-    except UnicodeDecodeError:
-        raise ArtgenError(f"{path}: not UTF-8 text (save the CSV as UTF-8)") from None
-    except csv.Error as e:
-        raise ArtgenError(f"{path}: not a readable CSV ({e})") from None
+    table = _read_csv(path)
     if not table:
         raise ArtgenError(f"{path}: empty (expected a header row with a 'file' column)")
 
@@ -186,6 +192,80 @@ def read_labels(
     return Labels(path, attributes, tuple(files), tuple(by_name[n] for n in names), echo)
 
 
+CAPTION_COLUMNS = ("caption", "text", "prompt")
+CAPTION_FILE_COLUMNS = (*FILE_COLUMNS, "file_name")  # file_name: diffusers' metadata files
+CAPTIONS_CSV = "captions.csv"
+MAX_CAPTION = 2000  # characters; CLIP reads 77 tokens, so a longer one is a wrong file
+
+
+def read_captions(
+    files: Sequence[str | os.PathLike], csv_path: str | os.PathLike = "", *, echo: bool = True
+) -> list[str | None]:
+    """Each image's own caption, or None where it has none (the instance prompt is used).
+
+    Two sources, the two conventions of the field: a ``NAME.txt`` beside ``NAME.png``
+    (kohya's sd-scripts), and a CSV with a file column (``file``, ``filename``, ``image``
+    or ``file_name``) and a caption column (``caption``, ``text`` or ``prompt``; diffusers'
+    ``metadata.csv`` convention): ``csv_path``, else ``captions.csv`` beside the images if
+    there is one. An image captioned by both must have the same text in both; a CSV row
+    naming no image, an empty caption or one over MAX_CAPTION characters is an error.
+    ``echo``: as in read_labels (False for paths read back from a run's config.json)."""
+    files = [Path(f) for f in files]
+    out: list[str | None] = [None] * len(files)
+    for i, f in enumerate(files):
+        txt = f.with_suffix(".txt")
+        if txt.is_file():
+            out[i] = _caption_text(txt, txt.read_bytes())
+    path = Path(csv_path) if csv_path else (files[0].parent / CAPTIONS_CSV if files else None)
+    if path is None or (not csv_path and not path.is_file()):
+        return out
+    if not path.is_file():
+        raise ArtgenError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    table = _read_csv(path)
+    header = [c.strip().lower() for c in table[0]] if table else []
+    file_col = [i for i, h in enumerate(header) if h in CAPTION_FILE_COLUMNS]
+    text_col = [i for i, h in enumerate(header) if h in CAPTION_COLUMNS]
+    if len(file_col) != 1 or len(text_col) != 1:
+        raise ArtgenError(
+            f"{path}: needs a header row with one file column "
+            f"({', '.join(CAPTION_FILE_COLUMNS)}) "
+            f"and one caption column ({', '.join(CAPTION_COLUMNS)})"
+        )
+    index = {f.name: i for i, f in enumerate(files)}
+    seen: set[str] = set()
+    for line, row in enumerate(table[1:], start=2):
+        row = row + [""] * (len(header) - len(row))
+        name = Path(row[file_col[0]].strip()).name
+        if name not in index:
+            shown = f" ({clip(name, _CUT)})" if echo else ""
+            raise ArtgenError(f"{path}: row {line}{shown} names no image in the folder")
+        if name in seen:
+            raise ArtgenError(f"{path}: row {line}: {clip(name, _CUT)} is listed twice")
+        seen.add(name)
+        text = _caption_text(path, row[text_col[0]].encode(), f"row {line}")
+        i = index[name]
+        if out[i] is not None and out[i] != text:
+            raise ArtgenError(
+                f"{files[i].with_suffix('.txt')}: differs from row {line} of {path}; "
+                "keep one caption per image"
+            )
+        out[i] = text
+    return out
+
+
+def _caption_text(path: Path, raw: bytes, where: str = "") -> str:
+    at = f"{path}" + (f": {where}" if where else "")
+    try:
+        text = " ".join(raw.decode("utf-8-sig").split())
+    except UnicodeDecodeError:
+        raise ArtgenError(f"{at}: not UTF-8 text") from None
+    if not text:
+        raise ArtgenError(f"{at}: empty caption (delete it to use the instance prompt)")
+    if len(text) > MAX_CAPTION:
+        raise ArtgenError(f"{at}: caption of {len(text)} characters (at most {MAX_CAPTION})")
+    return text
+
+
 def check_attribute(labels: Labels, attr: str, *, require_two: bool = True) -> None:
     """ArtgenError unless ``attr`` is one of the labels' attributes with at least two values."""
     if attr not in labels.attributes:
@@ -225,8 +305,9 @@ def proportions(values: Sequence[str] | Mapping[str, int]) -> dict[str, float]:
 # Dataset and sampler
 
 
-def _prepare(path: Path, resolution: int) -> torch.Tensor:
-    """Load, put transparency on white, resize the shorter side: uint8 tensor (3, H, W)."""
+def _prepare(path: Path, resolution: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Load, put transparency on white, resize the shorter side: uint8 tensor (3, H, W),
+    and the image's own (height, width) before resizing."""
     loaded = load_image(path)
     rgb = loaded.rgb
     if loaded.alpha is not None:
@@ -244,7 +325,7 @@ def _prepare(path: Path, resolution: int) -> torch.Tensor:
     if size != (w, h):
         rgb = rgb.resize(size, Image.Resampling.LANCZOS)
     a = np.asarray(rgb, dtype=np.uint8)
-    return torch.from_numpy(a.copy()).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(a.copy()).permute(2, 0, 1).contiguous(), (h, w)
 
 
 class ImageSet(Dataset):
@@ -254,7 +335,11 @@ class ImageSet(Dataset):
     composited onto white where transparent, and resized with Lanczos so its shorter side is
     ``resolution`` (small images are upscaled). Each item is a ``resolution`` square crop
     (centred, or at a random offset) that is mirrored left-right with probability 1/2 when
-    ``random_flip``, returned as ``{"pixels": float (3, R, R) in [-1, 1], "index": int}``.
+    ``random_flip``, returned as ``{"pixels": float (3, R, R) in [-1, 1], "index": int,
+    "crop_top_left": (top, left)}``. ``original_sizes[i]`` is image i's (height, width) as
+    loaded; with the crop's corner it is SDXL's size and crop micro-conditioning (Podell et
+    al. 2023, section 2.2). A flipped item's corner is the one of the same crop in the
+    mirrored image, as in diffusers' SDXL training scripts (flip first, then crop).
 
     Randomness comes from ``generator`` if given, else torch's global RNG, so saving and
     restoring that state resumes the same sequence. With DataLoader workers, leave
@@ -277,7 +362,9 @@ class ImageSet(Dataset):
         self.center_crop = center_crop
         self.random_flip = random_flip
         self.generator = generator
-        self._images = [_prepare(p, self.resolution) for p in self.paths]
+        prepared = [_prepare(p, self.resolution) for p in self.paths]
+        self._images = [t for t, _ in prepared]
+        self.original_sizes = [size for _, size in prepared]
 
     def __len__(self) -> int:
         return len(self._images)
@@ -286,16 +373,27 @@ class ImageSet(Dataset):
         """An integer in [0, high)."""
         return int(torch.randint(0, high, (1,), generator=self.generator).item())
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
-        image = self._images[index]
+    def __getitem__(self, index: int) -> dict[str, Any]:
         r = self.resolution
-        _, h, w = image.shape
+        _, h, w = self._images[index].shape
         if self.center_crop:
-            top, left = (h - r) // 2, (w - r) // 2
+            top, left = self.center(index)
         else:
             top, left = self._randint(h - r + 1), self._randint(w - r + 1)
+        return self.crop(index, top, left, self.random_flip and self._randint(2) == 1)
+
+    def crop(self, index: int, top: int, left: int, flip: bool) -> dict[str, Any]:
+        """Image ``index``'s square at (top, left) of the resized image, mirrored if ``flip``."""
+        image = self._images[index]
+        r, w = self.resolution, image.shape[2]
         crop = image[:, top : top + r, left : left + r]
-        if self.random_flip and self._randint(2) == 1:
+        if flip:
             crop = crop.flip(2)
+            left = w - r - left
         pixels = crop.float().div(127.5).sub(1.0)
-        return {"pixels": pixels, "index": int(index)}
+        return {"pixels": pixels, "index": int(index), "crop_top_left": (top, left)}
+
+    def center(self, index: int) -> tuple[int, int]:
+        """The corner of image ``index``'s centre crop."""
+        _, h, w = self._images[index].shape
+        return (h - self.resolution) // 2, (w - self.resolution) // 2

@@ -247,3 +247,70 @@ def test_imageset_composites_transparency_on_white(tmp_path):
     # Half-transparent blue over white: R and G about 127/255, B full.
     half = (x[:, :, 24:] + 1) * 127.5
     assert torch.allclose(half, torch.tensor([127.0, 127.0, 255.0]).view(3, 1, 1), atol=2)
+
+
+# -- captions (issue 14 item 1) -----------------------------------------------------------
+
+
+def _captioned(tmp_path: Path, n: int = 3) -> list[Path]:
+    from .conftest import photo
+
+    paths = []
+    for i in range(n):
+        p = tmp_path / f"im{i}.png"
+        photo(8, 8, seed=i).save(p)
+        paths.append(p)
+    return paths
+
+
+def test_captions_from_txt_and_csv_with_the_rest_uncaptioned(tmp_path):
+    from artgen.data import read_captions
+
+    files = _captioned(tmp_path)
+    (tmp_path / "im0.txt").write_text("  a  red\nfox \n")  # whitespace collapsed
+    (tmp_path / "captions.csv").write_text("name,words\nim1.png,a blue fox\n")
+    with pytest.raises(ArtgenError, match="needs a header row"):
+        read_captions(files)
+    # diffusers' metadata convention, with a spreadsheet's byte-order mark
+    (tmp_path / "captions.csv").write_text("\ufefffile_name,text\nim1.png,a blue fox\n")
+    assert read_captions(files) == ["a red fox", "a blue fox", None]
+    (tmp_path / "captions.csv").write_text("File,Caption\nim1.png,a blue fox\n")
+    assert read_captions(files) == ["a red fox", "a blue fox", None]
+    other = tmp_path / "elsewhere.csv"
+    other.write_text("image,prompt\nim2.png,a green fox\n")
+    assert read_captions(files, other) == ["a red fox", None, "a green fox"]
+
+
+@pytest.mark.parametrize(
+    "txt, csv_text, message",
+    [
+        ("a fox", "file,caption\nim0.png,a dog\n", "im0.txt: differs from row 2"),
+        ("", "", "im0.txt: empty caption"),
+        (None, "file,caption\nnope.png,a dog\n", "row 2 (nope.png) names no image"),
+        (None, "file,caption\nim1.png,a\nim1.png,b\n", "row 3: im1.png is listed twice"),
+        (None, "file,caption\nim1.png,\n", "captions.csv: row 2: empty caption"),
+        ("x" * 2001, "", "caption of 2001 characters"),
+    ],
+)
+def test_bad_captions_are_one_line_naming_the_file(tmp_path, txt, csv_text, message):
+    from artgen.data import read_captions
+
+    files = _captioned(tmp_path)
+    if txt is not None:
+        (tmp_path / "im0.txt").write_text(txt)
+    if csv_text:
+        (tmp_path / "captions.csv").write_text(csv_text)
+    with pytest.raises(ArtgenError, match=message.replace("(", r"\(").replace(")", r"\)")) as e:
+        read_captions(files)
+    assert "\n" not in str(e.value)
+
+
+def test_same_caption_in_both_places_is_fine_and_a_missing_csv_is_named(tmp_path):
+    from artgen.data import read_captions
+
+    files = _captioned(tmp_path)
+    (tmp_path / "im0.txt").write_text("a fox")
+    (tmp_path / "captions.csv").write_text("file,caption\nim0.png,a fox\n")
+    assert read_captions(files) == ["a fox", None, None]
+    with pytest.raises(ArtgenError, match="nope.csv: no such file"):
+        read_captions(files, tmp_path / "nope.csv")

@@ -856,3 +856,40 @@ def test_artgen_export_writes_the_kohya_file_of_a_finished_run(sd_lora, tmp_path
     # a finished run is not resumable: the message says how to train further
     with pytest.raises(ArtgenError, match="already at step 3 of 3"):
         finetune_diffusion(options_for_resume(run))
+
+
+def test_text_encoder_lora_of_a_stable_diffusion_run(bases, tmp_path):
+    """--train-text-encoder on an SD-1-style base: the text encoder's adapters are saved,
+    come back with load_run, and kohya's file names them lora_te_ (read by diffusers)."""
+    from diffusers import StableDiffusionPipeline
+
+    from artgen.finetune.diffusion import adapted, encode_prompt
+
+    run = finetune_diffusion(
+        fast(
+            bases,
+            tmp_path / "run",
+            base="sd",
+            steps=3,
+            lr=3e-2,
+            lora_rank=4,
+            train_text_encoder=True,
+            export_format="kohya",
+        )
+    )
+    pipe = load_run(run)
+    te = {m for m in adapted(pipe) if m.startswith("text_encoder.")}
+    assert len(te) == 2 * 4  # two layers x q, k, v, out projections
+    kohya = load_file(str(run / "lora" / "lora_kohya.safetensors"))
+    assert {k.split("_")[1] for k in kohya} == {"unet", "te"}
+    fresh = StableDiffusionPipeline.from_pretrained(str(bases["sd"]))
+    fresh.load_lora_weights(str(run / "lora" / "lora_kohya.safetensors"))
+    assert adapted(fresh) == adapted(pipe)
+    cpu = torch.device("cpu")
+    torch.testing.assert_close(
+        encode_prompt(fresh, "a sks painting", cpu), encode_prompt(pipe, "a sks painting", cpu)
+    )
+    base = load_base(str(bases["sd"]))
+    assert (encode_prompt(base, "x", cpu) - encode_prompt(pipe, "x", cpu)).abs().max() > 1e-4
+    with pytest.raises(ArtgenError, match="--train-text-encoder: .* unconditional"):
+        finetune_diffusion(fast(bases, tmp_path / "u", steps=1, train_text_encoder=True))

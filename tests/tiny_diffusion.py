@@ -49,30 +49,23 @@ def tiny_tokenizer(folder: Path, max_length: int = 16):
     )
 
 
-def tiny_sd(folder: Path) -> Path:
-    """A Stable-Diffusion-style pipeline: UNet2DConditionModel, VAE, CLIP text encoder."""
-    from diffusers import (
-        AutoencoderKL,
-        DDPMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel
+# The conditional UNet of both tiny latent pipelines, less its attention and conditioning.
+TINY_UNET = dict(
+    block_out_channels=(4, 8),
+    layers_per_block=1,
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+)
 
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(4, 8),
-        layers_per_block=1,
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        norm_num_groups=2,
-        attention_head_dim=2,
-    )
-    vae = AutoencoderKL(
+
+def tiny_vae():
+    """The VAE of both tiny latent pipelines: 4 latent channels, one halving."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
         block_out_channels=[4, 8],
         in_channels=3,
         out_channels=3,
@@ -82,6 +75,25 @@ def tiny_sd(folder: Path) -> Path:
         norm_num_groups=2,
         sample_size=16,
     )
+
+
+def tiny_sd(folder: Path) -> Path:
+    """A Stable-Diffusion-style pipeline: UNet2DConditionModel, VAE, CLIP text encoder."""
+    from diffusers import (
+        DDPMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        **TINY_UNET,
+        cross_attention_dim=32,
+        norm_num_groups=2,
+        attention_head_dim=2,
+    )
+    vae = tiny_vae()
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             bos_token_id=0,
@@ -122,3 +134,67 @@ def image_folder(folder: Path, n: int = 8, size: int = 24) -> Path:
         im = stripes(size, seed=i) if i % 2 == 0 else photo(size, size, seed=i)
         im.save(folder / f"img{i:02d}.png")
     return folder
+
+
+def tiny_sdxl(folder: Path) -> Path:
+    """A Stable-Diffusion-XL-style pipeline (the configs of diffusers' SDXL tests, smaller):
+    a UNet with ``addition_embed_type="text_time"`` (size and crop micro-conditioning), two
+    CLIP text encoders whose penultimate states are concatenated (16 + 16 = the UNet's
+    cross-attention width), the second with a pooled projection."""
+    from diffusers import (
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        **TINY_UNET,
+        attention_head_dim=(2, 2),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=4,
+        transformer_layers_per_block=(1, 1),
+        projection_class_embeddings_input_dim=6 * 4 + 16,  # six time ids + pooled text
+        cross_attention_dim=32,
+        norm_num_groups=2,
+    )
+    vae = tiny_vae()
+
+    def clip_config(**kw) -> CLIPTextConfig:
+        return CLIPTextConfig(
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+            hidden_size=16,
+            intermediate_size=37,
+            layer_norm_eps=1e-5,
+            num_attention_heads=2,
+            num_hidden_layers=2,
+            vocab_size=80,
+            hidden_act="gelu",
+            **kw,
+        )
+
+    text_encoder = CLIPTextModel(clip_config())
+    text_encoder_2 = CLIPTextModelWithProjection(clip_config(projection_dim=16))
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        timestep_spacing="leading",
+        steps_offset=1,
+    )
+    tok = tiny_tokenizer(folder / "_tok", max_length=32)
+    pipe = StableDiffusionXLPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tok,
+        tokenizer_2=tok,
+        scheduler=scheduler,
+    )
+    pipe.save_pretrained(folder / "pipe")
+    return folder / "pipe"

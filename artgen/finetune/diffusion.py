@@ -6,7 +6,17 @@ Two families of diffusers pipelines:
   Probabilistic Models"), sampled with DDPM or DDIM (Song et al. 2021);
 * Stable-Diffusion-style text-to-image pipelines (Rombach et al. 2022, "High-Resolution
   Image Synthesis with Latent Diffusion Models"): the set gets an instance prompt as in
-  DreamBooth (Ruiz et al. 2023), with optional prior preservation from class images.
+  DreamBooth (Ruiz et al. 2023), with optional prior preservation from class images;
+* Stable Diffusion XL pipelines (Podell et al. 2023, "SDXL: Improving Latent Diffusion
+  Models for High-Resolution Image Synthesis"), trained as diffusers'
+  train_dreambooth_lora_sdxl.py does: the penultimate hidden states of both text encoders
+  concatenated, the second encoder's pooled projection, and the size and crop
+  micro-conditioning (original size, crop corner, target size; section 2.2).
+
+Per-image captions (a NAME.txt beside the image, or captions.csv) replace the instance
+prompt where given; text embeddings are computed once per caption unless the text encoders
+train (``--train-text-encoder``, LoRA on their attention projections as in the diffusers
+scripts).
 
 Methods: LoRA (Hu et al. 2022) through peft, where only the adapters train and are
 saved, or full fine-tuning; either can leave chosen UNet blocks frozen. The loop is
@@ -24,6 +34,11 @@ Departures from those scripts, on purpose:
   would leak into what a diffusion model learns to generate (it models its training
   distribution, augmented images included); they belong to the GAN trainer, where they
   are applied to the discriminator's inputs only (Zhao et al. 2020).
+* ``--cache-latents`` encodes each image once, at its centre crop, unflipped and mirrored,
+  and keeps the VAE's posterior (mean and standard deviation); a step samples from it with
+  the run's generator, exactly as an uncached step samples ``latent_dist``. This is kohya's
+  cache_latents with flip_aug; diffusers' --cache_latents instead freezes one random crop
+  and flip per image. Random crops are then not possible (the run records it).
 * The EMA decay warms up as ``min(decay, (1 + step) / (10 + step))`` (diffusers' EMAModel
   default) so that short small-set runs are not dominated by the base weights.
 """
@@ -62,13 +77,17 @@ from artgen.finetune import lora_format
 from artgen.finetune.run import Draws, RunOptions, open_run, train
 from artgen.finetune.run import options_for_resume as options_for_resume  # the one policy
 
-FAMILIES = ("unconditional", "text-to-image")
+FAMILIES = ("unconditional", "text-to-image", "sdxl")
+TEXT_FAMILIES = ("text-to-image", "sdxl")  # the families with a VAE and text encoders
+# The text encoders' LoRA targets: CLIP's attention projections (diffusers' DreamBooth
+# LoRA scripts, --train_text_encoder).
+TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 CONV_TARGETS = ("conv1", "conv2")  # the two convolutions of every ResNet block
 # Settings that name files or folders. The base is one only when it is a local folder (it
 # may be a hub id), so it is recorded absolute when local but never resolved on reading.
 # Settings that name files or folders: recorded as absolute paths (see absolute_paths).
-PATHS = ("images", "out", "class_images", "labels")
+PATHS = ("images", "out", "class_images", "labels", "captions")
 
 
 @dataclass(frozen=True)
@@ -84,6 +103,7 @@ class DiffusionFinetuneOptions(RunOptions):
         "num_samples",
         "sample_steps",
         "guidance_scale",
+        "validation_prompt",
     )
 
     base: str = field(default="", metadata={"help": "diffusers hub id or save_pretrained folder"})
@@ -163,6 +183,31 @@ class DiffusionFinetuneOptions(RunOptions):
     guidance_scale: float = field(
         default=7.5, metadata={"help": "classifier-free guidance for text-to-image samples"}
     )
+    captions: str = field(
+        default="",
+        metadata={
+            "help": "CSV of file,caption (default: IMAGES/captions.csv if there is one); a "
+            "NAME.txt beside an image is its caption too; uncaptioned images get --prompt"
+        },
+    )
+    validation_prompt: str = field(
+        default="",
+        metadata={"help": "prompt of the sample grids (default: the instance prompt)"},
+    )
+    cache_latents: bool = field(
+        default=False,
+        metadata={
+            "help": "encode the images with the VAE once (centre crops, plain and "
+            "mirrored) instead of every step"
+        },
+    )
+    train_text_encoder: bool = field(
+        default=False,
+        metadata={"help": "LoRA on the text encoder(s) too (text embeddings are then live)"},
+    )
+    text_encoder_lr: float = field(
+        default=0.0, metadata={"help": "learning rate of the text encoders' LoRA (0: --lr)"}
+    )
     export_format: str = field(
         default="diffusers",
         metadata={
@@ -175,7 +220,14 @@ class DiffusionFinetuneOptions(RunOptions):
 
     # Settings added after runs were recorded, with the value that reproduces such a run
     # (options_from_dict fills them in; any other missing setting is an error).
-    ADDED_SETTINGS: ClassVar[dict[str, Any]] = {"export_format": "diffusers"}
+    ADDED_SETTINGS: ClassVar[dict[str, Any]] = {
+        "export_format": "diffusers",
+        "captions": "",
+        "validation_prompt": "",
+        "cache_latents": False,
+        "train_text_encoder": False,
+        "text_encoder_lr": 0.0,
+    }
 
     def recorded(self) -> dict:
         """As config.json records them: path settings absolute, a local base too."""
@@ -216,6 +268,7 @@ class DiffusionFinetuneOptions(RunOptions):
             "weight_decay",
             "max_grad_norm",
             "prior_weight",
+            "text_encoder_lr",
         ):
             if getattr(self, name) < 0:
                 raise ArtgenError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 0")
@@ -228,6 +281,8 @@ class DiffusionFinetuneOptions(RunOptions):
                     f"--{name.replace('_', '-')} {getattr(self, name)!r}: use one "
                     f"of {', '.join(f.metadata['choices'])}"
                 )
+        if self.train_text_encoder and self.method != "lora":
+            raise ArtgenError("--train-text-encoder: only with --method lora")
         if self.balance and not self.labels:
             raise ArtgenError("--balance needs --labels (a CSV of file names and attributes)")
 
@@ -290,6 +345,9 @@ def load_base(base: str, *, device: str | torch.device = "cpu") -> Any:
 
 
 def pipeline_family(pipe: Any) -> str:
+    """The family: "unconditional" (UNet2DModel), "text-to-image" (Stable Diffusion 1/2: one text
+    encoder, a VAE) or "sdxl" (two text encoders, a VAE, a UNet with SDXL's text_time
+    micro-conditioning); anything else is refused with one line."""
     from diffusers import UNet2DConditionModel, UNet2DModel
 
     unet = getattr(pipe, "unet", None)
@@ -297,13 +355,20 @@ def pipeline_family(pipe: Any) -> str:
         return "unconditional"
     if isinstance(unet, UNet2DConditionModel):
         parts = ("vae", "text_encoder", "tokenizer")
-        if all(getattr(pipe, p, None) is not None for p in parts) and not hasattr(
-            pipe, "text_encoder_2"
-        ):
+        has = all(getattr(pipe, p, None) is not None for p in parts)
+        if has and not hasattr(pipe, "text_encoder_2"):
             return "text-to-image"
+        xl = ("text_encoder_2", "tokenizer_2")
+        if (
+            has
+            and all(getattr(pipe, p, None) is not None for p in xl)
+            and unet.config.addition_embed_type == "text_time"
+        ):
+            return "sdxl"
         raise ArtgenError(
-            f"{type(pipe).__name__}: only Stable-Diffusion-1/2-style pipelines (one text "
-            "encoder, a VAE) are supported for text-to-image fine-tuning"
+            f"{type(pipe).__name__}: only Stable Diffusion 1/2 (one text encoder, a VAE) "
+            "and SDXL base pipelines (two text encoders, a VAE) are supported for "
+            "text-to-image fine-tuning"
         )
     raise ArtgenError(
         f"{type(pipe).__name__}: not a UNet diffusion pipeline (artgen fine-tunes "
@@ -314,7 +379,7 @@ def pipeline_family(pipe: Any) -> str:
 def default_resolution(pipe: Any) -> int:
     size = pipe.unet.config.sample_size
     size = size[0] if isinstance(size, (list, tuple)) else size
-    if pipeline_family(pipe) == "text-to-image":
+    if pipeline_family(pipe) in TEXT_FAMILIES:
         size *= 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     return int(size)
 
@@ -413,15 +478,19 @@ def diffusion_loss(
     x0: torch.Tensor,
     cond: torch.Tensor | None,
     generator: torch.Generator,
+    added_cond: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Per-sample denoising loss (Ho et al. 2020, simple loss), for any prediction type."""
+    """Per-sample denoising loss (Ho et al. 2020, simple loss), for any prediction type.
+    ``added_cond``: SDXL's ``{"text_embeds": pooled, "time_ids": ...}``."""
     b = x0.shape[0]
     noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0)
     t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=generator).to(
         x0.device
     )
     noisy = noise_scheduler.add_noise(x0, noise, t)
-    kwargs = {"encoder_hidden_states": cond} if cond is not None else {}
+    kwargs: dict[str, Any] = {"encoder_hidden_states": cond} if cond is not None else {}
+    if added_cond is not None:
+        kwargs["added_cond_kwargs"] = added_cond
     pred = unet(noisy, t, **kwargs).sample
     kind = noise_scheduler.config.prediction_type
     if kind == "epsilon":
@@ -437,14 +506,53 @@ def diffusion_loss(
 
 @torch.no_grad()
 def encode_prompt(pipe: Any, prompt: str, device: torch.device) -> torch.Tensor:
-    tok = pipe.tokenizer(
-        prompt,
-        padding="max_length",
-        max_length=pipe.tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
+    """A Stable Diffusion 1/2 prompt's text-encoder states (1, L, D)."""
+    return encode_text(pipe, [prompt], device)[0]
+
+
+def encode_text(
+    pipe: Any,
+    prompts: Sequence[str],
+    device: torch.device,
+    encoders: Sequence[torch.nn.Module] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The UNet's text conditioning for ``prompts``: (states (B, L, D), pooled (B, P) or
+    None). Stable Diffusion 1/2: the text encoder's last hidden states. SDXL: the
+    penultimate hidden states of both encoders, concatenated, and the second encoder's
+    pooled projection, as StableDiffusionXLPipeline.encode_prompt and diffusers'
+    train_dreambooth_lora_sdxl.py compute them. Gradients flow (for a trained text
+    encoder); wrap in no_grad otherwise. ``encoders``: the text encoders to run instead of
+    the pipeline's own (a training run's, wrapped by accelerate for several GPUs)."""
+    xl = pipeline_family(pipe) == "sdxl"
+    tokenizers = [pipe.tokenizer, *([pipe.tokenizer_2] if xl else [])]
+    encoders = list(encoders) if encoders else text_encoders(pipe)
+    pairs = list(zip(tokenizers, encoders, strict=True))
+    states, pooled = [], None
+    for tokenizer, encoder in pairs:
+        ids = tokenizer(
+            list(prompts),
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(device)
+        if not xl:
+            return encoder(ids)[0], None
+        out = encoder(ids, output_hidden_states=True)
+        pooled = out[0]  # the last encoder's pooled projection (text_embeds)
+        states.append(out.hidden_states[-2])
+    return torch.cat(states, dim=-1), pooled
+
+
+def time_ids(
+    original_size: tuple[int, int], crop_top_left: tuple[int, int], resolution: int
+) -> torch.Tensor:
+    """SDXL's micro-conditioning for one training image (Podell et al. 2023, 2.2): its
+    original (height, width), the crop's (top, left) in the resized image, and the target
+    (height, width), as diffusers' SDXL training scripts' compute_time_ids."""
+    return torch.tensor(
+        [*original_size, *crop_top_left, resolution, resolution], dtype=torch.float32
     )
-    return pipe.text_encoder(tok.input_ids.to(device))[0]
 
 
 @torch.no_grad()
@@ -454,8 +562,56 @@ def to_model_space(pipe: Any, pixels: torch.Tensor, generator: torch.Generator) 
         return pixels
     vae = pipe.vae
     latents = vae.encode(pixels.to(vae.dtype)).latent_dist.sample(generator=generator)
+    return _scale_latents(vae, latents)
+
+
+def _scale_latents(vae: Any, latents: torch.Tensor) -> torch.Tensor:
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     return ((latents - shift) * vae.config.scaling_factor).float()
+
+
+class LatentCache:
+    """``--cache-latents``: each image's VAE posterior at its centre crop, plain and
+    mirrored, computed once (see the module docstring). ``draw`` returns what
+    ``to_model_space`` would for the same crops and generator state: the posterior
+    sample ``mean + std * noise`` (diffusers' DiagonalGaussianDistribution.sample)."""
+
+    def __init__(self, pipe: Any, data: Any, device: torch.device, flips: bool, batch: int = 8):
+        vae = pipe.vae
+        self.vae, self.flips = vae, flips
+        self.corners: list[list[tuple[int, int]]] = []
+        means, stds = [], []
+        views = [(i, f) for i in range(len(data)) for f in ((False, True) if flips else (False,))]
+        crops = []
+        for i, f in views:
+            item = data.crop(i, *data.center(i), f)
+            crops.append(item["pixels"])
+            if not f:
+                self.corners.append([])
+            self.corners[i].append(item["crop_top_left"])
+        with torch.no_grad():
+            for k in range(0, len(crops), batch):
+                x = torch.stack(crops[k : k + batch]).to(device, vae.dtype)
+                dist = vae.encode(x).latent_dist
+                means.append(dist.mean.float().cpu())
+                stds.append(dist.std.float().cpu())
+        per = 2 if flips else 1
+        self.mean = torch.cat(means).unflatten(0, (len(data), per))
+        self.std = torch.cat(stds).unflatten(0, (len(data), per))
+
+    def draw(
+        self, idx: Sequence[int], generator: torch.Generator, device: torch.device
+    ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        flip = [
+            int(torch.randint(0, 2, (1,), generator=generator)) if self.flips else 0 for _ in idx
+        ]
+        mean = torch.stack([self.mean[i, f] for i, f in zip(idx, flip, strict=True)])
+        std = torch.stack([self.std[i, f] for i, f in zip(idx, flip, strict=True)])
+        noise = torch.randn(mean.shape, generator=generator, dtype=torch.float32)
+        latents = (mean + std * noise).to(device)
+        return _scale_latents(self.vae, latents), [
+            self.corners[i][f] for i, f in zip(idx, flip, strict=True)
+        ]
 
 
 # -- the run -----------------------------------------------------------------------------
@@ -496,6 +652,52 @@ def _class_images(
     return list_images(folder)
 
 
+def text_encoders(pipe: Any) -> list[torch.nn.Module]:
+    """The pipeline's text encoders: one (Stable Diffusion 1/2) or two (SDXL)."""
+    names = ("text_encoder", "text_encoder_2")
+    return [getattr(pipe, n) for n in names if getattr(pipe, n, None) is not None]
+
+
+def text_encoder_names(pipe: Any) -> list[str]:
+    return [n for n in ("text_encoder", "text_encoder_2") if getattr(pipe, n, None) is not None]
+
+
+def prepare_text_encoders(pipe: Any, options: DiffusionFinetuneOptions) -> list[str]:
+    """LoRA on every text encoder's attention projections; the names of the trainable
+    tensors, as ``text_encoder.<name>`` / ``text_encoder_2.<name>``."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    names = []
+    for prefix in text_encoder_names(pipe):
+        encoder = getattr(pipe, prefix)
+        config = LoraConfig(
+            r=options.lora_rank,
+            lora_alpha=options.lora_alpha or options.lora_rank,
+            init_lora_weights="gaussian",
+            target_modules=list(TEXT_ENCODER_TARGETS),
+        )
+        inject_adapter_in_model(config, encoder)
+        names += [f"{prefix}.{n}" for n, p in encoder.named_parameters() if p.requires_grad]
+    return names
+
+
+def _check_captions(
+    run: Path, options: DiffusionFinetuneOptions, files: Sequence[Path], prompts: list[str], acc
+) -> None:
+    """captions.json in the run: each image's prompt as trained. A resumed run must find
+    the same (a changed NAME.txt would silently change the run it continues)."""
+    path = run / "captions.json"
+    table = {f.name: p for f, p in zip(files, prompts, strict=True)}
+    if options.resume and path.is_file():
+        if read_json(path, "captions") != table:
+            raise ArtgenError(
+                f"{path}: the images' captions have changed since the run started; "
+                "restore them or start a new run"
+            )
+    elif acc.is_main_process:
+        write_json(path, table)
+
+
 def finetune_diffusion(
     options: DiffusionFinetuneOptions,
     *,
@@ -511,7 +713,14 @@ def finetune_diffusion(
     from accelerate import Accelerator
 
     from artgen import __version__
-    from artgen.data import ImageSet, balance_weights, check_attribute, list_images, read_labels
+    from artgen.data import (
+        ImageSet,
+        balance_weights,
+        check_attribute,
+        list_images,
+        read_captions,
+        read_labels,
+    )
 
     if not options.base:
         raise ArtgenError("--base: give a diffusers hub id or a save_pretrained folder")
@@ -524,6 +733,7 @@ def finetune_diffusion(
     labels = read_labels(options.labels, files, echo=not options.resume) if options.labels else None
     if options.balance:
         check_attribute(labels, options.balance)
+    captions = read_captions(files, options.captions, echo=not options.resume)
     device = resolve_device(options.device)
     precision = options.mixed_precision
     if precision == "auto":
@@ -543,14 +753,23 @@ def finetune_diffusion(
     pipe.set_progress_bar_config(disable=True)
     resolution = options.resolution or default_resolution(pipe)
     unet = pipe.unet
-    if family == "text-to-image":
-        pipe.vae.requires_grad_(False).to(device_t, dtype=weight_dtype)
-        pipe.text_encoder.requires_grad_(False).to(device_t, dtype=weight_dtype)
+    if family == "unconditional" and (options.cache_latents or options.train_text_encoder):
+        flag = "--cache-latents" if options.cache_latents else "--train-text-encoder"
+        raise ArtgenError(f"{flag}: {options.base} is unconditional (no VAE, no text encoder)")
+    if family in TEXT_FAMILIES:
+        # SDXL's VAE overflows in fp16 (diffusers' SDXL scripts keep it in fp32 too).
+        vae_dtype = torch.float32 if family == "sdxl" and precision == "fp16" else weight_dtype
+        for module, dtype in [(pipe.vae, vae_dtype)] + [
+            (e, weight_dtype) for e in text_encoders(pipe)
+        ]:
+            module.requires_grad_(False).to(device_t)
+            if module.dtype != dtype:  # (diffusers warns on any dtype given to .to())
+                module.to(dtype=dtype)
     unet.to(device_t)
 
     g = torch.Generator().manual_seed(options.seed + accelerator.process_index)
     class_files: list[Path] = []
-    if family == "text-to-image" and options.class_prompt:
+    if family in TEXT_FAMILIES and options.class_prompt:
         if accelerator.is_main_process:
             _class_images(pipe, options, run, resolution, options.seed)
         accelerator.wait_for_everyone()
@@ -559,26 +778,23 @@ def finetune_diffusion(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(options.seed)  # the same seed gives the same adapter initialisation
         trainable_names = prepare_trainable(unet, options)
+        if options.train_text_encoder:
+            trainable_names += prepare_text_encoders(pipe, options)
     if options.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    data = ImageSet(
-        files,
-        resolution,
-        center_crop=options.center_crop,
-        random_flip=not options.no_flip,
-        generator=g,
-    )
-    class_data = (
-        ImageSet(
-            class_files,
-            resolution,
-            center_crop=options.center_crop,
-            random_flip=not options.no_flip,
-            generator=g,
+        if options.train_text_encoder:
+            for encoder in text_encoders(pipe):
+                encoder.gradient_checkpointing_enable()
+
+    def image_set(paths: list[Path]) -> ImageSet:
+        # cached latents are of centre crops (see LatentCache)
+        center = options.center_crop or options.cache_latents
+        return ImageSet(
+            paths, resolution, center_crop=center, random_flip=not options.no_flip, generator=g
         )
-        if class_files
-        else None
-    )
+
+    data = image_set(files)
+    class_data = image_set(class_files) if class_files else None
     values = labels.values(options.balance) if options.balance else None
     draws = Draws(
         len(files),
@@ -587,8 +803,21 @@ def finetune_diffusion(
         values=values,
         attribute=options.balance,
     )
+    prompts = [c or options.prompt for c in captions]
+    if family in TEXT_FAMILIES:
+        _check_captions(run, options, files, prompts, accelerator)
     trainer = _DiffusionTrainer(
-        options, accelerator, pipe, family, resolution, trainable_names, data, class_data, draws, g
+        options,
+        accelerator,
+        pipe,
+        family,
+        resolution,
+        trainable_names,
+        data,
+        class_data,
+        draws,
+        g,
+        prompts,
     )
     resolved = {
         "artgen": __version__,
@@ -599,6 +828,10 @@ def finetune_diffusion(
         "mixed_precision": precision,
         "device": str(device_t),
         "num_images": len(files),
+        "captioned_images": sum(c is not None for c in captions),
+        "crops": "centre (cached latents)"
+        if options.cache_latents
+        else ("centre" if options.center_crop else "random"),
         "trainable_tensors": len(trainable_names),
         "trainable_parameters": sum(p.numel() for p in trainer.trainable),
     }
@@ -620,6 +853,7 @@ class _DiffusionTrainer:
         class_data,
         draws,
         g,
+        prompts,
     ) -> None:
         from diffusers import DDPMScheduler
         from diffusers.optimization import get_scheduler
@@ -627,13 +861,24 @@ class _DiffusionTrainer:
         self.options, self.accelerator, self.pipe = options, accelerator, pipe
         self.family, self.resolution = family, resolution
         self.data, self.class_data, self.draws, self.g = data, class_data, draws, g
+        self.prompts = prompts
         self.names = trainable_names
         self.params = dict(pipe.unet.named_parameters())
+        for prefix in text_encoder_names(pipe) if options.train_text_encoder else ():
+            for n, q in getattr(pipe, prefix).named_parameters():
+                self.params[f"{prefix}.{n}"] = q
         self.trainable = [self.params[n] for n in trainable_names]
-        for p in self.trainable:  # train in fp32; autocast handles the forward pass
-            p.data = p.data.float()
+        for q in self.trainable:  # train in fp32; autocast handles the forward pass
+            q.data = q.data.float()
+        unet_params = [self.params[n] for n in trainable_names if not n.startswith("text_encoder")]
+        te_params = [self.params[n] for n in trainable_names if n.startswith("text_encoder")]
+        groups = [{"params": unet_params}]
+        if te_params:
+            groups.append(
+                {"params": te_params, "lr": options.text_encoder_lr or options.learning_rate()}
+            )
         optimizer = torch.optim.AdamW(
-            self.trainable, lr=options.learning_rate(), weight_decay=options.weight_decay
+            groups, lr=options.learning_rate(), weight_decay=options.weight_decay
         )
         self.lr_scheduler = get_scheduler(
             options.lr_schedule,
@@ -644,13 +889,54 @@ class _DiffusionTrainer:
         self.ema = EMA(self.trainable, options.ema_decay) if options.ema_decay > 0 else None
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         device = accelerator.device
-        self.cond = self.cond_class = None
-        if family == "text-to-image":
-            self.cond = encode_prompt(pipe, options.prompt, device).float()
-            if class_data is not None:
-                self.cond_class = encode_prompt(pipe, options.class_prompt, device).float()
-        self.unet, self.optimizer = accelerator.prepare(pipe.unet, optimizer)
+        self.latents = None
+        if family in TEXT_FAMILIES and options.cache_latents:
+            self.latents = LatentCache(pipe, data, device, flips=not options.no_flip)
+            self.class_latents = (
+                LatentCache(pipe, class_data, device, flips=not options.no_flip)
+                if class_data is not None
+                else None
+            )
+        # Text embeddings, once per distinct prompt, unless the text encoders train.
+        self.text_cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        if family in TEXT_FAMILIES and not options.train_text_encoder:
+            wanted = set(prompts) | ({options.class_prompt} if class_data is not None else set())
+            with torch.no_grad():
+                for prompt in sorted(wanted):
+                    states, pooled = encode_text(pipe, [prompt], device)
+                    self.text_cache[prompt] = (
+                        states.float(),
+                        None if pooled is None else pooled.float(),
+                    )
+        self.encoders = []
+        if options.train_text_encoder:
+            *self.encoders, self.unet, self.optimizer = accelerator.prepare(
+                *text_encoders(pipe), pipe.unet, optimizer
+            )
+            for encoder in self.encoders:
+                encoder.train()
+        else:
+            self.unet, self.optimizer = accelerator.prepare(pipe.unet, optimizer)
         self.unet.train()
+
+    def _text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """States and pooled embeddings for ``prompts``: cached, or live through the
+        training text encoders."""
+        if self.text_cache:
+            pairs = [self.text_cache[p] for p in prompts]
+            states = torch.cat([a for a, _ in pairs])
+            pooled = None if pairs[0][1] is None else torch.cat([b for _, b in pairs])
+            return states, pooled
+        return encode_text(self.pipe, prompts, self.accelerator.device, self.encoders)
+
+    def _batch(self, data, cache, idx: list[int]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """Model-space images for ``idx`` and their crop corners."""
+        device = self.accelerator.device
+        if cache is not None:
+            return cache.draw(idx, self.g, device)
+        items = [data[i] for i in idx]
+        pixels = torch.stack([it["pixels"] for it in items]).to(device)
+        return to_model_space(self.pipe, pixels, self.g), [it["crop_top_left"] for it in items]
 
     def generators(self) -> dict[str, torch.Generator]:
         return {"batches": self.g}
@@ -674,20 +960,36 @@ class _DiffusionTrainer:
         ckpt.load_scheduler("lr_scheduler", self.lr_scheduler)
 
     def step(self, step: int) -> dict[str, float] | None:
-        o, acc, g, pipe = self.options, self.accelerator, self.g, self.pipe
+        o, acc, g = self.options, self.accelerator, self.g
         device = acc.device
+        text = self.family in TEXT_FAMILIES
         with acc.accumulate(self.unet):
-            idx = self.draws.draw(o.batch_size)
-            pixels = torch.stack([self.data[i]["pixels"] for i in idx]).to(device)
-            x0 = to_model_space(pipe, pixels, g)
-            c = None if self.cond is None else self.cond.expand(x0.shape[0], -1, -1)
+            idx = list(self.draws.draw(o.batch_size))
+            x0, corners = self._batch(self.data, self.latents, idx)
+            prompts = [self.prompts[i] for i in idx]
+            sizes = [self.data.original_sizes[i] for i in idx]
             if self.class_data is not None:
                 cidx = torch.randint(0, len(self.class_data), (o.batch_size,), generator=g)
-                cpix = torch.stack([self.class_data[i]["pixels"] for i in cidx.tolist()])
-                x0 = torch.cat([x0, to_model_space(pipe, cpix.to(device), g)])
-                c = torch.cat([c, self.cond_class.expand(cpix.shape[0], -1, -1)])
+                cidx = cidx.tolist()
+                cache = self.class_latents if self.latents is not None else None
+                cx0, ccorners = self._batch(self.class_data, cache, cidx)
+                x0 = torch.cat([x0, cx0])
+                corners += ccorners
+                prompts += [o.class_prompt] * len(cidx)
+                sizes += [self.class_data.original_sizes[i] for i in cidx]
+            c = added = None
             with acc.autocast():
-                per_sample = diffusion_loss(self.unet, self.noise_scheduler, x0, c, g)
+                if text:
+                    c, pooled = self._text(prompts)
+                    if self.family == "sdxl":
+                        ids = torch.stack(
+                            [
+                                time_ids(size, corner, self.resolution)
+                                for size, corner in zip(sizes, corners, strict=True)
+                            ]
+                        ).to(device)
+                        added = {"text_embeds": pooled, "time_ids": ids}
+                per_sample = diffusion_loss(self.unet, self.noise_scheduler, x0, c, g, added)
             n = o.batch_size
             loss = per_sample[:n].mean()
             if self.class_data is not None:
@@ -718,8 +1020,9 @@ class _DiffusionTrainer:
 
     def finish(self, run: Path, resolved: dict) -> Callable[[Path], None]:
         unet = self.accelerator.unwrap_model(self.unet)
+        encoders = [self.accelerator.unwrap_model(e) for e in self.encoders]
         with self.ema.applied() if self.ema is not None else nullcontext():
-            save_weights(self.pipe, unet, self.family, self.options, run)
+            save_weights(self.pipe, unet, self.family, self.options, run, encoders)
         return lambda final: write_model_card(run, resolved, final)
 
     def progress(self, step, logs, elapsed, sample, checkpoint) -> FinetuneProgress:
@@ -744,9 +1047,15 @@ def _json_safe(sd: dict) -> dict:
 
 
 def save_weights(
-    pipe: Any, unet: torch.nn.Module, family: str, options: DiffusionFinetuneOptions, run: Path
+    pipe: Any,
+    unet: torch.nn.Module,
+    family: str,
+    options: DiffusionFinetuneOptions,
+    run: Path,
+    encoders: Sequence[torch.nn.Module] = (),
 ) -> Path:
-    """LoRA: only the adapters (safetensors). Full: the UNet (config.json + safetensors)."""
+    """LoRA: only the adapters (safetensors), the UNet's and those of the trained text
+    ``encoders``. Full: the UNet (config.json + safetensors)."""
     from safetensors.torch import save_file
 
     if options.method == "full":
@@ -771,18 +1080,32 @@ def save_weights(
         "target_modules": cfg.target_modules,
         "init_lora_weights": cfg.init_lora_weights,
     }
-    if family == "text-to-image":
-        # diffusers' own LoRA layout (peft names under "unet."), which load_lora_weights()
-        # reads whole; see artgen/finetune/lora_format.py for why not
-        # convert_state_dict_to_diffusers.
+    if family in TEXT_FAMILIES:
+        # diffusers' own LoRA layout (peft names under "unet.", "text_encoder." and
+        # "text_encoder_2."), which load_lora_weights() reads whole; see
+        # artgen/finetune/lora_format.py for why not convert_state_dict_to_diffusers.
+        parts: dict[str, dict[str, torch.Tensor]] = {"unet": state}
+        kw: dict[str, Any] = {}
+        for name, encoder in zip(text_encoder_names(pipe), encoders, strict=False):
+            parts[name] = {
+                k: v.detach().float().cpu().contiguous()
+                for k, v in get_peft_model_state_dict(encoder).items()
+            }
+            kw[f"{name}_lora_layers"] = lora_format.to_diffusers(parts[name])
+            kw[f"{name}_lora_adapter_metadata"] = {
+                **meta,
+                "target_modules": list(TEXT_ENCODER_TARGETS),
+                "init_lora_weights": "gaussian",
+            }
         pipe.save_lora_weights(
             target,
             unet_lora_layers=lora_format.to_diffusers(state),
             unet_lora_adapter_metadata=meta,
             safe_serialization=True,
+            **kw,
         )
         if options.export_format == "kohya":
-            export_kohya(state, cfg.lora_alpha, target / KOHYA_FILE)
+            export_kohya(parts, cfg.lora_alpha, target / KOHYA_FILE, family)
     else:
         save_file(state, str(target / "adapter_model.safetensors"))
         write_json(target / "adapter_config.json", meta)
@@ -792,13 +1115,19 @@ def save_weights(
 KOHYA_FILE = "lora_kohya.safetensors"
 
 
-def export_kohya(state: dict[str, torch.Tensor], lora_alpha: float, path: Path) -> Path:
-    """The UNet adapters as one kohya-style file (ComfyUI, A1111), written atomically."""
+def export_kohya(
+    parts: dict[str, dict[str, torch.Tensor]], lora_alpha: float, path: Path, family: str
+) -> Path:
+    """The adapters (``parts``: "unet", "text_encoder", "text_encoder_2" -> peft state
+    dict) as one kohya-style file (ComfyUI, A1111), written atomically."""
     from safetensors.torch import save_file
 
     tensors = {
         k: v.detach().float().cpu().contiguous()
-        for k, v in lora_format.to_kohya(state, lora_alpha).items()
+        for name, state in parts.items()
+        for k, v in lora_format.to_kohya(
+            state, lora_alpha, lora_format.kohya_prefix(name, family)
+        ).items()
     }
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(
@@ -822,7 +1151,7 @@ def export_lora(run_dir: str | os.PathLike, out: str | os.PathLike = "") -> Path
         paths=DiffusionFinetuneOptions.PATHS,
     )
     weights = run / "lora" / "pytorch_lora_weights.safetensors"
-    if options.method != "lora" or config.get("family") != "text-to-image":
+    if options.method != "lora" or config.get("family") not in TEXT_FAMILIES:
         raise ArtgenError(
             f"{run}: only a LoRA run of a text-to-image base exports to kohya's format"
         )
@@ -830,15 +1159,17 @@ def export_lora(run_dir: str | os.PathLike, out: str | os.PathLike = "") -> Path
         raise ArtgenError(f"{run}: the run has not finished (no {weights.name})")
     tensors = load_safetensors(weights)
     check_finite(tensors, weights)
-    unet = {
-        k.removeprefix("unet."): v
-        for k, v in lora_format.peft_keys(tensors).items()
-        if k.startswith("unet.")
-    }
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for k, v in lora_format.peft_keys(tensors).items():
+        name, _, rest = k.partition(".")
+        if name not in ("unet", "text_encoder", "text_encoder_2"):
+            raise ArtgenError(f"{weights}: unexpected tensor {k[:80]}")
+        parts.setdefault(name, {})[rest] = v
     target = Path(out) if out else run / "lora" / KOHYA_FILE
     if out and target.exists():
         raise ArtgenError(f"{target}: exists; choose another name (artgen never overwrites it)")
-    return export_kohya(unet, options.lora_alpha or options.lora_rank, target)
+    alpha = options.lora_alpha or options.lora_rank
+    return export_kohya(parts, alpha, target, config["family"])
 
 
 def load_run(run_dir: str | os.PathLike, *, pipeline: Any = None, device: str = "cpu") -> Any:
@@ -878,7 +1209,7 @@ def load_run(run_dir: str | os.PathLike, *, pipeline: Any = None, device: str = 
         pipe.register_modules(unet=unet)
     else:
         lora = run / "lora"
-        if family == "text-to-image":
+        if family in TEXT_FAMILIES:
             weights = lora / "pytorch_lora_weights.safetensors"
             if not weights.is_file():
                 raise ArtgenError(f"{run}: the run has not finished (no lora/ weights)")
@@ -897,9 +1228,9 @@ def _load_diffusers_lora(
     pipe: Any, lora: Path, weights: Path, tensors: dict, options: DiffusionFinetuneOptions
 ) -> None:
     """The run's LoRA onto the pipeline with load_lora_weights, then checked: every
-    module the file adapts must be adapted (diffusers drops what it cannot place, with
-    only a warning)."""
-    wanted = {k.removeprefix("unet.") for k in lora_format.adapted_modules(tensors)}
+    module the file adapts, in the UNet and the text encoders, must be adapted (diffusers
+    drops what it cannot place, with only a warning)."""
+    wanted = lora_format.adapted_modules(tensors)
     peft_named = lora_format.peft_keys(tensors)
     try:
         if peft_named == tensors:
@@ -914,13 +1245,27 @@ def _load_diffusers_lora(
             )
     except (OSError, ValueError, TypeError, KeyError, RuntimeError, SafetensorError) as e:
         raise ArtgenError(f"{weights}: cannot load the LoRA weights ({_first_line(e)})") from None
-    got = {n for n, m in pipe.unet.named_modules() if hasattr(m, "lora_A") and m.lora_A}
+    got = adapted(pipe)
     if got != wanted:
         missing = sorted(wanted - got) or sorted(got - wanted)
         raise ArtgenError(
             f"{weights}: {len(wanted - got)} of {len(wanted)} adapters did not "
             f"load (e.g. {missing[0][:80]})"
         )
+
+
+def adapted(pipe: Any) -> set[str]:
+    """``component.module`` for every module of the UNet and text encoders that carries a
+    LoRA adapter (the keys' module paths in diffusers' LoRA files)."""
+    out = set()
+    for name in ("unet", "text_encoder", "text_encoder_2"):
+        component = getattr(pipe, name, None)
+        if component is None:
+            continue
+        out |= {
+            f"{name}.{n}" for n, m in component.named_modules() if hasattr(m, "lora_A") and m.lora_A
+        }
+    return out
 
 
 def _first_line(e: BaseException) -> str:
@@ -1076,8 +1421,10 @@ def generate(
 def _generate_training_samples(
     pipe: Any, family: str, options: DiffusionFinetuneOptions, ema: EMA | None, resolution: int
 ) -> list[Image.Image]:
-    was_training = pipe.unet.training
-    pipe.unet.eval()
+    modules = [pipe.unet, *(text_encoders(pipe) if family in TEXT_FAMILIES else [])]
+    was_training = [m.training for m in modules]
+    for m in modules:
+        m.eval()
     try:
         ctx = ema.applied() if ema is not None else nullcontext()
         with ctx:
@@ -1086,27 +1433,33 @@ def _generate_training_samples(
                 options.num_samples,
                 seed=options.seed,
                 steps=options.sample_steps,
-                prompt=options.prompt,
+                prompt=options.validation_prompt or options.prompt,
                 guidance_scale=options.guidance_scale,
                 resolution=resolution,
             )
     finally:
-        pipe.unet.train(was_training)
+        for m, mode in zip(modules, was_training, strict=True):
+            m.train(mode)
 
 
 def write_model_card(run: Path, config: dict, grid_path: Path) -> None:
     o = config["options"]
     weights = "lora/ (adapters only)" if o["method"] == "lora" else "unet/ (the whole UNet)"
-    prompt_line = (
-        f"- instance prompt: `{o['prompt']}`\n" if config["family"] != "unconditional" else ""
-    )
+    prompt_line = ""
+    if config["family"] != "unconditional":
+        captioned = config.get("captioned_images", 0)
+        encoders = "LoRA trained" if o.get("train_text_encoder") else "frozen"
+        prompt_line = (
+            f"- instance prompt: `{o['prompt']}`; {captioned} of {config['num_images']} "
+            f"images with their own caption (captions.json); text encoders {encoders}\n"
+        )
     base = f"DiffusionPipeline.from_pretrained({o['base']!r})"
     if o["method"] == "full":
         load = (
             f"With diffusers alone: `pipe = {base}`, then "
             "`pipe.unet = type(pipe.unet).from_pretrained('unet')`."
         )
-    elif config["family"] == "text-to-image":
+    elif config["family"] in TEXT_FAMILIES:
         kohya = (run / "lora" / KOHYA_FILE).is_file()
         load = (
             f"With diffusers alone: `pipe = {base}`, then `pipe.load_lora_weights('lora')`.\n"

@@ -53,14 +53,28 @@ def to_diffusers(unet_state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
     return dict(peft_keys(unet_state))
 
 
-def to_kohya(unet_state: Mapping[str, torch.Tensor], lora_alpha: float) -> dict[str, torch.Tensor]:
-    """peft's UNet adapter state dict in kohya's single-file layout."""
+def kohya_prefix(component: str, family: str) -> str:
+    """kohya's key prefix for a pipeline component: ``lora_unet_``; one text encoder is
+    ``lora_te_``, SDXL's two are ``lora_te1_`` and ``lora_te2_`` (what sd-scripts writes
+    and diffusers' ``_convert_non_diffusers_lora_to_diffusers`` reads)."""
+    if component == "unet":
+        return "lora_unet_"
+    if family == "sdxl":
+        return "lora_te1_" if component == "text_encoder" else "lora_te2_"
+    return "lora_te_"
+
+
+def to_kohya(
+    unet_state: Mapping[str, torch.Tensor], lora_alpha: float, prefix: str = "lora_unet_"
+) -> dict[str, torch.Tensor]:
+    """peft's adapter state dict of one component (the UNet unless ``prefix`` says
+    another, see kohya_prefix) in kohya's single-file layout."""
     out: dict[str, torch.Tensor] = {}
     for k, v in peft_keys(unet_state).items():
         for part, kohya in ((".lora_A.", "lora_down"), (".lora_B.", "lora_up")):
             if part in k:
                 module, rest = k.split(part)
-                name = "lora_unet_" + module.replace(".", "_")
+                name = prefix + module.replace(".", "_")
                 out[f"{name}.{kohya}.{rest}"] = v
                 if kohya == "lora_down":
                     out[f"{name}.alpha"] = torch.tensor(float(lora_alpha))

@@ -150,7 +150,7 @@ class Generator:
     """A loaded run, as :func:`load` returns it and :func:`stylize` takes it (``model=``).
 
     ``run``: the artgen.runs.DiffusionRun; ``sha256``: of its weights (:func:`run_sha256`);
-    ``family``: "unconditional" or "text-to-image"; ``controlnet``: the ControlNetModel or
+    ``family``: "unconditional", "text-to-image" or "sdxl"; ``controlnet``: the ControlNetModel or
     None, loaded from ``controlnet_id``."""
 
     run: Any
@@ -223,7 +223,7 @@ def load(
     """The run named by ``options.generator`` on ``device`` (and its ControlNet, if any).
 
     ``weights``: None, or the run's base pipeline already loaded (diffusers), to reuse."""
-    from artgen.finetune.diffusion import pipeline_family
+    from artgen.finetune.diffusion import TEXT_FAMILIES, pipeline_family
     from artgen.runs import load_run
 
     options = options or SDEditOptions()
@@ -238,10 +238,15 @@ def load(
     family = pipeline_family(run.pipeline)
     controlnet = None
     if options.controlnet:
-        if family != "text-to-image":
+        if family not in TEXT_FAMILIES:
             raise ArtgenError(
                 f"controlnet={clip(options.controlnet, 80)}: only for text-to-image runs, and "
                 f"{clip(options.generator, 80)} is unconditional"
+            )
+        if family == "sdxl":
+            raise ArtgenError(
+                f"controlnet={clip(options.controlnet, 80)}: not yet for SDXL runs "
+                f"({clip(options.generator, 80)}); leave it out"
             )
         controlnet = load_controlnet(options.controlnet, dev)
     return Generator(run, options.generator, sha, family, controlnet, options.controlnet)
@@ -311,7 +316,7 @@ def _multiple(model: Generator) -> int:
     VAE's, for latent runs)."""
     pipe = model.run.pipeline
     f = 2 ** (len(pipe.unet.config.block_out_channels) - 1)
-    if model.family == "text-to-image":
+    if model.family != "unconditional":
         f *= 2 ** (len(pipe.vae.config.block_out_channels) - 1)
         f = math.lcm(f, 8)  # diffusers' Stable Diffusion pipelines ask for multiples of 8
     return f
@@ -386,7 +391,7 @@ def stylize(
     out.info["generator"] = options.generator or model.path
     out.info["size"] = max(size)
     out.info["run_sha256"] = model.sha256
-    if model.family == "text-to-image":
+    if model.family != "unconditional":
         out.info["prompt"] = prompt
     if n == 0:
         out.info["note"] = (
@@ -469,6 +474,8 @@ def _sdedit_text_to_image(
         StableDiffusionControlNetPipeline,
         StableDiffusionImg2ImgPipeline,
         StableDiffusionPipeline,
+        StableDiffusionXLImg2ImgPipeline,
+        StableDiffusionXLPipeline,
     )
 
     base = model.run.pipeline
@@ -495,12 +502,24 @@ def _sdedit_text_to_image(
             kw.update(image=photo, control_image=edges, strength=options.strength)
             kw.update(height=h, width=w)
     elif pure:
-        cls = StableDiffusionPipeline
+        cls = StableDiffusionXLPipeline if model.family == "sdxl" else StableDiffusionPipeline
         kw.update(height=h, width=w)
     else:
-        cls = StableDiffusionImg2ImgPipeline
+        xl = model.family == "sdxl"
+        cls = StableDiffusionXLImg2ImgPipeline if xl else StableDiffusionImg2ImgPipeline
         kw.update(image=photo, strength=options.strength)
-    pipe = cls(**parts, requires_safety_checker=False)
+    if model.family == "sdxl":
+        # SDXL's own pipelines; an image-to-image one has the base's components plus
+        # the refiner's aesthetic-score switch, off for a base model.
+        extra: dict[str, Any] = {
+            "force_zeros_for_empty_prompt": base.config.force_zeros_for_empty_prompt,
+            "add_watermarker": False,  # the run's own picture, unmarked
+        }
+        if cls is StableDiffusionXLImg2ImgPipeline:
+            extra["requires_aesthetics_score"] = False
+        pipe = cls(**parts, **extra)
+    else:
+        pipe = cls(**parts, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
 
     def on_step(p: Any, i: int, t: Any, tensors: dict) -> dict:
