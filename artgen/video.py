@@ -504,8 +504,10 @@ def cached_frames(cache: Path) -> set[int]:
 
 def _cache_key(record: dict) -> dict:
     """What must match for cached frames to be reused: the input, the styles, the method and
-    its options, the frame size and the temporal settings (not the range, nor the version)."""
-    return {k: record.get(k) for k in ("method", "content", "styles", "options", "device")} | {
+    its options, the masks, the frame size and the temporal settings (not the range, nor the
+    version)."""
+    keys = ("method", "content", "content_mask", "styles", "options", "device")
+    return {k: record.get(k) for k in keys} | {
         "video": {k: record["video"].get(k) for k in ("size", "fps", *_PIXEL_SETTINGS)}
     }
 
@@ -586,12 +588,29 @@ def run_video(
     device: Any = None,
     on_frame: Callable[[VideoProgress], None] | None = None,
     callback: Callable[[Any], None] | None = None,
+    masks: Any = None,
+    content_mask: Any = None,
 ) -> VideoResult:
     """Stylise this run's share of the frames (skipping those in the cache), then, if every
     frame of the range is there, write the output. ``callback`` gets the method's own
-    progress (each Gatys step); either callback may raise to stop, and what is cached stays."""
+    progress (each Gatys step); either callback may raise to stop, and what is cached stays.
+    ``masks`` (one per style, or None) and ``content_mask``: regional styles as in
+    artgen.stylize, the same masks on every frame (resized to it); the cache records them
+    by sha256, so a run with other masks does not reuse its frames."""
+    from artgen.style import check_masks, load_masks, mask_arguments
+
     t0 = time.perf_counter()
     method = method_of(options)
+    masked = mask_arguments(method, masks, content_mask)  # refused before any work
+    if masked:
+        masks = load_masks(masks, len(load_styles(styles)))
+        content_mask = masked["content_mask"]
+        if content_mask is not None:
+            from artgen.images import load_mask
+
+            content_mask = load_mask(content_mask)
+        check_masks((plan.info.width, plan.info.height), masks, content_mask)
+        masked = {"masks": masks, "content_mask": content_mask}
     video = plan.video
     w, h = plan.size
     if options.size != max(w, h):  # both sides even: the long side may lose a pixel
@@ -601,7 +620,9 @@ def run_video(
         model = method.load(options, device)
     first_frame = next(read_frames(plan.info, 0))[1]
     content_id = LoadedImage(first_frame, None, str(plan.info.path))
-    record = run_params(content_id, style_items, options, Image.new("RGB", (1, 1)), device)
+    record = run_params(
+        content_id, style_items, options, Image.new("RGB", (1, 1)), device, masks, content_mask
+    )
     record["video"] = {
         **{k: getattr(video, k) for k in _PIXEL_SETTINGS},
         "size": [w, h],
@@ -646,6 +667,7 @@ def run_video(
                 t0,
                 on_frame,
                 callback,
+                masked,
             )
     finally:
         claim.release()
@@ -690,8 +712,10 @@ def _stylise_frames(
     t0,
     on_frame,
     callback,
+    masked,
 ) -> None:
-    """The frame loop: decode from where the chain starts, stylise what is not cached."""
+    """The frame loop: decode from where the chain starts, stylise what is not cached.
+    ``masked``: the mask keyword arguments for the method (empty without masks)."""
     import torch
 
     from artgen import temporal
@@ -746,14 +770,26 @@ def _stylise_frames(
         contents = [c for _, c, _ in pending]
         if len(contents) > 1:
             raws = method.stylize_many(
-                contents, style_items, options, model=model, device=device, callback=callback
+                contents,
+                style_items,
+                options,
+                model=model,
+                device=device,
+                callback=callback,
+                **masked,
             )
         elif guided is not None and consistent and prev_out is not None:
             raws = [None]
         else:
             raws = [
                 method.stylize(
-                    contents[0], style_items, options, model=model, device=device, callback=callback
+                    contents[0],
+                    style_items,
+                    options,
+                    model=model,
+                    device=device,
+                    callback=callback,
+                    **masked,
                 )
             ]
         for (k, content, inp), raw in zip(pending, raws, strict=True):
@@ -780,6 +816,7 @@ def _stylise_frames(
                     callback=callback,
                     init=target,
                     extra_loss=extra,
+                    **masked,
                 )
                 keep(k, _as_array(image), image.info, inp)
                 continue
@@ -1031,6 +1068,8 @@ def stylize_video(
     device: Any = None,
     on_frame: Callable[[VideoProgress], None] | None = None,
     callback: Callable[[Any], None] | None = None,
+    masks: Any = None,
+    content_mask: Any = None,
     **overrides: Any,
 ) -> VideoResult:
     """Stylise a video (or a folder of numbered frames) into ``output`` (a video file, or a
@@ -1039,7 +1078,9 @@ def stylize_video(
     ``options`` is the style method's options dataclass (``method`` picks one by name, with
     keyword ``overrides`` of its fields, as in :func:`artgen.stylize`); ``video`` holds the
     frame range, shard, temporal settings and cache (:class:`VideoOptions`). ``model`` is a
-    network loaded earlier with the method's ``load``. Returns a :class:`VideoResult`.
+    network loaded earlier with the method's ``load``. ``masks`` and ``content_mask``:
+    regional styles as in :func:`artgen.stylize`, the same on every frame. Returns a
+    :class:`VideoResult`.
     """
     from artgen.style import DEFAULT_METHOD, get_method
 
@@ -1054,7 +1095,15 @@ def stylize_video(
         options = m.options.from_dict({**options.to_dict(), **overrides})
     plan = plan_video(source, output, options, video)
     return run_video(
-        plan, styles, options, model=model, device=device, on_frame=on_frame, callback=callback
+        plan,
+        styles,
+        options,
+        model=model,
+        device=device,
+        on_frame=on_frame,
+        callback=callback,
+        masks=masks,
+        content_mask=content_mask,
     )
 
 
@@ -1139,7 +1188,10 @@ def describe_video_params(params: dict) -> list[str]:
         f"{clip(v.get('frames'), 10)} frames at {clip(v.get('fps'), 16)} fps)"
     ]
     for s in params["styles"]:
-        lines.append(f"  style:   {clip(s['file'])}  weight {s['weight']:g}")
+        where = f"  mask {clip(s['mask']['file'])}" if "mask" in s else ""
+        lines.append(f"  style:   {clip(s['file'])}  weight {s['weight']:g}{where}")
+    if "content_mask" in params:
+        lines.append(f"  content mask: {clip(params['content_mask']['file'])} (kept unstylised)")
     lines.append(f"  method:  {m.name}; consistency {clip(v.get('consistency'), 10)}")
     if isinstance(v.get("frame"), int):
         lines.append(f"  frame:   {v['frame']}")

@@ -466,3 +466,153 @@ def test_painted_region_through_the_api(server, tmp_path):
     )
     kept, styled = _kept_and_styled(path, content, 256)
     assert kept < 1 / 255 and styled > 0.1, (kept, styled)
+
+
+# ------------------------------------------------------------------- video (issue 12, sec. 4)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> dict[str, Path]:
+    """A 1 s clip (12 frames at 12 fps, a pan over a photo, with a sine tone), a 3 s one,
+    and a text file named .mp4."""
+    import numpy as np
+
+    from artgen import temporal
+
+    from .test_video import write_video
+
+    d = tmp_path_factory.mktemp("clips")
+    cat = np.asarray(Image.open(REPO / "styles/examples/chelsea.jpg").convert("RGB"), np.float32)
+    short = temporal.pan_zoom_clip(cat / 255, 12, (96, 64), pan=(1.5, 0.5), zoom=1.01)
+    long = temporal.pan_zoom_clip(cat / 255, 36, (96, 64), pan=(0.5, 0.2), zoom=1.0)
+    (d / "notes.mp4").write_text("not a video")
+    return {
+        "short": write_video(d / "short.mp4", short.frames, fps=12),
+        "long": write_video(d / "long.mp4", long.frames, fps=12),
+        "bad": d / "notes.mp4",
+    }
+
+
+def _video_args(clip, style_weights=(1, 0, 0, 0), size=128, seed=0):
+    return [clip, *style_weights, None, 1, None, 1, 1.0, "none", size, seed]
+
+
+def test_a_short_clip_through_the_api_keeps_frames_rate_and_sound(server, clips):
+    import av
+
+    url, _ = server
+    client = connect(url)
+    video, status = client.predict(
+        *_video_args(handle_file(str(clips["short"]))), api_name="/video"
+    )
+    assert status.startswith("Done: 12 frames, 128x84 at 12 fps (sound: kept"), status
+    path = video["video"] if isinstance(video, dict) else video
+    with av.open(str(path)) as c:
+        assert c.streams.video[0].average_rate == 12
+        assert c.streams.audio and c.streams.audio[0].codec_context.name == "aac"
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(frames) == 12 and frames[0].shape == (84, 128, 3)
+
+
+def test_clips_over_the_limits_or_unreadable_are_said_in_the_status(server, clips):
+    import dataclasses
+
+    _, studio = server
+    saved = studio.config
+    try:
+        studio.config = dataclasses.replace(saved, max_video_seconds=2.0)
+        *_, (_, status) = list(studio.video(str(clips["long"]), *_video_args(None)[1:]))
+        assert status.startswith("**Not started:** video: long.mp4 is 3.0 s")
+        assert "at most 2 s and 300 frames" in status and "`artgen video`" in status
+        studio.config = dataclasses.replace(saved, max_video_frames=10)
+        *_, (_, status) = list(studio.video(str(clips["short"]), *_video_args(None)[1:]))
+        assert "12 frames" in status and "at most 10 s and 10 frames" in status
+    finally:
+        studio.config = saved
+    *_, (_, status) = list(studio.video(str(clips["bad"]), *_video_args(None)[1:]))
+    assert status.startswith("**Not started:** video:") and "notes.mp4" in status
+    assert "\n" not in status and str(clips["bad"].parent) not in status
+    *_, (_, status) = list(studio.video(None, *_video_args(None)[1:]))
+    assert "Add a video clip first" in status
+    none = _video_args(None, style_weights=(0, 0, 0, 0))[1:]
+    *_, (_, status) = list(studio.video(str(clips["short"]), *none))
+    assert "Pick at least one style" in status
+
+
+def _band_differences(png: Path, content: Path) -> list[float]:
+    """Mean difference from the photo in each tenth of the width, left to right."""
+    import numpy as np
+
+    out = Image.open(png).convert("RGB")
+    ref = Image.open(content).convert("RGB").resize(out.size, Image.Resampling.LANCZOS)
+    d = np.abs(np.asarray(out, float) - np.asarray(ref, float)).mean(axis=(0, 2)) / 255
+    w = out.width
+    return [float(d[int(k * w / 10) : int((k + 1) * w / 10)].mean()) for k in range(10)]
+
+
+def test_real_browser_paints_a_region(server, tmp_path):
+    """Headless Chromium, as a user: a photo, Regions, the brush dragged over a vertical
+    band, swirls for the band and the photo for the rest; in Instant mode the result
+    comes live, swirls inside the band, the photo's own pixels outside, and the PNG
+    records the painted mask."""
+    from playwright.sync_api import expect
+
+    url, _ = server
+    content = REPO / "styles/examples/chelsea.jpg"
+    with browser_page(url) as page:
+        page.get_by_label("Instant").check()
+        page.locator("#content input[type=file]").set_input_files(str(content))
+        expect(page.locator("#content img").first).to_be_visible(timeout=20_000)
+        page.get_by_text("Regions: paint where a style goes").click()
+        editor = page.locator("#region-editor")
+        canvas = editor.locator("canvas").first
+        expect(canvas).to_be_visible(timeout=10_000)
+        canvas.scroll_into_view_if_needed()
+        page.wait_for_timeout(1000)  # the photo is laid into the editor
+        editor.locator("button[aria-label='Brush']").click()
+        page.wait_for_timeout(300)
+        box = canvas.bounding_box()
+        # The photo fills the canvas's middle: paint from 36% to 50% of the canvas,
+        # about 22% to 58% of the photo with the brush's width.
+        x0, x1 = box["x"] + 0.36 * box["width"], box["x"] + 0.5 * box["width"]
+        page.mouse.move(x0, box["y"] + 0.1 * box["height"])
+        page.mouse.down()
+        for k in range(6):  # a zig-zag with the 40 px brush covers the band
+            y = box["y"] + box["height"] * (0.1 + 0.8 * k / 5)
+            page.mouse.move(x1, y, steps=2)
+            page.mouse.move(x0, y + 0.08 * box["height"], steps=2)
+        page.mouse.up()
+        page.locator("#rest-style input").click()
+        page.keyboard.press("ArrowDown")  # "None: keep the photo", below "The styles picked above"
+        page.keyboard.press("Enter")
+        expect(page.locator("#rest-style input")).to_have_value("None: keep the photo")
+        expect(page.locator("#status")).to_contain_text("Instant:", timeout=60_000)
+        page.wait_for_timeout(3000)  # the render for the last change
+        expect(page.locator("#status")).to_contain_text("Instant:", timeout=60_000)
+        src = page.locator("#result img").first.get_attribute("src")
+        png = tmp_path / "painted.png"
+        png.write_bytes(page.request.get(src).body())
+    p = read_params(png)
+    assert [s["file"] for s in p["styles"]] == ["swirls.jpg"]
+    assert p["styles"][0]["mask"]["file"] == "painted-mask"
+    bands = _band_differences(png, content)
+    # Measured: 0 in the first two and last four tenths, 0.16 to 0.22 in between.
+    assert max(bands[:2] + bands[6:]) < 1 / 255, bands
+    assert min(bands[2:5]) > 0.1, bands
+
+
+def test_real_browser_stylises_a_short_clip(server, clips):
+    from playwright.sync_api import expect
+
+    url, _ = server
+    with browser_page(url) as page:
+        page.locator("#style-gallery img").nth(2).click()  # "waves"
+        expect(page.locator("#w-waves input[type=number]")).to_have_value("1", timeout=10_000)
+        page.get_by_text("Video: a short clip").click()
+        page.locator("#clip input[type=file]").set_input_files(str(clips["short"]))
+        expect(page.locator("#clip video").first).to_be_attached(timeout=20_000)
+        page.locator("#stylize-video").click()
+        expect(page.locator("#video-status")).to_contain_text("Done: 12 frames", timeout=120_000)
+        expect(page.locator("#video-result video").first).to_be_attached()
+        src = page.locator("#video-result video").first.get_attribute("src")
+        assert src and ".mp4" in src

@@ -393,3 +393,81 @@ def test_the_api_runs_a_plan_and_reports_progress(media, fast_model, tmp_path):
     frames, rate, codec, _ = decode(r.output)
     assert len(frames) == 4 and frames[0].shape == (42, 64, 3) and codec == "aac"
     assert artgen.stylize_video is stylize_video
+
+
+# ----------------------------------------------------------------- masks (issue 12, sec. 3)
+
+
+def test_masks_apply_to_every_frame_and_are_recorded(media, clip, tmp_path, capsys):
+    """A style where the mask is white (the left half), the photo elsewhere, on each frame;
+    the frames record the mask, `info` remakes the command with it, and a cache made with
+    another mask is not reused."""
+    left = np.zeros((H, W), np.uint8)
+    left[:, : W // 2] = 255
+    Image.fromarray(left).save(tmp_path / "left.png")
+    out = tmp_path / "masked"
+    args = ["video", str(media["frames"]), "--style", STYLE, "--mask", str(tmp_path / "left.png")]
+    rc = main([*args, "-o", f"{out}/", "--consistency", "none", "--keep-frames", *FAST])
+    assert rc == 0, capsys.readouterr().err
+    for k, frame in enumerate(png_frames(out)):
+        src = np.asarray(Image.open(media["frames"] / f"img{k}.png"), np.float32) / 255
+        d = np.abs(frame - src)
+        # Measured: 0 on the right (the photo's own pixels), about 0.3 on the left.
+        assert d[:, int(0.6 * W) :].mean() < 1 / 255, k
+        assert d[:, : int(0.4 * W)].mean() > 0.1, k
+    params = read_params(out / "frame_000003.png")
+    assert params["styles"][0]["mask"]["file"] == "left.png"
+    capsys.readouterr()
+    assert main(["info", str(out / "frame_000003.png")]) == 0
+    info = capsys.readouterr().out
+    assert "mask left.png" in info
+    assert "--mask left.png" in info.strip().splitlines()[-1]
+    # Temporal consistency with a mask: the photo's side stays close to the photo.
+    steady = tmp_path / "steady"
+    assert main([*args, "-o", f"{steady}/", *FAST]) == 0
+    last = png_frames(steady)[-1]
+    src = np.asarray(Image.open(media["frames"] / f"img{N - 1}.png"), np.float32) / 255
+    assert np.abs(last - src)[:, int(0.6 * W) :].mean() < 0.03
+    # Another mask: the cache of the first run is refused, naming what differs.
+    capsys.readouterr()
+    Image.fromarray(255 - left).save(tmp_path / "right.png")
+    rc = main(
+        [
+            "video",
+            str(media["frames"]),
+            "--style",
+            STYLE,
+            "--mask",
+            str(tmp_path / "right.png"),
+            "-o",
+            f"{out}/",
+            "--consistency",
+            "none",
+            *FAST,
+        ]
+    )
+    line = error_line(capsys, rc, str(out), "styles differ")
+    assert "--overwrite" in line
+
+
+def test_a_mask_of_another_shape_is_refused_before_any_work(media, tmp_path, capsys):
+    Image.new("L", (64, 64), 255).save(tmp_path / "square.png")
+    out = tmp_path / "out"
+    rc = main(
+        ["video", str(media["frames"]), "--style", STYLE, "--mask", str(tmp_path / "square.png")]
+        + ["-o", f"{out}/", *FAST]
+    )
+    one_line_error(capsys, rc, "square.png", "the mask is 64x64 but the picture is 96x64")
+    assert not out.exists()
+    rc = main(
+        [
+            "video",
+            str(media["frames"]),
+            "--style",
+            STYLE,
+            "--content-mask",
+            str(tmp_path / "square.png"),
+        ]
+        + ["-o", f"{out}/", *FAST]
+    )
+    one_line_error(capsys, rc, "square.png", "the mask is 64x64")

@@ -17,6 +17,12 @@ photo stays there). artgen.stylize's ``masks`` do the rest (artgen.style.Regions
 private temporary folder (Gradio's cache included, through GRADIO_TEMP_DIR), removed
 when it stops; folders of servers that were killed are removed by the next one.
 
+Video: under "Video" a short clip (at most ``max_video_seconds`` and
+``max_video_frames``, and the server's upload size) goes through the fast method with
+temporal consistency (artgen.video: each frame blended with the flow-warped previous
+one), with the styles picked above, into an mp4 that keeps the clip's frame rate and
+sound. Longer clips are for `artgen video`, which resumes.
+
 Your own generator: with ``--runs DIR`` (a folder of `artgen finetune` runs, or one run)
 the studio lists the diffusion runs found there, and "Your fine-tuned generator" repaints
 the content photo with the chosen one (the sdedit method: SDEdit, Meng et al. 2022), with
@@ -98,6 +104,15 @@ class AppConfig:
     max_file_size: str = field(default="20mb", metadata={"help": "largest upload"})
     max_pixels: int = field(default=24_000_000, metadata={"help": "largest upload in pixels"})
     max_size: int = field(default=1024, metadata={"help": "largest output size offered"})
+    max_video_seconds: float = field(
+        default=10.0, metadata={"help": "longest video clip accepted, in seconds"}
+    )
+    max_video_frames: int = field(
+        default=300, metadata={"help": "most frames in a video clip accepted"}
+    )
+    max_video_size: int = field(
+        default=512, metadata={"help": "largest long side of a stylised video, in px"}
+    )
     runs: str = field(
         default="",
         metadata={
@@ -245,18 +260,7 @@ class Studio:
         content_img = self.load_upload(content, "content")
         if content_img is None:
             raise gr.Error("Add a content picture first (upload, webcam or paste).")
-        styles = [
-            (load_image(e.path), float(w))
-            for e, w in zip(self.styles, bundled_w, strict=True)
-            if w > 0
-        ]
-        upload_imgs = []
-        for k in range(UPLOAD_SLOTS):
-            path, w = uploads[2 * k], uploads[2 * k + 1]
-            img = self.load_upload(path, f"style upload {k + 1}")
-            upload_imgs.append(img)
-            if img is not None and w > 0:
-                styles.append((img, float(w)))
+        styles, upload_imgs = self.picked_styles(bundled_w, uploads)
         masks = None
         mask = painted_mask(editor, content_img.size)
         if mask is not None:
@@ -273,6 +277,127 @@ class Studio:
             raise gr.Error("Pick at least one style: click one in the gallery, or upload your own.")
         options = self.options(quality, size, strength, preserve, backbone, seed)
         return content_img, styles, options, list(history or []), masks
+
+    def picked_styles(self, bundled_w, uploads) -> tuple[list, list]:
+        """(the styles picked with their weights, the uploaded style images or None)."""
+        styles = [
+            (load_image(e.path), float(w))
+            for e, w in zip(self.styles, bundled_w, strict=True)
+            if w > 0
+        ]
+        upload_imgs = []
+        for k in range(UPLOAD_SLOTS):
+            path, w = uploads[2 * k], uploads[2 * k + 1]
+            img = self.load_upload(path, f"style upload {k + 1}")
+            upload_imgs.append(img)
+            if img is not None and w > 0:
+                styles.append((img, float(w)))
+        return styles, upload_imgs
+
+    def check_clip(self, clip):
+        """The uploaded clip's VideoInfo, within the server's limits; gr.Error otherwise."""
+        from artgen.video import probe_video
+
+        if not clip:
+            raise gr.Error("Add a video clip first.")
+        name = Path(str(clip)).name
+        try:
+            info = probe_video(clip)
+        except ArtgenError as e:
+            raise gr.Error(f"video: {str(e).replace(str(clip), name)}") from None
+        cfg = self.config
+        seconds = info.frames / float(info.fps)
+        if seconds > cfg.max_video_seconds or info.frames > cfg.max_video_frames:
+            raise gr.Error(
+                f"video: {name} is {seconds:.1f} s ({info.frames} frames); this studio takes "
+                f"clips of at most {cfg.max_video_seconds:g} s and {cfg.max_video_frames} "
+                "frames. Cut it, or use `artgen video` (no limit, resumable)."
+            )
+        if info.width * info.height > cfg.max_pixels:
+            raise gr.Error(f"video: {name} is {info.width}x{info.height}, too many pixels.")
+        return info
+
+    def video(self, clip, *rest, progress=gr.Progress()):  # noqa: B008 - Gradio's idiom
+        """Generator: stylise a short clip with the fast method and temporal consistency;
+        streams (video, status) updates. Problems are said in the status line."""
+        from artgen.video import VideoOptions, stylize_video
+
+        n = len(self.styles)
+        bundled_w, uploads = rest[:n], rest[n : n + 2 * UPLOAD_SLOTS]
+        strength, preserve, size, seed = rest[n + 2 * UPLOAD_SLOTS :]
+        try:
+            self.check_clip(clip)
+            styles, _ = self.picked_styles(bundled_w, uploads)
+            if not styles:
+                raise gr.Error("Pick at least one style: click one in the gallery, or upload one.")
+            size = min(int(size), self.config.max_video_size)
+            try:
+                options = get_method("adain").options(
+                    size=size,
+                    strength=min(1.0, float(strength)),
+                    preserve_color=str(preserve),
+                    seed=self.seed(seed),
+                )
+            except ArtgenError as e:
+                raise gr.Error(str(e)) from None
+            model = self.model("adain", options)
+        except ArtgenError as e:
+            yield gr.skip(), problem(str(e))
+            return
+        except gr.Error as e:
+            yield gr.skip(), problem(e.message)
+            return
+        out = self.out_dir / f"artgen-video-{time.strftime('%Y%m%d-%H%M%S')}-{options.seed}.mp4"
+        updates: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        outcome: dict = {}
+
+        def on_frame(p) -> None:
+            if stop.is_set():
+                raise Cancelled
+            updates.put((p.status, p.done, p.total, p.elapsed))
+
+        def job():
+            return stylize_video(
+                clip,
+                styles,
+                out,
+                options,
+                VideoOptions(cache=str(self.out_dir / (out.stem + ".frames"))),
+                model=model,
+                device=self.device,
+                on_frame=on_frame,
+            )
+
+        worker = start_worker(
+            job, updates, outcome, "artgen-video", lambda m: m.replace(str(clip), Path(clip).name)
+        )
+        progress(0, desc="starting")
+        try:
+            while True:
+                item = updates.get()
+                if item is None:
+                    break
+                status, done, total, elapsed = item
+                what = "Encoding" if status == "encoded" else "Frame"
+                progress(done / max(total, 1), desc=what.lower())
+                eta = elapsed / max(done, 1) * (total - done)
+                yield gr.skip(), f"{what} {done}/{total}, about {eta:.0f} s left"
+        finally:
+            stop.set()
+            worker.join(timeout=60)
+        if "error" in outcome:
+            yield gr.skip(), problem(outcome["error"])
+            return
+        if "result" not in outcome:
+            yield gr.skip(), "Stopped."
+            return
+        r = outcome["result"]
+        yield (
+            str(r.output),
+            f"Done: {r.frames} frames, {r.size[0]}x{r.size[1]} at {float(r.fps):g} fps "
+            f"(sound: {r.audio}) in {r.seconds:.1f} s, fast method with temporal consistency.",
+        )
 
     def named_style(self, name, upload_imgs) -> tuple:
         """A style chosen in a region's dropdown: a bundled style's name or an upload slot."""
@@ -369,28 +494,18 @@ class Studio:
             if p.step % PREVIEW_EVERY == 0 or p.step == p.total_steps:
                 updates.put((p.step, p.total_steps, p.scale, p.num_scales, p.elapsed, p.image()))
 
-        def work() -> None:
-            try:
-                outcome["image"] = method.stylize(
-                    content_img,
-                    styles,
-                    options,
-                    model=model,
-                    device=self.device,
-                    callback=on_step,
-                    **extra,
-                )
-            except Cancelled:
-                outcome["cancelled"] = True
-            except ArtgenError as e:
-                outcome["error"] = str(e)
-            except Exception as e:  # noqa: BLE001 - reported to the user, the server goes on
-                outcome["error"] = f"{type(e).__name__}: {e}"
-            finally:
-                updates.put(None)
+        def job():
+            return method.stylize(
+                content_img,
+                styles,
+                options,
+                model=model,
+                device=self.device,
+                callback=on_step,
+                **extra,
+            )
 
-        worker = threading.Thread(target=work, name="artgen-stylize", daemon=True)
-        worker.start()
+        worker = start_worker(job, updates, outcome, "artgen-stylize")
         progress(0, desc="starting")
         try:
             while True:
@@ -413,9 +528,9 @@ class Studio:
                 torch.cuda.empty_cache()
         if "error" in outcome:
             raise gr.Error(outcome["error"])
-        if "image" not in outcome:
+        if "result" not in outcome:
             raise gr.Error("Stopped.")
-        image = outcome["image"]
+        image = outcome["result"]
         path = self.save(image, content_img, styles, options, len(history) + 1, masks)
         history = [str(path), *history][:24]
         used = image.info.get("backbone") or f"the fast method ({image.info.get('model')})"
@@ -457,6 +572,30 @@ class Studio:
             f"generator {run} (strength {options.strength:g}). The PNG remembers its settings."
         )
         return str(path), status, gr.update(value=str(path), visible=True), history, history
+
+
+def start_worker(
+    job, updates: queue.Queue, outcome: dict, name: str, clean=str
+) -> threading.Thread:
+    """Run ``job()`` in a daemon thread: its value goes to outcome["result"], Cancelled to
+    outcome["cancelled"], an error's message (``clean``ed of server paths) to
+    outcome["error"]; None goes on ``updates`` when it ends."""
+
+    def work() -> None:
+        try:
+            outcome["result"] = job()
+        except Cancelled:
+            outcome["cancelled"] = True
+        except ArtgenError as e:
+            outcome["error"] = clean(str(e))
+        except Exception as e:  # noqa: BLE001 - reported to the user, the server goes on
+            outcome["error"] = f"{type(e).__name__}: {e}"
+        finally:
+            updates.put(None)
+
+    worker = threading.Thread(target=work, name=name, daemon=True)
+    worker.start()
+    return worker
 
 
 def upload_choice(k: int) -> str:
@@ -618,6 +757,24 @@ def build(studio: Studio) -> gr.Blocks:
                         label="Backbone",
                     )
                     seed = gr.Number(value=DEFAULTS.seed, precision=0, label="Seed")
+                with gr.Accordion("Video: a short clip", open=False, elem_id="video"):
+                    gr.Markdown(
+                        f"A clip of up to {cfg.max_video_seconds:g} s ({cfg.max_video_frames} "
+                        f"frames), stylised with the styles picked above by the fast method, "
+                        f"each frame kept steady against the last (up to "
+                        f"{cfg.max_video_size} px). Longer clips: `artgen video`."
+                    )
+                    clip = gr.Video(
+                        label="Clip",
+                        sources=["upload"],
+                        elem_id="clip",
+                        height=200,
+                    )
+                    make_video = gr.Button("Stylize video", elem_id="stylize-video")
+                    video_out = gr.Video(
+                        label="Stylised clip", interactive=False, elem_id="video-result", height=240
+                    )
+                    video_status = gr.Markdown("", elem_id="video-status")
                 if studio.runs:
                     sdedit_defaults = get_method("sdedit").options()
                     with gr.Accordion(
@@ -696,7 +853,15 @@ def build(studio: Studio) -> gr.Blocks:
             concurrency_limit=cfg.concurrency,
             concurrency_id="device",
         )
-        stop.click(None, None, None, cancels=[run], api_name="stop")
+        video_run = make_video.click(
+            studio.video,
+            [clip, *weights, *uploads, strength, preserve, size, seed],
+            [video_out, video_status],
+            api_name="video",
+            concurrency_limit=cfg.concurrency,
+            concurrency_id="device",
+        )
+        stop.click(None, None, None, cancels=[run, video_run], api_name="stop")
         if studio.runs:
             repaint.click(
                 studio.sdedit,

@@ -37,6 +37,7 @@ examples:
   artgen video frames/ --style mosaic --method adain --fps 30 -o styled/    # folders too
   artgen video clip.mp4 --style waves --method adain --consistency none -o flicker.mp4
   artgen video long.mp4 --style waves --shard 2/4 -o styled.mp4             # one of 4 machines
+  artgen video clip.mp4 --style waves --mask sky.png --style mosaic --method adain -o two.mp4
 """
 
 
@@ -118,6 +119,7 @@ def add_commands(sub: argparse._SubParsersAction, method: str) -> None:
     )
     add_dataclass_flags(vp, VideoOptions)
     common(vp)
+    _mask_flags(vp)
     vp.set_defaults(func=_cmd_video)
 
     ip = sub.add_parser("info", help="print the parameters stored in a PNG that artgen wrote")
@@ -347,6 +349,14 @@ def _cmd_video(args: argparse.Namespace) -> int:
             "own, and flicker); use stylize or batch on the frames"
         )
     video = options_from(args, VideoOptions)
+    masks, content_mask = _load_masks(args)
+    if masks is not None or content_mask is not None:  # refused before any work
+        from artgen.style import check_masks, mask_arguments
+        from artgen.video import probe_video
+
+        mask_arguments(get_method(args.method), masks, content_mask)
+        info = probe_video(args.input, video.fps)
+        check_masks((info.width, info.height), masks, content_mask)
     plan = plan_video(
         args.input, args.output, options_from(args, get_method(args.method).options), video
     )
@@ -356,6 +366,12 @@ def _cmd_video(args: argparse.Namespace) -> int:
             plan.kind == "folder" and same_file(os.path.dirname(style), plan.cache)
         ):
             raise ArtgenError(f"{args.output}: would overwrite the style image {style}")
+    mask_files = [*(args.masks or {}).values(), *([args.content_mask] if args.content_mask else [])]
+    for m in mask_files:
+        if same_file(m, args.output) or (
+            plan.kind == "folder" and same_file(os.path.dirname(os.path.abspath(m)), plan.cache)
+        ):
+            raise ArtgenError(f"{args.output}: would overwrite the mask {m}")
     method, options, model, device, styles = _setup(args)
     i, n = video.shard_numbers()
     share = plan.last - plan.first
@@ -391,7 +407,15 @@ def _cmd_video(args: argparse.Namespace) -> int:
 
     try:
         r = run_video(
-            plan, styles, options, model=model, device=device, on_frame=on_frame, callback=bar
+            plan,
+            styles,
+            options,
+            model=model,
+            device=device,
+            on_frame=on_frame,
+            callback=bar,
+            masks=masks,
+            content_mask=content_mask,
         )
     finally:
         bar.close()
