@@ -82,6 +82,7 @@ FULL = dict(  # every SDXL feature at once
     lora_rank=4,
     lora_alpha=2,
     ema_decay=0.9,
+    gradient_checkpointing=True,
 )
 
 

@@ -784,7 +784,9 @@ def finetune_diffusion(
         unet.enable_gradient_checkpointing()
         if options.train_text_encoder:
             for encoder in text_encoders(pipe):
-                encoder.gradient_checkpointing_enable()
+                # transformers 5 renamed it (the old name warns of its removal)
+                enable = getattr(encoder, "activation_checkpointing_enable", None)
+                (enable or encoder.gradient_checkpointing_enable)()
 
     def image_set(paths: list[Path]) -> ImageSet:
         # cached latents are of centre crops (see LatentCache)
