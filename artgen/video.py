@@ -54,6 +54,7 @@ from artgen.images import (
     check_output_dir,
     clean_stale_files,
     load_image,
+    load_mask,
     save_png,
 )
 from artgen.style import (
@@ -437,16 +438,28 @@ def plan_video(
     output: str | os.PathLike,
     options: Any,
     video: VideoOptions | None = None,
+    masks: Any = None,
+    content_mask: Any = None,
 ) -> VideoPlan:
     """Check everything that can be checked before any compute, and say what this run does.
 
-    ``options`` is the style method's options (its ``size`` sets the frames' long side).
+    ``options`` is the style method's options (its ``size`` sets the frames' long side);
+    ``masks`` and ``content_mask`` (as run_video takes them) must have the frames' shape.
     """
+    from artgen.style import check_masks
+
     video = video or VideoOptions()
     kind = output_kind(output)
     out = Path(output)
     info = probe_video(source, video.fps)
     src = info.path
+    if masks is not None or content_mask is not None:  # before any folder is made
+        given = masks if isinstance(masks, (list, tuple)) else [masks]
+        check_masks(
+            (info.width, info.height),
+            [None if m is None else load_mask(m) for m in given],
+            None if content_mask is None else load_mask(content_mask),
+        )
     end = info.frames if video.end is None else video.end
     if video.start >= info.frames:
         raise ArtgenError(
@@ -602,20 +615,16 @@ def run_video(
     t0 = time.perf_counter()
     method = method_of(options)
     masked = mask_arguments(method, masks, content_mask)  # refused before any work
+    style_items = load_styles(styles)
     if masked:
-        masks = load_masks(masks, len(load_styles(styles)))
-        content_mask = masked["content_mask"]
-        if content_mask is not None:
-            from artgen.images import load_mask
-
-            content_mask = load_mask(content_mask)
+        masks = load_masks(masks, len(style_items))
+        content_mask = None if content_mask is None else load_mask(content_mask)
         check_masks((plan.info.width, plan.info.height), masks, content_mask)
         masked = {"masks": masks, "content_mask": content_mask}
     video = plan.video
     w, h = plan.size
     if options.size != max(w, h):  # both sides even: the long side may lose a pixel
         options = method.options.from_dict({**options.to_dict(), "size": max(w, h)})
-    style_items = load_styles(styles)
     if model is None:
         model = method.load(options, device)
     first_frame = next(read_frames(plan.info, 0))[1]
@@ -1093,7 +1102,7 @@ def stylize_video(
         options = m.options()
     if overrides:
         options = m.options.from_dict({**options.to_dict(), **overrides})
-    plan = plan_video(source, output, options, video)
+    plan = plan_video(source, output, options, video, masks, content_mask)
     return run_video(
         plan,
         styles,

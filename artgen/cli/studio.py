@@ -374,11 +374,7 @@ class Studio:
         )
         progress(0, desc="starting")
         try:
-            while True:
-                item = updates.get()
-                if item is None:
-                    break
-                status, done, total, elapsed = item
+            for status, done, total, elapsed in iter(updates.get, None):
                 what = "Encoding" if status == "encoded" else "Frame"
                 progress(done / max(total, 1), desc=what.lower())
                 eta = elapsed / max(done, 1) * (total - done)
@@ -508,11 +504,7 @@ class Studio:
         worker = start_worker(job, updates, outcome, "artgen-stylize")
         progress(0, desc="starting")
         try:
-            while True:
-                item = updates.get()
-                if item is None:
-                    break
-                step, total, scale, scales, elapsed, preview = item
+            for step, total, scale, scales, elapsed, preview in iter(updates.get, None):
                 eta = elapsed / step * (total - step)
                 progress(step / total, desc=f"scale {scale}/{scales}")
                 status = f"Step {step}/{total} (scale {scale}/{scales}), about {eta:.0f} s left"

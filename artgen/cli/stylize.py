@@ -350,15 +350,16 @@ def _cmd_video(args: argparse.Namespace) -> int:
         )
     video = options_from(args, VideoOptions)
     masks, content_mask = _load_masks(args)
-    if masks is not None or content_mask is not None:  # refused before any work
-        from artgen.style import check_masks, mask_arguments
-        from artgen.video import probe_video
+    from artgen.style import mask_arguments
 
-        mask_arguments(get_method(args.method), masks, content_mask)
-        info = probe_video(args.input, video.fps)
-        check_masks((info.width, info.height), masks, content_mask)
+    mask_arguments(get_method(args.method), masks, content_mask)  # refused before any work
     plan = plan_video(
-        args.input, args.output, options_from(args, get_method(args.method).options), video
+        args.input,
+        args.output,
+        options_from(args, get_method(args.method).options),
+        video,
+        masks,
+        content_mask,
     )
     for s, _ in args.style:
         style = str(catalog.resolve(s))

@@ -82,6 +82,8 @@ TEXT_FAMILIES = ("text-to-image", "sdxl")  # the families with a VAE and text en
 # The text encoders' LoRA targets: CLIP's attention projections (diffusers' DreamBooth
 # LoRA scripts, --train_text_encoder).
 TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+TEXT_ENCODER_NAMES = ("text_encoder", "text_encoder_2")  # pipeline components
+LORA_COMPONENTS = ("unet", *TEXT_ENCODER_NAMES)  # the key prefixes of a LoRA file
 ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 CONV_TARGETS = ("conv1", "conv2")  # the two convolutions of every ResNet block
 # Settings that name files or folders. The base is one only when it is a local folder (it
@@ -652,14 +654,14 @@ def _class_images(
     return list_images(folder)
 
 
-def text_encoders(pipe: Any) -> list[torch.nn.Module]:
-    """The pipeline's text encoders: one (Stable Diffusion 1/2) or two (SDXL)."""
-    names = ("text_encoder", "text_encoder_2")
-    return [getattr(pipe, n) for n in names if getattr(pipe, n, None) is not None]
-
-
 def text_encoder_names(pipe: Any) -> list[str]:
-    return [n for n in ("text_encoder", "text_encoder_2") if getattr(pipe, n, None) is not None]
+    """The pipeline's text encoders' component names: one (SD 1/2) or two (SDXL)."""
+    return [n for n in TEXT_ENCODER_NAMES if getattr(pipe, n, None) is not None]
+
+
+def text_encoders(pipe: Any) -> list[torch.nn.Module]:
+    """The pipeline's text encoders, in text_encoder_names' order."""
+    return [getattr(pipe, n) for n in text_encoder_names(pipe)]
 
 
 def prepare_text_encoders(pipe: Any, options: DiffusionFinetuneOptions) -> list[str]:
@@ -891,7 +893,7 @@ class _DiffusionTrainer:
         self.ema = EMA(self.trainable, options.ema_decay) if options.ema_decay > 0 else None
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         device = accelerator.device
-        self.latents = None
+        self.latents = self.class_latents = None
         if family in TEXT_FAMILIES and options.cache_latents:
             self.latents = LatentCache(pipe, data, device, flips=not options.no_flip)
             self.class_latents = (
@@ -973,8 +975,7 @@ class _DiffusionTrainer:
             if self.class_data is not None:
                 cidx = torch.randint(0, len(self.class_data), (o.batch_size,), generator=g)
                 cidx = cidx.tolist()
-                cache = self.class_latents if self.latents is not None else None
-                cx0, ccorners = self._batch(self.class_data, cache, cidx)
+                cx0, ccorners = self._batch(self.class_data, self.class_latents, cidx)
                 x0 = torch.cat([x0, cx0])
                 corners += ccorners
                 prompts += [o.class_prompt] * len(cidx)
@@ -1068,11 +1069,7 @@ def save_weights(
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
         return target
-    from peft import get_peft_model_state_dict
-
-    state = {
-        k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(unet).items()
-    }
+    state = _adapter_state(unet)
     target = run / "lora"
     target.mkdir(exist_ok=True)
     cfg = lora_config(options)
@@ -1089,10 +1086,7 @@ def save_weights(
         parts: dict[str, dict[str, torch.Tensor]] = {"unet": state}
         kw: dict[str, Any] = {}
         for name, encoder in zip(text_encoder_names(pipe), encoders, strict=False):
-            parts[name] = {
-                k: v.detach().float().cpu().contiguous()
-                for k, v in get_peft_model_state_dict(encoder).items()
-            }
+            parts[name] = _adapter_state(encoder)
             kw[f"{name}_lora_layers"] = lora_format.to_diffusers(parts[name])
             kw[f"{name}_lora_adapter_metadata"] = {
                 **meta,
@@ -1112,6 +1106,16 @@ def save_weights(
         save_file(state, str(target / "adapter_model.safetensors"))
         write_json(target / "adapter_config.json", meta)
     return target
+
+
+def _adapter_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A peft-adapted module's adapter tensors, fp32 on the CPU, ready to save."""
+    from peft import get_peft_model_state_dict
+
+    return {
+        k: v.detach().float().cpu().contiguous()
+        for k, v in get_peft_model_state_dict(module).items()
+    }
 
 
 KOHYA_FILE = "lora_kohya.safetensors"
@@ -1164,7 +1168,7 @@ def export_lora(run_dir: str | os.PathLike, out: str | os.PathLike = "") -> Path
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for k, v in lora_format.peft_keys(tensors).items():
         name, _, rest = k.partition(".")
-        if name not in ("unet", "text_encoder", "text_encoder_2"):
+        if name not in LORA_COMPONENTS:
             raise ArtgenError(f"{weights}: unexpected tensor {k[:80]}")
         parts.setdefault(name, {})[rest] = v
     target = Path(out) if out else run / "lora" / KOHYA_FILE
@@ -1260,7 +1264,7 @@ def adapted(pipe: Any) -> set[str]:
     """``component.module`` for every module of the UNet and text encoders that carries a
     LoRA adapter (the keys' module paths in diffusers' LoRA files)."""
     out = set()
-    for name in ("unet", "text_encoder", "text_encoder_2"):
+    for name in LORA_COMPONENTS:
         component = getattr(pipe, name, None)
         if component is None:
             continue
