@@ -1,8 +1,9 @@
 """Fair transfer learning and few-shot GAN adaptation, measured on a 2-core CPU.
 
     python docs/fairtl_experiment.py [--out out/fairtl] [--scale 1.0] [--bases 2] [--seeds 3]
-    python docs/fairtl_experiment.py --quick     # the direction of each effect, ~15 min
+    python docs/fairtl_experiment.py --quick     # the direction of each effect, ~21 min
     python docs/fairtl_experiment.py --rows fairness   # only rows 1, 3 and 4
+    python docs/fairtl_experiment.py --rows fewshot    # rows 6 to 10 (training: 2 and 5)
 
 The setting of Teo, Abdollahzadeh and Cheung (AAAI 2023), on data this script makes
 (docs/fairtl_data.py: 32 px "portraits" whose sensitive attribute is long / short hair):
@@ -36,9 +37,16 @@ checked on 400 freshly drawn portraits through other degradations (``probe_check
 Writes docs/fairtl_results.md, docs/fairtl_results.json and docs/images/fairtl.png.
 ``--scale`` multiplies every step count (0.02 for a smoke test). ``--quick`` runs the rows
 that show each effect's direction (pretrained, fairTL, fairTL++, 10-shot DiffAugment with
-and without CDC) at a smaller scale: 1500 pre-training steps, 300 adaptation steps, 200
+and without CDC) at a smaller scale: the same step counts on 16 px images at batch 8, 200
 samples, one base, two seeds, into out/fairtl-quick; its tables go to that folder.
-``--rows fairness`` runs only the fair-adaptation rows (pretrained, fairTL, fairTL++).
+``--rows`` picks rows by group (``fairness``, ``training``, ``fewshot``) or by key, comma-
+separated; finished runs and their ``eval.json`` are reused, so separate invocations (for
+example two at once with ``OMP_NUM_THREADS=1``, which on 2 cores gives about 1.5 times
+the throughput of one) fill one run folder, and a last ``--rows all`` writes the tables.
+Only a full-scale invocation of every row writes to docs/; any other writes to ``--out``.
+Each table row also has its paired change: every run minus the run it is compared with
+(an adaptation against its own base; a 10-shot method against the same base and seed
+without it).
 
 The table gives, per row, the mean over every run (bases x seeds) with a 95 % interval
 (Student t over the runs; a bootstrap interval over samples is kept per run in the JSON),
@@ -74,9 +82,22 @@ ADAPT_STEPS = 500
 BATCH = 16
 SAMPLES = 500
 SEEDS = (0, 1, 2)  # adaptation runs are repeated with these seeds (pre-training: seed 0 only)
-QUICK = {"pretrain": 1500, "adapt": 300, "samples": 200, "seeds": 2}
+# --quick: the same step counts on 16 px images at batch 8 (about a third of the cost of a
+# step); fewer steps on 32 px images give a base too poor to hold the bias (docs/fairtl.md)
+QUICK = {"pretrain": 4000, "adapt": 500, "samples": 200, "seeds": 2, "resolution": 16, "batch": 8}
 BASE_SEED = 100  # base b is pre-trained with seed b * BASE_SEED
 FAIRNESS_ROWS = ("pretrained", "fairtl", "fairtl++")
+ALL_ROWS = (
+    "pretrained", "weighting", "fairtl", "fairtl++", "scratch",
+    "full10", "freezed10", "diffaug10", "cdc10", "cdc100_10",
+)  # fmt: skip
+# --rows takes "all", these group names or row keys, comma-separated
+ROW_GROUPS = {
+    "all": ALL_ROWS,
+    "fairness": FAIRNESS_ROWS,
+    "training": ("weighting", "scratch"),
+    "fewshot": ("full10", "freezed10", "diffaug10", "cdc10", "cdc100_10"),
+}
 # two-sided 95 % Student t quantiles by degrees of freedom (scipy.stats.t.ppf(0.975, df))
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306}
 
@@ -94,7 +115,7 @@ def mean_interval(values: list[float]) -> tuple[float, float, float]:
 QUICK_ROWS = ("pretrained", "fairtl", "fairtl++", "diffaug10", "cdc10")
 
 
-def probe_check(data: Path, n: int = 400) -> dict:
+def probe_check(data: Path, n: int = 400, res: int = 32) -> dict:
     """The calibrated probe of ``artgen eval`` on ``n`` fresh portraits (half long-haired)
     through degradations drawn with other seeds: its confusion there, against the
     cross-validated estimate the evaluation corrects with, and its accuracy on them clean."""
@@ -108,7 +129,7 @@ def probe_check(data: Path, n: int = 400) -> dict:
     ref = list_images(data / "heldout")
     values = read_labels(str(data / "heldout" / "labels.csv"), ref).values("attr")
     net = load_fid_network("efficientnet-lite0", "cpu")
-    degraded = _degraded_features(ref, 32, net, image_features)
+    degraded = _degraded_features(ref, res, net, image_features)
     cal = calibrate_probe(image_features(ref, net), degraded[0], degraded[1], values)
     classes = cal.probe.classes
     fresh = data / "probe_check"
@@ -117,7 +138,9 @@ def probe_check(data: Path, n: int = 400) -> dict:
     files = list_images(fresh)
     truth = [classes.index(v) for v in read_labels(str(fresh / "labels.csv"), files).values("attr")]
     pix = (
-        torch.stack([d["pixels"] for d in ImageSet(files, 32, center_crop=True, random_flip=False)])
+        torch.stack(
+            [d["pixels"] for d in ImageSet(files, res, center_crop=True, random_flip=False)]
+        )
         + 1
     ) / 2
     x = degrade(pix.clamp(0, 1), generator=torch.Generator().manual_seed(11))
@@ -136,6 +159,76 @@ def probe_check(data: Path, n: int = 400) -> dict:
         "fresh_clean_accuracy": agree(truth, clean),
         "fresh_images": len(truth),
     }
+
+
+# Each row against the run it is best compared with: the same base and seed where both
+# have one (an adaptation against the base it started from has one pair per base).
+PAIRED_WITH = (
+    ("weighting", "pretrained"),
+    ("fairtl", "pretrained"),
+    ("fairtl++", "pretrained"),
+    ("fairtl++", "fairtl"),
+    ("freezed10", "full10"),
+    ("diffaug10", "full10"),
+    ("cdc10", "diffaug10"),
+    ("cdc100_10", "diffaug10"),
+)
+
+
+def paired_changes(results: list[dict], key: str, other: str, metric: str) -> list[float]:
+    """``metric`` of every run of ``key`` minus that of its partner run of ``other``: the
+    run with the same base and seed, else the same base (a base has one run per base)."""
+    theirs = {
+        (r["base"], r["seed"]): r[metric]
+        for r in results
+        if r["key"] == other and r.get(metric) is not None
+    }
+    out = []
+    for r in results:
+        if r["key"] != key or r.get(metric) is None:
+            continue
+        partner = theirs.get((r["base"], r["seed"]), theirs.get((r["base"], 0)))
+        if partner is not None:
+            out.append(r[metric] - partner)
+    return out
+
+
+def paired_table(results: list[dict]) -> list[str]:
+    """Markdown lines: each row's paired change in FD, FID and diversity, mean and 95 %
+    interval over the pairs, with the number of pairs in which it went down."""
+    lines = [
+        "| method | against | pairs | change in FD (corrected) | change in FID | "
+        "change in diversity |",
+        "|---|---|---|---|---|---|",
+    ]
+    keys = dict.fromkeys(r["key"] for r in results)
+    for key, other in PAIRED_WITH:
+        if key not in keys or other not in keys:
+            continue
+        cells, n = [], 0
+        for metric, fmt in (("fd", ".3f"), ("fid", ".1f"), ("diversity", ".3f")):
+            d = paired_changes(results, key, other, metric)
+            n = max(n, len(d))
+            if not d:
+                cells.append("n/a")
+                continue
+            m, lo, hi = mean_interval(d)
+            down = sum(v < 0 for v in d)
+            cells.append(f"{m:+{fmt}} [{lo:+{fmt}}, {hi:+{fmt}}], {down} of {len(d)} down")
+        label = next(r["method"] for r in results if r["key"] == key)
+        other_label = next(r["method"] for r in results if r["key"] == other)
+        lines.append(f"| {label} | {other_label} | {n} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def training_minutes(run: Path) -> float | None:
+    """The run's own training time, from the last line of its log.jsonl (so a re-run that
+    reuses a finished run still reports how long it took)."""
+    log = run / "log.jsonl"
+    if not log.is_file():
+        return None
+    lines = log.read_text().strip().splitlines()
+    return json.loads(lines[-1])["seconds"] / 60 if lines else None
 
 
 def labelled(image: Image.Image, text: str) -> Image.Image:
@@ -200,8 +293,13 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=SAMPLES)
     ap.add_argument("--seeds", type=int, default=len(SEEDS), help="seeds per adaptation row")
     ap.add_argument("--bases", type=int, default=2, help="independently pre-trained bases")
-    ap.add_argument("--rows", choices=("all", "fairness"), default="all")
-    ap.add_argument("--quick", action="store_true", help="the effects' direction, ~15 min")
+    ap.add_argument(
+        "--rows",
+        default="all",
+        help="all, fairness, training, fewshot or row keys, comma-separated (for example "
+        "'weighting,scratch'); an invocation without every row writes its tables to --out",
+    )
+    ap.add_argument("--quick", action="store_true", help="the effects' direction, ~21 min")
     args = ap.parse_args()
     if args.quick:
         if args.out == "out/fairtl":
@@ -210,11 +308,18 @@ def main() -> None:
         args.bases = 1
     seeds = SEEDS[: args.seeds]
     bases = range(max(1, args.bases))
+    rows: set[str] = set()
+    for part in filter(None, (p.strip() for p in args.rows.split(","))):
+        if part not in ROW_GROUPS and part not in ALL_ROWS:
+            ap.error(f"--rows: unknown row or group {part!r} (rows: {', '.join(ALL_ROWS)})")
+        rows.update(ROW_GROUPS.get(part, (part,)))
+    if not rows:
+        ap.error("--rows: no rows given")
 
     def wanted(key: str) -> bool:
         if args.quick and key not in QUICK_ROWS:
             return False
-        return args.rows == "all" or key in FAIRNESS_ROWS
+        return key in rows
 
     out = Path(args.out)
     data = out / "data"
@@ -234,7 +339,9 @@ def main() -> None:
         if not (data / name / "labels.csv").is_file():
             make_set(data / name, n, frac, seed=seed, domain=domain)
 
-    common = {"batch_size": BATCH, "device": "cpu", "sample_every": 10**9}
+    net = {**NET, "resolution": QUICK["resolution"]} if args.quick else NET
+    batch = QUICK["batch"] if args.quick else BATCH
+    common = {"batch_size": batch, "device": "cpu", "sample_every": 10**9}
     every = {"checkpoint_every": max(1, pre // 4)}
     runs: dict[str, dict] = {}
 
@@ -250,7 +357,6 @@ def main() -> None:
             return
         for base in bases:
             run = out / "runs" / name(key, base)
-            start = time.perf_counter()
             if not done(run):
                 resume = (run / "config.json").is_file()
                 train_gan(
@@ -260,7 +366,7 @@ def main() -> None:
                         steps=steps,
                         resume=resume,
                         seed=base * BASE_SEED,
-                        **NET,
+                        **net,
                         **common,
                         **every,
                         **kw,
@@ -272,7 +378,7 @@ def main() -> None:
                 "seed": 0,
                 "base": base,
                 "key": key,
-                "minutes": (time.perf_counter() - start) / 60,
+                "minutes": training_minutes(run),
             }
 
     def adapt(key: str, label: str, images: str, **kw) -> None:
@@ -281,7 +387,6 @@ def main() -> None:
         for base in bases:
             for seed in seeds:
                 run = out / "runs" / name(key, base, seed)
-                start = time.perf_counter()
                 if not done(run):
                     resume = (run / "config.json").is_file()
                     finetune_gan(
@@ -303,7 +408,7 @@ def main() -> None:
                     "seed": seed,
                     "base": base,
                     "key": key,
-                    "minutes": (time.perf_counter() - start) / 60,
+                    "minutes": training_minutes(run),
                 }
 
     labels = str(data / "biased" / "labels.csv")
@@ -356,7 +461,7 @@ def main() -> None:
             "run": r["run"].name,
             "base": r["base"],
             "seed": r["seed"],
-            "minutes": round(r["minutes"], 2),
+            "minutes": None if r["minutes"] is None else round(r["minutes"], 2),
             "method": r["label"],
             "fid": m["fid"]["value"],
             "kid": m["kid"]["mean"],
@@ -395,19 +500,23 @@ def main() -> None:
         sheet.paste(t, (0, y))
         y += t.height
 
-    docs = REPO / "docs" if args.scale == 1.0 and not args.quick else out
+    # docs/ holds the tables of a full-scale run of every row; anything else goes to --out
+    every_row = rows >= set(ALL_ROWS)
+    docs = REPO / "docs" if args.scale == 1.0 and not args.quick and every_row else out
     (docs / "images").mkdir(parents=True, exist_ok=True)
-    sheet.save(docs / "images" / "fairtl.png")
-    probe_sheet(out, {k: runs[k]["label"] for k in ("pretrained", "fairtl", "fairtl++")}).save(
-        docs / "images" / "fairtl_probe.png"
-    )
-    check = probe_check(data)
+    if tiles:
+        sheet.save(docs / "images" / "fairtl.png")
+    if all(k in runs for k in FAIRNESS_ROWS):
+        probe_sheet(out, {k: runs[k]["label"] for k in FAIRNESS_ROWS}).save(
+            docs / "images" / "fairtl_probe.png"
+        )
+    check = probe_check(data, res=net["resolution"])
     print(json.dumps({"probe_check": check}), flush=True)
     meta = {
-        "network": NET,
+        "network": net,
         "pretrain_steps": pre,
         "adapt_steps": ada,
-        "batch": BATCH,
+        "batch": batch,
         "samples": args.samples,
         "fid_network": first_metrics["fid"]["network"],
         "diversity": first_metrics["diversity"]["distance"],
@@ -459,6 +568,7 @@ def main() -> None:
             f"{cell(group, 'fid', '.1f')} | {cell(group, 'kid', '.3f')} | "
             f"{cell(group, 'diversity', '.3f')} |"
         )
+    lines += ["", *paired_table(results)]
     c = check
     lines += [
         "",
