@@ -312,7 +312,10 @@ class FeatureNet(nn.Module):
 
     def __init__(self, body: nn.Module, *, name: str, label: str, dim: int, size: int = 224):
         super().__init__()
-        self.body = body
+        # channels_last: oneDNN's convolutions, depthwise ones above all, are about twice
+        # as fast in that layout on a CPU (EfficientNet-Lite0: 2.5 -> 1.1 s per 32 images
+        # on one thread; benchmarks/fid_features.py), with the same features to ~1e-6.
+        self.body = body.to(memory_format=torch.channels_last)
         self.name = name
         self.label = label
         self.dim = dim
@@ -324,7 +327,7 @@ class FeatureNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = _resize(x.to(self.mean.device, torch.float32), (self.size, self.size))
-        x = (x - self.mean) / self.std
+        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
         return self.body(x).flatten(1).float()
 
     def train(self, mode: bool = True) -> FeatureNet:
@@ -340,6 +343,8 @@ def efficientnet_lite0_feature_net(state_dict: dict[str, torch.Tensor]) -> Featu
         net.reset_classifier(0)
     else:
         net.classifier = nn.Identity()
+    if hasattr(net, "fold"):
+        net.fold()  # BatchNorm merged into the convs: inference only, the same features
     return FeatureNet(
         net,
         name="efficientnet-lite0",

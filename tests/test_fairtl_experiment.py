@@ -1,6 +1,9 @@
 """The table arithmetic of docs/fairtl_experiment.py: intervals and paired changes."""
 
+import json
+import shutil
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -63,3 +66,56 @@ def test_the_paired_table_counts_pairs_and_falls():
     assert "| n/a | -2.0 [-2.0, -2.0], 1 of 1 down | +0.100" in diffaug
     # rows whose partner was not run are left out
     assert not any(line.startswith("| cdc10") for line in lines)
+
+
+def test_jobs_run_in_list_order_once_what_they_wait_for_is_done():
+    calls = []
+    jobs = [
+        fx.Job("adapt", calls.append, ("adapt",), after=("base",)),
+        fx.Job("base", calls.append, ("base",)),
+        fx.Job("check", calls.append, ("check",)),
+    ]
+    finished = []
+    fx.run_jobs(jobs, workers=1, on_done=finished.append)
+    # "adapt" comes first in the list but waits for "base"; "check" waits for nothing
+    assert calls == ["base", "adapt", "check"]
+    assert finished == calls
+
+
+def test_jobs_that_wait_on_nothing_known_or_on_each_other_are_refused():
+    with pytest.raises(ValueError, match="unknown jobs \\['nope'\\]"):
+        fx.run_jobs([fx.Job("a", print, after=("nope",))])
+    with pytest.raises(ValueError, match="wait on each other"):
+        fx.run_jobs([fx.Job("a", print, after=("b",)), fx.Job("b", print, after=("a",))])
+    with pytest.raises(ValueError, match="unique"):
+        fx.run_jobs([fx.Job("a", print), fx.Job("a", print)])
+
+
+def test_worker_processes_keep_the_order_and_report_a_failure(tmp_path):
+    # Each job copies the file the job it waits for wrote: run out of order, one would
+    # find no file. The copies run in two spawned processes.
+    (tmp_path / "0").write_text("seed")
+    chain = [
+        fx.Job(str(i), shutil.copyfile, (tmp_path / str(i - 1), tmp_path / str(i)), (str(i - 1),))
+        for i in range(2, 5)
+    ]
+    jobs = [fx.Job("1", shutil.copyfile, (tmp_path / "0", tmp_path / "1")), *chain]
+    done = []
+    fx.run_jobs(jobs[::-1], workers=2, on_done=done.append)
+    assert done == ["1", "2", "3", "4"]
+    assert (tmp_path / "4").read_text() == "seed"
+    with pytest.raises(FileNotFoundError):
+        fx.run_jobs([fx.Job("x", shutil.copyfile, (tmp_path / "missing", tmp_path / "y"))], 2)
+
+
+def test_a_finished_run_with_other_settings_is_named_field_by_field(tmp_path):
+    from artgen.finetune.gan import GanTrainOptions
+
+    run = tmp_path / "runs" / "pretrained"
+    asked = GanTrainOptions(images=str(tmp_path / "data"), out=str(run), steps=3000)
+    assert fx.changed_settings(run, asked) == []  # nothing there yet
+    run.mkdir(parents=True)
+    recorded = {**asdict(asked), "out": str(run.resolve()), "steps": 4000, "resume": True}
+    (run / "config.json").write_text(json.dumps({"options": recorded}))
+    # the same paths written another way and "resume" are not differences
+    assert fx.changed_settings(run, asked) == ["steps: 4000 -> 3000"]

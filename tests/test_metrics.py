@@ -219,6 +219,28 @@ def test_image_features_tensor_and_pil_inputs_agree(fid_net):
     assert image_batch([photo(64, 48), stripes(32)], size=40).shape == (2, 3, 40, 40)
 
 
+def test_lite0_fid_features_are_the_unfolded_classifiers_pooled_features(fid_net):
+    # The FID network folds BatchNorm into the convs and runs channels_last; its features
+    # must be those of the plain classifier (timm's layout, BatchNorm kept, contiguous):
+    # resize to 224, ImageNet-normalise, pool the last feature map.
+    from artgen.metrics import _resize
+    from artgen.models import backbones
+    from artgen.models.backbones import IMAGENET_MEAN, IMAGENET_STD
+    from artgen.weights import choose_backbone, read_state_dict
+
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fid_net.modules())
+    sd = read_state_dict(choose_backbone("efficientnet-lite0", None, instead="").weights, "")
+    plain = backbones.efficientnet_lite0_classifier(sd)
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        want = plain.forward_features((_resize(x, (224, 224)) - mean) / std).mean((2, 3))
+    got = image_features(x, fid_net)
+    assert want.abs().max() > 0.5
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_vgg19_fid_network_from_a_weights_file(tmp_path):
     with pytest.raises(ArtgenError, match=VGG19_FILE):
         load_fid_network("vgg19")  # TORCH_HOME is empty in tests

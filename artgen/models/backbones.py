@@ -277,6 +277,16 @@ class Lite0Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.forward_features(x).mean((2, 3)))
 
+    def fold(self) -> None:
+        """Merge every BatchNorm into its conv (running statistics): for inference only."""
+        self.conv_stem = fold_conv_bn(self.conv_stem, self.bn1)
+        self.bn1 = nn.Identity()
+        for stage in self.blocks:
+            for block in stage:
+                block.fold()
+        self.conv_head = fold_conv_bn(self.conv_head, self.bn2)
+        self.bn2 = nn.Identity()
+
     def reset_classifier(self, num_classes: int = 0) -> None:
         """As timm's: 0 makes ``forward`` end at the pooled 1280-d features."""
         self.classifier = nn.Linear(1280, num_classes) if num_classes else nn.Identity()
