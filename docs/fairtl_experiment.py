@@ -1,7 +1,7 @@
 """Fair transfer learning and few-shot GAN adaptation, measured on a 2-core CPU.
 
     python docs/fairtl_experiment.py [--out out/fairtl] [--scale 1.0] [--bases 2] [--seeds 3]
-    python docs/fairtl_experiment.py --quick     # the direction of each effect, ~13 min
+    python docs/fairtl_experiment.py --quick     # the direction of each effect, 6-13 min on 2 cores
     python docs/fairtl_experiment.py --rows fairness   # only rows 1, 3 and 4
     python docs/fairtl_experiment.py --rows fewshot    # rows 6 to 10 (training: 2 and 5)
 
@@ -455,7 +455,9 @@ def main() -> None:
         help="runs trained at once, in separate processes that share the cores (default: 2 "
         "where there are 2 cores; 1 runs everything in this process)",
     )
-    ap.add_argument("--quick", action="store_true", help="the effects' direction, ~13 min")
+    ap.add_argument(
+        "--quick", action="store_true", help="the effects' direction, 6-13 min on 2 cores"
+    )
     args = ap.parse_args()
     if args.jobs < 1:
         ap.error(f"--jobs {args.jobs}: give 1 or more")
