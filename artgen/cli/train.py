@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import os
 import sys
+from pathlib import Path
 
 from artgen.cli.common import StepBar, quiet_libraries
 from artgen.cli.flags import add_dataclass_flags
@@ -94,15 +95,29 @@ def add_commands(sub: argparse._SubParsersAction, method: str) -> None:
     cv.set_defaults(func=_cmd_convert)
 
     ex = sub.add_parser(
-        "export", help="a text-to-image LoRA run as one kohya-style file (ComfyUI, A1111)"
+        "export",
+        help="a text-to-image LoRA run as one kohya-style file (ComfyUI, A1111), "
+        "or the fast method as ONNX (`artgen export onnx`)",
+        epilog=EXPORT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ex.add_argument("run", help="a finished artgen finetune diffusion run (method lora)")
+    ex.add_argument(
+        "run",
+        help="a finished artgen finetune diffusion run (method lora), or the word onnx",
+    )
     ex.add_argument(
         "-o",
         "--output",
         default="",
-        help="file to write (default: RUN/lora/lora_kohya.safetensors)",
+        help="file to write (default: RUN/lora/lora_kohya.safetensors; for onnx: fast.onnx)",
     )
+    ex.add_argument(
+        "--model",
+        default="shipped",
+        help="onnx only: the fast network to export (shipped, or a folder from "
+        "`artgen train adain`)",
+    )
+    ex.add_argument("--overwrite", action="store_true", help="onnx only: replace the output")
     ex.set_defaults(func=_cmd_export)
 
 
@@ -200,11 +215,38 @@ def _cmd_train_adain(args: argparse.Namespace) -> int:
     return 0
 
 
+EXPORT_EXAMPLES = """examples:
+  artgen export my_lora_run                      # -> my_lora_run/lora/lora_kohya.safetensors
+  artgen export onnx -o fast.onnx                # the fast method (encoder, AdaIN, decoder)
+  artgen export onnx --model my_adain_run -o mine.onnx
+
+The ONNX graph takes content (1,3,H,W) and style (1,3,h,w) in [0,1] and alpha (0-1), any
+sizes; it is checked against PyTorch (within 1e-3) before the command ends. Needs the onnx
+extra: pip install 'artgen[onnx]'."""
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
+    if args.run == "onnx" and not Path(args.run).is_dir():
+        return _export_onnx(args)
     from artgen.finetune.diffusion import export_lora
 
     path = export_lora(args.run, args.output)
     print(f"kohya-style LoRA: {path} (ComfyUI: models/loras/; A1111: models/Lora/)")
+    return 0
+
+
+def _export_onnx(args: argparse.Namespace) -> int:
+    from artgen.images import check_output
+    from artgen.onnx_export import export_onnx
+    from artgen.weights import load_adain
+
+    out = check_output(args.output or "fast.onnx", overwrite=args.overwrite)
+    report = export_onnx(load_adain(args.model, "cpu"), out, overwrite=args.overwrite)
+    diff = report["max_abs_diff"]
+    checked = (
+        f"matches PyTorch to {diff:.1e}" if diff == diff else "not checked: onnxruntime missing"
+    )
+    print(f"ONNX (opset {report['opset']}): {out} ({checked})")
     return 0
 
 

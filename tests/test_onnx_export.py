@@ -1,0 +1,64 @@
+"""`artgen export onnx`: the fast method as one ONNX graph, equal to PyTorch on other sizes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from artgen.cli import main
+from artgen.errors import ArtgenError
+
+ort = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+pytest.importorskip("onnxscript", reason="the onnx extra is not installed")
+
+
+@pytest.fixture(scope="module")
+def tiny(lite0):
+    """The real Lite0 encoder and a narrow random decoder (what is exported is the same graph)."""
+    from artgen.models import adain as M
+
+    cfg = M.AdaINConfig(widths=(8, 8, 8), tail=(8, 8))
+    torch.manual_seed(0)
+    enc = lite0.truncate([*cfg.levels, *cfg.style_layers])
+    return M.AdaINModel(enc, M.build_decoder(cfg), cfg).eval()
+
+
+def test_the_graph_is_the_fast_method(tiny, tmp_path):
+    """What the graph computes is artgen's forward pass (border, AdaIN at every level, decoder,
+    crop), for sizes that are no multiple of the stride and any alpha; onnxruntime agrees
+    with PyTorch to 1e-3 on sizes the export never saw."""
+    from artgen.onnx_export import FastGraph, export_onnx
+
+    graph = FastGraph(tiny)
+    g = torch.Generator().manual_seed(1)
+    c, s = torch.rand(1, 3, 70, 99, generator=g), torch.rand(1, 3, 64, 80, generator=g)
+    with torch.no_grad():
+        want = tiny(c, tiny.style_stats(s), 0.7, border=16).clamp(0, 1)
+        got = graph(c, s, torch.tensor(0.7))
+    assert got.shape == (1, 3, 70, 99)
+    assert torch.allclose(got, want, atol=1e-5)
+
+    report = export_onnx(tiny, tmp_path / "fast.onnx")
+    assert report["max_abs_diff"] < 1e-3
+    sess = ort.InferenceSession(str(tmp_path / "fast.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["content", "style", "alpha"]
+    c2, s2 = torch.rand(1, 3, 131, 45, generator=g), torch.rand(1, 3, 50, 50, generator=g)
+    out = sess.run(
+        None, {"content": c2.numpy(), "style": s2.numpy(), "alpha": np.array(1.0, np.float32)}
+    )
+    with torch.no_grad():
+        ref = graph(c2, s2, torch.tensor(1.0)).numpy()
+    assert out[0].shape == (1, 3, 131, 45)
+    assert float(np.abs(out[0] - ref).max()) < 1e-3
+    # a second export refuses to replace the file unless asked to
+    with pytest.raises(ArtgenError, match="already exists"):
+        export_onnx(tiny, tmp_path / "fast.onnx")
+
+
+def test_export_onnx_command_refuses_a_bad_output_before_work(tmp_path, capsys):
+    (tmp_path / "taken.onnx").write_bytes(b"mine")
+    assert main(["export", "onnx", "-o", str(tmp_path / "taken.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "taken.onnx").read_bytes() == b"mine"
