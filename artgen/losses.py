@@ -119,6 +119,22 @@ def stats_loss(features: torch.Tensor, target_mean: torch.Tensor, target_std: to
     return F.mse_loss(m, target_mean.float()) + F.mse_loss(s, target_std.float())
 
 
+def covariance(features: torch.Tensor) -> torch.Tensor:
+    """Channel covariance of (N, C, H, W) features over space, (N, C, C), in fp32: the Gram
+    matrix of the centred features."""
+    f = features.float()
+    return gram(f - f.mean(dim=(2, 3), keepdim=True))
+
+
+def covariance_loss(features: torch.Tensor, target: torch.Tensor, eps: float = 1e-8):
+    """||Cov(f) - Cov_t||_F^2 / ||Cov_t||_F^2 per sample, averaged over the batch: how far the
+    channel correlations (at shallow layers, the palette: which colours go together) are
+    from the style's, on one scale at every layer. ``target`` from :func:`covariance`."""
+    t = target.float()
+    d = (covariance(features) - t).pow(2).sum(dim=(1, 2))
+    return (d / t.pow(2).sum(dim=(1, 2)).clamp_min(eps)).mean()
+
+
 def stats_distance(features: torch.Tensor, target_mean: torch.Tensor, target_std: torch.Tensor):
     """sqrt of the summed squared distance of channel means and stds (a metric, not a loss)."""
     m, s = mean_std(features)

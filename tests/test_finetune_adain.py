@@ -36,20 +36,25 @@ def data(tmp_path):
     return c, s
 
 
-def test_losses_are_the_papers(lite0):
-    """L_c = MSE(f(g(t)), t) at the AdaIN levels; L_s = sum over layers of the MSE of means and stds."""
+@pytest.mark.parametrize("levels", ["deepest", "all"])
+def test_losses_are_the_papers(lite0, levels):
+    """L_c = MSE(f(g(t)), t) at the deepest AdaIN level (the paper) or at all of them;
+    L_s = sum over layers of the MSE of means and stds."""
     from artgen.models import adain as M
 
     cfg = M.LITE0_CONFIG
     model = M.AdaINModel(lite0.truncate(list(cfg.style_layers)), M.build_decoder(cfg), cfg)
     torch.manual_seed(0)
     c, s = torch.rand(2, 3, 48, 48), torch.rand(2, 3, 48, 48)
-    total, l_c, l_s, out = T.adain_losses(model, c, s, 7.0)
+    total, l_c, l_s, out = T.adain_losses(model, c, s, 7.0, levels)
     # Recompute by hand from the same pieces.
     sf = model.features(s, cfg.style_layers)
     t = model.stylise_features(c, [mean_std(sf[n]) for n in cfg.levels])
     gf = model.features(out, cfg.style_layers)
-    lc = sum(((gf[n] - tt) ** 2).mean() for n, tt in zip(cfg.levels, t, strict=True))
+    used = list(zip(cfg.levels, t, strict=True))
+    used = used[-1:] if levels == "deepest" else used
+    assert [n for n, _ in used] == (["block3_2"] if levels == "deepest" else list(cfg.levels))
+    lc = sum(((gf[n] - tt) ** 2).mean() for n, tt in used)
     ls = 0.0
     for n in cfg.style_layers:
         (gm, gs), (sm, ss) = mean_std(gf[n]), mean_std(sf[n])
@@ -117,6 +122,47 @@ def test_resume_guards(data, tmp_path):
         T.train_adain(resumed)
     with pytest.raises(ArtgenError, match="--crop 30: must be a multiple of 16"):
         T.AdaINTrainOptions(crop=30)
+    with pytest.raises(ArtgenError, match="--content-levels 'some': choose deepest, all"):
+        T.AdaINTrainOptions(content_levels="some")
+
+
+def test_a_run_recorded_before_the_loss_options_resumes_as_it_was_trained(data, tmp_path):
+    """Runs made before --content-levels and --cov-weight took the content loss at every
+    level and no covariance loss: resuming one keeps that."""
+    c, s = data
+    run = tmp_path / "run"
+    args = ["train", "adain", "--content", str(c), "--styles", str(s), "--out", str(run)]
+    assert main([*args, *TINY, "--steps", "2", "--cov-weight", "5", "-q"]) == 0
+    opts = json.loads((run / "config.json").read_text())["options"]
+    assert (opts["content_levels"], opts["cov_weight"]) == ("all", 5.0)
+    assert T.options_for_resume(run, steps=3).cov_weight == 5.0
+
+    def old(d):
+        d["options"].pop("content_levels")
+        d["options"].pop("cov_weight")
+
+    edit_json(run / "config.json", old)
+    resumed = T.options_for_resume(run, steps=3)
+    assert (resumed.content_levels, resumed.cov_weight) == ("all", 0.0)
+
+
+def test_the_covariance_loss_is_added_with_its_weight(lite0):
+    from artgen.losses import covariance, covariance_loss
+    from artgen.models import adain as M
+
+    cfg = M.LITE0_CONFIG
+    model = M.AdaINModel(lite0.truncate(list(cfg.style_layers)), M.build_decoder(cfg), cfg)
+    torch.manual_seed(0)
+    c, s = torch.rand(2, 3, 48, 48), torch.rand(2, 3, 48, 48)
+    with torch.no_grad():
+        total0, lc0, ls0, out = T.adain_losses(model, c, s, 10.0, "all", 0.0)
+        total, lc, ls, _ = T.adain_losses(model, c, s, 10.0, "all", 200.0)
+        gf, sf = model.features(out, cfg.style_layers), model.features(s, cfg.style_layers)
+        cov = sum(covariance_loss(gf[n], covariance(sf[n])) for n in cfg.style_layers)
+    assert float(cov) > 0
+    assert total.item() == pytest.approx(total0.item() + 200.0 * float(cov), rel=1e-5)
+    assert ls.item() == pytest.approx(ls0.item() + 20.0 * float(cov), rel=1e-5)
+    assert lc.item() == pytest.approx(lc0.item())
 
 
 def test_two_processes_average_their_gradients(data, tmp_path):

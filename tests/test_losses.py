@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from artgen.color import combine_luminance, luminance, match_histogram, rgb_to_yiq
@@ -50,3 +51,21 @@ def test_luminance_transfer_keeps_content_chroma():
     out = combine_luminance(grey, content)
     assert torch.allclose(rgb_to_yiq(out)[:, 1:], rgb_to_yiq(content)[:, 1:], atol=1e-4)
     assert torch.allclose(rgb_to_yiq(out)[:, :1], grey[:, :1], atol=1e-4)
+
+
+def test_covariance_is_the_centred_gram_and_its_loss_is_relative():
+    from artgen.losses import covariance, covariance_loss
+
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(2, 3, 5, 7, generator=g) * 2 + 1
+    x = f.reshape(2, 3, 35)
+    x = x - x.mean(2, keepdim=True)
+    assert torch.allclose(covariance(f), x @ x.transpose(1, 2) / 35, atol=1e-5)
+    # per channel the diagonal is the variance (population, as mean_std's)
+    assert torch.allclose(covariance(f).diagonal(dim1=1, dim2=2), f.var(dim=(2, 3), correction=0))
+    t = covariance(f)
+    assert float(covariance_loss(f, t)) == pytest.approx(0.0, abs=1e-10)
+    assert float(covariance_loss(f + 3.0, t)) == pytest.approx(0.0, abs=1e-6)  # means do not count
+    # twice the features: four times the covariance, a relative error of 3^2 = 9
+    assert float(covariance_loss(2 * f, t)) == pytest.approx(9.0, rel=1e-5)
+    assert float(covariance_loss(torch.zeros_like(f), t)) == pytest.approx(1.0)

@@ -49,13 +49,14 @@ from artgen.devices import resolve_device
 from artgen.errors import ArtgenError
 from artgen.finetune.run import RunOptions, open_run, train
 from artgen.finetune.run import options_for_resume as options_for_resume  # the one policy
-from artgen.losses import mean_std, stats_loss
+from artgen.losses import covariance, covariance_loss, mean_std, stats_loss
 
 ENCODER_CHOICES = ("efficientnet-lite0", "vgg19")
 # Settings that name folders, recorded as absolute paths. --base is one too unless it names
 # a bundled network (shipped, vgg19), so it is recorded absolute but not resolved on reading.
 PATHS = ("styles", "out", "content")
 BASE_NAMES = ("", "shipped", "vgg19")
+CONTENT_LEVELS = ("deepest", "all")
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,13 @@ class AdaINTrainOptions(RunOptions):
 
     KIND: ClassVar[str] = "train-adain"
     PATHS: ClassVar[tuple[str, ...]] = PATHS
+    # Runs made before --content-levels existed took the content loss at every level.
+    ADDED_SETTINGS: ClassVar[dict[str, Any]] = {
+        "content_levels": "all",
+        "cov_weight": 0.0,
+        "levels": 3,
+        "width_scale": 1.0,
+    }
 
     styles: str = field(default="", metadata={"help": "folder of style images"})
     content: str = field(
@@ -93,6 +101,33 @@ class AdaINTrainOptions(RunOptions):
     style_weight: float = field(
         default=0.0,
         metadata={"help": "lambda, the style loss weight (0: the encoder's default)"},
+    )
+    cov_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "weight of a channel-covariance style loss at the style layers (0: the "
+            "paper's mean/std loss only); covariances carry the palette's correlations"
+        },
+    )
+    content_levels: str = field(
+        default="all",
+        metadata={
+            "help": "AdaIN levels the content loss is taken at: deepest (the paper's relu4_1 "
+            "choice) or all (every level the decoder is fed, which pins the photo's colours)",
+            "choices": CONTENT_LEVELS,
+        },
+    )
+    levels: int = field(
+        default=3,
+        metadata={
+            "help": "from scratch, efficientnet-lite0: AdaIN levels the decoder is fed, 3 "
+            "(strides 4, 8, 16) or 2 (strides 8, 16: no stride-4 skip)",
+            "choices": (2, 3),
+        },
+    )
+    width_scale: float = field(
+        default=1.0,
+        metadata={"help": "from scratch, efficientnet-lite0: decoder widths times this"},
     )
     sample_every: int = field(default=500, metadata={"help": "steps between sample sheets"})
     checkpoint_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
@@ -124,10 +159,27 @@ class AdaINTrainOptions(RunOptions):
             raise ArtgenError("--lr must be positive and --lr-decay >= 0")
         if self.style_weight < 0 or not math.isfinite(self.style_weight):
             raise ArtgenError(f"--style-weight {self.style_weight}: must be >= 0")
+        if self.cov_weight < 0 or not math.isfinite(self.cov_weight):
+            raise ArtgenError(f"--cov-weight {self.cov_weight}: must be >= 0")
         if self.encoder not in ENCODER_CHOICES:
             raise ArtgenError(f"--encoder {self.encoder!r}: choose {', '.join(ENCODER_CHOICES)}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ArtgenError(f"--precision {self.precision!r}: choose auto, fp32 or bf16")
+        if self.levels not in (2, 3):
+            raise ArtgenError(f"--levels {self.levels}: choose 2 or 3")
+        if not 0.25 <= self.width_scale <= 4 or not math.isfinite(self.width_scale):
+            raise ArtgenError(f"--width-scale {self.width_scale}: must be from 0.25 to 4")
+        if (self.base or self.encoder != "efficientnet-lite0") and (
+            self.levels != 3 or self.width_scale != 1.0
+        ):
+            raise ArtgenError(
+                "--levels and --width-scale shape a new efficientnet-lite0 decoder; "
+                "they cannot change a --base network or the vgg19 one"
+            )
+        if self.content_levels not in CONTENT_LEVELS:
+            raise ArtgenError(
+                f"--content-levels {self.content_levels!r}: choose {', '.join(CONTENT_LEVELS)}"
+            )
         if self.keep_checkpoints < 0:
             raise ArtgenError(f"--keep-checkpoints {self.keep_checkpoints}: must be >= 0")
 
@@ -209,20 +261,65 @@ def _example_photos() -> Path:
     return catalog.styles_dir() / "examples"
 
 
-def adain_losses(model, content: torch.Tensor, style: torch.Tensor, style_weight: float):
-    """(total, content, style) losses of the paper for one batch (eq. 11-13)."""
+def adain_losses(
+    model,
+    content: torch.Tensor,
+    style: torch.Tensor,
+    style_weight: float,
+    content_levels: str = "all",
+    cov_weight: float = 0.0,
+):
+    """(total, content, style) losses of the paper for one batch (eq. 11-13).
+
+    ``content_levels``: "deepest" takes the content loss at the deepest AdaIN level only,
+    as the paper does (relu4_1); "all" at every level the decoder is fed (the held-out
+    ablation in docs/adain.md: "deepest" loses the photo's edges, 0.31 against 0.60 edge
+    correlation, and moves the style no closer).
+
+    ``cov_weight`` > 0 adds sum over the style layers of
+    :func:`artgen.losses.covariance_loss` (the relative distance of the channel covariances
+    to the style's: Gatys's Gram matrices, centred) with that weight; the returned style
+    loss is then L_s + cov_weight / style_weight * L_cov, so that the total stays
+    L_c + style_weight * (returned style loss)."""
     cfg = model.config
     s_feats = model.features(style, cfg.style_layers)
     level_stats = [mean_std(s_feats[name]) for name in cfg.levels]
     t = model.stylise_features(content, level_stats, 1.0)
     out = model.decoder([v.to(next(model.decoder.parameters()).dtype) for v in t])
     g_feats = model.features(out, list(dict.fromkeys([*cfg.levels, *cfg.style_layers])))
-    l_c = sum(
-        F.mse_loss(g_feats[name].float(), tt.detach())
-        for name, tt in zip(cfg.levels, t, strict=True)
-    )
+    pairs = list(zip(cfg.levels, t, strict=True))
+    if content_levels == "deepest":
+        pairs = pairs[-1:]
+    l_c = sum(F.mse_loss(g_feats[name].float(), tt.detach()) for name, tt in pairs)
     l_s = sum(stats_loss(g_feats[name], *mean_std(s_feats[name])) for name in cfg.style_layers)
+    if cov_weight > 0:
+        l_cov = sum(
+            covariance_loss(g_feats[name], covariance(s_feats[name])) for name in cfg.style_layers
+        )
+        l_s = l_s + cov_weight / style_weight * l_cov
     return l_c + style_weight * l_s, l_c, l_s, out
+
+
+def lite0_config(levels: int = 3, width_scale: float = 1.0):
+    """The EfficientNet-Lite0 network's config with ``levels`` AdaIN levels (3: strides 4, 8
+    and 16; 2: strides 8 and 16, the decoder upsampling three times after the last merge)
+    and its decoder widths scaled by ``width_scale``."""
+    import dataclasses
+
+    from artgen.models.adain import LITE0_CONFIG as C
+
+    def scale(ws):
+        return tuple(max(4, round(w * width_scale)) for w in ws)
+
+    if levels == 3:
+        return dataclasses.replace(C, widths=scale(C.widths), tail=scale(C.tail))
+    return dataclasses.replace(
+        C,
+        levels=C.levels[1:],
+        level_channels=C.level_channels[1:],
+        widths=scale(C.widths[1:]),
+        tail=scale((C.widths[0], *C.tail)),
+    )
 
 
 def _initial_model(options: AdaINTrainOptions, device: torch.device):
@@ -241,7 +338,7 @@ def _initial_model(options: AdaINTrainOptions, device: torch.device):
         source = "scratch"
     else:
         sd = weights.read_state_dict(weights.efficientnet_lite0_path(), "reinstall it")
-        model = adain_models.build_model(adain_models.LITE0_CONFIG, sd)
+        model = adain_models.build_model(lite0_config(options.levels, options.width_scale), sd)
         source = "scratch"
     return model.to(device), source
 
@@ -344,7 +441,14 @@ class _AdaINTrainer:
         c = self.contents.batch(self.options.batch_size, self.g).to(self.device)
         s = self.styles.batch(self.options.batch_size, self.g).to(self.device)
         with self.amp():
-            loss, l_c, l_s, _ = adain_losses(self.model, c, s, self.style_weight)
+            loss, l_c, l_s, _ = adain_losses(
+                self.model,
+                c,
+                s,
+                self.style_weight,
+                self.options.content_levels,
+                self.options.cov_weight,
+            )
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         losses = torch.stack([loss.detach(), l_c.detach(), l_s.detach()]).float()
