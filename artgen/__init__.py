@@ -24,62 +24,49 @@ older calls still work: ``artgen.generate(pipeline_or_run, n, ...)``,
 """
 
 from artgen.errors import ArtgenError, Cancelled
-from artgen.finetune.adain import AdaINTrainOptions, train_adain
-from artgen.finetune.diffusion import (
-    DiffusionFinetuneOptions,
-    FinetuneProgress,
-    SampleOptions,
-    finetune_diffusion,
-    sample_run,
-)
-from artgen.finetune.gan import (
-    GanFinetuneOptions,
-    GanProgress,
-    GanTrainOptions,
-    finetune_gan,
-    generate_gan,
-    load_generator,
-    train_gan,
-)
-from artgen.runs import DiffusionRun, GanRun, Run, generate, load_run, register_run
-from artgen.style import get_method, method_names, stylize
-from artgen.style.adain import AdaINOptions
-from artgen.style.gatys import StylizeOptions, StylizeProgress
-from artgen.video import VideoOptions, VideoProgress, VideoResult, stylize_video
+
+# Where each public name lives. They are imported on first use (PEP 562), so that a command
+# which needs no PyTorch (the fast method on onnxruntime, `artgen info`) never imports it.
+_LAZY = {
+    "artgen.finetune.adain": ("AdaINTrainOptions", "train_adain"),
+    "artgen.finetune.diffusion": (
+        "DiffusionFinetuneOptions",
+        "FinetuneProgress",
+        "SampleOptions",
+        "finetune_diffusion",
+        "sample_run",
+    ),
+    "artgen.finetune.gan": (
+        "GanFinetuneOptions",
+        "GanProgress",
+        "GanTrainOptions",
+        "finetune_gan",
+        "generate_gan",
+        "load_generator",
+        "train_gan",
+    ),
+    "artgen.runs": ("DiffusionRun", "GanRun", "Run", "generate", "load_run", "register_run"),
+    "artgen.style": ("get_method", "method_names", "stylize"),
+    "artgen.style.adain": ("AdaINOptions",),
+    "artgen.style.gatys": ("StylizeOptions", "StylizeProgress"),
+    "artgen.video": ("VideoOptions", "VideoProgress", "VideoResult", "stylize_video"),
+}
+_WHERE = {name: module for module, names in _LAZY.items() for name in names}
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'artgen' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})
+
 
 __version__ = "0.1.0"
-__all__ = [
-    "AdaINOptions",
-    "AdaINTrainOptions",
-    "ArtgenError",
-    "get_method",
-    "method_names",
-    "train_adain",
-    "DiffusionFinetuneOptions",
-    "FinetuneProgress",
-    "GanFinetuneOptions",
-    "GanProgress",
-    "GanTrainOptions",
-    "finetune_gan",
-    "generate_gan",
-    "load_generator",
-    "train_gan",
-    "SampleOptions",
-    "finetune_diffusion",
-    "generate",
-    "load_run",
-    "Run",
-    "DiffusionRun",
-    "GanRun",
-    "register_run",
-    "sample_run",
-    "Cancelled",
-    "StylizeOptions",
-    "StylizeProgress",
-    "stylize",
-    "stylize_video",
-    "VideoOptions",
-    "VideoProgress",
-    "VideoResult",
-    "__version__",
-]
+__all__ = ["ArtgenError", "Cancelled", *_WHERE, "__version__"]

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING, Any
 
 from artgen.errors import ArtgenError
 
+if TYPE_CHECKING:
+    import torch
+
 
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    import torch  # here, not at the top: available_memory("cpu") needs no PyTorch
+
     if isinstance(name, torch.device):
         return name
     if name in (None, "auto"):
@@ -27,12 +32,15 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     return torch.device(name)
 
 
-def available_memory(device: torch.device) -> int | None:
-    """Bytes that a run may still use on ``device`` (None: unknown)."""
-    if device.type == "cuda":
+def available_memory(device: Any) -> int | None:
+    """Bytes that a run may still use on ``device`` (a torch.device, or "cpu"; None: unknown)."""
+    kind = getattr(device, "type", str(device))
+    if kind == "cuda":
+        import torch
+
         free, _ = torch.cuda.mem_get_info(device)
         return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
-    if device.type == "cpu":
+    if kind == "cpu":
         try:
             with open("/proc/meminfo") as f:
                 for line in f:

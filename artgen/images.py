@@ -19,12 +19,15 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from artgen.errors import ArtgenError
+
+if TYPE_CHECKING:
+    import torch
 
 # Decoders we accept; everything else is refused before any parsing happens.
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
@@ -145,6 +148,8 @@ class LoadedMask:
             if self.image.size == tuple(size)
             else self.image.resize(tuple(size), Image.Resampling.BILINEAR)
         )
+        import torch  # not at the top: a command that needs no PyTorch never imports it
+
         a = np.asarray(im, dtype=np.float32).clip(0.0, 1.0)
         return torch.from_numpy(a.copy())[None, None]
 
@@ -210,6 +215,8 @@ def resize_long_side(im: Image.Image, long_side: int) -> Image.Image:
 
 def to_tensor(im: Image.Image) -> torch.Tensor:
     """PIL RGB -> float tensor (1, 3, H, W) in [0, 1]."""
+    import torch
+
     a = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
     return torch.from_numpy(a).permute(2, 0, 1).unsqueeze(0).contiguous()
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import sys
 from collections.abc import Sequence
 
@@ -26,8 +27,10 @@ from artgen.errors import ArtgenError, clip
 FAMILIES = ("stylize", "train", "runs", "assets")  # modules of artgen.cli, in --help order
 
 
-def build_parser(method: str = "gatys") -> argparse.ArgumentParser:
-    """The parser; ``stylize``, ``batch`` and ``video`` get the flags of ``method``'s options."""
+def build_parser(method: str = "gatys", command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; ``stylize``, ``batch`` and ``video`` get the flags of ``method``'s options.
+    With ``command`` (one that a family's COMMANDS names) only that command is built, so that
+    running one command imports only what it needs."""
     from artgen import __version__
     from artgen.cli.stylize import EXAMPLES
 
@@ -39,8 +42,13 @@ def build_parser(method: str = "gatys") -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"artgen {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for family in FAMILIES:
-        importlib.import_module(f"artgen.cli.{family}").add_commands(sub, method)
+    modules = [importlib.import_module(f"artgen.cli.{f}") for f in FAMILIES]
+    owners = [m for m in modules if command in getattr(m, "COMMANDS", ())]
+    for module in owners or modules:
+        if owners and "only" in inspect.signature(module.add_commands).parameters:
+            module.add_commands(sub, method, only=command)
+        else:
+            module.add_commands(sub, method)
     return p
 
 
@@ -52,7 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv[:1] == ["app"]:  # the app parses its own flags (from its AppConfig)
             return run_app(argv[1:])
-        parser = build_parser(peek_method(argv))
+        command = argv[0] if argv and not argv[0].startswith("-") else None
+        parser = build_parser(peek_method(argv), command)
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()

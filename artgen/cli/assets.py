@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from artgen.cli.common import MESSAGE_LIMIT, download_bar
 from artgen.errors import ArtgenError, clip
 
+COMMANDS = ("weights", "styles", "app")
+
 
 def add_commands(sub: argparse._SubParsersAction, method: str) -> None:
     """weights list|fetch, styles list|fetch, app."""

@@ -15,6 +15,8 @@ from artgen.cli.common import options_from, quiet_libraries
 from artgen.cli.flags import add_dataclass_flags
 from artgen.errors import ArtgenError
 
+COMMANDS = ("sample", "eval")
+
 
 def add_commands(sub: argparse._SubParsersAction, method: str) -> None:
     """sample and eval."""

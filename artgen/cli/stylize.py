@@ -41,11 +41,14 @@ examples:
 """
 
 
-def add_commands(sub: argparse._SubParsersAction, method: str) -> None:
-    """stylize, batch, video and info; the first three get the flags of ``method``."""
+COMMANDS = ("stylize", "batch", "video", "info")
+
+
+def add_commands(sub: argparse._SubParsersAction, method: str, only: str | None = None) -> None:
+    """stylize, batch, video and info (or ``only`` that one); the first three get the flags of
+    ``method``. Batch's and video's options are imported only when their parsers are made:
+    `artgen stylize --method adain` then loads no PyTorch until it must."""
     from artgen.style import DEFAULT_METHOD, METHODS, get_method
-    from artgen.style.batch import BatchOptions
-    from artgen.video import VideoOptions
 
     style_method = get_method(method if method in METHODS else DEFAULT_METHOD)
 
@@ -67,17 +70,32 @@ def add_commands(sub: argparse._SubParsersAction, method: str) -> None:
             "--weights", help="path to the backbone's weights file (else TORCH_HOME is searched)"
         )
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-        summaries = "; ".join(f"{n}: {get_method(n).summary}" for n in METHODS)
+        # Only this method's module is imported (the others may need more: Gatys imports
+        # PyTorch at once), so the help names the others without their summaries.
         sp.add_argument(
             "--method",
             choices=list(METHODS),
             default=style_method.name,
-            help=f"style method ({summaries}). The flags below are {style_method.name}'s; "
-            "`--method NAME --help` lists another's (default: gatys; sdedit when "
-            "--generator is given)",
+            help=f"style method: {', '.join(METHODS)}. The flags below are "
+            f"{style_method.name}'s ({style_method.summary}); `--method NAME --help` lists "
+            "another's (default: gatys; sdedit when --generator is given)",
         )
         add_dataclass_flags(sp, style_method.options)
 
+    if only in (None, "stylize"):
+        _add_stylize(sub, common)
+    if only in (None, "batch"):
+        _add_batch(sub, common)
+    if only in (None, "video"):
+        _add_video(sub, common)
+    if only in (None, "info"):
+        ip = sub.add_parser("info", help="print the parameters stored in a PNG that artgen wrote")
+        ip.add_argument("image")
+        ip.add_argument("--json", action="store_true", help="print only the JSON")
+        ip.set_defaults(func=_cmd_info)
+
+
+def _add_stylize(sub: argparse._SubParsersAction, common) -> None:
     sp = sub.add_parser(
         "stylize",
         help="stylise one image",
@@ -91,6 +109,10 @@ def add_commands(sub: argparse._SubParsersAction, method: str) -> None:
     _mask_flags(sp)
     sp.set_defaults(func=_cmd_stylize)
 
+
+def _add_batch(sub: argparse._SubParsersAction, common) -> None:
+    from artgen.style.batch import BatchOptions
+
     bp = sub.add_parser(
         "batch",
         help="stylise every image in a folder (resumable)",
@@ -103,6 +125,10 @@ def add_commands(sub: argparse._SubParsersAction, method: str) -> None:
     common(bp)
     _mask_flags(bp)
     bp.set_defaults(func=_cmd_batch)
+
+
+def _add_video(sub: argparse._SubParsersAction, common) -> None:
+    from artgen.video import VideoOptions
 
     vp = sub.add_parser(
         "video",
@@ -121,11 +147,6 @@ def add_commands(sub: argparse._SubParsersAction, method: str) -> None:
     common(vp)
     _mask_flags(vp)
     vp.set_defaults(func=_cmd_video)
-
-    ip = sub.add_parser("info", help="print the parameters stored in a PNG that artgen wrote")
-    ip.add_argument("image")
-    ip.add_argument("--json", action="store_true", help="print only the JSON")
-    ip.set_defaults(func=_cmd_info)
 
 
 def peek_method(argv) -> str:
@@ -202,20 +223,31 @@ def _load_masks(args: argparse.Namespace):
     return (masks if given else None), (load_mask(cmask) if cmask else None)
 
 
-def _setup(args: argparse.Namespace):
-    """The method, its options, the loaded network, the device and the loaded style images."""
+def _setup(args: argparse.Namespace, masks=None, content_mask=None, onnx: bool = True):
+    """The method, its options, the loaded network, the device and the loaded style images.
+    The fast method runs on onnxruntime when this run can (artgen.style.adain_onnx): then
+    PyTorch is never imported."""
     from artgen import catalog
-    from artgen.devices import resolve_device
     from artgen.images import load_image
     from artgen.style import check_styles, get_method
 
     method = get_method(args.method)
     check_styles(method, args.style)
     options = options_from(args, method.options)
-    device = resolve_device(args.device)
     styles = [(load_image(catalog.resolve(s)), w) for s, w in args.style or []]
     if method.needs_styles and (sum(w for _, w in styles) <= 0 or any(w < 0 for _, w in styles)):
         raise ArtgenError("style weights must be >= 0 and not all zero")
+    if onnx and method.name == "adain" and not args.weights:
+        from artgen.style import adain_onnx
+
+        onnx = adain_onnx.usable(options, args.device, styles, masks, content_mask)
+        if onnx is not None:
+            model = adain_onnx.load(onnx)
+            print(method.describe(model), file=sys.stderr)
+            return method, options, model, "cpu", styles
+    from artgen.devices import resolve_device
+
+    device = resolve_device(args.device)
     model = method.load(options, device, args.weights)
     if method.describe is not None:
         print(method.describe(model), file=sys.stderr)
@@ -246,7 +278,7 @@ def _cmd_stylize(args: argparse.Namespace) -> int:
 
     extra = mask_arguments(get_method(args.method), masks, content_mask)
     check_masks(content.size, masks, content_mask)  # before the model loads
-    method, options, model, device, styles = _setup(args)
+    method, options, model, device, styles = _setup(args, masks, content_mask)
     bar = Bar(args.quiet)
     with OutputClaim(out):
         try:
@@ -289,7 +321,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     from artgen.style import get_method, mask_arguments
 
     mask_arguments(get_method(args.method), masks, content_mask)  # refused before any work
-    method, options, model, device, styles = _setup(args)
+    method, options, model, device, styles = _setup(args, masks, content_mask)
     overall = tqdm(
         total=len(jobs), desc=f"batch {i}/{n}", unit="img", position=0, disable=args.quiet
     )
@@ -373,7 +405,8 @@ def _cmd_video(args: argparse.Namespace) -> int:
             plan.kind == "folder" and same_file(os.path.dirname(os.path.abspath(m)), plan.cache)
         ):
             raise ArtgenError(f"{args.output}: would overwrite the mask {m}")
-    method, options, model, device, styles = _setup(args)
+    # video keeps PyTorch: its temporal blending and flow run there
+    method, options, model, device, styles = _setup(args, masks, content_mask, onnx=False)
     i, n = video.shard_numbers()
     share = plan.last - plan.first
     overall = tqdm(

@@ -38,6 +38,9 @@ examples:
 """
 
 
+COMMANDS = ("finetune", "train", "convert", "export")
+
+
 def add_commands(sub: argparse._SubParsersAction, method: str) -> None:
     """finetune diffusion|gan, train gan|adain, convert, export."""
     from artgen.finetune.adain import AdaINTrainOptions

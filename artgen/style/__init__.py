@@ -17,7 +17,7 @@ import os
 import re
 import shlex
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from PIL import Image
@@ -31,6 +31,28 @@ METHODS: dict[str, str] = {
     "sdedit": "artgen.style.sdedit",
 }
 DEFAULT_METHOD = "gatys"
+
+
+PRESERVE_COLOR = ("none", "luminance", "histogram")  # the choices of every style method
+
+
+@dataclass(frozen=True)
+class StylizeProgress:
+    """Sent to the callback after every optimisation step."""
+
+    step: int  # 1-based, counted over all scales
+    total_steps: int
+    scale: int  # 1-based
+    num_scales: int
+    width: int
+    height: int
+    loss: float
+    elapsed: float  # seconds since the start
+    render: Callable[[], Image.Image] = field(repr=False, compare=False)
+
+    def image(self) -> Image.Image:
+        """The current picture (computed only when asked for)."""
+        return self.render()
 
 
 @dataclass(frozen=True)
@@ -284,8 +306,10 @@ def get_method(name: str) -> StyleMethod:
 
 
 def method_of(options: Any) -> StyleMethod:
-    """The method whose options dataclass ``options`` is."""
-    for name in METHODS:
+    """The method whose options dataclass ``options`` is (its own module first, so that the
+    other methods' modules, and what they import, stay unloaded)."""
+    own = [n for n, module in METHODS.items() if type(options).__module__ == module]
+    for name in [*own, *METHODS]:
         m = get_method(name)
         if isinstance(options, m.options):
             return m
@@ -360,6 +384,12 @@ def mask_arguments(m: StyleMethod, masks: Any, content_mask: Any) -> dict[str, A
 # ---------------------------------------------------------------- what a PNG records
 
 
+def _device_name(device: Any) -> str:
+    from artgen.devices import resolve_device
+
+    return str(resolve_device(device))
+
+
 def run_params(
     content: Any,
     styles: Sequence[tuple[Any, float]],
@@ -375,7 +405,6 @@ def run_params(
     in their style's entry, ``content_mask`` beside the content, each by file name and
     sha256 (of the file, or of the mask's values when it is not a file)."""
     from artgen import __version__, catalog
-    from artgen.devices import resolve_device
     from artgen.images import sha256_file
 
     m = method_of(options)
@@ -409,7 +438,8 @@ def run_params(
         "content": ident(content),
         "styles": records,
         "options": opts,
-        "device": str(resolve_device(device) if device is not None else "cpu"),
+        # "cpu" as a word needs no resolving (nor PyTorch: the onnxruntime path gives it)
+        "device": "cpu" if device in (None, "cpu") else _device_name(device),
     }
     if content_mask is not None:
         params["content_mask"] = mask_ident(content_mask)

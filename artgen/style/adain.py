@@ -24,18 +24,27 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from PIL import Image
 
-from artgen import color
-from artgen.devices import resolve_device
 from artgen.errors import ArtgenError
 from artgen.images import LoadedImage, load_image, resize_long_side, to_pil, to_tensor
-from artgen.models.adain import blend_stats
-from artgen.style import OptionsRecord, StyleMethod, load_styles, plan_regions
-from artgen.style.gatys import PRESERVE_COLOR, StylizeProgress
+from artgen.style import (
+    PRESERVE_COLOR,
+    OptionsRecord,
+    StyleMethod,
+    StylizeProgress,
+    load_styles,
+    plan_regions,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+# PyTorch and the network are imported inside the functions that run them: the options and
+# the method's registration load without them, so that a command that runs the fast method
+# on onnxruntime (artgen.style.adain_onnx) never imports PyTorch.
 
 PRECISIONS = ("auto", "fp32", "bf16")
 # Memory one output pixel costs in a forward pass of the shipped network: 225 to 260 bytes
@@ -118,6 +127,7 @@ class AdaINOptions(OptionsRecord):
 
 def load(options: AdaINOptions | None = None, device: Any = "cpu", weights: Any = None):
     """The AdaIN network named by ``options.model`` (or ``weights``), on ``device``."""
+    from artgen.devices import resolve_device
     from artgen.weights import load_adain
 
     options = options or AdaINOptions()
@@ -125,6 +135,8 @@ def load(options: AdaINOptions | None = None, device: Any = "cpu", weights: Any 
 
 
 def describe(model: Any) -> str:
+    if getattr(model, "runtime", None) == "onnxruntime":
+        return f"model: AdaIN with {model.encoder_name} encoder (onnxruntime)"
     return f"model: AdaIN with {model.config.encoder} encoder"
 
 
@@ -139,6 +151,11 @@ def _prepare(
 ):
     """The blended style statistics for each content. Colour preservation matches the style
     to each photo, so then every photo needs its own; otherwise one set serves them all."""
+    import torch
+
+    from artgen import color
+    from artgen.models.adain import blend_stats
+
     long_side = max(max(c.shape[-2:]) for c in contents)
     style_long = max(16, round(long_side * options.style_scale))
     style_t = [
@@ -170,6 +187,8 @@ def _prepare(
 
 def _batch_stats(stats_each: list) -> list:
     """Per-content style statistics (one Stats each) as one Stats for the batch."""
+    import torch
+
     return [
         (torch.cat([s[k][0] for s in stats_each]), torch.cat([s[k][1] for s in stats_each]))
         for k in range(len(stats_each[0]))
@@ -210,6 +229,17 @@ def stylize_many(
     the network as one batch. ``masks`` (one per style, or None) and ``content_mask`` as in
     artgen.stylize: the same masks, resized to each picture (artgen.style.Regions)."""
     options = options or AdaINOptions()
+    if getattr(model, "runtime", None) == "onnxruntime":  # artgen.style.adain_onnx
+        if masks is None and content_mask is None:
+            from artgen.style import adain_onnx
+
+            return adain_onnx.stylize_many(list(contents), styles, options, model)
+        model, device = None, "cpu"  # the graph has no regions: the PyTorch network does
+    import torch
+
+    from artgen import color
+    from artgen.devices import resolve_device
+
     t0 = time.perf_counter()
     dev = (
         resolve_device(device)

@@ -84,14 +84,15 @@ from artgen.losses import (
     weighted_gram,
 )
 from artgen.models.backbones import FeatureExtractor
-from artgen.style import (  # noqa: F401 (parse_styles re-exported)
+from artgen.style import (  # noqa: F401 (parse_styles, StylizeProgress re-exported)
+    PRESERVE_COLOR,
     StyleMethod,
+    StylizeProgress,
     load_styles,
     parse_styles,
     plan_regions,
 )
 
-PRESERVE_COLOR = ("none", "luminance", "histogram")
 INITS = ("content", "noise", "fast")
 OPTIMIZERS = ("adam", "lbfgs")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -255,25 +256,6 @@ class StylizeOptions:
         if d.get("style_layer_weights") is not None:
             d["style_layer_weights"] = tuple(d["style_layer_weights"])
         return cls(**d)
-
-
-@dataclass(frozen=True)
-class StylizeProgress:
-    """Sent to the callback after every optimisation step."""
-
-    step: int  # 1-based, counted over all scales
-    total_steps: int
-    scale: int  # 1-based
-    num_scales: int
-    width: int
-    height: int
-    loss: float
-    elapsed: float  # seconds since the start
-    render: Callable[[], Image.Image] = field(repr=False, compare=False)
-
-    def image(self) -> Image.Image:
-        """The current picture (computed only when asked for)."""
-        return self.render()
 
 
 def scale_sizes(options: StylizeOptions) -> list[int]:

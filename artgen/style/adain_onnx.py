@@ -1,0 +1,160 @@
+"""The fast method on onnxruntime, for commands that should not pay for importing PyTorch.
+
+Importing PyTorch takes about 2.7 s and 0.9 GB on a 2-core CPU, 5 to 20 times the work of
+stylising one 512 px picture. When onnxruntime is installed, the shipped network has its
+ONNX graph beside it (artgen/weights_data/adain-lite0/fast.onnx, written by
+``artgen export onnx`` from the same weights: artgen.onnx_export) and the run needs nothing
+the graph lacks, ``artgen stylize`` and ``artgen batch`` with ``--method adain`` run it
+there: the same network, the same resizing and rounding, so the same picture as the
+PyTorch path to float rounding (tested within 1/255; in practice equal).
+
+What the graph lacks, and so keeps the PyTorch path: a GPU, several styles or masks,
+colour preservation, tiles (pictures beyond ONNX_MAX_PIXELS), bf16, and other networks
+than the shipped one. ``ARTGEN_RUNTIME=torch`` in the environment turns this path off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from artgen.images import LoadedImage, resize_long_side
+
+ONNX_FILE = "fast.onnx"
+ONNX_MAX_PIXELS = 4096 * 4096  # beyond this the PyTorch path (which tiles) is used
+THREADS = int(os.environ.get("ARTGEN_ONNX_THREADS", "0")) or None
+
+
+def shipped_dir() -> Path:
+    return Path(__file__).resolve().parents[1] / "weights_data" / "adain-lite0"
+
+
+def _gpu_present() -> bool:
+    """Whether device 'auto' could pick a GPU (checked without importing PyTorch)."""
+    if sys.platform == "darwin":  # Apple's Metal backend
+        return True
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/dxg")
+
+
+def usable(options: Any, device: str, styles: list, masks: Any = None, content_mask: Any = None):
+    """The ONNX file to run, or None when this run needs the PyTorch path."""
+    if os.environ.get("ARTGEN_RUNTIME", "auto") == "torch":
+        return None
+    if device not in ("auto", "cpu") or (device == "auto" and _gpu_present()):
+        return None
+    if options.model != "shipped" or options.precision == "bf16" or options.tile > 0:
+        return None
+    if options.preserve_color != "none" or masks or content_mask is not None:
+        return None
+    if len(styles) != 1 or importlib.util.find_spec("onnxruntime") is None:
+        return None
+    path = shipped_dir() / ONNX_FILE
+    return path if path.is_file() and _matches_weights(path) else None
+
+
+def _matches_weights(path: Path) -> bool:
+    """The graph was exported from the decoder that ships beside it (recorded sha256)."""
+    meta = path.with_suffix(".json")
+    try:
+        want = json.loads(meta.read_text())["decoder_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    got = hashlib.sha256((shipped_dir() / "decoder.safetensors").read_bytes()).hexdigest()
+    return want == got
+
+
+class OnnxFast:
+    """An onnxruntime session of the fast network (what :func:`load` returns); the fast
+    method's stylize/stylize_many run it when they are handed one as ``model``."""
+
+    runtime = "onnxruntime"
+    config = None  # no PyTorch config: describe() reads ``encoder``
+    encoder_name = "efficientnet-lite0"
+
+    def __init__(self, path: Path):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        if THREADS:
+            so.intra_op_num_threads = THREADS
+        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.path = path
+
+    def __call__(self, content: np.ndarray, style: np.ndarray, alpha: float) -> np.ndarray:
+        feeds = {"content": content, "style": style, "alpha": np.array(alpha, np.float32)}
+        return self.session.run(None, feeds)[0]
+
+
+def _array(im: Image.Image) -> np.ndarray:
+    """As artgen.images.to_tensor: (1, 3, H, W) float32 in [0, 1]."""
+    a = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    return np.ascontiguousarray(a.transpose(2, 0, 1)[None])
+
+
+def stylize_one(
+    content: LoadedImage, style: LoadedImage, options: Any, model: OnnxFast
+) -> Image.Image | None:
+    """One picture, as artgen.style.adain.stylize makes it; None when it is too large for
+    the graph (the PyTorch path, which tiles, then makes it)."""
+    from artgen import devices
+    from artgen.style.adain import BORDER, BYTES_PER_PIXEL
+
+    c = resize_long_side(content.rgb, options.size)
+    if c.width * c.height > ONNX_MAX_PIXELS:
+        return None
+    # The PyTorch path's memory estimate (artgen.style.adain._choose_tile): where it would
+    # tile, so does this path, by handing the picture to it.
+    avail = devices.available_memory("cpu")
+    need = 1.25 * BYTES_PER_PIXEL * (c.width + 2 * BORDER) * (c.height + 2 * BORDER)
+    if options.tile == 0 and avail is not None and need > 0.8 * avail:
+        return None
+    style_long = max(16, round(max(c.size) * options.style_scale))
+    s = resize_long_side(style.rgb, style_long)
+    out = model(_array(c), _array(s), float(options.strength))[0]
+    # As artgen.images.to_pil: clamp, scale, round half to even, to bytes.
+    a = np.round(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8).transpose(1, 2, 0)
+    im = Image.fromarray(np.ascontiguousarray(a), "RGB")
+    if content.alpha is not None:
+        im.putalpha(content.alpha.resize(im.size, Image.Resampling.LANCZOS))
+    im.info["model"] = options.model
+    im.info["tile"] = options.tile
+    return im
+
+
+def stylize_many(contents: list, styles: Any, options: Any, model: OnnxFast) -> list[Image.Image]:
+    """artgen.style.adain.stylize_many for an :class:`OnnxFast` model (one style, no masks:
+    what :func:`usable` admitted). A picture too large for the graph goes through PyTorch."""
+    from artgen.images import load_image
+    from artgen.style import load_styles
+
+    (style, _), *more = load_styles(styles)
+    if more:
+        raise ValueError("the onnxruntime path takes one style")
+    out = []
+    for c in contents:
+        c = c if isinstance(c, LoadedImage) else load_image(c)
+        im = stylize_one(c, style, options, model)
+        if im is None:
+            from artgen.style import adain
+
+            im = adain.stylize(c, styles, options, device="cpu")
+        out.append(im)
+    return out
+
+
+def load(path: Path) -> OnnxFast:
+    return OnnxFast(path)
+
+
+__all__ = ["OnnxFast", "ONNX_FILE", "load", "shipped_dir", "stylize_many", "stylize_one", "usable"]

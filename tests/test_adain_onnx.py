@@ -1,0 +1,98 @@
+"""The fast method on onnxruntime: the same pictures as the PyTorch path, without PyTorch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from artgen.cli import main
+from artgen.images import read_params
+
+from .conftest import photo, stripes
+
+pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+
+
+@pytest.fixture
+def files(tmp_path):
+    c, s = tmp_path / "content.png", tmp_path / "style.png"
+    photo(120, 90, seed=3).save(c)
+    stripes(100, seed=2).save(s)
+    return c, s
+
+
+def test_the_shipped_graph_is_the_shipped_decoders():
+    """fast.onnx records the sha256 of the decoder it was exported from; it must be the one
+    that ships beside it, or the CLI would paint with an older network."""
+    from artgen.style import adain_onnx
+
+    d = adain_onnx.shipped_dir()
+    meta = json.loads((d / "fast.json").read_text())
+    assert (
+        meta["decoder_sha256"]
+        == hashlib.sha256((d / "decoder.safetensors").read_bytes()).hexdigest()
+    )
+    assert (d / "fast.onnx").stat().st_size < 8_000_000
+
+
+@pytest.mark.parametrize("strength", ["1", "0.5"])
+def test_the_cli_paints_the_same_picture_with_either_runtime(
+    files, tmp_path, monkeypatch, capsys, strength
+):
+    c, s = files
+    args = ["stylize", str(c), "--style", str(s), "--method", "adain", "--size", "96"]
+    args += ["--strength", strength, "-q"]
+    assert main([*args, "-o", str(tmp_path / "ort.png")]) == 0
+    assert "(onnxruntime)" in capsys.readouterr().err
+    monkeypatch.setenv("ARTGEN_RUNTIME", "torch")
+    assert main([*args, "-o", str(tmp_path / "torch.png")]) == 0
+    assert "(onnxruntime)" not in capsys.readouterr().err
+    a = np.asarray(Image.open(tmp_path / "ort.png"), dtype=int)
+    b = np.asarray(Image.open(tmp_path / "torch.png"), dtype=int)
+    assert a.shape == b.shape == (72, 96, 3)
+    assert np.abs(a - b).max() <= 1 and (a != b).mean() < 0.01
+    # the same record: the reproduce line cannot tell them apart
+    pa, pb = read_params(tmp_path / "ort.png"), read_params(tmp_path / "torch.png")
+    assert pa == pb
+
+
+def test_runs_the_graph_cannot_do_take_the_pytorch_path(files, tmp_path, capsys):
+    c, s = files
+    base = ["stylize", str(c), "--style", str(s), "--method", "adain", "--size", "64", "-q"]
+    for extra in (["--preserve-color", "luminance"], ["--style", str(c)]):
+        assert main([*base, *extra, "-o", str(tmp_path / f"{len(extra)}{extra[1][-3:]}.png")]) == 0
+        assert "(onnxruntime)" not in capsys.readouterr().err
+
+
+def test_a_fast_command_imports_no_pytorch(files, tmp_path):
+    c, s = files
+    code = (
+        "import sys\nfrom artgen.cli import main\n"
+        f"rc = main(['stylize', {str(c)!r}, '--style', {str(s)!r}, '--method', 'adain', "
+        f"'--size', '64', '-q', '-o', {str(tmp_path / 'o.png')!r}])\n"
+        "print(rc, 'torch' in sys.modules)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "ARTGEN_RUNTIME"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.stdout.splitlines()[-1].split() == ["0", "False"], out.stderr[-2000:]
+    assert (tmp_path / "o.png").is_file()
+
+
+def test_batch_takes_the_graph_too(files, tmp_path, capsys):
+    c, s = files
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k in range(3):
+        photo(80, 60 + 8 * k, seed=k).save(folder / f"p{k}.png")
+    args = ["batch", str(folder), "--style", str(s), "--method", "adain", "--size", "64", "-q"]
+    assert main([*args, "-o", str(tmp_path / "out")]) == 0
+    assert "(onnxruntime)" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["p0.png", "p1.png", "p2.png"]
+    assert Image.open(tmp_path / "out" / "p2.png").width == 64
