@@ -54,7 +54,7 @@ class FastGraph(nn.Module):
         h, w = content.shape[-2], content.shape[-1]
         x = self._pad(F.pad(content, (b, b, b, b), mode="reflect"))
         f = self.encoder(x, self.levels)
-        fs = self.encoder(self._pad(style), self.levels)
+        fs = self.encoder(style, self.levels)  # as AdaINModel.style_stats: no padding
         t = [adain_blend(f[n], *mean_std(fs[n]), alpha) for n in self.levels]
         out = self.decoder.forward_reference(t)
         return out[..., b : b + h, b : b + w].clamp(0, 1)

@@ -111,7 +111,8 @@ def judge_row(model: Path, heldout: Path, size: int) -> dict:
     from artgen.images import load_image, resize_long_side
 
     photos, styles = E.held_out(heldout)
-    methods = E.Methods([f"row={model}"], size, 0, None)
+    # the network's own colours: the rows compare decoders, not the palette step
+    methods = E.Methods([f"row={model}"], size, 0, None, ("network",))
     methods.peer = None
     judge = E.Judge()
     rows = []
@@ -119,7 +120,7 @@ def judge_row(model: Path, heldout: Path, size: int) -> dict:
         photo = resize_long_side(load_image(ppath).rgb, size)
         for sname, spath in styles.items():
             style = load_image(spath).rgb
-            out, _ = methods.run("fast:row", photo, style, f"{pname}__{sname}")
+            out, _ = methods.run("fast:row (network colours)", photo, style, f"{pname}__{sname}")
             rows.append(judge.all(out, photo, style, pname, sname))
     return {j: E.summarise([r[j] for r in rows]) for j in rows[0]}
 

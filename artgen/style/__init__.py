@@ -114,13 +114,15 @@ class OptionsRecord:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Any:
+        """``ADDED_SETTINGS`` (a class's {field: value}) fills fields that a record made
+        before they existed lacks, with the value that reproduces it."""
         unknown = set(d) - {f.name for f in fields(cls)}  # type: ignore[arg-type]
         if unknown:
             raise ArtgenError(
                 f"unknown {cls.record_name}(s): "
                 f"{clip(', '.join(sorted(str(k)[:40] for k in unknown)), 120)}"
             )
-        return cls(**d)
+        return cls(**{**getattr(cls, "ADDED_SETTINGS", {}), **d})
 
 
 def option_error(options: Any, name: str, why: str) -> ArtgenError:

@@ -24,10 +24,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from PIL import Image
 
+from artgen import palette
 from artgen.errors import ArtgenError
 from artgen.images import LoadedImage, load_image, resize_long_side, to_pil, to_tensor
 from artgen.style import (
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 # on onnxruntime (artgen.style.adain_onnx) never imports PyTorch.
 
 PRECISIONS = ("auto", "fp32", "bf16")
+PALETTES = ("style", "network")
 # Memory one output pixel costs in a forward pass of the shipped network: 225 to 260 bytes
 # in fp32 (peak resident memory at 1024 and 2048 px on a CPU, margin included). Half that
 # in bf16. Tiling is chosen when the estimate, with a 25% margin, passes 80% of what the
@@ -62,6 +64,9 @@ BORDER = 16
 @dataclass(frozen=True)
 class AdaINOptions(OptionsRecord):
     """Everything that decides a fast (AdaIN) stylisation. One set of defaults for all."""
+
+    # Pictures recorded before --palette existed kept the network's colours.
+    ADDED_SETTINGS: ClassVar[dict[str, Any]] = {"palette": "network"}
 
     size: int = field(default=512, metadata={"help": "long side of the output in pixels"})
     strength: float = field(
@@ -83,6 +88,16 @@ class AdaINOptions(OptionsRecord):
         metadata={
             "help": "the network: shipped (offline, EfficientNet-Lite0), vgg19 (the paper's "
             "published weights: `artgen weights fetch adain`), or a folder from `artgen train adain`"
+        },
+    )
+    palette: str = field(
+        default="style",
+        metadata={
+            "help": "the output's colours: style (the style's colour mean and covariance, "
+            "moved onto the network's picture; with --strength below 1 partly the photo's) "
+            "or network (as the decoder paints them, the paper's). Colour preservation and "
+            "masks keep the network's",
+            "choices": PALETTES,
         },
     )
     precision: str = field(
@@ -121,8 +136,19 @@ class AdaINOptions(OptionsRecord):
             raise bad("preserve_color", f"choose one of {', '.join(PRESERVE_COLOR)}")
         if self.precision not in PRECISIONS:
             raise bad("precision", f"choose one of {', '.join(PRECISIONS)}")
+        if self.palette not in PALETTES:
+            raise bad("palette", f"choose one of {', '.join(PALETTES)}")
         if not isinstance(self.model, str) or not self.model or len(self.model) > 4096:
             raise bad("model", "must be shipped, vgg19 or a folder")
+
+
+def palette_of(style_items: Sequence[tuple[Any, float]], options: AdaINOptions):
+    """The colour mean and covariance the output takes (artgen.palette), or None when the
+    network's own colours stay: ``palette`` "network", or colour preservation asked for."""
+    if options.palette != "style" or options.preserve_color != "none":
+        return None
+    stats = [palette.colour_stats(s.rgb) for s, _ in style_items]
+    return palette.blend(stats, [w for _, w in style_items])
 
 
 def load(options: AdaINOptions | None = None, device: Any = "cpu", weights: Any = None):
@@ -214,6 +240,31 @@ def _choose_tile(
     return max(640, min(2048, side // 16 * 16))
 
 
+def _palette_picture(out, photo, target, options, region_palettes=None, keep=None, k=0):
+    """The network's picture ``out`` (3, H, W) with the style's palette (artgen.palette):
+    with regions each takes its own styles' palette, blended by the region masks (where no
+    region reaches, the network's picture stays), and the photo is kept where ``keep``
+    says. An all-white single mask is then the same as no mask."""
+
+    def arr(t):
+        return t.permute(1, 2, 0).double().cpu().numpy()
+
+    a, p = arr(out), arr(photo)
+    photo_stats = palette.colour_stats(p)
+    alpha = float(options.strength)
+    if region_palettes is None:
+        moved = palette.move_palette(a, target, photo_stats, alpha)
+    else:
+        moved = a.copy()
+        for stats, w in region_palettes:
+            w = w[min(k, w.shape[0] - 1)].double().cpu().numpy()[..., None]
+            moved += w * (palette.move_palette(a, stats, photo_stats, alpha) - a)
+    if keep is not None:
+        kk = arr(keep[min(k, keep.shape[0] - 1)])
+        moved = kk * p + (1 - kk) * moved
+    return palette.to_picture(moved)
+
+
 def stylize_many(
     contents: Sequence[Any],
     styles: Any,
@@ -256,6 +307,7 @@ def stylize_many(
     if regions is not None:
         for c in loaded:
             regions.check(c.size)
+    style_palette = palette_of(style_items, options)
     use_bf16 = options.precision == "bf16" or (options.precision == "auto" and dev.type == "cuda")
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16)
     # channels_last on every device: oneDNN's depthwise and 3x3 convolutions are about 1.8x
@@ -346,10 +398,21 @@ def stylize_many(
                         for k in range(len(idx))
                     ]
                 )
-            if keep is not None:  # the photo itself where it is kept (soft edges blend)
+            if keep is not None and style_palette is None:  # the photo itself where kept
                 out = keep * batch + (1 - keep) * out
+            region_palettes = None
+            if style_palette is not None and regions is not None:  # each region its styles'
+                region_palettes = [
+                    (palette_of([style_items[i] for i, _ in members], options), weights[:, r])
+                    for r, (members, _) in enumerate(regions.groups)
+                ]
             for k, i in enumerate(idx):
-                im = to_pil(out[k])
+                if style_palette is not None:
+                    im = _palette_picture(
+                        out[k], batch[k], style_palette, options, region_palettes, keep, k
+                    )
+                else:
+                    im = to_pil(out[k])
                 if loaded[i].alpha is not None:
                     im.putalpha(loaded[i].alpha.resize(im.size, Image.Resampling.LANCZOS))
                 im.info["model"] = options.model

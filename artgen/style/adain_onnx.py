@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from artgen import palette
 from artgen.images import LoadedImage, resize_long_side
 
 ONNX_FILE = "fast.onnx"
@@ -103,7 +104,7 @@ def _array(im: Image.Image) -> np.ndarray:
 
 
 def stylize_one(
-    content: LoadedImage, style: LoadedImage, options: Any, model: OnnxFast
+    content: LoadedImage, style: LoadedImage, options: Any, model: OnnxFast, style_palette=None
 ) -> Image.Image | None:
     """One picture, as artgen.style.adain.stylize makes it; None when it is too large for
     the graph (the PyTorch path, which tiles, then makes it)."""
@@ -121,10 +122,21 @@ def stylize_one(
         return None
     style_long = max(16, round(max(c.size) * options.style_scale))
     s = resize_long_side(style.rgb, style_long)
-    out = model(_array(c), _array(s), float(options.strength))[0]
-    # As artgen.images.to_pil: clamp, scale, round half to even, to bytes.
-    a = np.round(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8).transpose(1, 2, 0)
-    im = Image.fromarray(np.ascontiguousarray(a), "RGB")
+    photo = _array(c)
+    out = np.clip(model(photo, _array(s), float(options.strength))[0], 0.0, 1.0)
+    if style_palette is not None:  # as artgen.style.adain.stylize_many does
+        photo_stats = palette.colour_stats(photo[0].transpose(1, 2, 0).astype(np.float64))
+        moved = palette.move_palette(
+            out.transpose(1, 2, 0).astype(np.float64),
+            style_palette,
+            photo_stats,
+            float(options.strength),
+        )
+        im = palette.to_picture(moved)
+    else:
+        # As artgen.images.to_pil: clamp, scale, round half to even, to bytes.
+        a = np.round(out * 255.0).astype(np.uint8).transpose(1, 2, 0)
+        im = Image.fromarray(np.ascontiguousarray(a), "RGB")
     if content.alpha is not None:
         im.putalpha(content.alpha.resize(im.size, Image.Resampling.LANCZOS))
     im.info["model"] = options.model
@@ -137,14 +149,17 @@ def stylize_many(contents: list, styles: Any, options: Any, model: OnnxFast) -> 
     what :func:`usable` admitted). A picture too large for the graph goes through PyTorch."""
     from artgen.images import load_image
     from artgen.style import load_styles
+    from artgen.style.adain import palette_of
 
-    (style, _), *more = load_styles(styles)
-    if more:
+    items = load_styles(styles)
+    if len(items) != 1:
         raise ValueError("the onnxruntime path takes one style")
+    style = items[0][0]
+    style_palette = palette_of(items, options)
     out = []
     for c in contents:
         c = c if isinstance(c, LoadedImage) else load_image(c)
-        im = stylize_one(c, style, options, model)
+        im = stylize_one(c, style, options, model, style_palette)
         if im is None:
             from artgen.style import adain
 
