@@ -112,8 +112,8 @@ def stylize_one(
     from artgen.style.adain import BORDER, BYTES_PER_PIXEL
 
     c = resize_long_side(content.rgb, options.size)
-    if c.width * c.height > ONNX_MAX_PIXELS:
-        return None
+    if c.width * c.height > ONNX_MAX_PIXELS or min(c.size) <= BORDER:
+        return None  # the graph reflects the border, which needs a side above BORDER px
     # The PyTorch path's memory estimate (artgen.style.adain._choose_tile): where it would
     # tile, so does this path, by handing the picture to it.
     avail = devices.available_memory("cpu")
