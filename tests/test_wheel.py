@@ -163,3 +163,8 @@ def test_an_installed_wheel_stylises_with_its_bundled_styles_offline(installed, 
     from PIL import Image
 
     assert max(Image.open(tmp_path / "out.png").size) == 128
+    # the wheel carries the ONNX graph, so an installed artgen takes the onnxruntime path too
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is not None:
+        assert "(onnxruntime)" in run.stderr
