@@ -65,7 +65,7 @@ class AdaINTrainOptions(RunOptions):
 
     KIND: ClassVar[str] = "train-adain"
     PATHS: ClassVar[tuple[str, ...]] = PATHS
-    # Runs made before --content-levels existed took the content loss at every level.
+    # Runs recorded before these settings existed were trained with these values.
     ADDED_SETTINGS: ClassVar[dict[str, Any]] = {
         "content_levels": "all",
         "cov_weight": 0.0,

@@ -222,9 +222,9 @@ def _batch_stats(stats_each: list) -> list:
 
 
 def _choose_tile(
-    asked: int, h: int, w: int, n: int, dev: torch.device, bpv: int, style_side: int = 0
+    asked: int, h: int, w: int, n: int, dev: Any, bpv: int, style_side: int = 0
 ) -> int:
-    """The tile size to use (0: the whole picture at once)."""
+    """The tile size to use (0: the whole picture at once); ``dev`` a torch.device or "cpu"."""
     if asked == -1:
         return 0
     if asked > 0:
@@ -308,6 +308,12 @@ def stylize_many(
         for c in loaded:
             regions.check(c.size)
     style_palette = palette_of(style_items, options)
+    region_targets = None
+    if style_palette is not None and regions is not None:
+        region_targets = [
+            palette_of([style_items[i] for i, _ in members], options)
+            for members, _ in regions.groups
+        ]
     use_bf16 = options.precision == "bf16" or (options.precision == "auto" and dev.type == "cuda")
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16)
     # channels_last on every device: oneDNN's depthwise and 3x3 convolutions are about 1.8x
@@ -401,11 +407,8 @@ def stylize_many(
             if keep is not None and style_palette is None:  # the photo itself where kept
                 out = keep * batch + (1 - keep) * out
             region_palettes = None
-            if style_palette is not None and regions is not None:  # each region its styles'
-                region_palettes = [
-                    (palette_of([style_items[i] for i, _ in members], options), weights[:, r])
-                    for r, (members, _) in enumerate(regions.groups)
-                ]
+            if region_targets is not None:  # each region its styles' palette, by its mask
+                region_palettes = [(t, weights[:, r]) for r, t in enumerate(region_targets)]
             for k, i in enumerate(idx):
                 if style_palette is not None:
                     im = _palette_picture(

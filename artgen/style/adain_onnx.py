@@ -79,8 +79,7 @@ class OnnxFast:
     method's stylize/stylize_many run it when they are handed one as ``model``."""
 
     runtime = "onnxruntime"
-    config = None  # no PyTorch config: describe() reads ``encoder``
-    encoder_name = "efficientnet-lite0"
+    encoder_name = "efficientnet-lite0"  # what describe() names
 
     def __init__(self, path: Path):
         import onnxruntime as ort
@@ -108,35 +107,25 @@ def stylize_one(
 ) -> Image.Image | None:
     """One picture, as artgen.style.adain.stylize makes it; None when it is too large for
     the graph (the PyTorch path, which tiles, then makes it)."""
-    from artgen import devices
-    from artgen.style.adain import BORDER, BYTES_PER_PIXEL
+    from artgen.style.adain import BORDER, _choose_tile
 
     c = resize_long_side(content.rgb, options.size)
     if c.width * c.height > ONNX_MAX_PIXELS or min(c.size) <= BORDER:
         return None  # the graph reflects the border, which needs a side above BORDER px
-    # The PyTorch path's memory estimate (artgen.style.adain._choose_tile): where it would
-    # tile, so does this path, by handing the picture to it.
-    avail = devices.available_memory("cpu")
-    need = 1.25 * BYTES_PER_PIXEL * (c.width + 2 * BORDER) * (c.height + 2 * BORDER)
-    if options.tile == 0 and avail is not None and need > 0.8 * avail:
-        return None
     style_long = max(16, round(max(c.size) * options.style_scale))
+    # Where the PyTorch path would tile (its own memory estimate), it makes the picture.
+    if _choose_tile(
+        options.tile, c.height + 2 * BORDER, c.width + 2 * BORDER, 1, "cpu", 4, style_long
+    ):
+        return None
     s = resize_long_side(style.rgb, style_long)
     photo = _array(c)
     out = np.clip(model(photo, _array(s), float(options.strength))[0], 0.0, 1.0)
+    out = out.transpose(1, 2, 0)
     if style_palette is not None:  # as artgen.style.adain.stylize_many does
-        photo_stats = palette.colour_stats(photo[0].transpose(1, 2, 0).astype(np.float64))
-        moved = palette.move_palette(
-            out.transpose(1, 2, 0).astype(np.float64),
-            style_palette,
-            photo_stats,
-            float(options.strength),
-        )
-        im = palette.to_picture(moved)
-    else:
-        # As artgen.images.to_pil: clamp, scale, round half to even, to bytes.
-        a = np.round(out * 255.0).astype(np.uint8).transpose(1, 2, 0)
-        im = Image.fromarray(np.ascontiguousarray(a), "RGB")
+        photo_stats = palette.colour_stats(photo[0].transpose(1, 2, 0))
+        out = palette.move_palette(out, style_palette, photo_stats, float(options.strength))
+    im = palette.to_picture(out)  # rounded as artgen.images.to_pil rounds
     if content.alpha is not None:
         im.putalpha(content.alpha.resize(im.size, Image.Resampling.LANCZOS))
     im.info["model"] = options.model
