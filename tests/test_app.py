@@ -260,6 +260,44 @@ def test_ten_concurrent_clients(server):
     )
 
 
+def test_each_client_gets_its_own_picture_at_concurrency_above_one(tmp_path):
+    """Ten clients at once on a server running four jobs at a time, each with its own photo
+    (its own height) and the default seed: each must be served the picture made from its own upload,
+    and every job must leave its own result file (names once collided and overwrote)."""
+    import hashlib
+
+    app = load_app()
+    cfg = app.AppConfig(port=free_port(), max_queue=16, concurrency=4, device="cpu")
+    demo, studio = app.launch(cfg, prevent_thread_lock=True)
+    url = f"http://127.0.0.1:{cfg.port}/"
+    uploads = []
+    for k in range(10):
+        path = tmp_path / f"photo{k}.png"
+        photo(128, 40 + 6 * k, seed=k).save(path)
+        uploads.append(path)
+
+    def one(k: int):
+        out = connect(url).predict(
+            *args(uploads[k], size=128, quality="Instant", seed=0), api_name="/stylize"
+        )[0]
+        return Path(out).read_bytes()
+
+    try:
+        with ThreadPoolExecutor(10) as pool:
+            got = list(pool.map(one, range(10), timeout=240))
+        results = sorted(studio.out_dir.glob("artgen-*.png"))
+    finally:
+        demo.close()
+        studio.close()
+    for k, data in enumerate(got):
+        mine = tmp_path / f"got{k}.png"
+        mine.write_bytes(data)
+        assert Image.open(mine).size == (128, 40 + 6 * k), k
+        p = read_params(mine)
+        assert p["content"]["sha256"] == hashlib.sha256(uploads[k].read_bytes()).hexdigest()
+    assert len(results) == 10, [r.name for r in results]
+
+
 CHROMIUM = "/usr/bin/chromium"
 
 
@@ -466,6 +504,36 @@ def test_painted_region_through_the_api(server, tmp_path):
     )
     kept, styled = _kept_and_styled(path, content, 256)
     assert kept < 1 / 255 and styled > 0.1, (kept, styled)
+
+
+def test_region_layers_claiming_too_many_pixels_or_too_many_layers_are_refused(server, tmp_path):
+    """A small PNG whose header claims 6000x5000 (30 MP, past the 24 MP upload limit) as a
+    layer, and five layers: refused from the headers, before Gradio decodes any of them."""
+    from gradio_client.exceptions import AppError
+
+    url, _ = server
+    client = connect(url)
+    content = REPO / "styles/examples/coffee.jpg"
+    (tmp_path / "huge.png").write_bytes(png_header(6000, 5000))
+    painted_layer(Image.open(content).size).save(tmp_path / "layer.png")
+    layer = handle_file(str(tmp_path / "layer.png"))
+    cases = {
+        "a layer of 30,000,000 pixels; the limit is 24,000,000": [
+            handle_file(str(tmp_path / "huge.png"))
+        ],
+        "5 layers; the limit is 4": [layer] * 5,
+    }
+    for message, layers in cases.items():
+        editor = {"background": handle_file(str(content)), "composite": None, "layers": layers}
+        with pytest.raises(AppError) as e:
+            client.predict(
+                *args(content, style_weights=(0, 0, 0, 0), size=128, quality="Instant"),
+                editor,
+                "mosaic",
+                "none",
+                api_name="/stylize",
+            )
+        assert message in str(e.value), str(e.value)
 
 
 # ------------------------------------------------------------------- video (issue 12, sec. 4)

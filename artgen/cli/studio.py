@@ -40,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,6 +169,51 @@ def guard_upload(component: gr.Image) -> gr.Image:
             why = f"could not be read ({type(e).__name__})"
         name = Path(getattr(payload, "orig_name", None) or "the upload").name
         raise gr.Error(f"{component.label}: {name} {why}.")
+
+    component.preprocess = preprocess
+    return component
+
+
+MAX_EDITOR_LAYERS = 4  # the region editor shows one brush layer; a page sends at most that
+
+
+def guard_editor(component: gr.ImageEditor, max_pixels: int) -> gr.ImageEditor:
+    """Check what an ImageEditor payload claims before Gradio decodes any of it: at most
+    MAX_EDITOR_LAYERS layers, and each picture (background, layer, composite) within the
+    upload pixel limit, read from its header (a 600 KB PNG layer can claim 16000x10000,
+    2 GB once decoded). One line, as an error toast, otherwise."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    original = component.preprocess
+
+    def pixels(item) -> int:
+        src = BytesIO(item) if isinstance(item, (bytes, bytearray)) else getattr(item, "path", None)
+        if src is None:
+            return 0
+        try:
+            with Image.open(src) as im:  # the header only: nothing is decoded
+                return im.width * im.height
+        except (OSError, ValueError, Image.DecompressionBombError):
+            raise gr.Error(f"{component.label}: a layer is not an image.") from None
+
+    def preprocess(payload):
+        if payload is not None:
+            layers = list(getattr(payload, "layers", None) or [])
+            if len(layers) > MAX_EDITOR_LAYERS:
+                raise gr.Error(
+                    f"{component.label}: {len(layers)} layers; the limit is {MAX_EDITOR_LAYERS}."
+                )
+            items = [getattr(payload, "background", None), *layers]
+            items.append(getattr(payload, "composite", None))
+            for item in items:
+                n = pixels(item) if item is not None else 0
+                if n > max_pixels:
+                    raise gr.Error(
+                        f"{component.label}: a layer of {n:,} pixels; the limit is {max_pixels:,}."
+                    )
+        return original(payload)
 
     component.preprocess = preprocess
     return component
@@ -302,7 +348,11 @@ class Studio:
             raise gr.Error("Add a video clip first.")
         name = Path(str(clip)).name
         try:
-            info = probe_video(clip)
+            # Decoding stops at the first frame past the limit (a long clip is not decoded
+            # whole first), and no frame may be larger than the studio's pixel limit.
+            info = probe_video(
+                clip, max_frames=self.config.max_video_frames, max_pixels=self.config.max_pixels
+            )
         except ArtgenError as e:
             raise gr.Error(f"video: {str(e).replace(str(clip), name)}") from None
         cfg = self.config
@@ -347,7 +397,7 @@ class Studio:
         except gr.Error as e:
             yield gr.skip(), problem(e.message)
             return
-        out = self.out_dir / f"artgen-video-{time.strftime('%Y%m%d-%H%M%S')}-{options.seed}.mp4"
+        out = self.result_path("artgen-video", options.seed, ".mp4")
         updates: queue.Queue = queue.Queue()
         stop = threading.Event()
         outcome: dict = {}
@@ -410,10 +460,16 @@ class Studio:
                 return img, 1.0
         raise gr.Error(f"Unknown style {str(name)[:40]!r} for a region.")
 
-    def save(self, image, content_img, styles, options, n: int, masks=None) -> Path:
+    def save(self, image, content_img, styles, options, masks=None) -> Path:
         params = run_params(content_img, styles, options, image, self.device, masks)
-        path = self.out_dir / f"artgen-{time.strftime('%Y%m%d-%H%M%S')}-{options.seed}-{n}.png"
-        return save_png(image, path, params=params, overwrite=True)
+        return save_png(image, self.result_path("artgen", options.seed, ".png"), params=params)
+
+    def result_path(self, prefix: str, seed: int, suffix: str) -> Path:
+        """A new file name in the results folder, unique to one request: with several jobs
+        at once (``--concurrency``) names made of the time and the seed collided, and one
+        user was served another's picture. Never overwritten (save_png refuses)."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        return self.out_dir / f"{prefix}-{stamp}-{seed}-{uuid.uuid4().hex[:12]}{suffix}"
 
     def live(self, content, *rest):
         """The Instant preview: re-rendered whenever a control changes (fast method only)."""
@@ -446,7 +502,7 @@ class Studio:
             return gr.skip(), problem(str(e)), gr.skip()
         except gr.Error as e:
             return gr.skip(), problem(e.message), gr.skip()
-        path = self.save(image, content_img, styles, options, 0, masks)
+        path = self.save(image, content_img, styles, options, masks)
         status = (
             f"Instant: {image.width}x{image.height} in {time.perf_counter() - t0:.2f} s "
             "(fast method). Press Stylize to keep it, or choose Final for Gatys."
@@ -523,7 +579,7 @@ class Studio:
         if "result" not in outcome:
             raise gr.Error("Stopped.")
         image = outcome["result"]
-        path = self.save(image, content_img, styles, options, len(history) + 1, masks)
+        path = self.save(image, content_img, styles, options, masks)
         history = [str(path), *history][:24]
         used = image.info.get("backbone") or f"the fast method ({image.info.get('model')})"
         status = f"Done: {image.width}x{image.height} with {used}. The PNG remembers its settings."
@@ -557,7 +613,7 @@ class Studio:
         except gr.Error as e:
             return gr.skip(), problem(e.message), gr.skip(), gr.skip(), gr.skip()
         history = list(history or [])
-        path = self.save(image, content_img, [], options, len(history) + 1)
+        path = self.save(image, content_img, [], options)
         history = [str(path), *history][:24]
         status = (
             f"Done: {image.width}x{image.height} in {time.perf_counter() - t0:.1f} s with your "
@@ -689,19 +745,22 @@ def build(studio: Studio) -> gr.Blocks:
                 with gr.Accordion(
                     "Regions: paint where a style goes", open=False, elem_id="regions"
                 ):
-                    region_editor = gr.ImageEditor(
-                        # An empty value, not None, so API clients may leave it out.
-                        value={"background": None, "layers": [], "composite": None},
-                        label="Paint the region over your photo",
-                        type="pil",
-                        image_mode="RGBA",
-                        sources=[],
-                        format="png",
-                        layers=False,
-                        transforms=[],
-                        brush=gr.Brush(colors=["#ff3366"], color_mode="fixed", default_size=40),
-                        elem_id="region-editor",
-                        height=320,
+                    region_editor = guard_editor(
+                        gr.ImageEditor(
+                            # An empty value, not None, so API clients may leave it out.
+                            value={"background": None, "layers": [], "composite": None},
+                            label="Paint the region over your photo",
+                            type="pil",
+                            image_mode="RGBA",
+                            sources=[],
+                            format="png",
+                            layers=False,
+                            transforms=[],
+                            brush=gr.Brush(colors=["#ff3366"], color_mode="fixed", default_size=40),
+                            elem_id="region-editor",
+                            height=320,
+                        ),
+                        cfg.max_pixels,
                     )
                     region_choices = [
                         *style_names,
