@@ -392,6 +392,22 @@ def _lock_path(path: Path) -> Path:
     return path.with_name(f".{path.name}{LOCK_SUFFIX}")
 
 
+def open_lock_file(path: Path) -> int:
+    """Open (or create) a lock file for ``flock``. O_NOFOLLOW and a regular-file check: a
+    lock name planted as a link (or a FIFO) must not make artgen truncate and write into
+    whatever it points at."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as e:
+        raise ArtgenError(
+            f"{path}: cannot use it as a lock file ({_message(e)}); remove it"
+        ) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ArtgenError(f"{path}: not a regular file; remove it")
+    return fd
+
+
 class OutputClaim:
     """An exclusive claim on an output file, held while it is being made.
 
@@ -415,19 +431,7 @@ class OutputClaim:
         except ImportError:  # pragma: no cover - Windows
             return self._acquire_excl()
         while True:
-            try:
-                # O_NOFOLLOW and a regular-file check: a lock name planted as a link (or a
-                # FIFO) must not make artgen truncate and write into whatever it points at.
-                fd = os.open(
-                    self.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644
-                )
-            except OSError as e:
-                raise ArtgenError(
-                    f"{self.lock}: cannot use it as a lock file ({_message(e)}); remove it"
-                ) from None
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                os.close(fd)
-                raise ArtgenError(f"{self.lock}: not a regular file; remove it")
+            fd = open_lock_file(self.lock)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:

@@ -39,6 +39,11 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
 import numpy as np
 from PIL import Image
 
@@ -55,6 +60,7 @@ from artgen.images import (
     clean_stale_files,
     load_image,
     load_mask,
+    open_lock_file,
     save_png,
 )
 from artgen.style import (
@@ -79,6 +85,24 @@ OUTPUT_FORMATS: dict[str, tuple[str, str]] = {
 _NOT_OUTPUTS = (*IMAGE_SUFFIXES, ".avi", ".flv", ".wmv", ".mpg", ".mpeg", ".ts", ".ogv", ".3gp")
 # FFmpeg demuxers artgen reads videos with; anything else is refused before decoding.
 INPUT_DEMUXERS = frozenset({"mov", "mp4", "matroska", "webm", "gif", "avi"})
+# The FFmpeg demuxer for each container artgen reads, chosen from the file's first bytes
+# and forced when it is opened: FFmpeg's own probing would also pick text formats that
+# open other files (an ffconcat list or an HLS playlist named .mp4, an image2 pattern).
+_MP4_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot")
+
+
+def _sniff_demuxer(head: bytes) -> str | None:
+    if head[4:8] in _MP4_BOXES:
+        return "mov"  # FFmpeg's "mov,mp4,m4a,3gp,3g2,mj2"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "matroska"  # also WebM
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "avi"
+    return None
+
+
 CONSISTENCY = ("flow", "none")
 DEFAULT_FPS = 24
 CONFIG_NAME = "artgen-video.json"
@@ -276,6 +300,7 @@ class VideoResult:
     audio: str  # what became of the sound
     cache: Path
     seconds: float
+    note: str = ""  # what else happened (e.g. another run with these settings wrote it)
 
 
 # ------------------------------------------------------------------------------ input
@@ -291,8 +316,16 @@ def _open_container(path: Path):
     import av
 
     f = open(path, "rb")
+    demuxer = _sniff_demuxer(f.read(16))
+    if demuxer is None:
+        f.close()
+        raise ArtgenError(
+            f"{path}: not a video artgen reads (mp4, mov, mkv, webm, gif or avi, judged by "
+            "its first bytes; playlists and concat lists are refused)"
+        )
+    f.seek(0)
     try:
-        container = av.open(f, "r")
+        container = av.open(f, "r", format=demuxer)
     except (av.FFmpegError, ValueError, OSError) as e:
         f.close()
         raise ArtgenError(f"{path}: not a readable video ({clip(e, 120)})") from None
@@ -309,9 +342,17 @@ def _open_container(path: Path):
     return container, f
 
 
-def probe_video(source: str | os.PathLike, fps: float | None = None) -> VideoInfo:
+def probe_video(
+    source: str | os.PathLike,
+    fps: float | None = None,
+    *,
+    max_frames: int = MAX_FRAMES,
+    max_pixels: int = MAX_PIXELS,
+) -> VideoInfo:
     """Check the input and count its frames (every frame is decoded once: a damaged file is
-    refused here, before any compute). ``fps`` is for a folder of frames only."""
+    refused here, before any compute). ``fps`` is for a folder of frames only. Decoding
+    stops at the first frame past ``max_frames``; every frame must have the size its
+    header gives, and the decoder refuses (before allocating it) a frame larger than that."""
     path = Path(source)
     if not path.exists():
         raise ArtgenError(f"{path}: no such file or folder")
@@ -324,9 +365,9 @@ def probe_video(source: str | os.PathLike, fps: float | None = None) -> VideoInf
             raise ArtgenError(
                 f"{path}: no image frames in this folder ({', '.join(IMAGE_SUFFIXES)})"
             )
-        if len(files) > MAX_FRAMES:
-            raise ArtgenError(f"{path}: {len(files)} frames; the limit is {MAX_FRAMES}")
-        first = load_image(files[0])
+        if len(files) > max_frames:
+            raise ArtgenError(f"{path}: {len(files)} frames; the limit is {max_frames}")
+        first = load_image(files[0], max_pixels=max_pixels)
         rate = Fraction(fps if fps is not None else DEFAULT_FPS).limit_denominator(1001)
         return VideoInfo(path, "folder", len(files), rate, *first.size, files=tuple(files))
     if fps is not None:
@@ -341,26 +382,25 @@ def probe_video(source: str | os.PathLike, fps: float | None = None) -> VideoInf
     try:
         stream = container.streams.video[0]
         w, h = stream.codec_context.width, stream.codec_context.height
-        if w * h > MAX_PIXELS:
+        if w * h > max_pixels:
             raise ArtgenError(
-                f"{path}: refused, {w}x{h} frames are {w * h:,} pixels (limit {MAX_PIXELS:,})"
+                f"{path}: refused, {w}x{h} frames are {w * h:,} pixels (limit {max_pixels:,})"
             )
         if w and h and min(w, h) < MIN_SIDE:
             raise ArtgenError(
                 f"{path}: frames too small ({w}x{h}); each side must be at least {MIN_SIDE} px"
             )
-        stream.thread_type = "AUTO"
+        _bound_decoder(stream, w, h)
         times: list[float] = []
         try:
             for frame in container.decode(stream):
+                _check_frame_size(path, len(times), frame, w, h)
                 t = frame.time
                 times.append(float(t) if t is not None else float("nan"))
-                if len(times) > MAX_FRAMES:
-                    raise ArtgenError(f"{path}: more than {MAX_FRAMES} frames")
+                if len(times) > max_frames:
+                    raise ArtgenError(f"{path}: more than {max_frames} frames")
         except av.FFmpegError as e:
-            raise ArtgenError(
-                f"{path}: corrupt video at frame {len(times)} ({clip(e, 120)})"
-            ) from None
+            raise ArtgenError(_decode_error(path, len(times), w, h, e)) from None
         if not times:
             raise ArtgenError(f"{path}: no frames in its video track")
         rate = stream.average_rate or stream.guessed_rate
@@ -381,6 +421,32 @@ def probe_video(source: str | os.PathLike, fps: float | None = None) -> VideoInf
         f.close()
 
 
+def _bound_decoder(stream: Any, w: int, h: int) -> None:
+    """FFmpeg's decoder refuses, before allocating it, a frame of far more pixels than the
+    header's (AVCodecContext.max_pixels): a stream whose header says 64x48 cannot make
+    it decode a 16000x16000 frame. Decoders count their padded, aligned buffers against
+    the limit, so it allows 4x the header's pixels, and at least 1 MP (3 MB a frame);
+    _check_frame_size then wants the header's size exactly."""
+    bound = min(max(4 * w * h, 1 << 20), MAX_PIXELS)
+    stream.codec_context.options = {"max_pixels": str(bound)}
+    stream.thread_type = "AUTO"
+
+
+def _check_frame_size(path: Path, k: int, frame: Any, w: int, h: int) -> None:
+    if (frame.width, frame.height) != (w, h):
+        raise ArtgenError(
+            f"{path}: frame {k} is {frame.width}x{frame.height}, its header says {w}x{h}; "
+            "artgen reads videos whose frames keep one size"
+        )
+
+
+def _decode_error(path: Path, k: int, w: int, h: int, e: Exception) -> str:
+    return (
+        f"{path}: corrupt video at frame {k}, or a frame larger than the {w}x{h} its header "
+        f"gives ({clip(e, 120)})"
+    )
+
+
 def read_frames(info: VideoInfo, first: int = 0) -> Iterator[tuple[int, Image.Image]]:
     """The input's frames from ``first`` on, as (index, RGB picture at the input's size)."""
     if info.kind == "folder":
@@ -398,15 +464,16 @@ def read_frames(info: VideoInfo, first: int = 0) -> Iterator[tuple[int, Image.Im
     container, f = _open_container(info.path)
     try:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        _bound_decoder(stream, info.width, info.height)
         k = 0
         try:
             for frame in container.decode(stream):
+                _check_frame_size(info.path, k, frame, info.width, info.height)
                 if k >= first:
                     yield k, frame.to_image()
                 k += 1
         except av.FFmpegError as e:
-            raise ArtgenError(f"{info.path}: corrupt video at frame {k} ({clip(e, 120)})") from None
+            raise ArtgenError(_decode_error(info.path, k, info.width, info.height, e)) from None
     finally:
         container.close()
         f.close()
@@ -525,8 +592,99 @@ def _cache_key(record: dict) -> dict:
     }
 
 
-def _prepare_cache(plan: VideoPlan, record: dict) -> dict:
-    """Make sure the cache folder holds frames of this run (or none); returns its record."""
+USERS_LOCK = ".artgen-users.lock"
+PREPARE_LOCK = ".artgen-prepare.lock"
+
+
+class CacheUsers:
+    """Which live runs use a cache folder, so that none removes frames another is making.
+
+    Every run that makes frames in the folder holds a shared ``flock`` on USERS_LOCK for as
+    long as it runs. Changing what the folder holds (removing frames of other settings
+    under --overwrite, removing the folder once the video is written) needs that lock
+    exclusively, so it happens only when no other live run uses the folder. Taking,
+    converting and dropping the users lock happens under PREPARE_LOCK (held briefly), so
+    the check and the change are one step. The kernel drops a killed run's locks. Where
+    ``fcntl`` is missing (Windows) there is no such guard."""
+
+    def __init__(self, cache: Path) -> None:
+        self.cache = cache
+        self._users: int | None = None
+        self._prepare: int | None = None
+
+    def _open(self, name: str) -> int:
+        return open_lock_file(self.cache / name)
+
+    def __enter__(self) -> CacheUsers:
+        """Hold PREPARE_LOCK (waits for another run's short preparation)."""
+        if fcntl is None:  # pragma: no cover - Windows
+            return self
+        self.cache.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = self._open(PREPARE_LOCK)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:  # the run before us may have removed the folder's lock files meanwhile
+                if os.path.samestat(os.fstat(fd), os.stat(self.cache / PREPARE_LOCK)):
+                    self._prepare = fd
+                    return self
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+            self.cache.mkdir(parents=True, exist_ok=True)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._prepare is not None:
+            os.close(self._prepare)
+            self._prepare = None
+
+    def alone(self) -> bool:
+        """Under PREPARE_LOCK: True (holding USERS_LOCK exclusively) if no other live run
+        uses the folder."""
+        if fcntl is None:  # pragma: no cover - Windows
+            return True
+        if self._users is None:
+            self._users = self._open(USERS_LOCK)
+        try:
+            fcntl.flock(self._users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        return True
+
+    def join(self) -> None:
+        """Under PREPARE_LOCK: count this run as a user (a shared USERS_LOCK) until release."""
+        if fcntl is None:  # pragma: no cover - Windows
+            return
+        if self._users is None:
+            self._users = self._open(USERS_LOCK)
+        fcntl.flock(self._users, fcntl.LOCK_SH)
+
+    def leave(self) -> None:
+        """Stop using the folder; the last live run to leave removes the lock files."""
+        try:
+            if fcntl is not None and self._users is not None and self.cache.is_dir():
+                with self:
+                    if self.alone():
+                        self.remove_files()
+        except (OSError, ArtgenError):
+            pass  # a lock file left behind is harmless
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        if self._users is not None:
+            os.close(self._users)
+            self._users = None
+
+    def remove_files(self) -> None:
+        """Under PREPARE_LOCK, when alone(): remove the lock files (the folder goes next)."""
+        for name in (USERS_LOCK, PREPARE_LOCK):
+            (self.cache / name).unlink(missing_ok=True)
+
+
+def _prepare_cache(plan: VideoPlan, record: dict, users: CacheUsers) -> dict:
+    """Make sure the cache folder holds frames of this run (or none); returns its record.
+    Called under ``users``' PREPARE_LOCK; frames are removed only when no other live run
+    uses the folder."""
     cache = plan.cache
     clean_stale_files(cache)
     config = cache / CONFIG_NAME
@@ -554,6 +712,12 @@ def _prepare_cache(plan: VideoPlan, record: dict) -> dict:
                 f"{cache}: holds frames of another run ({', '.join(diff)} differ); pass "
                 "--overwrite to start again, or give another output or --cache"
             )
+        if not users.alone():
+            raise ArtgenError(
+                f"{cache}: another artgen run is making frames there with other settings "
+                "(--overwrite never removes frames a live run is making); wait for it to "
+                "end, or give another output or --cache"
+            )
         for k in have:
             frame_path(cache, k).unlink(missing_ok=True)
     elif have:
@@ -575,10 +739,14 @@ def _remove_cache(cache: Path) -> None:
     for k in cached_frames(cache):
         frame_path(cache, k).unlink(missing_ok=True)
     (cache / CONFIG_NAME).unlink(missing_ok=True)
+    _rmdir_if_empty(cache)
+
+
+def _rmdir_if_empty(cache: Path) -> None:
     try:
         cache.rmdir()
     except OSError:
-        pass  # the user's own files are there too: leave them
+        pass  # the user's own files (or a live run's lock files) are there too: leave them
 
 
 # ------------------------------------------------------------------------------ the run
@@ -640,8 +808,34 @@ def run_video(
         "input": plan.info.kind,
         "output": plan.output.suffix.lower() if plan.kind == "file" else "/",
     }
-    record = _prepare_cache(plan, record)
-    i, n = video.shard_numbers()
+    users = CacheUsers(plan.cache)
+    try:
+        with users:
+            record = _prepare_cache(plan, record, users)
+            users.join()
+        return _run_frames(
+            plan,
+            record,
+            users,
+            style_items,
+            options,
+            method,
+            model,
+            device,
+            on_frame,
+            callback,
+            masked,
+            t0,
+        )
+    finally:
+        users.leave()
+
+
+def _run_frames(
+    plan, record, users, style_items, options, method, model, device, on_frame, callback, masked, t0
+) -> VideoResult:
+    """run_video once the cache is this run's: make the share's frames, then the output."""
+    video = plan.video
     claim = OutputClaim(plan.cache / f"shard-{plan.first}-{plan.last}")
     if not claim.acquire():
         raise ArtgenError(
@@ -682,16 +876,32 @@ def run_video(
         claim.release()
     have = cached_frames(plan.cache)
     missing = sum(1 for k in range(plan.start, plan.end) if k not in have)
+    if missing and video.shard_numbers()[1] == 1:
+        # This run made the whole range, so something else removed frames meanwhile.
+        raise ArtgenError(
+            f"{plan.cache}: {missing} frames this run made are gone (removed by another "
+            f"program?); nothing was written to {plan.output}. Run the same command again "
+            "to make them"
+        )
     audio = "none in the input" if plan.info.audio is None else "kept"
     written: Path | None = None
+    note = ""
     if plan.kind == "folder":
         audio = "not written (a folder of frames has no sound)" if plan.info.audio else audio
         written = plan.output if not missing else None
     elif not missing:
-        audio = _encode(plan, record, on_frame, t0)
+        audio, note = _encode(plan, record, on_frame, t0)
         written = plan.output
         if not video.keep_frames:
-            _remove_cache(plan.cache)
+            with users:  # not while another run (e.g. an overlapping shard) still uses it
+                if users.alone():
+                    _remove_cache(plan.cache)
+                    users.remove_files()
+                    _rmdir_if_empty(plan.cache)
+                else:
+                    note = (note + "; " if note else "") + (
+                        f"the frames stay in {plan.cache} while another run uses them"
+                    )
     return VideoResult(
         written,
         plan.end - plan.start,
@@ -703,6 +913,7 @@ def run_video(
         audio,
         plan.cache,
         time.perf_counter() - t0,
+        note,
     )
 
 
@@ -756,9 +967,13 @@ def _stylise_frames(
         if k >= plan.first:
             resolved = {key: info[key] for key in method.resolved if key in info}
             _check_resolved(plan, record, resolved)
-            save_png(im, frame_path(plan.cache, k), params=params_for(k))
-            counts["stylised"] += 1
-            status = "stylised"
+            if _save_frame(im, frame_path(plan.cache, k), params_for(k)):
+                counts["stylised"] += 1
+                status = "stylised"
+            else:  # go on from the frame the video will hold
+                im = load_image(frame_path(plan.cache, k)).rgb
+                counts["cached"] += 1
+                status = "cached"
         else:
             status = "warmup"
         prev_out, prev_in = _as_array(im), inp  # the 8-bit frame: a resumed run sees the same
@@ -858,6 +1073,20 @@ def _stylise_frames(
     flush()
 
 
+def _save_frame(im: Image.Image, path: Path, params: dict) -> bool:
+    """Write a frame; False if an overlapping live run made it meanwhile (with the same
+    settings: CacheUsers lets no run with others in), which is then kept."""
+    if path.exists():
+        return False
+    try:
+        save_png(im, path, params=params)
+    except ArtgenError:
+        if path.exists():  # made between the check and the link
+            return False
+        raise
+    return True
+
+
 def _check_resolved(plan: VideoPlan, record: dict, resolved: dict) -> None:
     """A choice the method resolved ('auto' backbone) must match the cache's frames."""
     if not resolved:
@@ -951,9 +1180,9 @@ def _audio_packets(plan: VideoPlan, out_container, fmt: str):
     return oa, packets(), how
 
 
-def _encode(plan: VideoPlan, record: dict, on_frame, t0: float) -> str:
+def _encode(plan: VideoPlan, record: dict, on_frame, t0: float) -> tuple[str, str]:
     """Write the cached frames start..end as the output video, atomically; returns what
-    became of the audio."""
+    became of the audio, and a note (empty, or what another run did)."""
     out = plan.output
     frames = [frame_path(plan.cache, k) for k in range(plan.start, plan.end)]
     params = {
@@ -964,6 +1193,19 @@ def _encode(plan: VideoPlan, record: dict, on_frame, t0: float) -> str:
     if not claim.acquire():
         raise ArtgenError(f"{out}: another artgen run (pid {claim.owner()}) is writing it")
     try:
+        if os.path.lexists(out) and not plan.video.overwrite:
+            # Written while this run made its frames (plan_video checked before): by an
+            # overlapping run of the same settings (nothing to do), or by another one.
+            if _same_video(out, params):
+                return "as written by that run", (
+                    f"another run with the same settings wrote {out} first"
+                )
+            raise ArtgenError(
+                f"{out}: another run wrote it, with other settings, while this one made its "
+                f"frames; they are kept in {plan.cache}. Pass --overwrite to write this run's "
+                "video over it from them (no frame is made again), or give another output "
+                "with --cache"
+            )
         clean_stale_files(out.parent, suffixes=(out.name.lower(),))
         fmt, codec = OUTPUT_FORMATS[out.suffix.lower()]
         total = len(frames)
@@ -977,10 +1219,24 @@ def _encode(plan: VideoPlan, record: dict, on_frame, t0: float) -> str:
         with atomic_output(out, overwrite=plan.video.overwrite) as tmp:
             if fmt == "gif":
                 _write_gif(tmp, frames, plan.info.fps, report)
-                return "dropped (a GIF has no sound)" if plan.info.audio else "none in the input"
-            return _write_video(tmp, fmt, codec, frames, plan, params, report)
+                return (
+                    "dropped (a GIF has no sound)" if plan.info.audio else "none in the input"
+                ), ""
+            return _write_video(tmp, fmt, codec, frames, plan, params, report), ""
     finally:
         claim.release()
+
+
+def _same_video(out: Path, params: dict) -> bool:
+    """Whether ``out`` is a video artgen wrote with ``params``' settings and range."""
+    if out.suffix.lower() == ".gif":
+        return False  # a GIF records nothing: never assume
+    try:
+        old = read_video_params(out)
+    except ArtgenError:
+        return False
+    same_range = all(old["video"].get(k) == params["video"].get(k) for k in ("start", "end"))
+    return same_range and _cache_key(old) == _cache_key(params)
 
 
 def _write_gif(tmp: Path, frames: list[Path], fps: Fraction, report) -> None:
@@ -1147,6 +1403,24 @@ def read_video_params(path: str | os.PathLike) -> dict:
     return params
 
 
+_RATE_RE = re.compile(r"\d{1,9}(/\d{1,9}|\.\d{1,9})?")
+
+
+def recorded_rate(value: Any) -> Fraction:
+    """A frame rate read from a file's parameters ("24", "30000/1001", "12.5"), bounded
+    before it is converted (a number like 1e99999999 must not hang, 1e400 not overflow)
+    and within --fps's range, so the command it goes into runs."""
+    if not isinstance(value, str) or not _RATE_RE.fullmatch(value):
+        raise ArtgenError(f"its frame rate {clip(value, 24)!r} is not a frame rate")
+    try:
+        rate = Fraction(value)
+    except ZeroDivisionError:
+        raise ArtgenError(f"its frame rate {value!r} divides by zero") from None
+    if not 0.1 <= rate <= 1000:
+        raise ArtgenError(f"its frame rate {value} is outside 0.1 to 1000 fps")
+    return rate
+
+
 def video_command(params: dict) -> str:
     """The `artgen video` command line that remakes a video from its stored parameters
     (validated and shell-quoted as :func:`artgen.style.reproduce_command` does)."""
@@ -1175,11 +1449,8 @@ def video_command(params: dict) -> str:
             ]
     if given.end is not None and given.end != v.get("frames"):
         parts += ["--end", str(given.end)]
-    if v.get("input") == "folder" and isinstance(v.get("fps"), str):
-        try:
-            parts += ["--fps", f"{float(Fraction(v['fps'])):g}"]
-        except (ValueError, ZeroDivisionError):
-            raise ArtgenError("its frame rate is not a number") from None
+    if v.get("input") == "folder" and "fps" in v:
+        parts += ["--fps", f"{float(recorded_rate(v['fps'])):g}"]
     suffix = v.get("output")
     suffix = suffix if suffix in OUTPUT_FORMATS else "/"
     parts += ["-o", "OUT" + suffix if suffix != "/" else "OUT_FRAMES/"]

@@ -314,6 +314,99 @@ def test_shards_split_the_frames_and_the_last_one_writes_the_video(media, tmp_pa
         one_line_error(capsys, rc, "--shard")
 
 
+def _paused_run(media, out, fast_model, video: VideoOptions, pause_at: int):
+    """stylize_video in a thread that stops after ``pause_at`` frames until released:
+    (thread, paused event, release event, outcome dict)."""
+    import threading
+
+    paused, go, outcome = threading.Event(), threading.Event(), {}
+
+    def on_frame(p: VideoProgress) -> None:
+        if p.status == "stylised" and p.done == pause_at:
+            paused.set()
+            assert go.wait(120)
+
+    def work() -> None:
+        try:
+            outcome["result"] = stylize_video(
+                media["mp4"],
+                STYLE,
+                out,
+                artgen.AdaINOptions(size=W),
+                video,
+                model=fast_model,
+                on_frame=on_frame,
+            )
+        except Exception as e:  # noqa: BLE001 - checked by the test
+            outcome["error"] = e
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    assert paused.wait(120), outcome
+    return t, go, outcome
+
+
+def test_overwrite_never_touches_frames_a_live_run_is_making(media, fast_model, tmp_path, capsys):
+    out = tmp_path / "styled.mp4"
+    cache = tmp_path / "styled.mp4.frames"
+    t, go, outcome = _paused_run(media, out, fast_model, VideoOptions(batch_size=1), 3)
+    try:
+        before = {p.name: p.stat().st_mtime_ns for p in cache.glob("frame_*.png")}
+        config = (cache / "artgen-video.json").read_text()
+        argv = ["video", str(media["mp4"]), "--style", STYLE, "-o", str(out), *FAST]
+        rc = main([*argv, "--overwrite", "--strength", "0.5"])
+        error_line(capsys, rc, str(cache), "another artgen run is making frames there")
+        assert {p.name: p.stat().st_mtime_ns for p in cache.glob("frame_*.png")} == before
+        assert (cache / "artgen-video.json").read_text() == config and len(before) == 3
+    finally:
+        go.set()
+        t.join(120)
+    assert "error" not in outcome, outcome
+    r = outcome["result"]
+    assert r.output == out and r.stylised == N and len(decode(out)[0]) == N
+    assert not cache.exists()  # the last run to leave cleans up, lock files included
+    # Once nobody uses it, --overwrite with other settings starts again as before.
+    assert main([*argv, "--overwrite", "--strength", "0.5", "--end", "2"]) == 0
+
+
+def test_overlapping_runs_of_the_same_settings_both_end_well(media, fast_model, tmp_path, capsys):
+    out = tmp_path / "styled.mp4"
+    cache = tmp_path / "styled.mp4.frames"
+    t, go, outcome = _paused_run(media, out, fast_model, VideoOptions(shard="2/2"), 1)
+    try:
+        argv = ["video", str(media["mp4"]), "--style", STYLE, "-o", str(out), *FAST]
+        assert main(argv) == 0  # the whole range, while shard 2/2 is still running
+        text = capsys.readouterr().out
+        assert f"the frames stay in {cache} while another run uses them" in text
+        assert len(decode(out)[0]) == N and cache.is_dir()
+    finally:
+        go.set()
+        t.join(120)
+    assert "error" not in outcome, outcome
+    r = outcome["result"]
+    assert r.output == out and r.missing == 0
+    assert r.note == f"another run with the same settings wrote {out} first"
+    assert not cache.exists()
+
+
+def test_a_whole_run_whose_frames_vanish_does_not_exit_0(media, tmp_path, capsys, monkeypatch):
+    import artgen.video as V
+
+    real = V.cached_frames
+    calls = {"n": 0}
+
+    def losing(cache):  # the check after the frames are made finds one gone
+        calls["n"] += 1
+        have = real(cache)
+        return have - {0} if calls["n"] >= 2 else have
+
+    monkeypatch.setattr(V, "cached_frames", losing)
+    out = tmp_path / "styled.mp4"
+    rc = main(["video", str(media["mp4"]), "--style", STYLE, "-o", str(out), "--end", "3", *FAST])
+    error_line(capsys, rc, "1 frames this run made are gone", "nothing was written")
+    assert not out.exists()
+
+
 def test_plan_gives_consecutive_shares(media):
     opts = artgen.AdaINOptions(size=W)
     shares = [
@@ -380,6 +473,98 @@ def test_bad_inputs_are_one_line_errors(media, tmp_path, capsys):
         rc = main(["video", *args, "--style", STYLE, *FAST])
         one_line_error(capsys, rc, name)
     assert not os.path.exists(out)
+
+
+def _lying_avi(path: Path, sizes) -> Path:
+    """An MJPEG AVI whose header says 64x48 and whose frames have the given sizes."""
+    import io
+
+    out = av.open(str(path), "w")
+    st = out.add_stream("mjpeg", rate=12)
+    st.width, st.height, st.pix_fmt = 64, 48, "yuvj420p"
+    for k, (w, h) in enumerate(sizes):
+        buf = io.BytesIO()
+        Image.new("RGB", (w, h), (40 * k, 90, 20)).save(buf, "JPEG")
+        pkt = av.Packet(buf.getvalue())
+        pkt.stream, pkt.pts, pkt.dts = st, k, k
+        out.mux(pkt)
+    out.close()
+    return path
+
+
+def test_frames_larger_than_the_header_are_refused_before_decoding(tmp_path, capsys):
+    import resource
+
+    from artgen.video import probe_video
+
+    liar = _lying_avi(tmp_path / "liar.avi", [(64, 48), (64, 48), (6000, 6000)])
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rc = main(["video", str(liar), "--style", STYLE, "-o", str(tmp_path / "o.mp4"), *FAST])
+    one_line_error(capsys, rc, "liar.avi", "frame 2", "larger than the 64x48")
+    # A decoded 6000x6000 frame alone would take 54 MB (yuv420) to 108 MB (RGB).
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 40_000  # KiB
+    smaller = _lying_avi(tmp_path / "smaller.avi", [(64, 48), (32, 32)])
+    with pytest.raises(artgen.ArtgenError, match="frame 1 is 32x32, its header says 64x48"):
+        probe_video(smaller)
+
+
+def test_probe_stops_decoding_at_the_frame_limit(media):
+    from artgen.video import probe_video
+
+    seen = []
+    real = av.container.InputContainer.decode
+
+    def counting(self, *a, **k):
+        for f in real(self, *a, **k):
+            seen.append(f)
+            yield f
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(av.container.InputContainer, "decode", counting):
+        with pytest.raises(artgen.ArtgenError, match="more than 3 frames"):
+            probe_video(media["mp4"], max_frames=3)
+    assert len(seen) == 4  # not the clip's 12
+
+
+def test_text_containers_that_open_other_files_are_refused(media, tmp_path, capsys):
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)  # FFmpeg's concat demuxer would open it and wait forever
+    lists = {
+        "list.mp4": f"ffconcat version 1.0\nfile '{media['mp4']}'\nfile 'pipe.mp4'\n",
+        "play.mp4": "#EXTM3U\n#EXTINF:1,\npipe.mp4\n",
+        "pattern.mp4": "img%03d.png",
+    }
+    for name, text in lists.items():
+        (tmp_path / name).write_text(text)
+        rc = main(["video", str(tmp_path / name), "--style", STYLE, "-o", str(tmp_path / "o.mp4")])
+        one_line_error(capsys, rc, name, "not a video artgen reads")
+
+
+@pytest.mark.parametrize(
+    "fps,why",
+    [
+        ("1e99999999", "not a frame rate"),
+        ("1e400", "not a frame rate"),
+        ("0", "outside 0.1 to 1000"),
+        ("5000/1", "outside 0.1 to 1000"),
+        ("24/0", "divides by zero"),
+        (24, "not a frame rate"),
+    ],
+)
+def test_frame_rates_read_from_a_frame_are_bounded(media, tmp_path, capsys, fps, why):
+    folder = tmp_path / "styled"
+    argv = ["video", str(media["frames"]), "--style", STYLE, "-o", str(folder), "--end", "1"]
+    assert main([*argv, *FAST]) == 0
+    frame = folder / "frame_000000.png"
+    params = read_params(frame)
+    params["video"]["fps"] = fps
+    from artgen.images import save_png
+
+    save_png(Image.open(frame), frame, params=params, overwrite=True)
+    capsys.readouterr()
+    rc = main(["info", str(frame)])
+    one_line_error(capsys, rc, why)
 
 
 def test_the_api_runs_a_plan_and_reports_progress(media, fast_model, tmp_path):

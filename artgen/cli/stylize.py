@@ -465,7 +465,7 @@ def _cmd_video(args: argparse.Namespace) -> int:
         return 0
     print(
         f"{made} -> {r.output} ({r.frames} frames, {float(r.fps):g} fps, "
-        f"{r.size[0]}x{r.size[1]}; audio: {r.audio})"
+        f"{r.size[0]}x{r.size[1]}; audio: {r.audio})" + (f"; {r.note}" if r.note else "")
     )
     return 0
 
