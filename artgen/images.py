@@ -155,9 +155,13 @@ class LoadedMask:
 
     def check_shape(self, size: tuple[int, int], tolerance: float = 0.05) -> None:
         """Refuse a mask whose aspect ratio is not the picture's (``size``, W x H): it is
-        stretched to the picture, so a rotated or cropped mask would mark the wrong place."""
+        stretched to the picture, so a rotated or cropped mask would mark the wrong place.
+        Sides rounded to whole (or, for video, even) pixels move a small picture's aspect
+        ratio by up to 2 px per side: that much more is allowed (a 96x64 clip's mask fits
+        its 32x20 frames)."""
         (mw, mh), (w, h) = self.size, size
-        if abs((mw / mh) / (w / h) - 1) > tolerance:
+        slack = 2.0 / max(1, min(w, h)) + 1.0 / max(1, min(mw, mh))
+        if abs((mw / mh) / (w / h) - 1) > tolerance + slack:
             raise ArtgenError(
                 f"{self.name}: the mask is {mw}x{mh} but the picture is {w}x{h}; a mask must "
                 "have the photo's shape (it is resized to the output)"

@@ -778,9 +778,41 @@ def run_video(
     ``masks`` (one per style, or None) and ``content_mask``: regional styles as in
     artgen.stylize, the same masks on every frame (resized to it); the cache records them
     by sha256, so a run with other masks does not reuse its frames."""
+    t0 = time.perf_counter()
+    users = CacheUsers(plan.cache)
+    try:
+        method, options, model, style_items, masked, record = _setup(
+            plan, styles, options, model, device, masks, content_mask
+        )
+        with users:
+            record = _prepare_cache(plan, record, users)
+            users.join()
+        return _run_frames(
+            plan,
+            record,
+            users,
+            style_items,
+            options,
+            method,
+            model,
+            device,
+            on_frame,
+            callback,
+            masked,
+            t0,
+        )
+    except BaseException:
+        _drop_if_frameless(plan, users)
+        raise
+    finally:
+        users.leave()
+
+
+def _setup(plan: VideoPlan, styles, options, model, device, masks, content_mask) -> tuple:
+    """run_video's checks and loading before any frame: (method, options at the frame size,
+    model, loaded styles, mask arguments, the run's record)."""
     from artgen.style import check_masks, load_masks, mask_arguments
 
-    t0 = time.perf_counter()
     method = method_of(options)
     masked = mask_arguments(method, masks, content_mask)  # refused before any work
     style_items = load_styles(styles)
@@ -808,27 +840,22 @@ def run_video(
         "input": plan.info.kind,
         "output": plan.output.suffix.lower() if plan.kind == "file" else "/",
     }
-    users = CacheUsers(plan.cache)
+    return method, options, model, style_items, masked, record
+
+
+def _drop_if_frameless(plan: VideoPlan, users: CacheUsers) -> None:
+    """After a failed run: remove a file output's cache folder if it holds no frame (and no
+    other live run uses it), so that a refusal leaves no empty NAME.frames behind."""
+    if plan.kind != "file" or not plan.cache.is_dir() or cached_frames(plan.cache):
+        return
     try:
         with users:
-            record = _prepare_cache(plan, record, users)
-            users.join()
-        return _run_frames(
-            plan,
-            record,
-            users,
-            style_items,
-            options,
-            method,
-            model,
-            device,
-            on_frame,
-            callback,
-            masked,
-            t0,
-        )
-    finally:
-        users.leave()
+            if users.alone() and not cached_frames(plan.cache):
+                _remove_cache(plan.cache)
+                users.remove_files()
+                _rmdir_if_empty(plan.cache)
+    except (OSError, ArtgenError):
+        pass  # the failure being reported matters more than a leftover folder
 
 
 def _run_frames(

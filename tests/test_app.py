@@ -208,6 +208,15 @@ def test_each_server_keeps_its_files_in_a_private_folder_removed_on_close(server
     assert not other.root.exists()
 
 
+def test_messages_never_show_the_servers_private_paths(server):
+    _, studio = server
+    app = load_app()
+    upload = studio.cache_dir / "0123abcd" / "my photo.png"
+    msg = app.public(f"{upload}: too small (8x8); and {studio.out_dir / 'r.png'}, see")
+    assert str(studio.root) not in msg and "tmp" not in msg
+    assert msg == "my photo.png: too small (8x8); and r.png, see"
+    assert app.problem(f"{upload}: bad") == "**Not started:** my photo.png: bad"
+
 def test_stop_cancels_and_frees_the_worker(server):
     url, _ = server
     client = connect(url)

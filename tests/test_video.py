@@ -635,6 +635,19 @@ def test_masks_apply_to_every_frame_and_are_recorded(media, clip, tmp_path, caps
     assert "--overwrite" in line
 
 
+def test_a_mask_of_the_clips_shape_fits_small_even_sided_frames(media, tmp_path, capsys):
+    """96x64 frames at --size 32 become 32x20 (even sides), 6.7% off the mask's aspect."""
+    left = np.zeros((H, W), np.uint8)
+    left[:, : W // 2] = 255
+    Image.fromarray(left).save(tmp_path / "left.png")
+    out = tmp_path / "small.mp4"
+    argv = ["video", str(media["mp4"]), "--style", STYLE, "--mask", str(tmp_path / "left.png")]
+    rc = main([*argv, "-o", str(out), "--end", "2", "--method", "adain", "--size", "32", "-q"])
+    assert rc == 0, capsys.readouterr().err
+    frames = decode(out)[0]
+    assert len(frames) == 2 and frames[0].shape[:2] == (20, 32)
+    assert not (tmp_path / "small.mp4.frames").exists()
+
 def test_a_mask_of_another_shape_is_refused_before_any_work(media, tmp_path, capsys):
     Image.new("L", (64, 64), 255).save(tmp_path / "square.png")
     out = tmp_path / "out"

@@ -35,6 +35,7 @@ import argparse
 import atexit
 import os
 import queue
+import re
 import shutil
 import sys
 import tempfile
@@ -280,7 +281,7 @@ class Studio:
                 **preset,
             )
         except ArtgenError as e:
-            raise gr.Error(str(e)) from None
+            raise gr.Error(public(str(e))) from None
 
     @staticmethod
     def seed(value) -> int:
@@ -389,7 +390,7 @@ class Studio:
                     seed=self.seed(seed),
                 )
             except ArtgenError as e:
-                raise gr.Error(str(e)) from None
+                raise gr.Error(public(str(e))) from None
             model = self.model("adain", options)
         except ArtgenError as e:
             yield gr.skip(), problem(str(e))
@@ -603,7 +604,7 @@ class Studio:
                     prompt=str(prompt or ""),
                 )
             except ArtgenError as e:
-                raise gr.Error(str(e)) from None
+                raise gr.Error(public(str(e))) from None
             t0 = time.perf_counter()
             image = method.stylize(
                 content_img, [], options, model=self.model("sdedit", options), device=self.device
@@ -635,9 +636,9 @@ def start_worker(
         except Cancelled:
             outcome["cancelled"] = True
         except ArtgenError as e:
-            outcome["error"] = clean(str(e))
+            outcome["error"] = public(clean(str(e)))
         except Exception as e:  # noqa: BLE001 - reported to the user, the server goes on
-            outcome["error"] = f"{type(e).__name__}: {e}"
+            outcome["error"] = public(f"{type(e).__name__}: {e}")
         finally:
             updates.put(None)
 
@@ -679,12 +680,19 @@ def painted_mask(editor, size: tuple[int, int]):
     try:
         return load_mask(np.maximum.reduce(alphas), name=PAINTED_MASK)
     except ArtgenError as e:
-        raise gr.Error(str(e)) from None
+        raise gr.Error(public(str(e))) from None
+
+
+def public(message: str) -> str:
+    """``message`` without this server's private paths: a file in a studio's temporary
+    folder (an upload in Gradio's cache, a result) is named by its file name only."""
+    root = re.escape(os.path.join(tempfile.gettempdir(), ROOT_PREFIX))
+    return re.sub(root + r"[^\s'\",;:)]*", lambda m: Path(m.group(0)).name, message)
 
 
 def problem(message: str) -> str:
     """A status line that says what to fix."""
-    return f"**Not started:** {message}"
+    return f"**Not started:** {public(message)}"
 
 
 def build(studio: Studio) -> gr.Blocks:
