@@ -557,9 +557,11 @@ def plan_video(
             )
     if _same(cache, src) or (info.kind == "folder" and cache.resolve() == src.resolve()):
         raise ArtgenError(f"{cache}: is the input folder; choose another output or --cache")
-    check_output_dir(cache)
     size = frame_size(info.width, info.height, options.size)
-    return VideoPlan(info, out, kind, cache, video.start, end, first, last, size, video)
+    plan = VideoPlan(info, out, kind, cache, video.start, end, first, last, size, video)
+    check_audio_path(plan)
+    check_output_dir(cache)
+    return plan
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -1143,6 +1145,67 @@ def _with_resolved(record: dict) -> dict:
 # ------------------------------------------------------------------------------ encoding
 
 
+def encoder_rate(codec: str, rate: int) -> int:
+    """A sample rate ``codec``'s encoder accepts: ``rate`` itself, or the lowest rate it
+    takes above it (else its highest). libopus takes only 48, 24, 16, 12 and 8 kHz, so
+    44.1 kHz AAC going into WebM is resampled to 48 kHz."""
+    import av
+
+    rates = av.codec.Codec(codec, "w").audio_rates
+    if not rates or rate in rates:
+        return rate
+    above = [r for r in rates if r > rate]
+    return min(above) if above else max(rates)
+
+
+def check_audio_path(plan: VideoPlan) -> None:
+    """Before any frame is made: open the output's audio encoder as the run will (into a
+    throwaway in-memory container), so a sound that cannot be written is said now, and
+    not blamed on the input."""
+    import io
+
+    import av
+
+    if plan.kind != "file" or plan.info.audio is None:
+        return
+    fmt, _ = OUTPUT_FORMATS[plan.output.suffix.lower()]
+    if fmt == "gif":
+        return
+    container, f = _open_container(plan.info.path)
+    out = av.open(io.BytesIO(), "w", format=fmt)
+    name = "?"
+    try:
+        oa, remux, _ = _audio_stream(container.streams.audio[0], out, fmt)
+        name = oa.codec_context.name
+        if not remux:
+            oa.codec_context.open()
+    except av.FFmpegError as e:
+        raise ArtgenError(
+            f"{plan.output}: artgen cannot write the sound of {plan.info.path.name} as "
+            f"{name} into {fmt} ({clip(e, 100)}); give another output type (.mp4 or .mkv "
+            "keep most sound as it is)"
+        ) from None
+    finally:
+        out.close()
+        container.close()
+        f.close()
+
+
+def _audio_stream(ia: Any, out_container: Any, fmt: str) -> tuple[Any, bool, str]:
+    """The output audio stream for input stream ``ia``: (stream, copied?, what is done)."""
+    remux = ia.codec_context.name in out_container.supported_codecs
+    if remux:
+        oa = out_container.add_stream_from_template(ia)
+        return oa, True, f"kept ({ia.codec_context.name}, copied)"
+    codec = out_container.default_audio_codec
+    rate = encoder_rate(codec, ia.codec_context.sample_rate or 48000)
+    oa = out_container.add_stream(codec, rate=rate)
+    how = f"kept ({ia.codec_context.name} re-encoded as {codec} for {fmt}"
+    if rate != ia.codec_context.sample_rate:
+        how += f", resampled to {rate / 1000:g} kHz"
+    return oa, False, how + ")"
+
+
 def _audio_packets(plan: VideoPlan, out_container, fmt: str):
     """The output audio stream, and an iterator of (seconds, packet) for it: the first audio
     track of the input, trimmed to the range, packets copied (or re-encoded if the
@@ -1156,14 +1219,7 @@ def _audio_packets(plan: VideoPlan, out_container, fmt: str):
     times = plan.info.times
     shift = times[plan.start] if plan.start > 0 else 0.0
     stop = times[plan.end] if plan.end < plan.info.frames else math.inf
-    remux = ia.codec_context.name in out_container.supported_codecs
-    if remux:
-        oa = out_container.add_stream_from_template(ia)
-        how = f"kept ({ia.codec_context.name}, copied)"
-    else:
-        codec = out_container.default_audio_codec
-        oa = out_container.add_stream(codec, rate=ia.codec_context.sample_rate or 48000)
-        how = f"kept ({ia.codec_context.name} re-encoded as {codec} for {fmt})"
+    oa, remux, how = _audio_stream(ia, out_container, fmt)
 
     def packets():
         try:

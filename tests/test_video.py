@@ -40,23 +40,25 @@ def _u8(f: np.ndarray) -> np.ndarray:
     return (np.clip(f, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def write_video(path: Path, frames, fps=FPS, audio_seconds: float | None = 1.0) -> Path:
-    """An H.264 mp4 (nearly lossless) with, optionally, a mono AAC sine tone."""
+def write_video(
+    path: Path, frames, fps=FPS, audio_seconds: float | None = 1.0, rate: int = 16000
+) -> Path:
+    """An H.264 mp4 (nearly lossless) with, optionally, a mono AAC sine tone at ``rate`` Hz."""
     out = av.open(str(path), "w")
     v = out.add_stream("libx264", rate=fps, options={"crf": "4"})
     v.width, v.height, v.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
-    a = out.add_stream("aac", rate=16000, layout="mono") if audio_seconds else None
+    a = out.add_stream("aac", rate=rate, layout="mono") if audio_seconds else None
     for f in frames:
         for p in v.encode(av.VideoFrame.from_ndarray(_u8(f), format="rgb24")):
             out.mux(p)
     for p in v.encode():
         out.mux(p)
     if a is not None:
-        n = int(16000 * audio_seconds)
-        tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(n) / 16000)).astype(np.float32)
+        n = int(rate * audio_seconds)
+        tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(n) / rate)).astype(np.float32)
         for s in range(0, n, 1024):
             fr = av.AudioFrame.from_ndarray(tone[None, s : s + 1024], format="fltp", layout="mono")
-            fr.sample_rate, fr.pts = 16000, s
+            fr.sample_rate, fr.pts = rate, s
             for p in a.encode(fr):
                 out.mux(p)
         for p in a.encode():
@@ -242,6 +244,23 @@ def test_folder_in_folder_out_gif_and_webm(media, tmp_path, capsys):
     frames, rate, codec, seconds = decode(webm)
     assert len(frames) == N and rate == FPS and codec == "opus"
     assert seconds == pytest.approx(1.0, abs=0.1)
+
+
+def test_44k1_aac_into_webm_becomes_48k_opus(clip, tmp_path, capsys):
+    """libopus takes 48 kHz, not 44.1: the sound is resampled (it once failed after every
+    frame was made, blaming a 'corrupt audio track')."""
+    from artgen.video import encoder_rate
+
+    assert encoder_rate("libopus", 44100) == 48000 and encoder_rate("libopus", 16000) == 16000
+    assert encoder_rate("aac", 44100) == 44100
+    src = write_video(tmp_path / "cd.mp4", clip.frames[:4], rate=44100)
+    out = tmp_path / "out.webm"
+    assert main(["video", str(src), "--style", STYLE, "-o", str(out), *FAST]) == 0
+    assert "re-encoded as opus for webm, resampled to 48 kHz" in capsys.readouterr().out
+    frames, _, codec, seconds = decode(out)
+    with av.open(str(out)) as c:
+        assert c.streams.audio[0].codec_context.sample_rate == 48000
+    assert len(frames) == 4 and codec == "opus" and abs(seconds - 1.0) < 0.05
 
 
 def test_start_and_end_pick_a_range_and_trim_the_sound(media, tmp_path, capsys):
@@ -647,6 +666,7 @@ def test_a_mask_of_the_clips_shape_fits_small_even_sided_frames(media, tmp_path,
     frames = decode(out)[0]
     assert len(frames) == 2 and frames[0].shape[:2] == (20, 32)
     assert not (tmp_path / "small.mp4.frames").exists()
+
 
 def test_a_mask_of_another_shape_is_refused_before_any_work(media, tmp_path, capsys):
     Image.new("L", (64, 64), 255).save(tmp_path / "square.png")
