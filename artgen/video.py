@@ -91,6 +91,10 @@ INPUT_DEMUXERS = frozenset({"mov", "mp4", "matroska", "webm", "gif", "avi"})
 _MP4_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot")
 
 
+class TooManyFrames(ArtgenError):
+    """probe_video stopped decoding at its ``max_frames``."""
+
+
 def _sniff_demuxer(head: bytes) -> str | None:
     if head[4:8] in _MP4_BOXES:
         return "mov"  # FFmpeg's "mov,mp4,m4a,3gp,3g2,mj2"
@@ -398,7 +402,7 @@ def probe_video(
                 t = frame.time
                 times.append(float(t) if t is not None else float("nan"))
                 if len(times) > max_frames:
-                    raise ArtgenError(f"{path}: more than {max_frames} frames")
+                    raise TooManyFrames(f"{path}: more than {max_frames} frames")
         except av.FFmpegError as e:
             raise ArtgenError(_decode_error(path, len(times), w, h, e)) from None
         if not times:

@@ -97,6 +97,35 @@ def test_stylize_end_to_end(server, tmp_path):
     assert "Done: 128x85" in status and len(session) == 1
 
 
+def test_the_api_takes_named_parameters(server):
+    """Client.view_api() names every parameter (not param_1 ... param_18), and a script
+    calls the endpoints by keyword, leaving out what it does not use."""
+    url, studio = server
+    client = connect(url)
+    api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    names = [p["parameter_name"] for p in api["/stylize"]["parameters"]]
+    weights = [f"weight_{e.name}" for e in studio.styles]
+    assert names == [
+        "content",
+        *weights,
+        *["style_1", "style_1_weight", "style_2", "style_2_weight"],
+        *["strength", "preserve_color", "size", "quality", "backbone", "seed"],
+        *["region_mask", "region_style", "rest_style"],
+    ]
+    assert [p["parameter_name"] for p in api["/video"]["parameters"]][:2] == ["clip", weights[0]]
+    assert all(p["parameter_has_default"] for p in api["/stylize"]["parameters"][1:])
+    path, status, _, _ = client.predict(
+        content=handle_file(str(REPO / "styles/examples/chelsea.jpg")),
+        weight_mosaic=1,
+        quality="Instant",
+        size=128,
+        api_name="/stylize",
+    )
+    p = read_params(path)
+    assert [s["file"] for s in p["styles"]] == ["mosaic.jpg"] and p["method"] == "adain"
+    assert Image.open(path).size == (128, 85) and status.startswith("Done: 128x85")
+
+
 def test_instant_quality_uses_the_fast_method(server):
     url, _ = server
     client = connect(url)
@@ -216,6 +245,7 @@ def test_messages_never_show_the_servers_private_paths(server):
     assert str(studio.root) not in msg and "tmp" not in msg
     assert msg == "my photo.png: too small (8x8); and r.png, see"
     assert app.problem(f"{upload}: bad") == "**Not started:** my photo.png: bad"
+
 
 def test_stop_cancels_and_frees_the_worker(server):
     url, _ = server
@@ -603,7 +633,8 @@ def test_clips_over_the_limits_or_unreadable_are_said_in_the_status(server, clip
         assert "at most 2 s and 300 frames" in status and "`artgen video`" in status
         studio.config = dataclasses.replace(saved, max_video_frames=10)
         *_, (_, status) = list(studio.video(str(clips["short"]), *_video_args(None)[1:]))
-        assert "12 frames" in status and "at most 10 s and 10 frames" in status
+        assert "short.mp4 has more than 10 frames" in status  # it stopped decoding there
+        assert "at most 10 s and 10 frames" in status
     finally:
         studio.config = saved
     *_, (_, status) = list(studio.video(str(clips["bad"]), *_video_args(None)[1:]))

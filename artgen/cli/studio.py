@@ -343,27 +343,31 @@ class Studio:
 
     def check_clip(self, clip):
         """The uploaded clip's VideoInfo, within the server's limits; gr.Error otherwise."""
-        from artgen.video import probe_video
+        from artgen.video import TooManyFrames, probe_video
 
         if not clip:
             raise gr.Error("Add a video clip first.")
         name = Path(str(clip)).name
+        cfg = self.config
+        limits = (
+            f"this studio takes clips of at most {cfg.max_video_seconds:g} s and "
+            f"{cfg.max_video_frames} frames. Cut it, or use `artgen video` (no limit, resumable)."
+        )
         try:
             # Decoding stops at the first frame past the limit (a long clip is not decoded
             # whole first), and no frame may be larger than the studio's pixel limit.
             info = probe_video(
                 clip, max_frames=self.config.max_video_frames, max_pixels=self.config.max_pixels
             )
+        except TooManyFrames:
+            raise gr.Error(
+                f"video: {name} has more than {cfg.max_video_frames} frames; {limits}"
+            ) from None
         except ArtgenError as e:
             raise gr.Error(f"video: {str(e).replace(str(clip), name)}") from None
-        cfg = self.config
         seconds = info.frames / float(info.fps)
         if seconds > cfg.max_video_seconds or info.frames > cfg.max_video_frames:
-            raise gr.Error(
-                f"video: {name} is {seconds:.1f} s ({info.frames} frames); this studio takes "
-                f"clips of at most {cfg.max_video_seconds:g} s and {cfg.max_video_frames} "
-                "frames. Cut it, or use `artgen video` (no limit, resumable)."
-            )
+            raise gr.Error(f"video: {name} is {seconds:.1f} s ({info.frames} frames); {limits}")
         if info.width * info.height > cfg.max_pixels:
             raise gr.Error(f"video: {name} is {info.width}x{info.height}, too many pixels.")
         return info
@@ -683,6 +687,70 @@ def painted_mask(editor, size: tuple[int, int]):
         raise gr.Error(public(str(e))) from None
 
 
+def api_names(studio: Studio, first: str, tail: Sequence[str]) -> list[str]:
+    """The named parameters of an endpoint that takes the style controls: ``first`` (the
+    content or the clip), one ``weight_<style>`` per bundled style, the upload slots,
+    then ``tail``."""
+    names = [first]
+    for e in studio.styles:
+        names.append("weight_" + re.sub(r"[^0-9a-zA-Z]+", "_", e.name).strip("_").lower())
+    for k in range(1, UPLOAD_SLOTS + 1):
+        names += [f"style_{k}", f"style_{k}_weight"]
+    return [*names, *tail]
+
+
+def named(handler, names: Sequence[str], streams: bool = False):
+    """``handler(*values)`` with a signature of ``names``, so that Gradio's API names the
+    endpoint's parameters (``Client.view_api()``) and a script can call it by keyword;
+    a handler taking ``*rest`` showed as param_1 ... param_18. Gradio still passes the
+    values by position, in the order of the event's inputs."""
+    import inspect
+
+    # All but the first default to None: a script may leave out what it does not use
+    # (Gradio then gives the component's own value, or None where it has none).
+    params = [
+        inspect.Parameter(
+            n,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            default=inspect.Parameter.empty if i == 0 else None,
+        )
+        for i, n in enumerate(names)
+    ]
+    if streams:
+
+        def wrapper(*values, progress=gr.Progress()):  # noqa: B008 - Gradio's idiom
+            yield from handler(*values, progress=progress)
+
+        progress = inspect.Parameter(
+            "progress", inspect.Parameter.KEYWORD_ONLY, default=gr.Progress()
+        )
+        params.append(progress)
+    else:
+
+        def wrapper(*values):
+            return handler(*values)
+
+    wrapper.__signature__ = inspect.Signature(params)
+    wrapper.__name__ = handler.__name__
+    wrapper.__doc__ = handler.__doc__
+    return wrapper
+
+
+STYLIZE_TAIL = (
+    "strength",
+    "preserve_color",
+    "size",
+    "quality",
+    "backbone",
+    "seed",
+    "history",
+    "region_mask",
+    "region_style",
+    "rest_style",
+)
+VIDEO_TAIL = ("strength", "preserve_color", "size", "seed")
+
+
 def public(message: str) -> str:
     """``message`` without this server's private paths: a file in a studio's temporary
     folder (an upload in Gradio's cache, a result) is named by its file name only."""
@@ -905,7 +973,7 @@ def build(studio: Studio) -> gr.Blocks:
             rest_style,
         ]
         run = go.click(
-            studio.stylize,
+            named(studio.stylize, api_names(studio, "content", STYLIZE_TAIL), streams=True),
             inputs,
             [result, status, download, session, history],
             api_name="stylize",
@@ -913,7 +981,7 @@ def build(studio: Studio) -> gr.Blocks:
             concurrency_id="device",
         )
         video_run = make_video.click(
-            studio.video,
+            named(studio.video, api_names(studio, "clip", VIDEO_TAIL), streams=True),
             [clip, *weights, *uploads, strength, preserve, size, seed],
             [video_out, video_status],
             api_name="video",
