@@ -649,6 +649,30 @@ def test_reproduce_lines_work_for_bundled_fetched_and_path_styles(
         capsys.readouterr()
 
 
+def test_the_reproduce_line_keeps_relative_paths_as_given(images, tmp_path, capsys, monkeypatch):
+    """`--style my_art/m00.png` comes back as my_art/m00.png (it once came back as m00.png,
+    which fails from the folder where the command ran); an absolute path is not recorded,
+    only its file name."""
+    (tmp_path / "my_art").mkdir()
+    (tmp_path / "photos").mkdir()
+    shutil.copy(images["style"], tmp_path / "my_art" / "m00.png")
+    shutil.copy(images["content"], tmp_path / "photos" / "p.png")
+    monkeypatch.chdir(tmp_path)
+    argv = ["stylize", "photos/p.png", "--style", "my_art/m00.png", "-o", "out.png", *FAST]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(["info", "out.png"]) == 0
+    cmd = capsys.readouterr().out.strip().splitlines()[-1].strip()
+    assert cmd.startswith("artgen stylize photos/p.png") and "--style my_art/m00.png:1" in cmd
+    assert main(cmd.split()[1:-2] + ["-o", "again.png", "-q"]) == 0, cmd
+    assert np.array_equal(np.asarray(Image.open("again.png")), np.asarray(Image.open("out.png")))
+    p = read_params("out.png")
+    assert p["styles"][0]["path"] == "my_art/m00.png" and p["styles"][0]["file"] == "m00.png"
+    absolute = str(tmp_path / "my_art" / "m00.png")
+    assert main(["stylize", "photos/p.png", "--style", absolute, "-o", "abs.png", *FAST]) == 0
+    assert "path" not in read_params("abs.png")["styles"][0]
+
+
 def test_info_survives_fuzzed_metadata(images, tmp_path, capsys):
     """Random mutations of real metadata: every outcome is a printed report or one line."""
     import random

@@ -392,6 +392,16 @@ def _device_name(device: Any) -> str:
     return str(resolve_device(device))
 
 
+def given_path(name: str) -> str | None:
+    """The path of an input file as the user gave it, when it is relative and names a
+    folder (``my_art/m00.png``): recorded so that the reproduce line works from where the
+    command ran. An absolute path is not recorded (it would put the user's folders, or a
+    server's, into every PNG they share): the file name alone is."""
+    if os.path.isabs(name) or os.path.dirname(name) in ("", "."):
+        return None
+    return name.replace(os.sep, "/") if len(name) <= 4096 and name.isprintable() else None
+
+
 def run_params(
     content: Any,
     styles: Sequence[tuple[Any, float]],
@@ -414,13 +424,18 @@ def run_params(
     def ident(im: Any, style: bool = False) -> dict[str, Any]:
         if os.path.isfile(im.name):
             out = {"file": os.path.basename(im.name), "sha256": sha256_file(im.name)}
+            given = given_path(im.name)
+            if given is not None:
+                out["path"] = given
             name = catalog.name_of(im.name) if style else None
             return {**out, "name": name} if name else out
         return {"file": im.name, "sha256": hashlib.sha256(im.rgb.tobytes()).hexdigest()}
 
     def mask_ident(mask: Any) -> dict[str, Any]:
         if os.path.isfile(mask.name):
-            return {"file": os.path.basename(mask.name), "sha256": sha256_file(mask.name)}
+            out = {"file": os.path.basename(mask.name), "sha256": sha256_file(mask.name)}
+            given = given_path(mask.name)
+            return out if given is None else {**out, "path": given}
         return {"file": mask.name, "sha256": hashlib.sha256(mask.image.tobytes()).hexdigest()}
 
     opts = options.to_dict()
@@ -486,6 +501,14 @@ def validate_params(params: Any) -> tuple[StyleMethod, Any]:
             and item["file"].isprintable()
             and isinstance(item.get("sha256"), str)
             and item["sha256"].isprintable()
+            and (
+                "path" not in item
+                or (
+                    isinstance(item["path"], str)
+                    and 0 < len(item["path"]) <= 4096
+                    and item["path"].isprintable()
+                )
+            )
         )
 
     for item in [params.get("content"), *styles]:
@@ -513,16 +536,17 @@ def reproduce_command(params: dict[str, Any]) -> str:
     Every field is validated first and shell-quoted, so a tampered PNG cannot inject code.
     """
     m, options = validate_params(params)
-    parts = ["artgen", "stylize", _not_a_flag(params["content"]["file"])]
+    # Files by the path given when the command ran (relative to where it ran; see
+    # given_path), else by their name; a catalogue style by its name (it resolves anywhere).
+    parts = ["artgen", "stylize", _not_a_flag(_where(params["content"]))]
     if m.name != DEFAULT_METHOD:
         parts += ["--method", m.name]
     for s in params["styles"]:
-        # A catalogue style by its name (it resolves anywhere); other files by their name.
-        parts += ["--style", _not_a_flag(f"{s.get('name') or s['file']}:{s['weight']:g}")]
+        parts += ["--style", _not_a_flag(f"{s.get('name') or _where(s)}:{s['weight']:g}")]
         if "mask" in s:
-            parts += ["--mask", _not_a_flag(s["mask"]["file"])]
+            parts += ["--mask", _not_a_flag(_where(s["mask"]))]
     if "content_mask" in params:
-        parts += ["--content-mask", _not_a_flag(params["content_mask"]["file"])]
+        parts += ["--content-mask", _not_a_flag(_where(params["content_mask"]))]
     defaults = m.options().to_dict()
     for f in fields(m.options):
         v = options.to_dict()[f.name]
@@ -534,6 +558,10 @@ def reproduce_command(params: dict[str, Any]) -> str:
         # \r or an escape sequence could redraw the terminal over the quoted line.
         raise ArtgenError("its parameters hold control characters")
     return " ".join(shlex.quote(p) for p in parts)
+
+
+def _where(record: dict[str, Any]) -> str:
+    return record.get("path") or record["file"]
 
 
 def _not_a_flag(name: str) -> str:
