@@ -149,6 +149,24 @@ def test_live_preview_renders_only_in_instant_mode(server):
     assert status.startswith("Instant: 256x") and read_params(path)["options"]["strength"] == 0.7
 
 
+def test_strokes_that_painted_nothing_are_said_as_such(server):
+    """A stroke started on the editor's grey margin leaves an empty layer: the status says
+    that, not 'pick a style' (the region's style is set)."""
+    app = load_app()
+    _, studio = server
+    n = len(studio.styles)
+    empty = Image.new("RGBA", (128, 85), (0, 0, 0, 0))
+    editor = {"background": None, "layers": [empty], "composite": None}
+    rest = [0] * n + [None, 1, None, 1, 1.0, "none", 128]
+    content = str(REPO / "styles/examples/coffee.jpg")
+    _, status, _ = studio.live(content, *rest, "Instant", "auto", 0, [], editor, "mosaic", "none")
+    assert status == app.NOTHING_PAINTED
+    *_, last = studio.stylize(content, *rest, "Instant", "auto", 0, [], editor, "mosaic", "none")
+    assert last[1] == app.problem(app.NOTHING_PAINTED)
+    _, status, _ = studio.live(content, *rest, "Instant", "auto", 0, [], None, "mosaic", "none")
+    assert status == "Pick a style to see it live."
+
+
 def test_bad_uploads_get_clear_errors_and_server_keeps_serving(server, tmp_path):
     from gradio_client.exceptions import AppError
 

@@ -135,6 +135,10 @@ def test_artgen_app_starts_from_an_installed_wheel(installed, tmp_path):
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+    said = proc.stdout.read()
+    # artgen's own advice (Gradio's names its launch(share=True), which a user cannot type)
+    assert f"artgen studio: open http://127.0.0.1:{port}/" in said, said
+    assert "`artgen app --share`" in said and "share=True" not in said, said
 
 
 def test_an_installed_wheel_stylises_with_its_bundled_styles_offline(installed, tmp_path):

@@ -321,7 +321,11 @@ class Studio:
             styles = [painted, *others]
             masks = [mask, *[None] * len(others)]
         if not styles:
-            raise gr.Error("Pick at least one style: click one in the gallery, or upload your own.")
+            raise gr.Error(
+                NOTHING_PAINTED
+                if has_layers(editor)
+                else "Pick at least one style: click one in the gallery, or upload your own."
+            )
         options = self.options(quality, size, strength, preserve, backbone, seed)
         return content_img, styles, options, list(history or []), masks
 
@@ -490,7 +494,14 @@ class Studio:
             )
         )
         if not has_style:
-            return gr.skip(), "Pick a style to see it live.", gr.skip()
+            editor = (
+                rest[n + 2 * UPLOAD_SLOTS + 7] if len(rest) > n + 2 * UPLOAD_SLOTS + 7 else None
+            )
+            return (
+                gr.skip(),
+                NOTHING_PAINTED if has_layers(editor) else "Pick a style to see it live.",
+                gr.skip(),
+            )
         t0 = time.perf_counter()
         try:
             content_img, styles, options, _, masks = self.inputs(content, rest)
@@ -653,6 +664,17 @@ def start_worker(
 
 def upload_choice(k: int) -> str:
     return f"Style {k + 1} (your upload)"
+
+
+NOTHING_PAINTED = (
+    "Nothing is painted on the photo yet: start each stroke on the photo itself (a stroke "
+    "that starts on the grey margin around it paints nothing), or pick a style above."
+)
+
+
+def has_layers(editor) -> bool:
+    """Whether the region editor holds a layer (the user has been painting), painted or not."""
+    return isinstance(editor, dict) and any(x is not None for x in editor.get("layers") or [])
 
 
 def is_painted(editor) -> bool:
@@ -1069,9 +1091,10 @@ def build(studio: Studio) -> gr.Blocks:
     return demo
 
 
-def launch(config: AppConfig, *, prevent_thread_lock: bool = False):
+def launch(config: AppConfig, *, prevent_thread_lock: bool = False, quiet: bool = False):
     """Serve the studio; returns (demo, studio). ``studio.close()`` removes its files
-    (also done at exit)."""
+    (also done at exit). ``quiet``: Gradio prints nothing (its advice names its own
+    ``launch(share=True)``; main() says what an artgen user types instead)."""
     studio = Studio(config)
     atexit.register(studio.close)
     demo = build(studio)
@@ -1083,6 +1106,7 @@ def launch(config: AppConfig, *, prevent_thread_lock: bool = False):
         prevent_thread_lock=prevent_thread_lock,
         show_error=False,
         theme=gr.themes.Soft(),
+        quiet=quiet,
     )
     return demo, studio
 
@@ -1109,11 +1133,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     try:
-        _, studio = launch(config)  # returns when the server stops (Ctrl-C)
+        demo, studio = launch(config, prevent_thread_lock=True, quiet=True)
     except ArtgenError as e:
         print(f"artgen app: error: {e}", file=sys.stderr)
         return 2
-    studio.close()
+    print(f"artgen studio: open {demo.local_url} in your browser (Ctrl-C stops it).")
+    if demo.share_url:
+        print(f"Public link, for 72 hours: {demo.share_url}")
+    else:
+        print("For a public link that others can open, run `artgen app --share`.")
+    try:
+        demo.block_thread()  # returns when the server stops (Ctrl-C)
+    finally:
+        studio.close()
     return 0
 
 
