@@ -274,6 +274,7 @@ class VideoInfo:
     times: tuple[float, ...] = ()  # seconds of each frame (videos)
     audio: str | None = None  # codec of the first audio track, if any
     files: tuple[Path, ...] = ()  # the frames of a folder, in order
+    skipped: str = ""  # entries of a folder named like frames but not read, and why
 
 
 @dataclass(frozen=True)
@@ -361,10 +362,9 @@ def probe_video(
     if not path.exists():
         raise ArtgenError(f"{path}: no such file or folder")
     if path.is_dir():
-        files = sorted(
-            (p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
-            key=_natural_key,
-        )
+        named = [p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+        files = sorted((p for p in named if p.is_file()), key=_natural_key)
+        odd = len(named) - len(files)
         if not files:
             raise ArtgenError(
                 f"{path}: no image frames in this folder ({', '.join(IMAGE_SUFFIXES)})"
@@ -373,7 +373,15 @@ def probe_video(
             raise ArtgenError(f"{path}: {len(files)} frames; the limit is {max_frames}")
         first = load_image(files[0], max_pixels=max_pixels)
         rate = Fraction(fps if fps is not None else DEFAULT_FPS).limit_denominator(1001)
-        return VideoInfo(path, "folder", len(files), rate, *first.size, files=tuple(files))
+        skipped = (
+            f"skipped {odd} entr{'y' if odd == 1 else 'ies'} of {path} named like frames that "
+            "are not regular files (folders, FIFOs, devices or broken links)"
+            if odd
+            else ""
+        )
+        return VideoInfo(
+            path, "folder", len(files), rate, *first.size, files=tuple(files), skipped=skipped
+        )
     if fps is not None:
         raise ArtgenError(
             f"--fps {fps:g}: a video keeps its own frame rate; --fps is for a folder of frames"
@@ -918,12 +926,13 @@ def _run_frames(
         )
     audio = "none in the input" if plan.info.audio is None else "kept"
     written: Path | None = None
-    note = ""
+    note = plan.info.skipped
     if plan.kind == "folder":
         audio = "not written (a folder of frames has no sound)" if plan.info.audio else audio
         written = plan.output if not missing else None
     elif not missing:
-        audio, note = _encode(plan, record, on_frame, t0)
+        audio, encoded = _encode(plan, record, on_frame, t0)
+        note = "; ".join(x for x in (note, encoded) if x)
         written = plan.output
         if not video.keep_frames:
             with users:  # not while another run (e.g. an overlapping shard) still uses it

@@ -586,6 +586,26 @@ def test_frame_rates_read_from_a_frame_are_bounded(media, tmp_path, capsys, fps,
     one_line_error(capsys, rc, why)
 
 
+def test_entries_named_like_frames_that_are_not_files_are_counted(media, fast_model, tmp_path):
+    import shutil
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for k in range(3):
+        shutil.copy(media["frames"] / f"img{k}.png", frames / f"img{k}.png")
+    os.mkfifo(frames / "img3.png")  # opening it would hang
+    (frames / "img4.png").mkdir()
+    (frames / "img5.png").symlink_to(tmp_path / "gone.png")
+    r = stylize_video(
+        frames, STYLE, tmp_path / "out", artgen.AdaINOptions(size=W), model=fast_model
+    )
+    assert r.frames == 3 and r.output == tmp_path / "out"
+    assert r.note == (
+        f"skipped 3 entries of {frames} named like frames that are not regular files "
+        "(folders, FIFOs, devices or broken links)"
+    )
+
+
 def test_the_api_runs_a_plan_and_reports_progress(media, fast_model, tmp_path):
     opts = artgen.AdaINOptions(size=64)
     plan = plan_video(media["mp4"], tmp_path / "o.mkv", opts, VideoOptions(end=4))
