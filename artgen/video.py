@@ -653,7 +653,9 @@ class CacheUsers:
 
     def alone(self) -> bool:
         """Under PREPARE_LOCK: True (holding USERS_LOCK exclusively) if no other live run
-        uses the folder."""
+        uses the folder. Linux converts a held shared lock by dropping it first, so after
+        a False this run may no longer count as a user: it is only asked before join(),
+        or when the run is leaving."""
         if fcntl is None:  # pragma: no cover - Windows
             return True
         if self._users is None:
