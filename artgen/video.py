@@ -113,6 +113,7 @@ CONFIG_NAME = "artgen-video.json"
 FRAME_NAME = "frame_{:06d}.png"
 _FRAME_RE = re.compile(r"frame_(\d{6,})\.png")
 MAX_FRAMES = 1_000_000
+CLAIM_WAIT_S = 1800  # how long a run waits for another one writing the same output
 
 
 @dataclass(frozen=True)
@@ -291,6 +292,7 @@ class VideoPlan:
     last: int
     size: tuple[int, int]  # (width, height) of every output frame
     video: VideoOptions
+    made_cache: bool = False  # the cache folder did not exist before this plan
 
 
 @dataclass(frozen=True)
@@ -426,7 +428,15 @@ def probe_video(
         rate = Fraction(rate).limit_denominator(1001)
         if any(math.isnan(t) for t in times):
             times = [k / float(rate) for k in range(len(times))]
-        audio = container.streams.audio[0].codec_context.name if container.streams.audio else None
+        audio = None
+        if container.streams.audio:
+            ctx = container.streams.audio[0].codec_context
+            if ctx is None:  # a codec id FFmpeg does not know
+                raise ArtgenError(
+                    f"{path}: its sound track's codec is unknown to FFmpeg; remove the sound "
+                    "(ffmpeg -i IN -an -c copy OUT) or convert it"
+                )
+            audio = ctx.name
         return VideoInfo(path, "video", len(times), rate, w, h, tuple(times), audio)
     finally:
         container.close()
@@ -570,7 +580,8 @@ def plan_video(
     if _same(cache, src) or (info.kind == "folder" and cache.resolve() == src.resolve()):
         raise ArtgenError(f"{cache}: is the input folder; choose another output or --cache")
     size = frame_size(info.width, info.height, options.size)
-    plan = VideoPlan(info, out, kind, cache, video.start, end, first, last, size, video)
+    made = not os.path.lexists(cache)
+    plan = VideoPlan(info, out, kind, cache, video.start, end, first, last, size, video, made)
     check_audio_path(plan)
     check_output_dir(cache)
     return plan
@@ -607,6 +618,7 @@ def _cache_key(record: dict) -> dict:
 
 
 USERS_LOCK = ".artgen-users.lock"
+_SHARD_LOCK_RE = re.compile(r"\.shard-\d+-\d+\.lock")
 PREPARE_LOCK = ".artgen-prepare.lock"
 
 
@@ -625,31 +637,53 @@ class CacheUsers:
         self.cache = cache
         self._users: int | None = None
         self._prepare: int | None = None
+        self.wrote_record = False  # this run wrote the folder's record (a new or replaced one)
 
     def _open(self, name: str) -> int:
         return open_lock_file(self.cache / name)
+
+    def _current(self, fd: int, name: str) -> bool:
+        """Whether ``fd`` is still the file at ``name`` (the last run to leave removes the
+        lock files; a lock on a removed file guards nothing)."""
+        try:
+            return os.path.samestat(os.fstat(fd), os.stat(self.cache / name))
+        except FileNotFoundError:
+            return False
 
     def __enter__(self) -> CacheUsers:
         """Hold PREPARE_LOCK (waits for another run's short preparation)."""
         if fcntl is None:  # pragma: no cover - Windows
             return self
-        self.cache.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = self._open(PREPARE_LOCK)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:  # the run before us may have removed the folder's lock files meanwhile
-                if os.path.samestat(os.fstat(fd), os.stat(self.cache / PREPARE_LOCK)):
-                    self._prepare = fd
-                    return self
-            except FileNotFoundError:
-                pass
-            os.close(fd)
+        for attempt in range(100):
             self.cache.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = self._open(PREPARE_LOCK)
+            except ArtgenError:
+                if self.cache.is_dir() or attempt > 5:
+                    raise
+                continue  # the folder was removed between mkdir and open: again
+            self._prepare = fd  # before the wait, so that an interrupt closes it (__exit__)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if self._current(fd, PREPARE_LOCK):
+                    return self
+            except BaseException:
+                self.__exit__()
+                raise
+            self.__exit__()  # the run before us removed the lock files meanwhile: again
+        raise ArtgenError(f"{self.cache}: cannot take its lock (removed again and again)")
 
     def __exit__(self, *exc: object) -> None:
         if self._prepare is not None:
             os.close(self._prepare)
             self._prepare = None
+
+    def _users_fd(self) -> int:
+        if self._users is not None and not self._current(self._users, USERS_LOCK):
+            self.release()
+        if self._users is None:
+            self._users = self._open(USERS_LOCK)
+        return self._users
 
     def alone(self) -> bool:
         """Under PREPARE_LOCK: True (holding USERS_LOCK exclusively) if no other live run
@@ -658,10 +692,8 @@ class CacheUsers:
         or when the run is leaving."""
         if fcntl is None:  # pragma: no cover - Windows
             return True
-        if self._users is None:
-            self._users = self._open(USERS_LOCK)
         try:
-            fcntl.flock(self._users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._users_fd(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             return False
         return True
@@ -670,9 +702,7 @@ class CacheUsers:
         """Under PREPARE_LOCK: count this run as a user (a shared USERS_LOCK) until release."""
         if fcntl is None:  # pragma: no cover - Windows
             return
-        if self._users is None:
-            self._users = self._open(USERS_LOCK)
-        fcntl.flock(self._users, fcntl.LOCK_SH)
+        fcntl.flock(self._users_fd(), fcntl.LOCK_SH)
 
     def leave(self) -> None:
         """Stop using the folder; the last live run to leave removes the lock files."""
@@ -692,9 +722,14 @@ class CacheUsers:
             self._users = None
 
     def remove_files(self) -> None:
-        """Under PREPARE_LOCK, when alone(): remove the lock files (the folder goes next)."""
+        """Under PREPARE_LOCK, when alone(): remove the lock files, and the shard claims of
+        runs that were killed (no live run holds one now), and stop using the folder."""
+        for p in self.cache.iterdir():
+            if _SHARD_LOCK_RE.fullmatch(p.name):
+                p.unlink(missing_ok=True)
         for name in (USERS_LOCK, PREPARE_LOCK):
             (self.cache / name).unlink(missing_ok=True)
+        self.release()
 
 
 def _prepare_cache(plan: VideoPlan, record: dict, users: CacheUsers) -> dict:
@@ -736,11 +771,14 @@ def _prepare_cache(plan: VideoPlan, record: dict, users: CacheUsers) -> dict:
             )
         for k in have:
             frame_path(cache, k).unlink(missing_ok=True)
+        users.wrote_record = True
     elif have:
         raise ArtgenError(
             f"{cache}: holds frame files that no artgen video run recorded; "
             "choose an empty or new folder"
         )
+    else:
+        users.wrote_record = True
     _write_json(config, record)
     return record
 
@@ -860,16 +898,20 @@ def _setup(plan: VideoPlan, styles, options, model, device, masks, content_mask)
 
 
 def _drop_if_frameless(plan: VideoPlan, users: CacheUsers) -> None:
-    """After a failed run: remove a file output's cache folder if it holds no frame (and no
-    other live run uses it), so that a refusal leaves no empty NAME.frames behind."""
+    """After a failed run that made no frame: remove what this run created, and only that
+    (the record it wrote, its lock files, the folder if this plan made it), when no other
+    live run uses the folder, so that a refusal leaves no empty NAME.frames behind and a
+    user's own --cache folder and files stay."""
     if plan.kind != "file" or not plan.cache.is_dir() or cached_frames(plan.cache):
         return
     try:
         with users:
             if users.alone() and not cached_frames(plan.cache):
-                _remove_cache(plan.cache)
+                if users.wrote_record:
+                    (plan.cache / CONFIG_NAME).unlink(missing_ok=True)
                 users.remove_files()
-                _rmdir_if_empty(plan.cache)
+                if plan.made_cache:
+                    _rmdir_if_empty(plan.cache)
     except (OSError, ArtgenError):
         pass  # the failure being reported matters more than a leftover folder
 
@@ -1190,10 +1232,23 @@ def check_audio_path(plan: VideoPlan) -> None:
     out = av.open(io.BytesIO(), "w", format=fmt)
     name = "?"
     try:
-        oa, remux, _ = _audio_stream(container.streams.audio[0], out, fmt)
+        ia = container.streams.audio[0]
+        oa, remux, _ = _audio_stream(ia, out, fmt)
         name = oa.codec_context.name
         if not remux:
-            oa.codec_context.open()
+            try:
+                ia.codec_context.open()  # the run decodes it: a broken decoder setup shows now
+            except av.FFmpegError as e:
+                raise ArtgenError(
+                    f"{plan.info.path}: its sound track cannot be decoded ({clip(e, 100)}); "
+                    "remove it (ffmpeg -an) or convert it"
+                ) from None
+        # Both streams, as the run writes them: the muxer checks the pair (FLAC into .mov
+        # is refused here, not after every frame is made).
+        vcodec = OUTPUT_FORMATS[plan.output.suffix.lower()][1]
+        ov = out.add_stream(vcodec, rate=plan.info.fps)
+        ov.width, ov.height, ov.pix_fmt = *plan.size, "yuv420p"
+        out.start_encoding()
     except av.FFmpegError as e:
         raise ArtgenError(
             f"{plan.output}: artgen cannot write the sound of {plan.info.path.name} as "
@@ -1288,21 +1343,34 @@ def _encode(plan: VideoPlan, record: dict, on_frame, t0: float) -> tuple[str, st
         "video": {**record["video"], "start": plan.start, "end": plan.end},
     }
     claim = OutputClaim(out)
-    if not claim.acquire():
-        raise ArtgenError(f"{out}: another artgen run (pid {claim.owner()}) is writing it")
+    # Another run writing this output now (an overlapping shard of the same settings, most
+    # often): wait for it, then see what it wrote.
+    deadline = time.monotonic() + CLAIM_WAIT_S
+    while not claim.acquire():
+        if time.monotonic() > deadline:
+            raise ArtgenError(
+                f"{out}: another artgen run (pid {claim.owner()}) has been writing it for "
+                f"{CLAIM_WAIT_S // 60} minutes; this run's frames are kept in {plan.cache}"
+            )
+        time.sleep(0.2)
     try:
         if os.path.lexists(out) and not plan.video.overwrite:
             # Written while this run made its frames (plan_video checked before): by an
-            # overlapping run of the same settings (nothing to do), or by another one.
+            # overlapping run of the same settings and range (nothing to do), or not.
             if _same_video(out, params):
                 return "as written by that run", (
                     f"another run with the same settings wrote {out} first"
                 )
+            what = (
+                "artgen cannot tell a GIF's settings"
+                if out.suffix.lower() == ".gif"
+                else "with other settings or another range"
+            )
             raise ArtgenError(
-                f"{out}: another run wrote it, with other settings, while this one made its "
-                f"frames; they are kept in {plan.cache}. Pass --overwrite to write this run's "
-                "video over it from them (no frame is made again), or give another output "
-                "with --cache"
+                f"{out}: another run wrote it while this one made its frames ({what}); "
+                f"this run's frames are kept in {plan.cache}. Pass --overwrite to write this "
+                "run's video over it from them (no frame is made again), or give another "
+                "output with --cache"
             )
         clean_stale_files(out.parent, suffixes=(out.name.lower(),))
         fmt, codec = OUTPUT_FORMATS[out.suffix.lower()]
@@ -1333,8 +1401,8 @@ def _same_video(out: Path, params: dict) -> bool:
         old = read_video_params(out)
     except ArtgenError:
         return False
-    same_range = all(old["video"].get(k) == params["video"].get(k) for k in ("start", "end"))
-    return same_range and _cache_key(old) == _cache_key(params)
+    # Every video setting (range, --crf, ...), and what the frames depend on.
+    return old["video"] == params["video"] and _cache_key(old) == _cache_key(params)
 
 
 def _write_gif(tmp: Path, frames: list[Path], fps: Fraction, report) -> None:

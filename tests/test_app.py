@@ -263,6 +263,8 @@ def test_messages_never_show_the_servers_private_paths(server):
     assert str(studio.root) not in msg and "tmp" not in msg
     assert msg == "my photo.png: too small (8x8); and r.png, see"
     assert app.problem(f"{upload}: bad") == "**Not started:** my photo.png: bad"
+    deep = studio.cache_dir / "a b" / "c d" / "été 'x'.JPG"
+    assert app.public(f"{deep}: cannot read") == "été 'x'.JPG: cannot read"
 
 
 def test_stop_cancels_and_frees_the_worker(server):

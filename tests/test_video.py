@@ -41,13 +41,19 @@ def _u8(f: np.ndarray) -> np.ndarray:
 
 
 def write_video(
-    path: Path, frames, fps=FPS, audio_seconds: float | None = 1.0, rate: int = 16000
+    path: Path,
+    frames,
+    fps=FPS,
+    audio_seconds: float | None = 1.0,
+    rate: int = 16000,
+    acodec: str = "aac",
 ) -> Path:
-    """An H.264 mp4 (nearly lossless) with, optionally, a mono AAC sine tone at ``rate`` Hz."""
+    """An H.264 video (nearly lossless; the container from the suffix) with, optionally, a
+    mono sine tone at ``rate`` Hz (AAC unless ``acodec`` says otherwise)."""
     out = av.open(str(path), "w")
     v = out.add_stream("libx264", rate=fps, options={"crf": "4"})
     v.width, v.height, v.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
-    a = out.add_stream("aac", rate=rate, layout="mono") if audio_seconds else None
+    a = out.add_stream(acodec, rate=rate, layout="mono") if audio_seconds else None
     for f in frames:
         for p in v.encode(av.VideoFrame.from_ndarray(_u8(f), format="rgb24")):
             out.mux(p)
@@ -263,6 +269,21 @@ def test_44k1_aac_into_webm_becomes_48k_opus(clip, tmp_path, capsys):
     assert len(frames) == 4 and codec == "opus" and abs(seconds - 1.0) < 0.05
 
 
+def test_sound_that_cannot_be_written_or_read_is_refused_before_any_frame(clip, tmp_path, capsys):
+    flac = write_video(tmp_path / "flac.mkv", clip.frames[:3], rate=44100, acodec="flac")
+    out = tmp_path / "x.mov"  # MOV cannot hold FLAC: the muxer refuses the pair
+    rc = main(["video", str(flac), "--style", STYLE, "-o", str(out), *FAST])
+    one_line_error(capsys, rc, "x.mov", "cannot write the sound of flac.mkv as flac into mov")
+    assert not out.exists() and not (tmp_path / "x.mov.frames").exists()
+    # A sound codec id FFmpeg does not know: one line, not an AttributeError.
+    pcm = write_video(tmp_path / "pcm.mkv", clip.frames[:3], rate=16000, acodec="pcm_s16le")
+    data = pcm.read_bytes()
+    assert data.count(b"A_PCM/INT/LIT") == 1
+    (tmp_path / "odd.mkv").write_bytes(data.replace(b"A_PCM/INT/LIT", b"A_QQQ/INT/LIT"))
+    rc = main(["video", str(tmp_path / "odd.mkv"), "--style", STYLE, "-o", str(out), *FAST])
+    one_line_error(capsys, rc, "odd.mkv", "codec is unknown to FFmpeg")
+
+
 def test_start_and_end_pick_a_range_and_trim_the_sound(media, tmp_path, capsys):
     out = tmp_path / "part.mov"
     argv = ["video", str(media["mp4"]), "--style", STYLE, "--start", "3", "--end", "9"]
@@ -406,6 +427,72 @@ def test_overlapping_runs_of_the_same_settings_both_end_well(media, fast_model, 
     assert r.output == out and r.missing == 0
     assert r.note == f"another run with the same settings wrote {out} first"
     assert not cache.exists()
+
+
+def test_the_last_run_to_leave_removes_only_lock_files_it_knows(tmp_path):
+    """A run that removed the lock files as the last user must not, when it then leaves,
+    remove the lock files of a run that joined since (which made that run invisible to a
+    later --overwrite with other settings)."""
+    from artgen.video import CacheUsers
+
+    cache = tmp_path / "c.frames"
+    a = CacheUsers(cache)
+    with a:
+        assert a.alone()
+        a.join()
+    with a:  # A ends its run: the last user, it removes the folder's lock files
+        assert a.alone()
+        a.remove_files()
+    d = CacheUsers(cache)
+    with d:
+        d.join()  # D starts, with new lock files
+    a.leave()  # A leaves afterwards
+    e = CacheUsers(cache)
+    with e:
+        assert not e.alone()  # D is still seen
+    d.leave()
+    with e:
+        assert e.alone()
+    e.leave()
+
+
+def test_a_run_waits_for_another_writing_the_same_output(media, fast_model, tmp_path):
+    import threading
+
+    from artgen.images import OutputClaim
+
+    out = tmp_path / "styled.mp4"
+    held = OutputClaim(out)
+    assert held.acquire()  # another run is encoding this output
+    done = {}
+
+    def work() -> None:
+        done["r"] = stylize_video(
+            media["mp4"], STYLE, out, artgen.AdaINOptions(size=W), model=fast_model
+        )
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    t.join(3)
+    assert t.is_alive() and not out.exists()  # its frames are made; it waits, not fails
+    held.release()
+    t.join(120)
+    assert done["r"].output == out and len(decode(out)[0]) == N
+
+
+def test_a_refusal_removes_nothing_of_the_users(media, tmp_path, capsys):
+    mine = tmp_path / "mycache"
+    mine.mkdir()
+    (mine / "artgen-video.json").write_text('{"my": "own notes"}')
+    argv = ["video", str(media["mp4"]), "--style", STYLE, "-o", str(tmp_path / "o.mp4")]
+    rc = main([*argv, "--cache", str(mine), *FAST])
+    error_line(capsys, rc, "not a record artgen video wrote")
+    assert (mine / "artgen-video.json").read_text() == '{"my": "own notes"}'
+    assert sorted(os.listdir(mine)) == ["artgen-video.json"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc = main([*argv, "--cache", str(empty), "--end", "2", *FAST, "--style", "/nope.png"])
+    assert rc == 2 and empty.is_dir() and os.listdir(empty) == []
 
 
 def test_a_whole_run_whose_frames_vanish_does_not_exit_0(media, tmp_path, capsys, monkeypatch):

@@ -196,7 +196,9 @@ def guard_editor(component: gr.ImageEditor, max_pixels: int) -> gr.ImageEditor:
         try:
             with Image.open(src) as im:  # the header only: nothing is decoded
                 return im.width * im.height
-        except (OSError, ValueError, Image.DecompressionBombError):
+        except Image.DecompressionBombError:
+            raise gr.Error(f"{component.label}: a layer has too many pixels.") from None
+        except (OSError, ValueError):
             raise gr.Error(f"{component.label}: a layer is not an image.") from None
 
     def preprocess(payload):
@@ -773,11 +775,19 @@ STYLIZE_TAIL = (
 VIDEO_TAIL = ("strength", "preserve_color", "size", "seed")
 
 
+_SUFFIXES = r"(?i:png|jpe?g|webp|bmp|tiff?|gif|mp4|m4v|mov|mkv|webm|avi|json)"
+
+
 def public(message: str) -> str:
     """``message`` without this server's private paths: a file in a studio's temporary
     folder (an upload in Gradio's cache, a result) is named by its file name only."""
-    root = re.escape(os.path.join(tempfile.gettempdir(), ROOT_PREFIX))
-    return re.sub(root + r"[^\s'\",;:)]*", lambda m: Path(m.group(0)).name, message)
+    tmp = tempfile.gettempdir()
+    roots = "|".join(re.escape(os.path.join(t, ROOT_PREFIX)) for t in {tmp, os.path.realpath(tmp)})
+    name = lambda m: Path(m.group(0)).name  # noqa: E731
+    # A path up to a file type the studio handles (file names may hold spaces), then any
+    # other path up to a space or a quote.
+    message = re.sub(rf"(?:{roots})[^\n]*?\.{_SUFFIXES}\b", name, message)
+    return re.sub(rf"(?:{roots})[^\s'\",;:)]*", name, message)
 
 
 def problem(message: str) -> str:
