@@ -47,6 +47,145 @@ MAX_BATCH = 4096  # images per step: far above what fits on any device at these 
 _SHOW = 60  # characters of a value from a file that an error message quotes
 _INT_LIMIT = 1 << 63  # a JSON integer can be any size; torch and numpy take 64 bits
 
+# -- bounds on the sizes a run folder claims ------------------------------------------------
+#
+# Every number a run's settings give (its config.json, read back to resume, sample or eval,
+# or the flags of a new run) is checked against these bounds before anything is built, so
+# a file cannot make artgen build (or allocate) without bound. They only stop absurd
+# claims: real runs fit comfortably. For comparison: Stable Diffusion 1/2 train at 512 or
+# 768 px and SDXL at 1024 px, with LoRA ranks of 4 to 128 (1024 is already full rank for
+# most of SDXL's layers); StyleGAN2/3 networks go to 1024 px, z/w 512, 8 mapping layers,
+# channel_max 512 to 1024 (artgen.models.stylegan2.CONFIG_LIMITS, whose bounds the GAN
+# settings repeat); the fast method trains on 256 px crops.
+RUN_LIMITS: dict[str, tuple[float, float]] = {
+    # every trainer
+    "steps": (1, 10**9),
+    "sample_every": (1, 10**9),
+    "checkpoint_every": (1, 10**9),
+    "keep_checkpoints": (0, 10**6),
+    "seed": (0, (1 << 63) - 1),
+    "batch_size": (1, MAX_BATCH),
+    "lr": (0.0, 1.0),
+    # diffusion fine-tuning
+    "resolution": (0, 4096),  # 0: the base's own; a GAN's must also be a power of two >= 4
+    "grad_accum": (1, 1024),
+    "lora_rank": (1, 1024),
+    "lora_alpha": (0.0, 1e6),
+    "num_class_images": (0, 100_000),  # DreamBooth uses 100 to 200
+    "num_samples": (1, 256),
+    "sample_steps": (1, 1000),
+    "warmup_steps": (0, 10**9),
+    "text_encoder_lr": (0.0, 1.0),
+    "weight_decay": (0.0, 100.0),
+    "max_grad_norm": (0.0, 1e6),
+    "prior_weight": (0.0, 1e6),
+    "guidance_scale": (0.0, 100.0),
+    "ema_decay": (0.0, 1.0),
+    # StyleGAN2 (training and adaptation)
+    "z_dim": (1, 4096),
+    "w_dim": (1, 4096),
+    "mapping_layers": (1, 32),
+    "channel_base": (1, 1 << 22),
+    "channel_max": (1, 4096),
+    "r1_gamma": (0.0, 1e6),
+    "r1_every": (1, 10**6),
+    "ema_kimg": (0.0, 1e6),
+    "freeze_d": (0, 64),  # D has one block per resolution: 11 at 4096 px
+    "class_index": (-1, 100_000),  # as CONFIG_LIMITS' c_dim
+    "cdc": (0.0, 1e6),  # the paper's weight is 1000
+    "feedback_lambda": (0.0, 1.0),
+    "lp_steps": (-1, 10**9),
+    # the fast method's decoder
+    "crop": (32, 2048),
+    "lr_decay": (0.0, 1e3),
+    "style_weight": (0.0, 1e6),
+    "cov_weight": (0.0, 1e6),
+    "levels": (2, 3),
+    "width_scale": (0.25, 4.0),
+}
+
+# The sizes a diffusion base's component configs (model_index.json's unet, vae, text
+# encoders, scheduler) may claim, checked before diffusers or transformers builds anything.
+# Published bases, for comparison: SD 1.x/2.x and SDXL UNets have 3 or 4 blocks of
+# 320 to 1280 channels, 2 layers per block, up to 10 transformer layers per block (SDXL),
+# 64 to 128 latent px, cross-attention 768 to 2048, head dims 5 to 64; their text
+# encoders (CLIP ViT-L, OpenCLIP ViT-H and bigG) 768 to 1280 wide, 12 to 32 layers, a
+# vocabulary of 49,408 and 77 positions; DDPM pixel bases go to 256 px with 6 blocks.
+# With these bounds a base has at most a few thousand modules: built on the meta device
+# (as diffusers and transformers do) in seconds, and then only as large as the weight
+# files on disk.
+BASE_CONFIG_LIMITS: dict[str, tuple[float, float]] = {
+    "sample_size": (1, 4096),
+    "in_channels": (1, 64),
+    "out_channels": (1, 64),
+    "latent_channels": (1, 64),
+    "layers_per_block": (1, 8),
+    "block_out_channels": (1, 4096),
+    "norm_num_groups": (1, 4096),
+    "cross_attention_dim": (1, 8192),
+    "attention_head_dim": (1, 4096),
+    "num_attention_heads": (1, 4096),
+    "transformer_layers_per_block": (1, 16),
+    "reverse_transformer_layers_per_block": (1, 16),
+    "addition_time_embed_dim": (1, 8192),
+    "projection_class_embeddings_input_dim": (1, 1 << 16),
+    "time_embedding_dim": (1, 16384),
+    "num_class_embeds": (0, 100_000),
+    "encoder_hid_dim": (1, 16384),
+    "hidden_size": (1, 8192),
+    "intermediate_size": (1, 32768),
+    "num_hidden_layers": (1, 128),
+    "max_position_embeddings": (1, 8192),
+    "vocab_size": (1, 1 << 20),
+    "projection_dim": (1, 8192),
+    "num_train_timesteps": (1, 100_000),
+}
+MAX_LIST_ITEMS = 16  # a per-block list (channels, heads, layers): 8 blocks is already deep
+
+
+def limit_error(
+    values: Mapping[str, Any], limits: Mapping[str, tuple[float, float]]
+) -> tuple[str, str] | None:
+    """The first setting of ``values`` outside its bounds in ``limits``, as (name, why), or
+    None. A bounded setting may be a list (one value per block, nested at most once), of
+    at most MAX_LIST_ITEMS items; a bound given as whole numbers takes whole numbers only;
+    None (a config's "not used") passes. Pure."""
+    for name, (low, high) in limits.items():
+        if name not in values or values[name] is None:
+            continue
+        value = values[name]
+        whole = isinstance(low, int) and isinstance(high, int)
+        kind = "a whole number" if whole else "a number"
+        items = value if isinstance(value, list) else [value]
+        flat = [y for x in items for y in (x if isinstance(x, list) else [x])]
+        if len(items) > MAX_LIST_ITEMS or len(flat) > MAX_LIST_ITEMS * MAX_LIST_ITEMS:
+            return name, f"has more than {MAX_LIST_ITEMS} entries"
+        for x in flat:
+            ok = (
+                isinstance(x, (int, float))
+                and not isinstance(x, bool)
+                and not (whole and not isinstance(x, int))
+                and low <= x <= high  # False for NaN
+            )
+            if not ok:
+                return name, f"must be {kind} from {low:,} to {high:,}"
+    return None
+
+
+def check_limits(
+    values: Mapping[str, Any],
+    limits: Mapping[str, tuple[float, float]],
+    where: str | os.PathLike,
+    *,
+    prefix: str = "",
+) -> None:
+    """ArtgenError naming ``where`` and the field (``prefix`` + its name) when a setting of
+    ``values`` is outside ``limits`` (see limit_error)."""
+    found = limit_error(values, limits)
+    if found is not None:
+        name, why = found
+        raise ArtgenError(f"{where}: {prefix}{name} is {_show(values[name])}: {why}")
+
 
 def _show(value: Any) -> str:
     """A value from a file, quoted for an error message, cut to a few dozen characters."""
@@ -345,6 +484,7 @@ def save_checkpoint(
     checkpoints.mkdir(parents=True, exist_ok=True)
     final = checkpoints / f"step-{step:07d}"
     tmp = checkpoints / f".step-{step:07d}.tmp"
+    check_checkpoint_links(checkpoints)  # (open_run refused them already; a link made since)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     for stem, group in tensors.items():
@@ -359,8 +499,43 @@ def save_checkpoint(
     os.replace(tmp, final)
     if keep > 0:
         for old in list_checkpoints(checkpoints)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            if not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def usual_permissions(path: str | os.PathLike) -> None:
+    """Give a file written through a private temporary (safetensors and mkstemp make them
+    0600) the permissions a new file normally gets: 0666 less the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def check_checkpoint_links(checkpoints: Path) -> None:
+    """ArtgenError if ``checkpoints`` or a checkpoint in it (``step-*``, or the temporary
+    ``.step-*.tmp``) is a symbolic link. artgen writes, replaces and prunes these folders
+    itself: a link would be resumed from (reading files elsewhere) and then fail to be
+    replaced or removed only after the training. Checked before a run resumes."""
+    where = checkpoints
+    try:
+        if checkpoints.is_symlink():
+            raise ArtgenError(f"{where}: is a symbolic link; a run's checkpoints/ must be a folder")
+        if not checkpoints.is_dir():
+            return
+        for p in checkpoints.iterdir():
+            name = p.name
+            step_like = STEP_DIR.match(name) or (
+                name.startswith(".step-") and name.endswith(".tmp")
+            )
+            if step_like and p.is_symlink():
+                raise ArtgenError(
+                    f"{p}: is a symbolic link, not a checkpoint folder; artgen replaces and "
+                    "removes checkpoints itself, so remove the link (or copy the folder in "
+                    "its place) and resume again"
+                )
+    except OSError as e:
+        raise ArtgenError(f"{where}: unreadable ({first_line(e)})") from None
 
 
 def list_checkpoints(checkpoints: Path) -> list[Path]:
@@ -637,6 +812,8 @@ def options_from_dict(
                 f"{_KIND_NAMES.get(kind, kind.__name__)}"
             )
         values[k] = v
+    # The sizes the file claims, before the options (or anything they size) are built.
+    check_limits(values, getattr(cls, "LIMITS", {}), where, prefix="options.")
     values.update(overrides or {})
     try:
         options = cls(**values)
@@ -687,6 +864,11 @@ def read_run_config(
             k: (resolve_run_path(run, v) if k in paths and isinstance(v, str) else v)
             for k, v in saved.items()
         }
+        # Settings that are a path or a name (a diffusion base: a folder or a hub id) are
+        # resolved by their options class, against the run folder too.
+        resolve = getattr(cls, "resolve_saved", None)
+        if callable(resolve):
+            saved = resolve(run, saved)
     return config, options_from_dict(cls, saved, path)
 
 
@@ -727,8 +909,12 @@ def options_for_resume(
         for k, v in overrides.items():
             if k in (*changeable, "resume", "out") or k not in merged:
                 continue
+            named = getattr(cls, "NAMED_PATHS", ())  # a path or a name (see resolve_saved)
             same = merged[k] == v or (
-                k in paths and isinstance(v, str) and v and os.path.abspath(v) == merged[k]
+                k in (*paths, *named)
+                and isinstance(v, str)
+                and v
+                and os.path.abspath(os.path.expanduser(v)) == merged[k]
             )
             if not same:
                 raise ArtgenError(

@@ -283,8 +283,9 @@ class GanRun(Run):
     def load(cls, path: Path, config: dict | None, device: Any) -> Run:
         from artgen.finetune.gan import load_generator, run_class_index
 
+        # The run's config.json (if it has one) is checked first, before a network is built.
+        recorded = run_class_index(path)
         G = load_generator(path, device=device)
-        recorded = run_class_index(path)  # also checks the run's config.json, if it has one
         return cls(path, config or {}, device, G, recorded)
 
     def _class(self, class_index: int) -> int:

@@ -270,7 +270,10 @@ def load_adain_folder(folder: Path, device: str | torch.device = "cpu") -> torch
         if not path.is_file():
             raise ArtgenError(f"{folder} uses the VGG encoder {path}, not found; {_adain_fix()}")
         enc_sd = read_state_dict(path, _adain_fix())
-    model = adain_models.build_model(config, enc_sd)
+    try:
+        model = adain_models.build_model(config, enc_sd)
+    except (KeyError, ValueError, RuntimeError) as e:  # the config is checked; a belt as well
+        raise ArtgenError(f"{cfg_path}: not an AdaIN model config ({clip(e, 160)})") from None
     try:
         model.decoder.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
     except RuntimeError as e:

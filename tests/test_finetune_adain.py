@@ -20,7 +20,7 @@ from artgen.errors import ArtgenError
 from artgen.finetune import adain as T
 from artgen.losses import mean_std
 
-from .conftest import edit_json, photo, stripes
+from .conftest import edit_json, one_line_error, photo, stripes
 
 TINY = ["--crop", "32", "--batch-size", "2", "--sample-every", "2", "--checkpoint-every", "2"]
 
@@ -365,4 +365,27 @@ def test_a_damaged_adain_run_resumes_to_one_line(adain_run, tmp_path, capsys, da
     for name in (str(where), *names):
         assert name in lines[0], (name, lines[0])
     with pytest.raises(ArtgenError):
+        T.train_adain(T.options_for_resume(run, steps=4))
+
+
+@pytest.mark.parametrize("which", ["the step it will write", "the step it resumes from"])
+def test_a_linked_checkpoint_is_refused_before_training(adain_run, tmp_path, capsys, which):
+    """issue 34: a checkpoint folder that is a symbolic link made the run train, then fail
+    to replace it (an OSError traceback, a .tmp folder left); now refused up front."""
+    run = Path(shutil.copytree(adain_run, tmp_path / "run"))
+    checkpoints = run / "checkpoints"
+    elsewhere = tmp_path / "elsewhere"
+    if which == "the step it will write":
+        elsewhere.mkdir()
+        link = checkpoints / "step-0000004"
+    else:
+        shutil.move(checkpoints / "step-0000002", elsewhere)
+        link = checkpoints / "step-0000002"
+    link.symlink_to(elsewhere, target_is_directory=True)
+    log = (run / "log.jsonl").read_text()
+    rc = main(["train", "adain", "--out", str(run), "--resume", "--steps", "4", "-q"])
+    one_line_error(capsys, rc, str(link), "symbolic link")
+    assert (run / "log.jsonl").read_text() == log  # not a step trained
+    assert not list(checkpoints.glob(".*.tmp")) and link.is_symlink()
+    with pytest.raises(ArtgenError, match="symbolic link"):
         T.train_adain(T.options_for_resume(run, steps=4))

@@ -893,3 +893,137 @@ def test_text_encoder_lora_of_a_stable_diffusion_run(bases, tmp_path):
     assert (encode_prompt(base, "x", cpu) - encode_prompt(pipe, "x", cpu)).abs().max() > 1e-4
     with pytest.raises(ArtgenError, match="--train-text-encoder: .* unconditional"):
         finetune_diffusion(fast(bases, tmp_path / "u", steps=1, train_text_encoder=True))
+
+
+# -- issue 34: the base, the run's paths, and export ----------------------------------------
+
+
+def _run_with_base(runs, tmp_path: Path, edit_index=None) -> tuple[Path, Path]:
+    """A copy of the LoRA run whose base is a copy of the tiny DDPM base (its
+    model_index.json changed by ``edit_index``)."""
+    run = copy_of(runs, "lora", tmp_path)
+    base = Path(json.loads((run / "config.json").read_text())["options"]["base"])
+    copy = Path(shutil.copytree(base, tmp_path / "base"))
+    if edit_index is not None:
+        edit_json(copy / "model_index.json", edit_index)
+    edit_json(run / "config.json", lambda c: c["options"].update(base=str(copy)))
+    return run, copy
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"_class_name": "NopePipeline"}, "_class_name 'NopePipeline' is not a pipeline of"),
+        ({"unet": ["diffusers", "UNetNope"]}, "unet is a 'UNetNope', a class diffusers does not"),
+        ({"unet": ["mymodule", "UNetX"]}, "unet is from 'mymodule', not diffusers"),
+        ({"_class_name": ["pipeline", "MyPipeline"]}, "_class_name is a custom pipeline"),
+    ],
+)
+@pytest.mark.parametrize("offline", [False, True])
+def test_a_base_that_diffusers_cannot_build_is_one_line_with_its_reason(
+    runs, tmp_path, capsys, monkeypatch, entry, message, offline
+):
+    """A class diffusers lacks was an AttributeError traceback; custom code, with
+    HF_HUB_OFFLINE set, was reported as 'offline, not in the cache'."""
+    from huggingface_hub import constants
+
+    from artgen.cli import main
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+    run, base = _run_with_base(runs, tmp_path, lambda d: d.update(entry))
+    line = one_line_error(capsys, main(_sample(run, tmp_path)), str(base / "model_index.json"))
+    assert message in line and "offline" not in line and "huggingface-cli" not in line
+    if "custom" in message or "mymodule" in message:
+        assert "artgen never runs" in line
+
+
+def test_a_relative_base_in_a_run_config_is_taken_from_the_run_folder(
+    runs, bases, tmp_path, capsys, monkeypatch
+):
+    """As every path in a run's config.json: the run means the same from any folder."""
+    from artgen.cli import main
+
+    run = copy_of(runs, "lora", tmp_path)
+    shutil.copytree(bases["ddpm"], run / "the-base")
+    here = tmp_path / "elsewhere"
+    (here / "the-base").mkdir(parents=True)  # a folder of the same name here: not a base
+    monkeypatch.chdir(here)
+    for written in ("the-base", "./the-base", "../lora/the-base"):
+        edit_json(run / "config.json", lambda c, w=written: c["options"].update(base=w))
+        assert main(_sample(run, tmp_path) + ["--overwrite"]) == 0, written
+        options = options_for_resume(run, steps=3)
+        assert options.base == str(run / "the-base")
+    # a name that is no folder of the run's but one of the current folder: ambiguous
+    (here / "other").mkdir()
+    edit_json(run / "config.json", lambda c: c["options"].update(base="other"))
+    rc = main(_sample(run, tmp_path) + ["--overwrite"])
+    line = one_line_error(capsys, rc, str(run / "config.json"))
+    assert "'other' is not in the run folder" in line
+
+
+@pytest.mark.parametrize(
+    "output",
+    ["/proc/lora.safetensors", "{run}/config.json/lora.safetensors", "{tmp}/" + "x" * 300],
+)
+def test_export_checks_its_output_before_any_work(sd_lora, tmp_path, capsys, output):
+    """An impossible output was a SafetensorError traceback (after the work)."""
+    from artgen.cli import main
+
+    run = Path(shutil.copytree(sd_lora, tmp_path / "run"))
+    out = output.format(run=run, tmp=tmp_path)
+    one_line_error(capsys, main(["export", str(run), "-o", out]), out[:60])
+
+
+def test_export_writes_with_the_usual_permissions(sd_lora, tmp_path):
+    from artgen.cli import main
+
+    run = Path(shutil.copytree(sd_lora, tmp_path / "run"))
+    before = os.umask(0o022)
+    try:
+        assert main(["export", str(run), "-o", str(tmp_path / "mine.safetensors")]) == 0
+        assert main(["export", str(run)]) == 0
+    finally:
+        os.umask(before)
+    for path in (tmp_path / "mine.safetensors", run / "lora" / "lora_kohya.safetensors"):
+        assert path.stat().st_mode & 0o777 == 0o644, oct(path.stat().st_mode)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("a name with ../", "is not a LoRA adapter of a network module"),
+        ("lora_B of another rank", "not the shapes of a rank-4 adapter"),
+        ("lora_A of other in-features", "which do not fit the base's layer"),
+        ("a module the UNet lacks", "is not a layer of the base's unet"),
+        ("lora_A alone", "has only lora_A"),
+    ],
+)
+def test_export_refuses_adapters_that_are_not_the_runs(sd_lora, tmp_path, capsys, damage, message):
+    """Before, any tensor went out: a key with ../ as lora_unet___/__/__/x, any shape."""
+    from artgen.cli import main
+
+    run = Path(shutil.copytree(sd_lora, tmp_path / "run"))
+    weights = run / "lora" / "pytorch_lora_weights.safetensors"
+    tensors = load_file(str(weights))
+    a_key = next(k for k in tensors if k.startswith("unet.") and k.endswith("conv1.lora_A.weight"))
+    a = tensors[a_key]
+    if damage == "a name with ../":
+        tensors["unet.../../x.lora_A.weight"] = torch.zeros(4, 8)
+        tensors["unet.../../x.lora_B.weight"] = torch.zeros(8, 4)
+    elif damage == "lora_B of another rank":
+        b_key = a_key.replace("lora_A", "lora_B")
+        tensors[b_key] = torch.zeros(tensors[b_key].shape[0], 5, 1, 1)
+    elif damage == "lora_A of other in-features":
+        tensors[a_key] = torch.zeros(a.shape[0], a.shape[1] + 1, *a.shape[2:])
+    elif damage == "a module the UNet lacks":
+        tensors["unet.down_blocks.9.resnets.0.conv1.lora_A.weight"] = a.clone()
+        tensors["unet.down_blocks.9.resnets.0.conv1.lora_B.weight"] = tensors[
+            a_key.replace("lora_A", "lora_B")
+        ].clone()
+    else:
+        tensors.pop(a_key.replace("lora_A", "lora_B"))
+    save_file(tensors, str(weights))
+    out = tmp_path / "out.safetensors"
+    line = one_line_error(capsys, main(["export", str(run), "-o", str(out)]), str(weights))
+    assert message in line
+    assert not out.exists() and not list(tmp_path.glob(".out.safetensors*"))

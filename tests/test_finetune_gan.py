@@ -829,8 +829,8 @@ def test_a_damaged_gan_checkpoint_is_one_line_naming_its_file(run_copy, capsys, 
         ("[]", "not a run config object"),
         ('{"options": {}}', "method is null"),
         ('{"method": "train-gan", "options": {}}', "options.out is missing"),
-        ("NEGATIVE", "--steps -3: must be >= 1"),
-        ("HUGE", "--batch-size 1000000000: at most 4096"),
+        ("NEGATIVE", "options.steps is -3: must be a whole number from 1 to"),
+        ("HUGE", "options.batch_size is 1000000000: must be a whole number from 1 to 4,096"),
     ],
 )
 def test_a_damaged_gan_run_config_is_one_line_naming_it(run_copy, capsys, content, message):

@@ -317,3 +317,45 @@ def test_studio_offers_the_runs_it_is_pointed_at(runs, tmp_path):
         studio.close()
     with pytest.raises(ArtgenError, match="holds no diffusion run"):
         app.find_runs(str(tmp_path))
+
+
+def test_the_run_hash_covers_its_config_and_base_not_only_its_weights(runs, tmp_path):
+    """issue 34: pointing a run's base at another base remade a different picture under the
+    same run_sha256. The hash now covers config.json, the base's identity and the weights;
+    a hash recorded before (of the weights alone) is still accepted for what it covers."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from artgen.style.sdedit import weights_sha256
+
+    run = Path(shutil.copytree(runs["ddpm"], tmp_path / "run"))
+    config = run / "config.json"
+    doc = json.loads(config.read_text())
+    base = Path(doc["options"]["base"])
+    first, weights_only = run_sha256(run), weights_sha256(run)
+    assert first == run_sha256(runs["ddpm"]) != weights_only  # a copied run: the same run
+    # the same base, copied elsewhere: the same identity
+    copy = Path(shutil.copytree(base, tmp_path / "same-base"))
+    doc["options"]["base"] = str(copy)
+    config.write_text(json.dumps(doc))
+    assert run_sha256(run) == first
+    # another base (other scheduler weights would do; here the UNet's differ)
+    unet = copy / "unet" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(str(unet))
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] + 1
+    save_file(tensors, str(unet))
+    changed = run_sha256(run)
+    assert changed != first
+    with pytest.raises(ArtgenError, match="have changed since"):
+        load(opts(run, run_sha256=first))
+    # a PNG recorded with the old scheme vouches for the weights only: accepted
+    model = load(opts(run, run_sha256=weights_only))
+    assert model.sha256 == changed
+    out = stylize(photo(32, 32), options=opts(run, run_sha256=weights_only, size=16, steps=2))
+    assert out.info["run_sha256"] == changed  # a remade picture records the full hash
+    # an edited config (here the instance prompt) is a changed run too
+    doc["options"]["prompt"] = "another prompt"
+    config.write_text(json.dumps(doc))
+    assert run_sha256(run) not in (first, changed)

@@ -212,6 +212,12 @@ def test_sizes_are_bounded_above_as_well_as_below():
         StyleGAN2Config(conv_clamp=math.inf)
     with pytest.raises(ArtgenError, match="mapping_lr_multiplier must be finite"):
         StyleGAN2Config(mapping_lr_multiplier=math.nan)
+    # the float settings are bounded too (issue 34): absurd values draw only blank images
+    with pytest.raises(ArtgenError, match=r"mapping_lr_multiplier must be > 0 \(at most 100\)"):
+        StyleGAN2Config(mapping_lr_multiplier=1e30)
+    with pytest.raises(ArtgenError, match=r"conv_clamp must be > 0 and finite \(at most 1e\+06\)"):
+        StyleGAN2Config(conv_clamp=1e30)
+    StyleGAN2Config(mapping_lr_multiplier=0.01, conv_clamp=256)  # the official values
     # Each field within its range, the product not: 32 layers of 4096 x 4096.
     with pytest.raises(
         ArtgenError,

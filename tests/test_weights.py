@@ -162,3 +162,42 @@ def test_lite0_built_here_is_timms_model_output_for_output():
         )
         h = ref.blocks[3](ref.blocks[2](ref.blocks[1](ref.blocks[0](h))))
         assert torch.allclose(feats, h, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            {"levels": ["block1_1", "block2_1", "nope"]},
+            "unknown layer 'nope' of efficientnet-lite0",
+        ),
+        ({"style_layers": ["stem", "relu4_1"]}, "unknown layer 'relu4_1'"),
+        ({"style_layers": [["stem"]]}, "unknown layer 'list'"),
+        ({"levels": "block1_1"}, "levels must be a list"),
+        ({"level_channels": [24, 40, 81]}, "level block3_2 has 80 channels, not 81"),
+        ({"widths": [64] * 100}, "widths must be a list of at most 8 entries"),
+        ({"levels": [], "level_channels": [], "widths": []}, "are empty"),
+    ],
+)
+def test_an_adain_model_config_naming_unknown_layers_is_one_line(tmp_path, capsys, edit, message):
+    """issue 34: layer names a network does not have were a KeyError from deep inside the
+    encoder; channel counts that are not the layer's failed only when stylising."""
+    import json
+    from pathlib import Path
+
+    from artgen.cli import main
+    from artgen.weights import ADAIN_SHIPPED, load_adain
+
+    from .conftest import one_line_error, photo
+
+    model = Path(shutil.copytree(ADAIN_SHIPPED, tmp_path / "model"))
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, **edit}))
+    with pytest.raises(ArtgenError, match=message) as e:
+        load_adain(str(model))
+    assert str(model / "config.json") in str(e.value) and "\n" not in str(e.value)
+    photo().save(tmp_path / "p.png")
+    photo(seed=1).save(tmp_path / "s.png")
+    argv = ["stylize", str(tmp_path / "p.png"), "--style", str(tmp_path / "s.png")]
+    rc = main([*argv, "--method", "adain", "--model", str(model), "-o", str(tmp_path / "o.png")])
+    one_line_error(capsys, rc, str(model / "config.json"), message.split("'")[0])

@@ -53,7 +53,7 @@ from artgen.losses import covariance, covariance_loss, mean_std, stats_loss
 
 ENCODER_CHOICES = ("efficientnet-lite0", "vgg19")
 # Settings that name folders, recorded as absolute paths. --base is one too unless it names
-# a bundled network (shipped, vgg19), so it is recorded absolute but not resolved on reading.
+# a bundled network (shipped, vgg19): recorded absolute, resolved by resolve_saved.
 PATHS = ("styles", "out", "content")
 BASE_NAMES = ("", "shipped", "vgg19")
 CONTENT_LEVELS = ("deepest", "all")
@@ -65,6 +65,7 @@ class AdaINTrainOptions(RunOptions):
 
     KIND: ClassVar[str] = "train-adain"
     PATHS: ClassVar[tuple[str, ...]] = PATHS
+    NAMED_PATHS: ClassVar[tuple[str, ...]] = ("base",)  # a folder, or shipped or vgg19
     # Runs recorded before these settings existed were trained with these values.
     ADDED_SETTINGS: ClassVar[dict[str, Any]] = {
         "content_levels": "all",
@@ -147,6 +148,16 @@ class AdaINTrainOptions(RunOptions):
             d["base"] = os.path.abspath(os.path.expanduser(d["base"]))
         return d
 
+    @classmethod
+    def resolve_saved(cls, run: Path, saved: dict) -> dict:
+        """A recorded run's options with a folder --base taken from the run folder when
+        relative (artgen records it absolute); used by artgen.checkpoint.read_run_config."""
+        base = saved.get("base")
+        if isinstance(base, str) and base not in BASE_NAMES:
+            p = Path(base).expanduser()
+            saved = {**saved, "base": str(p) if p.is_absolute() else os.path.abspath(Path(run) / p)}
+        return saved
+
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "sample_every", "checkpoint_every"):
             if getattr(self, name) < 1:
@@ -182,6 +193,7 @@ class AdaINTrainOptions(RunOptions):
             )
         if self.keep_checkpoints < 0:
             raise ArtgenError(f"--keep-checkpoints {self.keep_checkpoints}: must be >= 0")
+        self.check_limits()  # every size within its bounds (artgen.checkpoint.RUN_LIMITS)
 
 
 # The paper's lambda is 10 (for VGG). The shipped EfficientNet-Lite0 decoder was trained

@@ -64,6 +64,7 @@ from safetensors import SafetensorError
 
 from artgen.checkpoint import (
     MAX_BATCH,
+    RUN_LIMITS,
     check_finite,
     load_safetensors,
     optimizer_to_tensors,
@@ -72,7 +73,7 @@ from artgen.checkpoint import (
     write_json,
 )
 from artgen.devices import resolve_device
-from artgen.errors import ArtgenError
+from artgen.errors import ArtgenError, clip, first_line
 from artgen.finetune import lora_format
 from artgen.finetune.run import Draws, RunOptions, open_run, train
 from artgen.finetune.run import options_for_resume as options_for_resume  # the one policy
@@ -86,9 +87,9 @@ TEXT_ENCODER_NAMES = ("text_encoder", "text_encoder_2")  # pipeline components
 LORA_COMPONENTS = ("unet", *TEXT_ENCODER_NAMES)  # the key prefixes of a LoRA file
 ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 CONV_TARGETS = ("conv1", "conv2")  # the two convolutions of every ResNet block
-# Settings that name files or folders. The base is one only when it is a local folder (it
-# may be a hub id), so it is recorded absolute when local but never resolved on reading.
 # Settings that name files or folders: recorded as absolute paths (see absolute_paths).
+# The base is one only when it is a local folder (it may be a hub id): recorded absolute
+# when local, and resolved on reading by DiffusionFinetuneOptions.resolve_saved.
 PATHS = ("images", "out", "class_images", "labels", "captions")
 
 
@@ -99,6 +100,7 @@ class DiffusionFinetuneOptions(RunOptions):
 
     KIND: ClassVar[str] = "finetune-diffusion"
     PATHS: ClassVar[tuple[str, ...]] = PATHS
+    NAMED_PATHS: ClassVar[tuple[str, ...]] = ("base",)  # a folder or a hub id
     # Only the output side may change on resume; anything else alters the run.
     RESUMABLE_EXTRA: ClassVar[tuple[str, ...]] = (
         "export_format",
@@ -238,6 +240,15 @@ class DiffusionFinetuneOptions(RunOptions):
             d["base"] = os.path.abspath(os.path.expanduser(d["base"]))
         return d
 
+    @classmethod
+    def resolve_saved(cls, run: Path, saved: dict) -> dict:
+        """A recorded run's options with its base resolved (see run_base); used by
+        artgen.checkpoint.read_run_config."""
+        base = saved.get("base")
+        if isinstance(base, str):
+            saved = {**saved, "base": run_base(run, base)}
+        return saved
+
     def learning_rate(self) -> float:
         return self.lr or (1e-4 if self.method == "lora" else 1e-5)
 
@@ -287,6 +298,7 @@ class DiffusionFinetuneOptions(RunOptions):
             raise ArtgenError("--train-text-encoder: only with --method lora")
         if self.balance and not self.labels:
             raise ArtgenError("--balance needs --labels (a CSV of file names and attributes)")
+        self.check_limits()  # every size within its bounds (artgen.checkpoint.RUN_LIMITS)
 
     def freeze_list(self) -> list[str]:
         return [s.strip() for s in self.freeze.split(",") if s.strip()]
@@ -310,13 +322,221 @@ def _is_local(base: str) -> bool:
     return base.startswith((".", "/", "~")) or Path(base).expanduser().exists()
 
 
+def run_base(run: str | os.PathLike, base: str) -> str:
+    """The base a run's config.json names, as load_base takes it. A folder is recorded
+    absolute; a relative one is taken from the run folder (as every path in a run's
+    config, so the run means the same from any current folder): one that exists there or
+    starts with "." or "~". Anything else is a hub id, unless it names a folder of the
+    current folder (diffusers would load that one): refused as ambiguous."""
+    if not base:
+        return base
+    p = Path(base).expanduser()
+    if p.is_absolute():
+        return str(p)
+    in_run = Path(os.path.abspath(Path(run) / p))
+    if base.startswith(".") or in_run.exists():
+        return str(in_run)
+    if p.exists():
+        raise ArtgenError(
+            f"{Path(run) / 'config.json'}: base {clip(base, 80)!r} is not in the run folder "
+            "(a run's relative paths are taken from it) but is a folder here; give the "
+            "base as an absolute path"
+        )
+    return base
+
+
 # -- the base model -------------------------------------------------------------------
+
+# The libraries a pipeline's components may come from: diffusers and transformers, and
+# diffusers' own pipeline modules (model_index.json names Stable Diffusion's safety checker
+# as ["stable_diffusion", "StableDiffusionSafetyChecker"]). Anything else is code shipped
+# with the model, which artgen never runs.
+BASE_LIBRARIES = ("diffusers", "transformers")
+COMPONENT_CONFIGS = ("config.json", "scheduler_config.json")
+
+
+def _library_module(library: str) -> str | None:
+    """The module a component library of model_index.json names, None if not one of
+    BASE_LIBRARIES or diffusers' pipeline modules."""
+    import diffusers.pipelines
+
+    if library in BASE_LIBRARIES:
+        return library
+    if library.isidentifier() and isinstance(
+        getattr(diffusers.pipelines, library, None), type(diffusers)
+    ):
+        return f"diffusers.pipelines.{library}"
+    return None
+
+
+def _library_class(library: str, name: str) -> Any:
+    """The class ``name`` of a component library, or None where there is no such class
+    (or no such library)."""
+    import importlib
+
+    module_name = _library_module(library)
+    if module_name is None or not name.isidentifier():
+        return None
+    try:
+        found = getattr(importlib.import_module(module_name), name, None)
+    except (ImportError, RuntimeError, AttributeError):
+        return None
+    return found if isinstance(found, type) else None
+
+
+def check_base_folder(folder: Path, base: str) -> None:
+    """A pipeline folder (a local base, or a hub snapshot) checked before diffusers builds
+    anything from it: model_index.json names a pipeline class of diffusers and components
+    of classes that diffusers or transformers have (custom code is refused: artgen never
+    runs code from a model folder), and every size the components' configs claim is within
+    artgen.checkpoint.BASE_CONFIG_LIMITS. One line naming the file otherwise."""
+    import diffusers
+
+    from artgen.checkpoint import BASE_CONFIG_LIMITS, check_limits
+
+    index_path = folder / "model_index.json"
+    try:
+        index = read_json(index_path, "pipeline index (model_index.json)")
+    except FileNotFoundError:
+        raise ArtgenError(
+            f"{base}: not a diffusers pipeline folder (no model_index.json)"
+        ) from None
+    if not isinstance(index, dict):
+        raise ArtgenError(f"{index_path}: not a pipeline index (a JSON object)")
+    custom = "code that comes with the model, which artgen never runs"
+    name = index.get("_class_name")
+    if not isinstance(name, str):
+        why = f"a custom pipeline ({custom})" if isinstance(name, list) else "not a class name"
+        raise ArtgenError(f"{index_path}: _class_name is {why}")
+    if "_custom_pipeline" in index:
+        raise ArtgenError(f"{index_path}: names a custom pipeline ({custom})")
+    cls = getattr(diffusers, name, None) if name.isidentifier() else None
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.DiffusionPipeline)):
+        raise ArtgenError(
+            f"{index_path}: _class_name {clip(name, 80)!r} is not a pipeline of diffusers "
+            f"{diffusers.__version__}"
+        )
+    for key, value in index.items():
+        if key.startswith("_") or not isinstance(value, list) or value == [None, None]:
+            continue
+        if not (len(value) == 2 and all(isinstance(v, str) for v in value)):
+            raise ArtgenError(f"{index_path}: {clip(key, 60)} is not a [library, class] pair")
+        library, class_name = value
+        if _library_class(library, class_name) is None:
+            why = (
+                f"a {clip(class_name, 60)!r}, a class {library} does not have"
+                if _library_module(library) is not None
+                else f"from {clip(library, 60)!r}, not diffusers or transformers: {custom}"
+            )
+            raise ArtgenError(f"{index_path}: {clip(key, 60)} is {why}")
+        for config_name in COMPONENT_CONFIGS:
+            path = folder / key / config_name
+            if not path.is_file():
+                continue
+            config = read_json(path, f"{key} config")
+            if not isinstance(config, dict):
+                raise ArtgenError(f"{path}: not a config (a JSON object)")
+            # nested configs too (a safety checker's text_config and vision_config)
+            found = [(config, "")]
+            while found:
+                part, prefix = found.pop()
+                check_limits(part, BASE_CONFIG_LIMITS, path, prefix=prefix)
+                found += [(v, f"{prefix}{k}.") for k, v in part.items() if isinstance(v, dict)]
+
+
+def _hub_snapshot(base: str, offline: bool) -> Path | None:
+    """The folder of the hub id ``base`` in the Hugging Face cache holding its
+    model_index.json and its components' configs (fetched first when online: small files,
+    so that they are checked before the weights come); None when offline and not cached."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        index = Path(hf_hub_download(base, "model_index.json", local_files_only=offline))
+    except (OSError, ValueError, EntryNotFoundError) as e:
+        if offline:
+            return None
+        raise ArtgenError(f"{base}: cannot load the base model: {first_line(e)}") from None
+    folder = index.parent
+    try:
+        components = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return folder  # check_base_folder says what is wrong with it
+    if isinstance(components, dict):
+        for key, value in components.items():
+            if key.startswith("_") or not isinstance(value, list) or not key.isidentifier():
+                continue
+            for config_name in COMPONENT_CONFIGS:
+                try:
+                    hf_hub_download(base, f"{key}/{config_name}", local_files_only=offline)
+                except (OSError, ValueError, EntryNotFoundError):
+                    continue  # no such file: the component has the other name, or none
+    return folder
+
+
+def base_folder(base: str) -> Path | None:
+    """The folder ``base`` is loaded from: itself when local, its snapshot in the Hugging
+    Face cache for a hub id (None if it is not there)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if _is_local(base):
+        return Path(base).expanduser()
+    try:
+        found = try_to_load_from_cache(base, "model_index.json")
+    except (OSError, ValueError):
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
+# Hashes of base files already read in this process: (path, size, mtime, inode) -> sha256.
+_FILE_HASHES: dict[tuple[str, int, int, int], str] = {}
+
+
+def base_identity(base: str) -> str:
+    """What decides which base a run draws with, as text (artgen.style.sdedit records its
+    sha256 with the run's): for a folder, the sha256 of model_index.json and of every file
+    of the components it names; for a hub id, the id and the commit of its snapshot in
+    the Hugging Face cache (which names its files' contents). Files are hashed once per
+    process unless they change."""
+    from artgen.images import sha256_file
+
+    folder = base_folder(base)
+    if folder is not None and not _is_local(base):
+        return f"hub {base} {folder.name}"
+    if folder is None:
+        return f"hub {base} (not in the cache)"
+    try:
+        index = read_json(folder / "model_index.json", "pipeline index (model_index.json)")
+    except FileNotFoundError:
+        return f"folder {folder} (no model_index.json)"
+    names = sorted(k for k in index if not k.startswith("_")) if isinstance(index, dict) else []
+    files = [folder / "model_index.json"]
+    for name in names:
+        part = folder / name
+        if part.is_dir() and not name.startswith("."):
+            files += sorted(
+                p
+                for p in part.rglob("*")
+                if p.is_file() and not any(x.startswith(".") for x in p.relative_to(part).parts)
+            )
+    lines = []
+    for f in files:
+        try:
+            st = f.stat()
+            key = (str(f.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+            if key not in _FILE_HASHES:
+                _FILE_HASHES[key] = sha256_file(f)
+            lines.append(f"{f.relative_to(folder).as_posix()} {_FILE_HASHES[key]}")
+        except OSError as e:
+            raise ArtgenError(f"{f}: unreadable ({first_line(e)})") from None
+    return "folder\n" + "\n".join(lines)
 
 
 def load_base(base: str, *, device: str | torch.device = "cpu") -> Any:
     """Load a diffusers pipeline from a hub id or a folder written by save_pretrained.
 
-    Offline (``HF_HUB_OFFLINE=1``) a hub id loads from the Hugging Face cache only.
+    Offline (``HF_HUB_OFFLINE=1``) a hub id loads from the Hugging Face cache only. The
+    pipeline's index and its components' configs are checked first (check_base_folder).
     """
     from diffusers import DiffusionPipeline
     from huggingface_hub import constants
@@ -331,19 +551,38 @@ def load_base(base: str, *, device: str | torch.device = "cpu") -> Any:
     if looks_local and not (local / "model_index.json").is_file():
         raise ArtgenError(f"{base}: not a diffusers pipeline folder (no model_index.json)")
     offline = bool(constants.HF_HUB_OFFLINE)
+    fix = (
+        ""
+        if looks_local
+        else f". Download it once online (huggingface-cli download {base}) or pass a local "
+        "save_pretrained folder"
+    )
+    folder = local if looks_local else _hub_snapshot(base, offline)
+    if folder is None:  # the one case where offline is the reason
+        raise ArtgenError(
+            f"{base}: cannot load the base model: offline (HF_HUB_OFFLINE=1) and not in "
+            f"the Hugging Face cache{fix}"
+        )
+    check_base_folder(folder, base)
     kwargs: dict[str, Any] = {"local_files_only": offline}
     try:
         pipe = DiffusionPipeline.from_pretrained(str(local) if looks_local else base, **kwargs)
-    except (OSError, ValueError) as e:
-        why = "offline (HF_HUB_OFFLINE=1) and not in the Hugging Face cache" if offline else str(e)
-        why = (why.strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ArtgenError(
-            f"{base}: cannot load the base model: {why}. Download it once "
-            f"online (huggingface-cli download {base}) or pass a local save_pretrained folder"
-        ) from None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, SafetensorError) as e:
+        raise ArtgenError(f"{base}: cannot load the base model: {first_line(e)}{fix}") from None
+    except (MemoryError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and not _out_of_memory(e):
+            raise
+        raise ArtgenError(f"{base}: not enough memory to load the base model") from None
     pipeline_family(pipe)  # refuses pipelines artgen cannot fine-tune
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    text = str(e)
+    return isinstance(e, torch.OutOfMemoryError) or any(
+        s in text for s in ("not enough memory", "out of memory", "can't allocate")
+    )
 
 
 def pipeline_family(pipe: Any) -> str:
@@ -1122,11 +1361,21 @@ KOHYA_FILE = "lora_kohya.safetensors"
 
 
 def export_kohya(
-    parts: dict[str, dict[str, torch.Tensor]], lora_alpha: float, path: Path, family: str
+    parts: dict[str, dict[str, torch.Tensor]],
+    lora_alpha: float,
+    path: Path,
+    family: str,
+    *,
+    overwrite: bool = True,
 ) -> Path:
     """The adapters (``parts``: "unet", "text_encoder", "text_encoder_2" -> peft state
-    dict) as one kohya-style file (ComfyUI, A1111), written atomically."""
+    dict) as one kohya-style file (ComfyUI, A1111), written atomically with the usual
+    permissions (0666 less the umask); an existing file is replaced only with
+    ``overwrite``."""
     from safetensors.torch import save_file
+
+    from artgen.checkpoint import usual_permissions
+    from artgen.images import atomic_output
 
     tensors = {
         k: v.detach().float().cpu().contiguous()
@@ -1135,21 +1384,138 @@ def export_kohya(
             state, lora_alpha, lora_format.kohya_prefix(name, family)
         ).items()
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(
-        tensors,
-        str(tmp),
-        metadata={"ss_network_module": "networks.lora", "ss_network_alpha": f"{lora_alpha:g}"},
-    )
-    os.replace(tmp, path)
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        try:
+            save_file(
+                tensors,
+                str(tmp),
+                metadata={
+                    "ss_network_module": "networks.lora",
+                    "ss_network_alpha": f"{lora_alpha:g}",
+                },
+            )
+            usual_permissions(tmp)  # safetensors writes 0600
+        except (OSError, SafetensorError) as e:
+            raise ArtgenError(f"{path}: cannot write ({first_line(e)})") from None
     return path
+
+
+# A module path of a network: names and indices joined by dots (no "..", "/" or spaces).
+_MODULE_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.(?:[A-Za-z_][A-Za-z0-9_]*|[0-9]+))*$")
+_MAX_FEATURES = 1 << 16  # in or out features of one layer (SDXL's widest: 10,240)
+
+
+def _adapter_layers(base: str, components: Sequence[str]) -> dict[str, dict] | None:
+    """For each of ``components`` (unet, text_encoder...) of the base, its Linear and Conv2d
+    layers by module path: (in features, out features, kernel size). The networks are built
+    from their configs on the meta device (no weights, no memory). None when the base is
+    not on this machine (a hub id not in the cache) or cannot be built."""
+    from accelerate import init_empty_weights
+
+    folder = base_folder(base)
+    if folder is None or not folder.is_dir():
+        return None
+    check_base_folder(folder, base)
+    index = read_json(folder / "model_index.json", "pipeline index (model_index.json)")
+    out: dict[str, dict] = {}
+    for name in components:
+        entry = index.get(name)
+        if not (
+            isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, str) for x in entry)
+        ):
+            return None
+        cls = _library_class(*entry)
+        try:
+            with init_empty_weights():
+                if entry[0] == "transformers":
+                    model = cls(cls.config_class.from_pretrained(folder / name))
+                else:
+                    model = cls.from_config(cls.load_config(folder / name))
+        except Exception:  # noqa: BLE001 - any failure here only skips the comparison
+            return None
+        layers = {}
+        for path, m in model.named_modules():
+            if isinstance(m, torch.nn.Linear):
+                layers[path] = (m.in_features, m.out_features, None)
+            elif isinstance(m, torch.nn.Conv2d):
+                layers[path] = (m.in_channels // m.groups, m.out_channels, tuple(m.kernel_size))
+        out[name] = layers
+    return out
+
+
+def check_adapters(
+    parts: dict[str, dict[str, torch.Tensor]],
+    rank: int,
+    where: str | os.PathLike,
+    layers: dict[str, dict] | None = None,
+) -> None:
+    """A LoRA file's adapters (``parts``: component -> peft state dict) are what a run
+    writes: every name a plain module path ending in lora_A.weight or lora_B.weight, each
+    module with both, of the run's ``rank``: A (rank, in[, k, k]) and B (out, rank[, 1, 1]).
+    With ``layers`` (_adapter_layers: the base's own modules) each module must be one of
+    the component's, of its in and out features and kernel. One line naming ``where``."""
+    for component, state in parts.items():
+        modules: dict[str, dict[str, torch.Tensor]] = {}
+        for key, t in state.items():
+            module, sep, kind = key.rpartition(".lora_")
+            if not (sep and kind in ("A.weight", "B.weight") and _MODULE_PATH.match(module)):
+                raise ArtgenError(
+                    f"{where}: {clip(component + '.' + key, 100)!r} is not a LoRA adapter of a "
+                    "network module (names must be module paths ending in lora_A.weight or "
+                    "lora_B.weight)"
+                )
+            modules.setdefault(module, {})[kind[0]] = t
+        for module, ab in modules.items():
+            name = f"{component}.{module}"
+            if set(ab) != {"A", "B"}:
+                raise ArtgenError(f"{where}: {clip(name, 100)} has only lora_{''.join(ab)}")
+            a, b = ab["A"], ab["B"]
+            conv = a.dim() == 4
+            good = (
+                a.dim() in (2, 4)
+                and b.dim() == a.dim()
+                and a.shape[0] == rank
+                and b.shape[1] == rank
+                and 1 <= a.shape[1] <= _MAX_FEATURES
+                and 1 <= b.shape[0] <= _MAX_FEATURES
+                and (not conv or (b.shape[2:] == (1, 1) and a.shape[2] == a.shape[3] <= 7))
+            )
+            if not good:
+                raise ArtgenError(
+                    f"{where}: {clip(name, 100)} has lora_A {list(a.shape)} and lora_B "
+                    f"{list(b.shape)}, not the shapes of a rank-{rank} adapter"
+                )
+            if layers is None or component not in layers:
+                continue
+            found = layers[component].get(module)
+            if found is None:
+                raise ArtgenError(
+                    f"{where}: {clip(name, 100)} is not a layer of the base's {component}"
+                )
+            fan_in, fan_out, kernel = found
+            got = (a.shape[1], b.shape[0], tuple(a.shape[2:]) if conv else None)
+            if got != (fan_in, fan_out, kernel):
+                raise ArtgenError(
+                    f"{where}: {clip(name, 100)} has lora_A {list(a.shape)} and lora_B "
+                    f"{list(b.shape)}, which do not fit the base's layer ({fan_in} in, "
+                    f"{fan_out} out{f', kernel {kernel[0]}x{kernel[1]}' if kernel else ''})"
+                )
 
 
 def export_lora(run_dir: str | os.PathLike, out: str | os.PathLike = "") -> Path:
     """A finished text-to-image LoRA run's adapters as one kohya-style file (ComfyUI,
     A1111): ``out``, or RUN/lora/lora_kohya.safetensors. An existing ``out`` is never
-    overwritten."""
+    overwritten. The output is checked before any work (see artgen.images.check_output),
+    and the adapters before they are written (check_adapters, against the base's UNet
+    and text encoders when the base is on this machine)."""
+    from artgen.images import check_output
+
     run = Path(run_dir)
+    target = Path(out) if out else run / "lora" / KOHYA_FILE
+    if out:  # before any work: the name, the folder (made if missing, writable), not /proc
+        if os.path.lexists(target):
+            raise ArtgenError(f"{target}: exists; choose another name (artgen never overwrites it)")
+        check_output(target, overwrite=True)
     config, options = read_run_config(
         run,
         DiffusionFinetuneOptions,
@@ -1163,19 +1529,20 @@ def export_lora(run_dir: str | os.PathLike, out: str | os.PathLike = "") -> Path
         )
     if not weights.is_file():
         raise ArtgenError(f"{run}: the run has not finished (no {weights.name})")
+    if not out:
+        check_output(target, overwrite=True)  # RUN/lora/, replaced (as training writes it)
     tensors = load_safetensors(weights)
     check_finite(tensors, weights)
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for k, v in lora_format.peft_keys(tensors).items():
         name, _, rest = k.partition(".")
         if name not in LORA_COMPONENTS:
-            raise ArtgenError(f"{weights}: unexpected tensor {k[:80]}")
+            raise ArtgenError(f"{weights}: unexpected tensor {clip(k, 80)!r}")
         parts.setdefault(name, {})[rest] = v
-    target = Path(out) if out else run / "lora" / KOHYA_FILE
-    if out and target.exists():
-        raise ArtgenError(f"{target}: exists; choose another name (artgen never overwrites it)")
+    check_adapters(parts, options.lora_rank, weights)
+    check_adapters(parts, options.lora_rank, weights, _adapter_layers(options.base, list(parts)))
     alpha = options.lora_alpha or options.lora_rank
-    return export_kohya(parts, alpha, target, config["family"])
+    return export_kohya(parts, alpha, target, config["family"], overwrite=not out)
 
 
 def load_run(run_dir: str | os.PathLike, *, pipeline: Any = None, device: str = "cpu") -> Any:
@@ -1192,12 +1559,16 @@ def load_run(run_dir: str | os.PathLike, *, pipeline: Any = None, device: str = 
         paths=DiffusionFinetuneOptions.PATHS,
     )
     resolution = config.get("resolution")
+    high = RUN_LIMITS["resolution"][1]
     if (
         not isinstance(resolution, int)
         or isinstance(resolution, bool)
-        or not 1 <= resolution <= 1 << 16
+        or not 1 <= resolution <= high
     ):
-        raise ArtgenError(f"{run / 'config.json'}: resolution is not a whole number of pixels")
+        raise ArtgenError(
+            f"{run / 'config.json'}: resolution is {clip(json.dumps(resolution), 60)}, not a "
+            f"whole number of pixels from 1 to {high}"
+        )
     pipe = pipeline if pipeline is not None else load_base(options.base)
     family = pipeline_family(pipe)
     if options.method == "full":
@@ -1312,8 +1683,12 @@ def _load_peft_adapters(unet: torch.nn.Module, lora: Path, run: Path) -> None:
             isinstance(v, list) and not all(isinstance(t, str) for t in v)
         ):
             raise ArtgenError(f"{meta_path}: {k} has the wrong type")
-    if not (1 <= meta["r"] <= 4096 and 0 < meta["lora_alpha"] < 1e6):
-        raise ArtgenError(f"{meta_path}: r must be 1 to 4096 and lora_alpha positive")
+    low, high = RUN_LIMITS["lora_rank"]
+    if not (low <= meta["r"] <= high and 0 < meta["lora_alpha"] <= RUN_LIMITS["lora_alpha"][1]):
+        raise ArtgenError(
+            f"{meta_path}: r must be {low} to {high} and lora_alpha positive (at most "
+            f"{RUN_LIMITS['lora_alpha'][1]:g})"
+        )
     tensors = load_safetensors(weights)
     check_finite(tensors, weights)
     try:

@@ -161,7 +161,7 @@ class GanTrainOptions(RunOptions):
         _check_values(self)
         r = self.resolution
         if r < 4 or r & (r - 1):
-            raise ArtgenError(f"--resolution {r}: must be a power of two >= 4")
+            raise ArtgenError(f"--resolution {r}: must be a power of two from 4 to 4096")
 
 
 @dataclass(frozen=True)
@@ -290,6 +290,7 @@ def _check_values(options: Any) -> None:
     parse_policy(options.augment)
     if options.balance and not options.labels:
         raise ArtgenError("--balance needs --labels (a CSV of file names and attributes)")
+    options.check_limits()  # every size within its bounds (artgen.checkpoint.RUN_LIMITS)
 
 
 @dataclass(frozen=True)
@@ -473,8 +474,8 @@ def sample_gan_run(
     For a class-conditional generator, ``class_index`` -1 means the class the run adapted."""
     if n < 1:
         raise ArtgenError(f"-n {n}: must be >= 1")
+    recorded = run_class_index(run_dir)  # checks the run's config.json (if any) first
     G = load_generator(run_dir, device=resolve_device(device))
-    recorded = run_class_index(run_dir)  # also checks the run's config.json, if it has one
     if G.config.c_dim and class_index == -1:
         class_index = recorded
         if class_index == -1:

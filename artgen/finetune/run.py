@@ -35,9 +35,12 @@ import torch
 from PIL import Image
 
 from artgen.checkpoint import (
+    RUN_LIMITS,
     Checkpoint,
     StepInterrupt,
     absolute_paths,
+    check_checkpoint_links,
+    limit_error,
     list_checkpoints,
     read_checkpoint,
     read_run_config,
@@ -72,6 +75,9 @@ class RunOptions:
     RESUMABLE_EXTRA: ClassVar[tuple[str, ...]] = ()
     # Settings added after runs were recorded, with the value that reproduces such a run.
     ADDED_SETTINGS: ClassVar[dict[str, Any]] = {}
+    # Bounds of the numeric settings (artgen.checkpoint.RUN_LIMITS, one table for every
+    # trainer): checked for a new run's flags and for a recorded run's config.json alike.
+    LIMITS: ClassVar[dict[str, tuple[float, float]]] = RUN_LIMITS
 
     out: str = field(default="", metadata={"help": "run folder to create (or to --resume)"})
     steps: int = field(default=500, metadata={"help": "optimizer steps in all"})
@@ -91,6 +97,13 @@ class RunOptions:
     @classmethod
     def resumable(cls) -> tuple[str, ...]:
         return (*RESUMABLE, *cls.RESUMABLE_EXTRA)
+
+    def check_limits(self) -> None:
+        """ArtgenError, naming the flag, for a setting outside its bounds (LIMITS)."""
+        found = limit_error(dataclasses.asdict(self), self.LIMITS)
+        if found is not None:
+            name, why = found
+            raise ArtgenError(f"--{name.replace('_', '-')} {getattr(self, name)!r:.60}: {why}")
 
 
 def options_class(kind: str) -> type:
@@ -135,6 +148,7 @@ def open_run(options: RunOptions, accelerator: Any = None, *, create: bool = Tru
                 f"not {getattr(options, k)!r:.80}; a resumed run keeps its settings (only "
                 f"{', '.join(sorted(options.resumable()))} can change)"
             )
+        check_checkpoint_links(run / "checkpoints")
         if not list_checkpoints(run / "checkpoints"):
             raise ArtgenError(f"{run}: no checkpoint to resume from in {run / 'checkpoints'}")
     elif (run / "config.json").is_file():

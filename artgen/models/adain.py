@@ -147,20 +147,68 @@ class AdaINConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown AdaIN config keys: {', '.join(sorted(unknown))}")
-        for k in ("levels", "level_channels", "style_layers", "widths", "tail"):
+        for k, most in MAX_ENTRIES.items():
             if k in d:
+                if not isinstance(d[k], (list, tuple)) or len(d[k]) > most:
+                    raise ValueError(f"{k} must be a list of at most {most} entries")
                 d[k] = tuple(d[k])
+        if "trained" in d and not isinstance(d["trained"], dict):
+            raise ValueError("trained must be an object")
         cfg = cls(**d)
-        if cfg.encoder not in ENCODERS:
-            raise ValueError(f"unknown encoder {cfg.encoder!r}; expected one of {ENCODERS}")
-        if len(cfg.levels) != len(cfg.level_channels):
-            raise ValueError("levels and level_channels differ in length")
+        if not isinstance(cfg.encoder, str) or cfg.encoder not in ENCODERS:
+            raise ValueError(
+                f"unknown encoder {str(cfg.encoder)[:40]!r}; expected one of {ENCODERS}"
+            )
+        if not cfg.levels or len(cfg.levels) != len(cfg.level_channels):
+            raise ValueError("levels and level_channels differ in length (or are empty)")
+        # The layers must be the encoder's, and each level's channels its layer's: the
+        # decoder is built for those (a wrong count would fail only when stylising).
+        layers = encoder_layers(cfg.encoder)
+        for name in (*cfg.levels, *cfg.style_layers):
+            if not isinstance(name, str) or name not in layers:
+                shown = str(name)[:40] if isinstance(name, str) else type(name).__name__
+                raise ValueError(
+                    f"unknown layer {shown!r} of {cfg.encoder} (its layers: {', '.join(layers)})"
+                )
+        for name, channels in zip(cfg.levels, cfg.level_channels, strict=True):
+            if channels != layers[name]:
+                raise ValueError(
+                    f"level {name} has {layers[name]} channels, not {str(channels)[:20]}"
+                )
         if cfg.encoder == "efficientnet-lite0" and len(cfg.widths) != len(cfg.levels):
             raise ValueError("widths must give one width per level")
         for v in (*cfg.level_channels, *cfg.widths, *cfg.tail):
             if not (isinstance(v, int) and 1 <= v <= 1024):
                 raise ValueError(f"channel count {v!r} out of range 1..1024")
         return cfg
+
+
+# Entries of a config's lists at most (the shipped network has 3 levels, 5 style layers,
+# 3 widths and 2 tail widths; the VGG19 one 1 level and 4 style layers).
+MAX_ENTRIES = {"levels": 8, "level_channels": 8, "style_layers": 32, "widths": 8, "tail": 8}
+
+
+def encoder_layers(encoder: str) -> dict[str, int]:
+    """The layers of an AdaIN encoder that a config may name (as levels or style layers),
+    with their channels, shallow to deep: EfficientNet-Lite0's stem and blocks, or the
+    published VGG's ReLUs up to relu4_1 (where that encoder ends)."""
+    if encoder == "vgg19":
+        out, channels = {}, 3
+        for spec in _VGG_NORMALISED:
+            if spec[0] == "conv":
+                channels = spec[2]
+            elif spec[0] == "relu":
+                out[spec[1]] = channels
+                if spec[1] == "relu4_1":
+                    break
+        return out
+    from artgen.models.backbones import _LITE0_STAGES
+
+    out = {"stem": 32}
+    for i, (repeats, _kernel, _stride, _expand, cout) in enumerate(_LITE0_STAGES):
+        for j in range(repeats):
+            out[f"block{i}_{j}"] = cout
+    return out
 
 
 VGG19_CONFIG = AdaINConfig(

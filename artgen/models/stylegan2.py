@@ -105,6 +105,8 @@ CONFIG_LIMITS: dict[str, tuple[int, int]] = {
 # networks (1024 px) have about 30 million; a snapshot of at most DEFAULT_MAX_BYTES (4 GiB,
 # artgen.safe_pickle) cannot hold G, G_ema and D of more than ~360 million each.
 MAX_PARAMETERS = 1 << 29
+MAX_LR_MULTIPLIER = 100.0  # the mapping network's (0.01 in every published network)
+MAX_CONV_CLAMP = 1e6  # 256 in the official fp16 networks
 
 NoiseMode = Literal["random", "const", "none"]
 _Model = TypeVar("_Model", bound="_Pretrained")
@@ -167,15 +169,17 @@ class StyleGAN2Config:
             self.mbstd_num_channels
         ):
             raise bad("mbstd_num_channels", "must divide the channels at resolution 4")
-        if not self.mapping_lr_multiplier > 0:
-            raise bad("mapping_lr_multiplier", "must be > 0")
+        # Published networks use 0.01 (and conv_clamp 256): the upper bounds only stop
+        # absurd values, which could only draw blank images.
+        if not 0 < self.mapping_lr_multiplier <= MAX_LR_MULTIPLIER:
+            raise bad("mapping_lr_multiplier", f"must be > 0 (at most {MAX_LR_MULTIPLIER:g})")
         if not 0 <= self.w_avg_beta <= 1:
             raise bad("w_avg_beta", "must be in [0, 1]")
         if self.conv_clamp is not None:
             if isinstance(self.conv_clamp, bool) or not isinstance(self.conv_clamp, (int, float)):
                 raise bad("conv_clamp", "must be a number or null")
-            if not (self.conv_clamp > 0 and math.isfinite(self.conv_clamp)):
-                raise bad("conv_clamp", "must be > 0 and finite")
+            if not 0 < self.conv_clamp <= MAX_CONV_CLAMP:
+                raise bad("conv_clamp", f"must be > 0 and finite (at most {MAX_CONV_CLAMP:g})")
             object.__setattr__(self, "conv_clamp", float(self.conv_clamp))
         if self.d_architecture not in ("resnet", "orig"):
             raise bad("d_architecture", 'must be "resnet" or "orig"')

@@ -28,8 +28,12 @@ StableDiffusionControlNetImg2ImgPipeline, steered by the Canny edges of the phot
 (:func:`canny_edges`). GAN runs have no noising process to enter part way: refused.
 
 The method takes no style images: the style is what the run learned. The PNG records the
-run's folder and the sha256 of its weights (``run_sha256``); given back (as the reproduce
-line of ``artgen info`` does), a run whose weights changed since is refused.
+run's folder and the sha256 of what decides its pictures (``run_sha256``: its config.json,
+its base's identity and its weights); given back (as the reproduce line of ``artgen info``
+does), a run of which any of these changed since is refused. PNGs recorded before the
+hash covered the config and the base hold the sha256 of the weights alone: they are
+checked against that (all they vouch for), and a picture remade from one records the
+full hash.
 """
 
 from __future__ import annotations
@@ -108,8 +112,8 @@ class SDEditOptions(OptionsRecord):
     run_sha256: str = field(
         default="",
         metadata={
-            "help": "the sha256 of the run's weights, checked when given (the PNG records it) "
-            "(default: not checked)"
+            "help": "the sha256 of the run (its config, base and weights), checked when given "
+            "(the PNG records it) (default: not checked)"
         },
     )
 
@@ -149,9 +153,11 @@ class SDEditOptions(OptionsRecord):
 class Generator:
     """A loaded run, as :func:`load` returns it and :func:`stylize` takes it (``model=``).
 
-    ``run``: the artgen.runs.DiffusionRun; ``sha256``: of its weights (:func:`run_sha256`);
-    ``family``: "unconditional", "text-to-image" or "sdxl"; ``controlnet``: the ControlNetModel or
-    None, loaded from ``controlnet_id``."""
+    ``run``: the artgen.runs.DiffusionRun; ``sha256``: of what decides its pictures
+    (:func:`run_sha256`); ``family``: "unconditional", "text-to-image" or "sdxl";
+    ``controlnet``: the ControlNetModel or None, loaded from ``controlnet_id``;
+    ``weights_sha256``: the hash of the weights alone, which PNGs recorded before
+    run_sha256 covered the config and base hold (:func:`weights_sha256`)."""
 
     run: Any
     path: str
@@ -159,6 +165,11 @@ class Generator:
     family: str
     controlnet: Any = None
     controlnet_id: str = ""
+    weights_sha256: str = ""
+
+    def matches(self, recorded: str) -> bool:
+        """Whether a recorded run_sha256 is this run's (under either scheme)."""
+        return recorded in (self.sha256, self.weights_sha256)
 
     @property
     def resolution(self) -> int:
@@ -183,9 +194,10 @@ def run_weights(path: str | Path) -> list[Path]:
     return []
 
 
-def run_sha256(path: str | Path) -> str:
-    """The sha256 of a run's weights file (of "name sha256" lines when it has several);
-    what the PNG records, so a changed run is noticed. Empty when it has none."""
+def weights_sha256(path: str | Path) -> str:
+    """The sha256 of a run's weights file (of "name sha256" lines when it has several): what
+    PNGs recorded as run_sha256 before it covered the run's config and base. Empty when the
+    run has no weights."""
     from artgen.images import sha256_file
 
     files = run_weights(path)
@@ -193,6 +205,44 @@ def run_sha256(path: str | Path) -> str:
         return sha256_file(files[0])
     lines = "".join(f"{p.parent.name}/{p.name} {sha256_file(p)}\n" for p in files)
     return hashlib.sha256(lines.encode()).hexdigest() if files else ""
+
+
+def _run_options(path: str | Path) -> tuple[dict, Any]:
+    from artgen.checkpoint import read_run_config
+    from artgen.finetune.diffusion import DiffusionFinetuneOptions
+
+    return read_run_config(
+        path,
+        DiffusionFinetuneOptions,
+        method="finetune-diffusion",
+        paths=DiffusionFinetuneOptions.PATHS,
+    )
+
+
+def run_sha256(path: str | Path) -> str:
+    """The sha256 of what decides a run's pictures, what the PNG records so that a changed
+    run is noticed: its config.json (as JSON with sorted keys; its base by identity, not
+    by path), the identity of its base (artgen.finetune.diffusion.base_identity: the
+    contents of a base folder, or a hub id's cached commit) and its weights (as
+    weights_sha256). Empty when the run has no weights."""
+    import json
+
+    from artgen.finetune.diffusion import base_identity
+
+    weights = weights_sha256(path)
+    if not weights:
+        return ""
+    config, options = _run_options(path)
+    recorded = {**config, "options": {**config["options"], "base": None}}
+    text = "\n".join(
+        [
+            "artgen run 2",
+            json.dumps(recorded, sort_keys=True, separators=(",", ":")),
+            base_identity(options.base),
+            weights,
+        ]
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def check_generator(path: str) -> Path:
@@ -229,12 +279,21 @@ def load(
     options = options or SDEditOptions()
     if isinstance(weights, (str, Path)):
         raise ArtgenError("--weights: not used by sdedit (the run names its own base model)")
+    from artgen.finetune.diffusion import base_folder
+
     root = check_generator(options.generator)
-    sha = run_sha256(root)
-    if options.run_sha256 and sha != options.run_sha256:
+    old = weights_sha256(root)
+    # A hub base not yet in the cache has its identity (its commit) only once loaded.
+    known = base_folder(_run_options(root)[1].base) is not None
+    sha = run_sha256(root) if known else ""
+    if known and options.run_sha256 and options.run_sha256 not in (sha, old):
         raise ArtgenError(_changed(options, sha))
     dev = resolve_device(device)
     run = load_run(root, device=dev, pipeline=weights)
+    if not known:
+        sha = run_sha256(root)
+        if options.run_sha256 and options.run_sha256 not in (sha, old):
+            raise ArtgenError(_changed(options, sha))
     family = pipeline_family(run.pipeline)
     controlnet = None
     if options.controlnet:
@@ -249,13 +308,13 @@ def load(
                 f"({clip(options.generator, 80)}); leave it out"
             )
         controlnet = load_controlnet(options.controlnet, dev)
-    return Generator(run, options.generator, sha, family, controlnet, options.controlnet)
+    return Generator(run, options.generator, sha, family, controlnet, options.controlnet, old)
 
 
 def _changed(options: SDEditOptions, sha: str) -> str:
     return (
-        f"run_sha256={options.run_sha256[:16]}...: the weights of {clip(options.generator, 80)} "
-        f"have changed since (now {sha[:16] or 'none'}...)"
+        f"run_sha256={options.run_sha256[:16]}...: the weights, config.json or base of the "
+        f"run {clip(options.generator, 80)} have changed since (now {sha[:16] or 'none'}...)"
     )
 
 
@@ -362,7 +421,7 @@ def stylize(
             f"generator={clip(options.generator, 80)}: the model given was loaded from "
             f"{clip(model.path, 80)}"
         )
-    if options.run_sha256 and options.run_sha256 != model.sha256:
+    if options.run_sha256 and not model.matches(options.run_sha256):
         raise ArtgenError(_changed(options, model.sha256))
     if options.controlnet != model.controlnet_id:
         raise ArtgenError(
@@ -564,4 +623,5 @@ __all__ = [
     "load",
     "run_sha256",
     "stylize",
+    "weights_sha256",
 ]
