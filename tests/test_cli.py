@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -662,7 +663,9 @@ def test_the_reproduce_line_keeps_relative_paths_as_given(images, tmp_path, caps
     assert main(argv) == 0
     capsys.readouterr()
     assert main(["info", "out.png"]) == 0
-    cmd = capsys.readouterr().out.strip().splitlines()[-1].strip()
+    said = capsys.readouterr().out
+    assert "…" not in said and re.search(r"sha256 [0-9a-f]{16}\.\.\.\n", said), said
+    cmd = said.strip().splitlines()[-1].strip()
     assert cmd.startswith("artgen stylize photos/p.png") and "--style my_art/m00.png:1" in cmd
     assert main(cmd.split()[1:-2] + ["-o", "again.png", "-q"]) == 0, cmd
     assert np.array_equal(np.asarray(Image.open("again.png")), np.asarray(Image.open("out.png")))

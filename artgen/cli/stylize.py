@@ -119,11 +119,31 @@ def _add_batch(sub: argparse._SubParsersAction, common) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    bp.add_argument("in_dir", help="folder of content images")
-    bp.add_argument("-o", "--output", required=True, help="output folder (NAME.png for each input)")
+    bp.add_argument(
+        "in_dir", help="folder of content images (with --verify and no -o: the output folder)"
+    )
+    bp.add_argument(
+        "-o",
+        "--output",
+        help="output folder (NAME.png for each input; the same tree with --recursive)",
+    )
+    bp.add_argument(
+        "--verify",
+        action="store_true",
+        help="check a finished data-set output folder against its manifest.jsonl (changed or "
+        "missing files) instead of stylising: `artgen batch --verify OUT`, or with the run's "
+        "own arguments to check also that every image was made, with these settings",
+    )
     add_dataclass_flags(bp, BatchOptions)
     common(bp)
     _mask_flags(bp)
+    for action in bp._actions:
+        if action.dest == "style":  # --style-pool or --verify stand in for it
+            action.required = False
+        if action.dest == "method":
+            action.help = (action.help or "").replace(
+                "when --generator is given)", "when --generator is given; adain with --style-pool)"
+            )
     bp.set_defaults(func=_cmd_batch)
 
 
@@ -159,6 +179,10 @@ def peek_method(argv) -> str:
             return a.split("=", 1)[1]
     if any(a == "--generator" or a.startswith("--generator=") for a in argv):
         return "sdedit"
+    if argv[:1] == ["batch"] and any(
+        a == "--style-pool" or a.startswith("--style-pool=") for a in argv
+    ):
+        return "adain"  # data sets: the fast method unless --method says otherwise
     return "gatys"
 
 
@@ -301,8 +325,14 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     from artgen.style import check_styles, get_method
     from artgen.style.batch import BatchOptions, plan_batch, run_batch
 
-    check_styles(get_method(args.method), args.style)  # before any work
+    if args.verify:
+        return _cmd_verify(args)
+    if args.output is None:
+        raise ArtgenError("batch: -o/--output is needed (the output folder)")
     batch = options_from(args, BatchOptions)
+    if batch.dataset:
+        return _cmd_dataset(args, batch)
+    check_styles(get_method(args.method), args.style)  # before any work
     jobs = plan_batch(args.in_dir, args.output, batch)
     i, n = batch.shard_numbers()
     if not jobs:
@@ -366,6 +396,168 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     for r in failed:
         print(f"  failed: {r.error}")
     return 1 if failed else 0
+
+
+def _dataset_setup(args: argparse.Namespace, batch, all_shards: bool = False):
+    """(plan, config) of a data-set run from its arguments: refused in one line before any
+    network is loaded when the tree, the pool, the styles or the masks do not fit."""
+    from artgen import catalog
+    from artgen.style import check_styles, get_method
+    from artgen.style.batch import dataset_config, plan_dataset
+
+    method = get_method(args.method)
+    if batch.style_pool and args.style:
+        raise ArtgenError("give --style or --style-pool, not both")
+    if not batch.style_pool:
+        if method.needs_styles and not args.style:
+            raise ArtgenError(
+                f"method {method.name} needs a style image: --style (one for every image) "
+                "or --style-pool (one drawn per image)"
+            )
+        check_styles(method, args.style)
+    options = options_from(args, method.options)
+    plan = plan_dataset(args.in_dir, args.output, batch, seed=options.seed, all_shards=all_shards)
+    styles = [(catalog.resolve(s), w) for s, w in args.style or []]
+    if (
+        method.needs_styles
+        and styles
+        and (sum(w for _, w in styles) <= 0 or any(w < 0 for _, w in styles))
+    ):
+        raise ArtgenError("style weights must be >= 0 and not all zero")
+    protected = {
+        os.path.realpath(p)
+        for p in [
+            *(p for p, _ in styles),
+            *(args.masks or {}).values(),
+            *([args.content_mask] if args.content_mask else []),
+        ]
+    }
+    for item in plan.items:
+        if os.path.realpath(item.output) in protected:
+            raise ArtgenError(
+                f"{item.output}: is a style or mask image; choose another output folder"
+            )
+    masks, content_mask = _load_masks(args)
+    if not args.verify:
+        from artgen.images import check_output_dir
+
+        check_output_dir(plan.out_dir)  # before any compute
+    config = dataset_config(
+        plan,
+        batch,
+        options,
+        styles,
+        device=args.device,
+        weights=args.weights,
+        masks=masks,
+        content_mask=content_mask,
+    )
+    return plan, config
+
+
+def _cmd_dataset(args: argparse.Namespace, batch) -> int:
+    """`artgen batch` in data-set mode: a tree, a style pool, variants, a manifest."""
+    from tqdm.auto import tqdm
+
+    plan, config = _dataset_setup(args, batch)
+    i, n = plan.shard
+    skipped = f"; {plan.non_images} other files skipped" if plan.non_images else ""
+    if plan.subfolders:
+        skipped += f"; {plan.subfolders} sub-folders left out (--recursive takes them)"
+    pool = f", styles drawn from {plan.pool} ({plan.pool_size})" if plan.pool else ""
+    print(
+        f"{plan.images} images in {plan.in_dir}{skipped}{pool}; "
+        f"{len(plan.items)} outputs for shard {i}/{n}, engine {batch.engine}",
+        file=sys.stderr,
+    )
+    if not plan.items:
+        print(f"no images to do in {args.in_dir} (shard {i}/{n})")
+        return 0
+    overall = tqdm(total=len(plan.items), desc=f"batch {i}/{n}", unit="img", disable=args.quiet)
+
+    def on_result(r) -> None:
+        if r.status == "failed" and not args.quiet:
+            overall.write(f"failed: {r.note}")
+        overall.update(1)
+
+    try:
+        if batch.engine == "ray":
+            from artgen.style.batch_ray import run_dataset_ray
+
+            results = run_dataset_ray(
+                plan,
+                config,
+                address=batch.address,
+                workers=batch.workers,
+                num_gpus_per_worker=batch.num_gpus_per_worker,
+                batch_size=batch.batch_size,
+                on_result=on_result,
+            )
+        else:
+            from artgen.style import get_method
+            from artgen.style.batch import load_network, run_dataset
+
+            model, device = load_network(
+                config.method,
+                config.options,
+                config.device,
+                config.weights,
+                n_styles=max(1, len(config.styles)),
+                masks=config.masks,
+                content_mask=config.content_mask,
+                threads=config.threads,
+            )
+            method = get_method(config.method)
+            if method.describe is not None:
+                overall.write(method.describe(model), file=sys.stderr)
+            bar = Bar(args.quiet, position=1, leave=False)
+            try:
+                results = run_dataset(
+                    plan, config, model=model, device=device, on_result=on_result, callback=bar
+                )
+            finally:
+                bar.close()
+    finally:
+        overall.close()
+    done = sum(r.status == "done" for r in results)
+    skipped_n = sum(r.status == "skipped" for r in results)
+    found = sum(
+        r.status == "skipped" and r.note == "found whole, added to the manifest" for r in results
+    )
+    by_other = sum(r.note == "another artgen run is making it" for r in results)
+    failed = [r for r in results if r.status == "failed"]
+    notes = [f"{found} found whole and recorded"] if found else []
+    notes += [f"{by_other} by another run"] if by_other else []
+    print(
+        f"{done} stylised, {skipped_n} already done (skipped"
+        + ("; " + "; ".join(notes) if notes else "")
+        + f"), {len(failed)} failed -> {args.output} (manifest {plan.manifest})"
+    )
+    reasons: dict[str, int] = {}
+    for r in failed:
+        reasons[r.note or "?"] = reasons.get(r.note or "?", 0) + 1
+    for note, count in reasons.items():
+        print(f"  failed{f' ({count} images)' if count > 1 else ''}: {note}")
+    return 1 if failed else 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    """`artgen batch --verify OUT` (the manifest alone) or `artgen batch IN -o OUT --verify
+    ...` (also: every image of the run made with these settings, inputs unchanged)."""
+    from artgen.style.batch import BatchOptions, verify_dataset
+
+    if args.output is None:
+        report = verify_dataset(args.in_dir)
+        out = args.in_dir
+    else:
+        batch = options_from(args, BatchOptions)
+        plan, config = _dataset_setup(args, batch, all_shards=True)
+        report = verify_dataset(args.output, plan, config)
+        out = args.output
+    for line in report.problems():
+        print(f"  {line}")
+    print(f"{out}: {report.verdict()}")
+    return 0 if report.ok else 1
 
 
 def _cmd_video(args: argparse.Namespace) -> int:
@@ -461,6 +653,7 @@ def _cmd_video(args: argparse.Namespace) -> int:
         print(
             f"{made}; {r.missing} of {r.frames} frames still to be made by the other shards "
             f"(the run that completes them writes {args.output}; cache {r.cache})"
+            + (f"; {r.note}" if r.note else "")
         )
         return 0
     print(
@@ -468,6 +661,13 @@ def _cmd_video(args: argparse.Namespace) -> int:
         f"{r.size[0]}x{r.size[1]}; audio: {r.audio})" + (f"; {r.note}" if r.note else "")
     )
     return 0
+
+
+def _short_hash(value: str) -> str:
+    """The first 16 characters of a recorded sha256, then one ellipsis (clip's own, added
+    when it cuts, once came out as a double ellipsis)."""
+    text = clip(value, 80)
+    return text if len(text) <= 16 else text[:16] + "..."
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -495,21 +695,21 @@ def _cmd_info(args: argparse.Namespace) -> int:
     # Fields are printable (validate_params refuses control characters) and clipped.
     print(f"{args.image}: made by artgen {clip(params.get('artgen'), 20)} ({method.name})")
     c = params["content"]
-    print(f"  content: {clip(c['file'])}  sha256 {clip(c['sha256'], 16)}...")
+    print(f"  content: {clip(c['file'])}  sha256 {_short_hash(c['sha256'])}")
     for s in params["styles"]:
         name = f" (catalogue style {clip(s['name'], 80)})" if s.get("name") else ""
         print(
             f"  style:   {clip(s['file'])}{name}  weight {s['weight']:g}  "
-            f"sha256 {clip(s['sha256'], 16)}..."
+            f"sha256 {_short_hash(s['sha256'])}"
         )
         if "mask" in s:
             m = s["mask"]
-            print(f"    mask:  {clip(m['file'])}  sha256 {clip(m['sha256'], 16)}...")
+            print(f"    mask:  {clip(m['file'])}  sha256 {_short_hash(m['sha256'])}")
     if "content_mask" in params:
         m = params["content_mask"]
         print(
             f"  content mask (kept unstylised): {clip(m['file'])}  "
-            f"sha256 {clip(m['sha256'], 16)}..."
+            f"sha256 {_short_hash(m['sha256'])}"
         )
     print(f"  device:  {params.get('device')}")
     print("  options:")
