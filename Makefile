@@ -64,3 +64,12 @@ bench-fast: install
 
 clean:
 	rm -rf $(VENV) $(PEER) out .pytest_cache
+
+# docs/cli.md is generated from the parser; docs-check also checks the docs' links and key
+# numbers against their results files (tests/test_docs.py).
+.PHONY: docs docs-check
+docs: install
+	$(PY) docs/make_cli_md.py
+
+docs-check: install
+	$(PY) -m pytest -q tests/test_docs.py
