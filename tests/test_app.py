@@ -319,13 +319,17 @@ def test_ten_concurrent_clients(server):
     )
 
 
-def test_each_client_gets_its_own_picture_at_concurrency_above_one(tmp_path):
+def test_each_client_gets_its_own_picture_at_concurrency_above_one(tmp_path, monkeypatch):
     """Ten clients at once on a server running four jobs at a time, each with its own photo
     (its own height) and the default seed: each must be served the picture made from its own upload,
     and every job must leave its own result file (names once collided and overwrote)."""
     import hashlib
+    import os
 
     app = load_app()
+    # A second studio in this process points Gradio's cache at its own folder and unsets it
+    # on close: give the module's server its folder back afterwards.
+    monkeypatch.setenv("GRADIO_TEMP_DIR", os.environ.get("GRADIO_TEMP_DIR", ""))
     cfg = app.AppConfig(port=free_port(), max_queue=16, concurrency=4, device="cpu")
     demo, studio = app.launch(cfg, prevent_thread_lock=True)
     url = f"http://127.0.0.1:{cfg.port}/"

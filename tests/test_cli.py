@@ -300,6 +300,23 @@ def test_help_has_examples(capsys):
     assert "(default: 512)" in text
 
 
+def test_help_names_the_other_methods_flags_and_they_exist(capsys):
+    """The default help's examples use --generator; it is named there, and every flag the
+    help names for another method is one of that method's."""
+    from artgen.cli.stylize import METHOD_FLAGS
+
+    with pytest.raises(SystemExit):
+        main(["stylize", "--help"])
+    text = capsys.readouterr().out
+    assert "--method sdedit: --generator, --prompt" in text and "--method adain: --model" in text
+    for method, flags in METHOD_FLAGS.items():
+        with pytest.raises(SystemExit):
+            main(["stylize", "--method", method, "--help"])
+        own = capsys.readouterr().out.split("other methods' flags:")[0]
+        for flag in flags.split(", "):
+            assert re.search(rf"^  {re.escape(flag)}\b", own, re.M), (method, flag)
+
+
 def test_styles_and_weights_list(capsys):
     assert main(["styles", "list"]) == 0
     text = capsys.readouterr().out

@@ -44,6 +44,15 @@ examples:
 COMMANDS = ("stylize", "batch", "video", "info")
 
 
+# The main flags of each style method, named in the other methods' --help (importing every
+# method's options would import PyTorch for them all; tests check these names exist).
+METHOD_FLAGS = {
+    "gatys": "--iterations, --backbone, --init, --content-weight, --optimizer",
+    "adain": "--model, --palette, --style-scale",
+    "sdedit": "--generator, --prompt, --negative-prompt, --controlnet, --steps, --guidance-scale",
+}
+
+
 def add_commands(sub: argparse._SubParsersAction, method: str, only: str | None = None) -> None:
     """stylize, batch, video and info (or ``only`` that one); the first three get the flags of
     ``method``. Batch's and video's options are imported only when their parsers are made:
@@ -81,6 +90,13 @@ def add_commands(sub: argparse._SubParsersAction, method: str, only: str | None 
             "another's (default: gatys; sdedit when --generator is given)",
         )
         add_dataclass_flags(sp, style_method.options)
+        others = [m for m in METHOD_FLAGS if m != style_method.name]
+        sp.add_argument_group(
+            "other methods' flags",
+            "\n".join(f"  --method {m}: {METHOD_FLAGS[m]}, ..." for m in others)
+            + "\n  `--method NAME --help` lists them with their defaults; docs/cli.md, "
+            "every method's",
+        )
 
     if only in (None, "stylize"):
         _add_stylize(sub, common)
