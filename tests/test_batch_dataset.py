@@ -4,6 +4,7 @@ started here, with a worker killed mid-run)."""
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import os
@@ -396,7 +397,9 @@ def test_ray_engine_same_bytes_and_a_killed_worker_loses_nothing(ray_instance, t
     argv = ["batch", str(data), "--recursive", "--style-pool", str(pool), *SMALL]
     assert main([*argv, "-o", str(local)]) == 0
     assert "30 stylised" in capsys.readouterr().out
+    printer = builtins.print
     assert main([*argv, "-o", str(ray_out), "--engine", "ray", "--batch-size", "4"]) == 0
+    assert builtins.print is printer  # Ray Data's safe_print does not outlive the run
     assert "30 stylised, 0 already done (skipped), 0 failed" in capsys.readouterr().out
     assert outputs(ray_out) == outputs(local)  # byte-identical PNGs
     assert len(outputs(local)) == 30

@@ -20,6 +20,7 @@ Ray is imported only here, and only when this engine runs: ``pip install 'artgen
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import dataclasses
 import logging
@@ -171,6 +172,9 @@ def run_dataset_ray(
         device = "cpu"  # a CPU worker on a machine with GPUs stays off them
     config = dataclasses.replace(config, threads=threads, device=device)
     started = False
+    # Ray Data swaps builtins.print for tqdm_ray.safe_print while it runs and leaves it
+    # there; other code in this process (torch's unpickler messages, the CLI) expects print.
+    saved_print = builtins.print
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, logging_level="ERROR")
         started = True
@@ -206,6 +210,7 @@ def run_dataset_ray(
     finally:
         if started:
             ray.shutdown()
+        builtins.print = saved_print
     return results
 
 
