@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo demo-fast demo-video app test test-slow lint bench bench-fast clean browser
+.PHONY: install demo demo-fast demo-video app test test-all test-slow lint bench bench-fast clean browser
 
 install: $(STAMP)
 
@@ -38,8 +38,13 @@ browser:
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 		|| echo "note: /usr/bin/chromium missing and not installable here; the browser test will be skipped"; }
 
-test: install browser
+# The default suite (a few minutes on 2 cores); test-all adds the whole-system checks
+# marked heavy (torchrun DDP, a wheel build, a real browser) and is what CI runs.
+test: install
 	$(PY) -m pytest -q
+
+test-all: install browser
+	$(PY) -m pytest -q -m "not slow"
 
 test-slow: install
 	$(PY) -m pytest -q -m slow

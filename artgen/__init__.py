@@ -23,6 +23,7 @@ older calls still work: ``artgen.generate(pipeline_or_run, n, ...)``,
 ``artgen.generate_gan(artgen.load_generator(gan), n, ...)`` and ``artgen.sample_run``.
 """
 
+from artgen._version import __version__
 from artgen.errors import ArtgenError, Cancelled
 
 # Where each public name lives. They are imported on first use (PEP 562), so that a command
@@ -68,5 +69,4 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_WHERE})
 
 
-__version__ = "0.1.0"
 __all__ = ["ArtgenError", "Cancelled", *_WHERE, "__version__"]

@@ -529,11 +529,15 @@ def plan_video(
     video: VideoOptions | None = None,
     masks: Any = None,
     content_mask: Any = None,
+    *,
+    upscale: bool = False,
 ) -> VideoPlan:
     """Check everything that can be checked before any compute, and say what this run does.
 
-    ``options`` is the style method's options (its ``size`` sets the frames' long side);
-    ``masks`` and ``content_mask`` (as run_video takes them) must have the frames' shape.
+    ``options`` is the style method's options (its ``size`` sets the frames' long side, at
+    most the input's own unless ``upscale``: a small clip keeps its size unless a larger
+    one is asked for); ``masks`` and ``content_mask`` (as run_video takes them) must have
+    the frames' shape.
     """
     from artgen.style import check_masks
 
@@ -579,7 +583,8 @@ def plan_video(
             )
     if _same(cache, src) or (info.kind == "folder" and cache.resolve() == src.resolve()):
         raise ArtgenError(f"{cache}: is the input folder; choose another output or --cache")
-    size = frame_size(info.width, info.height, options.size)
+    long_side = options.size if upscale else min(options.size, max(info.width, info.height))
+    size = frame_size(info.width, info.height, long_side)
     made = not os.path.lexists(cache)
     plan = VideoPlan(info, out, kind, cache, video.start, end, first, last, size, video, made)
     check_audio_path(plan)
@@ -1501,6 +1506,7 @@ def stylize_video(
     callback: Callable[[Any], None] | None = None,
     masks: Any = None,
     content_mask: Any = None,
+    upscale: bool | None = None,
     **overrides: Any,
 ) -> VideoResult:
     """Stylise a video (or a folder of numbered frames) into ``output`` (a video file, or a
@@ -1510,8 +1516,9 @@ def stylize_video(
     keyword ``overrides`` of its fields, as in :func:`artgen.stylize`); ``video`` holds the
     frame range, shard, temporal settings and cache (:class:`VideoOptions`). ``model`` is a
     network loaded earlier with the method's ``load``. ``masks`` and ``content_mask``:
-    regional styles as in :func:`artgen.stylize`, the same on every frame. Returns a
-    :class:`VideoResult`.
+    regional styles as in :func:`artgen.stylize`, the same on every frame. Frames keep the
+    input's size when it is below the options' ``size``, unless ``upscale`` (by default:
+    when ``size`` is among the overrides, i.e. asked for). Returns a :class:`VideoResult`.
     """
     from artgen.style import DEFAULT_METHOD, get_method
 
@@ -1524,7 +1531,9 @@ def stylize_video(
         options = m.options()
     if overrides:
         options = m.options.from_dict({**options.to_dict(), **overrides})
-    plan = plan_video(source, output, options, video, masks, content_mask)
+    if upscale is None:
+        upscale = "size" in overrides
+    plan = plan_video(source, output, options, video, masks, content_mask, upscale=upscale)
     return run_video(
         plan,
         styles,

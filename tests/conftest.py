@@ -119,3 +119,21 @@ def edit_json(path: Path, edit) -> None:
     doc = json.loads(path.read_text())
     edit(doc)
     path.write_text(json.dumps(doc))
+
+
+def lora_probes(script: str, base: Path, loras: dict[str, str], folder: Path) -> dict:
+    """Run ``script`` (argv: base, then lora and output pairs; "-" is no LoRA) in one fresh
+    Python process, as a user of plain diffusers would, and read back each output."""
+    import subprocess
+    import sys
+
+    pairs = [a for name, lora in loras.items() for a in (lora, str(folder / f"{name}.pt"))]
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(base), *pairs],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "additional target modules" not in proc.stderr
+    return {name: torch.load(folder / f"{name}.pt", weights_only=True) for name in loras}

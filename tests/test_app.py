@@ -394,6 +394,7 @@ def browser_page(url: str):
             browser.close()
 
 
+@pytest.mark.heavy
 def test_real_browser_session(server, tmp_path):
     """Headless Chromium: upload a photo, pick a style, press Stylize, get a picture."""
     import os
@@ -426,6 +427,7 @@ def test_real_browser_session(server, tmp_path):
     assert Image.open(shot).size[0] == 1400
 
 
+@pytest.mark.heavy
 def test_real_browser_instant_mode_updates_live(server, tmp_path):
     """Headless Chromium: in Instant mode, clicking a style renders without pressing Stylize."""
     import os
@@ -682,6 +684,7 @@ def _band_differences(png: Path, content: Path) -> list[float]:
     return [float(d[int(k * w / 10) : int((k + 1) * w / 10)].mean()) for k in range(10)]
 
 
+@pytest.mark.heavy
 def test_real_browser_paints_a_region(server, tmp_path):
     """Headless Chromium, as a user: a photo, Regions, the brush dragged over a vertical
     band, swirls for the band and the photo for the rest; in Instant mode the result
@@ -733,6 +736,7 @@ def test_real_browser_paints_a_region(server, tmp_path):
     assert min(bands[2:5]) > 0.1, bands
 
 
+@pytest.mark.heavy
 def test_real_browser_stylises_a_short_clip(server, clips):
     from playwright.sync_api import expect
 

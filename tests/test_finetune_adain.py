@@ -165,6 +165,7 @@ def test_the_covariance_loss_is_added_with_its_weight(lite0):
     assert lc.item() == pytest.approx(lc0.item())
 
 
+@pytest.mark.heavy
 def test_two_processes_average_their_gradients(data, tmp_path):
     """What accelerate launch does on several GPUs, here as two CPU processes (gloo): each
     process draws its own crops, and the first Adam step equals the step on the average of

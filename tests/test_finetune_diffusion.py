@@ -28,7 +28,7 @@ from artgen.finetune.diffusion import (
     to_model_space,
 )
 
-from .conftest import REPO, edit_json, one_line_error
+from .conftest import REPO, edit_json, lora_probes, one_line_error
 from .tiny_diffusion import image_folder, tiny_ddpm, tiny_sd
 
 
@@ -432,6 +432,7 @@ def test_hub_id_loads_offline_from_the_cache(bases, tmp_path):
     assert "artgen-test/not-cached" in last and "not in the Hugging Face cache" in last
 
 
+@pytest.mark.heavy
 def test_two_processes_through_torchrun(bases, tmp_path):
     """What accelerate launch does on several GPUs, here as two CPU processes (gloo DDP)."""
     torchrun = Path(sys.executable).with_name("torchrun")
@@ -621,17 +622,18 @@ def test_resume_with_a_relative_path_in_the_config_uses_the_run_folder(runs, bas
 _UNET_PROBE = """
 import sys, torch
 from diffusers import StableDiffusionPipeline
-base, lora, out = sys.argv[1:4]
-pipe = StableDiffusionPipeline.from_pretrained(base)
-if lora != "-":
-    pipe.load_lora_weights(lora)
-kinds = {type(m.base_layer).__name__ for n, m in pipe.unet.named_modules() if hasattr(m, "lora_A") and m.lora_A}
-adapted = sorted(n for n, m in pipe.unet.named_modules() if hasattr(m, "lora_A") and m.lora_A)
-g = torch.Generator().manual_seed(7)
-x, c = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 3, 32, generator=g)
-with torch.no_grad():
-    y = pipe.unet(x, 500, encoder_hidden_states=c).sample
-torch.save({"y": y, "adapted": adapted, "kinds": sorted(kinds)}, out)
+base, pairs = sys.argv[1], sys.argv[2:]
+for lora, out in zip(pairs[::2], pairs[1::2]):  # a fresh pipeline for each
+    pipe = StableDiffusionPipeline.from_pretrained(base)
+    if lora != "-":
+        pipe.load_lora_weights(lora)
+    kinds = {type(m.base_layer).__name__ for n, m in pipe.unet.named_modules() if hasattr(m, "lora_A") and m.lora_A}
+    adapted = sorted(n for n, m in pipe.unet.named_modules() if hasattr(m, "lora_A") and m.lora_A)
+    g = torch.Generator().manual_seed(7)
+    x, c = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 3, 32, generator=g)
+    with torch.no_grad():
+        y = pipe.unet(x, 500, encoder_hidden_states=c).sample
+    torch.save({"y": y, "adapted": adapted, "kinds": sorted(kinds)}, out)
 """
 
 
@@ -694,23 +696,14 @@ def test_lora_file_holds_every_adapter_in_peft_names_and_load_run_restores_all(b
 
 
 def test_plain_diffusers_loads_the_whole_lora_and_matches_artgen(bases, sd_lora, tmp_path):
-    """In a separate process, as a user would: from_pretrained + load_lora_weights."""
-    outs = {}
-    for name, lora in (
-        ("base", "-"),
-        ("lora", str(sd_lora / "lora")),
-        ("kohya", str(sd_lora / "lora" / "lora_kohya.safetensors")),
-    ):
-        out = tmp_path / f"{name}.pt"
-        proc = subprocess.run(
-            [sys.executable, "-c", _UNET_PROBE, str(bases["sd"]), lora, str(out)],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        assert "additional target modules" not in proc.stderr
-        outs[name] = torch.load(out, weights_only=True)
+    """In a separate process, as a user would: from_pretrained + load_lora_weights (one
+    process, a fresh pipeline for each of the base, lora/ and the kohya file)."""
+    loras = {
+        "base": "-",
+        "lora": str(sd_lora / "lora"),
+        "kohya": str(sd_lora / "lora" / "lora_kohya.safetensors"),
+    }
+    outs = lora_probes(_UNET_PROBE, bases["sd"], loras, tmp_path)
     trained = _trained_adapters(bases)
     for name in ("lora", "kohya"):  # diffusers' kohya reader places every adapter too
         assert outs[name]["adapted"] == sorted(trained), name

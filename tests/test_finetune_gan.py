@@ -715,6 +715,7 @@ def test_a_cancelled_run_saves_a_checkpoint_and_resumes_from_it(tmp_path, images
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.heavy
 def test_two_processes_through_torchrun(tmp_path, images):
     """What accelerate launch does on several GPUs, here as two CPU processes (gloo)."""
     torchrun = Path(sys.executable).with_name("torchrun")

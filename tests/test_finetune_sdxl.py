@@ -7,8 +7,6 @@ diffusers (separate process) and from kohya's single file, sampling, eval and SD
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -34,7 +32,7 @@ from artgen.finetune.diffusion import (
 )
 from artgen.images import read_params
 
-from .conftest import photo
+from .conftest import lora_probes, photo
 from .tiny_diffusion import image_folder, tiny_sdxl
 
 RES = 16  # the tiny VAE halves, the UNet's sample size is 8
@@ -245,26 +243,27 @@ def test_resume_refuses_changed_captions(xl, tmp_path):
 _PROBE = """
 import sys, torch
 from diffusers import StableDiffusionXLPipeline
-base, lora, out = sys.argv[1:4]
-pipe = StableDiffusionXLPipeline.from_pretrained(base)
-if lora != "-":
-    pipe.load_lora_weights(lora)
-adapted = sorted(
-    f"{c}.{n}"
-    for c in ("unet", "text_encoder", "text_encoder_2")
-    for n, m in getattr(pipe, c).named_modules()
-    if hasattr(m, "lora_A") and m.lora_A
-)
-g = torch.Generator().manual_seed(7)
-x = torch.randn(1, 4, 8, 8, generator=g)
-with torch.no_grad():
-    states, _, pooled, _ = pipe.encode_prompt("a sks painting", device=torch.device("cpu"), do_classifier_free_guidance=False)
-    ids = torch.tensor([[16.0, 16, 0, 0, 16, 16]])
-    y = pipe.unet(
-        x, 500, encoder_hidden_states=states,
-        added_cond_kwargs={"text_embeds": pooled, "time_ids": ids},
-    ).sample
-torch.save({"y": y, "adapted": adapted}, out)
+base, pairs = sys.argv[1], sys.argv[2:]
+for lora, out in zip(pairs[::2], pairs[1::2]):  # a fresh pipeline for each
+    pipe = StableDiffusionXLPipeline.from_pretrained(base)
+    if lora != "-":
+        pipe.load_lora_weights(lora)
+    adapted = sorted(
+        f"{c}.{n}"
+        for c in ("unet", "text_encoder", "text_encoder_2")
+        for n, m in getattr(pipe, c).named_modules()
+        if hasattr(m, "lora_A") and m.lora_A
+    )
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(1, 4, 8, 8, generator=g)
+    with torch.no_grad():
+        states, _, pooled, _ = pipe.encode_prompt("a sks painting", device=torch.device("cpu"), do_classifier_free_guidance=False)
+        ids = torch.tensor([[16.0, 16, 0, 0, 16, 16]])
+        y = pipe.unet(
+            x, 500, encoder_hidden_states=states,
+            added_cond_kwargs={"text_embeds": pooled, "time_ids": ids},
+        ).sample
+    torch.save({"y": y, "adapted": adapted}, out)
 """
 
 
@@ -285,22 +284,12 @@ def _probe(pipe) -> torch.Tensor:
 def test_plain_diffusers_and_kohyas_file_load_every_adapter(xl, xl_run, tmp_path):
     """In a separate process, as a user would: StableDiffusionXLPipeline.from_pretrained
     and load_lora_weights, of lora/ and of the kohya-style single file."""
-    outs = {}
-    for name, lora in (
-        ("base", "-"),
-        ("lora", str(xl_run / "lora")),
-        ("kohya", str(xl_run / "lora" / "lora_kohya.safetensors")),
-    ):
-        out = tmp_path / f"{name}.pt"
-        proc = subprocess.run(
-            [sys.executable, "-c", _PROBE, str(xl["base"]), lora, str(out)],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        assert "additional target modules" not in proc.stderr
-        outs[name] = torch.load(out, weights_only=True)
+    loras = {
+        "base": "-",
+        "lora": str(xl_run / "lora"),
+        "kohya": str(xl_run / "lora" / "lora_kohya.safetensors"),
+    }
+    outs = lora_probes(_PROBE, xl["base"], loras, tmp_path)
     pipe = load_run(xl_run)
     want = sorted(adapted(pipe))
     ours = _probe(pipe)

@@ -706,6 +706,17 @@ def test_the_api_runs_a_plan_and_reports_progress(media, fast_model, tmp_path):
     assert artgen.stylize_video is stylize_video
 
 
+def test_a_small_clip_keeps_its_size_unless_a_size_is_asked(media, tmp_path):
+    """The method's default size (512) is a ceiling for video, never a reason to upscale a
+    96x64 clip; an explicit size (upscale=True, i.e. --size given) is honoured."""
+    opts = artgen.AdaINOptions()
+    assert opts.size == 512
+    assert plan_video(media["mp4"], tmp_path / "a.mkv", opts).size == (W, H)
+    assert plan_video(media["mp4"], tmp_path / "b.mkv", opts, upscale=True).size == (512, 340)
+    small = artgen.AdaINOptions(size=48)  # smaller than the clip: downscaled either way
+    assert plan_video(media["mp4"], tmp_path / "c.mkv", small).size == (48, 32)
+
+
 # ----------------------------------------------------------------- masks (issue 12, sec. 3)
 
 

@@ -17,6 +17,8 @@ import pytest
 
 from .conftest import REPO
 
+pytestmark = pytest.mark.heavy  # builds a wheel and a venv: make test-all and CI
+
 
 def _free_port() -> int:
     with socket.socket() as s:

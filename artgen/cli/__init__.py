@@ -31,7 +31,7 @@ def build_parser(method: str = "gatys", command: str | None = None) -> argparse.
     """The parser; ``stylize``, ``batch`` and ``video`` get the flags of ``method``'s options.
     With ``command`` (one that a family's COMMANDS names) only that command is built, so that
     running one command imports only what it needs."""
-    from artgen import __version__
+    from artgen._version import __version__
     from artgen.cli.stylize import EXAMPLES
 
     p = argparse.ArgumentParser(

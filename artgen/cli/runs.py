@@ -47,7 +47,7 @@ def add_commands(sub: argparse._SubParsersAction, method: str) -> None:
 def _cmd_sample(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from artgen import __version__
+    from artgen._version import __version__
     from artgen.images import check_output, check_output_dir, grid, save_png
     from artgen.runs import load_run, run_class, sample_setting_names
 

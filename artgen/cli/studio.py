@@ -428,6 +428,7 @@ class Studio:
                 model=model,
                 device=self.device,
                 on_frame=on_frame,
+                upscale=True,  # the size slider is always a choice made on the page
             )
 
         worker = start_worker(
@@ -1147,11 +1148,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ArtgenError as e:
         print(f"artgen app: error: {e}", file=sys.stderr)
         return 2
-    print(f"artgen studio: open {demo.local_url} in your browser (Ctrl-C stops it).")
+    # flushed now: a server's output often goes to a pipe or a log, read while it runs
+    print(f"artgen studio: open {demo.local_url} in your browser (Ctrl-C stops it).", flush=True)
     if demo.share_url:
-        print(f"Public link, for 72 hours: {demo.share_url}")
+        print(f"Public link, for 72 hours: {demo.share_url}", flush=True)
     else:
-        print("For a public link that others can open, run `artgen app --share`.")
+        print("For a public link that others can open, run `artgen app --share`.", flush=True)
     try:
         demo.block_thread()  # returns when the server stops (Ctrl-C)
     finally:

@@ -600,6 +600,7 @@ def _cmd_video(args: argparse.Namespace) -> int:
         video,
         masks,
         content_mask,
+        upscale="size" in vars(args),  # a small clip keeps its size unless --size asks
     )
     for s, _ in args.style:
         style = str(catalog.resolve(s))

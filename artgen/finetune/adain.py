@@ -360,7 +360,7 @@ def train_adain(
     callback: Callable[[AdaINTrainProgress], None] | None = None,
 ) -> Path:
     """Train the decoder; returns the run folder (the network is in RUN/model)."""
-    from artgen import __version__
+    from artgen._version import __version__
     from artgen.data import list_images
 
     if not options.styles:

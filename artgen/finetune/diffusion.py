@@ -953,7 +953,7 @@ def finetune_diffusion(
     """
     from accelerate import Accelerator
 
-    from artgen import __version__
+    from artgen._version import __version__
     from artgen.data import (
         ImageSet,
         balance_weights,

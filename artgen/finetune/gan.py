@@ -655,7 +655,7 @@ def _run(
     run: Path,
     accelerator: Any,
 ) -> Path:
-    from artgen import __version__
+    from artgen._version import __version__
     from artgen.data import ImageSet, balance_weights
 
     group = D.config.mbstd_group_size

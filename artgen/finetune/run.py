@@ -269,7 +269,7 @@ def train(
     callback: Callable[[Any], None] | None = None,
 ) -> Path:
     """The loop: resume, write config.json, steps with their cadence, Ctrl-C, final save."""
-    from artgen import __version__
+    from artgen._version import __version__
     from artgen.images import save_png
 
     world = accelerator.num_processes if accelerator is not None else 1

@@ -416,7 +416,8 @@ def run_params(
     ``masks`` (one per style, or None; loaded masks, artgen.images.LoadedMask) are recorded
     in their style's entry, ``content_mask`` beside the content, each by file name and
     sha256 (of the file, or of the mask's values when it is not a file)."""
-    from artgen import __version__, catalog
+    from artgen import catalog
+    from artgen._version import __version__
     from artgen.images import sha256_file
 
     m = method_of(options)

@@ -859,7 +859,7 @@ class DatasetStylizer(ItemMatcher):
     depend only on the item, the config and the thread count, never on the engine."""
 
     def __init__(self, config: DatasetConfig, *, model: Any = None, device: Any = None) -> None:
-        from artgen import __version__
+        from artgen._version import __version__
 
         super().__init__(config)
         self.out_dir = Path(config.out_dir)
