@@ -711,12 +711,6 @@ def read_checkpoint(path: Path) -> Checkpoint:
     return Checkpoint(path, tensors, state)
 
 
-def load_checkpoint(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
-    """The tensors (by file stem) and state.json of a checkpoint (see read_checkpoint)."""
-    ckpt = read_checkpoint(path)
-    return ckpt.tensors, ckpt.state
-
-
 # -- run configs -------------------------------------------------------------------------
 
 
@@ -873,18 +867,6 @@ def read_run_config(
 
 
 # -- resuming a run ---------------------------------------------------------------------
-
-
-def check_run_folder(run: Path, resume: bool) -> None:
-    """A new run needs an empty (or absent) folder; a resumed one needs its config.json."""
-    if resume:
-        if not (run / "config.json").is_file():
-            raise ArtgenError(f"{run}: nothing to resume (no config.json there)")
-    elif run.exists() and any(run.iterdir()):
-        raise ArtgenError(
-            f"{run}: exists and is not empty; choose a new --out folder "
-            "(or pass --resume to continue the run there)"
-        )
 
 
 def options_for_resume(
