@@ -612,7 +612,7 @@ def clips(tmp_path_factory) -> dict[str, Path]:
 
     from artgen import temporal
 
-    from .test_video import write_video
+    from .media import write_video
 
     d = tmp_path_factory.mktemp("clips")
     cat = np.asarray(Image.open(REPO / "styles/examples/chelsea.jpg").convert("RGB"), np.float32)

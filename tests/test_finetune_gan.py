@@ -23,8 +23,6 @@ from safetensors.torch import load_file, save_file
 
 from artgen.errors import ArtgenError, Cancelled
 from artgen.finetune.gan import (
-    GanFinetuneOptions,
-    GanTrainOptions,
     cdc_loss,
     d_logistic_loss,
     finetune_gan,
@@ -39,44 +37,10 @@ from artgen.finetune.gan import (
     synthesis_layers,
     train_gan,
 )
-from artgen.models.stylegan2 import Discriminator, Generator, StyleGAN2Config
+from artgen.models.stylegan2 import Discriminator, Generator
 
 from .conftest import edit_json, one_line_error
-
-TINY = {
-    "resolution": 16,
-    "z_dim": 16,
-    "w_dim": 16,
-    "mapping_layers": 2,
-    "channel_base": 128,
-    "channel_max": 16,
-}
-
-
-def tiny_config() -> StyleGAN2Config:
-    return StyleGAN2Config(**TINY)
-
-
-def shapes_folder(folder: Path, n: int = 8, size: int = 16) -> Path:
-    """Discs ('round') and squares ('square') on noisy backgrounds, with a labels CSV."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    rows = ["file,shape"]
-    yy, xx = np.mgrid[:size, :size]
-    for i in range(n):
-        a = rng.uniform(0, 80, (size, size, 3))
-        r = size / 4
-        mask = (
-            ((yy - size / 2) ** 2 + (xx - size / 2) ** 2 < r * r)
-            if i % 4 == 0
-            else ((abs(yy - size / 2) < r) & (abs(xx - size / 2) < r))
-        )
-        a[mask] = [230, 180, 40]
-        name = f"im{i:02d}.png"
-        Image.fromarray(a.astype(np.uint8)).save(folder / name)
-        rows.append(f"{name},{'round' if i % 4 == 0 else 'square'}")
-    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
-    return folder
+from .tiny_gan import TINY, ft_options, shapes_folder, tiny_config, train_options
 
 
 @pytest.fixture
@@ -84,39 +48,9 @@ def images(tmp_path) -> Path:
     return shapes_folder(tmp_path / "images")
 
 
-def train_options(images: Path, out: Path, **kw) -> GanTrainOptions:
-    base = dict(
-        images=str(images),
-        out=str(out),
-        steps=4,
-        batch_size=4,
-        sample_every=100,
-        checkpoint_every=2,
-        device="cpu",
-        **TINY,
-    )
-    base.update(kw)
-    return GanTrainOptions(**base)
-
-
 @pytest.fixture
 def base_run(tmp_path, images) -> Path:
     return train_gan(train_options(images, tmp_path / "base", steps=2))
-
-
-def ft_options(base: Path, images: Path, out: Path, **kw) -> GanFinetuneOptions:
-    o = dict(
-        base=str(base),
-        images=str(images),
-        out=str(out),
-        steps=3,
-        batch_size=4,
-        sample_every=100,
-        checkpoint_every=100,
-        device="cpu",
-    )
-    o.update(kw)
-    return GanFinetuneOptions(**o)
 
 
 # -- losses ---------------------------------------------------------------------------
@@ -936,7 +870,7 @@ def test_run_config_paths_resolve_in_the_run_and_files_are_never_quoted(run_copy
 def test_fuzzed_gan_checkpoints_restore_or_give_an_artgen_error(gan_run, tmp_path):
     from artgen.finetune.gan import restore
 
-    from .test_checkpoint import fuzz_checkpoint
+    from .fuzz import fuzz_checkpoint
 
     ckpt = Path(
         shutil.copytree(gan_run / "checkpoints" / "step-0000002", tmp_path / "step-0000002")

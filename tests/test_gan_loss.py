@@ -21,7 +21,7 @@ from artgen.finetune.gan_loss import (
 )
 from artgen.models.stylegan2 import Discriminator, Generator
 
-from .test_finetune_gan import tiny_config
+from .tiny_gan import tiny_config
 
 
 def _nets():

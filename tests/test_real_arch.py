@@ -35,7 +35,7 @@ import numpy as np
 import pytest
 import torch
 
-from .test_convert import EasyDict, Persistent, write_pickle
+from .stylegan2_pickles import EasyDict, Persistent, write_pickle
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "out" / "real_arch" / "results.json"

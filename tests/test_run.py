@@ -69,7 +69,7 @@ def test_every_recorded_method_has_an_options_class_of_the_shared_base():
 def gan_runs(tmp_path_factory):
     from artgen.finetune.gan import train_gan
 
-    from .test_finetune_gan import shapes_folder, train_options
+    from .tiny_gan import shapes_folder, train_options
 
     root = tmp_path_factory.mktemp("gan")
     images = shapes_folder(root / "images")

@@ -31,8 +31,8 @@ from artgen.finetune.diffusion import DiffusionFinetuneOptions, finetune_diffusi
 from artgen.finetune.gan import GanFinetuneOptions, GanTrainOptions, train_gan
 
 from .conftest import one_line_error
-from .test_finetune_gan import shapes_folder, train_options
 from .tiny_diffusion import image_folder, tiny_ddpm
+from .tiny_gan import shapes_folder, train_options
 
 # What each number is replaced by. "1e400" is written as that text: JSON reads it as
 # infinity. The marked ones are outside every bound, so a setting given them is refused.

@@ -19,8 +19,8 @@ from artgen.finetune.gan import generate_gan, load_generator, sample_gan_run, tr
 from artgen.runs import DiffusionRun, GanRun, Run, load_run, register_run
 
 from .conftest import edit_json, one_line_error
-from .test_finetune_gan import shapes_folder, train_options
 from .tiny_diffusion import image_folder, tiny_ddpm
+from .tiny_gan import shapes_folder, train_options
 
 
 @pytest.fixture(scope="module")

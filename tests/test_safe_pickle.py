@@ -32,7 +32,8 @@ from artgen.convert import config_from_kwargs, stylegan2_state
 from artgen.errors import ArtgenError
 from artgen.models.stylegan2 import StyleGAN2Config
 from artgen.safe_pickle import load_stylegan2_pickle, short_repr
-from tests.test_convert import (
+
+from .stylegan2_pickles import (
     Evil,
     Persistent,
     build_snapshot,

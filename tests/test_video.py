@@ -24,6 +24,7 @@ from artgen.images import load_image, read_params, to_tensor
 from artgen.video import VideoOptions, VideoProgress, plan_video, run_video, stylize_video
 
 from .conftest import REPO, one_line_error
+from .media import u8, write_video
 
 W, H, N, FPS = 96, 64, 12, 12
 STYLE = str(REPO / "styles/swirls.jpg")
@@ -36,50 +37,13 @@ def clip() -> T.SyntheticClip:
     return T.pan_zoom_clip(cat / 255, N, (W, H), pan=(1.5, 0.5), zoom=1.012)
 
 
-def _u8(f: np.ndarray) -> np.ndarray:
-    return (np.clip(f, 0, 1) * 255 + 0.5).astype(np.uint8)
-
-
-def write_video(
-    path: Path,
-    frames,
-    fps=FPS,
-    audio_seconds: float | None = 1.0,
-    rate: int = 16000,
-    acodec: str = "aac",
-) -> Path:
-    """An H.264 video (nearly lossless; the container from the suffix) with, optionally, a
-    mono sine tone at ``rate`` Hz (AAC unless ``acodec`` says otherwise)."""
-    out = av.open(str(path), "w")
-    v = out.add_stream("libx264", rate=fps, options={"crf": "4"})
-    v.width, v.height, v.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
-    a = out.add_stream(acodec, rate=rate, layout="mono") if audio_seconds else None
-    for f in frames:
-        for p in v.encode(av.VideoFrame.from_ndarray(_u8(f), format="rgb24")):
-            out.mux(p)
-    for p in v.encode():
-        out.mux(p)
-    if a is not None:
-        n = int(rate * audio_seconds)
-        tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(n) / rate)).astype(np.float32)
-        for s in range(0, n, 1024):
-            fr = av.AudioFrame.from_ndarray(tone[None, s : s + 1024], format="fltp", layout="mono")
-            fr.sample_rate, fr.pts = rate, s
-            for p in a.encode(fr):
-                out.mux(p)
-        for p in a.encode():
-            out.mux(p)
-    out.close()
-    return path
-
-
 @pytest.fixture(scope="module")
 def media(clip, tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("media")
     frames = d / "frames"
     frames.mkdir()
     for k, f in enumerate(clip.frames):
-        Image.fromarray(_u8(f)).save(frames / f"img{k}.png")  # natural order: img2 < img10
+        Image.fromarray(u8(f)).save(frames / f"img{k}.png")  # natural order: img2 < img10
     return {"mp4": write_video(d / "clip.mp4", clip.frames), "frames": frames, "dir": d}
 
 
@@ -155,7 +119,7 @@ def test_gatys_temporal_loss_flickers_at_least_2x_less(lite0, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
     for k, f in enumerate(small.frames):
-        Image.fromarray(_u8(f)).save(folder / f"{k}.png")
+        Image.fromarray(u8(f)).save(folder / f"{k}.png")
     opts = artgen.StylizeOptions(size=w, min_size=w, iterations=20, backbone="efficientnet-lite0")
     st = to_tensor(load_image(STYLE).rgb.resize((w, w)))
     got = {}
