@@ -18,9 +18,7 @@ Python API::
     images = artgen.load_run(gan).generate(16, seed=0, truncation=0.7)
 
 ``artgen.load_run`` returns the run object of the run's kind (artgen.runs: a DiffusionRun or
-a GanRun, with ``.kind``, ``.path``, ``.config``, ``.generate`` and ``.sample_grid``). The
-older calls still work: ``artgen.generate(pipeline_or_run, n, ...)``,
-``artgen.generate_gan(artgen.load_generator(gan), n, ...)`` and ``artgen.sample_run``.
+a GanRun, with ``.kind``, ``.path``, ``.config``, ``.generate`` and ``.sample_grid``).
 """
 
 from artgen._version import __version__
@@ -35,18 +33,15 @@ _LAZY = {
         "FinetuneProgress",
         "SampleOptions",
         "finetune_diffusion",
-        "sample_run",
     ),
     "artgen.finetune.gan": (
         "GanFinetuneOptions",
         "GanProgress",
         "GanTrainOptions",
         "finetune_gan",
-        "generate_gan",
-        "load_generator",
         "train_gan",
     ),
-    "artgen.runs": ("DiffusionRun", "GanRun", "Run", "generate", "load_run", "register_run"),
+    "artgen.runs": ("DiffusionRun", "GanRun", "Run", "load_run", "register_run"),
     "artgen.style": ("get_method", "method_names", "stylize"),
     "artgen.style.adain": ("AdaINOptions",),
     "artgen.style.gatys": ("StylizeOptions", "StylizeProgress"),

@@ -212,16 +212,6 @@ def load_run(path: str | os.PathLike, *, device: Any = "cpu", **kw: Any) -> Run:
     return cls.load(Path(path), config, resolve_device(device), **kw)
 
 
-def generate(model: Any, n: int, **kw: Any) -> list[Image.Image]:
-    """``artgen.generate``, kept for older code: ``n`` images from a run object (its
-    ``generate``) or from a diffusers pipeline (artgen.finetune.diffusion.generate)."""
-    if isinstance(model, Run):
-        return model.generate(n, **kw)
-    from artgen.finetune.diffusion import generate as generate_pipeline
-
-    return generate_pipeline(model, n, **kw)
-
-
 # -- the kinds ----------------------------------------------------------------------------
 
 
@@ -289,7 +279,7 @@ class GanRun(Run):
         return cls(path, config or {}, device, G, recorded)
 
     def _class(self, class_index: int) -> int:
-        """``class_index``, or for -1 the class the run adapted (as sample_gan_run)."""
+        """``class_index``, or for -1 the class the run adapted."""
         if class_index != -1:
             return class_index
         c_dim = self.generator.config.c_dim
@@ -324,7 +314,6 @@ __all__ = [
     "GanRun",
     "RUNS",
     "Run",
-    "generate",
     "load_run",
     "register_run",
     "run_class",

@@ -33,11 +33,11 @@ from artgen.finetune.gan import (
     load_gan,
     options_for_resume,
     r1_penalty,
-    sample_gan_run,
     synthesis_layers,
     train_gan,
 )
 from artgen.models.stylegan2 import Discriminator, Generator
+from artgen.runs import load_run
 
 from .conftest import edit_json, one_line_error
 from .tiny_gan import TINY, ft_options, shapes_folder, tiny_config, train_options
@@ -354,7 +354,7 @@ def test_a_run_recorded_before_lp_split_loads_and_resumes_with_the_old_split(
         )
     )
     edit_json(run / "config.json", lambda c: c["options"].pop("lp_split"))
-    assert len(sample_gan_run(run, 2)) == 2  # reading it (sample, eval) still works
+    assert len(load_run(run).generate(2)) == 2  # reading it (sample, eval) still works
     resumed = options_for_resume(run, steps=3)
     assert resumed.lp_split == "mapping"  # what such a run did
     finetune_gan(resumed)  # and the resumed run records it
@@ -501,12 +501,12 @@ def test_a_conditional_base_adapts_one_class_and_samples_it_by_default(tmp_path,
         assert (before[:, 1] - after[:, 1]).abs().max() > 1e-4
     assert "class 1 of 3" in (run / "README.md").read_text()
     # Sampling a conditional run draws the class it adapted unless told otherwise.
-    default = sample_gan_run(run, 2)
+    default = load_run(run).generate(2)
     for k, same in [(1, True), (0, False)]:
         other = generate_gan(G, 2, class_index=k)
         assert all(np.array_equal(x, y) for x, y in zip(default, other, strict=True)) == same
     with pytest.raises(ArtgenError, match="pass --class-index"):
-        sample_gan_run(base / "generator", 2)
+        load_run(base / "generator").generate(2)
     from artgen.cli import main
 
     out = tmp_path / "class0.png"

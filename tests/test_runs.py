@@ -14,8 +14,9 @@ from PIL import Image
 import artgen
 from artgen import runs
 from artgen.errors import ArtgenError
-from artgen.finetune.diffusion import SampleOptions, finetune_diffusion, sample_run
-from artgen.finetune.gan import generate_gan, load_generator, sample_gan_run, train_gan
+from artgen.finetune.diffusion import finetune_diffusion
+from artgen.finetune.diffusion import generate as generate_pipeline
+from artgen.finetune.gan import generate_gan, load_generator, train_gan
 from artgen.runs import DiffusionRun, GanRun, Run, load_run, register_run
 
 from .conftest import edit_json, one_line_error
@@ -65,28 +66,26 @@ def test_load_run_dispatches_on_the_method_in_config_json(diffusion_run, gan_run
     assert "GanRun gan" in repr(g)
 
 
-def test_diffusion_generate_is_per_seed_and_equals_sample_run(diffusion_run):
+def test_diffusion_generate_is_per_seed_and_equals_the_pipelines(diffusion_run):
     run = load_run(diffusion_run)
     a = run.generate(3, seed=5, steps=2)
     assert pixels(a) == pixels(run.generate(3, seed=5, steps=2))
     assert pixels(a)[1] == pixels(run.generate(1, seed=6, steps=2))[0]  # image i: seed + i
     assert pixels(a) != pixels(run.generate(3, seed=7, steps=2))
-    old = sample_run(diffusion_run, SampleOptions(n=3, seed=5, steps=2))
-    assert pixels(a) == pixels(old)
-    # The older spelling still works on the run object.
-    assert pixels(artgen.generate(run, 3, seed=5, steps=2)) == pixels(a)
+    plain = generate_pipeline(run.pipeline, 3, seed=5, steps=2, resolution=16)
+    assert pixels(a) == pixels(plain)
     assert run.sample_grid(4, seed=5, steps=2, cols=2).size == (2 * 16 + 2, 2 * 16 + 2)
 
 
-def test_gan_generate_is_per_seed_and_equals_the_old_functions(gan_run):
+def test_gan_generate_is_per_seed_and_equals_the_generators(gan_run):
     run = load_run(gan_run)
     a = run.generate(3, seed=5)
     assert pixels(a) == pixels(run.generate(3, seed=5))
     assert pixels(a) != pixels(run.generate(3, seed=9))
-    assert pixels(a) == pixels(sample_gan_run(gan_run, 3, seed=5))
-    assert pixels(a) == pixels(generate_gan(load_generator(gan_run), 3, seed=5))
+    g = load_generator(gan_run)
+    assert pixels(a) == pixels(generate_gan(g, 3, seed=5))
     t = run.generate(2, seed=1, truncation=0.5)
-    assert pixels(t) == pixels(sample_gan_run(gan_run, 2, seed=1, truncation_psi=0.5))
+    assert pixels(t) == pixels(generate_gan(g, 2, seed=1, truncation_psi=0.5))
     assert pixels(run.generate(2, seed=1, truncation=0.5, batch_size=1)) == pixels(t)
     assert run.sample_options(n=2, truncation=0.5) == {
         "n": 2,
@@ -101,7 +100,7 @@ def test_folders_without_a_run_method_are_sniffed_as_before(gan_run, tmp_path):
     bare = tmp_path / "converted"
     for part in ("generator", "discriminator"):
         shutil.copytree(gan_run / part, bare / part)
-    want = pixels(sample_gan_run(gan_run, 2, seed=3))
+    want = pixels(generate_gan(load_generator(gan_run), 2, seed=3))
     for folder in (gan_run / "generator", bare):
         run = load_run(folder)
         assert isinstance(run, GanRun) and run.config == {} and run.method is None

@@ -1723,32 +1723,6 @@ class SampleOptions:
     batch_size: int = field(default=8, metadata={"help": "images per forward pass"})
 
 
-def sample_run(
-    run_dir: str | os.PathLike,
-    options: SampleOptions | None = None,
-    *,
-    pipeline: Any = None,
-    device: str = "cpu",
-) -> list[Image.Image]:
-    """``options.n`` images from the run in ``run_dir`` (see load_run and generate)."""
-    options = options or SampleOptions()
-    if options.n < 1:
-        raise ArtgenError(f"-n {options.n}: must be >= 1")
-    pipe = load_run(run_dir, pipeline=pipeline, device=resolve_device(device))
-    config = pipe.artgen_config
-    return generate(
-        pipe,
-        options.n,
-        seed=options.seed,
-        steps=options.steps,
-        scheduler=options.scheduler,
-        prompt=options.prompt or pipe.artgen_options.prompt,
-        guidance_scale=options.guidance_scale,
-        resolution=config["resolution"],
-        batch_size=options.batch_size,
-    )
-
-
 @torch.no_grad()
 def generate(
     pipe: Any,
@@ -1885,8 +1859,8 @@ artgen sample {run} -n 16 -o grid.png
 
 ```python
 import artgen
-pipe = artgen.load_run({str(run)!r})
-images = artgen.generate(pipe, 16, seed=0)
+run = artgen.load_run({str(run)!r})
+images = run.generate(16, seed=0)
 ```
 
 The weights apply to the base model named above, which must be available (online, in the

@@ -459,40 +459,6 @@ def generate_gan(
     return images
 
 
-def sample_gan_run(
-    run_dir: str | os.PathLike,
-    n: int,
-    *,
-    seed: int = 0,
-    truncation_psi: float = 1.0,
-    batch_size: int = 16,
-    device: str = "cpu",
-    class_index: int = -1,
-) -> list[Image.Image]:
-    """``n`` images from a GAN run folder (its generator/, the EMA weights).
-
-    For a class-conditional generator, ``class_index`` -1 means the class the run adapted."""
-    if n < 1:
-        raise ArtgenError(f"-n {n}: must be >= 1")
-    recorded = run_class_index(run_dir)  # checks the run's config.json (if any) first
-    G = load_generator(run_dir, device=resolve_device(device))
-    if G.config.c_dim and class_index == -1:
-        class_index = recorded
-        if class_index == -1:
-            raise ArtgenError(
-                f"{run_dir}: a class-conditional generator ({G.config.c_dim} "
-                f"classes); pass --class-index K (0 to {G.config.c_dim - 1})"
-            )
-    return generate_gan(
-        G,
-        n,
-        seed=seed,
-        truncation_psi=truncation_psi,
-        batch_size=batch_size,
-        class_index=class_index,
-    )
-
-
 def run_class_index(run_dir: str | os.PathLike) -> int:
     """The class a run of a class-conditional base adapted (-1: none recorded, as for a
     generator folder or a run trained from scratch). A run config.json that is there but
@@ -997,9 +963,9 @@ artgen sample {run} -n 16 -o grid.png
 ```
 
 ```python
-from artgen.finetune.gan import load_generator, generate_gan
-G = load_generator({str(run)!r})
-images = generate_gan(G, 16, seed=0, truncation_psi=1.0{cls})
+import artgen
+run = artgen.load_run({str(run)!r})
+images = run.generate(16, seed=0, truncation=1.0{cls})
 ```
 
 generator/ holds the EMA weights and discriminator/ the discriminator, each as
