@@ -945,10 +945,8 @@ def _run_frames(
                 )
             )
         if todo:
-            _stylise_frames(
+            loop = _FrameLoop(
                 plan,
-                todo[0],
-                have,
                 style_items,
                 options,
                 record,
@@ -962,6 +960,7 @@ def _run_frames(
                 callback,
                 masked,
             )
+            loop.run(todo[0], have)
     finally:
         claim.release()
     have = cached_frames(plan.cache)
@@ -1008,57 +1007,139 @@ def _run_frames(
     )
 
 
-def _stylise_frames(
-    plan,
-    first_todo,
-    have,
-    style_items,
-    options,
-    record,
-    method,
-    model,
-    device,
-    counts,
-    total,
-    t0,
-    on_frame,
-    callback,
-    masked,
-) -> None:
-    """The frame loop: decode from where the chain starts, stylise what is not cached.
-    ``masked``: the mask keyword arguments for the method (empty without masks)."""
-    import torch
+@dataclass
+class _FrameLoop:
+    """The frame loop of run_video: decode from where the chain starts, stylise what is not
+    cached, and keep each frame steady against the previous one (Ruder et al. 2016 for the
+    guided methods; warped blending for the one-pass ones). ``masked``: the mask keyword
+    arguments for the method (empty without masks); ``counts``: "stylised" and "cached",
+    updated as frames land."""
 
-    from artgen import temporal
+    plan: VideoPlan
+    style_items: Any
+    options: Any
+    record: dict
+    method: Any
+    model: Any
+    device: Any
+    counts: dict
+    total: int
+    t0: float
+    on_frame: Callable[[VideoProgress], None] | None
+    callback: Callable[[Any], None] | None
+    masked: dict
+    prev_out: np.ndarray | None = None  # the previous output frame (8-bit, as saved)
+    prev_in: np.ndarray | None = None  # the previous input frame at the output size
+    pending: list = field(default_factory=list)  # (k, LoadedImage, input array)
 
-    video = plan.video
-    consistent = video.consistency == "flow"
-    # Where the chain of frames starts: right after a cached frame if there is one, at the
-    # range's start, or `warmup` frames early (those are stylised but not kept).
-    if not consistent or (first_todo - 1) in have or first_todo == plan.start:
-        begin = first_todo
-    else:
-        begin = max(plan.start, first_todo - video.warmup)
-    prev_out: np.ndarray | None = None
-    prev_in: np.ndarray | None = None
-    use_prev = consistent and (begin - 1) in have and begin > 0
-    w, h = plan.size
-    guided = method.stylize_guided
-    step = video.batch_size if (method.stylize_many is not None and guided is None) else 1
-    if not consistent:
-        step = video.batch_size if method.stylize_many is not None else 1
-    pending: list[tuple[int, LoadedImage, np.ndarray]] = []
+    @property
+    def consistent(self) -> bool:
+        return self.plan.video.consistency == "flow"
 
-    def params_for(k: int) -> dict:
-        return {**_with_resolved(record), "video": {**record["video"], "frame": k}}
+    @property
+    def guided(self) -> Any:
+        return self.method.stylize_guided
 
-    def keep(k: int, out: np.ndarray, info: dict, inp: np.ndarray) -> None:
-        nonlocal prev_out, prev_in
+    def run(self, first_todo: int, have: set[int]) -> None:
+        plan, video = self.plan, self.plan.video
+        # Where the chain of frames starts: right after a cached frame if there is one, at
+        # the range's start, or `warmup` frames early (those are stylised but not kept).
+        if not self.consistent or (first_todo - 1) in have or first_todo == plan.start:
+            begin = first_todo
+        else:
+            begin = max(plan.start, first_todo - video.warmup)
+        use_prev = self.consistent and (begin - 1) in have and begin > 0
+        many = self.method.stylize_many is not None
+        step = video.batch_size if many and (self.guided is None or not self.consistent) else 1
+        w, h = plan.size
+        for k, frame in read_frames(plan.info, begin - 1 if use_prev else begin):
+            if k >= plan.last:
+                break
+            small = (
+                frame.resize((w, h), Image.Resampling.LANCZOS) if frame.size != (w, h) else frame
+            )
+            inp = _as_array(small)
+            if k in have:
+                self.flush()
+                self.prev_out = _as_array(load_image(frame_path(plan.cache, k)).rgb)
+                self.prev_in = inp
+                continue
+            content = LoadedImage(small, None, f"{plan.info.path.name} frame {k}")
+            self.pending.append((k, content, inp))
+            if len(self.pending) >= step or (self.consistent and self.guided is not None):
+                self.flush()
+        self.flush()
+
+    def flush(self) -> None:
+        """Stylise the pending frames (one call of stylize_many for a batch) and keep them."""
+        if not self.pending:
+            return
+        kw = dict(model=self.model, device=self.device, callback=self.callback, **self.masked)
+        contents = [c for _, c, _ in self.pending]
+        if len(contents) > 1:
+            raws = self.method.stylize_many(contents, self.style_items, self.options, **kw)
+        elif self.guided is not None and self.consistent and self.prev_out is not None:
+            raws = [None]  # made by guided_frame below, from the previous frame
+        else:
+            raws = [self.method.stylize(contents[0], self.style_items, self.options, **kw)]
+        for (k, content, inp), raw in zip(self.pending, raws, strict=True):
+            if raw is None:
+                image = self.guided_frame(content, inp, kw)
+                self.keep(k, _as_array(image), image.info, inp)
+                continue
+            out = _as_array(raw)
+            if self.consistent and self.prev_out is not None:
+                out = self.blended(out, inp)
+            self.keep(k, out, raw.info, inp)
+        self.pending.clear()
+
+    def guided_frame(self, content: LoadedImage, inp: np.ndarray, kw: dict) -> Any:
+        """Ruder et al.: start from the previous output warped to this frame, with a
+        temporal loss toward it where the flow is reliable."""
+        import torch
+
+        from artgen import temporal
+
+        video = self.plan.video
+        pair = temporal.frame_pair(inp, self.prev_in, video.flow)
+        warped = temporal.warp(self.prev_out, pair.flow)
+        target = torch.from_numpy(warped).permute(2, 0, 1)[None]
+        mask = torch.from_numpy(pair.mask)[None, None]
+        weight = float(video.temporal_weight)
+
+        def extra(y):
+            t, m = target.to(y.device), mask.to(y.device)
+            if t.shape[-2:] != y.shape[-2:]:
+                t = torch.nn.functional.interpolate(t, size=y.shape[-2:], mode="bilinear")
+                m = torch.nn.functional.interpolate(m, size=y.shape[-2:], mode="nearest")
+            return weight * temporal.temporal_loss(y, t, m)
+
+        return self.guided(
+            content, self.style_items, self.options, init=target, extra_loss=extra, **kw
+        )
+
+    def blended(self, out: np.ndarray, inp: np.ndarray) -> np.ndarray:
+        """A one-pass method's frame blended with the previous output warped to it."""
+        from artgen import temporal
+
+        video = self.plan.video
+        # Departure from Ruder et al.'s mask: only the forward-backward (occlusion) check,
+        # as the issue asks; their motion-boundary test rejected about 8% of the pixels of
+        # a real clip for DIS flow's noise, where blending is harmless.
+        pair = temporal.frame_pair(inp, self.prev_in, video.flow, motion_boundaries=False)
+        warped = temporal.warp(self.prev_out, pair.flow)
+        blended = temporal.blend_warped(out, warped, pair.mask, video.blend)
+        return temporal.restore_detail(blended, out)
+
+    def keep(self, k: int, out: np.ndarray, info: dict, inp: np.ndarray) -> None:
+        """Save frame k (unless it is a warm-up frame) and make it the previous one."""
+        plan, counts = self.plan, self.counts
         im = _as_image(out)
         if k >= plan.first:
-            resolved = {key: info[key] for key in method.resolved if key in info}
-            _check_resolved(plan, record, resolved)
-            if _save_frame(im, frame_path(plan.cache, k), params_for(k)):
+            resolved = {key: info[key] for key in self.method.resolved if key in info}
+            _check_resolved(plan, self.record, resolved)
+            params = {**_with_resolved(self.record), "video": {**self.record["video"], "frame": k}}
+            if _save_frame(im, frame_path(plan.cache, k), params):
                 counts["stylised"] += 1
                 status = "stylised"
             else:  # go on from the frame the video will hold
@@ -1067,101 +1148,11 @@ def _stylise_frames(
                 status = "cached"
         else:
             status = "warmup"
-        prev_out, prev_in = _as_array(im), inp  # the 8-bit frame: a resumed run sees the same
-        if on_frame:
-            on_frame(
-                VideoProgress(
-                    k,
-                    counts["stylised"] + counts["cached"],
-                    total,
-                    status,
-                    time.perf_counter() - t0,
-                )
-            )
-
-    def flush() -> None:
-        if not pending:
-            return
-        contents = [c for _, c, _ in pending]
-        if len(contents) > 1:
-            raws = method.stylize_many(
-                contents,
-                style_items,
-                options,
-                model=model,
-                device=device,
-                callback=callback,
-                **masked,
-            )
-        elif guided is not None and consistent and prev_out is not None:
-            raws = [None]
-        else:
-            raws = [
-                method.stylize(
-                    contents[0],
-                    style_items,
-                    options,
-                    model=model,
-                    device=device,
-                    callback=callback,
-                    **masked,
-                )
-            ]
-        for (k, content, inp), raw in zip(pending, raws, strict=True):
-            if raw is None:  # Ruder et al.: start from the warped result, temporal loss
-                pair = temporal.frame_pair(inp, prev_in, video.flow)
-                warped = temporal.warp(prev_out, pair.flow)
-                target = torch.from_numpy(warped).permute(2, 0, 1)[None]
-                mask = torch.from_numpy(pair.mask)[None, None]
-                weight = float(video.temporal_weight)
-
-                def extra(y, target=target, mask=mask, weight=weight):
-                    t, m = target.to(y.device), mask.to(y.device)
-                    if t.shape[-2:] != y.shape[-2:]:
-                        t = torch.nn.functional.interpolate(t, size=y.shape[-2:], mode="bilinear")
-                        m = torch.nn.functional.interpolate(m, size=y.shape[-2:], mode="nearest")
-                    return weight * temporal.temporal_loss(y, t, m)
-
-                image = guided(
-                    content,
-                    style_items,
-                    options,
-                    model=model,
-                    device=device,
-                    callback=callback,
-                    init=target,
-                    extra_loss=extra,
-                    **masked,
-                )
-                keep(k, _as_array(image), image.info, inp)
-                continue
-            out = _as_array(raw)
-            if consistent and prev_out is not None:
-                # Departure from Ruder et al.'s mask: only the forward-backward (occlusion)
-                # check, as the issue asks; their motion-boundary test rejected about 8% of
-                # the pixels of a real clip for DIS flow's noise, where blending is harmless.
-                pair = temporal.frame_pair(inp, prev_in, video.flow, motion_boundaries=False)
-                warped = temporal.warp(prev_out, pair.flow)
-                blended = temporal.blend_warped(out, warped, pair.mask, video.blend)
-                out = temporal.restore_detail(blended, out)
-            keep(k, out, raw.info, inp)
-        pending.clear()
-
-    start_read = begin - 1 if use_prev else begin
-    for k, frame in read_frames(plan.info, start_read):
-        if k >= plan.last:
-            break
-        small = frame.resize((w, h), Image.Resampling.LANCZOS) if frame.size != (w, h) else frame
-        inp = _as_array(small)
-        if k in have:
-            flush()
-            prev_out = _as_array(load_image(frame_path(plan.cache, k)).rgb)
-            prev_in = inp
-            continue
-        pending.append((k, LoadedImage(small, None, f"{plan.info.path.name} frame {k}"), inp))
-        if len(pending) >= step or (consistent and guided is not None):
-            flush()
-    flush()
+        self.prev_out, self.prev_in = _as_array(im), inp  # 8-bit: a resumed run sees the same
+        if self.on_frame:
+            done = counts["stylised"] + counts["cached"]
+            elapsed = time.perf_counter() - self.t0
+            self.on_frame(VideoProgress(k, done, self.total, status, elapsed))
 
 
 def _save_frame(im: Image.Image, path: Path, params: dict) -> bool:
