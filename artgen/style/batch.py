@@ -242,6 +242,47 @@ def plan_batch(
     ]
 
 
+class _Claims:
+    """The outputs this run is writing (artgen.images.OutputClaim each), released as each
+    is finished and all of them at the end."""
+
+    def __init__(self, overwrite: bool) -> None:
+        self.overwrite = overwrite
+        self.held: dict[Path, OutputClaim] = {}
+
+    def claim(self, job: BatchJob) -> str | None:
+        """Claim the output: None if it is now ours, else why it is skipped."""
+        c = OutputClaim(job.output)
+        if not c.acquire():
+            return "another artgen run is making it"
+        if job.output.exists() and not self.overwrite:
+            c.release()
+            return "another artgen run made it"
+        self.held[job.output] = c
+        return None
+
+    def release(self, output: Path) -> None:
+        c = self.held.pop(output, None)
+        if c is not None:
+            c.release()
+
+    def release_all(self) -> None:
+        for c in self.held.values():
+            c.release()
+        self.held.clear()
+
+
+def _load_content(job: BatchJob, masks: Any, content_mask: Any, masked: bool) -> LoadedImage:
+    """The job's picture, checked against the masks (naming the picture) when there are any."""
+    content = load_image(job.source)
+    if masked:
+        try:
+            check_masks(content.size, masks, content_mask)
+        except ArtgenError as e:
+            raise ArtgenError(f"{job.source}: {e}") from None
+    return content
+
+
 def run_batch(
     jobs: list[BatchJob],
     styles: list[tuple[LoadedImage, float]],
@@ -277,42 +318,28 @@ def run_batch(
     if model is None:
         model = method.load(options, device)
     step = batch.batch_size if method.stylize_many is not None else 1
+    kw = dict(model=model, device=device, callback=callback, **extra)
     results: list[BatchResult] = []
+    claims = _Claims(batch.overwrite)
 
     def finish(result: BatchResult) -> None:
         results.append(result)
         if on_result:
             on_result(result)
 
-    todo: list[tuple[int, BatchJob]] = []
+    def done(result: BatchResult) -> None:
+        claims.release(result.job.output)
+        finish(result)
+
+    pending: list[tuple[int, BatchJob]] = []
     for k, job in enumerate(jobs):
         if job.exists and not batch.overwrite:
             if on_image:
                 on_image(k, job)
             finish(BatchResult(job, "skipped"))
         else:
-            todo.append((k, job))
-    claims: dict[Path, OutputClaim] = {}
-
-    def claim(job: BatchJob) -> str | None:
-        """Claim the output: None if it is now ours, else why it is skipped."""
-        c = OutputClaim(job.output)
-        if not c.acquire():
-            return "another artgen run is making it"
-        if job.output.exists() and not batch.overwrite:
-            c.release()
-            return "another artgen run made it"
-        claims[job.output] = c
-        return None
-
-    def done(result: BatchResult) -> None:
-        c = claims.pop(result.job.output, None)
-        if c is not None:
-            c.release()
-        finish(result)
-
+            pending.append((k, job))
     try:
-        pending = list(todo)
         while pending:
             t0 = time.perf_counter()
             loaded: list[tuple[BatchJob, LoadedImage]] = []
@@ -320,45 +347,22 @@ def run_batch(
                 k, job = pending.pop(0)
                 if on_image:
                     on_image(k, job)
-                why = claim(job)
+                why = claims.claim(job)
                 if why is not None:
                     finish(BatchResult(job, "skipped", why))
                     continue
                 try:
-                    content = load_image(job.source)
-                    if extra:
-                        try:
-                            check_masks(content.size, masks, content_mask)
-                        except ArtgenError as e:
-                            raise ArtgenError(f"{job.source}: {e}") from None
-                    loaded.append((job, content))
+                    loaded.append((job, _load_content(job, masks, content_mask, bool(extra))))
                 except ArtgenError as e:
                     done(BatchResult(job, "failed", str(e), time.perf_counter() - t0))
             if not loaded:
                 continue
+            contents = [c for _, c in loaded]
             try:
                 if step > 1:
-                    images = method.stylize_many(
-                        [c for _, c in loaded],
-                        styles,
-                        options,
-                        model=model,
-                        device=device,
-                        callback=callback,
-                        **extra,
-                    )
+                    images = method.stylize_many(contents, styles, options, **kw)
                 else:
-                    images = [
-                        method.stylize(
-                            loaded[0][1],
-                            styles,
-                            options,
-                            model=model,
-                            device=device,
-                            callback=callback,
-                            **extra,
-                        )
-                    ]
+                    images = [method.stylize(contents[0], styles, options, **kw)]
             except ArtgenError as e:
                 for job, _ in loaded:
                     done(BatchResult(job, "failed", str(e), time.perf_counter() - t0))
@@ -374,8 +378,7 @@ def run_batch(
                 except ArtgenError as e:
                     done(BatchResult(job, "failed", str(e), each))
     finally:
-        for c in claims.values():
-            c.release()
+        claims.release_all()
     return results
 
 
