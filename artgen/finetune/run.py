@@ -259,6 +259,46 @@ class Trainer(Protocol):
         """The callback's progress dataclass."""
 
 
+def _resume(trainer: Trainer, options: RunOptions, run: Path, world: int, rank: int) -> int:
+    """Load the last checkpoint into the trainer (this process's random stream included);
+    returns its step."""
+    found = list_checkpoints(run / "checkpoints")
+    ckpt = read_checkpoint(found[-1])
+    saved_by = ckpt.int_field("num_processes", world)  # older checkpoints: unknown
+    if saved_by != world:
+        raise ArtgenError(
+            f"{found[-1]}: saved by {saved_by} process(es); resume with the same number, "
+            f"not {world}"
+        )
+    trainer.load_state(ckpt)
+    # every process continues its own random stream (older checkpoints hold one "rng")
+    legacy = ckpt.has("rng") and not ckpt.has("rng0")
+    ckpt.load_rng("rng" if legacy else f"rng{rank}", trainer.generators())
+    if trainer.draws is not None:
+        trainer.draws.drawn.update(ckpt.counts("drawn"))
+    if ckpt.step >= options.steps:
+        raise ArtgenError(
+            f"{run}: already at step {ckpt.step} of {options.steps}; "
+            "pass a larger --steps to train further"
+        )
+    return ckpt.step
+
+
+def _finish(trainer: Trainer, run: Path, resolved: dict, samples: Callable, main: bool) -> None:
+    """After the last step: the trainer's collective end check on every process, then the
+    main process's final save, sample sheet, balance record and model card."""
+    end = getattr(trainer, "end", None)
+    if end is not None:  # every process, before the main one saves (a collective check)
+        end()
+    if main:
+        card = trainer.finish(run, resolved)
+        final = samples("final")
+        if trainer.draws is not None:
+            trainer.draws.write_balance(run, finished=True)
+        if card is not None:
+            card(final)
+
+
 def train(
     trainer: Trainer,
     options: RunOptions,
@@ -277,28 +317,7 @@ def train(
     main = rank == 0
     _create(run, accelerator)
     ckpt_dir = run / "checkpoints"
-    step = 0
-    if options.resume:
-        found = list_checkpoints(ckpt_dir)
-        ckpt = read_checkpoint(found[-1])
-        saved_by = ckpt.int_field("num_processes", world)  # older checkpoints: unknown
-        if saved_by != world:
-            raise ArtgenError(
-                f"{found[-1]}: saved by {saved_by} process(es); resume with the "
-                f"same number, not {world}"
-            )
-        trainer.load_state(ckpt)
-        # every process continues its own random stream (older checkpoints hold one "rng")
-        legacy = ckpt.has("rng") and not ckpt.has("rng0")
-        ckpt.load_rng("rng" if legacy else f"rng{rank}", trainer.generators())
-        if trainer.draws is not None:
-            trainer.draws.drawn.update(ckpt.counts("drawn"))
-        step = ckpt.step
-        if step >= options.steps:
-            raise ArtgenError(
-                f"{run}: already at step {step} of {options.steps}; "
-                "pass a larger --steps to train further"
-            )
+    step = _resume(trainer, options, run, world, rank) if options.resume else 0
     resolved = {**resolved, "num_processes": world}
     resolved["options"] = {**options.recorded(), "resume": False}
     if main:
@@ -379,16 +398,7 @@ def train(
         if log is not None:
             log.close()
 
-    end = getattr(trainer, "end", None)
-    if end is not None:  # every process, before the main one saves (a collective check)
-        end()
-    if main:
-        card = trainer.finish(run, resolved)
-        final = samples("final")
-        if trainer.draws is not None:
-            trainer.draws.write_balance(run, finished=True)
-        if card is not None:
-            card(final)
+    _finish(trainer, run, resolved, samples, main)
     if accelerator is not None:
         accelerator.wait_for_everyone()
     return run
