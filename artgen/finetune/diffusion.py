@@ -939,6 +939,38 @@ def _check_captions(
         write_json(path, table)
 
 
+def _place_frozen(pipe: Any, family: str, precision: str, device: Any) -> None:
+    """The frozen VAE and text encoders on the device, in the weight dtype of the mixed
+    precision (fp32 without one)."""
+    if family not in TEXT_FAMILIES:
+        return
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+    # SDXL's VAE overflows in fp16 (diffusers' SDXL scripts keep it in fp32 too).
+    vae_dtype = torch.float32 if family == "sdxl" and precision == "fp16" else weight_dtype
+    for module, dtype in [(pipe.vae, vae_dtype)] + [(e, weight_dtype) for e in text_encoders(pipe)]:
+        module.requires_grad_(False).to(device)
+        if module.dtype != dtype:  # (diffusers warns on any dtype given to .to())
+            module.to(dtype=dtype)
+
+
+def _make_trainable(pipe: Any, options: DiffusionFinetuneOptions) -> list[str]:
+    """Adapters (or the whole UNet) made trainable, with the same initialisation for the same
+    seed, and gradient checkpointing where asked; returns the trainable tensors' names."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(options.seed)  # the same seed gives the same adapter initialisation
+        trainable_names = prepare_trainable(pipe.unet, options)
+        if options.train_text_encoder:
+            trainable_names += prepare_text_encoders(pipe, options)
+    if options.gradient_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
+        if options.train_text_encoder:
+            for encoder in text_encoders(pipe):
+                # transformers 5 renamed it (the old name warns of its removal)
+                enable = getattr(encoder, "activation_checkpointing_enable", None)
+                (enable or encoder.gradient_checkpointing_enable)()
+    return trainable_names
+
+
 def finetune_diffusion(
     options: DiffusionFinetuneOptions,
     *,
@@ -987,7 +1019,6 @@ def finetune_diffusion(
     )
     run = open_run(options, accelerator)
     device_t = accelerator.device
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
 
     pipe = pipeline if pipeline is not None else load_base(options.base)
     family = pipeline_family(pipe)
@@ -997,15 +1028,7 @@ def finetune_diffusion(
     if family == "unconditional" and (options.cache_latents or options.train_text_encoder):
         flag = "--cache-latents" if options.cache_latents else "--train-text-encoder"
         raise ArtgenError(f"{flag}: {options.base} is unconditional (no VAE, no text encoder)")
-    if family in TEXT_FAMILIES:
-        # SDXL's VAE overflows in fp16 (diffusers' SDXL scripts keep it in fp32 too).
-        vae_dtype = torch.float32 if family == "sdxl" and precision == "fp16" else weight_dtype
-        for module, dtype in [(pipe.vae, vae_dtype)] + [
-            (e, weight_dtype) for e in text_encoders(pipe)
-        ]:
-            module.requires_grad_(False).to(device_t)
-            if module.dtype != dtype:  # (diffusers warns on any dtype given to .to())
-                module.to(dtype=dtype)
+    _place_frozen(pipe, family, precision, device_t)
     unet.to(device_t)
 
     g = torch.Generator().manual_seed(options.seed + accelerator.process_index)
@@ -1016,18 +1039,7 @@ def finetune_diffusion(
         accelerator.wait_for_everyone()
         class_files = list_images(_class_folder(options, run))[: options.num_class_images]
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(options.seed)  # the same seed gives the same adapter initialisation
-        trainable_names = prepare_trainable(unet, options)
-        if options.train_text_encoder:
-            trainable_names += prepare_text_encoders(pipe, options)
-    if options.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-        if options.train_text_encoder:
-            for encoder in text_encoders(pipe):
-                # transformers 5 renamed it (the old name warns of its removal)
-                enable = getattr(encoder, "activation_checkpointing_enable", None)
-                (enable or encoder.gradient_checkpointing_enable)()
+    trainable_names = _make_trainable(pipe, options)
 
     def image_set(paths: list[Path]) -> ImageSet:
         # cached latents are of centre crops (see LatentCache)
