@@ -659,6 +659,305 @@ class _TiledObjective:
 # ---------------------------------------------------------------- the engine
 
 
+@dataclass
+class _Scale:
+    """One scale's targets: the photo at this size (``target_content``: as the losses see
+    it, grey under ``preserve_color="luminance"``), the style Grams (blended, or per region),
+    the photo's content features (whole pictures), the kept photo and the tile grid."""
+
+    w: int
+    h: int
+    content_rgb: torch.Tensor
+    target_content: torch.Tensor
+    style_grams: dict[str, torch.Tensor]
+    c_feats: dict[str, torch.Tensor] | None
+    region_terms: dict[str, list] | None
+    keep: torch.Tensor | None
+    grid: _Grid | None
+
+    @property
+    def base(self) -> torch.Tensor | None:
+        # Where the photo is kept, the picture is the photo (see the module's docstring).
+        return None if self.keep is None else self.keep * self.target_content
+
+    def compose(self, y: torch.Tensor) -> torch.Tensor:
+        return y if self.keep is None else self.base + (1 - self.keep) * y
+
+    def compose_tile(self, y: torch.Tensor, box) -> torch.Tensor:
+        if self.keep is None:
+            return y
+        return self.base[..., box[0], box[1]] + (1 - self.keep[..., box[0], box[1]]) * y
+
+
+@dataclass
+class _Engine:
+    """What one stylize call keeps across its scales: the network on its device, the
+    layers, the loss weights, the autocast and memory format, and the caller's extra loss."""
+
+    options: StylizeOptions
+    extractor: FeatureExtractor
+    dev: torch.device
+    style_layers: list[str]
+    layer_w: list[float]
+    content_weight: float
+    tv_weight: float
+    use_bf16: bool
+    extra_loss: Callable[[torch.Tensor], torch.Tensor] | None
+    final_size: tuple[int, int] = (0, 0)  # the output's (width, height)
+
+    @property
+    def spec(self) -> Any:
+        return self.extractor.spec
+
+    @property
+    def layers(self) -> list[str]:
+        return list(dict.fromkeys([*self.spec.content_layers, *self.style_layers]))
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.dev.type == "cuda" else torch.contiguous_format
+
+    def features(self, x: torch.Tensor, which: Sequence[str]) -> dict[str, torch.Tensor]:
+        with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+            return self.extractor(x.contiguous(memory_format=self.memory_format), which)
+
+    def probe(self, ph: int, pw: int) -> dict[str, tuple[int, int]]:
+        """Feature sizes of a ph x pw input at each layer."""
+        with torch.no_grad():
+            out = self.features(torch.zeros(1, 3, ph, pw, device=self.dev), self.layers)
+        return {k: (int(v.shape[-2]), int(v.shape[-1])) for k, v in out.items()}
+
+    def shown(self, x: torch.Tensor, content_rgb: torch.Tensor) -> torch.Tensor:
+        """The picture as the output will show it (the photo's colours under luminance)."""
+        if self.options.preserve_color == "luminance":
+            return color.combine_luminance(x, content_rgb)
+        return x
+
+    def targets(self, content_img, style_items, regions, long_side, tile, tiled) -> _Scale:
+        """The photo and the style targets at one scale."""
+        options, dev, layers = self.options, self.dev, self.style_layers
+        w, h = _fit(*content_img.size, long_side)
+        content_rgb = to_tensor(content_img.rgb.resize((w, h), Image.Resampling.LANCZOS)).to(dev)
+        style_long = max(16, round(long_side * options.style_scale))
+        styles_t = [
+            (to_tensor(resize_long_side(s.rgb, style_long)).to(dev), wt) for s, wt in style_items
+        ]
+        target_content = content_rgb
+        if options.preserve_color == "luminance":
+            target_content = color.luminance(content_rgb)
+            styles_t = [
+                (color.match_luminance(color.luminance(s), target_content), wt)
+                for s, wt in styles_t
+            ]
+        elif options.preserve_color == "histogram":
+            styles_t = [(color.match_histogram(s, content_rgb), wt) for s, wt in styles_t]
+        grid = _Grid(h, w, tile, self.probe, dev) if tiled else None
+        with torch.no_grad():
+            # The style targets: computed once per scale from the style images (whole, or,
+            # when a style image is itself too large, as the sum of its tiles' parts) and
+            # shared by every tile.
+            grams_each = []
+            for s_img, _ in styles_t:
+                if tiled and s_img.shape[-2] * s_img.shape[-1] > (2 * tile) ** 2:
+                    grams_each.append(_tiled_grams(self.features, s_img, layers, tile, self.probe))
+                else:
+                    f = self.features(s_img, layers)
+                    grams_each.append({name: gram(f[name]) for name in layers})
+                    del f
+            style_grams = {
+                name: blend_grams([g[name] for g in grams_each], [wt for _, wt in styles_t])
+                for name in layers
+            }
+            c_feats = None
+            if not tiled:
+                found = self.features(target_content, self.spec.content_layers)
+                c_feats = {k: v.detach().float() for k, v in found.items()}
+            region_terms, keep = None, None
+            if regions is not None:
+                if grid is not None:
+                    shapes = grid.shape
+                else:
+                    found = self.features(target_content, layers)
+                    shapes = {k: tuple(v.shape[-2:]) for k, v in found.items()}
+                region_terms, keep = _region_terms(regions, grams_each, layers, (w, h), dev, shapes)
+            del grams_each
+        return _Scale(
+            w, h, content_rgb, target_content, style_grams, c_feats, region_terms, keep, grid
+        )
+
+    def start(self, sc: _Scale, x_prev, init, content_img, style_items, regions, long_side, gen):
+        """The first picture of a scale: the previous scale's result enlarged, else ``init``,
+        noise, the fast method's picture or the photo."""
+        options, dev, h, w = self.options, self.dev, sc.h, sc.w
+        if x_prev is not None:
+            return F.interpolate(x_prev, size=(h, w), mode="bicubic", align_corners=False).clamp(
+                0, 1
+            )
+        if init is not None:
+            x0 = init if isinstance(init, torch.Tensor) else to_tensor(init.convert("RGB"))
+            x0 = F.interpolate(x0.float().to(dev), size=(h, w), mode="bicubic", align_corners=False)
+            x0 = x0.clamp(0, 1)
+        elif options.init == "noise":
+            return torch.rand(1, 3, h, w, generator=gen).to(dev)
+        elif options.init == "fast":
+            x0 = _fast_start(content_img, style_items, options, long_side, dev, regions)
+        else:
+            return sc.target_content.clone()
+        return color.luminance(x0) if options.preserve_color == "luminance" else x0
+
+    def objective(self, sc: _Scale) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The whole picture's loss at one scale (Gatys et al.: content, style, TV), plus
+        the caller's extra loss."""
+        options = self.options
+
+        def loss_of(x: torch.Tensor) -> torch.Tensor:
+            x = sc.compose(x)
+            feats = self.features(x, self.layers)
+            loss = x.new_zeros((), dtype=torch.float32)
+            for name in self.spec.content_layers:
+                loss = loss + self.content_weight * content_loss(feats[name], sc.c_feats[name])
+            for name, lw in zip(self.style_layers, self.layer_w, strict=True):
+                if sc.region_terms is None:
+                    loss = loss + options.strength * lw * scaled_mse(
+                        gram(feats[name]), sc.style_grams[name]
+                    )
+                    continue
+                for mask, share, target in sc.region_terms[name]:
+                    loss = loss + options.strength * lw * share * scaled_mse(
+                        masked_gram(feats[name], mask), target
+                    )
+            if self.tv_weight:
+                loss = loss + self.tv_weight * tv_loss(x.float())
+            if self.extra_loss is not None:
+                loss = loss + self.extra_loss(self.shown(x.float(), sc.content_rgb))
+            return loss
+
+        return loss_of
+
+    def tiled(self, sc: _Scale) -> _TiledObjective:
+        """The same loss, tile by tile (the caller's extra loss on the whole picture)."""
+
+        def whole_loss(x: torch.Tensor) -> torch.Tensor:
+            return self.extra_loss(self.shown(sc.compose(x).float(), sc.content_rgb))
+
+        terms = sc.region_terms
+        if terms is None:
+            terms = {name: [(None, 1.0, sc.style_grams[name])] for name in self.style_layers}
+        return _TiledObjective(
+            sc.grid,
+            self.features,
+            sc.target_content,
+            sc.compose_tile,
+            self.spec.content_layers,
+            self.style_layers,
+            terms,
+            self.layer_w,
+            self.options.strength,
+            self.content_weight,
+            self.tv_weight,
+            whole_loss if self.extra_loss is not None else None,
+        )
+
+    def optimise(self, sc: _Scale, x0: torch.Tensor, gen, report) -> torch.Tensor:
+        """``options.iterations`` steps from ``x0``; returns the Polyak average of the
+        iterates, composed with the kept photo. ``report(i, loss, render)`` after each."""
+        options, dev = self.options, self.dev
+        if options.optimizer == "lbfgs":
+            # The scaled MSE has a kink at zero error (x0 == content), where its gradient
+            # ignores the content term and L-BFGS's line search stalls: start a hair away.
+            x0 = (x0 + (torch.rand(x0.shape, generator=gen) - 0.5).to(dev) / 255).clamp(0, 1)
+        x = x0.detach().clone().requires_grad_(True)
+        ema = x0.detach().clone()
+        if options.optimizer == "adam":
+            opt: torch.optim.Optimizer = torch.optim.Adam([x], lr=options.lr)
+        else:
+            opt = torch.optim.LBFGS(
+                [x], lr=1.0, max_iter=1, history_size=50, line_search_fn="strong_wolfe"
+            )
+        last: dict[str, torch.Tensor] = {}
+        tiles = self.tiled(sc) if sc.grid is not None else None
+        loss_of = self.objective(sc) if tiles is None else None
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad(set_to_none=True)
+            if tiles is not None:
+                loss = tiles.sweep(x, tiles.gather(x))
+            else:
+                loss = loss_of(x)
+                loss.backward()
+            last["loss"] = loss.detach()
+            return loss
+
+        def render() -> Image.Image:
+            shown = ema if options.preserve_color == "luminance" else sc.compose(ema)
+            return to_pil(self.shown(shown, sc.content_rgb))
+
+        for i in range(options.iterations):
+            try:
+                opt.step(closure)
+            except torch.OutOfMemoryError:
+                x.grad = None
+                _free(dev)
+                w, h = self.final_size
+                check_fits(self.extractor, w, h, dev, 2 if self.use_bf16 else 4, force=True)
+            with torch.no_grad():
+                x.clamp_(0, 1)
+                # Polyak averaging of the iterates, warmed up so early steps count less.
+                decay = min(0.99, (1 + i) / (10 + i))
+                ema.mul_(decay).add_(x.detach(), alpha=1 - decay)
+            report(float(last["loss"]), render)
+        return sc.compose(ema)
+
+
+def _engine(options, extractor, device, extra_loss) -> _Engine:
+    """The network on its device and the loss weights the options resolve to."""
+    dev = (
+        resolve_device(device)
+        if device is not None
+        else (extractor.mean.device if extractor is not None else resolve_device("auto"))
+    )
+    if extractor is None:
+        from artgen.weights import choose_backbone, load_backbone
+
+        extractor = load_backbone(choose_backbone(options.backbone), dev)
+    extractor = extractor.to(dev)
+    spec = extractor.spec
+    if options.backbone not in ("auto", spec.name):
+        raise ArtgenError(
+            f"options ask for backbone {options.backbone} but the extractor is {spec.name}"
+        )
+    layer_w = options.style_layer_weights or spec.style_layer_weights
+    if len(layer_w) != len(spec.style_layers):
+        raise ArtgenError(
+            f"style_layer_weights has {len(layer_w)} values; {spec.name} has "
+            f"{len(spec.style_layers)} style layers ({', '.join(spec.style_layers)})"
+        )
+    layer_w = [w / sum(layer_w) for w in layer_w]
+    content_weight = (
+        spec.content_weight if options.content_weight is None else options.content_weight
+    )
+    tv_weight = spec.tv_weight if options.tv_weight is None else options.tv_weight
+    style_layers = [n for n, w in zip(spec.style_layers, layer_w, strict=True) if w > 0]
+    layer_w = [w for w in layer_w if w > 0]
+    extractor = extractor.truncate(list(dict.fromkeys([*spec.content_layers, *style_layers])))
+    use_bf16 = options.precision == "bf16" or (options.precision == "auto" and dev.type == "cuda")
+    if use_bf16 and dev.type == "cpu" and options.precision == "auto":
+        use_bf16 = False
+    engine = _Engine(
+        options,
+        extractor,
+        dev,
+        style_layers,
+        layer_w,
+        content_weight,
+        tv_weight,
+        use_bf16,
+        extra_loss,
+    )
+    engine.extractor = extractor.to(memory_format=engine.memory_format)
+    return engine
+
+
 def stylize(
     content: str | os.PathLike | Image.Image | LoadedImage,
     styles: Any,
@@ -695,296 +994,53 @@ def stylize(
     options = options or StylizeOptions()
     if overrides:
         options = StylizeOptions.from_dict({**options.to_dict(), **overrides})
-    dev = (
-        resolve_device(device)
-        if device is not None
-        else (extractor.mean.device if extractor is not None else resolve_device("auto"))
-    )
-    if extractor is None:
-        from artgen.weights import choose_backbone, load_backbone
-
-        extractor = load_backbone(choose_backbone(options.backbone), dev)
-    extractor = extractor.to(dev)
-    spec = extractor.spec
-    if options.backbone not in ("auto", spec.name):
-        raise ArtgenError(
-            f"options ask for backbone {options.backbone} but the extractor is {spec.name}"
-        )
-
-    layer_w = options.style_layer_weights or spec.style_layer_weights
-    if len(layer_w) != len(spec.style_layers):
-        raise ArtgenError(
-            f"style_layer_weights has {len(layer_w)} values; {spec.name} has "
-            f"{len(spec.style_layers)} style layers ({', '.join(spec.style_layers)})"
-        )
-    layer_w = [w / sum(layer_w) for w in layer_w]
-    content_weight = (
-        spec.content_weight if options.content_weight is None else options.content_weight
-    )
-    tv_weight = spec.tv_weight if options.tv_weight is None else options.tv_weight
-    style_layers = [n for n, w in zip(spec.style_layers, layer_w, strict=True) if w > 0]
-    layer_w = [w for w in layer_w if w > 0]
-    layers = list(dict.fromkeys([*spec.content_layers, *style_layers]))
-    extractor = extractor.truncate(layers)
-
+    engine = _engine(options, extractor, device, extra_loss)
     content_img = content if isinstance(content, LoadedImage) else load_image(content)
     style_items, regions = plan_regions(load_styles(styles), masks, content_mask)
     if regions is not None:
         regions.check(content_img.size)
-
-    use_bf16 = options.precision == "bf16" or (options.precision == "auto" and dev.type == "cuda")
-    if use_bf16 and dev.type == "cpu" and options.precision == "auto":
-        use_bf16 = False
-    amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16)
-    memory_format = torch.channels_last if dev.type == "cuda" else torch.contiguous_format
-    extractor = extractor.to(memory_format=memory_format)
-
-    def features(x: torch.Tensor, which: Sequence[str]) -> dict[str, torch.Tensor]:
-        with amp:
-            return extractor(x.contiguous(memory_format=memory_format), which)
-
     sizes = scale_sizes(options) if init is None else [options.size]
-    cw, ch = content_img.size
-    final_w, final_h = _fit(cw, ch, options.size)
+    engine.final_size = _fit(*content_img.size, options.size)
     tile, tiled_scales, tile_note = plan_tiles(
-        options, extractor, sizes, (cw, ch), dev, 2 if use_bf16 else 4
+        options,
+        engine.extractor,
+        sizes,
+        content_img.size,
+        engine.dev,
+        2 if engine.use_bf16 else 4,
     )
-
-    def probe(ph: int, pw: int) -> dict[str, tuple[int, int]]:
-        """Feature sizes of a ph x pw input at each layer."""
-        with torch.no_grad():
-            out = features(torch.zeros(1, 3, ph, pw, device=dev), layers)
-        return {k: (int(v.shape[-2]), int(v.shape[-1])) for k, v in out.items()}
-
     gen = torch.Generator().manual_seed(options.seed)
     torch.manual_seed(options.seed)
-    total_steps = options.iterations * len(sizes)
-    step = 0
     t0 = time.perf_counter()
+    done = 0
     x_prev: torch.Tensor | None = None
-    result_rgb: torch.Tensor | None = None
-    content_full: torch.Tensor | None = None
-
     for si, long_side in enumerate(sizes):
-        w, h = _fit(cw, ch, long_side)
-        content_rgb = to_tensor(content_img.rgb.resize((w, h), Image.Resampling.LANCZOS)).to(dev)
-        content_full = content_rgb
-        style_long = max(16, round(long_side * options.style_scale))
-        styles_t = [
-            (to_tensor(resize_long_side(s.rgb, style_long)).to(dev), wt) for s, wt in style_items
-        ]
+        sc = engine.targets(content_img, style_items, regions, long_side, tile, tiled_scales[si])
+        x0 = engine.start(sc, x_prev, init, content_img, style_items, regions, long_side, gen)
 
-        if options.preserve_color == "luminance":
-            target_content = color.luminance(content_rgb)
-            styles_t = [
-                (color.match_luminance(color.luminance(s), target_content), wt)
-                for s, wt in styles_t
-            ]
-        elif options.preserve_color == "histogram":
-            target_content = content_rgb
-            styles_t = [(color.match_histogram(s, content_rgb), wt) for s, wt in styles_t]
-        else:
-            target_content = content_rgb
-
-        tiled = tiled_scales[si]
-        grid = _Grid(h, w, tile, probe, dev) if tiled else None
-        with torch.no_grad():
-            # The style targets: computed once per scale from the style images (whole, or,
-            # when a style image is itself too large, as the sum of its tiles' parts) and
-            # shared by every tile.
-            grams_each = []
-            for s_img, _ in styles_t:
-                if tiled and s_img.shape[-2] * s_img.shape[-1] > (2 * tile) ** 2:
-                    grams_each.append(_tiled_grams(features, s_img, style_layers, tile, probe))
-                else:
-                    f = features(s_img, style_layers)
-                    grams_each.append({name: gram(f[name]) for name in style_layers})
-                    del f
-            style_grams = {
-                name: blend_grams([g[name] for g in grams_each], [wt for _, wt in styles_t])
-                for name in style_layers
-            }
-            c_feats = None
-            if not tiled:
-                c_feats = {
-                    k: v.detach().float()
-                    for k, v in features(target_content, spec.content_layers).items()
-                }
-            region_terms, keep = None, None
-            if regions is not None:
-                shapes = (
-                    grid.shape
-                    if grid is not None
-                    else {
-                        k: tuple(v.shape[-2:])
-                        for k, v in features(target_content, style_layers).items()
-                    }
-                )
-                region_terms, keep = _region_terms(
-                    regions, grams_each, style_layers, (w, h), dev, shapes
-                )
-            del grams_each
-        # Where the photo is kept, the picture is the photo (see the module's docstring).
-        base = None if keep is None else keep * target_content
-
-        if x_prev is None:
-            if init is not None:
-                x0 = init if isinstance(init, torch.Tensor) else to_tensor(init.convert("RGB"))
-                x0 = F.interpolate(
-                    x0.float().to(dev), size=(h, w), mode="bicubic", align_corners=False
-                ).clamp(0, 1)
-                if options.preserve_color == "luminance":
-                    x0 = color.luminance(x0)
-            elif options.init == "noise":
-                x0 = torch.rand(1, 3, h, w, generator=gen).to(dev)
-            elif options.init == "fast":
-                x0 = _fast_start(content_img, style_items, options, long_side, dev, regions)
-                if options.preserve_color == "luminance":
-                    x0 = color.luminance(x0)
-            else:
-                x0 = target_content.clone()
-        else:
-            x0 = F.interpolate(x_prev, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1)
-
-        def compose(y: torch.Tensor, base=base, keep=keep) -> torch.Tensor:
-            return y if base is None else base + (1 - keep) * y
-
-        if options.optimizer == "lbfgs":
-            # The scaled MSE has a kink at zero error (x0 == content), where its gradient
-            # ignores the content term and L-BFGS's line search stalls: start a hair away.
-            x0 = (x0 + (torch.rand(x0.shape, generator=gen) - 0.5).to(dev) / 255).clamp(0, 1)
-        x = x0.detach().clone().requires_grad_(True)
-        ema = x0.detach().clone()
-
-        def objective(
-            x: torch.Tensor,
-            c_feats=c_feats,
-            style_grams=style_grams,
-            content_rgb=content_rgb,
-            region_terms=region_terms,
-            compose=compose,
-        ) -> torch.Tensor:
-            x = compose(x)
-            feats = features(x, layers)
-            loss = x.new_zeros((), dtype=torch.float32)
-            for name in spec.content_layers:
-                loss = loss + content_weight * content_loss(feats[name], c_feats[name])
-            for name, lw in zip(style_layers, layer_w, strict=True):
-                if region_terms is None:
-                    loss = loss + options.strength * lw * scaled_mse(
-                        gram(feats[name]), style_grams[name]
-                    )
-                    continue
-                for mask, share, target in region_terms[name]:
-                    loss = loss + options.strength * lw * share * scaled_mse(
-                        masked_gram(feats[name], mask), target
-                    )
-            if tv_weight:
-                loss = loss + tv_weight * tv_loss(x.float())
-            if extra_loss is not None:
-                shown = x.float()
-                if options.preserve_color == "luminance":
-                    shown = color.combine_luminance(shown, content_rgb)
-                loss = loss + extra_loss(shown)
-            return loss
-
-        def render(ema=ema, content_rgb=content_rgb, compose=compose) -> Image.Image:
-            out = compose(ema)
-            if options.preserve_color == "luminance":
-                out = color.combine_luminance(ema, content_rgb)
-            return to_pil(out)
-
-        if options.optimizer == "adam":
-            opt: torch.optim.Optimizer = torch.optim.Adam([x], lr=options.lr)
-        else:
-            opt = torch.optim.LBFGS(
-                [x], lr=1.0, max_iter=1, history_size=50, line_search_fn="strong_wolfe"
-            )
-
-        last: dict[str, torch.Tensor] = {}
-
-        def closure(opt=opt, x=x, objective=objective, last=last) -> torch.Tensor:
-            opt.zero_grad(set_to_none=True)
-            loss = objective(x)
-            loss.backward()
-            last["loss"] = loss.detach()
-            return loss
-
-        if grid is not None:
-
-            def compose_tile(y: torch.Tensor, box, base=base, keep=keep) -> torch.Tensor:
-                return (
-                    y
-                    if base is None
-                    else base[..., box[0], box[1]] + (1 - keep[..., box[0], box[1]]) * y
-                )
-
-            def whole_loss(x: torch.Tensor, compose=compose, content_rgb=content_rgb):
-                shown = compose(x).float()
-                if options.preserve_color == "luminance":
-                    shown = color.combine_luminance(shown, content_rgb)
-                return extra_loss(shown)
-
-            tiles = _TiledObjective(
-                grid,
-                features,
-                target_content,
-                compose_tile,
-                spec.content_layers,
-                style_layers,
-                region_terms
-                if region_terms is not None
-                else {name: [(None, 1.0, style_grams[name])] for name in style_layers},
-                layer_w,
-                options.strength,
-                content_weight,
-                tv_weight,
-                whole_loss if extra_loss is not None else None,
-            )
-
-            def closure(opt=opt, x=x, tiles=tiles, last=last) -> torch.Tensor:  # noqa: F811
-                opt.zero_grad(set_to_none=True)
-                loss = tiles.sweep(x, tiles.gather(x))
-                last["loss"] = loss.detach()
-                return loss
-
-        for i in range(options.iterations):
-            try:
-                opt.step(closure)
-            except torch.OutOfMemoryError:
-                x.grad = None
-                _free(dev)
-                check_fits(extractor, final_w, final_h, dev, 2 if use_bf16 else 4, force=True)
-            with torch.no_grad():
-                x.clamp_(0, 1)
-                # Polyak averaging of the iterates, warmed up so early steps count less.
-                decay = min(0.99, (1 + i) / (10 + i))
-                ema.mul_(decay).add_(x.detach(), alpha=1 - decay)
-            step += 1
+        def report(loss: float, render, si=si, sc=sc) -> None:
+            nonlocal done
+            done += 1
             if callback is not None:
                 callback(
                     StylizeProgress(
-                        step=step,
-                        total_steps=total_steps,
+                        step=done,
+                        total_steps=options.iterations * len(sizes),
                         scale=si + 1,
                         num_scales=len(sizes),
-                        width=w,
-                        height=h,
-                        loss=float(last["loss"]),
+                        width=sc.w,
+                        height=sc.h,
+                        loss=loss,
                         elapsed=time.perf_counter() - t0,
                         render=render,
                     )
                 )
-        x_prev = compose(ema)
-        result_rgb = x_prev
 
-    assert result_rgb is not None and content_full is not None
-    if options.preserve_color == "luminance":
-        result_rgb = color.combine_luminance(result_rgb, content_full)
-    out = to_pil(result_rgb)
+        x_prev = engine.optimise(sc, x0, gen, report)
+    out = to_pil(engine.shown(x_prev, sc.content_rgb))
     if content_img.alpha is not None:
         out.putalpha(content_img.alpha.resize(out.size, Image.Resampling.LANCZOS))
-    out.info["backbone"] = spec.name
+    out.info["backbone"] = engine.spec.name
     out.info["tile"] = tile or options.tile  # the size used, when it tiled
     if tile_note:
         out.info["note"] = tile_note
