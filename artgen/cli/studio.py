@@ -45,6 +45,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -796,9 +797,279 @@ def problem(message: str) -> str:
     return f"**Not started:** {public(message)}"
 
 
-def build(studio: Studio) -> gr.Blocks:
+def _inputs_column(studio: Studio, ui: SimpleNamespace) -> None:
+    """The content, the styles (bundled, uploaded, painted regions) and the settings."""
     cfg = studio.config
     style_names = [e.name for e in studio.styles]
+    ui.content = guard_upload(
+        gr.Image(
+            label="Content",
+            type="filepath",
+            sources=["upload", "webcam", "clipboard"],
+            elem_id="content",
+            height=300,
+            image_mode=None,
+        )
+    )
+    ui.gallery = gr.Gallery(
+        value=[(str(e.path), e.name) for e in studio.styles],
+        label="Styles: click to add or remove",
+        columns=4,
+        height=180,
+        allow_preview=False,
+        elem_id="style-gallery",
+    )
+    with gr.Group():
+        ui.weights = [
+            gr.Slider(0, 1, value=0, step=0.05, label=f"{name} weight", elem_id=f"w-{name}")
+            for name in style_names
+        ]
+    with gr.Accordion("Your own styles", open=False):
+        ui.uploads = []
+        for k in range(UPLOAD_SLOTS):
+            with gr.Row():
+                up = guard_upload(
+                    gr.Image(
+                        label=f"Style {k + 1}",
+                        type="filepath",
+                        sources=["upload", "clipboard"],
+                        height=140,
+                        elem_id=f"style-upload-{k + 1}",
+                        image_mode=None,
+                    )
+                )
+                w = gr.Slider(0, 1, value=1, step=0.05, label="weight")
+            ui.uploads += [up, w]
+    with gr.Accordion("Regions: paint where a style goes", open=False, elem_id="regions"):
+        _regions_panel(cfg, style_names, ui)
+    _settings_panel(cfg, ui)
+
+
+def _regions_panel(cfg: AppConfig, style_names: list[str], ui: SimpleNamespace) -> None:
+    ui.region_editor = guard_editor(
+        gr.ImageEditor(
+            # An empty value, not None, so API clients may leave it out.
+            value={"background": None, "layers": [], "composite": None},
+            label="Paint the region over your photo",
+            type="pil",
+            image_mode="RGBA",
+            sources=[],
+            format="png",
+            layers=False,
+            transforms=[],
+            brush=gr.Brush(colors=["#ff3366"], color_mode="fixed", default_size=40),
+            elem_id="region-editor",
+            height=320,
+        ),
+        cfg.max_pixels,
+    )
+    region_choices = [*style_names, *[upload_choice(k) for k in range(UPLOAD_SLOTS)]]
+    with gr.Row():
+        ui.region_style = gr.Dropdown(
+            region_choices,
+            value=style_names[0] if style_names else None,
+            label="Style for the painted area",
+            elem_id="region-style",
+        )
+        ui.rest_style = gr.Dropdown(
+            [
+                ("The styles picked above", REST_PICKED),
+                ("None: keep the photo", REST_NONE),
+                *region_choices,
+            ],
+            value=REST_PICKED,
+            label="Style for the rest",
+            elem_id="rest-style",
+        )
+
+
+def _settings_panel(cfg: AppConfig, ui: SimpleNamespace) -> None:
+    with gr.Row():
+        ui.strength = gr.Slider(0.1, 5, value=DEFAULTS.strength, step=0.1, label="Strength")
+        ui.size = gr.Slider(
+            128, cfg.max_size, value=384, step=32, label="Output size (long side, px)"
+        )
+    with gr.Row():
+        ui.quality = gr.Radio(list(PRESETS), value="Fast preview", label="Quality")
+        ui.preserve = gr.Radio(
+            [
+                ("Use the style's colours", "none"),
+                ("Keep my colours (luminance)", "luminance"),
+                ("Recolour the style (histogram)", "histogram"),
+            ],
+            value=DEFAULTS.preserve_color,
+            label="Colours",
+        )
+    with gr.Accordion("Advanced", open=False), gr.Row():
+        ui.backbone = gr.Dropdown(
+            ["auto", "efficientnet-lite0", "vgg19"], value=DEFAULTS.backbone, label="Backbone"
+        )
+        ui.seed = gr.Number(value=DEFAULTS.seed, precision=0, label="Seed")
+
+
+def _video_panel(cfg: AppConfig, ui: SimpleNamespace) -> None:
+    gr.Markdown(
+        f"A clip of up to {cfg.max_video_seconds:g} s ({cfg.max_video_frames} "
+        f"frames), stylised with the styles picked above by the fast method, "
+        f"each frame kept steady against the last (up to "
+        f"{cfg.max_video_size} px). Longer clips: `artgen video`."
+    )
+    ui.clip = gr.Video(label="Clip", sources=["upload"], elem_id="clip", height=200)
+    ui.make_video = gr.Button("Stylize video", elem_id="stylize-video")
+    ui.video_out = gr.Video(
+        label="Stylised clip", interactive=False, elem_id="video-result", height=240
+    )
+    ui.video_status = gr.Markdown("", elem_id="video-status")
+
+
+def _generator_panel(studio: Studio, ui: SimpleNamespace) -> None:
+    sdedit_defaults = get_method("sdedit").options()
+    gr.Markdown(
+        "Repaint the content with a diffusion model you fine-tuned "
+        "(`artgen finetune`): the photo is noised by *strength* and your "
+        "model paints it back. 0 keeps the photo, 1 is a new picture."
+    )
+    ui.run_choice = gr.Dropdown(
+        list(studio.runs), value=next(iter(studio.runs)), label="Run", elem_id="run"
+    )
+    with gr.Row():
+        ui.run_strength = gr.Slider(
+            0, 1, value=sdedit_defaults.strength, step=0.05, label="Strength"
+        )
+        ui.run_seed = gr.Number(value=0, precision=0, label="Seed")
+    ui.run_prompt = gr.Textbox(
+        "", label="Prompt (text-to-image runs; empty: the run's own)", max_lines=1
+    )
+    ui.repaint = gr.Button("Repaint with my generator", elem_id="repaint")
+
+
+def _result_column(ui: SimpleNamespace) -> None:
+    ui.result = gr.Image(
+        label="Result",
+        type="filepath",
+        format="png",
+        interactive=False,
+        elem_id="result",
+        height=420,
+        buttons=["download", "fullscreen"],
+    )
+    ui.status = gr.Markdown("", elem_id="status")
+    with gr.Row():
+        ui.download = gr.DownloadButton("Download PNG", visible=False, elem_id="download")
+        ui.reuse = gr.Button("Use as content", elem_id="reuse")
+    ui.session = gr.Gallery(
+        label="This session",
+        columns=4,
+        height=200,
+        format="png",
+        elem_id="session",
+        object_fit="contain",
+        fit_columns=False,  # one result stays a thumbnail, not a full-width crop
+        interactive=False,
+    )
+
+
+def _wire(studio: Studio, ui: SimpleNamespace) -> None:
+    """The events: stylise, video, stop, SDEdit, Instant mode, the gallery and reuse."""
+    cfg = studio.config
+    device = dict(concurrency_limit=cfg.concurrency, concurrency_id="device")
+    styles = [*ui.weights, *ui.uploads]
+    inputs = [
+        ui.content,
+        *styles,
+        ui.strength,
+        ui.preserve,
+        ui.size,
+        ui.quality,
+        ui.backbone,
+        ui.seed,
+        ui.history,
+        ui.region_editor,
+        ui.region_style,
+        ui.rest_style,
+    ]
+    shown = [ui.result, ui.status, ui.download, ui.session, ui.history]
+    run = ui.go.click(
+        named(studio.stylize, api_names(studio, "content", STYLIZE_TAIL), streams=True),
+        inputs,
+        shown,
+        api_name="stylize",
+        **device,
+    )
+    video_run = ui.make_video.click(
+        named(studio.video, api_names(studio, "clip", VIDEO_TAIL), streams=True),
+        [ui.clip, *styles, ui.strength, ui.preserve, ui.size, ui.seed],
+        [ui.video_out, ui.video_status],
+        api_name="video",
+        **device,
+    )
+    ui.stop.click(None, None, None, cancels=[run, video_run], api_name="stop")
+    if studio.runs:
+        ui.repaint.click(
+            studio.sdedit,
+            [ui.content, ui.run_choice, ui.run_strength, ui.run_seed, ui.run_prompt, ui.history],
+            shown,
+            api_name="sdedit",
+            **device,
+        )
+    # Instant mode: every change of a control re-renders with the fast method.
+    # A new photo is the painting's new background; the old strokes are dropped.
+    ui.content.change(
+        lambda path: {"background": path, "layers": [], "composite": path} if path else None,
+        ui.content,
+        ui.region_editor,
+        api_name=False,
+        queue=False,
+    )
+    live = [ui.content, *styles, ui.strength, ui.preserve, ui.size, ui.quality]
+    for control in [*live, ui.region_editor, ui.region_style, ui.rest_style]:
+        control.change(
+            studio.live,
+            inputs,
+            [ui.result, ui.status, ui.download],
+            api_name=False,
+            trigger_mode="always_last",
+            show_progress="hidden",
+            **device,
+        )
+
+    def toggle(current: dict, evt: gr.SelectData):
+        """Clicking a style turns its weight on (1) or off (0)."""
+        vals = [current[w] for w in ui.weights]
+        vals[evt.index] = 0 if vals[evt.index] > 0 else 1
+        return vals
+
+    # A set of inputs reaches the function as one {component: value} dict.
+    ui.gallery.select(toggle, set(ui.weights), ui.weights, api_name="toggle_style", queue=False)
+
+    def use_as_content(path):
+        if not path:
+            raise gr.Error("No result yet.")
+        return path
+
+    ui.reuse.click(use_as_content, ui.result, ui.content, api_name="use_as_content", queue=False)
+
+
+def _examples(studio: Studio, ui: SimpleNamespace) -> None:
+    if "chelsea" not in studio.examples or "coffee" not in studio.examples:
+        return
+    style_names = [e.name for e in studio.styles]
+    rows = []
+    for ex, style in (("chelsea", "swirls"), ("coffee", "waves"), ("chelsea", "mosaic")):
+        if style in style_names:
+            weights = [1 if n == style else 0 for n in style_names]
+            rows.append([str(studio.examples[ex].path), *weights, 256, "Fast preview"])
+    gr.Examples(
+        rows,
+        [ui.content, *ui.weights, ui.size, ui.quality],
+        label="Examples (about 10 s on a laptop CPU)",
+    )
+
+
+def build(studio: Studio) -> gr.Blocks:
+    """The studio's page: inputs on the left, the result on the right, then the events."""
+    cfg = studio.config
+    ui = SimpleNamespace()
     # delete_cache: files older than a day go every hour, and all of them at shutdown.
     with gr.Blocks(title="artgen studio", delete_cache=(3600, CACHE_AGE_S)) as demo:
         gr.Markdown(
@@ -807,297 +1078,24 @@ def build(studio: Studio) -> gr.Blocks:
             "3. Press **Stylize**. Results stream in as they form; **Stop** cancels. "
             "**Instant** quality re-renders live (fast method) as you move the controls."
         )
-        history = gr.State([])
+        ui.history = gr.State([])
         with gr.Row():
             with gr.Column(scale=1):
-                content = guard_upload(
-                    gr.Image(
-                        label="Content",
-                        type="filepath",
-                        sources=["upload", "webcam", "clipboard"],
-                        elem_id="content",
-                        height=300,
-                        image_mode=None,
-                    )
-                )
-                gallery = gr.Gallery(
-                    value=[(str(e.path), e.name) for e in studio.styles],
-                    label="Styles: click to add or remove",
-                    columns=4,
-                    height=180,
-                    allow_preview=False,
-                    elem_id="style-gallery",
-                )
-                with gr.Group():
-                    weights = [
-                        gr.Slider(
-                            0, 1, value=0, step=0.05, label=f"{name} weight", elem_id=f"w-{name}"
-                        )
-                        for name in style_names
-                    ]
-                with gr.Accordion("Your own styles", open=False):
-                    uploads = []
-                    for k in range(UPLOAD_SLOTS):
-                        with gr.Row():
-                            up = guard_upload(
-                                gr.Image(
-                                    label=f"Style {k + 1}",
-                                    type="filepath",
-                                    sources=["upload", "clipboard"],
-                                    height=140,
-                                    elem_id=f"style-upload-{k + 1}",
-                                    image_mode=None,
-                                )
-                            )
-                            w = gr.Slider(0, 1, value=1, step=0.05, label="weight")
-                        uploads += [up, w]
-                with gr.Accordion(
-                    "Regions: paint where a style goes", open=False, elem_id="regions"
-                ):
-                    region_editor = guard_editor(
-                        gr.ImageEditor(
-                            # An empty value, not None, so API clients may leave it out.
-                            value={"background": None, "layers": [], "composite": None},
-                            label="Paint the region over your photo",
-                            type="pil",
-                            image_mode="RGBA",
-                            sources=[],
-                            format="png",
-                            layers=False,
-                            transforms=[],
-                            brush=gr.Brush(colors=["#ff3366"], color_mode="fixed", default_size=40),
-                            elem_id="region-editor",
-                            height=320,
-                        ),
-                        cfg.max_pixels,
-                    )
-                    region_choices = [
-                        *style_names,
-                        *[upload_choice(k) for k in range(UPLOAD_SLOTS)],
-                    ]
-                    with gr.Row():
-                        region_style = gr.Dropdown(
-                            region_choices,
-                            value=style_names[0] if style_names else None,
-                            label="Style for the painted area",
-                            elem_id="region-style",
-                        )
-                        rest_style = gr.Dropdown(
-                            [
-                                ("The styles picked above", REST_PICKED),
-                                ("None: keep the photo", REST_NONE),
-                                *region_choices,
-                            ],
-                            value=REST_PICKED,
-                            label="Style for the rest",
-                            elem_id="rest-style",
-                        )
-                with gr.Row():
-                    strength = gr.Slider(
-                        0.1, 5, value=DEFAULTS.strength, step=0.1, label="Strength"
-                    )
-                    size = gr.Slider(
-                        128, cfg.max_size, value=384, step=32, label="Output size (long side, px)"
-                    )
-                with gr.Row():
-                    quality = gr.Radio(list(PRESETS), value="Fast preview", label="Quality")
-                    preserve = gr.Radio(
-                        [
-                            ("Use the style's colours", "none"),
-                            ("Keep my colours (luminance)", "luminance"),
-                            ("Recolour the style (histogram)", "histogram"),
-                        ],
-                        value=DEFAULTS.preserve_color,
-                        label="Colours",
-                    )
-                with gr.Accordion("Advanced", open=False), gr.Row():
-                    backbone = gr.Dropdown(
-                        ["auto", "efficientnet-lite0", "vgg19"],
-                        value=DEFAULTS.backbone,
-                        label="Backbone",
-                    )
-                    seed = gr.Number(value=DEFAULTS.seed, precision=0, label="Seed")
+                _inputs_column(studio, ui)
                 with gr.Accordion("Video: a short clip", open=False, elem_id="video"):
-                    gr.Markdown(
-                        f"A clip of up to {cfg.max_video_seconds:g} s ({cfg.max_video_frames} "
-                        f"frames), stylised with the styles picked above by the fast method, "
-                        f"each frame kept steady against the last (up to "
-                        f"{cfg.max_video_size} px). Longer clips: `artgen video`."
-                    )
-                    clip = gr.Video(
-                        label="Clip",
-                        sources=["upload"],
-                        elem_id="clip",
-                        height=200,
-                    )
-                    make_video = gr.Button("Stylize video", elem_id="stylize-video")
-                    video_out = gr.Video(
-                        label="Stylised clip", interactive=False, elem_id="video-result", height=240
-                    )
-                    video_status = gr.Markdown("", elem_id="video-status")
+                    _video_panel(cfg, ui)
                 if studio.runs:
-                    sdedit_defaults = get_method("sdedit").options()
                     with gr.Accordion(
                         "Your fine-tuned generator (SDEdit)", open=False, elem_id="generator"
                     ):
-                        gr.Markdown(
-                            "Repaint the content with a diffusion model you fine-tuned "
-                            "(`artgen finetune`): the photo is noised by *strength* and your "
-                            "model paints it back. 0 keeps the photo, 1 is a new picture."
-                        )
-                        run_choice = gr.Dropdown(
-                            list(studio.runs),
-                            value=next(iter(studio.runs)),
-                            label="Run",
-                            elem_id="run",
-                        )
-                        with gr.Row():
-                            run_strength = gr.Slider(
-                                0, 1, value=sdedit_defaults.strength, step=0.05, label="Strength"
-                            )
-                            run_seed = gr.Number(value=0, precision=0, label="Seed")
-                        run_prompt = gr.Textbox(
-                            "",
-                            label="Prompt (text-to-image runs; empty: the run's own)",
-                            max_lines=1,
-                        )
-                        repaint = gr.Button("Repaint with my generator", elem_id="repaint")
+                        _generator_panel(studio, ui)
                 with gr.Row():
-                    go = gr.Button("Stylize", variant="primary", elem_id="stylize")
-                    stop = gr.Button("Stop", variant="stop", elem_id="stop")
+                    ui.go = gr.Button("Stylize", variant="primary", elem_id="stylize")
+                    ui.stop = gr.Button("Stop", variant="stop", elem_id="stop")
             with gr.Column(scale=1):
-                result = gr.Image(
-                    label="Result",
-                    type="filepath",
-                    format="png",
-                    interactive=False,
-                    elem_id="result",
-                    height=420,
-                    buttons=["download", "fullscreen"],
-                )
-                status = gr.Markdown("", elem_id="status")
-                with gr.Row():
-                    download = gr.DownloadButton("Download PNG", visible=False, elem_id="download")
-                    reuse = gr.Button("Use as content", elem_id="reuse")
-                session = gr.Gallery(
-                    label="This session",
-                    columns=4,
-                    height=200,
-                    format="png",
-                    elem_id="session",
-                    object_fit="contain",
-                    fit_columns=False,  # one result stays a thumbnail, not a full-width crop
-                    interactive=False,
-                )
-
-        inputs = [
-            content,
-            *weights,
-            *uploads,
-            strength,
-            preserve,
-            size,
-            quality,
-            backbone,
-            seed,
-            history,
-            region_editor,
-            region_style,
-            rest_style,
-        ]
-        run = go.click(
-            named(studio.stylize, api_names(studio, "content", STYLIZE_TAIL), streams=True),
-            inputs,
-            [result, status, download, session, history],
-            api_name="stylize",
-            concurrency_limit=cfg.concurrency,
-            concurrency_id="device",
-        )
-        video_run = make_video.click(
-            named(studio.video, api_names(studio, "clip", VIDEO_TAIL), streams=True),
-            [clip, *weights, *uploads, strength, preserve, size, seed],
-            [video_out, video_status],
-            api_name="video",
-            concurrency_limit=cfg.concurrency,
-            concurrency_id="device",
-        )
-        stop.click(None, None, None, cancels=[run, video_run], api_name="stop")
-        if studio.runs:
-            repaint.click(
-                studio.sdedit,
-                [content, run_choice, run_strength, run_seed, run_prompt, history],
-                [result, status, download, session, history],
-                api_name="sdedit",
-                concurrency_limit=cfg.concurrency,
-                concurrency_id="device",
-            )
-
-        # Instant mode: every change of a control re-renders with the fast method.
-        # A new photo is the painting's new background; the old strokes are dropped.
-        content.change(
-            lambda path: {"background": path, "layers": [], "composite": path} if path else None,
-            content,
-            region_editor,
-            api_name=False,
-            queue=False,
-        )
-        for control in [
-            content,
-            *weights,
-            *uploads,
-            strength,
-            preserve,
-            size,
-            quality,
-            region_editor,
-            region_style,
-            rest_style,
-        ]:
-            control.change(
-                studio.live,
-                inputs,
-                [result, status, download],
-                api_name=False,
-                concurrency_limit=cfg.concurrency,
-                concurrency_id="device",
-                trigger_mode="always_last",
-                show_progress="hidden",
-            )
-
-        def toggle(current: dict, evt: gr.SelectData):
-            """Clicking a style turns its weight on (1) or off (0)."""
-            vals = [current[w] for w in weights]
-            vals[evt.index] = 0 if vals[evt.index] > 0 else 1
-            return vals
-
-        # A set of inputs reaches the function as one {component: value} dict.
-        gallery.select(toggle, set(weights), weights, api_name="toggle_style", queue=False)
-
-        def use_as_content(path):
-            if not path:
-                raise gr.Error("No result yet.")
-            return path
-
-        reuse.click(use_as_content, result, content, api_name="use_as_content", queue=False)
-
-        if "chelsea" in studio.examples and "coffee" in studio.examples:
-            w = {n: 0 for n in style_names}
-            rows = []
-            for ex, style in (("chelsea", "swirls"), ("coffee", "waves"), ("chelsea", "mosaic")):
-                if style in w:
-                    rows.append(
-                        [
-                            str(studio.examples[ex].path),
-                            *[1 if n == style else 0 for n in style_names],
-                            256,
-                            "Fast preview",
-                        ]
-                    )
-            gr.Examples(
-                rows,
-                [content, *weights, size, quality],
-                label="Examples (about 10 s on a laptop CPU)",
-            )
+                _result_column(ui)
+        _wire(studio, ui)
+        _examples(studio, ui)
     demo.queue(max_size=cfg.max_queue, default_concurrency_limit=cfg.concurrency)
     return demo
 
