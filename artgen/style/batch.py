@@ -1060,12 +1060,16 @@ def prepare_outputs(plan: DatasetPlan, config: DatasetConfig) -> None:
 
 
 def pending_items(
-    plan: DatasetPlan, config: DatasetConfig
+    plan: DatasetPlan,
+    config: DatasetConfig,
+    on_result: Callable[[DatasetResult], None] | None = None,
 ) -> tuple[list[DatasetItem], list[DatasetResult]]:
-    """(items still to make, results of those already done): an item is done when the
-    manifest's line for its output records it with this config and the file is there with
-    the recorded size. Everything else goes to the workers, which sort out the rest (a
-    file without a line, another run's settings) under the output's claim."""
+    """(items still to make, results of those already done, each also given to
+    ``on_result``), after prepare_outputs: an item is done when the manifest's line for its
+    output records it with this config and the file is there with the recorded size.
+    Everything else goes to the workers, which sort out the rest (a file without a line,
+    another run's settings) under the output's claim."""
+    prepare_outputs(plan, config)
     if config.overwrite:
         return list(plan.items), []
     matcher = ItemMatcher(config)
@@ -1083,6 +1087,9 @@ def pending_items(
                 done.append(DatasetResult(item, "skipped"))
                 continue
         todo.append(item)
+    if on_result:
+        for r in done:
+            on_result(r)
     return todo, done
 
 
@@ -1099,11 +1106,7 @@ def run_dataset(
     manifest as it lands. Items already done are skipped (reported as such); a bad picture
     fails on its own and the rest go on. ``model``/``device``: a network loaded earlier
     (:func:`load_network`), else it is loaded here."""
-    prepare_outputs(plan, config)
-    todo, results = pending_items(plan, config)
-    for r in results:
-        if on_result:
-            on_result(r)
+    todo, results = pending_items(plan, config, on_result)
     if not todo:
         return results
     stylizer = DatasetStylizer(config, model=model, device=device)

@@ -39,7 +39,6 @@ from artgen.style.batch import (
     DatasetResult,
     DatasetStylizer,
     pending_items,
-    prepare_outputs,
 )
 
 # Settings the workers must share with the driver (a cluster's workers do not inherit the
@@ -159,11 +158,7 @@ def run_dataset_ray(
     ray = _import_ray()
     if batch_size < 1:
         raise ArtgenError(f"--batch-size {batch_size}: must be >= 1")
-    prepare_outputs(plan, config)
-    todo, results = pending_items(plan, config)
-    for r in results:
-        if on_result:
-            on_result(r)
+    todo, results = pending_items(plan, config, on_result)
     if not todo:
         return results
     threads = config.threads or 1

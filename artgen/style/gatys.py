@@ -1122,34 +1122,13 @@ def _stylize(
     model=None,
     device=None,
     callback=None,
-    masks=None,
-    content_mask=None,
-) -> Image.Image:
-    return stylize(
-        content,
-        styles,
-        options,
-        extractor=model,
-        device=device,
-        callback=callback,
-        masks=masks,
-        content_mask=content_mask,
-    )
-
-
-def _stylize_guided(
-    content,
-    styles,
-    options,
-    *,
-    model=None,
-    device=None,
-    callback=None,
     init=None,
     extra_loss=None,
     masks=None,
     content_mask=None,
 ) -> Image.Image:
+    """The method's seam (``model``: the extractor); with ``init`` and ``extra_loss`` it is
+    also the guided form that video uses (Ruder et al.)."""
     return stylize(
         content,
         styles,
@@ -1172,7 +1151,7 @@ METHOD = StyleMethod(
     stylize=_stylize,
     resolved=("backbone", "tile"),
     describe=_describe,
-    stylize_guided=_stylize_guided,
+    stylize_guided=_stylize,
     masks=True,
 )
 
