@@ -31,7 +31,6 @@ _LAZY = {
     "artgen.finetune.diffusion": (
         "DiffusionFinetuneOptions",
         "FinetuneProgress",
-        "SampleOptions",
         "finetune_diffusion",
     ),
     "artgen.finetune.gan": (
@@ -41,7 +40,7 @@ _LAZY = {
         "finetune_gan",
         "train_gan",
     ),
-    "artgen.runs": ("DiffusionRun", "GanRun", "Run", "load_run", "register_run"),
+    "artgen.runs": ("DiffusionRun", "GanRun", "Run", "SampleOptions", "load_run", "register_run"),
     "artgen.style": ("get_method", "method_names", "stylize"),
     "artgen.style.adain": ("AdaINOptions",),
     "artgen.style.gatys": ("StylizeOptions", "StylizeProgress"),

@@ -33,14 +33,49 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from PIL import Image
 
 from artgen.errors import ArtgenError
-from artgen.finetune.diffusion import SampleOptions
-from artgen.finetune.gan import GanSampleOptions
+
+# -- each kind's sampling settings (the run record owns them; the trainers import them) -----
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    """``artgen sample``: new images from a fine-tuned run."""
+
+    n: int = field(default=16, metadata={"help": "how many images"})
+    steps: int = field(default=50, metadata={"help": "denoising steps"})
+    scheduler: str = field(
+        default="ddim", metadata={"help": "sampler", "choices": ["ddim", "ddpm"]}
+    )
+    seed: int = field(default=0, metadata={"help": "image i uses seed + i"})
+    prompt: str = field(
+        default="", metadata={"help": "text-to-image runs: prompt (default: the run's own)"}
+    )
+    guidance_scale: float = field(default=7.5, metadata={"help": "classifier-free guidance"})
+    batch_size: int = field(default=8, metadata={"help": "images per forward pass"})
+
+
+@dataclass(frozen=True)
+class GanSampleOptions:
+    """``artgen sample`` flags that only GAN runs use."""
+
+    truncation: float = field(
+        default=1.0, metadata={"help": "GAN runs: truncation psi (1: none; 0.7: safer images)"}
+    )
+    class_index: int = field(
+        default=-1,
+        metadata={
+            "help": "GAN runs, class-conditional networks: the class to draw (default: "
+            "the class the run adapted)"
+        },
+    )
+
 
 # Settings every kind takes besides its own ``settings`` fields.
 COMMON = {"n": 16, "seed": 0}

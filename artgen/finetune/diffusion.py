@@ -77,6 +77,7 @@ from artgen.errors import ArtgenError, clip, first_line
 from artgen.finetune import lora_format
 from artgen.finetune.run import Draws, RunOptions, open_run, train
 from artgen.finetune.run import options_for_resume as options_for_resume  # the one policy
+from artgen.runs import SampleOptions  # noqa: F401 (the run record owns it; kept here by name)
 
 FAMILIES = ("unconditional", "text-to-image", "sdxl")
 TEXT_FAMILIES = ("text-to-image", "sdxl")  # the families with a VAE and text encoders
@@ -1716,23 +1717,6 @@ def _load_peft_adapters(unet: torch.nn.Module, lora: Path, run: Path) -> None:
             f"({len(odd)} tensors differ, e.g. {odd[0][:80]})"
         )
     set_peft_model_state_dict(unet, tensors)
-
-
-@dataclass(frozen=True)
-class SampleOptions:
-    """``artgen sample``: new images from a fine-tuned run."""
-
-    n: int = field(default=16, metadata={"help": "how many images"})
-    steps: int = field(default=50, metadata={"help": "denoising steps"})
-    scheduler: str = field(
-        default="ddim", metadata={"help": "sampler", "choices": ["ddim", "ddpm"]}
-    )
-    seed: int = field(default=0, metadata={"help": "image i uses seed + i"})
-    prompt: str = field(
-        default="", metadata={"help": "text-to-image runs: prompt (default: the run's own)"}
-    )
-    guidance_scale: float = field(default=7.5, metadata={"help": "classifier-free guidance"})
-    batch_size: int = field(default=8, metadata={"help": "images per forward pass"})
 
 
 @torch.no_grad()

@@ -100,6 +100,7 @@ from artgen.finetune.gan_loss import (  # noqa: F401 - the maths, importable fro
 )
 from artgen.finetune.run import Draws, RunOptions, open_run, train
 from artgen.finetune.run import options_for_resume as options_for_resume  # the one policy
+from artgen.runs import GanSampleOptions  # noqa: F401 (the run record owns it; kept here by name)
 
 METHODS = ("full", "fairtl", "fairtl++")
 # fairTL++'s linear-probing split (see the module docstring): "authors" as the authors' code,
@@ -304,22 +305,6 @@ class GanProgress:
     elapsed: float
     samples: Path | None = None
     checkpoint: Path | None = None
-
-
-@dataclass(frozen=True)
-class GanSampleOptions:
-    """``artgen sample`` flags that only GAN runs use."""
-
-    truncation: float = field(
-        default=1.0, metadata={"help": "GAN runs: truncation psi (1: none; 0.7: safer images)"}
-    )
-    class_index: int = field(
-        default=-1,
-        metadata={
-            "help": "GAN runs, class-conditional networks: the class to draw (default: "
-            "the class the run adapted)"
-        },
-    )
 
 
 # -- the networks ------------------------------------------------------------------------
