@@ -254,7 +254,7 @@ def load_run(path: str | os.PathLike, *, device: Any = "cpu", **kw: Any) -> Run:
 class DiffusionRun(Run):
     """A diffusion fine-tuning run: the base pipeline with the run's weights (LoRA or the
     whole UNet). ``pipeline``: the diffusers pipeline; ``training_options``: the run's
-    DiffusionFinetuneOptions. Settings: artgen.finetune.diffusion.SampleOptions."""
+    DiffusionFinetuneOptions. Settings: SampleOptions (above)."""
 
     kind, title = "diffusion", "diffusion"
     settings = SampleOptions
@@ -291,7 +291,7 @@ class DiffusionRun(Run):
 class GanRun(Run):
     """A StyleGAN2 run (trained or adapted), a generator folder, or an ``artgen convert``
     output. ``generator``: the (EMA) generator; ``class_index``: the class the run adapted
-    (-1: none). Settings: artgen.finetune.gan.GanSampleOptions, plus ``batch_size``."""
+    (-1: none). Settings: GanSampleOptions (above), plus ``batch_size``."""
 
     kind, title = "gan", "GAN"
     settings = GanSampleOptions
