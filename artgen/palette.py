@@ -19,6 +19,7 @@ All in float64 numpy so that the PyTorch and onnxruntime paths give the same pic
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -55,8 +56,18 @@ def blend(stats: Sequence[Stats], weights: Sequence[float]) -> Stats:
     return mu, cov
 
 
+# LAPACK's symmetric eigensolver through OpenBLAS is not reliably thread-safe: concurrent
+# calls from a thread pool have failed with "Eigenvalues did not converge" or aborted
+# (numpy issues 24512 and 32028); the studio runs several jobs at once, so the 3x3
+# decompositions here take turns (microseconds each).
+_LAPACK = threading.Lock()
+
+
 def _sqrtm(m: np.ndarray, inverse: bool = False) -> np.ndarray:
-    vals, vecs = np.linalg.eigh(m)
+    if not np.all(np.isfinite(m)):
+        raise ValueError("colour statistics are not finite (the picture holds NaN or infinity)")
+    with _LAPACK:
+        vals, vecs = np.linalg.eigh(m)
     vals = np.clip(vals, 1e-10, None)
     return (vecs * (vals**-0.5 if inverse else vals**0.5)) @ vecs.T
 

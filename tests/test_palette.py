@@ -107,3 +107,24 @@ def test_the_fast_method_takes_the_styles_palette_by_default(tmp_path):
     assert options.palette == "network"
     with pytest.raises(artgen.ArtgenError, match="palette"):
         artgen.AdaINOptions(palette="photo")
+
+
+def test_square_roots_from_many_threads_and_non_finite_statistics():
+    """The studio moves palettes from several threads at once (OpenBLAS's eigensolver is not
+    reliably thread-safe there: numpy issues 24512, 32028); a NaN in the statistics is named."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from artgen import palette
+
+    rng = np.random.default_rng(0)
+    mats = [a @ a.T + np.eye(3) * 1e-5 for a in rng.random((32, 3, 3))]
+
+    def one(_):
+        return max(float(np.abs(palette._sqrtm(m) @ palette._sqrtm(m) - m).max()) for m in mats)
+
+    with ThreadPoolExecutor(8) as pool:
+        assert max(pool.map(one, range(64))) < 1e-9
+    bad = mats[0].copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="not finite"):
+        palette._sqrtm(bad)
