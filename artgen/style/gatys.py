@@ -63,6 +63,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -675,9 +676,10 @@ class _Scale:
     keep: torch.Tensor | None
     grid: _Grid | None
 
-    @property
+    @cached_property
     def base(self) -> torch.Tensor | None:
-        # Where the photo is kept, the picture is the photo (see the module's docstring).
+        # Where the photo is kept, the picture is the photo (see the module's docstring);
+        # computed once per scale, not at every step.
         return None if self.keep is None else self.keep * self.target_content
 
     def compose(self, y: torch.Tensor) -> torch.Tensor:
@@ -860,7 +862,7 @@ class _Engine:
 
     def optimise(self, sc: _Scale, x0: torch.Tensor, gen, report) -> torch.Tensor:
         """``options.iterations`` steps from ``x0``; returns the Polyak average of the
-        iterates, composed with the kept photo. ``report(i, loss, render)`` after each."""
+        iterates, composed with the kept photo. ``report(loss, render)`` after each step."""
         options, dev = self.options, self.dev
         if options.optimizer == "lbfgs":
             # The scaled MSE has a kink at zero error (x0 == content), where its gradient
@@ -941,8 +943,6 @@ def _engine(options, extractor, device, extra_loss) -> _Engine:
     layer_w = [w for w in layer_w if w > 0]
     extractor = extractor.truncate(list(dict.fromkeys([*spec.content_layers, *style_layers])))
     use_bf16 = options.precision == "bf16" or (options.precision == "auto" and dev.type == "cuda")
-    if use_bf16 and dev.type == "cpu" and options.precision == "auto":
-        use_bf16 = False
     engine = _Engine(
         options,
         extractor,
