@@ -64,7 +64,7 @@ def _sync(dev: torch.device) -> None:
 
 def run_fast(size: int, batch: int, reps: int, device: str) -> dict:
     import artgen
-    from artgen.devices import resolve_device
+    from artgen.core.devices import resolve_device
     from artgen.style import get_method
 
     dev = resolve_device(device)
@@ -83,11 +83,16 @@ def run_fast(size: int, batch: int, reps: int, device: str) -> dict:
 
 def run_reference(size: int, batch: int, reps: int, device: str) -> dict:
     """The straightforward AdaIN forward: unfused trunk, per-picture style encoding, fp32."""
-    from artgen.devices import resolve_device
-    from artgen.images import resize_long_side, to_pil, to_tensor
+    from artgen.core.devices import resolve_device
+    from artgen.core.images import resize_long_side, to_pil, to_tensor
+    from artgen.interop.weights import (
+        ADAIN_SHIPPED,
+        efficientnet_lite0_path,
+        load_adain,
+        read_state_dict,
+    )
     from artgen.models import adain as M
     from artgen.models import backbones
-    from artgen.weights import ADAIN_SHIPPED, efficientnet_lite0_path, load_adain, read_state_dict
 
     dev = resolve_device(device)
     cfg = M.LITE0_CONFIG
@@ -134,7 +139,7 @@ def run_reference(size: int, batch: int, reps: int, device: str) -> dict:
 
 def run_gatys(size: int, device: str) -> dict:
     import artgen
-    from artgen.devices import resolve_device
+    from artgen.core.devices import resolve_device
 
     dev = resolve_device(device)
     content, style = _images(size)
@@ -247,7 +252,7 @@ def main() -> None:
     )
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
-    from artgen.devices import resolve_device
+    from artgen.core.devices import resolve_device
 
     dev = resolve_device(args.device)
     reps = args.reps or (20 if dev.type == "cuda" else 3)

@@ -2,7 +2,7 @@
 
     python benchmarks/fid_features.py [--threads 1 2] [--images 64] [--rounds 5] [--json F]
 
-Measures images per second of ``artgen.metrics.image_features`` with the network that
+Measures images per second of ``artgen.eval.metrics.image_features`` with the network that
 ``load_fid_network`` builds (BatchNorm folded into the convs, channels_last), next to a
 reference in the same run: the same ImageNet classifier as timm lays it out, BatchNorm
 kept, contiguous (NCHW) tensors, resized and normalised the same way. The inputs are
@@ -29,10 +29,10 @@ def main() -> None:
     ap.add_argument("--json", default="")
     args = ap.parse_args()
 
-    from artgen.metrics import _resize, image_features, load_fid_network
+    from artgen.eval.metrics import _resize, image_features, load_fid_network
+    from artgen.interop.weights import choose_backbone, read_state_dict
     from artgen.models import backbones
     from artgen.models.backbones import IMAGENET_MEAN, IMAGENET_STD
-    from artgen.weights import choose_backbone, read_state_dict
 
     net = load_fid_network("efficientnet-lite0")
     sd = read_state_dict(choose_backbone("efficientnet-lite0", None, instead="").weights, "")

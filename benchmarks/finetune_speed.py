@@ -89,8 +89,8 @@ def _batch(size: int) -> int:
 
 
 def run_artgen(size: int, method: str, steps: int, device: str, warmup: int = 3) -> dict:
-    from artgen.devices import resolve_device
-    from artgen.finetune.diffusion import DiffusionFinetuneOptions, finetune_diffusion
+    from artgen.core.devices import resolve_device
+    from artgen.train.diffusion import DiffusionFinetuneOptions, finetune_diffusion
 
     dev = torch.device(resolve_device(device))
     with tempfile.TemporaryDirectory() as tmp:
@@ -126,8 +126,8 @@ def run_reference(size: int, method: str, steps: int, device: str, warmup: int =
     import torch.nn.functional as F
     from diffusers import DDPMScheduler, UNet2DModel
 
-    from artgen.devices import resolve_device
-    from artgen.finetune.diffusion import DiffusionFinetuneOptions, lora_config
+    from artgen.core.devices import resolve_device
+    from artgen.train.diffusion import DiffusionFinetuneOptions, lora_config
 
     dev = torch.device(resolve_device(device))
     torch.manual_seed(0)
@@ -184,7 +184,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
-    from artgen.devices import resolve_device
+    from artgen.core.devices import resolve_device
 
     dev = torch.device(resolve_device(args.device))
     gpu = dev.type == "cuda"

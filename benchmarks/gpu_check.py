@@ -407,7 +407,7 @@ def gatys_artgen(
 def gatys_reference(ext, size: int, iters: int, dev: torch.device, warmup: int = 5) -> float:
     """Plain Gatys (fp32, contiguous, every stage up to the last loss layer, MSE on features
     and Gram matrices, Adam): the loop of benchmarks/stylize_speed.py, on the same weights."""
-    from artgen.images import to_tensor
+    from artgen.core.images import to_tensor
 
     spec = ext.spec
     names = list(ext.stage_names)
@@ -571,7 +571,7 @@ def add_lora(unet: torch.nn.Module, rank: int = 8) -> list[torch.nn.Parameter]:
     """artgen's LoRA config on the attention projections; the adapters train in fp32."""
     from peft import inject_adapter_in_model
 
-    from artgen.finetune.diffusion import DiffusionFinetuneOptions, lora_config
+    from artgen.train.diffusion import DiffusionFinetuneOptions, lora_config
 
     unet.requires_grad_(False)
     cfg = lora_config(DiffusionFinetuneOptions(lora_targets="attention", lora_rank=rank))
@@ -781,7 +781,7 @@ def gan_settings(dry: bool) -> dict:
 
 def gan_trainer_benchmark(dev: torch.device, dry: bool, steps: int, warmup: int, tmp: Path) -> dict:
     """artgen.train_gan (its real step), timed from the progress callback."""
-    from artgen.finetune.gan import GanTrainOptions, train_gan
+    from artgen.train.gan import GanTrainOptions, train_gan
 
     s = gan_settings(dry)
     images = _png_folder(tmp / "images", s["resolution"], 16)
@@ -818,9 +818,9 @@ def gan_loss_benchmark(
     dev: torch.device, dry: bool, steps: int, bf16: bool, deadline: Deadline
 ) -> dict:
     """The StyleGAN2Loss phases with Adam, out of the trainer (bf16: a what-if)."""
-    from artgen.augment import diff_augment
-    from artgen.finetune.gan_loss import StyleGAN2Loss
     from artgen.models.stylegan2 import Discriminator, Generator, StyleGAN2Config
+    from artgen.train.augment import diff_augment
+    from artgen.train.gan_loss import StyleGAN2Loss
 
     s = gan_settings(dry)
     batch = s.pop("batch_size")

@@ -29,13 +29,13 @@ import torch
 
 
 def _extractor(backbone: str, device: torch.device, fold_bn: bool = True):
+    from artgen.interop.weights import choose_backbone, find_vgg19, load_backbone
     from artgen.models import backbones
-    from artgen.weights import choose_backbone, find_vgg19, load_backbone
 
     if backbone == "vgg19" and find_vgg19() is None:
         return backbones.vgg19().to(device), "random weights (VGG19 not on disk)"
     if backbone == "efficientnet-lite0" and not fold_bn:
-        from artgen.weights import efficientnet_lite0_path, read_state_dict
+        from artgen.interop.weights import efficientnet_lite0_path, read_state_dict
 
         sd = read_state_dict(efficientnet_lite0_path(), "")
         return backbones.efficientnet_lite0(sd, fold_bn=False).to(device), "pretrained"
@@ -61,7 +61,7 @@ def _peak(device: torch.device) -> float:
 
 def run_artgen(backbone: str, size: int, iters: int, device: str, warmup: int = 3) -> dict:
     import artgen
-    from artgen.devices import resolve_device
+    from artgen.core.devices import resolve_device
 
     dev = resolve_device(device)
     ext, note = _extractor(backbone, dev)
@@ -89,8 +89,8 @@ def run_artgen(backbone: str, size: int, iters: int, device: str, warmup: int = 
 
 def run_reference(backbone: str, size: int, iters: int, device: str, warmup: int = 3) -> dict:
     """Plain Gatys: fp32, contiguous, un-fused backbone, MSE on features and Grams, Adam."""
-    from artgen.devices import resolve_device
-    from artgen.images import to_tensor
+    from artgen.core.devices import resolve_device
+    from artgen.core.images import to_tensor
 
     dev = resolve_device(device)
     ext, note = _extractor(backbone, dev, fold_bn=False)
@@ -141,7 +141,7 @@ def run_reference(backbone: str, size: int, iters: int, device: str, warmup: int
 
 def run_end_to_end(backbone: str, size: int, iters: int, device: str, multiscale: bool) -> dict:
     import artgen
-    from artgen.devices import resolve_device
+    from artgen.core.devices import resolve_device
 
     dev = resolve_device(device)
     ext, note = _extractor(backbone, dev)
@@ -191,7 +191,7 @@ def main() -> None:
     )
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
-    from artgen.devices import resolve_device
+    from artgen.core.devices import resolve_device
 
     dev = resolve_device(args.device)
     iters = args.iters or (50 if dev.type == "cuda" else 10)

@@ -3,7 +3,7 @@
 At a size that fits both ways (default 1024x768, EfficientNet-Lite0, one scale, few steps)
 each run is a fresh process so that its peak resident memory (ru_maxrss, Linux: the
 process's largest resident set, PyTorch and the loaded weights included) is its own. The
-seams: artgen.metrics.seam_ratio along the tile borders of the tiled picture, of the
+seams: artgen.eval.metrics.seam_ratio along the tile borders of the tiled picture, of the
 untiled picture at the same lines (the reference: what the picture itself has there),
 and of a naive tiling (each tile stylised as a picture of its own and pasted, no overlap:
 a deliberate seam). Writes docs/tile_results.json.
@@ -85,7 +85,7 @@ def main() -> None:
     import numpy as np
     from PIL import Image
 
-    from artgen.metrics import seam_ratio
+    from artgen.eval.metrics import seam_ratio
     from artgen.style.gatys import tile_borders
 
     os.makedirs(args.workdir, exist_ok=True)

@@ -108,7 +108,7 @@ def resume_to(run: Path, steps: int) -> float:
 def judge_row(model: Path, heldout: Path, size: int) -> dict:
     import adain_eval as E
 
-    from artgen.images import load_image, resize_long_side
+    from artgen.core.images import load_image, resize_long_side
 
     photos, styles = E.held_out(heldout)
     # the network's own colours: the rows compare decoders, not the palette step

@@ -48,8 +48,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 import artgen
-from artgen.images import load_image, resize_long_side, to_tensor
-from artgen.losses import mean_std, stats_distance
+from artgen.core.images import load_image, resize_long_side, to_tensor
+from artgen.core.losses import mean_std, stats_distance
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -154,7 +154,7 @@ class Judge:
     (and Lite2's Gram matrices where its weights are installed)."""
 
     def __init__(self):
-        from artgen.weights import choose_backbone, load_backbone
+        from artgen.interop.weights import choose_backbone, load_backbone
 
         self.net = load_backbone(choose_backbone("efficientnet-lite0"))
         self.layers = list(self.net.spec.style_layers)

@@ -17,8 +17,8 @@ import json
 import sys
 from pathlib import Path
 
-from artgen import weights
-from artgen.onnx_export import export_onnx
+from artgen.interop import weights
+from artgen.interop.onnx_export import export_onnx
 
 
 def main(run: str) -> int:

@@ -14,7 +14,7 @@ The setting of Teo, Abdollahzadeh and Cheung (AAAI 2023), on data this script ma
 - for few-shot adaptation, 10 images of a "target" domain (flat comic style), measured
   against 200 held-out target images.
 
-Rows, each a run of artgen's own commands (artgen.finetune.gan):
+Rows, each a run of artgen's own commands (artgen.train.gan):
 
 1. pretrained on the biased set (the base of rows 3, 4 and 6 to 10); ``--bases N`` trains N
    such bases independently (training seeds 0, 100, 200, ...), and every adaptation row is
@@ -138,10 +138,10 @@ def probe_check(data: Path, n: int = 400, res: int = 32) -> dict:
     cross-validated estimate the evaluation corrects with, and its accuracy on them clean."""
     from fairtl_data import make_set
 
-    from artgen.data import ImageSet, list_images, read_labels
-    from artgen.metric_registry import DEGRADE_SEEDS, _degraded_features, _reference_features
-    from artgen.metrics import confusion_matrix, image_features, load_fid_network
-    from artgen.probe import calibrate_probe, degrade
+    from artgen.core.data import ImageSet, list_images, read_labels
+    from artgen.eval.metrics import confusion_matrix, image_features, load_fid_network
+    from artgen.eval.probe import calibrate_probe, degrade
+    from artgen.eval.registry import DEGRADE_SEEDS, _degraded_features, _reference_features
 
     ref = list_images(data / "heldout")
     values = read_labels(str(data / "heldout" / "labels.csv"), ref).values("attr")
@@ -354,8 +354,8 @@ def train_and_measure(training: Any, measure: Any) -> None:
     """Train the run ``training`` describes (a GanTrainOptions or GanFinetuneOptions),
     resuming a stopped one and skipping a finished one, then write its eval.json unless
     it is already measured with ``measure`` (an EvalOptions)."""
-    from artgen.evaluate import evaluate
-    from artgen.finetune.gan import GanTrainOptions, finetune_gan, train_gan
+    from artgen.eval.evaluate import evaluate
+    from artgen.train.gan import GanTrainOptions, finetune_gan, train_gan
 
     run = Path(training.out)
     if not (run / "generator" / "model.safetensors").is_file():
@@ -389,11 +389,11 @@ def labelled(image: Image.Image, text: str) -> Image.Image:
 def probe_sheet(out: Path, keys: dict[str, str], n: int = 32) -> Image.Image:
     """``n`` samples of each run with the probe's call under each tile (red: long hair,
     grey: short), so a reader can check the probe on generated images by eye."""
-    from artgen.data import list_images, read_labels
-    from artgen.finetune.gan import generate_gan, load_generator
-    from artgen.metric_registry import _reference_features
-    from artgen.metrics import image_features, load_fid_network
-    from artgen.probe import fit_linear_probe
+    from artgen.core.data import list_images, read_labels
+    from artgen.eval.metrics import image_features, load_fid_network
+    from artgen.eval.probe import fit_linear_probe
+    from artgen.eval.registry import _reference_features
+    from artgen.train.gan import generate_gan, load_generator
 
     ref = list_images(out / "data" / "heldout")
     values = read_labels(str(out / "data" / "heldout" / "labels.csv"), ref).values("attr")
@@ -427,14 +427,14 @@ def probe_sheet(out: Path, keys: dict[str, str], n: int = 32) -> Image.Image:
 def main() -> None:
     from fairtl_data import make_set
 
-    from artgen.evaluate import EvalOptions
-    from artgen.finetune.gan import (
+    from artgen.core.images import grid
+    from artgen.eval.evaluate import EvalOptions
+    from artgen.train.gan import (
         GanFinetuneOptions,
         GanTrainOptions,
         generate_gan,
         load_generator,
     )
-    from artgen.images import grid
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="out/fairtl")

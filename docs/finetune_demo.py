@@ -27,7 +27,7 @@ SIZE = 32
 
 def crops(style: str, n: int, folder: Path, seed: int) -> None:
     """Random SIZE x SIZE crops of a bundled style, shrunk so a crop holds some structure."""
-    from artgen.images import load_image
+    from artgen.core.images import load_image
 
     im = load_image(REPO / "styles" / f"{style}.jpg").rgb
     im = im.resize((160, round(160 * im.height / im.width)), Image.Resampling.LANCZOS)
@@ -66,15 +66,15 @@ def labelled(image: Image.Image, text: str) -> Image.Image:
 def main() -> None:
     import diffusers
 
-    from artgen.evaluate import EvalOptions, evaluate
-    from artgen.finetune.diffusion import (
+    from artgen.core.images import grid, load_image
+    from artgen.eval.evaluate import EvalOptions, evaluate
+    from artgen.train.diffusion import (
         DiffusionFinetuneOptions,
         finetune_diffusion,
         generate,
         load_base,
         load_run,
     )
-    from artgen.images import grid, load_image
 
     diffusers.utils.logging.disable_progress_bar()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

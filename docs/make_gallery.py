@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 import artgen
-from artgen.weights import choose_backbone, load_backbone
+from artgen.interop.weights import choose_backbone, load_backbone
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "images"

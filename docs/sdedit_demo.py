@@ -4,7 +4,7 @@
 
 1. The test setup (tests/test_sdedit.py): the tiny DDPM of tests/tiny_diffusion.py,
    fully fine-tuned for 200 steps on its small striped/sky set; the edge correlation
-   (artgen.metrics.edge_correlation) between the test photo and its SDEdit output
+   (artgen.eval.metrics.edge_correlation) between the test photo and its SDEdit output
    at each strength, mean and spread over 8 seeds.
 2. A demo strip: the same tiny architecture trained (from scratch: no pretrained model
    can be downloaded here) on 32 px crops of the bundled "mosaic" style, then the
@@ -54,7 +54,7 @@ def finetune(base: Path, images: Path, out: Path, steps: int) -> Path:
 
 def measure(run: Path, seeds: int = 8) -> dict:
     """Edge correlation per strength, as tests/test_sdedit.py measures it."""
-    from artgen.metrics import edge_correlation
+    from artgen.eval.metrics import edge_correlation
     from artgen.style.sdedit import SDEditOptions, load, stylize
     from tests.conftest import photo
 
@@ -80,7 +80,7 @@ def measure(run: Path, seeds: int = 8) -> dict:
 
 
 def crops(style: str, n: int, folder: Path, size: int = 32, seed: int = 0) -> Path:
-    from artgen.images import load_image
+    from artgen.core.images import load_image
 
     im = load_image(REPO / "styles" / f"{style}.jpg").rgb
     im = im.resize((160, round(160 * im.height / im.width)), Image.Resampling.LANCZOS)
@@ -93,7 +93,7 @@ def crops(style: str, n: int, folder: Path, size: int = 32, seed: int = 0) -> Pa
 
 
 def strip(run: Path, photo_path: Path, size: int, scale: int = 4) -> tuple[Image.Image, dict]:
-    from artgen.metrics import edge_correlation
+    from artgen.eval.metrics import edge_correlation
     from artgen.style.sdedit import SDEditOptions, load, stylize
 
     model = load(SDEditOptions(generator=str(run)))

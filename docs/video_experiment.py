@@ -7,7 +7,7 @@ Writes docs/video_results.json, docs/video.md (the table) and docs/images/video_
 
 Clips (all at the stylisation size, so each clip's motion is that of its frames):
 - two bundled photos (styles/examples: chelsea, coffee; CC0) seen by a camera that pans and
-  zooms, so the TRUE motion is known (artgen.temporal.pan_zoom_clip); the metric uses it;
+  zooms, so the TRUE motion is known (artgen.video.temporal.pan_zoom_clip); the metric uses it;
 - with --shared, 2 s of Big Buck Bunny (shared/video/cutBunny.mp4; (c) Blender Foundation,
   CC BY 3.0, www.bigbuckbunny.org), not copied into the project; its metric uses OpenCV's
   Farneback flow and Ruder et al.'s forward-backward mask, so the metric does not judge with
@@ -36,9 +36,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 import artgen
-from artgen import temporal as T
-from artgen.images import load_image, to_tensor
-from artgen.video import VideoOptions, probe_video, read_frames, stylize_video
+from artgen.core.images import load_image, to_tensor
+from artgen.video import temporal as T
+from artgen.video.pipeline import VideoOptions, probe_video, read_frames, stylize_video
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -95,7 +95,7 @@ def synthetic(name: str, size: tuple[int, int], n: int, folder: Path) -> dict:
 def bunny(shared: Path, long_side: int, start: int, n: int) -> dict:
     path = shared / "video/cutBunny.mp4"
     info = probe_video(path)
-    from artgen.video import frame_size
+    from artgen.video.pipeline import frame_size
 
     w, h = frame_size(info.width, info.height, long_side)
     frames = []
@@ -267,7 +267,7 @@ Made by `python docs/video_experiment.py --shared ../shared` ({a["ratio"]["n"]} 
 Consistency"): the squared RGB error of each output frame against the previous output warped
 by the *input's* motion, on the pixels where that motion is trusted, averaged over the frame
 pairs. For the two photo clips the motion is the true one (a camera panning 2 px and zooming
-1.2% per frame over a bundled photo, `artgen.temporal.pan_zoom_clip`); for the Big Buck Bunny
+1.2% per frame over a bundled photo, `artgen.video.temporal.pan_zoom_clip`); for the Big Buck Bunny
 clip it is OpenCV's Farneback flow with Ruder et al.'s mask, a second estimator, so that the
 metric does not judge with the flow the method used. **Style** is the style statistics
 distance: the sum over EfficientNet-Lite0's five style layers of the distance of channel means
@@ -401,7 +401,7 @@ def main_(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.demo:
         return demo(args.demo)
-    from artgen.weights import choose_backbone, load_backbone
+    from artgen.interop.weights import choose_backbone, load_backbone
 
     JUDGE = load_backbone(choose_backbone("efficientnet-lite0"))
     w, h = args.size, round(args.size * 2 / 3) // 2 * 2

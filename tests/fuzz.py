@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from artgen.errors import ArtgenError
+from artgen.core.errors import ArtgenError
 
 
 def _json_mutation(data: bytes, rng: np.random.Generator) -> bytes:

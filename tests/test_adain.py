@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import artgen
-from artgen import weights
-from artgen.errors import ArtgenError
-from artgen.images import to_tensor
-from artgen.losses import mean_std, stats_distance
+from artgen.core.errors import ArtgenError
+from artgen.core.images import to_tensor
+from artgen.core.losses import mean_std, stats_distance
+from artgen.interop import weights
 from artgen.models import adain as M
 
 from .conftest import photo, stripes
@@ -254,7 +254,7 @@ def test_a_damaged_model_folder_is_one_line_naming_the_file(tmp_path, images, ca
     from safetensors.torch import load_file, save_file
 
     from artgen.cli import main
-    from artgen.weights import ADAIN_SHIPPED
+    from artgen.interop.weights import ADAIN_SHIPPED
 
     def copy(name):
         d = tmp_path / name
@@ -428,8 +428,8 @@ def test_tiled_output_is_the_whole_pictures_without_seams(shipped):
 def test_tiling_is_chosen_when_the_estimate_says_it_does_not_fit(
     shipped, monkeypatch, tmp_path, capsys
 ):
-    from artgen import devices
     from artgen.cli import main
+    from artgen.core import devices
     from artgen.style import adain as fast
 
     photo(300, 200).save(tmp_path / "c.png")

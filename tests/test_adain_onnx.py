@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from artgen.cli import main
-from artgen.images import read_params
+from artgen.core.images import read_params
 
 from .conftest import photo, stripes
 

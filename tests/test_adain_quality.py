@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 import artgen
-from artgen import catalog
-from artgen.images import load_image, resize_long_side
+from artgen.core.images import load_image, resize_long_side
+from artgen.interop import catalog
 
 ROOT = Path(__file__).resolve().parents[1]
 # photo, style, (style ratio at most, edges at least, colour distance at most)

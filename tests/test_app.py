@@ -18,7 +18,7 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from artgen.images import read_params
+from artgen.core.images import read_params
 
 from .conftest import REPO, photo
 
@@ -610,7 +610,7 @@ def clips(tmp_path_factory) -> dict[str, Path]:
     and a text file named .mp4."""
     import numpy as np
 
-    from artgen import temporal
+    from artgen.video import temporal
 
     from .media import write_video
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from artgen.augment import (
+from artgen.core.errors import ArtgenError
+from artgen.train.augment import (
     diff_augment,
     rand_brightness,
     rand_color,
@@ -16,7 +17,6 @@ from artgen.augment import (
     rand_translation,
     random_flip,
 )
-from artgen.errors import ArtgenError
 
 
 def _batch(n: int = 8, size: int = 32, seed: int = 0) -> torch.Tensor:

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from artgen.cli import main
-from artgen.images import read_params
+from artgen.core.images import read_params
 from artgen.style.batch import (
     MANIFEST,
     BatchOptions,

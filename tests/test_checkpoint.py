@@ -1,4 +1,4 @@
-"""artgen.checkpoint: Ctrl-C between steps; reading checkpoints and run configs back, damaged or
+"""artgen.runs.checkpoint: Ctrl-C between steps; reading checkpoints and run configs back, damaged or
 fuzzed (the save/load round trips are tested by the trainers)."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from artgen.checkpoint import (
+from artgen.core.errors import ArtgenError
+from artgen.runs.checkpoint import (
     StepInterrupt,
     absolute_paths,
     load_safetensors,
@@ -24,7 +25,6 @@ from artgen.checkpoint import (
     rng_to_tensors,
     save_checkpoint,
 )
-from artgen.errors import ArtgenError
 
 from .fuzz import fuzz_checkpoint
 
@@ -260,7 +260,7 @@ def test_a_damaged_run_config_is_one_line_naming_the_file(tmp_path, content, mes
 
 
 def test_run_config_paths_are_absolute_or_relative_to_the_run(tmp_path, monkeypatch):
-    from artgen.checkpoint import resolve_run_path
+    from artgen.runs.checkpoint import resolve_run_path
 
     # A run written before paths were recorded absolute: relative to where it was started,
     # used only when the run folder holds no such entry.

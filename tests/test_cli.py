@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from artgen.cli import main
-from artgen.images import read_params
+from artgen.core.images import read_params
+from artgen.interop.weights import VGG19_FILE, torch_checkpoint_dir
 from artgen.style import gatys as gatys_mod
-from artgen.weights import VGG19_FILE, torch_checkpoint_dir
 
 from .conftest import REPO, photo
 
@@ -326,7 +326,7 @@ def test_styles_and_weights_list(capsys):
 
 
 def test_catalogue_files_exist_and_fetch_checks_hashes(tmp_path, monkeypatch, capsys):
-    from artgen import catalog
+    from artgen.interop import catalog
 
     entries = catalog.load_manifest()
     for e in entries:
@@ -347,7 +347,7 @@ def test_catalogue_files_exist_and_fetch_checks_hashes(tmp_path, monkeypatch, ca
     monkeypatch.setenv("ARTGEN_STYLES_DIR", str(styles))
     assert main(["styles", "fetch", "starry-night"]) == 2
     assert "corrupt: sha256" in capsys.readouterr().err
-    from artgen.images import sha256_file
+    from artgen.core.images import sha256_file
 
     manifest["fetchable"][0]["sha256"] = sha256_file(src)
     (styles / "manifest.json").write_text(json.dumps(manifest))
@@ -457,7 +457,7 @@ def test_fast_batch_goes_in_batches_and_resumes(folder, images, tmp_path, capsys
 
 
 def test_info_refuses_tampered_metadata_without_running_it(images, tmp_path, capsys):
-    from artgen.images import save_png
+    from artgen.core.images import save_png
 
     good = tmp_path / "good.png"
     assert (
@@ -524,7 +524,7 @@ def test_a_third_method_is_one_file_and_one_registry_line(images, tmp_path, monk
             return cls(**d)
 
     def stylize(content, styles, options, *, model=None, device=None, callback=None):
-        from artgen.images import load_image, resize_long_side
+        from artgen.core.images import load_image, resize_long_side
 
         rgb = content.rgb if hasattr(content, "rgb") else load_image(content).rgb
         return resize_long_side(rgb, options.size)
@@ -633,7 +633,7 @@ def test_batch_never_overwrites_an_input_through_a_symlink(images, tmp_path, cap
 def test_reproduce_lines_work_for_bundled_fetched_and_path_styles(
     images, tmp_path, capsys, monkeypatch
 ):
-    from artgen import catalog
+    from artgen.interop import catalog
 
     # A fetched painting: put a file where `styles fetch` would (its checksum is not checked
     # on use, only on download).
@@ -698,7 +698,7 @@ def test_info_survives_fuzzed_metadata(images, tmp_path, capsys):
     import random
     import shlex
 
-    from artgen.images import save_png
+    from artgen.core.images import save_png
 
     good = tmp_path / "good.png"
     assert (
@@ -816,7 +816,7 @@ def test_concurrent_batches_share_the_work(folder, images, tmp_path):
 
 def test_batch_counts_what_another_run_does_as_skipped(folder, images, tmp_path, capsys):
     """In-process: one output claimed by 'another run', one finished by it after planning."""
-    from artgen.images import OutputClaim, load_image
+    from artgen.core.images import OutputClaim, load_image
     from artgen.style import get_method
     from artgen.style.batch import BatchOptions, plan_batch, run_batch
 
@@ -840,7 +840,7 @@ def test_batch_counts_what_another_run_does_as_skipped(folder, images, tmp_path,
 
 
 def test_messages_name_the_right_flag_and_defaults_once(tmp_path, capsys):
-    from artgen.metrics import load_fid_network
+    from artgen.eval.metrics import load_fid_network
 
     with pytest.raises(Exception) as e:
         load_fid_network("vgg19")
@@ -863,7 +863,7 @@ def test_messages_name_the_right_flag_and_defaults_once(tmp_path, capsys):
 
 
 def test_info_never_prints_control_characters_flags_or_long_echoes(images, tmp_path, capsys):
-    from artgen.images import save_png
+    from artgen.core.images import save_png
 
     good = tmp_path / "good.png"
     assert (

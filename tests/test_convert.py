@@ -1,4 +1,4 @@
-"""Importing StyleGAN2-ADA network pickles (artgen.safe_pickle, artgen.convert).
+"""Importing StyleGAN2-ADA network pickles (artgen.interop.safe_pickle, artgen.interop.convert).
 
 The pickles are built here without NVlabs' code, byte-for-byte the way
 stylegan2-ada-pytorch writes ``network-snapshot-*.pkl``: a plain pickle of
@@ -30,11 +30,11 @@ import numpy as np
 import pytest
 import torch
 
-from artgen import safe_pickle
-from artgen.convert import config_from_kwargs, convert_stylegan2_pickle, stylegan2_state
-from artgen.errors import ArtgenError
+from artgen.core.errors import ArtgenError
+from artgen.interop import safe_pickle
+from artgen.interop.convert import config_from_kwargs, convert_stylegan2_pickle, stylegan2_state
+from artgen.interop.safe_pickle import PersistentStub, load_stylegan2_pickle
 from artgen.models.stylegan2 import Discriminator, Generator, StyleGAN2Config
-from artgen.safe_pickle import PersistentStub, load_stylegan2_pickle
 
 from .stylegan2_pickles import (
     CFG,
@@ -655,7 +655,7 @@ def test_stub_copies_but_refuses_state_from_a_pickle(tmp_path):
 
 def test_cli_convert_then_finetune_from_the_converted_base(snapshot_file, tmp_path, capsys):
     from artgen.cli import main
-    from artgen.finetune.gan import load_gan
+    from artgen.train.gan import load_gan
 
     path, _, _ = snapshot_file
     out = tmp_path / "converted"

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from artgen.data import (
+from artgen.core.data import (
     ImageSet,
     Labels,
     balance_weights,
@@ -19,7 +19,7 @@ from artgen.data import (
     proportions,
     read_labels,
 )
-from artgen.errors import ArtgenError
+from artgen.core.errors import ArtgenError
 
 from .conftest import photo, stripes
 
@@ -264,7 +264,7 @@ def _captioned(tmp_path: Path, n: int = 3) -> list[Path]:
 
 
 def test_captions_from_txt_and_csv_with_the_rest_uncaptioned(tmp_path):
-    from artgen.data import read_captions
+    from artgen.core.data import read_captions
 
     files = _captioned(tmp_path)
     (tmp_path / "im0.txt").write_text("  a  red\nfox \n")  # whitespace collapsed
@@ -293,7 +293,7 @@ def test_captions_from_txt_and_csv_with_the_rest_uncaptioned(tmp_path):
     ],
 )
 def test_bad_captions_are_one_line_naming_the_file(tmp_path, txt, csv_text, message):
-    from artgen.data import read_captions
+    from artgen.core.data import read_captions
 
     files = _captioned(tmp_path)
     if txt is not None:
@@ -306,7 +306,7 @@ def test_bad_captions_are_one_line_naming_the_file(tmp_path, txt, csv_text, mess
 
 
 def test_same_caption_in_both_places_is_fine_and_a_missing_csv_is_named(tmp_path):
-    from artgen.data import read_captions
+    from artgen.core.data import read_captions
 
     files = _captioned(tmp_path)
     (tmp_path / "im0.txt").write_text("a fox")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from artgen.errors import ArtgenError
-from artgen.evaluate import EvalOptions, evaluate
+from artgen.core.errors import ArtgenError
+from artgen.eval.evaluate import EvalOptions, evaluate
 
 from .conftest import one_line_error, photo, stripes
 
@@ -104,9 +104,9 @@ def test_eval_errors(reference, tmp_path):
 
 def test_eval_corrects_a_probe_that_misreads_degraded_images(reference, tmp_path):
     """A probe trained on clean images only, on "generated" images degraded the way
-    artgen.probe.degrade does: the calibrated evaluation is no further from the truth."""
-    from artgen.images import to_pil, to_tensor
-    from artgen.probe import degrade
+    artgen.eval.probe.degrade does: the calibrated evaluation is no further from the truth."""
+    from artgen.core.images import to_pil, to_tensor
+    from artgen.eval.probe import degrade
 
     folder, labels = reference
 
@@ -142,7 +142,7 @@ def test_eval_corrects_a_probe_that_misreads_degraded_images(reference, tmp_path
 def test_cli_prints_fd_with_its_interval_and_kid_with_its_error(
     reference, tmp_path, monkeypatch, capsys
 ):
-    import artgen.evaluate as ev
+    import artgen.eval.evaluate as ev
     from artgen.cli import main
 
     folder, labels = reference
@@ -198,7 +198,7 @@ def _balanced(n, seed):
 
 
 def test_metrics_computes_only_the_metrics_asked_for(reference, tmp_path, monkeypatch):
-    import artgen.metrics as M
+    import artgen.eval.metrics as M
 
     folder, labels = reference
     base = dict(images=str(folder), num_samples=12, kid_subsets=5, lpips="stand-in", device="cpu")
@@ -241,8 +241,8 @@ def test_unknown_metrics_and_unmet_needs_are_one_line_errors(reference, tmp_path
 
 
 def test_a_registered_metric_is_computed_and_printed_by_name(tmp_path, monkeypatch, capsys):
-    import artgen.evaluate as ev
-    import artgen.metric_registry as registry
+    import artgen.eval.evaluate as ev
+    import artgen.eval.registry as registry
     from artgen.cli import main
 
     monkeypatch.setattr(registry, "METRICS", dict(registry.METRICS))  # registered for this test

@@ -109,7 +109,7 @@ def test_worker_processes_keep_the_order_and_report_a_failure(tmp_path):
 
 
 def test_a_finished_run_with_other_settings_is_named_field_by_field(tmp_path):
-    from artgen.finetune.gan import GanTrainOptions
+    from artgen.train.gan import GanTrainOptions
 
     run = tmp_path / "runs" / "pretrained"
     asked = GanTrainOptions(images=str(tmp_path / "data"), out=str(run), steps=3000)

@@ -16,9 +16,9 @@ import torch
 from safetensors.torch import load_file
 
 from artgen.cli import main
-from artgen.errors import ArtgenError
-from artgen.finetune import adain as T
-from artgen.losses import mean_std
+from artgen.core.errors import ArtgenError
+from artgen.core.losses import mean_std
+from artgen.train import adain as T
 
 from .conftest import edit_json, one_line_error, photo, stripes
 
@@ -147,7 +147,7 @@ def test_a_run_recorded_before_the_loss_options_resumes_as_it_was_trained(data, 
 
 
 def test_the_covariance_loss_is_added_with_its_weight(lite0):
-    from artgen.losses import covariance, covariance_loss
+    from artgen.core.losses import covariance, covariance_loss
     from artgen.models import adain as M
 
     cfg = M.LITE0_CONFIG
@@ -233,9 +233,9 @@ def test_fine_tuning_from_the_shipped_decoder_lowers_the_style_loss(data, tmp_pa
     """Transfer learning to an artist's style: a few steps on one style from the shipped
     decoder bring its outputs' statistics closer to that style on a held-out photo."""
     import artgen
-    from artgen import weights
-    from artgen.images import to_tensor
-    from artgen.losses import stats_distance
+    from artgen.core.images import to_tensor
+    from artgen.core.losses import stats_distance
+    from artgen.interop import weights
 
     c, s = data
     art = tmp_path / "art"

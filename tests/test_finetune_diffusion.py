@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from artgen.errors import ArtgenError, Cancelled
-from artgen.finetune.diffusion import (
+from artgen.core.errors import ArtgenError, Cancelled
+from artgen.train.diffusion import (
     DiffusionFinetuneOptions,
     diffusion_loss,
     finetune_diffusion,
@@ -69,7 +69,7 @@ def fixed_batch_loss(pipe, folder: Path, resolution: int, seed: int = 123) -> fl
     """The denoising loss on the training images with fixed noise and timesteps."""
     from diffusers import DDPMScheduler
 
-    from artgen.data import ImageSet, list_images
+    from artgen.core.data import ImageSet, list_images
 
     data = ImageSet(list_images(folder), resolution, center_crop=True, random_flip=False)
     pixels = torch.stack([data[i]["pixels"] for i in range(len(data))])
@@ -77,7 +77,7 @@ def fixed_batch_loss(pipe, folder: Path, resolution: int, seed: int = 123) -> fl
     x0 = to_model_space(pipe, pixels, g)
     cond = None
     if hasattr(pipe, "text_encoder"):
-        from artgen.finetune.diffusion import encode_prompt
+        from artgen.train.diffusion import encode_prompt
 
         cond = encode_prompt(pipe, "a painting in sks style", torch.device("cpu"))
         cond = cond.expand(x0.shape[0], -1, -1)
@@ -188,7 +188,7 @@ def test_resume_after_interrupt_continues_exactly(
         with pytest.raises(Cancelled):
             finetune_diffusion(opts, callback=stop_at_5)
     else:
-        monkeypatch.setattr("artgen.finetune.diffusion.diffusion_loss", loss_then_sigint)
+        monkeypatch.setattr("artgen.train.diffusion.diffusion_loss", loss_then_sigint)
         with pytest.raises(KeyboardInterrupt):  # after step 5 is whole, not inside it
             finetune_diffusion(opts)
         monkeypatch.undo()
@@ -675,7 +675,7 @@ def sd_lora(bases, tmp_path_factory) -> Path:
 
 def _trained_adapters(bases) -> dict[str, str]:
     """What training adapts: a fresh UNet given the run's LoraConfig."""
-    from artgen.finetune.diffusion import prepare_trainable
+    from artgen.train.diffusion import prepare_trainable
 
     unet = load_base(str(bases["sd"])).unet
     prepare_trainable(unet, fast(bases, "unused", base="sd", lora_rank=4, lora_alpha=2))
@@ -771,7 +771,7 @@ def test_lora_that_does_not_load_whole_is_an_error(bases, sd_lora, tmp_path):
 
 
 def test_unconditional_lora_restores_every_adapter(bases, tmp_path):
-    from artgen.finetune.diffusion import prepare_trainable
+    from artgen.train.diffusion import prepare_trainable
 
     run = finetune_diffusion(fast(bases, tmp_path / "run", steps=2))
     unet = load_base(str(bases["ddpm"])).unet
@@ -856,7 +856,7 @@ def test_text_encoder_lora_of_a_stable_diffusion_run(bases, tmp_path):
     come back with load_run, and kohya's file names them lora_te_ (read by diffusers)."""
     from diffusers import StableDiffusionPipeline
 
-    from artgen.finetune.diffusion import adapted, encode_prompt
+    from artgen.train.diffusion import adapted, encode_prompt
 
     run = finetune_diffusion(
         fast(

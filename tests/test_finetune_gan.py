@@ -1,4 +1,4 @@
-"""artgen.finetune.gan: losses, training steps, runs, resume, FreezeD, fairTL++, the CLI.
+"""artgen.train.gan: losses, training steps, runs, resume, FreezeD, fairTL++, the CLI.
 
 Every network is a tiny StyleGAN2 built in the test (16 px, 16 channels at most)."""
 
@@ -21,8 +21,10 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from artgen.errors import ArtgenError, Cancelled
-from artgen.finetune.gan import (
+from artgen.core.errors import ArtgenError, Cancelled
+from artgen.models.stylegan2 import Discriminator, Generator
+from artgen.runs.record import load_run
+from artgen.train.gan import (
     cdc_loss,
     d_logistic_loss,
     finetune_gan,
@@ -36,8 +38,6 @@ from artgen.finetune.gan import (
     synthesis_layers,
     train_gan,
 )
-from artgen.models.stylegan2 import Discriminator, Generator
-from artgen.runs import load_run
 
 from .conftest import edit_json, one_line_error
 from .tiny_gan import TINY, ft_options, shapes_folder, tiny_config, train_options
@@ -127,7 +127,7 @@ def test_cdc_loss_matches_the_official_loop_with_one_layer_per_anchor():
     for n in (4, 8, 16):
         s, t = torch.randn(n, 6, generator=g), torch.randn(n, 6, generator=g)
         mean = cdc_loss([s], [t], [0] * n).item()
-        from artgen.finetune.gan import _similarity_distribution as dist
+        from artgen.train.gan import _similarity_distribution as dist
 
         batchmean = F.kl_div(dist(t, log=True), dist(s, log=False), reduction="batchmean")
         assert batchmean.item() / mean == pytest.approx(n - 1, rel=1e-5)
@@ -825,7 +825,7 @@ def test_a_corrupt_or_linked_generator_is_reported_as_such(run_copy, tmp_path, c
 
 def test_non_finite_generator_weights_are_refused_when_sampling(run_copy, tmp_path, capsys):
     from artgen.cli import main
-    from artgen.finetune.gan import load_generator
+    from artgen.train.gan import load_generator
 
     weights = run_copy / "generator" / "model.safetensors"
     tensors = load_file(str(weights))
@@ -868,7 +868,7 @@ def test_run_config_paths_resolve_in_the_run_and_files_are_never_quoted(run_copy
 
 
 def test_fuzzed_gan_checkpoints_restore_or_give_an_artgen_error(gan_run, tmp_path):
-    from artgen.finetune.gan import restore
+    from artgen.train.gan import restore
 
     from .fuzz import fuzz_checkpoint
 

@@ -14,9 +14,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from artgen.data import ImageSet, list_images
-from artgen.errors import ArtgenError, Cancelled
-from artgen.finetune.diffusion import (
+from artgen.core.data import ImageSet, list_images
+from artgen.core.errors import ArtgenError, Cancelled
+from artgen.core.images import read_params
+from artgen.train.diffusion import (
     DiffusionFinetuneOptions,
     LatentCache,
     adapted,
@@ -30,7 +31,6 @@ from artgen.finetune.diffusion import (
     time_ids,
     to_model_space,
 )
-from artgen.images import read_params
 
 from .conftest import lora_probes, photo
 from .tiny_diffusion import image_folder, tiny_sdxl
@@ -182,7 +182,7 @@ def test_the_run_records_captions_crops_and_trains_every_adapter(xl, xl_run):
 
 
 def test_validation_prompt_makes_the_sample_grids(xl, tmp_path, monkeypatch):
-    import artgen.finetune.diffusion as d
+    import artgen.train.diffusion as d
 
     seen = []
     real = d.generate

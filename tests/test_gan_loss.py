@@ -1,4 +1,4 @@
-"""The StyleGAN2 objective as loss objects (artgen.finetune.gan_loss), against the pure
+"""The StyleGAN2 objective as loss objects (artgen.train.gan_loss), against the pure
 functions it is made of."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ import copy
 import pytest
 import torch
 
-from artgen.finetune.gan_loss import (
+from artgen.models.stylegan2 import Discriminator, Generator
+from artgen.train.gan_loss import (
     CDC_BATCH,
     CDCTerm,
     FeedbackLoss,
@@ -19,7 +20,6 @@ from artgen.finetune.gan_loss import (
     layer_features,
     r1_penalty,
 )
-from artgen.models.stylegan2 import Discriminator, Generator
 
 from .tiny_gan import tiny_config
 

@@ -4,9 +4,9 @@ import torch
 from PIL import Image
 
 import artgen
-from artgen.errors import ArtgenError, Cancelled
-from artgen.images import load_image, to_tensor
-from artgen.losses import gram
+from artgen.core.errors import ArtgenError, Cancelled
+from artgen.core.images import load_image, to_tensor
+from artgen.core.losses import gram
 from artgen.style import gatys
 from artgen.style.gatys import StylizeOptions, scale_sizes
 
@@ -99,7 +99,7 @@ def test_blend_of_two_styles_lies_between(lite0, images):
 
 
 def _chroma(im: Image.Image) -> np.ndarray:
-    from artgen.color import rgb_to_yiq
+    from artgen.core.color import rgb_to_yiq
 
     return rgb_to_yiq(to_tensor(im))[0, 1:].numpy()
 

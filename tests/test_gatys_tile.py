@@ -9,9 +9,9 @@ from PIL import Image
 
 import artgen
 from artgen.cli import main
-from artgen.errors import ArtgenError
-from artgen.images import read_params
-from artgen.metrics import seam_ratio
+from artgen.core.errors import ArtgenError
+from artgen.core.images import read_params
+from artgen.eval.metrics import seam_ratio
 from artgen.style import gatys
 
 from .conftest import photo, stripes

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from artgen.errors import ArtgenError
-from artgen.images import load_image, read_params, save_png, to_pil, to_tensor
+from artgen.core.errors import ArtgenError
+from artgen.core.images import load_image, read_params, save_png, to_pil, to_tensor
 
 from .conftest import photo
 
@@ -119,7 +119,7 @@ def test_saved_files_get_normal_permissions(tmp_path):
 
 
 def test_check_output_refuses_unwritable_places_in_one_line(tmp_path):
-    from artgen.images import check_output, check_output_dir
+    from artgen.core.images import check_output, check_output_dir
 
     (tmp_path / "afile").write_text("x")
     (tmp_path / "x.png").mkdir()
@@ -169,7 +169,7 @@ def test_read_params_refuses_deep_and_huge_metadata(tmp_path):
 
 
 def test_an_output_claim_is_exclusive_and_released(tmp_path):
-    from artgen.images import OutputClaim
+    from artgen.core.images import OutputClaim
 
     out = tmp_path / "a.png"
     first = OutputClaim(out)
@@ -192,14 +192,14 @@ def test_a_killed_owner_leaves_a_claim_that_is_free_at_once(tmp_path):
 
     out = tmp_path / "k.png"
     code = (
-        "import sys, time; from artgen.images import OutputClaim; "
+        "import sys, time; from artgen.core.images import OutputClaim; "
         f"c = OutputClaim({str(out)!r}); assert c.acquire(); print('held', flush=True); "
         "time.sleep(60)"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "held"
-        from artgen.images import OutputClaim
+        from artgen.core.images import OutputClaim
 
         assert not OutputClaim(out).acquire()
         proc.send_signal(signal.SIGKILL)
@@ -212,7 +212,7 @@ def test_a_killed_owner_leaves_a_claim_that_is_free_at_once(tmp_path):
 
 
 def test_stale_temporary_files_are_cleaned_unless_being_written(tmp_path):
-    from artgen.images import OutputClaim, clean_stale_files
+    from artgen.core.images import OutputClaim, clean_stale_files
 
     killed = tmp_path / ".a.png.k3j2h1g0.tmp"  # a run was killed while writing a.png
     killed.write_bytes(b"half a png")
@@ -232,7 +232,7 @@ def test_stale_temporary_files_are_cleaned_unless_being_written(tmp_path):
 
 
 def test_a_planted_lock_link_or_fifo_is_never_written_through(tmp_path):
-    from artgen.images import OutputClaim, check_output
+    from artgen.core.images import OutputClaim, check_output
 
     victim = tmp_path / "victim.txt"
     victim.write_text("IMPORTANT DATA")

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from artgen.color import combine_luminance, luminance, match_histogram, rgb_to_yiq
-from artgen.losses import blend_grams, gram, scaled_mse, tv_loss
+from artgen.core.color import combine_luminance, luminance, match_histogram, rgb_to_yiq
+from artgen.core.losses import blend_grams, gram, scaled_mse, tv_loss
 
 
 def test_gram_is_symmetric_normalised_and_fp32():
@@ -54,7 +54,7 @@ def test_luminance_transfer_keeps_content_chroma():
 
 
 def test_covariance_is_the_centred_gram_and_its_loss_is_relative():
-    from artgen.losses import covariance, covariance_loss
+    from artgen.core.losses import covariance, covariance_loss
 
     g = torch.Generator().manual_seed(0)
     f = torch.randn(2, 3, 5, 7, generator=g) * 2 + 1

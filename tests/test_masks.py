@@ -11,11 +11,18 @@ import torch
 from PIL import Image
 
 import artgen
-from artgen import weights
 from artgen.cli import main
-from artgen.errors import ArtgenError
-from artgen.images import load_mask, read_params, to_tensor
-from artgen.losses import gram, masked_gram, masked_mean_std, mean_std, resize_mask, stats_distance
+from artgen.core.errors import ArtgenError
+from artgen.core.images import load_mask, read_params, to_tensor
+from artgen.core.losses import (
+    gram,
+    masked_gram,
+    masked_mean_std,
+    mean_std,
+    resize_mask,
+    stats_distance,
+)
+from artgen.interop import weights
 from artgen.style import plan_regions
 
 from .conftest import one_line_error, photo, stripes
@@ -510,7 +517,7 @@ def test_batch_applies_the_same_masks_to_each_picture(files, tmp_path, capsys):
 
 
 def test_tampered_mask_records_are_refused(files, tmp_path, capsys):
-    from artgen.images import save_png
+    from artgen.core.images import save_png
 
     out = tmp_path / "out.png"
     assert (

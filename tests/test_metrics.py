@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from artgen.errors import ArtgenError
-from artgen.metrics import (
+from artgen.core.errors import ArtgenError
+from artgen.eval.metrics import (
     FeatureDistance,
     assign_clusters,
     attribute_proportions,
@@ -25,7 +25,7 @@ from artgen.metrics import (
     load_lpips,
     polynomial_mmd2,
 )
-from artgen.weights import VGG19_FILE, torch_checkpoint_dir
+from artgen.interop.weights import VGG19_FILE, torch_checkpoint_dir
 
 from .conftest import photo, stripes
 
@@ -173,7 +173,7 @@ def test_kid_bootstrap_spread_matches_the_spread_over_fresh_sets():
 
 
 def test_kid_bootstrap_rows_leave_out_pairs_of_a_row_with_itself():
-    from artgen.metrics import _poly_mmd2_rows
+    from artgen.eval.metrics import _poly_mmd2_rows
 
     # d = 1: x = (0, 1, 2) drawn as rows (0, 0, 1); pairs of distinct rows: (0,1) twice each
     # way, k(0, 1) = 1, so XX = 1; y = (1, 2) whole: YY = k(1, 2) = 27; XY: the mean of
@@ -223,10 +223,10 @@ def test_lite0_fid_features_are_the_unfolded_classifiers_pooled_features(fid_net
     # The FID network folds BatchNorm into the convs and runs channels_last; its features
     # must be those of the plain classifier (timm's layout, BatchNorm kept, contiguous):
     # resize to 224, ImageNet-normalise, pool the last feature map.
-    from artgen.metrics import _resize
+    from artgen.eval.metrics import _resize
+    from artgen.interop.weights import choose_backbone, read_state_dict
     from artgen.models import backbones
     from artgen.models.backbones import IMAGENET_MEAN, IMAGENET_STD
-    from artgen.weights import choose_backbone, read_state_dict
 
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fid_net.modules())
     sd = read_state_dict(choose_backbone("efficientnet-lite0", None, instead="").weights, "")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from artgen.cli import main
-from artgen.errors import ArtgenError
+from artgen.core.errors import ArtgenError
 
 ort = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
 pytest.importorskip("onnxscript", reason="the onnx extra is not installed")
@@ -28,7 +28,7 @@ def test_the_graph_is_the_fast_method(tiny, tmp_path):
     """What the graph computes is artgen's forward pass (border, AdaIN at every level, decoder,
     crop), for sizes that are no multiple of the stride and any alpha; onnxruntime agrees
     with PyTorch to 1e-3 on sizes the export never saw."""
-    from artgen.onnx_export import FastGraph, export_onnx
+    from artgen.interop.onnx_export import FastGraph, export_onnx
 
     graph = FastGraph(tiny)
     g = torch.Generator().manual_seed(1)

@@ -1,4 +1,4 @@
-"""artgen.palette: the style's colour mean and covariance on the fast method's picture."""
+"""artgen.core.palette: the style's colour mean and covariance on the fast method's picture."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from artgen import palette
+from artgen.core import palette
 
 from .conftest import photo, stripes
 
@@ -114,7 +114,7 @@ def test_square_roots_from_many_threads_and_non_finite_statistics():
     reliably thread-safe there: numpy issues 24512, 32028); a NaN in the statistics is named."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from artgen import palette
+    from artgen.core import palette
 
     rng = np.random.default_rng(0)
     mats = [a @ a.T + np.eye(3) * 1e-5 for a in rng.random((32, 3, 3))]

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from artgen.errors import ArtgenError
-from artgen.probe import cross_validated_accuracy, fit_linear_probe
+from artgen.core.errors import ArtgenError
+from artgen.eval.probe import cross_validated_accuracy, fit_linear_probe
 
 
 def blobs(n: int = 40, d: int = 16, gap: float = 3.0, seed: int = 0):
@@ -44,7 +44,7 @@ def test_probe_errors():
 
 
 def test_degrade_keeps_shape_and_range_is_seeded_and_is_the_identity_at_strength_zero():
-    from artgen.probe import degrade
+    from artgen.eval.probe import degrade
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(5, 3, 16, 16, generator=g)
@@ -65,8 +65,8 @@ def test_degrade_keeps_shape_and_range_is_seeded_and_is_the_identity_at_strength
 
 
 def test_calibrate_probe_measures_the_errors_on_degraded_held_out_features():
-    from artgen.metrics import confusion_matrix
-    from artgen.probe import calibrate_probe
+    from artgen.eval.metrics import confusion_matrix
+    from artgen.eval.probe import calibrate_probe
 
     x, labels = blobs(n=40, gap=30.0)  # "b" (even rows) shifted by 30 sd: far apart
     # Degraded copies for testing: every other "a" item (rows 1, 5, 9, ...; 10 of 20) is

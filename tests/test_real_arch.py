@@ -759,7 +759,7 @@ LOGGED_1024_AUTO = {"G": (28_794_124, 2_797_104), "D": (29_012_513, 544)}
 def test_restated_layout_has_the_logged_sizes():
     """The restated official layout, and artgen's own count, give exactly the sizes the official
     code prints (counted on the meta device, nothing allocated)."""
-    from artgen.convert import config_from_kwargs
+    from artgen.interop.convert import config_from_kwargs
 
     g, d = train_py_kwargs("paper1024", 1024)
     g.mapping_kwargs.num_layers = 2  # cfg=auto
@@ -788,8 +788,8 @@ def test_published_cifar10_pickle_discriminator_is_refused_by_name(tmp_path):
     g_tree, _ = snapshot_pickle(pkl, g_kwargs, d_kwargs)
     assert main(["convert", str(pkl), str(tmp_path / "full")]) == 2
     assert not (tmp_path / "full").exists()
-    from artgen.convert import convert_stylegan2_pickle
-    from artgen.errors import ArtgenError
+    from artgen.core.errors import ArtgenError
+    from artgen.interop.convert import convert_stylegan2_pickle
 
     with pytest.raises(
         ArtgenError,
@@ -810,7 +810,7 @@ def test_restated_layout_is_the_official_one_at_small_size():
     """The restatement gives the same module tree as artgen's networks (whose names and
     shapes are the official ones, checked against the official code): a cheap guard that the
     restatement itself is right, on a 16 px network of every option used above."""
-    from artgen.convert import config_from_kwargs
+    from artgen.interop.convert import config_from_kwargs
     from artgen.models.stylegan2 import Discriminator, Generator
 
     for c_dim, arch, freezed in ((0, "resnet", None), (3, "orig", None), (0, "resnet", 3)):

@@ -1,4 +1,4 @@
-"""The training run that every trainer shares (artgen.finetune.run)."""
+"""The training run that every trainer shares (artgen.train.skeleton)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from artgen.data import balance_weights, proportions
-from artgen.errors import ArtgenError
-from artgen.finetune.run import OPTIONS, Draws, RunOptions, options_class, options_for_resume
+from artgen.core.data import balance_weights, proportions
+from artgen.core.errors import ArtgenError
+from artgen.train.skeleton import OPTIONS, Draws, RunOptions, options_class, options_for_resume
 
 
 def test_draws_balance_a_90_10_set_and_count_what_was_drawn():
@@ -67,7 +67,7 @@ def test_every_recorded_method_has_an_options_class_of_the_shared_base():
 
 @pytest.fixture(scope="module")
 def gan_runs(tmp_path_factory):
-    from artgen.finetune.gan import train_gan
+    from artgen.train.gan import train_gan
 
     from .tiny_gan import shapes_folder, train_options
 
@@ -78,7 +78,7 @@ def gan_runs(tmp_path_factory):
 
 
 def test_api_resume_refuses_a_changed_setting_for_a_gan_too(gan_runs, tmp_path):
-    from artgen.finetune.gan import GanTrainOptions, train_gan
+    from artgen.train.gan import GanTrainOptions, train_gan
 
     run = Path(shutil.copytree(gan_runs, tmp_path / "run"))
     resumed = options_for_resume(run, steps=3)
@@ -89,7 +89,7 @@ def test_api_resume_refuses_a_changed_setting_for_a_gan_too(gan_runs, tmp_path):
 
 
 def test_resume_without_a_checkpoint_is_an_error_for_a_gan(gan_runs, tmp_path):
-    from artgen.finetune.gan import train_gan
+    from artgen.train.gan import train_gan
 
     run = Path(shutil.copytree(gan_runs, tmp_path / "run"))
     shutil.rmtree(run / "checkpoints")

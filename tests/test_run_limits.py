@@ -1,4 +1,4 @@
-"""Bounds on the sizes a run folder claims (artgen.checkpoint.RUN_LIMITS and
+"""Bounds on the sizes a run folder claims (artgen.runs.checkpoint.RUN_LIMITS and
 BASE_CONFIG_LIMITS): every number of a run's config.json, or of its base's configs, pushed
 to extremes is one line (exit 2) in bounded time and memory, never a traceback, an
 allocator failure or a build that grows without bound (issue 34)."""
@@ -16,19 +16,19 @@ from pathlib import Path
 import pytest
 
 import artgen
-from artgen.checkpoint import (
+from artgen.cli import main
+from artgen.core.errors import ArtgenError
+from artgen.runs.checkpoint import (
     BASE_CONFIG_LIMITS,
     RUN_LIMITS,
     check_limits,
     limit_error,
     options_from_dict,
 )
-from artgen.cli import main
-from artgen.errors import ArtgenError
-from artgen.finetune import diffusion
-from artgen.finetune.adain import AdaINTrainOptions
-from artgen.finetune.diffusion import DiffusionFinetuneOptions, finetune_diffusion
-from artgen.finetune.gan import GanFinetuneOptions, GanTrainOptions, train_gan
+from artgen.train import diffusion
+from artgen.train.adain import AdaINTrainOptions
+from artgen.train.diffusion import DiffusionFinetuneOptions, finetune_diffusion
+from artgen.train.gan import GanFinetuneOptions, GanTrainOptions, train_gan
 
 from .conftest import one_line_error
 from .tiny_diffusion import image_folder, tiny_ddpm
@@ -119,7 +119,7 @@ def stand_ins(monkeypatch):
     """Loading a GAN's generator or a diffusion base says it was reached instead: what a
     run's config.json claims must all be checked before (a network's own configs are
     swept by the tests below, and by test_stylegan2's)."""
-    from artgen.finetune import gan
+    from artgen.train import gan
 
     def reached(*args, **kw):
         raise ArtgenError(f"the network {REACHED}")

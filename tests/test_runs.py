@@ -12,12 +12,12 @@ import pytest
 from PIL import Image
 
 import artgen
-from artgen import runs
-from artgen.errors import ArtgenError
-from artgen.finetune.diffusion import finetune_diffusion
-from artgen.finetune.diffusion import generate as generate_pipeline
-from artgen.finetune.gan import generate_gan, load_generator, train_gan
-from artgen.runs import DiffusionRun, GanRun, Run, load_run, register_run
+from artgen.core.errors import ArtgenError
+from artgen.runs import record as runs
+from artgen.runs.record import DiffusionRun, GanRun, Run, load_run, register_run
+from artgen.train.diffusion import finetune_diffusion
+from artgen.train.diffusion import generate as generate_pipeline
+from artgen.train.gan import generate_gan, load_generator, train_gan
 
 from .conftest import edit_json, one_line_error
 from .tiny_diffusion import image_folder, tiny_ddpm
@@ -151,7 +151,7 @@ def test_settings_of_another_kind_are_refused(diffusion_run, gan_run, tmp_path, 
 
 def test_cli_sample_draws_through_the_run_object_and_records_its_settings(gan_run, tmp_path):
     from artgen.cli import main
-    from artgen.images import read_params
+    from artgen.core.images import read_params
 
     grid, each = tmp_path / "grid.png", tmp_path / "each"
     assert (

@@ -1,4 +1,4 @@
-"""Hostile pickles against artgen.safe_pickle: state set on tensors, pickle bombs, fuzzing.
+"""Hostile pickles against artgen.interop.safe_pickle: state set on tensors, pickle bombs, fuzzing.
 
 The files are written opcode by opcode (:class:`Asm`), as an attacker would, or with the
 helpers of test_convert.py, which write snapshots the way stylegan2-ada-pytorch does. The
@@ -27,11 +27,11 @@ import numpy as np
 import pytest
 import torch
 
-from artgen import safe_pickle
-from artgen.convert import config_from_kwargs, stylegan2_state
-from artgen.errors import ArtgenError
+from artgen.core.errors import ArtgenError
+from artgen.interop import safe_pickle
+from artgen.interop.convert import config_from_kwargs, stylegan2_state
+from artgen.interop.safe_pickle import load_stylegan2_pickle, short_repr
 from artgen.models.stylegan2 import StyleGAN2Config
-from artgen.safe_pickle import load_stylegan2_pickle, short_repr
 
 from .stylegan2_pickles import (
     Evil,
@@ -171,7 +171,7 @@ _CHILD = textwrap.dedent(
     """
     import contextlib, io, json, resource, sys, time, tracemalloc
     from artgen.cli import main
-    import artgen.convert  # noqa: F401  (imports torch before the cap)
+    import artgen.interop.convert  # noqa: F401  (imports torch before the cap)
     def vm_bytes():
         for line in open("/proc/self/status"):
             if line.startswith("VmSize:"):

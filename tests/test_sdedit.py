@@ -13,10 +13,9 @@ from PIL import Image
 
 import artgen
 from artgen.cli import main
-from artgen.errors import ArtgenError
-from artgen.finetune.diffusion import finetune_diffusion
-from artgen.images import read_params
-from artgen.metrics import edge_correlation
+from artgen.core.errors import ArtgenError
+from artgen.core.images import read_params
+from artgen.eval.metrics import edge_correlation
 from artgen.style import get_method
 from artgen.style.sdedit import (
     SDEditOptions,
@@ -26,6 +25,7 @@ from artgen.style.sdedit import (
     run_sha256,
     stylize,
 )
+from artgen.train.diffusion import finetune_diffusion
 
 from .conftest import photo
 from .tiny_diffusion import image_folder, tiny_ddpm, tiny_sd

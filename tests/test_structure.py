@@ -80,6 +80,6 @@ def test_layers_the_library_keeps_lazy_imports_included():
             found += [f"{rel}: {n}" for n in names if n.split(".")[0] in ("gradio", "argparse")]
             found += [f"{rel}: {n}" for n in names if n.startswith("artgen.cli")]
         if rel.startswith("artgen/models/"):
-            upward = ("artgen.style", "artgen.finetune", "artgen.runs", "artgen.video")
+            upward = ("artgen.style", "artgen.train", "artgen.runs.record", "artgen.video.pipeline")
             found += [f"{rel}: {n}" for n in names if n.startswith(upward)]
     assert not found, found

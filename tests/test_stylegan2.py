@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from artgen.errors import ArtgenError
+from artgen.core.errors import ArtgenError
 from artgen.models import stylegan2
 from artgen.models.stylegan2 import (
     CONFIG_LIMITS,

@@ -1,4 +1,4 @@
-"""artgen.temporal: flow, warping, occlusion masks, blending, the temporal loss and the
+"""artgen.video.temporal: flow, warping, occlusion masks, blending, the temporal loss and the
 flicker metric, against hand-computed cases and a real photo moved by a known motion."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from artgen import temporal as T
+from artgen.video import temporal as T
 
 from .conftest import REPO
 

@@ -18,10 +18,10 @@ import pytest
 from PIL import Image
 
 import artgen
-from artgen import temporal as T
 from artgen.cli import main
-from artgen.images import load_image, read_params, to_tensor
-from artgen.video import VideoOptions, VideoProgress, plan_video, run_video, stylize_video
+from artgen.core.images import load_image, read_params, to_tensor
+from artgen.video import temporal as T
+from artgen.video.pipeline import VideoOptions, VideoProgress, plan_video, run_video, stylize_video
 
 from .conftest import REPO, one_line_error
 from .media import u8, write_video
@@ -222,7 +222,7 @@ def test_folder_in_folder_out_gif_and_webm(media, tmp_path, capsys):
 def test_44k1_aac_into_webm_becomes_48k_opus(clip, tmp_path, capsys):
     """libopus takes 48 kHz, not 44.1: the sound is resampled (it once failed after every
     frame was made, blaming a 'corrupt audio track')."""
-    from artgen.video import encoder_rate
+    from artgen.video.pipeline import encoder_rate
 
     assert encoder_rate("libopus", 44100) == 48000 and encoder_rate("libopus", 16000) == 16000
     assert encoder_rate("aac", 44100) == 44100
@@ -400,7 +400,7 @@ def test_the_last_run_to_leave_removes_only_lock_files_it_knows(tmp_path):
     """A run that removed the lock files as the last user must not, when it then leaves,
     remove the lock files of a run that joined since (which made that run invisible to a
     later --overwrite with other settings)."""
-    from artgen.video import CacheUsers
+    from artgen.video.pipeline import CacheUsers
 
     cache = tmp_path / "c.frames"
     a = CacheUsers(cache)
@@ -426,7 +426,7 @@ def test_the_last_run_to_leave_removes_only_lock_files_it_knows(tmp_path):
 def test_a_run_waits_for_another_writing_the_same_output(media, fast_model, tmp_path):
     import threading
 
-    from artgen.images import OutputClaim
+    from artgen.core.images import OutputClaim
 
     out = tmp_path / "styled.mp4"
     held = OutputClaim(out)
@@ -463,7 +463,7 @@ def test_a_refusal_removes_nothing_of_the_users(media, tmp_path, capsys):
 
 
 def test_a_whole_run_whose_frames_vanish_does_not_exit_0(media, tmp_path, capsys, monkeypatch):
-    import artgen.video as V
+    import artgen.video.pipeline as V
 
     real = V.cached_frames
     calls = {"n": 0}
@@ -568,7 +568,7 @@ def _lying_avi(path: Path, sizes) -> Path:
 def test_frames_larger_than_the_header_are_refused_before_decoding(tmp_path, capsys):
     import resource
 
-    from artgen.video import probe_video
+    from artgen.video.pipeline import probe_video
 
     liar = _lying_avi(tmp_path / "liar.avi", [(64, 48), (64, 48), (6000, 6000)])
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -582,7 +582,7 @@ def test_frames_larger_than_the_header_are_refused_before_decoding(tmp_path, cap
 
 
 def test_probe_stops_decoding_at_the_frame_limit(media):
-    from artgen.video import probe_video
+    from artgen.video.pipeline import probe_video
 
     seen = []
     real = av.container.InputContainer.decode
@@ -632,7 +632,7 @@ def test_frame_rates_read_from_a_frame_are_bounded(media, tmp_path, capsys, fps,
     frame = folder / "frame_000000.png"
     params = read_params(frame)
     params["video"]["fps"] = fps
-    from artgen.images import save_png
+    from artgen.core.images import save_png
 
     save_png(Image.open(frame), frame, params=params, overwrite=True)
     capsys.readouterr()

@@ -4,10 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
-from artgen.errors import ArtgenError
-from artgen.images import load_image, to_tensor
-from artgen.models.backbones import IMAGENET_MEAN, IMAGENET_STD, efficientnet_lite0_classifier
-from artgen.weights import (
+from artgen.core.errors import ArtgenError
+from artgen.core.images import load_image, to_tensor
+from artgen.interop.weights import (
     VGG19_FILE,
     choose_backbone,
     efficientnet_lite0_path,
@@ -16,6 +15,7 @@ from artgen.weights import (
     read_state_dict,
     torch_checkpoint_dir,
 )
+from artgen.models.backbones import IMAGENET_MEAN, IMAGENET_STD, efficientnet_lite0_classifier
 
 from .conftest import REPO
 
@@ -128,7 +128,7 @@ def test_batchnorm_folding_keeps_the_features():
 
 
 def test_clip_cuts_at_a_word_and_keeps_one_line():
-    from artgen.errors import clip
+    from artgen.core.errors import clip
 
     assert clip("short text") == "short text"
     text = "Invalid magic number; corrupt file? " * 10 + "\nsecond line"
@@ -186,7 +186,7 @@ def test_an_adain_model_config_naming_unknown_layers_is_one_line(tmp_path, capsy
     from pathlib import Path
 
     from artgen.cli import main
-    from artgen.weights import ADAIN_SHIPPED, load_adain
+    from artgen.interop.weights import ADAIN_SHIPPED, load_adain
 
     from .conftest import one_line_error, photo
 

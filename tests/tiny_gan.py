@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from artgen.finetune.gan import GanFinetuneOptions, GanTrainOptions
 from artgen.models.stylegan2 import StyleGAN2Config
+from artgen.train.gan import GanFinetuneOptions, GanTrainOptions
 
 TINY = {
     "resolution": 16,

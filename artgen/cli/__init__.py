@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 
 from artgen.cli.common import MESSAGE_LIMIT
-from artgen.errors import ArtgenError, clip
+from artgen.core.errors import ArtgenError, clip
 
 FAMILIES = ("stylize", "train", "runs", "assets")  # modules of artgen.cli, in --help order
 

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from artgen.cli.common import MESSAGE_LIMIT, download_bar
-from artgen.errors import ArtgenError, clip
+from artgen.core.errors import ArtgenError, clip
 
 COMMANDS = ("weights", "styles", "app")
 
@@ -55,7 +55,7 @@ def run_app(app_args: Sequence[str]) -> int:
 
 
 def _cmd_weights(args: argparse.Namespace) -> int:
-    from artgen import weights
+    from artgen.interop import weights
 
     if args.action == "list":
         vgg = weights.find_vgg19()
@@ -90,7 +90,7 @@ def _cmd_weights(args: argparse.Namespace) -> int:
 
 
 def _cmd_styles(args: argparse.Namespace) -> int:
-    from artgen import catalog
+    from artgen.interop import catalog
 
     entries = catalog.load_manifest()
     if args.action == "list":

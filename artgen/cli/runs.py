@@ -1,8 +1,8 @@
 """`artgen sample` and `artgen eval`: pictures from a finished run, and their metrics.
 
-Both go through the run object (artgen.runs.load_run), which knows each kind of run;
+Both go through the run object (artgen.runs.record.load_run), which knows each kind of run;
 sample's flags are each kind's sample settings, eval's come from EvalOptions, and each
-metric prints itself (artgen.metric_registry).
+metric prints itself (artgen.eval.registry).
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ import json
 
 from artgen.cli.common import options_from, quiet_libraries
 from artgen.cli.flags import add_dataclass_flags
-from artgen.errors import ArtgenError
+from artgen.core.errors import ArtgenError
 
 COMMANDS = ("sample", "eval")
 
 
 def add_commands(sub: argparse._SubParsersAction, method: str) -> None:
     """sample and eval."""
-    from artgen.evaluate import EvalOptions
-    from artgen.runs import sample_settings
+    from artgen.eval.evaluate import EvalOptions
+    from artgen.runs.record import sample_settings
 
     smp = sub.add_parser("sample", help="new images from a fine-tuned run, as one grid")
     smp.add_argument("run", help="run folder written by artgen finetune")
@@ -30,7 +30,7 @@ def add_commands(sub: argparse._SubParsersAction, method: str) -> None:
     smp.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     smp.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     seen: set[str] = set()
-    for settings in sample_settings():  # each kind of run's own flags (artgen.runs)
+    for settings in sample_settings():  # each kind of run's own flags (artgen.runs.record)
         add_dataclass_flags(smp, settings, skip=seen)
         seen |= {f.name for f in dataclasses.fields(settings)}
     smp.set_defaults(func=_cmd_sample)
@@ -48,8 +48,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from artgen._version import __version__
-    from artgen.images import check_output, check_output_dir, grid, save_png
-    from artgen.runs import load_run, run_class, sample_setting_names
+    from artgen.core.images import check_output, check_output_dir, grid, save_png
+    from artgen.runs.record import load_run, run_class, sample_setting_names
 
     quiet_libraries()
     out = args.output
@@ -84,8 +84,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from artgen.evaluate import EvalOptions, evaluate
-    from artgen.metric_registry import format_result
+    from artgen.eval.evaluate import EvalOptions, evaluate
+    from artgen.eval.registry import format_result
 
     quiet_libraries()
     r = evaluate(args.run, options_from(args, EvalOptions))
@@ -96,7 +96,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if "reference" in r:
         against = f" against {r['reference']['count']} in {r['reference']['folder']}"
     print(f"{args.run}: {r['samples']['source']} images{against}")
-    for line in format_result(r):  # each metric prints itself (artgen.metric_registry)
+    for line in format_result(r):  # each metric prints itself (artgen.eval.registry)
         print(line)
     print(f"written to {args.run}/eval.json")
     return 0

@@ -19,7 +19,7 @@ when it stops; folders of servers that were killed are removed by the next one.
 
 Video: under "Video" a short clip (at most ``max_video_seconds`` and
 ``max_video_frames``, and the server's upload size) goes through the fast method with
-temporal consistency (artgen.video: each frame blended with the flow-warped previous
+temporal consistency (artgen.video.pipeline: each frame blended with the flow-warped previous
 one), with the styles picked above, into an mp4 that keeps the clip's frame rate and
 sound. Longer clips are for `artgen video`, which resumes.
 
@@ -52,9 +52,10 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 
 import artgen  # noqa: E402
-from artgen import ArtgenError, Cancelled, catalog  # noqa: E402
-from artgen.devices import resolve_device  # noqa: E402
-from artgen.images import load_image, load_mask, save_png  # noqa: E402
+from artgen import ArtgenError, Cancelled  # noqa: E402
+from artgen.core.devices import resolve_device  # noqa: E402
+from artgen.core.images import load_image, load_mask, save_png  # noqa: E402
+from artgen.interop import catalog  # noqa: E402
 from artgen.style import get_method, mask_arguments, method_of, run_params  # noqa: E402
 
 UPLOAD_SLOTS = 2
@@ -350,7 +351,7 @@ class Studio:
 
     def check_clip(self, clip):
         """The uploaded clip's VideoInfo, within the server's limits; gr.Error otherwise."""
-        from artgen.video import TooManyFrames, probe_video
+        from artgen.video.pipeline import TooManyFrames, probe_video
 
         if not clip:
             raise gr.Error("Add a video clip first.")
@@ -382,7 +383,7 @@ class Studio:
     def video(self, clip, *rest, progress=gr.Progress()):  # noqa: B008 - Gradio's idiom
         """Generator: stylise a short clip with the fast method and temporal consistency;
         streams (video, status) updates. Problems are said in the status line."""
-        from artgen.video import VideoOptions, stylize_video
+        from artgen.video.pipeline import VideoOptions, stylize_video
 
         n = len(self.styles)
         bundled_w, uploads = rest[:n], rest[n : n + 2 * UPLOAD_SLOTS]

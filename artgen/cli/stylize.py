@@ -13,7 +13,7 @@ import sys
 
 from artgen.cli.common import Bar, options_from, same_file
 from artgen.cli.flags import add_dataclass_flags
-from artgen.errors import ArtgenError, clip
+from artgen.core.errors import ArtgenError, clip
 
 EXAMPLES = """\
 examples:
@@ -164,7 +164,7 @@ def _add_batch(sub: argparse._SubParsersAction, common) -> None:
 
 
 def _add_video(sub: argparse._SubParsersAction, common) -> None:
-    from artgen.video import VideoOptions
+    from artgen.video.pipeline import VideoOptions
 
     vp = sub.add_parser(
         "video",
@@ -255,7 +255,7 @@ def _mask_flags(p: argparse.ArgumentParser) -> None:
 def _load_masks(args: argparse.Namespace):
     """(masks aligned with args.style or None, content mask or None), loaded: a bad mask
     fails here, before any model is loaded."""
-    from artgen.images import load_mask
+    from artgen.core.images import load_mask
 
     given = getattr(args, "masks", None) or {}
     masks = [load_mask(given[i]) if i in given else None for i in range(len(args.style or []))]
@@ -267,8 +267,8 @@ def _setup(args: argparse.Namespace, masks=None, content_mask=None, onnx: bool =
     """The method, its options, the loaded network, the device and the loaded style images.
     The fast method runs on onnxruntime when this run can (artgen.style.adain_onnx): then
     PyTorch is never imported."""
-    from artgen import catalog
-    from artgen.images import load_image
+    from artgen.core.images import load_image
+    from artgen.interop import catalog
     from artgen.style import check_styles, get_method
 
     method = get_method(args.method)
@@ -285,7 +285,7 @@ def _setup(args: argparse.Namespace, masks=None, content_mask=None, onnx: bool =
             model = adain_onnx.load(onnx)
             print(method.describe(model), file=sys.stderr)
             return method, options, model, "cpu", styles
-    from artgen.devices import resolve_device
+    from artgen.core.devices import resolve_device
 
     device = resolve_device(args.device)
     model = method.load(options, device, args.weights)
@@ -295,8 +295,8 @@ def _setup(args: argparse.Namespace, masks=None, content_mask=None, onnx: bool =
 
 
 def _cmd_stylize(args: argparse.Namespace) -> int:
-    from artgen import catalog
-    from artgen.images import OutputClaim, check_output, load_image, save_png
+    from artgen.core.images import OutputClaim, check_output, load_image, save_png
+    from artgen.interop import catalog
     from artgen.style import check_styles, get_method, run_params
 
     check_styles(get_method(args.method), args.style)  # before any work
@@ -354,8 +354,8 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     if not jobs:
         print(f"no images to do in {args.in_dir} (shard {i}/{n})")
         return 0
-    from artgen import catalog
-    from artgen.images import check_output_dir
+    from artgen.core.images import check_output_dir
+    from artgen.interop import catalog
 
     if any(same_file(j.output, catalog.resolve(s)) for j in jobs for s, _ in args.style or []):
         raise ArtgenError("an output would overwrite a style image; choose another output folder")
@@ -417,7 +417,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 def _dataset_setup(args: argparse.Namespace, batch, all_shards: bool = False):
     """(plan, config) of a data-set run from its arguments: refused in one line before any
     network is loaded when the tree, the pool, the styles or the masks do not fit."""
-    from artgen import catalog
+    from artgen.interop import catalog
     from artgen.style import check_styles, get_method
     from artgen.style.batch import dataset_config, plan_dataset
 
@@ -455,7 +455,7 @@ def _dataset_setup(args: argparse.Namespace, batch, all_shards: bool = False):
             )
     masks, content_mask = _load_masks(args)
     if not args.verify:
-        from artgen.images import check_output_dir
+        from artgen.core.images import check_output_dir
 
         check_output_dir(plan.out_dir)  # before any compute
     config = dataset_config(
@@ -579,9 +579,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _cmd_video(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from artgen import catalog
+    from artgen.interop import catalog
     from artgen.style import get_method
-    from artgen.video import VideoOptions, plan_video, run_video
+    from artgen.video.pipeline import VideoOptions, plan_video, run_video
 
     if not get_method(args.method).needs_styles:
         raise ArtgenError(
@@ -688,12 +688,12 @@ def _short_hash(value: str) -> str:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from artgen.images import read_params
+    from artgen.core.images import read_params
     from artgen.style import reproduce_command, validate_params
-    from artgen.video import OUTPUT_FORMATS
+    from artgen.video.pipeline import OUTPUT_FORMATS
 
     if os.path.splitext(args.image)[1].lower() in OUTPUT_FORMATS:  # a video artgen wrote
-        from artgen.video import read_video_params
+        from artgen.video.pipeline import read_video_params
 
         return _info_video(args, read_video_params(args.image))
     params = read_params(args.image)
@@ -738,7 +738,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _info_video(args: argparse.Namespace, params: dict) -> int:
-    from artgen.video import describe_video_params, video_command
+    from artgen.video.pipeline import describe_video_params, video_command
 
     if args.json:
         print(json.dumps(params, indent=2, sort_keys=True))

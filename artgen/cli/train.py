@@ -1,7 +1,7 @@
 """`artgen finetune`, `train`, `convert` and `export`: adapting and training generators.
 
-Each trainer's flags come from its options dataclass (artgen.finetune.*); resume and
-Ctrl-C are the same for all of them (artgen.finetune.run).
+Each trainer's flags come from its options dataclass (artgen.train.*); resume and
+Ctrl-C are the same for all of them (artgen.train.skeleton).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from artgen.cli.common import StepBar, quiet_libraries
 from artgen.cli.flags import add_dataclass_flags
-from artgen.errors import ArtgenError
+from artgen.core.errors import ArtgenError
 
 FINETUNE_EXAMPLES = """\
 examples:
@@ -43,9 +43,9 @@ COMMANDS = ("finetune", "train", "convert", "export")
 
 def add_commands(sub: argparse._SubParsersAction, method: str) -> None:
     """finetune diffusion|gan, train gan|adain, convert, export."""
-    from artgen.finetune.adain import AdaINTrainOptions
-    from artgen.finetune.diffusion import DiffusionFinetuneOptions
-    from artgen.finetune.gan import GanFinetuneOptions, GanTrainOptions
+    from artgen.train.adain import AdaINTrainOptions
+    from artgen.train.diffusion import DiffusionFinetuneOptions
+    from artgen.train.gan import GanFinetuneOptions, GanTrainOptions
 
     def trainer(parent, name: str, options: type, handler, **kw) -> None:
         p = parent.add_parser(name, formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
@@ -142,7 +142,7 @@ def _training_options(args: argparse.Namespace, cls: type, options_for_resume):
 
 def _run_training(train, options, bar: StepBar, command: str):
     """Run a trainer with its progress bar; Ctrl-C prints how to continue (exit 130)."""
-    from artgen.errors import Cancelled
+    from artgen.core.errors import Cancelled
 
     try:
         run = train(options, callback=bar)
@@ -160,7 +160,7 @@ def _run_training(train, options, bar: StepBar, command: str):
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from artgen.finetune.diffusion import (
+    from artgen.train.diffusion import (
         DiffusionFinetuneOptions,
         finetune_diffusion,
         options_for_resume,
@@ -179,7 +179,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 def _cmd_gan(args: argparse.Namespace, what: str) -> int:
 
-    from artgen.finetune.gan import (
+    from artgen.train.gan import (
         GanFinetuneOptions,
         GanTrainOptions,
         finetune_gan,
@@ -200,7 +200,7 @@ def _cmd_gan(args: argparse.Namespace, what: str) -> int:
 
 
 def _cmd_train_adain(args: argparse.Namespace) -> int:
-    from artgen.finetune.adain import AdaINTrainOptions, options_for_resume, train_adain
+    from artgen.train.adain import AdaINTrainOptions, options_for_resume, train_adain
 
     options = _training_options(args, AdaINTrainOptions, options_for_resume)
     bar = StepBar(
@@ -231,7 +231,7 @@ extra: pip install 'artgen[onnx]'."""
 def _cmd_export(args: argparse.Namespace) -> int:
     if args.run == "onnx" and not Path(args.run).is_dir():
         return _export_onnx(args)
-    from artgen.finetune.diffusion import export_lora
+    from artgen.train.diffusion import export_lora
 
     path = export_lora(args.run, args.output)
     print(f"kohya-style LoRA: {path} (ComfyUI: models/loras/; A1111: models/Lora/)")
@@ -239,9 +239,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _export_onnx(args: argparse.Namespace) -> int:
-    from artgen.images import check_output
-    from artgen.onnx_export import export_onnx
-    from artgen.weights import load_adain
+    from artgen.core.images import check_output
+    from artgen.interop.onnx_export import export_onnx
+    from artgen.interop.weights import load_adain
 
     out = check_output(args.output or "fast.onnx", overwrite=args.overwrite)
     report = export_onnx(load_adain(args.model, "cpu"), out, overwrite=args.overwrite)
@@ -254,7 +254,7 @@ def _export_onnx(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from artgen.convert import convert_stylegan2_pickle
+    from artgen.interop.convert import convert_stylegan2_pickle
 
     written = convert_stylegan2_pickle(args.pickle, args.out)
     for name, path in written.items():

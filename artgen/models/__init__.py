@@ -1,1 +1,1 @@
-"""Neural network modules. No file I/O here: weights are loaded by artgen.weights."""
+"""Neural network modules. No file I/O here: weights are loaded by artgen.interop.weights."""

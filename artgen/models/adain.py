@@ -28,11 +28,11 @@ Regional styles (:meth:`AdaINModel.forward_masked`): the spatial control of Gaty
 2017 ("Controlling Perceptual Factors in Neural Style Transfer", sec. 4) carried over to
 feature statistics. At every AdaIN level each region's content features are normalised by
 that region's own mean and std (each pixel weighted by the region's soft mask, brought to
-the level's size by area resampling: artgen.losses.resize_mask) and given its style's
+the level's size by area resampling: artgen.core.losses.resize_mask) and given its style's
 mean and std; the results are blended by the masks, and where no region reaches the
 content's features pass unchanged (:func:`adain_regions`).
 
-No file I/O here: artgen.weights reads and writes these networks.
+No file I/O here: artgen.interop.weights reads and writes these networks.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from artgen.losses import masked_mean_std, mean_std, resize_mask
+from artgen.core.losses import masked_mean_std, mean_std, resize_mask
 from artgen.models.backbones import FeatureExtractor, efficientnet_lite0
 
 ENCODERS = ("efficientnet-lite0", "vgg19")

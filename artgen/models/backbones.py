@@ -45,7 +45,7 @@ VGG19_SPEC = BackboneSpec(
     content_layers=("relu4_2",),
     style_layers=("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"),
     # Gatys et al. weight the five layers equally; the scaled MSE of the loss
-    # (see artgen.losses) already balances their magnitudes.
+    # (see artgen.core.losses) already balances their magnitudes.
     style_layer_weights=(1.0, 1.0, 1.0, 1.0, 1.0),
     # crowsonkb's style-transfer-pytorch defaults for VGG19 with the scaled MSE.
     content_weight=0.015,

@@ -64,9 +64,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from artgen.checkpoint import write_json
-from artgen.errors import ArtgenError
-from artgen.safe_pickle import short_repr
+from artgen.core.errors import ArtgenError
+from artgen.interop.safe_pickle import short_repr
+from artgen.runs.checkpoint import write_json
 
 __all__ = ["Discriminator", "Generator", "StyleGAN2Config"]
 
@@ -103,7 +103,7 @@ CONFIG_LIMITS: dict[str, tuple[int, int]] = {
 }
 # Parameters and buffers of either network (elements): 2 GiB of fp32. The largest official
 # networks (1024 px) have about 30 million; a snapshot of at most DEFAULT_MAX_BYTES (4 GiB,
-# artgen.safe_pickle) cannot hold G, G_ema and D of more than ~360 million each.
+# artgen.interop.safe_pickle) cannot hold G, G_ema and D of more than ~360 million each.
 MAX_PARAMETERS = 1 << 29
 MAX_LR_MULTIPLIER = 100.0  # the mapping network's (0.01 in every published network)
 MAX_CONV_CLAMP = 1e6  # 256 in the official fp16 networks

@@ -22,7 +22,7 @@ from typing import Any
 
 from PIL import Image
 
-from artgen.errors import ArtgenError, clip
+from artgen.core.errors import ArtgenError, clip
 
 # name -> module that defines METHOD. The first is the default.
 METHODS: dict[str, str] = {
@@ -68,7 +68,7 @@ class StyleMethod:
     - ``describe(model)``: one line for the user about the loaded network.
     - ``stylize_guided``: optional, for methods that optimise the picture: ``stylize`` plus
       ``init`` (the starting picture) and ``extra_loss(y)`` (a term added to the objective);
-      artgen.video uses it for Ruder et al. 2016's temporal loss.
+      artgen.video.pipeline uses it for Ruder et al. 2016's temporal loss.
     - ``masks``: True when ``stylize`` (and ``stylize_many``) take ``masks=`` (one per style,
       or None) and ``content_mask=``: regional styles (see :class:`Regions`).
     - ``needs_styles``: False for a method that takes no style images (sdedit: the style
@@ -151,13 +151,13 @@ def check_field_types(options: Any, skip: Sequence[str] = ()) -> None:
             raise option_error(options, f.name, "must be a short word")
 
 
-# A style as callers give it: a file, a PIL image, or an artgen.images.LoadedImage.
+# A style as callers give it: a file, a PIL image, or an artgen.core.images.LoadedImage.
 StyleSpec = Any
 
 
 def parse_styles(styles: Any) -> list[tuple[StyleSpec, float]]:
     """Accept one style, a list of styles, a list of (style, weight) pairs, or a {style: weight} dict."""
-    from artgen.images import LoadedImage
+    from artgen.core.images import LoadedImage
 
     if isinstance(styles, dict):
         items = list(styles.items())
@@ -176,9 +176,9 @@ def parse_styles(styles: Any) -> list[tuple[StyleSpec, float]]:
 
 
 def load_styles(styles: Any) -> list[tuple[Any, float]]:
-    """:func:`parse_styles`, each style loaded (an artgen.images.LoadedImage) and its weight a
+    """:func:`parse_styles`, each style loaded (an artgen.core.images.LoadedImage) and its weight a
     float; zero weights are kept (a method drops them, a record keeps them)."""
-    from artgen.images import LoadedImage, load_image
+    from artgen.core.images import LoadedImage, load_image
 
     return [
         (s if isinstance(s, LoadedImage) else load_image(s), float(w))
@@ -190,11 +190,11 @@ def load_styles(styles: Any) -> list[tuple[Any, float]]:
 
 
 def load_masks(masks: Any, n_styles: int) -> list[Any] | None:
-    """The masks of ``n_styles`` styles as a list of artgen.images.LoadedMask or None (one per
+    """The masks of ``n_styles`` styles as a list of artgen.core.images.LoadedMask or None (one per
     style, in the styles' order); None when no style has one. ``masks`` is None, a list of
     masks (paths, PIL images, 2-D arrays in [0, 1], or None for a style without one), or,
     for a single style, one mask."""
-    from artgen.images import load_mask
+    from artgen.core.images import load_mask
 
     if masks is None:
         return None
@@ -280,7 +280,7 @@ def plan_regions(
     :class:`Regions` (None without masks: the plain, unmasked path). ``styles`` are loaded
     (:func:`load_styles`); ``masks`` as :func:`load_masks` takes them, ``content_mask``
     one mask (or None)."""
-    from artgen.images import load_mask
+    from artgen.core.images import load_mask
 
     loaded = load_masks(masks, len(styles))
     cmask = None if content_mask is None else load_mask(content_mask)
@@ -387,7 +387,7 @@ def mask_arguments(m: StyleMethod, masks: Any, content_mask: Any) -> dict[str, A
 
 
 def _device_name(device: Any) -> str:
-    from artgen.devices import resolve_device
+    from artgen.core.devices import resolve_device
 
     return str(resolve_device(device))
 
@@ -413,12 +413,12 @@ def run_params(
 ) -> dict[str, Any]:
     """What a PNG records about the run that made it: enough to make it again.
 
-    ``masks`` (one per style, or None; loaded masks, artgen.images.LoadedMask) are recorded
+    ``masks`` (one per style, or None; loaded masks, artgen.core.images.LoadedMask) are recorded
     in their style's entry, ``content_mask`` beside the content, each by file name and
     sha256 (of the file, or of the mask's values when it is not a file)."""
-    from artgen import catalog
     from artgen._version import __version__
-    from artgen.images import sha256_file
+    from artgen.core.images import sha256_file
+    from artgen.interop import catalog
 
     m = method_of(options)
 

@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from PIL import Image
 
-from artgen import palette
-from artgen.errors import ArtgenError
-from artgen.images import LoadedImage, load_image, resize_long_side, to_pil, to_tensor
+from artgen.core import palette
+from artgen.core.errors import ArtgenError
+from artgen.core.images import LoadedImage, load_image, resize_long_side, to_pil, to_tensor
 from artgen.style import (
     PRESERVE_COLOR,
     OptionsRecord,
@@ -143,7 +143,7 @@ class AdaINOptions(OptionsRecord):
 
 
 def palette_of(style_items: Sequence[tuple[Any, float]], options: AdaINOptions):
-    """The colour mean and covariance the output takes (artgen.palette), or None when the
+    """The colour mean and covariance the output takes (artgen.core.palette), or None when the
     network's own colours stay: ``palette`` "network", or colour preservation asked for."""
     if options.palette != "style" or options.preserve_color != "none":
         return None
@@ -153,8 +153,8 @@ def palette_of(style_items: Sequence[tuple[Any, float]], options: AdaINOptions):
 
 def load(options: AdaINOptions | None = None, device: Any = "cpu", weights: Any = None):
     """The AdaIN network named by ``options.model`` (or ``weights``), on ``device``."""
-    from artgen.devices import resolve_device
-    from artgen.weights import load_adain
+    from artgen.core.devices import resolve_device
+    from artgen.interop.weights import load_adain
 
     options = options or AdaINOptions()
     return load_adain(weights or options.model, resolve_device(device))
@@ -179,7 +179,7 @@ def _prepare(
     to each photo, so then every photo needs its own; otherwise one set serves them all."""
     import torch
 
-    from artgen import color
+    from artgen.core import color
     from artgen.models.adain import blend_stats
 
     long_side = max(max(c.shape[-2:]) for c in contents)
@@ -229,7 +229,7 @@ def _choose_tile(
         return 0
     if asked > 0:
         return asked if max(h, w, style_side) > asked else 0
-    from artgen import devices
+    from artgen.core import devices
 
     avail = devices.available_memory(dev)
     need = 1.25 * BYTES_PER_PIXEL * bpv / 4 * max(h * w * n, style_side * style_side)
@@ -241,7 +241,7 @@ def _choose_tile(
 
 
 def _palette_picture(out, photo, target, options, region_palettes=None, keep=None, k=0):
-    """The network's picture ``out`` (3, H, W) with the style's palette (artgen.palette):
+    """The network's picture ``out`` (3, H, W) with the style's palette (artgen.core.palette):
     with regions each takes its own styles' palette, blended by the region masks (where no
     region reaches, the network's picture stays), and the photo is kept where ``keep``
     says. An all-white single mask is then the same as no mask."""
@@ -270,7 +270,7 @@ def _device_and_model(model: Any, device: Any, options: AdaINOptions) -> tuple[A
     when not passed in, in channels_last."""
     import torch
 
-    from artgen.devices import resolve_device
+    from artgen.core.devices import resolve_device
 
     if device is not None:
         dev = resolve_device(device)
@@ -335,7 +335,7 @@ def stylize_many(
         model, device = None, "cpu"  # the graph has no regions: the PyTorch network does
     import torch
 
-    from artgen import color
+    from artgen.core import color
 
     t0 = time.perf_counter()
     model, dev = _device_and_model(model, device, options)

@@ -3,7 +3,7 @@
 Importing PyTorch takes about 2.7 s and 0.9 GB on a 2-core CPU, 5 to 20 times the work of
 stylising one 512 px picture. When onnxruntime is installed, the shipped network has its
 ONNX graph beside it (artgen/weights_data/adain-lite0/fast.onnx, written by
-``artgen export onnx`` from the same weights: artgen.onnx_export) and the run needs nothing
+``artgen export onnx`` from the same weights: artgen.interop.onnx_export) and the run needs nothing
 the graph lacks, ``artgen stylize`` and ``artgen batch`` with ``--method adain`` run it
 there: the same network, the same resizing and rounding, so the same picture as the
 PyTorch path to float rounding (tested within 1/255; in practice equal).
@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from artgen import palette
-from artgen.images import LoadedImage, resize_long_side
+from artgen.core import palette
+from artgen.core.images import LoadedImage, resize_long_side
 
 ONNX_FILE = "fast.onnx"
 ONNX_MAX_PIXELS = 4096 * 4096  # beyond this the PyTorch path (which tiles) is used
@@ -97,7 +97,7 @@ class OnnxFast:
 
 
 def _array(im: Image.Image) -> np.ndarray:
-    """As artgen.images.to_tensor: (1, 3, H, W) float32 in [0, 1]."""
+    """As artgen.core.images.to_tensor: (1, 3, H, W) float32 in [0, 1]."""
     a = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
     return np.ascontiguousarray(a.transpose(2, 0, 1)[None])
 
@@ -125,7 +125,7 @@ def stylize_one(
     if style_palette is not None:  # as artgen.style.adain.stylize_many does
         photo_stats = palette.colour_stats(photo[0].transpose(1, 2, 0))
         out = palette.move_palette(out, style_palette, photo_stats, float(options.strength))
-    im = palette.to_picture(out)  # rounded as artgen.images.to_pil rounds
+    im = palette.to_picture(out)  # rounded as artgen.core.images.to_pil rounds
     if content.alpha is not None:
         im.putalpha(content.alpha.resize(im.size, Image.Resampling.LANCZOS))
     im.info["model"] = options.model
@@ -136,7 +136,7 @@ def stylize_one(
 def stylize_many(contents: list, styles: Any, options: Any, model: OnnxFast) -> list[Image.Image]:
     """artgen.style.adain.stylize_many for an :class:`OnnxFast` model (one style, no masks:
     what :func:`usable` admitted). A picture too large for the graph goes through PyTorch."""
-    from artgen.images import load_image
+    from artgen.core.images import load_image
     from artgen.style import load_styles
     from artgen.style.adain import palette_of
 

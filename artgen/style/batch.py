@@ -2,7 +2,7 @@
 
 Each output is written atomically, so a run that is killed leaves only whole
 pictures behind; running the same command again skips them and finishes the rest.
-Each output is claimed (:class:`artgen.images.OutputClaim`) before it is made, so two
+Each output is claimed (:class:`artgen.core.images.OutputClaim`) before it is made, so two
 runs on the same folder share the work instead of both doing all of it, and what a
 killed run left behind (temporary and lock files) is removed when the next one starts.
 
@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from artgen.errors import ArtgenError
-from artgen.images import (
+from artgen.core.errors import ArtgenError
+from artgen.core.images import (
     IMAGE_SUFFIXES,
     LoadedImage,
     OutputClaim,
@@ -243,7 +243,7 @@ def plan_batch(
 
 
 class _Claims:
-    """The outputs this run is writing (artgen.images.OutputClaim each), released as each
+    """The outputs this run is writing (artgen.core.images.OutputClaim each), released as each
     is finished and all of them at the end."""
 
     def __init__(self, overwrite: bool) -> None:
@@ -301,7 +301,7 @@ def run_batch(
     """Stylise each job with the method of ``options``; a bad image is recorded as failed and
     the rest go on. Methods that batch get up to ``batch.batch_size`` pictures per pass.
 
-    ``masks`` (loaded, artgen.images.LoadedMask, one per style or None) and ``content_mask``
+    ``masks`` (loaded, artgen.core.images.LoadedMask, one per style or None) and ``content_mask``
     apply to every picture, resized to it; a picture of another shape fails on its own."""
     method = method_of(options)
     if masks is not None:
@@ -722,7 +722,7 @@ class DatasetConfig:
     device: str = "auto"
     weights: str | None = None
     threads: int = 0
-    masks: tuple[Any, ...] | None = None  # loaded (artgen.images.LoadedMask) or None each
+    masks: tuple[Any, ...] | None = None  # loaded (artgen.core.images.LoadedMask) or None each
     content_mask: Any = None
 
 
@@ -806,7 +806,7 @@ def load_network(
         path = adain_onnx.usable(options, device, [None] * n_styles, masks, content_mask)
         if path is not None:
             return adain_onnx.load(path), "cpu"
-    from artgen.devices import resolve_device
+    from artgen.core.devices import resolve_device
 
     dev = resolve_device(device)
     set_threads(threads)  # PyTorch is imported now
@@ -934,7 +934,7 @@ class DatasetStylizer(ItemMatcher):
         if self.config.format == "png":
             from PIL import PngImagePlugin
 
-            from artgen.images import PARAMS_KEY
+            from artgen.core.images import PARAMS_KEY
 
             params = run_params(
                 content,

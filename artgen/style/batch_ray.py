@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from artgen.errors import ArtgenError
+from artgen.core.errors import ArtgenError
 from artgen.style.batch import (
     DatasetConfig,
     DatasetItem,

@@ -9,21 +9,21 @@ Networks", CVPR 2016. Extensions, each marked where it departs from the paper:
 - Adam on pixels with an exponential moving average of the iterates as the
   output (smoother than the last iterate), or L-BFGS as in the paper;
 - several styles blended by weighting their Gram matrices;
-- colour preservation (artgen.color);
+- colour preservation (artgen.core.color);
 - bf16 autocast and channels_last for the backbone on CUDA; Gram matrices and
-  losses are computed in fp32 (artgen.losses);
+  losses are computed in fp32 (artgen.core.losses);
 - a hook for video (``init`` and ``extra_loss`` of :func:`stylize`): Ruder, Dosovitskiy &
   Brox, "Artistic style transfer for videos", GCPR 2016, start each frame from the warped
-  previous result and add a temporal loss; artgen.video passes both in. With ``init`` the
+  previous result and add a temporal loss; artgen.video.pipeline passes both in. With ``init`` the
   optimisation runs at the final scale only (the warped result already has the large-scale
   structure that the coarse scales exist to build). Unused, nothing changes;
 - regional styles (``masks``, ``content_mask``): the spatial control of Gatys et al. 2017,
   sec. 4. Each region (artgen.style.Regions: a style's mask, or what the masks leave to
   the styles without one) gets its own style loss, between the Gram matrix of the
-  picture's features inside the region (artgen.losses.masked_gram: each feature pixel
+  picture's features inside the region (artgen.core.losses.masked_gram: each feature pixel
   weighted by the region's mask, averaged over the region) and its styles' plain Gram
   blend. The masks are brought to each feature layer by area resampling of the mask at
-  the picture's size (artgen.losses.resize_mask), the paper's simpler option (it also
+  the picture's size (artgen.core.losses.resize_mask), the paper's simpler option (it also
   propagates them through the network). Each region's loss counts by its share of the
   picture, so one region covering everything is the plain loss. Where the content mask
   (or no region) keeps the photo, the picture is not free: it is optimised as
@@ -70,11 +70,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from artgen import color
-from artgen.devices import available_memory, resolve_device
-from artgen.errors import ArtgenError, Cancelled, clip
-from artgen.images import LoadedImage, load_image, resize_long_side, to_pil, to_tensor
-from artgen.losses import (
+from artgen.core import color
+from artgen.core.devices import available_memory, resolve_device
+from artgen.core.errors import ArtgenError, Cancelled, clip
+from artgen.core.images import LoadedImage, load_image, resize_long_side, to_pil, to_tensor
+from artgen.core.losses import (
     blend_grams,
     content_loss,
     gram,
@@ -411,7 +411,7 @@ def _spans(size: int, tile: int) -> list[tuple[int, int]]:
 
 def tile_borders(width: int, height: int, tile: int) -> tuple[list[int], list[int]]:
     """The columns and rows where a tile of ``tile`` px begins or ends inside a picture of
-    width x height (where a seam would show; for artgen.metrics.seam_ratio)."""
+    width x height (where a seam would show; for artgen.eval.metrics.seam_ratio)."""
 
     def lines(size: int) -> list[int]:
         spans = _spans(size, tile)
@@ -507,7 +507,7 @@ def _tiled_grams(
     probe: Callable[[int, int], dict[str, tuple[int, int]]],
 ) -> dict[str, torch.Tensor]:
     """The Gram matrices of ``image`` (a style image too large to go through whole), as
-    the sums of its tiles' weighted parts: :func:`artgen.losses.gram` of the whole, to the
+    the sums of its tiles' weighted parts: :func:`artgen.core.losses.gram` of the whole, to the
     width of the tiles' edge effects (which get no weight)."""
     grid = _Grid(image.shape[-2], image.shape[-1], tile, probe, image.device)
     out: dict[str, torch.Tensor] = {}
@@ -919,7 +919,7 @@ def _engine(options, extractor, device, extra_loss) -> _Engine:
         else (extractor.mean.device if extractor is not None else resolve_device("auto"))
     )
     if extractor is None:
-        from artgen.weights import choose_backbone, load_backbone
+        from artgen.interop.weights import choose_backbone, load_backbone
 
         extractor = load_backbone(choose_backbone(options.backbone), dev)
     extractor = extractor.to(dev)
@@ -1101,7 +1101,7 @@ def _free(dev: torch.device) -> None:
 
 def load(options: StylizeOptions | None = None, device: Any = "cpu", weights: Any = None):
     """The backbone the options name ('auto' takes VGG19 when its weights are on disk)."""
-    from artgen.weights import choose_backbone, load_backbone
+    from artgen.interop.weights import choose_backbone, load_backbone
 
     options = options or StylizeOptions()
     choice = choose_backbone(options.backbone, weights)

@@ -35,7 +35,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from artgen.errors import ArtgenError, clip, first_line
+from artgen.core.errors import ArtgenError, clip, first_line
 
 STEP_DIR = re.compile(r"^step-(\d{7,})$")
 # A run's config.json is a few kilobytes and a checkpoint's state.json well under a

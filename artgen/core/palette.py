@@ -4,7 +4,7 @@ Gatys, Bethge, Hertzmann & Shechtman, "Preserving Color in Neural Artistic Style
 (arXiv:1606.05897, 2016), sec. 2.1: a linear colour transfer gives one picture the colour
 mean and covariance of another, x' = A (x - mu_x) + mu_t with A = Cov_t^1/2 Cov_x^-1/2
 (the symmetric square roots, their "image analogies" variant). The paper recolours the
-style to the photo, to keep the photo's colours; artgen.color.match_histogram does that.
+style to the photo, to keep the photo's colours; artgen.core.color.match_histogram does that.
 
 Here it runs the other way, on the output of the fast method: its decoder paints the
 style's textures but keeps much of the photo's palette (docs/adain.md: by the held-out
@@ -85,7 +85,7 @@ def move_palette(out: np.ndarray, target: Stats, photo: Stats, alpha: float) -> 
 
 
 def to_picture(a: np.ndarray) -> Image.Image:
-    """(H, W, 3) floats in [0, 1] -> RGB, rounded half to even (as artgen.images.to_pil)."""
+    """(H, W, 3) floats in [0, 1] -> RGB, rounded half to even (as artgen.core.images.to_pil)."""
     return Image.fromarray(np.round(np.clip(a, 0.0, 1.0) * 255.0).astype(np.uint8), "RGB")
 
 

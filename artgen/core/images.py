@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
-from artgen.errors import ArtgenError
+from artgen.core.errors import ArtgenError
 
 if TYPE_CHECKING:
     import torch

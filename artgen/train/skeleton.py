@@ -34,7 +34,8 @@ from typing import Any, ClassVar, Protocol
 import torch
 from PIL import Image
 
-from artgen.checkpoint import (
+from artgen.core.errors import ArtgenError, Cancelled
+from artgen.runs.checkpoint import (
     RUN_LIMITS,
     Checkpoint,
     StepInterrupt,
@@ -48,8 +49,7 @@ from artgen.checkpoint import (
     save_checkpoint,
     write_json,
 )
-from artgen.checkpoint import options_for_resume as _options_for_resume
-from artgen.errors import ArtgenError, Cancelled
+from artgen.runs.checkpoint import options_for_resume as _options_for_resume
 
 # What a resumed run may change, for every trainer (plus each options class's
 # RESUMABLE_EXTRA); any other change would silently alter the run it continues.
@@ -57,10 +57,10 @@ RESUMABLE = ("steps", "sample_every", "checkpoint_every", "keep_checkpoints", "d
 
 # config.json's "method" -> the module and options class of the trainer that wrote it.
 OPTIONS = {
-    "finetune-diffusion": ("artgen.finetune.diffusion", "DiffusionFinetuneOptions"),
-    "train-gan": ("artgen.finetune.gan", "GanTrainOptions"),
-    "finetune-gan": ("artgen.finetune.gan", "GanFinetuneOptions"),
-    "train-adain": ("artgen.finetune.adain", "AdaINTrainOptions"),
+    "finetune-diffusion": ("artgen.train.diffusion", "DiffusionFinetuneOptions"),
+    "train-gan": ("artgen.train.gan", "GanTrainOptions"),
+    "finetune-gan": ("artgen.train.gan", "GanFinetuneOptions"),
+    "train-adain": ("artgen.train.adain", "AdaINTrainOptions"),
 }
 
 
@@ -75,7 +75,7 @@ class RunOptions:
     RESUMABLE_EXTRA: ClassVar[tuple[str, ...]] = ()
     # Settings added after runs were recorded, with the value that reproduces such a run.
     ADDED_SETTINGS: ClassVar[dict[str, Any]] = {}
-    # Bounds of the numeric settings (artgen.checkpoint.RUN_LIMITS, one table for every
+    # Bounds of the numeric settings (artgen.runs.checkpoint.RUN_LIMITS, one table for every
     # trainer): checked for a new run's flags and for a recorded run's config.json alike.
     LIMITS: ClassVar[dict[str, tuple[float, float]]] = RUN_LIMITS
 
@@ -173,7 +173,7 @@ def _create(run: Path, accelerator: Any) -> None:
 
 class Draws:
     """The training set's draws: indices with replacement, uniform or weighted (for
-    fairness, ``artgen.data.balance_weights``), drawn as ``torch.multinomial`` draws them
+    fairness, ``artgen.core.data.balance_weights``), drawn as ``torch.multinomial`` draws them
     with the run's data generator, so a checkpointed generator resumes the same sequence.
     With ``values`` (each image's attribute value) it counts what was drawn, for
     balance.json."""
@@ -210,7 +210,7 @@ class Draws:
     def write_balance(self, run: Path, *, finished: bool) -> None:
         if not self.attribute or self.values is None:
             return
-        from artgen.data import proportions
+        from artgen.core.data import proportions
 
         write_json(
             run / "balance.json",
@@ -310,7 +310,7 @@ def train(
 ) -> Path:
     """The loop: resume, write config.json, steps with their cadence, Ctrl-C, final save."""
     from artgen._version import __version__
-    from artgen.images import save_png
+    from artgen.core.images import save_png
 
     world = accelerator.num_processes if accelerator is not None else 1
     rank = accelerator.process_index if accelerator is not None else 0

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from artgen.errors import ArtgenError
+from artgen.core.errors import ArtgenError
 
 TRANSLATION_RATIO = 0.125
 CUTOUT_RATIO = 0.5

@@ -39,7 +39,7 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
-from artgen.errors import ArtgenError
+from artgen.core.errors import ArtgenError
 
 # -- each kind's sampling settings (the run record owns them; the trainers import them) -----
 
@@ -170,7 +170,7 @@ class Run:
         self, n: int = 16, *, seed: int = 0, cols: int | None = None, **kw: Any
     ) -> Image.Image:
         """``generate(n, seed=seed, **kw)`` tiled into one picture ``cols`` wide."""
-        from artgen.images import grid
+        from artgen.core.images import grid
 
         return grid(self.generate(n, seed=seed, **kw), cols=cols)
 
@@ -215,7 +215,7 @@ def sample_setting_names() -> set[str]:
 def run_class(path: str | os.PathLike) -> tuple[type[Run], dict | None]:
     """The Run class for the folder ``path``, and its config.json (None if it has none or
     it is a saved network's own config). The one place where a folder's kind is decided."""
-    from artgen.checkpoint import read_run_config
+    from artgen.runs.checkpoint import read_run_config
 
     root = Path(path)
     found = read_run_config(root, missing_ok=True) if (root / "config.json").exists() else None
@@ -232,7 +232,7 @@ def run_class(path: str | os.PathLike) -> tuple[type[Run], dict | None]:
             f"artgen can draw images from (known: {', '.join(RUNS)})"
         )
     # No marker: what `artgen sample` has always done (a GAN if the folder holds one).
-    from artgen.finetune.gan import is_gan_run
+    from artgen.train.gan import is_gan_run
 
     return (RUNS["train-gan"] if is_gan_run(root) else RUNS["finetune-diffusion"]), config
 
@@ -241,7 +241,7 @@ def load_run(path: str | os.PathLike, *, device: Any = "cpu", **kw: Any) -> Run:
     """The run in ``path`` as the object of its kind (a DiffusionRun or a GanRun), with its
     weights loaded on ``device`` ("auto" picks one) and checked. ``kw`` go to the kind's
     loader (a DiffusionRun takes ``pipeline=``, an already loaded base)."""
-    from artgen.devices import resolve_device
+    from artgen.core.devices import resolve_device
 
     cls, config = run_class(path)
     return cls.load(Path(path), config, resolve_device(device), **kw)
@@ -266,13 +266,13 @@ class DiffusionRun(Run):
 
     @classmethod
     def load(cls, path: Path, config: dict | None, device: Any, *, pipeline: Any = None) -> Run:
-        from artgen.finetune.diffusion import load_run as load_pipeline
+        from artgen.train.diffusion import load_run as load_pipeline
 
         pipe = load_pipeline(path, pipeline=pipeline, device=device)
         return cls(path, pipe.artgen_config, device, pipe)
 
     def _generate(self, n: int, seed: int, options: Any, **extra: Any) -> list[Image.Image]:
-        from artgen.finetune.diffusion import generate as generate_pipeline
+        from artgen.train.diffusion import generate as generate_pipeline
 
         return generate_pipeline(
             self.pipeline,
@@ -306,7 +306,7 @@ class GanRun(Run):
 
     @classmethod
     def load(cls, path: Path, config: dict | None, device: Any) -> Run:
-        from artgen.finetune.gan import load_generator, run_class_index
+        from artgen.train.gan import load_generator, run_class_index
 
         # The run's config.json (if it has one) is checked first, before a network is built.
         recorded = run_class_index(path)
@@ -332,7 +332,7 @@ class GanRun(Run):
         return record
 
     def _generate(self, n: int, seed: int, options: Any, **extra: Any) -> list[Image.Image]:
-        from artgen.finetune.gan import generate_gan
+        from artgen.train.gan import generate_gan
 
         return generate_gan(
             self.generator,

@@ -18,7 +18,7 @@ Departures, each deliberate:
 
 Run folder: config.json (resolved options), log.jsonl (one line per logged step),
 samples/step-N.png and final.png (a sheet: content, style, result), checkpoints/step-N (safetensors +
-JSON through artgen.checkpoint, resumed exactly with --resume), model/ (the trained
+JSON through artgen.runs.checkpoint, resumed exactly with --resume), model/ (the trained
 network: config.json + decoder.safetensors, what `--model RUN` loads).
 
 Several GPUs: ``accelerate launch -m artgen train adain ...`` (or torchrun) runs one process
@@ -41,15 +41,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from artgen.checkpoint import (
+from artgen.core.devices import resolve_device
+from artgen.core.errors import ArtgenError
+from artgen.core.losses import covariance, covariance_loss, mean_std, stats_loss
+from artgen.runs.checkpoint import (
     MAX_BATCH,
     optimizer_to_tensors,
 )
-from artgen.devices import resolve_device
-from artgen.errors import ArtgenError
-from artgen.finetune.run import RunOptions, open_run, train
-from artgen.finetune.run import options_for_resume as options_for_resume  # the one policy
-from artgen.losses import covariance, covariance_loss, mean_std, stats_loss
+from artgen.train.skeleton import RunOptions, open_run, train
+from artgen.train.skeleton import options_for_resume as options_for_resume  # the one policy
 
 ENCODER_CHOICES = ("efficientnet-lite0", "vgg19")
 # Settings that name folders, recorded as absolute paths. --base is one too unless it names
@@ -151,7 +151,7 @@ class AdaINTrainOptions(RunOptions):
     @classmethod
     def resolve_saved(cls, run: Path, saved: dict) -> dict:
         """A recorded run's options with a folder --base taken from the run folder when
-        relative (artgen records it absolute); used by artgen.checkpoint.read_run_config."""
+        relative (artgen records it absolute); used by artgen.runs.checkpoint.read_run_config."""
         base = saved.get("base")
         if isinstance(base, str) and base not in BASE_NAMES:
             p = Path(base).expanduser()
@@ -193,7 +193,7 @@ class AdaINTrainOptions(RunOptions):
             )
         if self.keep_checkpoints < 0:
             raise ArtgenError(f"--keep-checkpoints {self.keep_checkpoints}: must be >= 0")
-        self.check_limits()  # every size within its bounds (artgen.checkpoint.RUN_LIMITS)
+        self.check_limits()  # every size within its bounds (artgen.runs.checkpoint.RUN_LIMITS)
 
 
 # The paper's lambda is 10 (for VGG). The shipped EfficientNet-Lite0 decoder was trained
@@ -221,7 +221,7 @@ class CropSource:
     """Images held in memory; random square crops at a random scale, with flips."""
 
     def __init__(self, files: list[Path], crop: int, what: str):
-        from artgen.images import load_image
+        from artgen.core.images import load_image
 
         self.crop = crop
         self.images: list[torch.Tensor] = []
@@ -268,7 +268,7 @@ def _as_array(im: Image.Image):
 
 
 def _example_photos() -> Path:
-    from artgen import catalog
+    from artgen.interop import catalog
 
     return catalog.styles_dir() / "examples"
 
@@ -289,7 +289,7 @@ def adain_losses(
     correlation, and moves the style no closer).
 
     ``cov_weight`` > 0 adds sum over the style layers of
-    :func:`artgen.losses.covariance_loss` (the relative distance of the channel covariances
+    :func:`artgen.core.losses.covariance_loss` (the relative distance of the channel covariances
     to the style's: Gatys's Gram matrices, centred) with that weight; the returned style
     loss is then L_s + cov_weight / style_weight * L_cov, so that the total stays
     L_c + style_weight * (returned style loss)."""
@@ -335,7 +335,7 @@ def lite0_config(levels: int = 3, width_scale: float = 1.0):
 
 
 def _initial_model(options: AdaINTrainOptions, device: torch.device):
-    from artgen import weights
+    from artgen.interop import weights
     from artgen.models import adain as adain_models
 
     if options.base:
@@ -361,7 +361,7 @@ def train_adain(
 ) -> Path:
     """Train the decoder; returns the run folder (the network is in RUN/model)."""
     from artgen._version import __version__
-    from artgen.data import list_images
+    from artgen.core.data import list_images
 
     if not options.styles:
         raise ArtgenError("--styles: give the folder of style images")
@@ -406,7 +406,7 @@ def train_adain(
 
 class _AdaINTrainer:
     """The decoder, its optimizer and one step of the paper's loss, for
-    artgen.finetune.run.train."""
+    artgen.train.skeleton.train."""
 
     draws = None  # crops are drawn by CropSource from the data generator
 
@@ -487,7 +487,7 @@ class _AdaINTrainer:
                 raise ArtgenError("the processes' decoders diverged; please report this")
 
     def sample(self) -> Image.Image:
-        from artgen.images import grid, to_pil
+        from artgen.core.images import grid, to_pil
 
         self.decoder.eval()
         with torch.no_grad(), self.amp():
@@ -500,7 +500,7 @@ class _AdaINTrainer:
         return grid(tiles, cols=3)
 
     def finish(self, run: Path, resolved: dict) -> Callable[[Path], None]:
-        from artgen.weights import save_adain_folder
+        from artgen.interop.weights import save_adain_folder
 
         self.decoder.eval()
         save_adain_folder(self.model, run / "model")

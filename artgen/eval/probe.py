@@ -12,7 +12,7 @@ A probe that is accurate on real images can still misread a small generator's sa
 (blurry, noisy, colour-shifted, with banding). :func:`degrade` imitates those artefacts;
 :func:`calibrate_probe` trains the probe on clean and degraded references and measures
 its confusion matrix on degraded held-out references (cross-validated), which
-artgen.metrics.fairness_discrepancy_interval then uses to correct the generated shares.
+artgen.eval.metrics.fairness_discrepancy_interval then uses to correct the generated shares.
 This is the calibration of a classifier on "generated-like" images of known class; it
 covers the artefacts :func:`degrade` imitates and not, for instance, a face that a
 generator draws half-way between two attribute values.
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from artgen.errors import ArtgenError
+from artgen.core.errors import ArtgenError
 
 
 class LinearProbe(nn.Module):

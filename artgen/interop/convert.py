@@ -4,10 +4,10 @@ Source format: ``network-snapshot-*.pkl`` from NVlabs/stylegan2-ada-pytorch
 (``training/training_loop.py`` pickles ``{'G', 'D', 'G_ema', 'augment_pipe',
 'training_set_kwargs'}``; the networks are ``training/networks.py`` classes made
 persistent by ``torch_utils/persistence.py``). The file is read by
-:func:`artgen.safe_pickle.load_stylegan2_pickle`, which never executes the
+:func:`artgen.interop.safe_pickle.load_stylegan2_pickle`, which never executes the
 ``module_src`` carried by the pickle nor imports anything outside an explicit
 allow-list (see that module for the security model). Each network comes back as
-a :class:`~artgen.safe_pickle.PersistentStub`; here its ``_parameters`` and
+a :class:`~artgen.interop.safe_pickle.PersistentStub`; here its ``_parameters`` and
 persistent ``_buffers`` are gathered under the official dotted names, its
 constructor arguments (``_init_args`` / ``_init_kwargs``) are mapped onto a
 :class:`~artgen.models.stylegan2.StyleGAN2Config`, and the artgen network is
@@ -19,7 +19,7 @@ Everything read from the pickle is bounded before it is used: init kwargs are
 walked with a budget of :data:`MAX_KWARGS_NODES` values (shared references
 counted each time they occur, so a few hundred bytes of memo references cannot
 expand into billions), names are at most :data:`MAX_NAME_CHARS` characters, and
-values quoted in messages go through :func:`artgen.safe_pickle.short_repr`
+values quoted in messages go through :func:`artgen.interop.safe_pickle.short_repr`
 (at most ~200 characters). The network sizes are bounded by
 :class:`~artgen.models.stylegan2.StyleGAN2Config` itself.
 
@@ -41,7 +41,8 @@ from typing import Any
 
 import torch
 
-from artgen.errors import ArtgenError, clip
+from artgen.core.errors import ArtgenError, clip
+from artgen.interop.safe_pickle import PersistentStub, load_stylegan2_pickle, short_repr
 from artgen.models.stylegan2 import (
     CONFIG_LIMITS,
     D_MAPPING_LAYERS,
@@ -50,7 +51,6 @@ from artgen.models.stylegan2 import (
     Generator,
     StyleGAN2Config,
 )
-from artgen.safe_pickle import PersistentStub, load_stylegan2_pickle, short_repr
 
 __all__ = ["config_from_kwargs", "convert_stylegan2_pickle", "stylegan2_state"]
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from artgen.catalog import artgen_home
-from artgen.download import DownloadProgress, download
-from artgen.errors import ArtgenError, clip
+from artgen.core.errors import ArtgenError, clip
+from artgen.interop.catalog import artgen_home
+from artgen.interop.download import DownloadProgress, download
 from artgen.models import backbones
 
 VGG19_FILE = "vgg19-dcbb9e9d.pth"
@@ -179,7 +179,7 @@ def fetch_vgg19(
 # `artgen train adain` (config.json + decoder.safetensors), and the VGG19 pair published
 # with naoto0804/pytorch-AdaIN (MIT), which `artgen weights fetch adain` downloads.
 
-ADAIN_SHIPPED = Path(__file__).resolve().parent / "weights_data" / "adain-lite0"
+ADAIN_SHIPPED = Path(__file__).resolve().parents[1] / "weights_data" / "adain-lite0"
 ADAIN_RELEASE = "https://github.com/naoto0804/pytorch-AdaIN/releases/download/v0.0.0"
 ADAIN_FILES = ("vgg_normalised.pth", "decoder.pth")
 # The release publishes no digests and this project could not download the files to
@@ -248,7 +248,7 @@ def load_adain_folder(folder: Path, device: str | torch.device = "cpu") -> torch
             f"{folder}: not {what} (needs config.json and decoder.safetensors); "
             "give a folder written by `artgen train adain`, or --model shipped"
         )
-    from artgen.checkpoint import check_finite, load_safetensors, read_json
+    from artgen.runs.checkpoint import check_finite, load_safetensors, read_json
 
     raw = read_json(cfg_path, "AdaIN model config")
     if not isinstance(raw, dict):
@@ -307,7 +307,7 @@ def save_adain_folder(model: torch.nn.Module, folder: Path, *, half: bool = Fals
 
 
 def _check_recorded_hash(path: Path) -> None:
-    from artgen.images import sha256_file
+    from artgen.core.images import sha256_file
 
     expected = ADAIN_SHA256.get(path.name)
     record = path.with_name(path.name + ".sha256")
@@ -326,7 +326,7 @@ def fetch_adain(
     base_url: str = ADAIN_RELEASE,
 ) -> Path:
     """Download the published AdaIN VGG encoder and decoder (checked, then loaded strictly)."""
-    from artgen.images import sha256_file
+    from artgen.core.images import sha256_file
 
     dest = Path(dest_dir or adain_vgg_dir())
     for name in ADAIN_FILES:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from artgen.errors import ArtgenError
+from artgen.core.errors import ArtgenError
 
 
 @dataclass(frozen=True)

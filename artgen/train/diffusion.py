@@ -29,7 +29,7 @@ Departures from those scripts, on purpose:
 * Batches are drawn with ``torch.multinomial`` from a dedicated generator, not a
   DataLoader, so that importance weights (``--balance``) and an exact resume are simple:
   a resumed run draws the same batches, noise and timesteps as an uninterrupted one.
-* Checkpoints hold no pickles (see artgen.checkpoint).
+* Checkpoints hold no pickles (see artgen.runs.checkpoint).
 * Augmentation is flips and crops only. Colour, translation and cutout (DiffAugment)
   would leak into what a diffusion model learns to generate (it models its training
   distribution, augmented images included); they belong to the GAN trainer, where they
@@ -62,7 +62,10 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors import SafetensorError
 
-from artgen.checkpoint import (
+from artgen.core.devices import resolve_device
+from artgen.core.errors import ArtgenError, clip, first_line
+from artgen.runs import lora_format
+from artgen.runs.checkpoint import (
     MAX_BATCH,
     RUN_LIMITS,
     check_finite,
@@ -72,12 +75,9 @@ from artgen.checkpoint import (
     read_run_config,
     write_json,
 )
-from artgen.devices import resolve_device
-from artgen.errors import ArtgenError, clip, first_line
-from artgen.finetune import lora_format
-from artgen.finetune.run import Draws, RunOptions, open_run, train
-from artgen.finetune.run import options_for_resume as options_for_resume  # the one policy
-from artgen.runs import SampleOptions  # noqa: F401 (the run record owns it; kept here by name)
+from artgen.runs.record import SampleOptions  # noqa: F401 (the run record owns it; kept here by name)
+from artgen.train.skeleton import Draws, RunOptions, open_run, train
+from artgen.train.skeleton import options_for_resume as options_for_resume  # the one policy
 
 FAMILIES = ("unconditional", "text-to-image", "sdxl")
 TEXT_FAMILIES = ("text-to-image", "sdxl")  # the families with a VAE and text encoders
@@ -97,7 +97,7 @@ PATHS = ("images", "out", "class_images", "labels", "captions")
 @dataclass(frozen=True)
 class DiffusionFinetuneOptions(RunOptions):
     """Everything a fine-tuning run needs. The CLI's flags are made from these fields
-    (the ones every trainer has come from artgen.finetune.run.RunOptions)."""
+    (the ones every trainer has come from artgen.train.skeleton.RunOptions)."""
 
     KIND: ClassVar[str] = "finetune-diffusion"
     PATHS: ClassVar[tuple[str, ...]] = PATHS
@@ -244,7 +244,7 @@ class DiffusionFinetuneOptions(RunOptions):
     @classmethod
     def resolve_saved(cls, run: Path, saved: dict) -> dict:
         """A recorded run's options with its base resolved (see run_base); used by
-        artgen.checkpoint.read_run_config."""
+        artgen.runs.checkpoint.read_run_config."""
         base = saved.get("base")
         if isinstance(base, str):
             saved = {**saved, "base": run_base(run, base)}
@@ -299,7 +299,7 @@ class DiffusionFinetuneOptions(RunOptions):
             raise ArtgenError("--train-text-encoder: only with --method lora")
         if self.balance and not self.labels:
             raise ArtgenError("--balance needs --labels (a CSV of file names and attributes)")
-        self.check_limits()  # every size within its bounds (artgen.checkpoint.RUN_LIMITS)
+        self.check_limits()  # every size within its bounds (artgen.runs.checkpoint.RUN_LIMITS)
 
     def freeze_list(self) -> list[str]:
         return [s.strip() for s in self.freeze.split(",") if s.strip()]
@@ -390,10 +390,10 @@ def check_base_folder(folder: Path, base: str) -> None:
     anything from it: model_index.json names a pipeline class of diffusers and components
     of classes that diffusers or transformers have (custom code is refused: artgen never
     runs code from a model folder), and every size the components' configs claim is within
-    artgen.checkpoint.BASE_CONFIG_LIMITS. One line naming the file otherwise."""
+    artgen.runs.checkpoint.BASE_CONFIG_LIMITS. One line naming the file otherwise."""
     import diffusers
 
-    from artgen.checkpoint import BASE_CONFIG_LIMITS, check_limits
+    from artgen.runs.checkpoint import BASE_CONFIG_LIMITS, check_limits
 
     index_path = folder / "model_index.json"
     try:
@@ -499,7 +499,7 @@ def base_identity(base: str) -> str:
     of the components it names; for a hub id, the id and the commit of its snapshot in
     the Hugging Face cache (which names its files' contents). Files are hashed once per
     process unless they change."""
-    from artgen.images import sha256_file
+    from artgen.core.images import sha256_file
 
     folder = base_folder(base)
     if folder is not None and not _is_local(base):
@@ -867,8 +867,8 @@ def _class_images(
     pipe: Any, options: DiffusionFinetuneOptions, run: Path, resolution: int, seed: int
 ) -> list[Path]:
     """DreamBooth's prior-preservation set: existing class images, topped up by the base model."""
-    from artgen.data import list_images
-    from artgen.images import save_png
+    from artgen.core.data import list_images
+    from artgen.core.images import save_png
 
     folder = _class_folder(options, run)
     folder.mkdir(parents=True, exist_ok=True)
@@ -987,7 +987,7 @@ def finetune_diffusion(
     from accelerate import Accelerator
 
     from artgen._version import __version__
-    from artgen.data import (
+    from artgen.core.data import (
         ImageSet,
         balance_weights,
         check_attribute,
@@ -1095,7 +1095,7 @@ def finetune_diffusion(
 
 
 class _DiffusionTrainer:
-    """One diffusion fine-tuning run's state and step, for artgen.finetune.run.train."""
+    """One diffusion fine-tuning run's state and step, for artgen.train.skeleton.train."""
 
     def __init__(
         self,
@@ -1265,7 +1265,7 @@ class _DiffusionTrainer:
         return {"loss": loss_v, "lr": self.lr_scheduler.get_last_lr()[0]}
 
     def sample(self) -> Image.Image:
-        from artgen.images import grid
+        from artgen.core.images import grid
 
         return grid(
             _generate_training_samples(
@@ -1334,7 +1334,7 @@ def save_weights(
     if family in TEXT_FAMILIES:
         # diffusers' own LoRA layout (peft names under "unet.", "text_encoder." and
         # "text_encoder_2."), which load_lora_weights() reads whole; see
-        # artgen/finetune/lora_format.py for why not convert_state_dict_to_diffusers.
+        # artgen/runs/lora_format.py for why not convert_state_dict_to_diffusers.
         parts: dict[str, dict[str, torch.Tensor]] = {"unet": state}
         kw: dict[str, Any] = {}
         for name, encoder in zip(text_encoder_names(pipe), encoders, strict=False):
@@ -1387,8 +1387,8 @@ def export_kohya(
     ``overwrite``."""
     from safetensors.torch import save_file
 
-    from artgen.checkpoint import usual_permissions
-    from artgen.images import atomic_output
+    from artgen.core.images import atomic_output
+    from artgen.runs.checkpoint import usual_permissions
 
     tensors = {
         k: v.detach().float().cpu().contiguous()
@@ -1518,10 +1518,10 @@ def check_adapters(
 def export_lora(run_dir: str | os.PathLike, out: str | os.PathLike = "") -> Path:
     """A finished text-to-image LoRA run's adapters as one kohya-style file (ComfyUI,
     A1111): ``out``, or RUN/lora/lora_kohya.safetensors. An existing ``out`` is never
-    overwritten. The output is checked before any work (see artgen.images.check_output),
+    overwritten. The output is checked before any work (see artgen.core.images.check_output),
     and the adapters before they are written (check_adapters, against the base's UNet
     and text encoders when the base is on this machine)."""
-    from artgen.images import check_output
+    from artgen.core.images import check_output
 
     run = Path(run_dir)
     target = Path(out) if out else run / "lora" / KOHYA_FILE
@@ -1562,7 +1562,7 @@ def load_run(run_dir: str | os.PathLike, *, pipeline: Any = None, device: str = 
     """The fine-tuned pipeline of a run folder (the base plus the run's weights).
 
     Everything read from the run is checked first: its config.json (as a resumed run's,
-    see artgen.checkpoint.read_run_config), the weights' files, and the weights themselves,
+    see artgen.runs.checkpoint.read_run_config), the weights' files, and the weights themselves,
     which must be finite (NaN or infinite weights only ever draw noise)."""
     run = Path(run_dir)
     config, options = read_run_config(

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from artgen.errors import ArtgenError
-from artgen.losses import mean_std
+from artgen.core.errors import ArtgenError
+from artgen.core.losses import mean_std
 from artgen.models.adain import adain_blend
 
 OPSET = 18
@@ -74,7 +74,7 @@ def export_onnx(
         import onnx  # noqa: F401  (the exporter needs onnx and onnxscript)
     except ImportError as e:
         raise ArtgenError("ONNX export needs the onnx extra: pip install 'artgen[onnx]'") from e
-    from artgen.images import atomic_output
+    from artgen.core.images import atomic_output
 
     graph = FastGraph(model.float().eval()).eval()
     c = torch.rand(1, 3, 96, 128)

@@ -1,7 +1,7 @@
 """The training data layer shared by the generator fine-tuners (diffusion now, GAN later).
 
 An artist's set is small (10 to 100 images), so every image is decoded once, up front, through
-``artgen.images.load_image``; each draw then only crops, flips and scales a cached tensor.
+``artgen.core.images.load_image``; each draw then only crops, flips and scales a cached tensor.
 
 Optional fairness rebalancing follows the importance-weighting idea of Choi, Grover, Singh, Shu
 and Ermon, "Fair Generative Modeling via Weak Supervision" (ICML 2020, arXiv:1910.12008): draw
@@ -27,8 +27,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from artgen.errors import ArtgenError, clip
-from artgen.images import IMAGE_SUFFIXES, MAX_PIXELS, load_image
+from artgen.core.errors import ArtgenError, clip
+from artgen.core.images import IMAGE_SUFFIXES, MAX_PIXELS, load_image
 
 FILE_COLUMNS = ("file", "filename", "image")
 _SHOW = 3  # how many offending names an error message lists

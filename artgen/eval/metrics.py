@@ -55,11 +55,16 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from artgen.errors import ArtgenError
-from artgen.images import load_image, to_tensor
+from artgen.core.errors import ArtgenError
+from artgen.core.images import load_image, to_tensor
+from artgen.interop.weights import (
+    choose_backbone,
+    load_backbone,
+    read_state_dict,
+    torch_checkpoint_dir,
+)
 from artgen.models import backbones
 from artgen.models.backbones import IMAGENET_MEAN, IMAGENET_STD, FeatureExtractor
-from artgen.weights import choose_backbone, load_backbone, read_state_dict, torch_checkpoint_dir
 
 ArrayLike = torch.Tensor | np.ndarray
 Images = Sequence[Image.Image | str | os.PathLike] | torch.Tensor

@@ -1,7 +1,7 @@
 """Stylising a video: decode, stylise frame by frame with temporal consistency, cache, encode.
 
 The maths (flow, warping, masks, the temporal loss, the flicker metric) is in
-artgen.temporal; this module is the procedure around it, as artgen.style.batch is for a
+artgen.video.temporal; this module is the procedure around it, as artgen.style.batch is for a
 folder of pictures:
 
 - decoding and encoding with PyAV (FFmpeg inside its wheel); a GIF is written by Pillow;
@@ -12,7 +12,7 @@ folder of pictures:
   from the previous result warped by the optical flow, with their temporal loss on the
   pixels the flow can be trusted on. Feed-forward methods (adain) blend each stylised
   frame with the warped previous output on those pixels (and restore its texture
-  contrast, artgen.temporal.restore_detail); flow is DIS (Kroeger et al., ECCV 2016);
+  contrast, artgen.video.temporal.restore_detail); flow is DIS (Kroeger et al., ECCV 2016);
 - every stylised frame is written atomically into a cache folder, so an interrupted run
   resumes where it stopped; the cache records the run's resolved settings (JSON) and is
   refused by a run with other settings; ``--start``/``--end`` pick a range and
@@ -47,8 +47,8 @@ except ImportError:  # pragma: no cover - Windows
 import numpy as np
 from PIL import Image
 
-from artgen.errors import ArtgenError, clip
-from artgen.images import (
+from artgen.core.errors import ArtgenError, clip
+from artgen.core.images import (
     IMAGE_SUFFIXES,
     MAX_PIXELS,
     MIN_SIDE,
@@ -1098,7 +1098,7 @@ class _FrameLoop:
         temporal loss toward it where the flow is reliable."""
         import torch
 
-        from artgen import temporal
+        from artgen.video import temporal
 
         video = self.plan.video
         pair = temporal.frame_pair(inp, self.prev_in, video.flow)
@@ -1120,7 +1120,7 @@ class _FrameLoop:
 
     def blended(self, out: np.ndarray, inp: np.ndarray) -> np.ndarray:
         """A one-pass method's frame blended with the previous output warped to it."""
-        from artgen import temporal
+        from artgen.video import temporal
 
         video = self.plan.video
         # Departure from Ruder et al.'s mask: only the forward-backward (occlusion) check,

@@ -16,7 +16,7 @@ before any image is generated, for settings the metric alone uses.
 
 The context computes what metrics share (the feature network, the reference and sample
 features) once, and only when a metric asks for it: ``--metrics diversity`` never loads
-the FID network. The maths is in artgen.metrics; this module only wires it.
+the FID network. The maths is in artgen.eval.metrics; this module only wires it.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from artgen.errors import ArtgenError
+from artgen.core.errors import ArtgenError
 
 NEEDS = ("samples", "reference", "labels")
 # Keys of eval.json that are not metrics.
@@ -169,10 +169,10 @@ def _reference_features(
 
 
 def _degraded_features(files: list[Path], res: int, net: Any, image_features: Callable) -> list:
-    """Features of the references at the samples' resolution through artgen.probe.degrade,
+    """Features of the references at the samples' resolution through artgen.eval.probe.degrade,
     one tensor per seed of DEGRADE_SEEDS."""
-    from artgen.data import ImageSet
-    from artgen.probe import degrade
+    from artgen.core.data import ImageSet
+    from artgen.eval.probe import degrade
 
     data = ImageSet(files, res, center_crop=True, random_flip=False)
     clean = (torch.stack([data[i]["pixels"] for i in range(len(files))]) + 1) / 2
@@ -186,7 +186,7 @@ def _degraded_features(files: list[Path], res: int, net: Any, image_features: Ca
 class EvalContext:
     """What a metric computes from: ``options`` (the EvalOptions), ``device``, ``samples``
     (the generated PIL images), ``reference`` (the reference image files), ``labels``
-    (their artgen.data.Labels, or None) and ``run`` (the run folder). The rest is computed
+    (their artgen.core.data.Labels, or None) and ``run`` (the run folder). The rest is computed
     on first use and shared by the metrics of one evaluation."""
 
     def __init__(
@@ -213,21 +213,21 @@ class EvalContext:
     @cached_property
     def net(self) -> Any:
         """The FID/KID feature network (``options.fid_network``); its ``label`` names it."""
-        from artgen.metrics import load_fid_network
+        from artgen.eval.metrics import load_fid_network
 
         return load_fid_network(self.options.fid_network, self.device)
 
     @cached_property
     def real(self) -> torch.Tensor:
         """The reference images' features (remembered across evaluations)."""
-        from artgen.metrics import image_features
+        from artgen.eval.metrics import image_features
 
         return self.cached(lambda: image_features(self.reference, self.net))
 
     @cached_property
     def fake(self) -> torch.Tensor:
         """The generated images' features."""
-        from artgen.metrics import image_features
+        from artgen.eval.metrics import image_features
 
         return image_features(self.samples, self.net)
 
@@ -252,7 +252,7 @@ def _fid_lines(v: dict) -> list[str]:
     help="Frechet distance of feature Gaussians (Heusel et al. 2017)",
 )
 def fid(ctx: EvalContext) -> dict:
-    from artgen.metrics import fid_from_features
+    from artgen.eval.metrics import fid_from_features
 
     return {"value": fid_from_features(ctx.real, ctx.fake), "network": ctx.net.label}
 
@@ -271,7 +271,7 @@ def _kid_lines(k: dict) -> list[str]:
     help="kernel inception distance with its error (Binkowski et al. 2018)",
 )
 def kid(ctx: EvalContext) -> dict:
-    from artgen.metrics import kid_from_features
+    from artgen.eval.metrics import kid_from_features
 
     o = ctx.options
     mean, std = kid_from_features(ctx.real, ctx.fake, subsets=o.kid_subsets, seed=o.seed)
@@ -290,7 +290,7 @@ def kid(ctx: EvalContext) -> dict:
 
 
 def _check_clusters(options: Any) -> None:
-    from artgen.data import list_images
+    from artgen.core.data import list_images
 
     if options.clusters:
         list_images(options.clusters)
@@ -309,9 +309,9 @@ def _diversity_lines(d: dict) -> list[str]:
 )
 def diversity(ctx: EvalContext) -> dict:
     """At the samples' own size; the cluster centres are centre-cropped to match."""
-    from artgen.data import ImageSet, list_images
-    from artgen.images import to_tensor
-    from artgen.metrics import intra_cluster_diversity, load_lpips
+    from artgen.core.data import ImageSet, list_images
+    from artgen.core.images import to_tensor
+    from artgen.eval.metrics import intra_cluster_diversity, load_lpips
 
     o, res = ctx.options, ctx.resolution
     centres = list_images(o.clusters) if o.clusters else ctx.reference
@@ -364,9 +364,13 @@ def _fd_lines(a: dict) -> list[str]:
 )
 def fd(ctx: EvalContext) -> dict:
     """The attribute's proportions among the samples, as a linear probe on the feature
-    network labels them (see artgen.evaluate), and their Fairness Discrepancy."""
-    from artgen.metrics import attribute_proportions, fairness_discrepancy_interval, image_features
-    from artgen.probe import calibrate_probe, cross_validated_accuracy, fit_linear_probe
+    network labels them (see artgen.eval.evaluate), and their Fairness Discrepancy."""
+    from artgen.eval.metrics import (
+        attribute_proportions,
+        fairness_discrepancy_interval,
+        image_features,
+    )
+    from artgen.eval.probe import calibrate_probe, cross_validated_accuracy, fit_linear_probe
 
     o, net, real, res = ctx.options, ctx.net, ctx.real, ctx.resolution
     values = ctx.labels.values(o.attribute)
@@ -420,7 +424,7 @@ def fd(ctx: EvalContext) -> dict:
                 t: dict(zip(classes, row, strict=True))
                 for t, row in zip(classes, fd["confusion"], strict=True)
             },
-            "degradations": "artgen.probe.degrade (down-up sampling, blur, colour "
+            "degradations": "artgen.eval.probe.degrade (down-up sampling, blur, colour "
             f"shifts, banding, noise) at {res} px",
         },
         "classifier": what,

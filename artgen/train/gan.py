@@ -8,7 +8,7 @@ images, Adam with betas (0, 0.99) scaled for lazy regularisation as its training
 generator's weights with ADA's half-life ramp-up when training from scratch and without it
 when adapting a pretrained network (its train.py sets ema_rampup = None whenever it resumes
 from a pickle), and differentiable augmentation of everything the discriminator sees
-(DiffAugment, Zhao et al. 2020; see artgen.augment) in place of ADA's adaptive pipeline.
+(DiffAugment, Zhao et al. 2020; see artgen.train.augment) in place of ADA's adaptive pipeline.
 
 Adaptation methods (``finetune_gan``), combinable:
 
@@ -73,7 +73,9 @@ from typing import Any, ClassVar
 import torch
 from PIL import Image
 
-from artgen.checkpoint import (
+from artgen.core.devices import resolve_device
+from artgen.core.errors import ArtgenError
+from artgen.runs.checkpoint import (
     MAX_BATCH,
     check_finite,
     optimizer_to_tensors,
@@ -83,9 +85,8 @@ from artgen.checkpoint import (
     read_run_config,
     resolve_run_path,
 )
-from artgen.devices import resolve_device
-from artgen.errors import ArtgenError
-from artgen.finetune.gan_loss import (  # noqa: F401 - the maths, importable from here too
+from artgen.runs.record import GanSampleOptions  # noqa: F401 (the run record owns it; kept here by name)
+from artgen.train.gan_loss import (  # noqa: F401 - the maths, importable from here too
     CDC_BATCH,
     CDCTerm,
     FeedbackLoss,
@@ -98,9 +99,8 @@ from artgen.finetune.gan_loss import (  # noqa: F401 - the maths, importable fro
     r1_penalty,
     synthesis_layers,
 )
-from artgen.finetune.run import Draws, RunOptions, open_run, train
-from artgen.finetune.run import options_for_resume as options_for_resume  # the one policy
-from artgen.runs import GanSampleOptions  # noqa: F401 (the run record owns it; kept here by name)
+from artgen.train.skeleton import Draws, RunOptions, open_run, train
+from artgen.train.skeleton import options_for_resume as options_for_resume  # the one policy
 
 METHODS = ("full", "fairtl", "fairtl++")
 # fairTL++'s linear-probing split (see the module docstring): "authors" as the authors' code,
@@ -274,8 +274,8 @@ class GanFinetuneOptions(RunOptions):
 
 def _check_values(options: Any) -> None:
     """Checks that both GAN option classes share: used when a run starts, and when a run's
-    config.json is read back (see artgen.checkpoint.options_from_dict)."""
-    from artgen.augment import parse_policy
+    config.json is read back (see artgen.runs.checkpoint.options_from_dict)."""
+    from artgen.train.augment import parse_policy
 
     for name in ("steps", "batch_size", "r1_every", "sample_every", "checkpoint_every"):
         if getattr(options, name) < 1:
@@ -291,7 +291,7 @@ def _check_values(options: Any) -> None:
     parse_policy(options.augment)
     if options.balance and not options.labels:
         raise ArtgenError("--balance needs --labels (a CSV of file names and attributes)")
-    options.check_limits()  # every size within its bounds (artgen.checkpoint.RUN_LIMITS)
+    options.check_limits()  # every size within its bounds (artgen.runs.checkpoint.RUN_LIMITS)
 
 
 @dataclass(frozen=True)
@@ -425,7 +425,7 @@ def generate_gan(
     """``n`` images; image i draws its latent and noise from seed ``seed + i`` alone.
 
     A class-conditional ``G`` needs ``class_index`` (0 to c_dim-1); all images are of it."""
-    from artgen.images import to_pil
+    from artgen.core.images import to_pil
 
     device = next(G.parameters()).device
     c = class_labels(G.config.c_dim, class_index, 1, device)
@@ -503,11 +503,11 @@ def is_gan_run(run_dir: str | os.PathLike) -> bool:
 # -- the runs ----------------------------------------------------------------------------
 
 
-# The one resume policy (artgen.finetune.run): options_for_resume(run_dir, **overrides).
+# The one resume policy (artgen.train.skeleton): options_for_resume(run_dir, **overrides).
 
 
 def _check_common(options: Any) -> tuple[list[Path], Any, Path, Any]:
-    from artgen.data import check_attribute, list_images, read_labels
+    from artgen.core.data import check_attribute, list_images, read_labels
 
     if not options.images:
         raise ArtgenError("--images: give the folder of training images")
@@ -607,7 +607,7 @@ def _run(
     accelerator: Any,
 ) -> Path:
     from artgen._version import __version__
-    from artgen.data import ImageSet, balance_weights
+    from artgen.core.data import ImageSet, balance_weights
 
     group = D.config.mbstd_group_size
     if options.batch_size % min(group, options.batch_size):
@@ -653,10 +653,10 @@ def _run(
 
 
 class _GanTrainer:
-    """A StyleGAN2 run's networks, optimizers and phases, for artgen.finetune.run.train."""
+    """A StyleGAN2 run's networks, optimizers and phases, for artgen.train.skeleton.train."""
 
     def __init__(self, options, kind, G, D, data, draws, g, g_data, accelerator, run) -> None:
-        from artgen.augment import diff_augment
+        from artgen.train.augment import diff_augment
 
         self.options, self.kind, self.data, self.draws = options, kind, data, draws
         self.g, self.g_data, self.accelerator = g, g_data, accelerator
@@ -816,7 +816,7 @@ class _GanTrainer:
         return {"loss_d": ld, "loss_g": lg}
 
     def sample(self) -> Image.Image:
-        from artgen.images import grid
+        from artgen.core.images import grid
 
         images = generate_gan(
             self.G_ema, 16, seed=self.options.seed, noise_mode="const", class_index=self.class_index
@@ -868,7 +868,7 @@ def restore(
 ) -> int:
     """Put the checkpoint in ``path`` back into a GAN run's networks, optimizers and random
     generators (``drawn``: the attribute values drawn so far); returns its step. Every
-    piece is checked first (artgen.checkpoint.Checkpoint): a damaged checkpoint is one
+    piece is checked first (artgen.runs.checkpoint.Checkpoint): a damaged checkpoint is one
     ArtgenError naming its file and field."""
     ckpt = read_checkpoint(path)
     saved_by = ckpt.int_field("num_processes", 1)

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from artgen.download import DownloadProgress, download
-from artgen.errors import ArtgenError
+from artgen.core.errors import ArtgenError
+from artgen.interop.download import DownloadProgress, download
 
 
 def styles_dir() -> Path:
@@ -24,7 +24,7 @@ def styles_dir() -> Path:
     env = os.environ.get("ARTGEN_STYLES_DIR")
     if env:
         return Path(env)
-    checkout = Path(__file__).resolve().parent.parent / "styles"
+    checkout = Path(__file__).resolve().parents[2] / "styles"
     installed = Path(sys.prefix) / "share" / "artgen" / "styles"
     if not (checkout / "manifest.json").is_file() and (installed / "manifest.json").is_file():
         return installed

@@ -40,7 +40,7 @@ explicit allow-list and nothing else; there is no fall-back to importing:
   holding their state) are the only other names a file may use.
 * Any other global (``os.system``, ``builtins.eval``, ``subprocess.Popen``,
   the original ``training.networks`` classes...) is refused with an
-  :class:`~artgen.errors.ArtgenError` naming the file and the global, before
+  :class:`~artgen.core.errors.ArtgenError` naming the file and the global, before
   it is called. Persistent ids are refused too. The file size is capped.
 * Opcodes that act on an object already built only act on the kinds the
   official format uses them on: BUILD (which would call ``__setstate__`` or set
@@ -78,7 +78,7 @@ storage. Nothing from the file goes into a message unabridged: :func:`short_repr
 writes at most about 200 characters without building the full repr first.
 
 What comes back is inert data: dicts, lists, tuples, strings, numbers,
-tensors and :class:`PersistentStub` objects; ``artgen.convert`` turns the
+tensors and :class:`PersistentStub` objects; ``artgen.interop.convert`` turns the
 stubs into artgen models.
 """
 
@@ -101,7 +101,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from artgen.errors import ArtgenError, clip
+from artgen.core.errors import ArtgenError, clip
 
 PERSISTENCE_VERSION = 6  # torch_utils/persistence.py: _version = 6
 DEFAULT_MAX_BYTES = 4 << 30  # the largest official snapshots (1024 px, G + D + G_ema) are ~400 MB

@@ -2,21 +2,21 @@
 
 ``evaluate`` generates (or reads) the samples and computes the metrics asked for
 (``EvalOptions.metrics``, e.g. "fid,kid"; by default FID, KID and diversity, and FD when
-labels are given), each a function registered in artgen.metric_registry; adding a metric
+labels are given), each a function registered in artgen.eval.registry; adding a metric
 is one function plus its registration there. The built-in ones report, each labelled with
-the network that produced it (see artgen.metrics):
+the network that produced it (see artgen.eval.metrics):
 - ``fid``, ``kid``: FID (Heusel et al. 2017) and KID (Binkowski et al. 2018) on pretrained
-  features, KID with its standard error (bootstrap; see artgen.metrics.kid_from_features);
+  features, KID with its standard error (bootstrap; see artgen.eval.metrics.kid_from_features);
 - ``diversity``: intra-cluster LPIPS diversity (Ojha et al. 2021): low means the generator
   copies its few training images;
 - ``fd`` (eval.json key "attribute"), with a labels CSV and an attribute: the generated
   images' attribute proportions, as labelled by a linear probe trained on the labelled
-  reference images (see artgen.probe, with its cross-validated accuracy), and the Fairness
+  reference images (see artgen.eval.probe, with its cross-validated accuracy), and the Fairness
   Discrepancy (Teo et al. 2023) with a bootstrap interval. By default the
-  probe also trains on degraded copies of the references (artgen.probe.degrade: blur,
+  probe also trains on degraded copies of the references (artgen.eval.probe.degrade: blur,
   noise, colour shifts, down-up sampling, banding, at the samples' resolution), its
   confusion matrix is measured on other degraded copies of held-out references, and the
-  proportions are corrected for those errors (artgen.metrics.correct_proportions);
+  proportions are corrected for those errors (artgen.eval.metrics.correct_proportions);
   ``uncorrected`` turns this off.
 
 Departure from Teo et al.: they label samples with a ResNet-18 trained on real images and
@@ -34,10 +34,10 @@ from typing import Any
 
 from PIL import Image
 
-from artgen.errors import ArtgenError
-from artgen.metric_registry import DEGRADE_SEEDS as DEGRADE_SEEDS  # docs/ scripts import these
-from artgen.metric_registry import EvalContext, select_metrics
-from artgen.metric_registry import _degraded_features as _degraded_features
+from artgen.core.errors import ArtgenError
+from artgen.eval.registry import DEGRADE_SEEDS as DEGRADE_SEEDS  # docs/ scripts import these
+from artgen.eval.registry import EvalContext, select_metrics
+from artgen.eval.registry import _degraded_features as _degraded_features
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class EvalOptions:
         default="",
         metadata={
             "help": "comma-separated metrics to compute, of fid, kid, diversity, fd "
-            "and any registered in artgen.metric_registry (default: fid,kid,diversity, "
+            "and any registered in artgen.eval.registry (default: fid,kid,diversity, "
             "and fd with --labels)"
         },
     )
@@ -118,8 +118,8 @@ def evaluate(
     ``generate(n, seed)`` makes the images; by default the run is loaded (artgen.load_run)
     and sampled.
     """
-    from artgen.data import check_attribute, list_images, read_labels
-    from artgen.devices import resolve_device
+    from artgen.core.data import check_attribute, list_images, read_labels
+    from artgen.core.devices import resolve_device
 
     run = Path(run_dir)
     if bool(options.labels) != bool(options.attribute):
@@ -138,7 +138,7 @@ def evaluate(
             m.check(options)
 
     if options.samples:
-        from artgen.images import load_image
+        from artgen.core.images import load_image
 
         samples = [load_image(p).rgb for p in list_images(options.samples)]
         source = str(options.samples)
@@ -146,7 +146,7 @@ def evaluate(
         if options.num_samples < 2:
             raise ArtgenError(f"--num-samples {options.num_samples}: need at least 2")
         if generate is None:
-            from artgen.runs import load_run
+            from artgen.runs.record import load_run
 
             model = load_run(run, device=device)
             # The settings eval has for each kind: denoising steps, a GAN's class.

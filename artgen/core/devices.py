@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from artgen.errors import ArtgenError
+from artgen.core.errors import ArtgenError
 
 if TYPE_CHECKING:
     import torch

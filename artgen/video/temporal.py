@@ -308,10 +308,10 @@ def pan_zoom_clip(
 
 def style_distance(images: torch.Tensor, style: torch.Tensor, extractor, layers=None) -> float:
     """How far pictures' feature statistics are from a style's: the sum over the extractor's
-    style layers of the distance between channel means and stds (artgen.losses.stats_distance,
+    style layers of the distance between channel means and stds (artgen.core.losses.stats_distance,
     as docs/adain_eval.py measures), averaged over the pictures. ``images`` (N, 3, H, W),
     ``style`` (1, 3, H', W'), in [0, 1]."""
-    from artgen.losses import mean_std, stats_distance
+    from artgen.core.losses import mean_std, stats_distance
 
     layers = list(layers or extractor.spec.style_layers)
     with torch.no_grad():
