@@ -17,8 +17,8 @@ Python API::
         base="runs/base", images="reference/", out="runs/fair", method="fairtl++"))
     images = artgen.load_run(gan).generate(16, seed=0, truncation=0.7)
 
-``artgen.load_run`` returns the run object of the run's kind (artgen.runs.record: a DiffusionRun or
-a GanRun, with ``.kind``, ``.path``, ``.config``, ``.generate`` and ``.sample_grid``).
+``artgen.load_run`` returns the run object of the run's kind (a DiffusionRun or a GanRun,
+artgen/runs/, with ``.kind``, ``.path``, ``.config``, ``.generate`` and ``.sample_grid``).
 """
 
 from artgen._version import __version__
@@ -27,27 +27,13 @@ from artgen.core.errors import ArtgenError, Cancelled
 # Where each public name lives. They are imported on first use (PEP 562), so that a command
 # which needs no PyTorch (the fast method on onnxruntime, `artgen info`) never imports it.
 _LAZY = {
-    "artgen.train.adain": ("AdaINTrainOptions", "train_adain"),
-    "artgen.train.diffusion": (
-        "DiffusionFinetuneOptions",
-        "FinetuneProgress",
-        "finetune_diffusion",
-    ),
-    "artgen.train.gan": (
-        "GanFinetuneOptions",
-        "GanProgress",
-        "GanTrainOptions",
-        "finetune_gan",
-        "train_gan",
-    ),
-    "artgen.runs.record": (
-        "DiffusionRun",
-        "GanRun",
-        "Run",
-        "SampleOptions",
-        "load_run",
-        "register_run",
-    ),
+    "artgen.runs.adain": ("AdaINTrainOptions",),
+    "artgen.runs.diffusion": ("DiffusionFinetuneOptions", "DiffusionRun"),
+    "artgen.runs.gan": ("GanFinetuneOptions", "GanRun", "GanTrainOptions"),
+    "artgen.train.adain": ("train_adain",),
+    "artgen.train.diffusion": ("FinetuneProgress", "finetune_diffusion"),
+    "artgen.train.gan": ("GanProgress", "finetune_gan", "train_gan"),
+    "artgen.runs.record": ("Run", "SampleOptions", "load_run"),
     "artgen.style": ("get_method", "method_names", "stylize"),
     "artgen.style.adain": ("AdaINOptions",),
     "artgen.style.gatys": ("StylizeOptions", "StylizeProgress"),

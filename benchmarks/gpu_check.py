@@ -818,8 +818,8 @@ def gan_loss_benchmark(
     dev: torch.device, dry: bool, steps: int, bf16: bool, deadline: Deadline
 ) -> dict:
     """The StyleGAN2Loss phases with Adam, out of the trainer (bf16: a what-if)."""
+    from artgen.core.augment import diff_augment
     from artgen.models.stylegan2 import Discriminator, Generator, StyleGAN2Config
-    from artgen.train.augment import diff_augment
     from artgen.train.gan_loss import StyleGAN2Loss
 
     s = gan_settings(dry)

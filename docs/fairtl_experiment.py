@@ -393,7 +393,8 @@ def probe_sheet(out: Path, keys: dict[str, str], n: int = 32) -> Image.Image:
     from artgen.eval.metrics import image_features, load_fid_network
     from artgen.eval.probe import fit_linear_probe
     from artgen.eval.registry import _reference_features
-    from artgen.train.gan import generate_gan, load_generator
+    from artgen.runs.gan import load_generator
+    from artgen.train.gan import generate_gan
 
     ref = list_images(out / "data" / "heldout")
     values = read_labels(str(out / "data" / "heldout" / "labels.csv"), ref).values("attr")
@@ -429,12 +430,8 @@ def main() -> None:
 
     from artgen.core.images import grid
     from artgen.eval.evaluate import EvalOptions
-    from artgen.train.gan import (
-        GanFinetuneOptions,
-        GanTrainOptions,
-        generate_gan,
-        load_generator,
-    )
+    from artgen.runs.gan import load_generator
+    from artgen.train.gan import GanFinetuneOptions, GanTrainOptions, generate_gan
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="out/fairtl")

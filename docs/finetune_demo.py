@@ -68,12 +68,12 @@ def main() -> None:
 
     from artgen.core.images import grid, load_image
     from artgen.eval.evaluate import EvalOptions, evaluate
+    from artgen.runs.diffusion import load_run
     from artgen.train.diffusion import (
         DiffusionFinetuneOptions,
         finetune_diffusion,
         generate,
         load_base,
-        load_run,
     )
 
     diffusers.utils.logging.disable_progress_bar()

@@ -6,8 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from artgen.core.errors import ArtgenError
-from artgen.train.augment import (
+from artgen.core.augment import (
     diff_augment,
     rand_brightness,
     rand_color,
@@ -17,6 +16,7 @@ from artgen.train.augment import (
     rand_translation,
     random_flip,
 )
+from artgen.core.errors import ArtgenError
 
 
 def _batch(n: int = 8, size: int = 32, seed: int = 0) -> torch.Tensor:

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from artgen.cli import main
 from artgen.core.errors import ArtgenError
 from artgen.core.losses import mean_std
+from artgen.runs.options import options_for_resume
 from artgen.train import adain as T
 
 from .conftest import edit_json, one_line_error, photo, stripes
@@ -114,7 +115,7 @@ def test_resume_guards(data, tmp_path):
     with pytest.raises(ArtgenError, match="already holds a run; pass --resume"):
         T.train_adain(T.AdaINTrainOptions(styles=str(s), content=str(c), out=str(run), steps=2))
     # the API guards a resumed run as the CLI does
-    resumed = T.options_for_resume(run, steps=3)
+    resumed = options_for_resume(run, steps=3)
     with pytest.raises(ArtgenError, match="--lr: the run in"):
         T.train_adain(dataclasses.replace(resumed, lr=0.1))
     shutil.rmtree(run / "checkpoints")
@@ -135,14 +136,14 @@ def test_a_run_recorded_before_the_loss_options_resumes_as_it_was_trained(data, 
     assert main([*args, *TINY, "--steps", "2", "--cov-weight", "5", "-q"]) == 0
     opts = json.loads((run / "config.json").read_text())["options"]
     assert (opts["content_levels"], opts["cov_weight"]) == ("all", 5.0)
-    assert T.options_for_resume(run, steps=3).cov_weight == 5.0
+    assert options_for_resume(run, steps=3).cov_weight == 5.0
 
     def old(d):
         d["options"].pop("content_levels")
         d["options"].pop("cov_weight")
 
     edit_json(run / "config.json", old)
-    resumed = T.options_for_resume(run, steps=3)
+    resumed = options_for_resume(run, steps=3)
     assert (resumed.content_levels, resumed.cov_weight) == ("all", 0.0)
 
 
@@ -366,7 +367,7 @@ def test_a_damaged_adain_run_resumes_to_one_line(adain_run, tmp_path, capsys, da
     for name in (str(where), *names):
         assert name in lines[0], (name, lines[0])
     with pytest.raises(ArtgenError):
-        T.train_adain(T.options_for_resume(run, steps=4))
+        T.train_adain(options_for_resume(run, steps=4))
 
 
 @pytest.mark.parametrize("which", ["the step it will write", "the step it resumes from"])
@@ -389,4 +390,4 @@ def test_a_linked_checkpoint_is_refused_before_training(adain_run, tmp_path, cap
     assert (run / "log.jsonl").read_text() == log  # not a step trained
     assert not list(checkpoints.glob(".*.tmp")) and link.is_symlink()
     with pytest.raises(ArtgenError, match="symbolic link"):
-        T.train_adain(T.options_for_resume(run, steps=4))
+        T.train_adain(options_for_resume(run, steps=4))

@@ -17,14 +17,14 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from artgen.core.errors import ArtgenError, Cancelled
+from artgen.runs.diffusion import load_run
+from artgen.runs.options import options_for_resume
 from artgen.train.diffusion import (
     DiffusionFinetuneOptions,
     diffusion_loss,
     finetune_diffusion,
     generate,
     load_base,
-    load_run,
-    options_for_resume,
     to_model_space,
 )
 
@@ -856,7 +856,8 @@ def test_text_encoder_lora_of_a_stable_diffusion_run(bases, tmp_path):
     come back with load_run, and kohya's file names them lora_te_ (read by diffusers)."""
     from diffusers import StableDiffusionPipeline
 
-    from artgen.train.diffusion import adapted, encode_prompt
+    from artgen.runs.diffusion import adapted
+    from artgen.train.diffusion import encode_prompt
 
     run = finetune_diffusion(
         fast(

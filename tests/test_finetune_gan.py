@@ -23,6 +23,8 @@ from safetensors.torch import load_file, save_file
 
 from artgen.core.errors import ArtgenError, Cancelled
 from artgen.models.stylegan2 import Discriminator, Generator
+from artgen.runs.gan import is_gan_run
+from artgen.runs.options import options_for_resume
 from artgen.runs.record import load_run
 from artgen.train.gan import (
     cdc_loss,
@@ -30,10 +32,8 @@ from artgen.train.gan import (
     finetune_gan,
     g_nonsaturating_loss,
     generate_gan,
-    is_gan_run,
     layer_features,
     load_gan,
-    options_for_resume,
     r1_penalty,
     synthesis_layers,
     train_gan,
@@ -825,7 +825,7 @@ def test_a_corrupt_or_linked_generator_is_reported_as_such(run_copy, tmp_path, c
 
 def test_non_finite_generator_weights_are_refused_when_sampling(run_copy, tmp_path, capsys):
     from artgen.cli import main
-    from artgen.train.gan import load_generator
+    from artgen.runs.gan import load_generator
 
     weights = run_copy / "generator" / "model.safetensors"
     tensors = load_file(str(weights))

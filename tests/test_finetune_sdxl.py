@@ -17,16 +17,15 @@ from safetensors.torch import load_file
 from artgen.core.data import ImageSet, list_images
 from artgen.core.errors import ArtgenError, Cancelled
 from artgen.core.images import read_params
+from artgen.runs.diffusion import adapted, load_run
+from artgen.runs.options import options_for_resume
 from artgen.train.diffusion import (
     DiffusionFinetuneOptions,
     LatentCache,
-    adapted,
     default_resolution,
     encode_text,
     finetune_diffusion,
     load_base,
-    load_run,
-    options_for_resume,
     pipeline_family,
     time_ids,
     to_model_space,

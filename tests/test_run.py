@@ -11,7 +11,8 @@ import torch
 
 from artgen.core.data import balance_weights, proportions
 from artgen.core.errors import ArtgenError
-from artgen.train.skeleton import OPTIONS, Draws, RunOptions, options_class, options_for_resume
+from artgen.runs.options import KINDS, RunOptions, options_class, options_for_resume
+from artgen.train.skeleton import Draws
 
 
 def test_draws_balance_a_90_10_set_and_count_what_was_drawn():
@@ -53,7 +54,7 @@ def test_draws_are_torch_multinomial_with_replacement_and_resume_from_the_genera
 
 
 def test_every_recorded_method_has_an_options_class_of_the_shared_base():
-    for kind in OPTIONS:
+    for kind in KINDS:
         cls = options_class(kind)
         assert issubclass(cls, RunOptions) and cls.KIND == kind
         names = {f.name for f in dataclasses.fields(cls)}

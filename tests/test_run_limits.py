@@ -25,7 +25,6 @@ from artgen.runs.checkpoint import (
     limit_error,
     options_from_dict,
 )
-from artgen.train import diffusion
 from artgen.train.adain import AdaINTrainOptions
 from artgen.train.diffusion import DiffusionFinetuneOptions, finetune_diffusion
 from artgen.train.gan import GanFinetuneOptions, GanTrainOptions, train_gan
@@ -119,13 +118,14 @@ def stand_ins(monkeypatch):
     """Loading a GAN's generator or a diffusion base says it was reached instead: what a
     run's config.json claims must all be checked before (a network's own configs are
     swept by the tests below, and by test_stylegan2's)."""
-    from artgen.train import gan
+    from artgen.runs import diffusion as diffusion_runs
+    from artgen.runs import gan
 
     def reached(*args, **kw):
         raise ArtgenError(f"the network {REACHED}")
 
     monkeypatch.setattr(gan, "load_generator", reached)
-    monkeypatch.setattr(diffusion, "load_base", reached)
+    monkeypatch.setattr(diffusion_runs, "load_base", reached)
 
 
 @pytest.fixture(scope="module")

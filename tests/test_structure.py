@@ -68,18 +68,80 @@ def _imported(tree: ast.AST) -> list[str]:
     return names
 
 
-def test_layers_the_library_keeps_lazy_imports_included():
-    """The interfaces (artgen/cli, artgen/__main__) alone parse argv or import gradio; the
-    models import no procedure or interface. (The full rule of issue 33, every layer only
-    downward, waits for the package re-layout.)"""
+# The layers of issue 33, lowest first: a module imports its own package and lower layers
+# only (artgen/_version.py and the package root's lazy names aside). Same-rank packages
+# (video, train, eval) do not import each other.
+LAYERS = {
+    "core": 0,
+    "models": 1,
+    "interop": 2,
+    "runs": 3,
+    "style": 4,
+    "video": 5,
+    "train": 5,
+    "eval": 5,
+    "cli": 6,
+}
+
+
+def _package(module: str) -> str:
+    """'artgen.runs.gan' -> 'runs'; the package root and its top-level files -> ''."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in LAYERS) else ""
+
+
+def _artgen_imports(path: Path, tree: ast.AST) -> list[tuple[int, str]]:
+    """Every artgen module (or package) this file imports, lazy ones and relative ones
+    included, with its line."""
+    rel = path.relative_to(REPO).with_suffix("")
+    here = list(rel.parts[:-1] if rel.name != "__init__" else rel.parts[:-1])
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(here[: len(here) - node.level + 1] + ([base] if base else []))
+            if base == "artgen":  # from artgen import x: a subpackage, or a root name
+                found += [(node.lineno, f"artgen.{a.name}") for a in node.names]
+            elif base.startswith("artgen."):
+                found.append((node.lineno, base))
+        elif isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.startswith("artgen")]
+    return found
+
+
+def test_every_import_in_the_package_goes_down_lazy_ones_included():
+    """The layers of docs/architecture.md: core -> models -> interop -> runs -> style ->
+    {video, train, eval} -> cli. Inference (runs, style, video) never imports training."""
+    assert {p.name for p in (REPO / "artgen").iterdir() if any(p.glob("*.py"))} - {
+        "__pycache__",
+        "weights_data",
+    } == set(LAYERS), "a new package needs its place in LAYERS (and in architecture.md)"
+    top = {p.stem for p in (REPO / "artgen").glob("*.py")}
+    assert top == {"__init__", "__main__", "_version"}, "modules live in the packages"
+    upward = []
+    for path, tree in _trees("artgen"):
+        rel = path.relative_to(REPO).as_posix()
+        mine = rel.split("/")[1] if rel.count("/") > 1 else ""
+        if mine == "":  # the package root (lazy names) and __main__: the top
+            continue
+        for line, name in _artgen_imports(path, tree):
+            theirs = _package(name)
+            if name == "artgen._version" or theirs == mine:
+                continue
+            if theirs == "" or LAYERS[theirs] >= LAYERS[mine]:
+                if mine == "cli" and theirs == "":
+                    continue  # the interfaces may use the package root's public names
+                upward.append(f"{rel}:{line} ({mine}) imports {name}")
+    assert not upward, upward
+
+
+def test_only_the_interfaces_parse_argv_or_import_gradio():
     found = []
     for path, tree in _trees("artgen"):
         rel = path.relative_to(REPO).as_posix()
+        if rel.startswith("artgen/cli/") or rel == "artgen/__main__.py":
+            continue
         names = _imported(tree)
-        if not rel.startswith("artgen/cli/") and rel != "artgen/__main__.py":
-            found += [f"{rel}: {n}" for n in names if n.split(".")[0] in ("gradio", "argparse")]
-            found += [f"{rel}: {n}" for n in names if n.startswith("artgen.cli")]
-        if rel.startswith("artgen/models/"):
-            upward = ("artgen.style", "artgen.train", "artgen.runs.record", "artgen.video.pipeline")
-            found += [f"{rel}: {n}" for n in names if n.startswith(upward)]
+        found += [f"{rel}: {n}" for n in names if n.split(".")[0] in ("gradio", "argparse")]
     assert not found, found

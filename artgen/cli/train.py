@@ -43,9 +43,9 @@ COMMANDS = ("finetune", "train", "convert", "export")
 
 def add_commands(sub: argparse._SubParsersAction, method: str) -> None:
     """finetune diffusion|gan, train gan|adain, convert, export."""
-    from artgen.train.adain import AdaINTrainOptions
-    from artgen.train.diffusion import DiffusionFinetuneOptions
-    from artgen.train.gan import GanFinetuneOptions, GanTrainOptions
+    from artgen.runs.adain import AdaINTrainOptions
+    from artgen.runs.diffusion import DiffusionFinetuneOptions
+    from artgen.runs.gan import GanFinetuneOptions, GanTrainOptions
 
     def trainer(parent, name: str, options: type, handler, **kw) -> None:
         p = parent.add_parser(name, formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
@@ -160,11 +160,9 @@ def _run_training(train, options, bar: StepBar, command: str):
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from artgen.train.diffusion import (
-        DiffusionFinetuneOptions,
-        finetune_diffusion,
-        options_for_resume,
-    )
+    from artgen.runs.diffusion import DiffusionFinetuneOptions
+    from artgen.runs.options import options_for_resume
+    from artgen.train.diffusion import finetune_diffusion
 
     quiet_libraries()
     options = _training_options(args, DiffusionFinetuneOptions, options_for_resume)
@@ -179,13 +177,9 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 def _cmd_gan(args: argparse.Namespace, what: str) -> int:
 
-    from artgen.train.gan import (
-        GanFinetuneOptions,
-        GanTrainOptions,
-        finetune_gan,
-        options_for_resume,
-        train_gan,
-    )
+    from artgen.runs.gan import GanFinetuneOptions, GanTrainOptions
+    from artgen.runs.options import options_for_resume
+    from artgen.train.gan import finetune_gan, train_gan
 
     cls = GanFinetuneOptions if what == "finetune" else GanTrainOptions
     options = _training_options(args, cls, options_for_resume)
@@ -200,7 +194,9 @@ def _cmd_gan(args: argparse.Namespace, what: str) -> int:
 
 
 def _cmd_train_adain(args: argparse.Namespace) -> int:
-    from artgen.train.adain import AdaINTrainOptions, options_for_resume, train_adain
+    from artgen.runs.adain import AdaINTrainOptions
+    from artgen.runs.options import options_for_resume
+    from artgen.train.adain import train_adain
 
     options = _training_options(args, AdaINTrainOptions, options_for_resume)
     bar = StepBar(

@@ -101,7 +101,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from artgen.core.errors import ArtgenError, clip
+from artgen.core.errors import MESSAGE_CHARS, ArtgenError, clip
+from artgen.core.errors import short_repr as _short_repr
 
 PERSISTENCE_VERSION = 6  # torch_utils/persistence.py: _version = 6
 DEFAULT_MAX_BYTES = 4 << 30  # the largest official snapshots (1024 px, G + D + G_ema) are ~400 MB
@@ -118,7 +119,6 @@ MAX_TUPLE_DEPTH = 64
 MAX_TENSOR_DIMS = 8  # weights have at most 4
 MAX_NAME_CHARS = 100  # persistent class names (the official ones have at most 21 characters)
 MAX_LINE_BYTES = 1 << 20  # text-line arguments (GLOBAL names and the protocol-0 opcodes)
-MESSAGE_CHARS = 200  # the most of any value from a file that goes into a message
 
 # Where each official class is defined; only a hint for messages and reports (the pickle itself
 # carries the module's source, not its name).
@@ -180,66 +180,13 @@ class _Malformed(ValueError):
 
 
 def short_repr(value: Any, limit: int = MESSAGE_CHARS) -> str:
-    """``repr(value)`` cut to ``limit`` characters (then "..."), for messages about file data.
+    """:func:`artgen.core.errors.short_repr`, showing the unpickler's own placeholders as
+    themselves."""
+    return _short_repr(value, limit, special=_placeholder)
 
-    Built piece by piece and stopped once ``limit`` is reached, so it costs O(limit) whatever
-    the value: a tuple nested 40 deep with shared references has a repr of 2**40 characters,
-    a huge int one that CPython refuses to write. Objects other than plain data show as their
-    type name (a tensor as its shape and dtype).
-    """
-    parts: list[str] = []
-    room = limit + 1  # one more than fits, to know whether anything was cut
 
-    def put(text: str) -> None:
-        nonlocal room
-        parts.append(text[:room])
-        room -= len(text)
-
-    def walk(v: Any, depth: int) -> None:
-        if room <= 0:
-            return
-        if v is None or isinstance(v, (bool, float, complex, np.generic)):
-            put(repr(v))
-        elif isinstance(v, int):
-            put(repr(v) if v.bit_length() <= 256 else f"<int of {v.bit_length()} bits>")
-        elif isinstance(v, str):
-            put(repr(v[:room]))
-        elif isinstance(v, (bytes, bytearray)):
-            put(repr(bytes(v[:room])))
-        elif isinstance(v, (tuple, list, set, frozenset, dict)):
-            if depth >= 8:
-                put("...")
-                return
-            is_dict, is_set = isinstance(v, dict), isinstance(v, (set, frozenset))
-            empty_set = is_set and not v
-            brackets = "{}" if is_dict or is_set else "()" if isinstance(v, tuple) else "[]"
-            put("set()" if empty_set else brackets[0])
-            items = dict.items(v) if is_dict else v
-            for i, item in enumerate(items):
-                if room <= 0:
-                    return
-                if i:
-                    put(", ")
-                if is_dict:
-                    walk(item[0], depth + 1)
-                    put(": ")
-                    walk(item[1], depth + 1)
-                else:
-                    walk(item, depth + 1)
-            if isinstance(v, tuple) and len(v) == 1:
-                put(",")
-            if not empty_set:
-                put(brackets[1])
-        elif isinstance(v, torch.Tensor):
-            put(f"<tensor {list(v.shape)[:MAX_TENSOR_DIMS]} {v.dtype}>")
-        elif isinstance(v, (PersistentStub, _TypeToken)):
-            put(repr(v))
-        else:
-            put(f"<{type(v).__name__}>")
-
-    walk(value, 0)
-    text = "".join(parts)
-    return text if room > 0 else text[:limit] + "..."
+def _placeholder(v: Any) -> str | None:
+    return repr(v) if isinstance(v, (PersistentStub, _TypeToken)) else None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -248,7 +248,7 @@ def load_adain_folder(folder: Path, device: str | torch.device = "cpu") -> torch
             f"{folder}: not {what} (needs config.json and decoder.safetensors); "
             "give a folder written by `artgen train adain`, or --model shipped"
         )
-    from artgen.runs.checkpoint import check_finite, load_safetensors, read_json
+    from artgen.core.files import check_finite, load_safetensors, read_json
 
     raw = read_json(cfg_path, "AdaIN model config")
     if not isinstance(raw, dict):

@@ -64,9 +64,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from artgen.core.errors import ArtgenError
-from artgen.interop.safe_pickle import short_repr
-from artgen.runs.checkpoint import write_json
+from artgen.core.errors import ArtgenError, short_repr
+from artgen.core.files import write_json
 
 __all__ = ["Discriminator", "Generator", "StyleGAN2Config"]
 

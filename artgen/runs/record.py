@@ -14,9 +14,14 @@ loading then says what is wrong with it.
 
 Sampling settings are each kind's own (``Run.settings``, a frozen dataclass: its fields
 are ``artgen sample``'s flags); a setting of another kind is a one-line ArtgenError.
-Adding a kind of generator is one class plus its registration::
+Adding a kind of run is one module under artgen/runs/ plus one line in
+``artgen.runs.options.KINDS`` (tests/test_extending.py does it)::
 
-    @register_run("train-mymodel")            # the "method" its trainer records
+    # artgen/runs/mymodel.py
+    @dataclass(frozen=True)
+    class MyModelOptions(RunOptions):         # what its trainer records in config.json
+        KIND: ClassVar[str] = "train-mymodel"
+
     class MyRun(Run):
         kind, title, settings = "mymodel", "my-model", MySampleOptions
 
@@ -26,13 +31,15 @@ Adding a kind of generator is one class plus its registration::
 
         def _generate(self, n, seed, options):
             return [...]                          # n PIL images
+
+    OPTIONS, RUN = (MyModelOptions,), MyRun
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -87,14 +94,13 @@ class Run:
     ``kind``: the short name ("diffusion", "gan"); ``title``: how messages name it;
     ``settings``: the frozen dataclass of its sampling settings (``artgen sample`` makes
     one flag per field); ``extra``: keyword settings for Python callers only, with their
-    defaults. ``methods``: the config.json "method" values it reads (set by register_run).
+    defaults. Which kinds of run it reads: artgen.runs.options.KINDS.
     """
 
     kind: ClassVar[str] = ""
     title: ClassVar[str] = ""
     settings: ClassVar[type]
     extra: ClassVar[dict[str, Any]] = {}
-    methods: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, path: str | os.PathLike, config: dict, device: Any):
         self.path = Path(path)
@@ -180,26 +186,23 @@ class Run:
 
 # -- the registry -------------------------------------------------------------------------
 
-# config.json's "method" -> the Run class that reads it.
-RUNS: dict[str, type[Run]] = {}
+
+def kind_class(kind: str) -> type[Run] | None:
+    """The Run class of runs of ``kind`` (None for a kind that draws no images)."""
+    from artgen.runs.options import kind_module
+
+    return getattr(kind_module(kind), "RUN", None)
 
 
-def register_run(*methods: str) -> Callable[[type[Run]], type[Run]]:
-    """Class decorator: ``cls`` loads the runs whose config.json records one of ``methods``."""
+def _drawing_kinds() -> dict[str, type[Run]]:
+    from artgen.runs.options import KINDS
 
-    def add(cls: type[Run]) -> type[Run]:
-        for m in methods:
-            if RUNS.get(m, cls) is not cls:
-                raise ValueError(f"run method {m!r} is already registered ({RUNS[m].__name__})")
-            RUNS[m] = cls
-        cls.methods = (*cls.methods, *(m for m in methods if m not in cls.methods))
-        return cls
-
-    return add
+    found = {kind: kind_class(kind) for kind in KINDS}
+    return {kind: cls for kind, cls in found.items() if cls is not None}
 
 
 def _registered() -> list[type[Run]]:
-    return list(dict.fromkeys(RUNS.values()))
+    return list(dict.fromkeys(_drawing_kinds().values()))
 
 
 def sample_settings() -> list[type]:
@@ -224,17 +227,18 @@ def run_class(path: str | os.PathLike) -> tuple[type[Run], dict | None]:
         config = None  # a StyleGAN2 network folder itself
     method = None if config is None else config.get("method")
     if method is not None:
-        if isinstance(method, str) and method in RUNS:
-            return RUNS[method], config
+        kinds = _drawing_kinds()
+        if isinstance(method, str) and method in kinds:
+            return kinds[method], config
         shown = repr(method) if isinstance(method, str) else type(method).__name__
         raise ArtgenError(
             f"{root / 'config.json'}: method {shown[:80]} is not a kind of run "
-            f"artgen can draw images from (known: {', '.join(RUNS)})"
+            f"artgen can draw images from (known: {', '.join(kinds)})"
         )
     # No marker: what `artgen sample` has always done (a GAN if the folder holds one).
-    from artgen.train.gan import is_gan_run
+    from artgen.runs.gan import is_gan_run
 
-    return (RUNS["train-gan"] if is_gan_run(root) else RUNS["finetune-diffusion"]), config
+    return kind_class("train-gan" if is_gan_run(root) else "finetune-diffusion"), config
 
 
 def load_run(path: str | os.PathLike, *, device: Any = "cpu", **kw: Any) -> Run:
@@ -247,110 +251,10 @@ def load_run(path: str | os.PathLike, *, device: Any = "cpu", **kw: Any) -> Run:
     return cls.load(Path(path), config, resolve_device(device), **kw)
 
 
-# -- the kinds ----------------------------------------------------------------------------
-
-
-@register_run("finetune-diffusion")
-class DiffusionRun(Run):
-    """A diffusion fine-tuning run: the base pipeline with the run's weights (LoRA or the
-    whole UNet). ``pipeline``: the diffusers pipeline; ``training_options``: the run's
-    DiffusionFinetuneOptions. Settings: SampleOptions (above)."""
-
-    kind, title = "diffusion", "diffusion"
-    settings = SampleOptions
-
-    def __init__(self, path: str | os.PathLike, config: dict, device: Any, pipeline: Any):
-        super().__init__(path, config, device)
-        self.pipeline = pipeline
-        self.training_options = pipeline.artgen_options
-
-    @classmethod
-    def load(cls, path: Path, config: dict | None, device: Any, *, pipeline: Any = None) -> Run:
-        from artgen.train.diffusion import load_run as load_pipeline
-
-        pipe = load_pipeline(path, pipeline=pipeline, device=device)
-        return cls(path, pipe.artgen_config, device, pipe)
-
-    def _generate(self, n: int, seed: int, options: Any, **extra: Any) -> list[Image.Image]:
-        from artgen.train.diffusion import generate as generate_pipeline
-
-        return generate_pipeline(
-            self.pipeline,
-            n,
-            seed=seed,
-            steps=options.steps,
-            scheduler=options.scheduler,
-            prompt=options.prompt or self.training_options.prompt,
-            guidance_scale=options.guidance_scale,
-            resolution=self.config["resolution"],
-            batch_size=options.batch_size,
-        )
-
-
-@register_run("train-gan", "finetune-gan")
-class GanRun(Run):
-    """A StyleGAN2 run (trained or adapted), a generator folder, or an ``artgen convert``
-    output. ``generator``: the (EMA) generator; ``class_index``: the class the run adapted
-    (-1: none). Settings: GanSampleOptions (above), plus ``batch_size``."""
-
-    kind, title = "gan", "GAN"
-    settings = GanSampleOptions
-    extra: ClassVar[dict[str, Any]] = {"batch_size": 16}
-
-    def __init__(
-        self, path: str | os.PathLike, config: dict, device: Any, generator: Any, class_index: int
-    ):
-        super().__init__(path, config, device)
-        self.generator = generator
-        self.class_index = class_index
-
-    @classmethod
-    def load(cls, path: Path, config: dict | None, device: Any) -> Run:
-        from artgen.train.gan import load_generator, run_class_index
-
-        # The run's config.json (if it has one) is checked first, before a network is built.
-        recorded = run_class_index(path)
-        G = load_generator(path, device=device)
-        return cls(path, config or {}, device, G, recorded)
-
-    def _class(self, class_index: int) -> int:
-        """``class_index``, or for -1 the class the run adapted."""
-        if class_index != -1:
-            return class_index
-        c_dim = self.generator.config.c_dim
-        if c_dim and self.class_index == -1:
-            raise ArtgenError(
-                f"{self.path}: a class-conditional generator ({c_dim} "
-                f"classes); pass --class-index K (0 to {c_dim - 1})"
-            )
-        return self.class_index if c_dim else -1
-
-    def _record(self, n: int, seed: int, options: Any) -> dict[str, Any]:
-        record = super()._record(n, seed, options)
-        if record.get("class_index") == -1:  # record the class actually drawn
-            record["class_index"] = self.class_index
-        return record
-
-    def _generate(self, n: int, seed: int, options: Any, **extra: Any) -> list[Image.Image]:
-        from artgen.train.gan import generate_gan
-
-        return generate_gan(
-            self.generator,
-            n,
-            seed=seed,
-            truncation_psi=options.truncation,
-            batch_size=extra["batch_size"],
-            class_index=self._class(options.class_index),
-        )
-
-
 __all__ = [
-    "DiffusionRun",
-    "GanRun",
-    "RUNS",
     "Run",
+    "kind_class",
     "load_run",
-    "register_run",
     "run_class",
     "sample_setting_names",
     "sample_settings",

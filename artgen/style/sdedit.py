@@ -153,7 +153,7 @@ class SDEditOptions(OptionsRecord):
 class Generator:
     """A loaded run, as :func:`load` returns it and :func:`stylize` takes it (``model=``).
 
-    ``run``: the artgen.runs.record.DiffusionRun; ``sha256``: of what decides its pictures
+    ``run``: the artgen.runs.diffusion.DiffusionRun; ``sha256``: of what decides its pictures
     (:func:`run_sha256`); ``family``: "unconditional", "text-to-image" or "sdxl";
     ``controlnet``: the ControlNetModel or None, loaded from ``controlnet_id``;
     ``weights_sha256``: the hash of the weights alone, which PNGs recorded before
@@ -209,7 +209,7 @@ def weights_sha256(path: str | Path) -> str:
 
 def _run_options(path: str | Path) -> tuple[dict, Any]:
     from artgen.runs.checkpoint import read_run_config
-    from artgen.train.diffusion import DiffusionFinetuneOptions
+    from artgen.runs.diffusion import DiffusionFinetuneOptions
 
     return read_run_config(
         path,
@@ -222,12 +222,12 @@ def _run_options(path: str | Path) -> tuple[dict, Any]:
 def run_sha256(path: str | Path) -> str:
     """The sha256 of what decides a run's pictures, what the PNG records so that a changed
     run is noticed: its config.json (as JSON with sorted keys; its base by identity, not
-    by path), the identity of its base (artgen.train.diffusion.base_identity: the
+    by path), the identity of its base (artgen.runs.diffusion.base_identity: the
     contents of a base folder, or a hub id's cached commit) and its weights (as
     weights_sha256). Empty when the run has no weights."""
     import json
 
-    from artgen.train.diffusion import base_identity
+    from artgen.runs.diffusion import base_identity
 
     weights = weights_sha256(path)
     if not weights:
@@ -247,7 +247,8 @@ def run_sha256(path: str | Path) -> str:
 
 def check_generator(path: str) -> Path:
     """The run folder ``path``, checked to be a diffusion run before any weights load."""
-    from artgen.runs.record import DiffusionRun, run_class
+    from artgen.runs.diffusion import DiffusionRun
+    from artgen.runs.record import run_class
 
     if not path:
         raise ArtgenError("generator: give the folder of a diffusion run (--generator RUN)")
@@ -273,13 +274,13 @@ def load(
     """The run named by ``options.generator`` on ``device`` (and its ControlNet, if any).
 
     ``weights``: None, or the run's base pipeline already loaded (diffusers), to reuse."""
+    from artgen.runs.diffusion import TEXT_FAMILIES, pipeline_family
     from artgen.runs.record import load_run
-    from artgen.train.diffusion import TEXT_FAMILIES, pipeline_family
 
     options = options or SDEditOptions()
     if isinstance(weights, (str, Path)):
         raise ArtgenError("--weights: not used by sdedit (the run names its own base model)")
-    from artgen.train.diffusion import base_folder
+    from artgen.runs.diffusion import base_folder
 
     root = check_generator(options.generator)
     old = weights_sha256(root)

@@ -13,35 +13,29 @@ training scripts and StyleGAN2-ADA's training_loop.py, written once:
     trainer = MyTrainer(...)               # built on accelerator.device
     return train(trainer, options, run, accelerator, resolved, callback)
 
-Adding a trainer is one file with its options (a ``RunOptions`` subclass with ``KIND``)
-and its ``Trainer``, plus one line in ``OPTIONS`` below.
+Adding a trainer is one file here with its ``Trainer`` and entry function; what its runs
+record (a ``RunOptions`` subclass with ``KIND``) lives in a module under artgen/runs/,
+registered by one line in ``artgen.runs.options.KINDS`` (tests/test_extending.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
 import json
 import math
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 import torch
 from PIL import Image
 
 from artgen.core.errors import ArtgenError, Cancelled
 from artgen.runs.checkpoint import (
-    RUN_LIMITS,
     Checkpoint,
     StepInterrupt,
-    absolute_paths,
     check_checkpoint_links,
-    limit_error,
     list_checkpoints,
     read_checkpoint,
     read_run_config,
@@ -49,82 +43,9 @@ from artgen.runs.checkpoint import (
     save_checkpoint,
     write_json,
 )
-from artgen.runs.checkpoint import options_for_resume as _options_for_resume
-
-# What a resumed run may change, for every trainer (plus each options class's
-# RESUMABLE_EXTRA); any other change would silently alter the run it continues.
-RESUMABLE = ("steps", "sample_every", "checkpoint_every", "keep_checkpoints", "device")
-
-# config.json's "method" -> the module and options class of the trainer that wrote it.
-OPTIONS = {
-    "finetune-diffusion": ("artgen.train.diffusion", "DiffusionFinetuneOptions"),
-    "train-gan": ("artgen.train.gan", "GanTrainOptions"),
-    "finetune-gan": ("artgen.train.gan", "GanFinetuneOptions"),
-    "train-adain": ("artgen.train.adain", "AdaINTrainOptions"),
-}
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """The settings every trainer has. Subclasses set KIND (their config.json "method"),
-    PATHS (settings that are paths, recorded absolute) and may redeclare a field to give
-    it another default."""
-
-    KIND: ClassVar[str] = ""
-    PATHS: ClassVar[tuple[str, ...]] = ("out",)
-    RESUMABLE_EXTRA: ClassVar[tuple[str, ...]] = ()
-    # Settings added after runs were recorded, with the value that reproduces such a run.
-    ADDED_SETTINGS: ClassVar[dict[str, Any]] = {}
-    # Bounds of the numeric settings (artgen.runs.checkpoint.RUN_LIMITS, one table for every
-    # trainer): checked for a new run's flags and for a recorded run's config.json alike.
-    LIMITS: ClassVar[dict[str, tuple[float, float]]] = RUN_LIMITS
-
-    out: str = field(default="", metadata={"help": "run folder to create (or to --resume)"})
-    steps: int = field(default=500, metadata={"help": "optimizer steps in all"})
-    sample_every: int = field(default=250, metadata={"help": "write a sample grid every N steps"})
-    checkpoint_every: int = field(default=250, metadata={"help": "checkpoint every N steps"})
-    keep_checkpoints: int = field(default=2, metadata={"help": "checkpoints kept (0: all)"})
-    seed: int = field(default=0, metadata={"help": "random seed"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps"})
-    resume: bool = field(
-        default=False, metadata={"help": "continue the run in --out from its last checkpoint"}
-    )
-
-    def recorded(self) -> dict:
-        """The options as config.json records them: path settings absolute."""
-        return absolute_paths(dataclasses.asdict(self), self.PATHS)
-
-    @classmethod
-    def resumable(cls) -> tuple[str, ...]:
-        return (*RESUMABLE, *cls.RESUMABLE_EXTRA)
-
-    def check_limits(self) -> None:
-        """ArtgenError, naming the flag, for a setting outside its bounds (LIMITS)."""
-        found = limit_error(dataclasses.asdict(self), self.LIMITS)
-        if found is not None:
-            name, why = found
-            raise ArtgenError(f"--{name.replace('_', '-')} {getattr(self, name)!r:.60}: {why}")
-
-
-def options_class(kind: str) -> type:
-    if kind not in OPTIONS:
-        raise ArtgenError(
-            f"method {kind!r}: not a training run artgen knows ({', '.join(OPTIONS)})"
-        )
-    module, name = OPTIONS[kind]
-    return getattr(importlib.import_module(module), name)
-
-
-def options_for_resume(run_dir: str | os.PathLike, **overrides: Any) -> Any:
-    """The options the run in ``run_dir`` was started with (its config.json says which
-    trainer), with ``overrides`` applied; only the resumable settings may change."""
-    if not (Path(run_dir) / "config.json").is_file():
-        raise ArtgenError(f"{run_dir}: nothing to resume (no config.json there)")
-    config, _ = read_run_config(run_dir, method=tuple(OPTIONS))
-    cls = options_class(config["method"])
-    return _options_for_resume(
-        cls, run_dir, overrides, changeable=cls.resumable(), method=cls.KIND, paths=cls.PATHS
-    )
+from artgen.runs.options import (
+    RunOptions,
+)
 
 
 def open_run(options: RunOptions, accelerator: Any = None, *, create: bool = True) -> Path:
