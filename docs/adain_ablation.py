@@ -111,8 +111,9 @@ def judge_row(model: Path, heldout: Path, size: int) -> dict:
     from artgen.core.images import load_image, resize_long_side
 
     photos, styles = E.held_out(heldout)
-    # the network's own colours: the rows compare decoders, not the palette step
-    methods = E.Methods([f"row={model}"], size, 0, None, ("network",))
+    # the network's own colours and AdaIN at every level, as the decoders were trained: the
+    # rows compare decoders, not the palette step or the transform
+    methods = E.Methods([f"row={model}"], size, 0, None, ("network",), ("adain",))
     methods.peer = None
     judge = E.Judge()
     rows = []
@@ -120,7 +121,8 @@ def judge_row(model: Path, heldout: Path, size: int) -> dict:
         photo = resize_long_side(load_image(ppath).rgb, size)
         for sname, spath in styles.items():
             style = load_image(spath).rgb
-            out, _ = methods.run("fast:row (network colours)", photo, style, f"{pname}__{sname}")
+            key = "fast:row (network colours, adain transform)"
+            out, _ = methods.run(key, photo, style, f"{pname}__{sname}")
             rows.append(judge.all(out, photo, style, pname, sname))
     return {j: E.summarise([r[j] for r in rows]) for j in rows[0]}
 

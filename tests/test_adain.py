@@ -387,7 +387,8 @@ def test_tiles_cover_the_picture_and_their_parts_partition_it():
         assert (total > 0.01).all()  # every pixel has weight from some tile
 
 
-def test_tiled_output_is_the_whole_pictures_without_seams(shipped):
+@pytest.mark.parametrize("wct", [(), (0,)], ids=["adain", "wct"])
+def test_tiled_output_is_the_whole_pictures_without_seams(shipped, wct):
     from PIL import Image
 
     im = Image.open("styles/examples/chelsea.jpg").convert("RGB").resize((900, 600))
@@ -396,9 +397,10 @@ def test_tiled_output_is_the_whole_pictures_without_seams(shipped):
     with torch.inference_mode():
         whole_stats = shipped.style_stats(style)
         tiled_stats = shipped.style_stats_tiled(style, tile=640, overlap=256)
-        for (a, b), (c, d) in zip(whole_stats, tiled_stats, strict=True):
+        for (a, b, cov), (c, d, cov2) in zip(whole_stats, tiled_stats, strict=True):
             assert torch.allclose(a, c, atol=1e-3) and torch.allclose(b, d, atol=1e-3, rtol=1e-3)
-        whole = shipped(x, whole_stats, 0.8, border=16).clamp(0, 1)
+            assert torch.allclose(cov, cov2, atol=1e-3, rtol=1e-3)
+        whole = shipped(x, whole_stats, 0.8, border=16, wct=wct).clamp(0, 1)
         calls = []
         tiled = shipped.forward_tiled(
             x,
@@ -408,6 +410,7 @@ def test_tiled_output_is_the_whole_pictures_without_seams(shipped):
             tile=640,
             overlap=256,
             on_tile=lambda d, t: calls.append((d, t)),
+            wct=wct,
         ).clamp(0, 1)
     assert tiled.shape == whole.shape == (1, 3, 600, 900)
     assert calls[-1] == (4, 4)  # 932 x 632 px padded: 2 x 1 tiles, two passes
@@ -461,3 +464,72 @@ def test_tiling_is_chosen_when_the_estimate_says_it_does_not_fit(
     assert "tile: 640" in out and "--tile 640" in out  # recorded, reproduced as made
     with pytest.raises(ArtgenError, match="tile"):
         artgen.AdaINOptions(tile=300)
+
+
+def _wct_by_eigendecomposition(c, sm, scov):
+    """Li et al. 2017's whitening and colouring, eqs. 2-4, written out with eigh (and the
+    same ridge as artgen's), as a reference for the Newton-Schulz version."""
+    from artgen.models.adain import _ridge, covariance_of
+
+    def power(a, p):
+        e, v = torch.linalg.eigh(a[0])
+        return v @ torch.diag(e**p) @ v.T
+
+    n, ch, h, w = c.shape
+    f = c.double().flatten(2)[0]
+    mu = f.mean(1, keepdim=True)
+    whiten = power(_ridge(covariance_of(c)), -0.5)
+    colour = power(_ridge(scov.double()), 0.5)
+    return (colour @ whiten @ (f - mu) + sm.double().view(ch, 1)).view(n, ch, h, w)
+
+
+def test_whitening_colouring_gives_the_styles_covariance_as_li_et_al():
+    from artgen.models.adain import covariance_of, level_stats, sqrt_pair, wct_blend
+
+    g = torch.Generator().manual_seed(0)
+    mix = torch.randn(24, 24, generator=g)
+    c = torch.einsum("ij,njhw->nihw", mix, torch.randn(1, 24, 20, 30, generator=g)).relu()
+    s = torch.randn(1, 24, 16, 16, generator=g).relu() * torch.rand(1, 24, 1, 1, generator=g) * 4
+    sm, _, scov = level_stats(s)
+    out = wct_blend(c, sm, scov)
+    ref = _wct_by_eigendecomposition(c, sm, scov)
+    assert (out.double() - ref).abs().max() < 1e-4 * ref.abs().max()
+    # the output has the style's channel means and covariance (to the ridge, 1e-4)
+    assert torch.allclose(out.mean((2, 3)), sm.flatten(1), atol=1e-4)
+    cov = covariance_of(out)
+    assert (cov - scov.double()).norm() / scov.double().norm() < 2e-3
+    # and a covariance the content did not have: not AdaIN's per-channel match
+    assert (covariance_of(c) - scov.double()).norm() / scov.double().norm() > 0.5
+    # alpha blends with the content's features, as AdaIN's does (eq. 11)
+    half = wct_blend(c, sm, scov, 0.25)
+    assert torch.allclose(half, 0.25 * out + 0.75 * c, atol=1e-5)
+    # the square roots: (A^1/2)^2 = A and A^1/2 A^-1/2 = I
+    a = covariance_of(c) + 1e-3 * torch.eye(24, dtype=torch.double)
+    root, inv = sqrt_pair(a)
+    assert torch.allclose(root @ root, a, atol=1e-9 * float(a.abs().max()))
+    assert torch.allclose(root @ inv, torch.eye(24, dtype=torch.double).expand_as(a), atol=1e-9)
+
+
+def test_whitening_colouring_in_a_region_uses_the_regions_own_covariance(shipped):
+    """A mask that covers everything gives the unmasked picture; two regions with one style
+    each give, inside each, that style's covariance (at the finest level)."""
+    from artgen.models.adain import covariance_of
+
+    x = to_tensor(photo(96, 64, seed=3))
+    s1, s2 = to_tensor(stripes(64, seed=1)), to_tensor(photo(64, 64, seed=7))
+    with torch.inference_mode():
+        st1, st2 = shipped.style_stats(s1), shipped.style_stats(s2)
+        whole = shipped(x, st1, 1.0, border=16, wct=(0,))
+        ones = torch.ones(1, 1, 64, 96)
+        masked = shipped.forward_masked(x, [st1], ones, 1.0, border=16, wct=(0,))
+        assert (whole - masked).abs().max() < 1e-4
+        f = shipped.encoder(x, shipped.config.levels)["block1_1"]
+        left = torch.zeros(1, 1, *f.shape[-2:])
+        left[..., : f.shape[-1] // 2] = 1
+        from artgen.models.adain import adain_regions
+
+        t = adain_regions(f, [st1[0], st2[0]], torch.cat([left, 1 - left], 1), wct=True)
+        half = f.shape[-1] // 2
+        for part, st in ((t[..., :half], st1), (t[..., half:], st2)):
+            err = (covariance_of(part) - st[0][2].double()).norm() / st[0][2].double().norm()
+            assert err < 1e-2

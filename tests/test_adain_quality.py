@@ -21,12 +21,16 @@ from artgen.core.images import load_image, resize_long_side
 from artgen.interop import catalog
 
 ROOT = Path(__file__).resolve().parents[1]
-# photo, style, (style ratio at most, edges at least, colour distance at most)
+# photo, style, transform, (style ratio at most, edges at least, colour distance at most),
+# measured with the 12,000-step decoder and the 32 px border (2026-12-07). AdaIN at every
+# level is the decoder's own regression guard; wct (the default) whitens the finest
+# level, which moves these two pictures toward the style by Magenta's judge (0.540 ->
+# 0.562, 0.385 -> 0.443) at some cost in edges and, on coffee, in Lite0's statistics.
 PAIRS = [
-    # measured with the 12,000-step decoder (2026-12-07); the 6,000-step one gave
-    # 0.441, 0.418, 0.391 and 0.598, 0.601, 0.610
-    ("chelsea.jpg", "waves", (0.47, 0.39, 0.45)),  # measured 0.440, 0.422, 0.415
-    ("coffee.jpg", "mosaic", (0.65, 0.61, 0.64)),  # measured 0.613, 0.639, 0.607
+    ("chelsea.jpg", "waves", "adain", (0.47, 0.39, 0.46)),  # measured 0.441, 0.422, 0.428
+    ("coffee.jpg", "mosaic", "adain", (0.65, 0.62, 0.66)),  # measured 0.618, 0.655, 0.626
+    ("chelsea.jpg", "waves", "wct", (0.48, 0.36, 0.48)),  # measured 0.445, 0.394, 0.451
+    ("coffee.jpg", "mosaic", "wct", (0.70, 0.57, 0.63)),  # measured 0.665, 0.602, 0.601
 ]
 
 
@@ -40,11 +44,11 @@ def judge():
     return j
 
 
-@pytest.mark.parametrize(("photo", "style", "bounds"), PAIRS)
-def test_the_shipped_network_keeps_its_held_out_quality(judge, photo, style, bounds):
+@pytest.mark.parametrize(("photo", "style", "transform", "bounds"), PAIRS)
+def test_the_shipped_network_keeps_its_held_out_quality(judge, photo, style, transform, bounds):
     p = resize_long_side(load_image(catalog.styles_dir() / "examples" / photo).rgb, 256)
     s = load_image(catalog.resolve(style)).rgb
-    out = artgen.stylize(p, s, method="adain", size=256)
+    out = artgen.stylize(p, s, method="adain", size=256, transform=transform)
     got = judge.all(out, p, s, photo, style)
     ratio, edges, colour = bounds
     assert got["style_ratio"] <= ratio, got

@@ -24,23 +24,24 @@ def tiny(lite0):
     return M.AdaINModel(enc, M.build_decoder(cfg), cfg).eval()
 
 
-def test_the_graph_is_the_fast_method(tiny, tmp_path):
-    """What the graph computes is artgen's forward pass (border, AdaIN at every level, decoder,
-    crop), for sizes that are no multiple of the stride and any alpha; onnxruntime agrees
-    with PyTorch to 1e-3 on sizes the export never saw."""
+@pytest.mark.parametrize("wct", [(), (0,)], ids=["adain", "wct"])
+def test_the_graph_is_the_fast_method(tiny, tmp_path, wct):
+    """What the graph computes is artgen's forward pass (border, AdaIN or whitening-colouring
+    at each level, decoder, crop), for sizes that are no multiple of the stride and any
+    alpha; onnxruntime agrees with PyTorch to 1e-3 on sizes the export never saw."""
     from artgen.interop.onnx_export import FastGraph, export_onnx
 
-    graph = FastGraph(tiny)
+    graph = FastGraph(tiny, 32, wct)
     g = torch.Generator().manual_seed(1)
     c, s = torch.rand(1, 3, 70, 99, generator=g), torch.rand(1, 3, 61, 83, generator=g)
     with torch.no_grad():
-        want = tiny(c, tiny.style_stats(s), 0.7, border=16).clamp(0, 1)
+        want = tiny(c, tiny.style_stats(s), 0.7, border=32, wct=wct).clamp(0, 1)
         got = graph(c, s, torch.tensor(0.7))
     assert got.shape == (1, 3, 70, 99)
     assert torch.allclose(got, want, atol=1e-5)
 
-    report = export_onnx(tiny, tmp_path / "fast.onnx")
-    assert report["max_abs_diff"] < 1e-3
+    report = export_onnx(tiny, tmp_path / "fast.onnx", border=32, wct=wct)
+    assert report["max_abs_diff"] < 1e-3 and report["wct_levels"] == list(wct)
     sess = ort.InferenceSession(str(tmp_path / "fast.onnx"), providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == ["content", "style", "alpha"]
     c2, s2 = torch.rand(1, 3, 131, 45, generator=g), torch.rand(1, 3, 53, 77, generator=g)
@@ -53,7 +54,7 @@ def test_the_graph_is_the_fast_method(tiny, tmp_path):
     assert float(np.abs(out[0] - ref).max()) < 1e-3
     # a second export refuses to replace the file unless asked to
     with pytest.raises(ArtgenError, match="already exists"):
-        export_onnx(tiny, tmp_path / "fast.onnx")
+        export_onnx(tiny, tmp_path / "fast.onnx", border=32, wct=wct)
 
 
 def test_export_onnx_command_refuses_a_bad_output_before_work(tmp_path, capsys):

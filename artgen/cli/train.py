@@ -46,6 +46,7 @@ def add_commands(sub: argparse._SubParsersAction, method: str) -> None:
     from artgen.runs.adain import AdaINTrainOptions
     from artgen.runs.diffusion import DiffusionFinetuneOptions
     from artgen.runs.gan import GanFinetuneOptions, GanTrainOptions
+    from artgen.style.adain import TRANSFORMS, AdaINOptions
 
     def trainer(parent, name: str, options: type, handler, **kw) -> None:
         p = parent.add_parser(name, formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
@@ -121,6 +122,12 @@ def add_commands(sub: argparse._SubParsersAction, method: str) -> None:
         "`artgen train adain`)",
     )
     ex.add_argument("--overwrite", action="store_true", help="onnx only: replace the output")
+    ex.add_argument(
+        "--transform",
+        default=AdaINOptions.__dataclass_fields__["transform"].default,
+        choices=list(TRANSFORMS),
+        help="onnx only: the feature transform the graph does (as stylize's --transform)",
+    )
     ex.set_defaults(func=_cmd_export)
 
 
@@ -240,7 +247,11 @@ def _export_onnx(args: argparse.Namespace) -> int:
     from artgen.interop.weights import load_adain
 
     out = check_output(args.output or "fast.onnx", overwrite=args.overwrite)
-    report = export_onnx(load_adain(args.model, "cpu"), out, overwrite=args.overwrite)
+    from artgen.style.adain import BORDER, AdaINOptions, wct_levels
+
+    wct = wct_levels(AdaINOptions(transform=args.transform))
+    model = load_adain(args.model, "cpu")
+    report = export_onnx(model, out, border=BORDER, wct=wct, overwrite=args.overwrite)
     diff = report["max_abs_diff"]
     checked = (
         f"matches PyTorch to {diff:.1e}" if diff == diff else "not checked: onnxruntime missing"

@@ -25,8 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from artgen.core.errors import ArtgenError
-from artgen.core.losses import mean_std
-from artgen.models.adain import adain_blend
+from artgen.models.adain import level_stats, transform_level
 
 OPSET = 18
 
@@ -34,7 +33,7 @@ OPSET = 18
 class FastGraph(nn.Module):
     """content, style, alpha -> stylised picture, in one module with no Python-side state."""
 
-    def __init__(self, model: nn.Module, border: int = 16):
+    def __init__(self, model: nn.Module, border: int, wct: tuple[int, ...]):
         super().__init__()
         if model.config.encoder == "vgg19":
             raise ArtgenError("ONNX export covers artgen's own networks (efficientnet-lite0)")
@@ -43,6 +42,7 @@ class FastGraph(nn.Module):
         self.levels = tuple(model.config.levels)
         self.multiple = model.multiple
         self.border = border
+        self.wct = tuple(wct)  # the levels with whitening-colouring (artgen.models.adain)
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         m = self.multiple
@@ -55,7 +55,10 @@ class FastGraph(nn.Module):
         x = self._pad(F.pad(content, (b, b, b, b), mode="reflect"))
         f = self.encoder(x, self.levels)
         fs = self.encoder(style, self.levels)  # as AdaINModel.style_stats: no padding
-        t = [adain_blend(f[n], *mean_std(fs[n]), alpha) for n in self.levels]
+        t = [
+            transform_level(f[n], level_stats(fs[n]), alpha, k in self.wct)
+            for k, n in enumerate(self.levels)
+        ]
         out = self.decoder.forward_reference(t)
         return out[..., b : b + h, b : b + w].clamp(0, 1)
 
@@ -64,19 +67,23 @@ def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
     *,
+    border: int,
+    wct: tuple[int, ...],
     overwrite: bool = False,
     atol: float = 1e-3,
     check: bool = True,
 ) -> dict[str, Any]:
-    """Write ``model`` (an AdaINModel) as ONNX to ``path`` (atomically); returns what the
-    check measured: the largest difference from PyTorch at two sizes."""
+    """Write ``model`` (an AdaINModel) as ONNX to ``path`` (atomically), reflecting
+    ``border`` px around the photo and whitening-colouring the levels in ``wct`` (as
+    artgen.style.adain runs it); returns what the check measured: the largest difference
+    from PyTorch at two sizes, and the border and levels it was made with."""
     try:
         import onnx  # noqa: F401  (the exporter needs onnx and onnxscript)
     except ImportError as e:
         raise ArtgenError("ONNX export needs the onnx extra: pip install 'artgen[onnx]'") from e
     from artgen.core.images import atomic_output
 
-    graph = FastGraph(model.float().eval()).eval()
+    graph = FastGraph(model.float().eval(), border, wct).eval()
     c = torch.rand(1, 3, 96, 128)
     s = torch.rand(1, 3, 64, 64)
     a = torch.tensor(1.0)
@@ -95,7 +102,8 @@ def export_onnx(
             verbose=False,
         )
         program.save(str(tmp))
-    report: dict[str, Any] = {"path": str(path), "opset": OPSET}
+    report: dict[str, Any] = {"path": str(path), "opset": OPSET, "border": border}
+    report["wct_levels"] = list(graph.wct)
     if check:
         report["max_abs_diff"] = check_onnx(graph, Path(path), atol)
     return report

@@ -84,7 +84,104 @@ def adain_blend(
     return torch.addcmul(shift, x, scale)
 
 
-Stats = list[tuple[torch.Tensor, torch.Tensor]]  # (mean, std) per AdaIN level, (N, C, 1, 1)
+# Per AdaIN level: (mean, std) of the channels, (N, C, 1, 1), and the channel covariance,
+# (N, C, C), that whitening-colouring needs (artgen's statistics have all three; a
+# caller's (mean, std) pair is enough where no level is whitened).
+Stats = list[tuple[torch.Tensor, ...]]
+
+# Newton-Schulz iterations for the covariance square roots of wct_blend. The features'
+# covariances have condition numbers of 30 to 1e3 (measured on the held-out photos at
+# every level; the ridge below bounds them at about 1e4), where 30 iterations reach
+# float64 rounding.
+NS_ITERATIONS = 30
+RIDGE = 1e-4  # added to the covariance, times its mean eigenvalue, plus 1e-5
+
+
+def covariance_of(features: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Channel covariance (N, C, C) of (N, C, h, w) features, in float64, over the pixels
+    (each weighted by ``weights`` (N or 1, 1, h, w) in [0, 1] where given)."""
+    f = features.double().flatten(2)
+    if weights is None:
+        f = f - f.mean(2, keepdim=True)
+        return f @ f.transpose(1, 2) / f.shape[2]
+    w = weights.double().flatten(2)
+    total = w.sum(2, keepdim=True).clamp_min(1e-8)
+    f = f - (f * w).sum(2, keepdim=True) / total
+    return (f * w) @ f.transpose(1, 2) / total
+
+
+def _ridge(cov: torch.Tensor) -> torch.Tensor:
+    c = cov.shape[-1]
+    eye = torch.eye(c, dtype=cov.dtype, device=cov.device)
+    scale = torch.diagonal(cov, dim1=-2, dim2=-1).mean(-1).view(-1, 1, 1)
+    return cov + (RIDGE * scale + 1e-5) * eye
+
+
+def sqrt_pair(cov: torch.Tensor, iterations: int = NS_ITERATIONS):
+    """(A^1/2, A^-1/2) of the symmetric positive definite (N, C, C) ``cov``, by the coupled
+    Newton-Schulz iteration (Higham, "Functions of Matrices", 2008, eq. 6.35): matrix
+    products only, so the ONNX graph can hold it (ONNX has no eigendecomposition).
+    ``cov`` is scaled by its Frobenius norm first, which puts every eigenvalue in (0, 1],
+    where the iteration converges."""
+    norm = cov.flatten(1).norm(dim=1).view(-1, 1, 1)
+    y = cov / norm
+    eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device).expand_as(cov)
+    z = eye
+    for _ in range(iterations):
+        step = 0.5 * (3.0 * eye - z @ y)
+        y, z = y @ step, step @ z
+    return y * norm.sqrt(), z / norm.sqrt()
+
+
+def wct_blend(
+    content: torch.Tensor,
+    style_mean: torch.Tensor,
+    style_cov: torch.Tensor,
+    alpha: float | torch.Tensor = 1.0,
+    content_stats: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Whitening and colouring (Li et al., "Universal Style Transfer via Feature
+    Transforms", NeurIPS 2017, eqs. 2-4): the content's features decorrelated by their own
+    covariance and given the style's, x' = Cov_s^1/2 Cov_c^-1/2 (x - mu_c) + mu_s, blended
+    as alpha x' + (1 - alpha) x. Where AdaIN matches each channel's mean and std, this
+    matches the correlations between channels too: at a shallow level, which colours and
+    strokes go together. ``content_stats``: the content's (mean, covariance) when
+    ``content`` is a tile of a larger picture or a region (see AdaINModel.forward_tiled).
+    Departures: the covariances get a small ridge (RIDGE), and their square roots come
+    from Newton-Schulz iterations, not an eigendecomposition."""
+    x = content.float()
+    n, c, h, w = x.shape
+    if content_stats is None:
+        c_mean, c_cov = x.mean((2, 3), keepdim=True), covariance_of(x)
+    else:
+        c_mean, c_cov = content_stats
+    _, whiten = sqrt_pair(_ridge(c_cov.double()))
+    colour, _ = sqrt_pair(_ridge(style_cov.double()))
+    f = (x - c_mean).double().flatten(2)
+    out = (colour @ (whiten @ f)).float().view(n, c, h, w) + style_mean.float()
+    return alpha * out + (1 - alpha) * x
+
+
+def transform_level(
+    content: torch.Tensor,
+    stats: tuple[torch.Tensor, ...],
+    alpha: float | torch.Tensor,
+    wct: bool,
+    content_stats: tuple[torch.Tensor, ...] | None = None,
+) -> torch.Tensor:
+    """One level's decoder input: whitening-colouring where ``wct``, else AdaIN.
+    ``content_stats``: the content's (mean, std, covariance), as ``stats`` are."""
+    if wct:
+        cs = None if content_stats is None else (content_stats[0], content_stats[2])
+        return wct_blend(content, stats[0], stats[2], alpha, content_stats=cs)
+    cs = None if content_stats is None else (content_stats[0], content_stats[1])
+    return adain_blend(content, stats[0], stats[1], alpha, content_stats=cs)
+
+
+def level_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean, std, covariance) of one level's features: what a Stats entry holds."""
+    m, s = mean_std(features)
+    return m, s, covariance_of(features).float()
 
 
 def adain_regions(
@@ -93,35 +190,47 @@ def adain_regions(
     weights: torch.Tensor,
     alpha: float | torch.Tensor = 1.0,
     eps: float = 1e-5,
-    content_stats: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    content_stats: Sequence[tuple[torch.Tensor, ...]] | None = None,
+    wct: bool = False,
 ) -> torch.Tensor:
     """Regional AdaIN at one level: sum_r w_r * blend_r(x) + (1 - sum_r w_r) * x, where
     blend_r is :func:`adain_blend` towards region r's style statistics ``region_stats[r]``
     with the content normalised by region r's own statistics (``masked_mean_std`` of x
     under w_r), and ``weights`` (N or 1, R, h, w) are the regions' soft masks at this
-    level (summing to at most 1). ``content_stats``: each region's content (mean, std),
-    when ``content`` is a tile of a larger picture (see AdaINModel.forward_tiled)."""
+    level (summing to at most 1). ``content_stats``: each region's content (mean, std,
+    covariance), when ``content`` is a tile of a larger picture (see
+    AdaINModel.forward_tiled). ``wct``: whitening-colouring (:func:`wct_blend`) instead
+    of AdaIN, with each region's own content covariance."""
     x = content.float()
     w = weights.float()
     out = x * (1.0 - w.sum(1, keepdim=True)).clamp_min(0.0)
-    for r, (sm, ss) in enumerate(region_stats):
+    for r, style in enumerate(region_stats):
         plane = w[:, r : r + 1]
-        cs = masked_mean_std(x, plane, eps) if content_stats is None else content_stats[r]
-        out = out + plane * adain_blend(x, sm, ss, alpha, eps, content_stats=cs)
+        if content_stats is not None:
+            cs = content_stats[r]
+        else:
+            cs = (*masked_mean_std(x, plane, eps), covariance_of(x, plane) if wct else None)
+        out = out + plane * transform_level(x, style, alpha, wct, content_stats=cs)
     return out
 
 
 def blend_stats(stats: Sequence[Stats], weights: Sequence[float]) -> Stats:
     """Weighted mean of several styles' statistics (the paper's style interpolation, sec. 7).
 
-    AdaIN is affine in (mean, std), so this equals blending the AdaIN outputs.
+    AdaIN is affine in (mean, std), so this equals blending the AdaIN outputs. The
+    covariances are blended the same way (for whitening-colouring that is a mixture's
+    covariance less the spread of the means: the styles' shared correlations).
     """
     total = float(sum(weights))
     out: Stats = []
     for level in range(len(stats[0])):
-        m = sum(s[level][0] * (w / total) for s, w in zip(stats, weights, strict=True))
-        sd = sum(s[level][1] * (w / total) for s, w in zip(stats, weights, strict=True))
-        out.append((m, sd))
+        parts = len(stats[0][level])
+        out.append(
+            tuple(
+                sum(s[level][i] * (w / total) for s, w in zip(stats, weights, strict=True))
+                for i in range(parts)
+            )
+        )
     return out
 
 
@@ -575,7 +684,7 @@ class AdaINModel(nn.Module):
 
     def style_stats(self, style: torch.Tensor) -> Stats:
         f = self.encoder(style, self.config.levels)
-        return [mean_std(f[name]) for name in self.config.levels]
+        return [level_stats(f[name]) for name in self.config.levels]
 
     def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         h, w = x.shape[-2:]
@@ -589,12 +698,17 @@ class AdaINModel(nn.Module):
         return x, h, w
 
     def stylise_features(
-        self, content: torch.Tensor, stats: Stats, alpha: float | torch.Tensor = 1.0
+        self,
+        content: torch.Tensor,
+        stats: Stats,
+        alpha: float | torch.Tensor = 1.0,
+        wct: Sequence[int] = (),
     ) -> list[torch.Tensor]:
-        """The AdaIN targets t at every level (the decoder's input and the content loss's target)."""
+        """The targets t at every level (the decoder's input and the content loss's target):
+        AdaIN, or whitening-colouring at the level indices in ``wct``."""
         f = self.encoder(content, self.config.levels)
-        levels = zip(self.config.levels, stats, strict=True)
-        return [adain_blend(f[name], m, s, alpha) for name, (m, s) in levels]
+        levels = enumerate(zip(self.config.levels, stats, strict=True))
+        return [transform_level(f[name], st, alpha, k in wct) for k, (name, st) in levels]
 
     def forward(
         self,
@@ -602,11 +716,13 @@ class AdaINModel(nn.Module):
         stats: Stats,
         alpha: float | torch.Tensor = 1.0,
         border: int = 0,
+        wct: Sequence[int] = (),
     ) -> torch.Tensor:
         """``border``: reflect-pad the photo by this many pixels on every side and crop them
-        off the output, so that the encoder's zero padding falls outside the picture."""
+        off the output, so that the encoder's zero padding falls outside the picture.
+        ``wct``: the level indices that get whitening-colouring instead of AdaIN."""
         x, h, w, b = self._prepare(content, border)
-        out = self._decode(self.stylise_features(x, stats, alpha))
+        out = self._decode(self.stylise_features(x, stats, alpha, wct))
         return out[..., b : h - b, b : w - b]
 
     def _prepare(self, content: torch.Tensor, border: int) -> tuple[torch.Tensor, int, int, int]:
@@ -625,6 +741,7 @@ class AdaINModel(nn.Module):
         weights: torch.Tensor,
         alpha: float | torch.Tensor = 1.0,
         border: int = 0,
+        wct: Sequence[int] = (),
     ) -> torch.Tensor:
         """:meth:`forward` with regional styles: ``region_stats[r]`` are region r's style
         statistics (as :meth:`style_stats` gives them), ``weights`` (N or 1, R, H, W) the
@@ -636,7 +753,11 @@ class AdaINModel(nn.Module):
         f = self.encoder(x, self.config.levels)
         t = [
             adain_regions(
-                f[name], [rs[k] for rs in region_stats], resize_mask(m, f[name].shape[-2:]), alpha
+                f[name],
+                [rs[k] for rs in region_stats],
+                resize_mask(m, f[name].shape[-2:]),
+                alpha,
+                wct=k in wct,
             )
             for k, name in enumerate(self.config.levels)
         ]
@@ -671,7 +792,9 @@ class AdaINModel(nn.Module):
         rows = _tile_starts(H, tile, overlap, self.multiple)
         cols = _tile_starts(W, tile, overlap, self.multiple)
         n_regions = 1 if weights is None else weights.shape[1]
-        sums: list[list] = [[[0.0, 0.0, 0.0] for _ in range(n_regions)] for _ in self.config.levels]
+        sums: list[list] = [
+            [[0.0, 0.0, 0.0, 0.0] for _ in range(n_regions)] for _ in self.config.levels
+        ]
         level_masks = {} if level_masks is None else level_masks
         done = 0
         for y0 in rows:
@@ -685,11 +808,13 @@ class AdaINModel(nn.Module):
                     ys = slice((ty[0] - y0) // stride, (ty[1] - y0) // stride)
                     xs = slice((tx[0] - x0) // stride, (tx[1] - x0) // stride)
                     part = v[..., ys, xs].double()
+                    flat = part.flatten(2)
                     if weights is None:
                         acc = sums[k][0]
                         acc[0] = acc[0] + part.sum((2, 3), keepdim=True)
                         acc[1] = acc[1] + (part * part).sum((2, 3), keepdim=True)
                         acc[2] += part.shape[-2] * part.shape[-1]
+                        acc[3] = acc[3] + flat @ flat.transpose(1, 2)
                         continue
                     lm = self._level_mask(weights, k, stride, level_masks)
                     lm = lm[
@@ -703,16 +828,20 @@ class AdaINModel(nn.Module):
                         acc[0] = acc[0] + (part * m).sum((2, 3), keepdim=True)
                         acc[1] = acc[1] + (part * part * m).sum((2, 3), keepdim=True)
                         acc[2] = acc[2] + m.sum((2, 3), keepdim=True)
+                        acc[3] = acc[3] + (flat * m.flatten(2)) @ flat.transpose(1, 2)
                 done += 1
                 if on_tile is not None:
                     on_tile(done, total or len(rows) * len(cols))
         per_region: list[Stats] = [[] for _ in range(n_regions)]
         for level in sums:
-            for r, (s1, s2, n) in enumerate(level):
+            for r, (s1, s2, n, sxx) in enumerate(level):
                 n = n.clamp_min(1e-8) if isinstance(n, torch.Tensor) else n
                 mean = s1 / n
                 var = (s2 / n - mean * mean).clamp_min(0)
-                per_region[r].append((mean.float(), (var + 1e-5).sqrt().float()))
+                mu = mean.flatten(2)
+                nn_ = n.flatten(2) if isinstance(n, torch.Tensor) else n
+                cov = sxx / nn_ - mu @ mu.transpose(1, 2)
+                per_region[r].append((mean.float(), (var + 1e-5).sqrt().float(), cov.float()))
         return per_region[0] if weights is None else per_region
 
     def _level_mask(self, weights: torch.Tensor, k: int, stride: int, cache: dict) -> torch.Tensor:
@@ -740,6 +869,7 @@ class AdaINModel(nn.Module):
         overlap: int = 256,
         on_tile: Callable[[int, int], None] | None = None,
         weights: torch.Tensor | None = None,
+        wct: Sequence[int] = (),
     ) -> torch.Tensor:
         """:meth:`forward` in overlapping tiles, for pictures larger than memory.
 
@@ -784,9 +914,9 @@ class AdaINModel(nn.Module):
             f = self.encoder(xt, self.config.levels)
             if masks is None:
                 t = [
-                    adain_blend(f[name], sm, ss, alpha, content_stats=cs)
-                    for name, (sm, ss), cs in zip(
-                        self.config.levels, stats, content_stats, strict=True
+                    transform_level(f[name], st, alpha, k in wct, content_stats=cs)
+                    for k, (name, st, cs) in enumerate(
+                        zip(self.config.levels, stats, content_stats, strict=True)
                     )
                 ]
             else:
@@ -807,6 +937,7 @@ class AdaINModel(nn.Module):
                             lm,
                             alpha,
                             content_stats=[cs[k] for cs in content_stats],
+                            wct=k in wct,
                         )
                     )
             y = self._decode(t).float()

@@ -60,15 +60,21 @@ def usable(options: Any, device: str, styles: list, masks: Any = None, content_m
     if len(styles) != 1 or importlib.util.find_spec("onnxruntime") is None:
         return None
     path = shipped_dir() / ONNX_FILE
-    return path if path.is_file() and _matches_weights(path) else None
+    return path if path.is_file() and _matches(path, options) else None
 
 
-def _matches_weights(path: Path) -> bool:
-    """The graph was exported from the decoder that ships beside it (recorded sha256)."""
+def _matches(path: Path, options: Any) -> bool:
+    """The graph was exported from the decoder that ships beside it (recorded sha256), with
+    the border and feature transform this run asks for."""
+    from artgen.style.adain import BORDER, wct_levels
+
     meta = path.with_suffix(".json")
     try:
-        want = json.loads(meta.read_text())["decoder_sha256"]
+        made = json.loads(meta.read_text())
+        want, border, wct = made["decoder_sha256"], made["border"], made["wct_levels"]
     except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if border != BORDER or wct != list(wct_levels(options)):
         return False
     got = hashlib.sha256((shipped_dir() / "decoder.safetensors").read_bytes()).hexdigest()
     return want == got
