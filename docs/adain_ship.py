@@ -19,7 +19,8 @@ from pathlib import Path
 
 from artgen.interop import weights
 from artgen.interop.onnx_export import export_onnx
-from artgen.style.adain import BORDER, AdaINOptions, wct_levels
+from artgen.runs.adain import wct_levels
+from artgen.style.adain import BORDER, AdaINOptions
 
 
 def main(run: str) -> int:
@@ -52,7 +53,7 @@ def main(run: str) -> int:
 
 def export(out: Path) -> int:
     shipped = weights.load_adain("shipped")  # what users get: the fp16 weights, in fp32
-    wct = wct_levels(AdaINOptions())  # the default transform's graph
+    wct = wct_levels(AdaINOptions().transform)  # the default transform's graph
     report = export_onnx(shipped, out / "fast.onnx", border=BORDER, wct=wct, overwrite=True)
     digest = hashlib.sha256((out / "decoder.safetensors").read_bytes()).hexdigest()
     meta = {

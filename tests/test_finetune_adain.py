@@ -166,6 +166,39 @@ def test_the_covariance_loss_is_added_with_its_weight(lite0):
     assert lc.item() == pytest.approx(lc0.item())
 
 
+def test_a_wct_decoder_learns_behind_whitening_colouring(lite0, data, tmp_path):
+    """--transform wct: the content loss's targets are the whitened-coloured features at the
+    finest level (AdaIN below it), as stylize --transform wct feeds the decoder; the run
+    records it, and runs recorded before the option resume as AdaIN ones."""
+    from artgen.models import adain as M
+
+    cfg = M.LITE0_CONFIG
+    model = M.AdaINModel(lite0.truncate(list(cfg.style_layers)), M.build_decoder(cfg), cfg)
+    torch.manual_seed(0)
+    c, s = torch.rand(2, 3, 48, 48), torch.rand(2, 3, 48, 48)
+    with torch.no_grad():
+        _, lc, _, out = T.adain_losses(model, c, s, 10.0, "all", 0.0, (0,))
+        sf = model.features(s, cfg.style_layers)
+        t = model.stylise_features(c, [M.level_stats(sf[n]) for n in cfg.levels], 1.0, (0,))
+        gf = model.features(out, cfg.levels)
+    want = sum(((gf[n] - tt) ** 2).mean() for n, tt in zip(cfg.levels, t, strict=True))
+    assert lc.item() == pytest.approx(want.item(), rel=1e-5)
+    f0 = model.features(c, cfg.levels)[cfg.levels[0]]
+    sm, _, scov = M.level_stats(sf[cfg.levels[0]])
+    assert torch.allclose(t[0], M.wct_blend(f0, sm, scov), atol=1e-5)  # not AdaIN's
+
+    cdir, sdir = data
+    run = tmp_path / "run"
+    args = ["train", "adain", "--content", str(cdir), "--styles", str(sdir), "--out", str(run)]
+    assert main([*args, *TINY, "--steps", "2", "--transform", "wct", "-q"]) == 0
+    assert json.loads((run / "config.json").read_text())["options"]["transform"] == "wct"
+    assert options_for_resume(run, steps=3).transform == "wct"
+    edit_json(run / "config.json", lambda d: d["options"].pop("transform"))
+    assert options_for_resume(run, steps=3).transform == "adain"
+    with pytest.raises(ArtgenError, match="--transform 'x': choose wct, adain"):
+        T.AdaINTrainOptions(transform="x")
+
+
 @pytest.mark.heavy
 def test_two_processes_average_their_gradients(data, tmp_path):
     """What accelerate launch does on several GPUs, here as two CPU processes (gloo): each

@@ -247,9 +247,10 @@ def _export_onnx(args: argparse.Namespace) -> int:
     from artgen.interop.weights import load_adain
 
     out = check_output(args.output or "fast.onnx", overwrite=args.overwrite)
-    from artgen.style.adain import BORDER, AdaINOptions, wct_levels
+    from artgen.runs.adain import wct_levels
+    from artgen.style.adain import BORDER
 
-    wct = wct_levels(AdaINOptions(transform=args.transform))
+    wct = wct_levels(args.transform)
     model = load_adain(args.model, "cpu")
     report = export_onnx(model, out, border=BORDER, wct=wct, overwrite=args.overwrite)
     diff = report["max_abs_diff"]

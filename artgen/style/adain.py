@@ -31,6 +31,7 @@ from PIL import Image
 from artgen.core import palette
 from artgen.core.errors import ArtgenError
 from artgen.core.images import LoadedImage, load_image, resize_long_side, to_pil, to_tensor
+from artgen.runs.adain import TRANSFORMS, wct_levels
 from artgen.style import (
     PRESERVE_COLOR,
     OptionsRecord,
@@ -49,7 +50,6 @@ if TYPE_CHECKING:
 
 PRECISIONS = ("auto", "fp32", "bf16")
 PALETTES = ("style", "network")
-TRANSFORMS = ("wct", "adain")
 # Memory one output pixel costs in a forward pass of the shipped network: 225 to 260 bytes
 # in fp32 (peak resident memory at 1024 and 2048 px on a CPU, margin included). Half that
 # in bf16. Tiling is chosen when the estimate, with a 25% margin, passes 80% of what the
@@ -236,13 +236,6 @@ def _batch_stats(stats_each: list) -> list:
     ]
 
 
-def wct_levels(options: AdaINOptions) -> tuple[int, ...]:
-    """The AdaIN levels that get whitening-colouring: the finest one for ``wct`` (on 18
-    held-out pairs, the finest level alone gave 0.442 of the 0.449 that all three gave by
-    Magenta's judge, with better edges; docs/adain.md)."""
-    return (0,) if options.transform == "wct" else ()
-
-
 def _choose_tile(
     asked: int, h: int, w: int, n: int, dev: Any, bpv: int, style_side: int = 0
 ) -> int:
@@ -311,7 +304,7 @@ def _decode_group(model, inp, contents, style_items, regions, options, dev, amp,
     """One batch of same-size pictures through the network: (output, keep, weights), where
     ``keep`` and ``weights`` are the regions' (None without masks)."""
     strength = float(options.strength)
-    wct = wct_levels(options)
+    wct = wct_levels(options.transform)
     tiled = dict(border=BORDER, tile=tile, overlap=TILE_OVERLAP, wct=wct)
     if regions is None:
         stats = _batch_stats(_prepare(model, style_items, contents, options, dev, amp, tile))

@@ -66,7 +66,8 @@ def usable(options: Any, device: str, styles: list, masks: Any = None, content_m
 def _matches(path: Path, options: Any) -> bool:
     """The graph was exported from the decoder that ships beside it (recorded sha256), with
     the border and feature transform this run asks for."""
-    from artgen.style.adain import BORDER, wct_levels
+    from artgen.runs.adain import wct_levels
+    from artgen.style.adain import BORDER
 
     meta = path.with_suffix(".json")
     try:
@@ -74,7 +75,7 @@ def _matches(path: Path, options: Any) -> bool:
         want, border, wct = made["decoder_sha256"], made["border"], made["wct_levels"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    if border != BORDER or wct != list(wct_levels(options)):
+    if border != BORDER or wct != list(wct_levels(options.transform)):
         return False
     got = hashlib.sha256((shipped_dir() / "decoder.safetensors").read_bytes()).hexdigest()
     return want == got

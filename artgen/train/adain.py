@@ -31,7 +31,7 @@ every process holds the same decoder.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,10 +43,7 @@ from PIL import Image
 from artgen.core.devices import resolve_device
 from artgen.core.errors import ArtgenError
 from artgen.core.losses import covariance, covariance_loss, mean_std, stats_loss
-from artgen.runs.adain import (
-    DEFAULT_STYLE_WEIGHT,
-    AdaINTrainOptions,
-)
+from artgen.runs.adain import DEFAULT_STYLE_WEIGHT, AdaINTrainOptions, wct_levels
 from artgen.runs.checkpoint import (
     optimizer_to_tensors,
 )
@@ -131,6 +128,7 @@ def adain_losses(
     style_weight: float,
     content_levels: str = "all",
     cov_weight: float = 0.0,
+    wct: Sequence[int] = (),
 ):
     """(total, content, style) losses of the paper for one batch (eq. 11-13).
 
@@ -143,11 +141,15 @@ def adain_losses(
     :func:`artgen.core.losses.covariance_loss` (the relative distance of the channel covariances
     to the style's: Gatys's Gram matrices, centred) with that weight; the returned style
     loss is then L_s + cov_weight / style_weight * L_cov, so that the total stays
-    L_c + style_weight * (returned style loss)."""
+    L_c + style_weight * (returned style loss).
+
+    ``wct``: the level indices the decoder's input gets whitening-colouring at (as
+    ``artgen stylize --transform wct`` gives it), AdaIN elsewhere."""
+    from artgen.models.adain import level_stats
+
     cfg = model.config
     s_feats = model.features(style, cfg.style_layers)
-    level_stats = [mean_std(s_feats[name]) for name in cfg.levels]
-    t = model.stylise_features(content, level_stats, 1.0)
+    t = model.stylise_features(content, [level_stats(s_feats[n]) for n in cfg.levels], 1.0, wct)
     out = model.decoder([v.to(next(model.decoder.parameters()).dtype) for v in t])
     g_feats = model.features(out, list(dict.fromkeys([*cfg.levels, *cfg.style_layers])))
     pairs = list(zip(cfg.levels, t, strict=True))
@@ -272,6 +274,7 @@ class _AdaINTrainer:
         model.encoder.eval()
         self.decoder = model.decoder.train().requires_grad_(True)
         self.style_weight = options.style_weight or DEFAULT_STYLE_WEIGHT[model.config.encoder]
+        self.wct = wct_levels(options.transform)
         self.opt = torch.optim.Adam(self.decoder.parameters(), lr=options.lr)
         use_bf16 = options.precision == "bf16" or (
             options.precision == "auto" and device.type == "cuda"
@@ -311,6 +314,7 @@ class _AdaINTrainer:
                 self.style_weight,
                 self.options.content_levels,
                 self.options.cov_weight,
+                self.wct,
             )
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -342,7 +346,7 @@ class _AdaINTrainer:
 
         self.decoder.eval()
         with torch.no_grad(), self.amp():
-            out = self.model(self.sheet_c, self.model.style_stats(self.sheet_s))
+            out = self.model(self.sheet_c, self.model.style_stats(self.sheet_s), wct=self.wct)
         self.decoder.train()
         out = out.float().clamp(0, 1)
         tiles = []
