@@ -17,9 +17,9 @@ import json
 import sys
 from pathlib import Path
 
+from artgen.core.transforms import wct_levels
 from artgen.interop import weights
 from artgen.interop.onnx_export import export_onnx
-from artgen.runs.adain import wct_levels
 from artgen.style.adain import BORDER, AdaINOptions
 
 

@@ -100,6 +100,8 @@ def main() -> int:
     ap.add_argument("--heldout", default="")
     ap.add_argument("--border", type=int, default=32)
     ap.add_argument("--size", type=int, default=384)
+    ap.add_argument("--model", default="shipped", help="the network (shipped, or a run)")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="which transforms")
     ap.add_argument("--combine", nargs=2, default=None)
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
@@ -111,14 +113,15 @@ def main() -> int:
 
     torch.set_num_threads(2)
     photos, styles = E.held_out(Path(args.heldout))
-    judge, net = E.Judge(), artgen.get_method("adain").load(weights="shipped").eval()
-    res: dict = {"palette": {v: [] for v in VARIANTS}, "network": {v: [] for v in VARIANTS}}
+    judge, net = E.Judge(), artgen.get_method("adain").load(weights=args.model).eval()
+    variants = {v: VARIANTS[v] for v in args.variants.split(",")}
+    res: dict = {"palette": {v: [] for v in variants}, "network": {v: [] for v in variants}}
     t0 = time.time()
     for pn, pp in photos.items():
         photo = resize_long_side(load_image(pp).rgb, args.size)
         for sn, sp in styles.items():
             style = resize_long_side(load_image(sp).rgb, args.size)
-            for v, wct in VARIANTS.items():
+            for v, wct in variants.items():
                 moved, raw = stylise(net, photo, style, wct, args.border)
                 res["palette"][v].append(
                     {"photo": pn, "style": sn, **judge.all(moved, photo, style, pn, sn)}
@@ -133,7 +136,8 @@ def main() -> int:
         }
         for colours, R in res.items()
     }
-    doc = {"size": args.size, "border": args.border, "date": time.strftime("%Y-%m-%d"), **res}
+    doc = {"size": args.size, "border": args.border, "model": args.model, **res}
+    doc["date"] = time.strftime("%Y-%m-%d")
     doc["summary"] = summary
     Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
     return 0

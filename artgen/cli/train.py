@@ -43,10 +43,11 @@ COMMANDS = ("finetune", "train", "convert", "export")
 
 def add_commands(sub: argparse._SubParsersAction, method: str) -> None:
     """finetune diffusion|gan, train gan|adain, convert, export."""
+    from artgen.core.transforms import TRANSFORMS
     from artgen.runs.adain import AdaINTrainOptions
     from artgen.runs.diffusion import DiffusionFinetuneOptions
     from artgen.runs.gan import GanFinetuneOptions, GanTrainOptions
-    from artgen.style.adain import TRANSFORMS, AdaINOptions
+    from artgen.style.adain import AdaINOptions
 
     def trainer(parent, name: str, options: type, handler, **kw) -> None:
         p = parent.add_parser(name, formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
@@ -247,7 +248,7 @@ def _export_onnx(args: argparse.Namespace) -> int:
     from artgen.interop.weights import load_adain
 
     out = check_output(args.output or "fast.onnx", overwrite=args.overwrite)
-    from artgen.runs.adain import wct_levels
+    from artgen.core.transforms import wct_levels
     from artgen.style.adain import BORDER
 
     wct = wct_levels(args.transform)

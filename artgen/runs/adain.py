@@ -11,23 +11,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from artgen.core.errors import ArtgenError
+from artgen.core.transforms import TRANSFORMS
 from artgen.runs.checkpoint import (
     MAX_BATCH,
 )
 from artgen.runs.options import RunOptions
 
 ENCODER_CHOICES = ("efficientnet-lite0", "vgg19")
-# How the photo's features take the style's before the decoder (artgen.models.adain):
-# whitening-colouring at the finest level (wct) or AdaIN at every level (adain).
-TRANSFORMS = ("wct", "adain")
-
-
-def wct_levels(transform: str) -> tuple[int, ...]:
-    """The AdaIN levels that get whitening-colouring: the finest one for ``wct`` (on 18
-    held-out pairs, the finest level alone gave 0.442 of the 0.449 that all three gave by
-    Magenta's judge, with better edges; docs/adain.md)."""
-    return (0,) if transform == "wct" else ()
-
 
 # Settings that name folders, recorded as absolute paths. --base is one too unless it names
 # a bundled network (shipped, vgg19): recorded absolute, resolved by resolve_saved.

@@ -31,7 +31,7 @@ from PIL import Image
 from artgen.core import palette
 from artgen.core.errors import ArtgenError
 from artgen.core.images import LoadedImage, load_image, resize_long_side, to_pil, to_tensor
-from artgen.runs.adain import TRANSFORMS, wct_levels
+from artgen.core.transforms import TRANSFORMS, wct_levels
 from artgen.style import (
     PRESERVE_COLOR,
     OptionsRecord,

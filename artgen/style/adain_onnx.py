@@ -66,7 +66,7 @@ def usable(options: Any, device: str, styles: list, masks: Any = None, content_m
 def _matches(path: Path, options: Any) -> bool:
     """The graph was exported from the decoder that ships beside it (recorded sha256), with
     the border and feature transform this run asks for."""
-    from artgen.runs.adain import wct_levels
+    from artgen.core.transforms import wct_levels
     from artgen.style.adain import BORDER
 
     meta = path.with_suffix(".json")

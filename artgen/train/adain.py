@@ -43,7 +43,8 @@ from PIL import Image
 from artgen.core.devices import resolve_device
 from artgen.core.errors import ArtgenError
 from artgen.core.losses import covariance, covariance_loss, mean_std, stats_loss
-from artgen.runs.adain import DEFAULT_STYLE_WEIGHT, AdaINTrainOptions, wct_levels
+from artgen.core.transforms import wct_levels
+from artgen.runs.adain import DEFAULT_STYLE_WEIGHT, AdaINTrainOptions
 from artgen.runs.checkpoint import (
     optimizer_to_tensors,
 )
