@@ -44,13 +44,35 @@ PATHS = ("base", "images", "out", "labels")
 
 
 @dataclass(frozen=True)
-class GanTrainOptions(RunOptions):
+class GanOptions(RunOptions):
+    """The settings both GAN trainers take, declared once (each subclass redeclares the
+    ones whose defaults differ)."""
+
+    PATHS: ClassVar[tuple[str, ...]] = PATHS
+
+    images: str = field(
+        default="",
+        metadata={"help": "folder of training images (adapting: the reference set)"},
+    )
+    r1_gamma: float = field(
+        default=0.0, metadata={"help": "R1 weight (0: ADA's heuristic 2e-4 * res^2 / batch)"}
+    )
+    r1_every: int = field(default=16, metadata={"help": "lazy R1: every N steps"})
+    ema_kimg: float = field(
+        default=0.0, metadata={"help": "EMA half-life in thousands of images (0: batch * 10/32)"}
+    )
+    labels: str = field(default="", metadata={"help": "CSV: file name plus attribute columns"})
+    balance: str = field(
+        default="", metadata={"help": "attribute whose values are drawn equally often"}
+    )
+
+
+@dataclass(frozen=True)
+class GanTrainOptions(GanOptions):
     """``artgen train gan``: a StyleGAN2 generator from scratch (a base of your own)."""
 
     KIND: ClassVar[str] = "train-gan"
-    PATHS: ClassVar[tuple[str, ...]] = PATHS
 
-    images: str = field(default="", metadata={"help": "folder of training images"})
     resolution: int = field(default=32, metadata={"help": "image size in px (a power of two)"})
     z_dim: int = field(default=128, metadata={"help": "latent size"})
     w_dim: int = field(default=128, metadata={"help": "style (W) size"})
@@ -62,20 +84,9 @@ class GanTrainOptions(RunOptions):
     steps: int = field(default=5000, metadata={"help": "training steps (one D and one G step)"})
     batch_size: int = field(default=16, metadata={"help": "images per step per device"})
     lr: float = field(default=0.0025, metadata={"help": "Adam learning rate (G and D)"})
-    r1_gamma: float = field(
-        default=0.0, metadata={"help": "R1 weight (0: ADA's heuristic 2e-4 * res^2 / batch)"}
-    )
-    r1_every: int = field(default=16, metadata={"help": "lazy R1: every N steps"})
-    ema_kimg: float = field(
-        default=0.0, metadata={"help": "EMA half-life in thousands of images (0: batch * 10/32)"}
-    )
     augment: str = field(
         default="color,translation",
         metadata={"help": "DiffAugment policy for D's inputs ('' for none)"},
-    )
-    labels: str = field(default="", metadata={"help": "CSV: file name plus attribute columns"})
-    balance: str = field(
-        default="", metadata={"help": "attribute whose values are drawn equally often"}
     )
     sample_every: int = field(default=500, metadata={"help": "write a sample grid every N steps"})
     checkpoint_every: int = field(default=500, metadata={"help": "checkpoint every N steps"})
@@ -90,11 +101,10 @@ class GanTrainOptions(RunOptions):
 
 
 @dataclass(frozen=True)
-class GanFinetuneOptions(RunOptions):
+class GanFinetuneOptions(GanOptions):
     """``artgen finetune gan``: adapt a pretrained StyleGAN2 to a small or balanced set."""
 
     KIND: ClassVar[str] = "finetune-gan"
-    PATHS: ClassVar[tuple[str, ...]] = PATHS
     # Recorded before fairTL++'s split followed the authors: what those runs did.
     ADDED_SETTINGS: ClassVar[dict[str, Any]] = {"lp_split": "mapping"}
 
@@ -105,7 +115,6 @@ class GanFinetuneOptions(RunOptions):
             "finetune run, or the output of artgen convert)"
         },
     )
-    images: str = field(default="", metadata={"help": "folder of training (reference) images"})
     method: str = field(
         default="full",
         metadata={
@@ -117,13 +126,6 @@ class GanFinetuneOptions(RunOptions):
     steps: int = field(default=1000, metadata={"help": "training steps (one D and one G step)"})
     batch_size: int = field(default=8, metadata={"help": "images per step per device"})
     lr: float = field(default=0.002, metadata={"help": "Adam learning rate (G and D)"})
-    r1_gamma: float = field(
-        default=0.0, metadata={"help": "R1 weight (0: ADA's heuristic 2e-4 * res^2 / batch)"}
-    )
-    r1_every: int = field(default=16, metadata={"help": "lazy R1: every N steps"})
-    ema_kimg: float = field(
-        default=0.0, metadata={"help": "EMA half-life in thousands of images (0: batch * 10/32)"}
-    )
     augment: str = field(
         default="color,translation,cutout",
         metadata={"help": "DiffAugment policy for D's inputs ('' for none)"},
@@ -171,10 +173,6 @@ class GanFinetuneOptions(RunOptions):
             "network and D's last block (artgen's earlier reading)",
             "choices": list(LP_SPLITS),
         },
-    )
-    labels: str = field(default="", metadata={"help": "CSV: file name plus attribute columns"})
-    balance: str = field(
-        default="", metadata={"help": "attribute whose values are drawn equally often"}
     )
     sample_every: int = field(default=250, metadata={"help": "write a sample grid every N steps"})
     checkpoint_every: int = field(default=250, metadata={"help": "checkpoint every N steps"})
