@@ -466,10 +466,17 @@ def test_tiling_is_chosen_when_the_estimate_says_it_does_not_fit(
         artgen.AdaINOptions(tile=300)
 
 
+def covariance_of(x):
+    """Channel covariance in float64, as the whitening computes it."""
+    from artgen.core.losses import covariance
+
+    return covariance(x, dtype=torch.float64)
+
+
 def _wct_by_eigendecomposition(c, sm, scov):
     """Li et al. 2017's whitening and colouring, eqs. 2-4, written out with eigh (and the
     same ridge as artgen's), as a reference for the Newton-Schulz version."""
-    from artgen.models.adain import _ridge, covariance_of
+    from artgen.models.adain import _ridge
 
     def power(a, p):
         e, v = torch.linalg.eigh(a[0])
@@ -484,7 +491,7 @@ def _wct_by_eigendecomposition(c, sm, scov):
 
 
 def test_whitening_colouring_gives_the_styles_covariance_as_li_et_al():
-    from artgen.models.adain import covariance_of, level_stats, sqrt_pair, wct_blend
+    from artgen.models.adain import level_stats, sqrt_pair, wct_blend
 
     g = torch.Generator().manual_seed(0)
     mix = torch.randn(24, 24, generator=g)
@@ -513,8 +520,6 @@ def test_whitening_colouring_gives_the_styles_covariance_as_li_et_al():
 def test_whitening_colouring_in_a_region_uses_the_regions_own_covariance(shipped):
     """A mask that covers everything gives the unmasked picture; two regions with one style
     each give, inside each, that style's covariance (at the finest level)."""
-    from artgen.models.adain import covariance_of
-
     x = to_tensor(photo(96, 64, seed=3))
     s1, s2 = to_tensor(stripes(64, seed=1)), to_tensor(photo(64, 64, seed=7))
     with torch.inference_mode():

@@ -69,3 +69,9 @@ def test_covariance_is_the_centred_gram_and_its_loss_is_relative():
     # twice the features: four times the covariance, a relative error of 3^2 = 9
     assert float(covariance_loss(2 * f, t)) == pytest.approx(9.0, rel=1e-5)
     assert float(covariance_loss(torch.zeros_like(f), t)) == pytest.approx(1.0)
+    # weighted: all-ones weights give the same; a 0/1 mask the covariance of its pixels
+    assert torch.allclose(covariance(f, torch.ones(1, 1, 5, 7)), t, atol=1e-5)
+    m = torch.zeros(1, 1, 5, 7)
+    m[..., :, :3] = 1
+    assert torch.allclose(covariance(f, m), covariance(f[..., :3]), atol=1e-5)
+    assert covariance(f, m, torch.float64).dtype == torch.float64

@@ -1,4 +1,5 @@
-"""Files read and written atomically: JSON with a size limit, safetensors with a finiteness check."""
+"""Files read and written atomically: JSON with a size limit, safetensors with a finiteness
+check."""
 
 from __future__ import annotations
 

@@ -119,11 +119,23 @@ def stats_loss(features: torch.Tensor, target_mean: torch.Tensor, target_std: to
     return F.mse_loss(m, target_mean.float()) + F.mse_loss(s, target_std.float())
 
 
-def covariance(features: torch.Tensor) -> torch.Tensor:
-    """Channel covariance of (N, C, H, W) features over space, (N, C, C), in fp32: the Gram
-    matrix of the centred features."""
-    f = features.float()
-    return gram(f - f.mean(dim=(2, 3), keepdim=True))
+def covariance(
+    features: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Channel covariance of (N, C, h, w) features over space, (N, C, C), in ``dtype``: the
+    Gram matrix of the centred features. With ``weights`` (N or 1, 1, h, w) in [0, 1] each
+    pixel counts by its weight (one region's covariance, as :func:`masked_gram` is one
+    region's Gram matrix)."""
+    f = features.to(dtype).flatten(2)
+    if weights is None:
+        f = f - f.mean(2, keepdim=True)
+        return f @ f.transpose(1, 2) / f.shape[2]
+    w = weights.to(dtype).flatten(2)
+    total = w.sum(2, keepdim=True).clamp_min(1e-8)
+    f = f - (f * w).sum(2, keepdim=True) / total
+    return (f * w) @ f.transpose(1, 2) / total
 
 
 def covariance_loss(features: torch.Tensor, target: torch.Tensor, eps: float = 1e-8):

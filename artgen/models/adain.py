@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from artgen.core.losses import masked_mean_std, mean_std, resize_mask
+from artgen.core.losses import covariance, masked_mean_std, mean_std, resize_mask
 from artgen.models.backbones import FeatureExtractor, efficientnet_lite0
 
 ENCODERS = ("efficientnet-lite0", "vgg19")
@@ -97,19 +97,6 @@ NS_ITERATIONS = 30
 RIDGE = 1e-4  # added to the covariance, times its mean eigenvalue, plus 1e-5
 
 
-def covariance_of(features: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Channel covariance (N, C, C) of (N, C, h, w) features, in float64, over the pixels
-    (each weighted by ``weights`` (N or 1, 1, h, w) in [0, 1] where given)."""
-    f = features.double().flatten(2)
-    if weights is None:
-        f = f - f.mean(2, keepdim=True)
-        return f @ f.transpose(1, 2) / f.shape[2]
-    w = weights.double().flatten(2)
-    total = w.sum(2, keepdim=True).clamp_min(1e-8)
-    f = f - (f * w).sum(2, keepdim=True) / total
-    return (f * w) @ f.transpose(1, 2) / total
-
-
 def _ridge(cov: torch.Tensor) -> torch.Tensor:
     c = cov.shape[-1]
     eye = torch.eye(c, dtype=cov.dtype, device=cov.device)
@@ -152,7 +139,7 @@ def wct_blend(
     x = content.float()
     n, c, h, w = x.shape
     if content_stats is None:
-        c_mean, c_cov = x.mean((2, 3), keepdim=True), covariance_of(x)
+        c_mean, c_cov = x.mean((2, 3), keepdim=True), covariance(x, dtype=torch.float64)
     else:
         c_mean, c_cov = content_stats
     _, whiten = sqrt_pair(_ridge(c_cov.double()))
@@ -181,7 +168,7 @@ def transform_level(
 def level_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(mean, std, covariance) of one level's features: what a Stats entry holds."""
     m, s = mean_std(features)
-    return m, s, covariance_of(features).float()
+    return m, s, covariance(features, dtype=torch.float64).float()
 
 
 def adain_regions(
@@ -209,7 +196,10 @@ def adain_regions(
         if content_stats is not None:
             cs = content_stats[r]
         else:
-            cs = (*masked_mean_std(x, plane, eps), covariance_of(x, plane) if wct else None)
+            cs = (
+                *masked_mean_std(x, plane, eps),
+                covariance(x, plane, torch.float64) if wct else None,
+            )
         out = out + plane * transform_level(x, style, alpha, wct, content_stats=cs)
     return out
 

@@ -1,4 +1,6 @@
-"""A diffusion run's record: its options (the schema its config.json holds), its base model (hub id or folder, and its identity), loading the run's pipeline with its adapters, and sampling. The trainer is in artgen.train.diffusion."""
+"""A diffusion run's record: its options (the schema its config.json holds), its base model
+(hub id or folder, and its identity), loading the run's pipeline with its adapters, and
+sampling. The trainer is in artgen.train.diffusion."""
 
 from __future__ import annotations
 
@@ -53,6 +55,17 @@ CONV_TARGETS = ("conv1", "conv2")  # the two convolutions of every ResNet block
 # The base is one only when it is a local folder (it may be a hub id): recorded absolute
 # when local, and resolved on reading by DiffusionFinetuneOptions.resolve_saved.
 PATHS = ("images", "out", "class_images", "labels", "captions")
+
+
+# Hashes of base files already read in this process: (path, size, mtime, inode) -> sha256.
+_FILE_HASHES: dict[tuple[str, int, int, int], str] = {}
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    text = str(e)
+    return isinstance(e, torch.OutOfMemoryError) or any(
+        s in text for s in ("not enough memory", "out of memory", "can't allocate")
+    )
 
 
 @dataclass(frozen=True)
@@ -777,17 +790,6 @@ def generate(
     finally:
         pipe.scheduler = original
     return images
-
-
-# Hashes of base files already read in this process: (path, size, mtime, inode) -> sha256.
-_FILE_HASHES: dict[tuple[str, int, int, int], str] = {}
-
-
-def _out_of_memory(e: BaseException) -> bool:
-    text = str(e)
-    return isinstance(e, torch.OutOfMemoryError) or any(
-        s in text for s in ("not enough memory", "out of memory", "can't allocate")
-    )
 
 
 # -- the run object (artgen.load_run) --------------------------------------------------

@@ -1,4 +1,5 @@
-"""A GAN run's record: its options (the schema its config.json holds), loading its networks, and sampling. The trainers are in artgen.train.gan."""
+"""A GAN run's record: its options (the schema its config.json holds), loading its
+networks, and sampling. The trainers are in artgen.train.gan."""
 
 from __future__ import annotations
 
