@@ -730,7 +730,7 @@ def options_from_dict(
     """A ``cls`` options dataclass from the JSON object a run stored, field by field:
     every field there (a run records all of them; one filled in from today's default
     would silently change the run), no unknown ones, each of its declared type, then the
-    dataclass's own checks (``__post_init__``, and its ``check()`` if it has one)."""
+    dataclass's own checks (``__post_init__``)."""
     if not isinstance(saved, dict):
         raise ArtgenError(f"{where}: options is {_show(saved)}, not an object")
     kinds = _field_kinds(cls)
@@ -759,9 +759,6 @@ def options_from_dict(
     values.update(overrides or {})
     try:
         options = cls(**values)
-        check = getattr(options, "check", None)
-        if callable(check):
-            check()
     except ArtgenError as e:
         raise ArtgenError(f"{where}: {e}") from None
     return options

@@ -227,7 +227,7 @@ class DiffusionFinetuneOptions(RunOptions):
     def learning_rate(self) -> float:
         return self.lr or (1e-4 if self.method == "lora" else 1e-5)
 
-    def check(self) -> None:
+    def __post_init__(self) -> None:
         """The settings' own ranges and choices (files, folders and the base are checked
         when the run starts). Also what a run's config.json must pass when read back."""
         if self.method not in ("lora", "full"):

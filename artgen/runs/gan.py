@@ -93,7 +93,7 @@ class GanTrainOptions(GanOptions):
     checkpoint_every: int = field(default=500, metadata={"help": "checkpoint every N steps"})
     seed: int = field(default=0, metadata={"help": "seed of the weights, batches and noise"})
 
-    def check(self) -> None:
+    def __post_init__(self) -> None:
         """The settings' own ranges (files and folders are checked when the run starts)."""
         _check_values(self)
         r = self.resolution
@@ -179,7 +179,7 @@ class GanFinetuneOptions(GanOptions):
     checkpoint_every: int = field(default=250, metadata={"help": "checkpoint every N steps"})
     seed: int = field(default=0, metadata={"help": "seed of the batches and noise"})
 
-    def check(self) -> None:
+    def __post_init__(self) -> None:
         """The settings' own ranges (files, folders and the base's shape are checked when
         the run starts)."""
         _check_values(self)

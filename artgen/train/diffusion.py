@@ -477,7 +477,6 @@ def finetune_diffusion(
         raise ArtgenError("--base: give a diffusers hub id or a save_pretrained folder")
     if not options.images:
         raise ArtgenError("--images: give the folder of training images")
-    options.check()
     files = list_images(options.images)
     # On resume the labels path comes from the run's config.json, which may point anywhere:
     # errors then name rows and columns, never the file's text.

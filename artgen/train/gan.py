@@ -173,7 +173,6 @@ def _check_common(options: Any) -> tuple[list[Path], Any, Path, Any]:
         raise ArtgenError("--images: give the folder of training images")
     if not options.out:
         raise ArtgenError("--out: give a run folder to create")
-    options.check()
     files = list_images(options.images)
     # On resume the labels path comes from the run's config.json, which may have been
     # edited to point anywhere: errors then name rows and columns, never the file's text.
