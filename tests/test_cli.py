@@ -407,8 +407,8 @@ def test_fast_method_flags_are_its_own(images, tmp_path, capsys):
     with pytest.raises(SystemExit):  # a Gatys flag is not the fast method's
         main([*base, "--method", "adain", "--iterations", "5"])
     assert "unrecognized arguments: --iterations" in capsys.readouterr().err
-    assert main([*base, "--method", "adain", "--strength", "2"]) == 2
-    assert "strength=2.0: must be between 0 and 1" in capsys.readouterr().err
+    assert main([*base, "--method", "adain", "--strength", "3"]) == 2
+    assert "strength=3.0: must be between 0 and 2" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*base, "--method", "nope"])
     assert "invalid choice: 'nope'" in capsys.readouterr().err

@@ -67,7 +67,10 @@ PRESETS = {
     "Fast preview": ("gatys", dict(iterations=60, min_size=128)),
     "Final": ("gatys", dict(iterations=200, min_size=128)),
 }
+DEFAULT_QUALITY = "Fast preview"
 DEFAULTS = get_method("gatys").options()
+# The strength slider's top: each method's own limit, at most this.
+STRENGTH_SLIDER_MAX = 5.0
 MAX_SEED = 2**63 - 1  # torch.manual_seed's range for non-negative seeds
 ROOT_PREFIX = "artgen-studio-"
 CACHE_AGE_S = 86400  # a long-running server forgets uploads and results after a day
@@ -269,10 +272,10 @@ class Studio:
         method, preset = PRESETS[quality]
         seed = self.seed(seed)
         try:
-            if method == "adain":  # alpha in [0, 1]: a strength above 1 means full style
+            if method == "adain":
                 return get_method(method).options(
                     size=int(size),
-                    strength=min(1.0, float(strength)),
+                    strength=float(strength),
                     preserve_color=str(preserve),
                     seed=seed,
                 )
@@ -397,7 +400,7 @@ class Studio:
             try:
                 options = get_method("adain").options(
                     size=size,
-                    strength=min(1.0, float(strength)),
+                    strength=float(strength),
                     preserve_color=str(preserve),
                     seed=self.seed(seed),
                 )
@@ -667,6 +670,13 @@ def start_worker(
     return worker
 
 
+def strength_limit(quality: str) -> float:
+    """The strength slider's top for a quality preset: its method's limit (the fast method
+    extrapolates only up to 2), at most STRENGTH_SLIDER_MAX."""
+    method, _ = PRESETS.get(quality, PRESETS[DEFAULT_QUALITY])
+    return min(STRENGTH_SLIDER_MAX, get_method(method).options.MAX_STRENGTH)
+
+
 def upload_choice(k: int) -> str:
     return f"Style {k + 1} (your upload)"
 
@@ -886,12 +896,19 @@ def _regions_panel(cfg: AppConfig, style_names: list[str], ui: SimpleNamespace) 
 
 def _settings_panel(cfg: AppConfig, ui: SimpleNamespace) -> None:
     with gr.Row():
-        ui.strength = gr.Slider(0.1, 5, value=DEFAULTS.strength, step=0.1, label="Strength")
+        ui.strength = gr.Slider(
+            0.1,
+            strength_limit(DEFAULT_QUALITY),
+            value=DEFAULTS.strength,
+            step=0.1,
+            label="Strength",
+            info="0 the photo, 1 each method's default, above 1 more style",
+        )
         ui.size = gr.Slider(
             128, cfg.max_size, value=384, step=32, label="Output size (long side, px)"
         )
     with gr.Row():
-        ui.quality = gr.Radio(list(PRESETS), value="Fast preview", label="Quality")
+        ui.quality = gr.Radio(list(PRESETS), value=DEFAULT_QUALITY, label="Quality")
         ui.preserve = gr.Radio(
             [
                 ("Use the style's colours", "none"),
@@ -1022,6 +1039,16 @@ def _wire(studio: Studio, ui: SimpleNamespace) -> None:
         api_name=False,
         queue=False,
     )
+    # Each method's strength range: the slider follows the quality's method.
+    ui.quality.change(
+        lambda quality, value: gr.Slider(
+            maximum=strength_limit(quality), value=min(float(value), strength_limit(quality))
+        ),
+        [ui.quality, ui.strength],
+        ui.strength,
+        api_name=False,
+        queue=False,
+    )
     live = [ui.content, *styles, ui.strength, ui.preserve, ui.size, ui.quality]
     for control in [*live, ui.region_editor, ui.region_style, ui.rest_style]:
         control.change(
@@ -1059,7 +1086,7 @@ def _examples(studio: Studio, ui: SimpleNamespace) -> None:
     for ex, style in (("chelsea", "swirls"), ("coffee", "waves"), ("chelsea", "mosaic")):
         if style in style_names:
             weights = [1 if n == style else 0 for n in style_names]
-            rows.append([str(studio.examples[ex].path), *weights, 256, "Fast preview"])
+            rows.append([str(studio.examples[ex].path), *weights, 256, DEFAULT_QUALITY])
     gr.Examples(
         rows,
         [ui.content, *ui.weights, ui.size, ui.quality],

@@ -2,7 +2,12 @@
 
 Huang & Belongie, "Arbitrary Style Transfer in Real-time with Adaptive Instance
 Normalization", ICCV 2017. The controls of its section 7, as the paper does them:
-- strength alpha in [0, 1]: the decoder gets alpha AdaIN(f(c), f(s)) + (1 - alpha) f(c);
+- strength alpha: the decoder gets alpha AdaIN(f(c), f(s)) + (1 - alpha) f(c). The paper
+  keeps alpha in [0, 1]; artgen also takes alpha above 1 (up to MAX_STRENGTH), which
+  extrapolates past the style's statistics for more style, so that ``strength`` means what
+  it means for every method: 0 the photo, 1 the method's default, above 1 more. The
+  palette step (``palette="style"``) moves the colours fully to the style's at 1 and
+  stays there above;
 - several styles with weights: their feature statistics are interpolated;
 - colour preservation: ``histogram`` recolours each style to the photo's colour
   statistics before transfer (the paper's choice, after Gatys et al. 2016b);
@@ -62,6 +67,15 @@ TILE_OVERLAP = 256  # at least 2 x artgen.models.adain.TILE_EDGE
 # a band of the style's colour along the top of flat skies (the deepest level's first row
 # of cells still saw the zeros); 32 px does not (docs/adain.md).
 BORDER = 32
+# Strength above 1 extrapolates the features past the style's statistics (not in the
+# paper); beyond 2 the decoder gets features far outside what it was trained on.
+MAX_STRENGTH = 2.0
+
+
+def palette_share(strength: float) -> float:
+    """How far the palette step moves the colours toward the style's: as the strength up
+    to 1, fully above it (extrapolated colour statistics could leave the valid range)."""
+    return min(1.0, float(strength))
 
 
 @dataclass(frozen=True)
@@ -70,11 +84,15 @@ class AdaINOptions(OptionsRecord):
 
     # Pictures recorded before --palette and --transform existed: what they did.
     ADDED_SETTINGS: ClassVar[dict[str, Any]] = {"palette": "network", "transform": "adain"}
+    MAX_STRENGTH: ClassVar[float] = MAX_STRENGTH
 
     size: int = field(default=512, metadata={"help": "long side of the output in pixels"})
     strength: float = field(
         default=1.0,
-        metadata={"help": "content/style trade-off alpha: 0 the photo, 1 full style"},
+        metadata={
+            "help": "content/style trade-off alpha: 0 the photo, 1 the style (the default), "
+            "above 1 more style (extrapolated; up to 2)"
+        },
     )
     style_scale: float = field(
         default=1.0,
@@ -139,8 +157,8 @@ class AdaINOptions(OptionsRecord):
             raise bad("size", "must be between 16 and 16384")
         if not 0 <= self.seed < 2**63:
             raise bad("seed", "must be a whole number from 0 to 2**63 - 1")
-        if not 0.0 <= self.strength <= 1.0:
-            raise bad("strength", "must be between 0 and 1")
+        if not 0.0 <= self.strength <= self.MAX_STRENGTH:
+            raise bad("strength", f"must be between 0 and {self.MAX_STRENGTH:g}")
         if self.tile not in (0, -1) and not (640 <= self.tile <= 16384 and self.tile % 16 == 0):
             raise bad("tile", "must be 0 (automatic), -1 (never) or a multiple of 16 from 640")
         if not 0.05 <= self.style_scale <= 8.0:
@@ -266,7 +284,7 @@ def _palette_picture(out, photo, target, options, region_palettes=None, keep=Non
 
     a, p = arr(out), arr(photo)
     photo_stats = palette.colour_stats(p)
-    alpha = float(options.strength)
+    alpha = palette_share(options.strength)
     if region_palettes is None:
         moved = palette.move_palette(a, target, photo_stats, alpha)
     else:

@@ -114,7 +114,7 @@ def stylize_one(
 ) -> Image.Image | None:
     """One picture, as artgen.style.adain.stylize makes it; None when it is too large for
     the graph (the PyTorch path, which tiles, then makes it)."""
-    from artgen.style.adain import BORDER, _choose_tile
+    from artgen.style.adain import BORDER, _choose_tile, palette_share
 
     c = resize_long_side(content.rgb, options.size)
     if c.width * c.height > ONNX_MAX_PIXELS or min(c.size) <= BORDER:
@@ -131,7 +131,7 @@ def stylize_one(
     out = out.transpose(1, 2, 0)
     if style_palette is not None:  # as artgen.style.adain.stylize_many does
         photo_stats = palette.colour_stats(photo[0].transpose(1, 2, 0))
-        out = palette.move_palette(out, style_palette, photo_stats, float(options.strength))
+        out = palette.move_palette(out, style_palette, photo_stats, palette_share(options.strength))
     im = palette.to_picture(out)  # rounded as artgen.core.images.to_pil rounds
     if content.alpha is not None:
         im.putalpha(content.alpha.resize(im.size, Image.Resampling.LANCZOS))

@@ -64,7 +64,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from functools import cached_property
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -116,6 +116,8 @@ TILED_BYTES_PER_PIXEL = 160
 @dataclass(frozen=True)
 class StylizeOptions:
     """Everything that decides how a picture is stylised. One set of defaults for API, CLI and app."""
+
+    MAX_STRENGTH: ClassVar[float] = 100.0
 
     size: int = field(default=512, metadata={"help": "long side of the output in pixels"})
     strength: float = field(
@@ -207,8 +209,8 @@ class StylizeOptions:
             raise bad("iterations", "must be at least 1")
         if not self.scale_factor > 1.0:
             raise bad("scale_factor", "must be greater than 1")
-        if not 0.0 <= self.strength <= 100.0:
-            raise bad("strength", "must be between 0 and 100")
+        if not 0.0 <= self.strength <= self.MAX_STRENGTH:
+            raise bad("strength", f"must be between 0 and {self.MAX_STRENGTH:g}")
         if not 0.05 <= self.style_scale <= 8.0:
             raise bad("style_scale", "must be between 0.05 and 8")
         if self.tile not in (0, -1) and not (
