@@ -473,7 +473,8 @@ def main() -> int:
             if (pname, sname) in SHEET:
                 sheet_rows.append(
                     [("photo", photo), ("style (held out)", style)]
-                    + [(n, outs[n]) for n in methods.names()]
+                    # PIL's default font has no colon: "fast:NAME" -> "artgen fast NAME"
+                    + [(n.replace("fast:", "artgen fast "), outs[n]) for n in methods.names()]
                 )
     summary = {}
     for name in methods.names():

@@ -28,6 +28,9 @@ def main(run: str) -> int:
         return export(weights.ADAIN_SHIPPED)
     model = weights.load_adain(run)
     cfg = json.loads((Path(run) / "config.json").read_text())
+    # A run that fine-tuned the shipped decoder (--base shipped) records the shipped one's
+    # own provenance under "from", so the whole history stays with the weights.
+    before = weights.load_adain("shipped").config.trained if cfg.get("base") == "shipped" else {}
     model.config = dataclasses.replace(
         model.config,
         trained={
@@ -45,6 +48,15 @@ def main(run: str) -> int:
             "num_content": cfg["num_content"],
             "num_styles": cfg["num_styles"],
             "data": "docs/adain_data.json",
+            **(
+                {
+                    "from": before,
+                    "total_steps": before.get("total_steps", before["steps"])
+                    + cfg["options"]["steps"],
+                }
+                if before
+                else {}
+            ),
         },
     )
     out = weights.save_adain_folder(model, weights.ADAIN_SHIPPED, half=True)

@@ -221,6 +221,23 @@ def test_the_second_judge_table_matches_its_results_file():
         assert f"{text} {m:+.3f} ± {half:.3f}".replace("+-", "-") in fast.replace("+-", "-"), judge
 
 
+def test_strength_table_matches_its_results_file():
+    adain = _text("docs/adain.md")
+    res = _json("adain_strength.json")
+    assert (res["size"], res["model"]) == (384, "shipped")
+    judges = (*JUDGES, "lite2_gram")
+    for s, summary in res["summary"].items():
+        assert all(summary[j]["n"] == 54 for j in judges), s
+        assert f"| {float(s):g} | {_cells(summary, judges, False)} |" in adain, s
+    for s, text in (
+        ("1.25", "at 1.25 magenta"),
+        ("1.5", "at 1.5 magenta"),
+        ("2.0", "at 2 magenta"),
+    ):
+        d = res["paired_to_1"][s]["magenta"]
+        assert f"{text} {d['mean']:+.3f} ± {d['ci95']:.3f}" in adain, s
+
+
 def test_fast_benchmark_tables_match_the_results_files():
     perf, fast = _text("docs/performance.md"), _text("docs/fast.md")
     bench = _json("fast_bench.json")
