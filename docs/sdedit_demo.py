@@ -2,7 +2,7 @@
 
     python docs/sdedit_demo.py [--out out/sdedit-demo] [--steps 800]
 
-1. The test setup (tests/test_sdedit.py): the tiny DDPM of tests/tiny_diffusion.py,
+1. The test setup (tests/test_sdedit.py): the tiny DDPM of artgen.testing,
    fully fine-tuned for 200 steps on its small striped/sky set; the edge correlation
    (artgen.eval.metrics.edge_correlation) between the test photo and its SDEdit output
    at each strength, mean and spread over 8 seeds.
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -56,7 +55,7 @@ def measure(run: Path, seeds: int = 8) -> dict:
     """Edge correlation per strength, as tests/test_sdedit.py measures it."""
     from artgen.eval.metrics import edge_correlation
     from artgen.style.sdedit import SDEditOptions, load, stylize
-    from tests.conftest import photo
+    from artgen.testing import photo
 
     model = load(SDEditOptions(generator=str(run)))
     p = photo(96, 64)
@@ -123,8 +122,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "out" / "sdedit-demo"))
     ap.add_argument("--steps", type=int, default=800, help="training steps of the demo run")
     args = ap.parse_args()
-    sys.path.insert(0, str(REPO))
-    from tests.tiny_diffusion import image_folder, tiny_ddpm
+    from artgen.testing import image_folder, tiny_ddpm
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -144,7 +142,7 @@ def main() -> None:
     sheet.save(REPO / "docs" / "images" / "sdedit_strengths.png")
     results = {
         "test_setup": {
-            "run": "tiny DDPM (tests/tiny_diffusion.py), full fine-tune, 200 steps",
+            "run": "tiny DDPM (artgen.testing), full fine-tune, 200 steps",
             "measure": "edge_correlation(photo at 32 px, output), 20-step DDIM schedule, 8 seeds",
             "edge_correlation": table,
             "seconds": round(t1 - t0, 1),

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+
+from artgen.testing import photo, stripes
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -56,32 +56,6 @@ def vgg_file(tmp_path_factory) -> Path:
     path = d / VGG19_FILE
     torch.save(torchvision.models.vgg19(weights=None).state_dict(), path)
     return path
-
-
-def photo(w: int = 96, h: int = 64, seed: int = 0) -> Image.Image:
-    """A smooth 'photo': a sky gradient, a sun, and a dark hill."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    img = np.zeros((h, w, 3), np.float32)
-    img[..., 0] = 0.4 + 0.4 * yy / h
-    img[..., 1] = 0.6 + 0.2 * xx / w
-    img[..., 2] = 0.9 - 0.3 * yy / h
-    sun = (xx - 0.7 * w) ** 2 + (yy - 0.3 * h) ** 2 < (0.12 * w) ** 2
-    img[sun] = [1.0, 0.9, 0.4]
-    hill = yy > 0.65 * h + 0.1 * h * np.sin(xx / w * 6)
-    img[hill] = [0.15, 0.35, 0.15]
-    img += rng.normal(0, 0.01, img.shape)
-    return Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8))
-
-
-def stripes(size: int = 96, seed: int = 1) -> Image.Image:
-    """A strongly textured 'painting': diagonal red/blue stripes with noise."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    t = (np.sin((xx + yy) * 0.6) > 0).astype(np.float32)
-    img = np.stack([0.9 * t + 0.1, 0.15 + 0 * t, 0.9 * (1 - t) + 0.1], axis=-1)
-    img += rng.normal(0, 0.05, img.shape)
-    return Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8))
 
 
 @pytest.fixture

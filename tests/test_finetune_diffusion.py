@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from artgen.core.errors import ArtgenError, Cancelled
 from artgen.runs.diffusion import load_run
 from artgen.runs.options import options_for_resume
+from artgen.testing import image_folder, tiny_ddpm
 from artgen.train.diffusion import (
     DiffusionFinetuneOptions,
     diffusion_loss,
@@ -29,7 +30,7 @@ from artgen.train.diffusion import (
 )
 
 from .conftest import REPO, edit_json, lora_probes, one_line_error
-from .tiny_diffusion import image_folder, tiny_ddpm, tiny_sd
+from .tiny_diffusion import tiny_sd
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from artgen.core.errors import ArtgenError, Cancelled
 from artgen.core.images import read_params
 from artgen.runs.diffusion import adapted, load_run
 from artgen.runs.options import options_for_resume
+from artgen.testing import image_folder
 from artgen.train.diffusion import (
     DiffusionFinetuneOptions,
     LatentCache,
@@ -32,7 +33,7 @@ from artgen.train.diffusion import (
 )
 
 from .conftest import lora_probes, photo
-from .tiny_diffusion import image_folder, tiny_sdxl
+from .tiny_diffusion import tiny_sdxl
 
 RES = 16  # the tiny VAE halves, the UNet's sample size is 8
 

@@ -25,12 +25,12 @@ from artgen.runs.checkpoint import (
     limit_error,
     options_from_dict,
 )
+from artgen.testing import image_folder, tiny_ddpm
 from artgen.train.adain import AdaINTrainOptions
 from artgen.train.diffusion import DiffusionFinetuneOptions, finetune_diffusion
 from artgen.train.gan import GanFinetuneOptions, GanTrainOptions, train_gan
 
 from .conftest import one_line_error
-from .tiny_diffusion import image_folder, tiny_ddpm
 from .tiny_gan import shapes_folder, train_options
 
 # What each number is replaced by. "1e400" is written as that text: JSON reads it as

@@ -15,12 +15,12 @@ from artgen.runs import record as runs
 from artgen.runs.diffusion import DiffusionRun
 from artgen.runs.gan import GanRun, load_generator
 from artgen.runs.record import load_run
+from artgen.testing import image_folder, tiny_ddpm
 from artgen.train.diffusion import finetune_diffusion
 from artgen.train.diffusion import generate as generate_pipeline
 from artgen.train.gan import generate_gan, train_gan
 
 from .conftest import edit_json, one_line_error
-from .tiny_diffusion import image_folder, tiny_ddpm
 from .tiny_gan import shapes_folder, train_options
 
 

@@ -25,10 +25,11 @@ from artgen.style.sdedit import (
     run_sha256,
     stylize,
 )
+from artgen.testing import image_folder, tiny_ddpm
 from artgen.train.diffusion import finetune_diffusion
 
 from .conftest import photo
-from .tiny_diffusion import image_folder, tiny_ddpm, tiny_sd
+from .tiny_diffusion import tiny_sd
 
 INSTANCE = "a sks painting"
 

@@ -81,6 +81,7 @@ LAYERS = {
     "train": 5,
     "eval": 5,
     "cli": 6,
+    "testing": 7,  # tests and docs programs only: nothing in the library imports it
 }
 
 
@@ -112,7 +113,7 @@ def _artgen_imports(path: Path, tree: ast.AST) -> list[tuple[int, str]]:
 
 def test_every_import_in_the_package_goes_down_lazy_ones_included():
     """The layers of docs/architecture.md: core -> models -> interop -> runs -> style ->
-    {video, train, eval} -> cli. Inference (runs, style, video) never imports training."""
+    {video, train, eval} -> cli -> testing. Inference (runs, style, video) never imports training."""
     assert {p.name for p in (REPO / "artgen").iterdir() if any(p.glob("*.py"))} - {
         "__pycache__",
         "weights_data",
@@ -144,4 +145,14 @@ def test_only_the_interfaces_parse_argv_or_import_gradio():
             continue
         names = _imported(tree)
         found += [f"{rel}: {n}" for n in names if n.split(".")[0] in ("gradio", "argparse")]
+    assert not found, found
+
+
+def test_docs_programs_do_not_import_the_tests():
+    """Experiment programs use the library and artgen.testing, never tests/ (issue 33)."""
+    found = []
+    for path in sorted((REPO / "docs").glob("*.py")) + sorted((REPO / "benchmarks").glob("*.py")):
+        for name in _imported(ast.parse(path.read_text(encoding="utf-8"))):
+            if name == "tests" or name.startswith("tests."):
+                found.append(f"{path.name}: {name}")
     assert not found, found

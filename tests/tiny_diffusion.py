@@ -8,28 +8,6 @@ from pathlib import Path
 
 import torch
 
-from .conftest import photo, stripes
-
-
-def tiny_ddpm(folder: Path, size: int = 16, prediction_type: str = "epsilon") -> Path:
-    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
-
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=size,
-        in_channels=3,
-        out_channels=3,
-        layers_per_block=1,
-        block_out_channels=(8, 16),
-        norm_num_groups=4,
-        attention_head_dim=4,
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-    )
-    scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type)
-    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder)
-    return folder
-
 
 def tiny_tokenizer(folder: Path, max_length: int = 16):
     """A character-level CLIP BPE vocabulary written by the test (no hub download)."""
@@ -125,15 +103,6 @@ def tiny_sd(folder: Path) -> Path:
     )
     pipe.save_pretrained(folder / "pipe")
     return folder / "pipe"
-
-
-def image_folder(folder: Path, n: int = 8, size: int = 24) -> Path:
-    """A small 'style set': striped paintings, in a few colourings, plus sky photos."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        im = stripes(size, seed=i) if i % 2 == 0 else photo(size, size, seed=i)
-        im.save(folder / f"img{i:02d}.png")
-    return folder
 
 
 def tiny_sdxl(folder: Path) -> Path:
