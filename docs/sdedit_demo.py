@@ -5,10 +5,10 @@
 1. The test setup (tests/test_sdedit.py): the tiny DDPM of artgen.testing,
    fully fine-tuned for 200 steps on its small striped/sky set; the edge correlation
    (artgen.eval.metrics.edge_correlation) between the test photo and its SDEdit output
-   at each strength, mean and spread over 8 seeds.
+   at each noise level, mean and spread over 8 seeds.
 2. A demo strip: the same tiny architecture trained (from scratch: no pretrained model
    can be downloaded here) on 32 px crops of the bundled "mosaic" style, then the
-   example photo "chelsea" repainted at strengths 0 to 1.
+   example photo "chelsea" repainted at noise 0 to 1.
 
 About 2 minutes on 2 CPU cores. Writes docs/sdedit_results.json and
 docs/images/sdedit_strengths.png.
@@ -52,7 +52,7 @@ def finetune(base: Path, images: Path, out: Path, steps: int) -> Path:
 
 
 def measure(run: Path, seeds: int = 8) -> dict:
-    """Edge correlation per strength, as tests/test_sdedit.py measures it."""
+    """Edge correlation per noise level, as tests/test_sdedit.py measures it."""
     from artgen.eval.metrics import edge_correlation
     from artgen.style.sdedit import SDEditOptions, load, stylize
     from artgen.testing import photo
@@ -68,7 +68,7 @@ def measure(run: Path, seeds: int = 8) -> dict:
                 stylize(
                     p,
                     None,
-                    SDEditOptions(generator=str(run), strength=s, size=32, steps=20, seed=k),
+                    SDEditOptions(generator=str(run), noise=s, size=32, steps=20, seed=k),
                     model=model,
                 ),
             )
@@ -102,7 +102,7 @@ def strip(run: Path, photo_path: Path, size: int, scale: int = 4) -> tuple[Image
         out = stylize(
             photo_path,
             None,
-            SDEditOptions(generator=str(run), strength=s, size=size, seed=0),
+            SDEditOptions(generator=str(run), noise=s, size=size, seed=0),
             model=model,
         )
         ref = ref or out
@@ -113,7 +113,7 @@ def strip(run: Path, photo_path: Path, size: int, scale: int = 4) -> tuple[Image
     draw = ImageDraw.Draw(sheet)
     for i, (s, t) in enumerate(zip(STRENGTHS, tiles, strict=True)):
         sheet.paste(t, (i * (w + 4), 18))
-        draw.text((i * (w + 4) + 2, 3), f"strength {s:g}", fill="black")
+        draw.text((i * (w + 4) + 2, 3), f"noise {s:g}", fill="black")
     return sheet, corr
 
 

@@ -336,7 +336,7 @@ def test_cli_sample_eval_and_sdedit_with_an_sdxl_run(xl, xl_run, tmp_path, capsy
     photo(32, 32, seed=2).save(src)
     out = tmp_path / "edit.png"
     code = main(
-        ["stylize", str(src), "--generator", str(xl_run), "--strength", "0.5", "--steps", "4"]
+        ["stylize", str(src), "--generator", str(xl_run), "--noise", "0.5", "--steps", "4"]
         + ["-o", str(out)]
     )
     assert code == 0, capsys.readouterr().err

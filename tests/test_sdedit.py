@@ -118,44 +118,42 @@ def test_the_edge_judge(runs):
     assert edges.shape == (64, 96, 3) and set(np.unique(edges)) <= {0, 255} and edges.max() == 255
 
 
-def test_strength_0_is_the_photo_resized(runs, ddpm):
+def test_noise_0_is_the_photo_resized(runs, ddpm):
     p = photo(96, 64)
-    out = stylize(p, None, opts(runs["ddpm"], strength=0.0, size=32), model=ddpm)
+    out = stylize(p, None, opts(runs["ddpm"], noise=0.0, size=32), model=ddpm)
     assert out.size == output_size(p.size, 32, 2) == (32, 22)
     assert np.array_equal(px(out), px(p.resize(out.size, Image.Resampling.LANCZOS)))
-    # A strength that leaves no denoising step is the photo too, and says so.
-    tiny = stylize(p, None, opts(runs["ddpm"], strength=0.01, steps=50, size=32), model=ddpm)
+    # A noise that leaves no denoising step is the photo too, and says so.
+    tiny = stylize(p, None, opts(runs["ddpm"], noise=0.01, steps=50, size=32), model=ddpm)
     assert np.array_equal(px(tiny), px(out)) and "no denoising step" in tiny.info["note"]
     # Default size: the run's resolution (16 px).
-    assert stylize(p, None, opts(runs["ddpm"], strength=0.0), model=ddpm).size == (16, 10)
+    assert stylize(p, None, opts(runs["ddpm"], noise=0.0), model=ddpm).size == (16, 10)
 
 
-def test_strength_1_is_a_pure_sample(runs, ddpm):
+def test_noise_1_is_a_pure_sample(runs, ddpm):
     a, b = photo(64, 48, seed=0), photo(64, 48, seed=3).transpose(Image.Transpose.ROTATE_180)
-    o = opts(runs["ddpm"], strength=1.0, size=32, steps=10, seed=4)
+    o = opts(runs["ddpm"], noise=1.0, size=32, steps=10, seed=4)
     x, y = stylize(a, None, o, model=ddpm), stylize(b, None, o, model=ddpm)
     assert np.abs(px(x) - px(y)).max() <= 1  # the photo plays no part
-    other = stylize(
-        a, None, opts(runs["ddpm"], strength=1.0, size=32, steps=10, seed=5), model=ddpm
-    )
+    other = stylize(a, None, opts(runs["ddpm"], noise=1.0, size=32, steps=10, seed=5), model=ddpm)
     assert np.abs(px(x) - px(other)).mean() > 10  # the seed does
     # DDPM's sampler (stochastic steps) draws from the seed too: the same seed, the same picture.
-    o = opts(runs["ddpm"], strength=0.5, size=32, steps=10, scheduler="ddpm")
+    o = opts(runs["ddpm"], noise=0.5, size=32, steps=10, scheduler="ddpm")
     assert np.array_equal(px(stylize(a, None, o, model=ddpm)), px(stylize(a, None, o, model=ddpm)))
 
 
-def test_edge_correlation_falls_as_strength_rises(runs, ddpm):
+def test_edge_correlation_falls_as_the_noise_rises(runs, ddpm):
     p = photo(96, 64)
     ref = p.resize((32, 22), Image.Resampling.LANCZOS)
     means = []
-    for strength in (0.2, 0.5, 0.8):
+    for noise in (0.2, 0.5, 0.8):
         c = [
             edge_correlation(
                 ref,
                 stylize(
                     p,
                     None,
-                    opts(runs["ddpm"], strength=strength, size=32, steps=20, seed=s),
+                    opts(runs["ddpm"], noise=noise, size=32, steps=20, seed=s),
                     model=ddpm,
                 ),
             )
@@ -170,16 +168,14 @@ def test_edge_correlation_falls_as_strength_rises(runs, ddpm):
 def test_text_to_image_run_uses_its_instance_prompt_and_lora(runs, sd):
     p = photo(64, 48)
     assert sd.family == "text-to-image" and sd.instance_prompt == INSTANCE
-    o = opts(runs["sd"], strength=0.6, steps=10, size=32)
+    o = opts(runs["sd"], noise=0.6, steps=10, size=32)
     out = stylize(p, None, o, model=sd)
     assert out.size == (32, 24) and out.info["prompt"] == INSTANCE
     same = stylize(
-        p, None, opts(runs["sd"], strength=0.6, steps=10, size=32, prompt=INSTANCE), model=sd
+        p, None, opts(runs["sd"], noise=0.6, steps=10, size=32, prompt=INSTANCE), model=sd
     )
     assert np.array_equal(px(out), px(same))
-    other = stylize(
-        p, None, opts(runs["sd"], strength=0.6, steps=10, size=32, prompt="zz"), model=sd
-    )
+    other = stylize(p, None, opts(runs["sd"], noise=0.6, steps=10, size=32, prompt="zz"), model=sd)
     assert not np.array_equal(px(out), px(other))
     sd.run.pipeline.disable_lora()  # the run's LoRA is what paints
     try:
@@ -189,7 +185,7 @@ def test_text_to_image_run_uses_its_instance_prompt_and_lora(runs, sd):
     assert not np.array_equal(px(out), px(bare))
     assert np.array_equal(px(stylize(p, None, o, model=sd)), px(out))
     # Strength 1: a plain text-to-image sample, whatever the photo.
-    o1 = opts(runs["sd"], strength=1.0, steps=5, size=32)
+    o1 = opts(runs["sd"], noise=1.0, steps=5, size=32)
     q = photo(64, 48, seed=7).transpose(Image.Transpose.FLIP_TOP_BOTTOM)
     assert (
         np.abs(px(stylize(p, None, o1, model=sd)) - px(stylize(q, None, o1, model=sd))).max() <= 1
@@ -198,13 +194,13 @@ def test_text_to_image_run_uses_its_instance_prompt_and_lora(runs, sd):
 
 def test_controlnet_steers_with_the_photos_edges(runs, controlnet):
     p = photo(64, 48)
-    plain = stylize(p, None, opts(runs["sd"], strength=0.6, steps=10, size=32))
-    o = opts(runs["sd"], strength=0.6, steps=10, size=32, controlnet=str(controlnet))
+    plain = stylize(p, None, opts(runs["sd"], noise=0.6, steps=10, size=32))
+    o = opts(runs["sd"], noise=0.6, steps=10, size=32, controlnet=str(controlnet))
     model = load(o)
     assert "ControlNet" in get_method("sdedit").describe(model)
     steered = stylize(p, None, o, model=model)
     assert steered.size == plain.size and not np.array_equal(px(steered), px(plain))
-    o1 = opts(runs["sd"], strength=1.0, steps=5, size=32, controlnet=str(controlnet))
+    o1 = opts(runs["sd"], noise=1.0, steps=5, size=32, controlnet=str(controlnet))
     assert stylize(p, None, o1, model=model).size == (32, 24)
     with pytest.raises(ArtgenError, match="only for text-to-image runs"):
         load(opts(runs["ddpm"], controlnet=str(controlnet)))
@@ -224,13 +220,13 @@ def test_bad_generators_get_one_line_errors(runs, tmp_path):
         with pytest.raises(ArtgenError, match=message) as e:
             load(o)
         assert "\n" not in str(e.value)
-    with pytest.raises(ArtgenError, match="strength=1.5"):
-        SDEditOptions(strength=1.5)
+    with pytest.raises(ArtgenError, match="noise=1.5"):
+        SDEditOptions(noise=1.5)
 
 
 def test_python_api_takes_no_styles(runs):
     p = photo(64, 48)
-    out = artgen.stylize(p, method="sdedit", generator=str(runs["ddpm"]), strength=0.0, size=32)
+    out = artgen.stylize(p, method="sdedit", generator=str(runs["ddpm"]), noise=0.0, size=32)
     assert np.array_equal(px(out), px(p.resize(out.size, Image.Resampling.LANCZOS)))
     with pytest.raises(ArtgenError, match="takes no style images"):
         artgen.stylize(p, p, method="sdedit", generator=str(runs["ddpm"]))
@@ -241,14 +237,14 @@ def test_python_api_takes_no_styles(runs):
 def test_cli_stylize_info_and_the_reproduce_line(runs, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     photo(64, 48).save("photo.png")
-    flags = ["--strength", "0.5", "--size", "16", "--steps", "10", "--seed", "3", "-q"]
+    flags = ["--noise", "0.5", "--size", "16", "--steps", "10", "--seed", "3", "-q"]
     assert (
         main(["stylize", "photo.png", "--generator", str(runs["ddpm"]), *flags, "-o", "a.png"]) == 0
     )
     params = read_params("a.png")
     assert params["method"] == "sdedit" and params["styles"] == []
     o = params["options"]
-    assert o["generator"] == str(runs["ddpm"]) and o["strength"] == 0.5 and o["seed"] == 3
+    assert o["generator"] == str(runs["ddpm"]) and o["noise"] == 0.5 and o["seed"] == 3
     assert o["run_sha256"] == run_sha256(runs["ddpm"]) and len(o["run_sha256"]) == 64
     capsys.readouterr()
     assert main(["info", "a.png"]) == 0
@@ -360,3 +356,9 @@ def test_the_run_hash_covers_its_config_and_base_not_only_its_weights(runs, tmp_
     doc["options"]["prompt"] = "another prompt"
     config.write_text(json.dumps(doc))
     assert run_sha256(run) not in (first, changed)
+
+
+def test_a_picture_recorded_when_noise_was_called_strength_reads_back():
+    assert SDEditOptions.from_dict({"strength": 0.4, "steps": 10}).noise == 0.4
+    with pytest.raises(ArtgenError, match="old and new names"):
+        SDEditOptions.from_dict({"strength": 0.4, "noise": 0.5})

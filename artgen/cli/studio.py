@@ -26,7 +26,7 @@ sound. Longer clips are for `artgen video`, which resumes.
 Your own generator: with ``--runs DIR`` (a folder of `artgen finetune` runs, or one run)
 the studio lists the diffusion runs found there, and "Your fine-tuned generator" repaints
 the content photo with the chosen one (the sdedit method: SDEdit, Meng et al. 2022), with
-its own strength, seed and prompt.
+its own noise, seed and prompt.
 """
 
 from __future__ import annotations
@@ -609,7 +609,7 @@ class Studio:
         status = f"Done: {image.width}x{image.height} with {used}. The PNG remembers its settings."
         yield str(path), status, gr.update(value=str(path), visible=True), history, history
 
-    def sdedit(self, content, run, strength, seed, prompt, history):
+    def sdedit(self, content, run, noise, seed, prompt, history):
         """Repaint the content with a fine-tuned run (the sdedit method): (image, status,
         download, gallery, history), as ``stylize`` ends. A problem is said in the status."""
         try:
@@ -622,7 +622,7 @@ class Studio:
             try:
                 options = method.options(
                     generator=str(self.runs[run]),
-                    strength=float(strength),
+                    noise=float(noise),
                     seed=self.seed(seed),
                     prompt=str(prompt or ""),
                 )
@@ -641,7 +641,7 @@ class Studio:
         history = [str(path), *history][:24]
         status = (
             f"Done: {image.width}x{image.height} in {time.perf_counter() - t0:.1f} s with your "
-            f"generator {run} (strength {options.strength:g}). The PNG remembers its settings."
+            f"generator {run} (noise {options.noise:g}). The PNG remembers its settings."
         )
         return str(path), status, gr.update(value=str(path), visible=True), history, history
 
@@ -944,16 +944,14 @@ def _generator_panel(studio: Studio, ui: SimpleNamespace) -> None:
     sdedit_defaults = get_method("sdedit").options()
     gr.Markdown(
         "Repaint the content with a diffusion model you fine-tuned "
-        "(`artgen finetune`): the photo is noised by *strength* and your "
+        "(`artgen finetune`): the photo is noised by *noise* and your "
         "model paints it back. 0 keeps the photo, 1 is a new picture."
     )
     ui.run_choice = gr.Dropdown(
         list(studio.runs), value=next(iter(studio.runs)), label="Run", elem_id="run"
     )
     with gr.Row():
-        ui.run_strength = gr.Slider(
-            0, 1, value=sdedit_defaults.strength, step=0.05, label="Strength"
-        )
+        ui.run_noise = gr.Slider(0, 1, value=sdedit_defaults.noise, step=0.05, label="Noise")
         ui.run_seed = gr.Number(value=0, precision=0, label="Seed")
     ui.run_prompt = gr.Textbox(
         "", label="Prompt (text-to-image runs; empty: the run's own)", max_lines=1
@@ -1025,7 +1023,7 @@ def _wire(studio: Studio, ui: SimpleNamespace) -> None:
     if studio.runs:
         ui.repaint.click(
             studio.sdedit,
-            [ui.content, ui.run_choice, ui.run_strength, ui.run_seed, ui.run_prompt, ui.history],
+            [ui.content, ui.run_choice, ui.run_noise, ui.run_seed, ui.run_prompt, ui.history],
             shown,
             api_name="sdedit",
             **device,

@@ -21,7 +21,7 @@ examples:
   artgen stylize photo.jpg --style a.jpg:0.7 --style b.jpg:0.3 --size 768 -o out.png
   artgen stylize photo.jpg --style waves --method adain -o fast.png        # under a second
   artgen stylize photo.jpg --style starry-night --preserve-color luminance --strength 2 -o out.png
-  artgen stylize photo.jpg --generator runs/my-art --strength 0.6 -o mine.png   # your own model
+  artgen stylize photo.jpg --generator runs/my-art --noise 0.6 -o mine.png      # your own model
   artgen batch photos/ --style mosaic -o stylised/ --shard 1/2
   artgen batch photos/ --style mosaic --method adain -o fast/
   artgen video clip.mp4 --style waves --method adain -o styled.mp4

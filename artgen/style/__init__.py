@@ -115,7 +115,12 @@ class OptionsRecord:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Any:
         """``ADDED_SETTINGS`` (a class's {field: value}) fills fields that a record made
-        before they existed lacks, with the value that reproduces it."""
+        before they existed lacks, with the value that reproduces it; ``RENAMED_SETTINGS``
+        ({old name: field}) reads a record made before a field was renamed."""
+        renamed = getattr(cls, "RENAMED_SETTINGS", {})
+        if any(k in renamed and renamed[k] in d for k in d):
+            raise ArtgenError(f"a {cls.record_name} is there under its old and new names")
+        d = {renamed.get(k, k): v for k, v in d.items()}
         unknown = set(d) - {f.name for f in fields(cls)}  # type: ignore[arg-type]
         if unknown:
             raise ArtgenError(
@@ -345,7 +350,7 @@ def stylize(
 
     A method that takes no style images (``sdedit``) is called with ``styles`` None::
 
-        artgen.stylize("photo.jpg", method="sdedit", generator="runs/my-art", strength=0.6)
+        artgen.stylize("photo.jpg", method="sdedit", generator="runs/my-art", noise=0.6)
     """
     m = (
         get_method(method)

@@ -7,17 +7,20 @@ the look the generator learned from the artist's set.
 
 How it maps onto a run's scheduler (as diffusers' img2img pipelines do it):
 
-- the schedule has ``steps`` steps; SDEdit runs the last ``n = int(steps * strength)`` of
-  them, from the timestep t ~ strength * T (T: the training timesteps, 1000);
+- the schedule has ``steps`` steps; SDEdit runs the last ``n = int(steps * noise)`` of
+  them, from the timestep t ~ noise * T (T: the training timesteps, 1000); ``noise`` is
+  what diffusers' img2img pipelines call ``strength`` (artgen's ``strength`` means "0 the
+  photo, 1 the method's default, above 1 more" for the style methods, so this knob has
+  its own name);
 - the photo x0 (in [-1, 1]; for text-to-image runs its VAE latent) is noised there,
   x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, with eps drawn from ``seed``;
 - the run's scheduler (DDIM by default, or DDPM) then denoises from t with the adapted
   UNet (its LoRA applied, or its whole fine-tuned UNet).
 
-Strength 0 (or any strength that leaves no step, n = 0) returns the photo itself, resized
-to the output size, unchanged. Strength 1 starts from pure noise: the result is a plain
-sample of the generator, whatever the photo. In between, the larger the strength, the
-less of the photo's structure is left.
+Noise 0 (or any noise that leaves no step, n = 0) returns the photo itself, resized to
+the output size, unchanged. Noise 1 starts from pure noise: the result is a plain sample
+of the generator, whatever the photo. In between, the more noise, the less of the
+photo's structure is left.
 
 Unconditional runs (UNet2DModel DDPM bases) go through the loop below. Text-to-image runs
 (Stable-Diffusion-style bases) go through diffusers' StableDiffusionImg2ImgPipeline, made
@@ -44,7 +47,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -63,6 +66,9 @@ SCHEDULERS = ("ddim", "ddpm")
 class SDEditOptions(OptionsRecord):
     """Everything that decides a stylisation with a fine-tuned diffusion run (SDEdit)."""
 
+    # Pictures recorded when the noise was called strength.
+    RENAMED_SETTINGS: ClassVar[dict[str, str]] = {"strength": "noise"}
+
     generator: str = field(
         default="",
         metadata={
@@ -70,16 +76,16 @@ class SDEditOptions(OptionsRecord):
             "(default: none; required, and giving it selects this method)"
         },
     )
-    strength: float = field(
+    noise: float = field(
         default=0.6,
         metadata={
-            "help": "how far the photo is noised: 0 the photo itself, 1 a pure sample of the "
-            "generator"
+            "help": "how far the photo is noised (diffusers' img2img strength): 0 the photo "
+            "itself, 1 a pure sample of the generator"
         },
     )
     steps: int = field(
         default=50,
-        metadata={"help": "steps of the whole schedule; strength x steps of them are run"},
+        metadata={"help": "steps of the whole schedule; noise x steps of them are run"},
     )
     scheduler: str = field(
         default="ddim", metadata={"help": "sampler", "choices": list(SCHEDULERS)}
@@ -129,8 +135,8 @@ class SDEditOptions(OptionsRecord):
             v = getattr(self, name)
             if not isinstance(v, str) or len(v) > 4096 or not v.isprintable():
                 raise bad(name, "must be a line of text")
-        if not 0.0 <= self.strength <= 1.0:
-            raise bad("strength", "must be between 0 and 1")
+        if not 0.0 <= self.noise <= 1.0:
+            raise bad("noise", "must be between 0 and 1")
         if not 1 <= self.steps <= 1000:
             raise bad("steps", "must be between 1 and 1000")
         if self.scheduler not in SCHEDULERS:
@@ -389,9 +395,9 @@ def _scheduler(pipe: Any, name: str) -> Any:
     return cls.from_config(pipe.scheduler.config)
 
 
-def denoise_steps(steps: int, strength: float) -> int:
+def denoise_steps(steps: int, noise: float) -> int:
     """How many of the schedule's ``steps`` SDEdit runs (diffusers' img2img rule)."""
-    return min(int(steps * strength), steps)
+    return min(int(steps * noise), steps)
 
 
 def stylize(
@@ -435,7 +441,7 @@ def stylize(
     photo = (
         loaded.rgb if loaded.rgb.size == size else loaded.rgb.resize(size, Image.Resampling.LANCZOS)
     )
-    n = denoise_steps(options.steps, options.strength)
+    n = denoise_steps(options.steps, options.noise)
     prompt = options.prompt or model.instance_prompt
     progress = _Progress(callback, n, size, t0)
     if n == 0:
@@ -455,7 +461,7 @@ def stylize(
         out.info["prompt"] = prompt
     if n == 0:
         out.info["note"] = (
-            f"strength {options.strength:g} x {options.steps} steps leaves no denoising "
+            f"noise {options.noise:g} x {options.steps} steps leaves no denoising "
             "step: the output is the photo"
         )
     return out
@@ -500,12 +506,12 @@ def _sdedit_unconditional(
     dev, dtype = unet.device, unet.dtype
     scheduler = _scheduler(pipe, options.scheduler)
     scheduler.set_timesteps(options.steps)
-    n = denoise_steps(options.steps, options.strength)
+    n = denoise_steps(options.steps, options.noise)
     timesteps = scheduler.timesteps[options.steps - n :]
     gen = _noise_generator(options.seed)
     x0 = to_tensor(photo) * 2 - 1
     noise = torch.randn(x0.shape, generator=gen)
-    if n == options.steps and options.strength >= 1.0:
+    if n == options.steps and options.noise >= 1.0:
         x = noise * scheduler.init_noise_sigma  # pure noise: a plain sample
     else:
         x = scheduler.add_noise(x0, noise, timesteps[:1])
@@ -540,7 +546,7 @@ def _sdedit_text_to_image(
 
     base = model.run.pipeline
     parts = {**base.components, "scheduler": _scheduler(base, options.scheduler)}
-    pure = options.strength >= 1.0
+    pure = options.noise >= 1.0
     w, h = photo.size
     kw: dict[str, Any] = dict(
         prompt=prompt,
@@ -559,7 +565,7 @@ def _sdedit_text_to_image(
             kw.update(image=edges, height=h, width=w)
         else:
             cls = StableDiffusionControlNetImg2ImgPipeline
-            kw.update(image=photo, control_image=edges, strength=options.strength)
+            kw.update(image=photo, control_image=edges, strength=options.noise)
             kw.update(height=h, width=w)
     elif pure:
         cls = StableDiffusionXLPipeline if model.family == "sdxl" else StableDiffusionPipeline
@@ -567,7 +573,7 @@ def _sdedit_text_to_image(
     else:
         xl = model.family == "sdxl"
         cls = StableDiffusionXLImg2ImgPipeline if xl else StableDiffusionImg2ImgPipeline
-        kw.update(image=photo, strength=options.strength)
+        kw.update(image=photo, strength=options.noise)
     if model.family == "sdxl":
         # SDXL's own pipelines; an image-to-image one has the base's components plus
         # the refiner's aesthetic-score switch, off for a base model.
