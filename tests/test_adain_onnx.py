@@ -117,3 +117,21 @@ def test_batch_takes_the_graph_too(files, tmp_path, capsys):
     assert "(onnxruntime)" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["p0.png", "p1.png", "p2.png"]
     assert Image.open(tmp_path / "out" / "p2.png").width == 64
+
+
+def test_several_workers_paint_the_same_pictures_in_order(files):
+    """A folder runs pictures two at a time (artgen.style.adain_onnx.batch_workers): the
+    same bytes, in the same order, as one at a time."""
+    import artgen
+    from artgen.style import adain_onnx
+
+    _, s = files
+    options = artgen.AdaINOptions(size=64)
+    path = adain_onnx.usable(options, "auto", [(s, 1.0)], None, None)
+    assert path is not None
+    contents = [photo(80, 56 + 8 * k, seed=k) for k in range(5)]
+    one = adain_onnx.stylize_many(contents, str(s), options, adain_onnx.load(path, workers=1))
+    two = adain_onnx.stylize_many(contents, str(s), options, adain_onnx.load(path, workers=2))
+    assert [im.size for im in two] == [im.size for im in one]
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(one, two, strict=True))
+    assert adain_onnx.load(path, workers=2).workers == 2

@@ -263,10 +263,12 @@ def _load_masks(args: argparse.Namespace):
     return (masks if given else None), (load_mask(cmask) if cmask else None)
 
 
-def _setup(args: argparse.Namespace, masks=None, content_mask=None, onnx: bool = True):
+def _setup(
+    args: argparse.Namespace, masks=None, content_mask=None, onnx: bool = True, many: bool = False
+):
     """The method, its options, the loaded network, the device and the loaded style images.
     The fast method runs on onnxruntime when this run can (artgen.style.adain_onnx): then
-    PyTorch is never imported."""
+    PyTorch is never imported (``many``: for a folder, several pictures at once)."""
     from artgen.core.images import load_image
     from artgen.interop import catalog
     from artgen.style import check_styles, get_method
@@ -282,7 +284,7 @@ def _setup(args: argparse.Namespace, masks=None, content_mask=None, onnx: bool =
 
         onnx = adain_onnx.usable(options, args.device, styles, masks, content_mask)
         if onnx is not None:
-            model = adain_onnx.load(onnx)
+            model = adain_onnx.load(onnx, adain_onnx.batch_workers() if many else 1)
             print(method.describe(model), file=sys.stderr)
             return method, options, model, "cpu", styles
     from artgen.core.devices import resolve_device
@@ -367,7 +369,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     from artgen.style import get_method, mask_arguments
 
     mask_arguments(get_method(args.method), masks, content_mask)  # refused before any work
-    method, options, model, device, styles = _setup(args, masks, content_mask)
+    method, options, model, device, styles = _setup(args, masks, content_mask, many=len(jobs) > 1)
     overall = tqdm(
         total=len(jobs), desc=f"batch {i}/{n}", unit="img", position=0, disable=args.quiet
     )
