@@ -46,6 +46,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -227,6 +228,31 @@ def guard_editor(component: gr.ImageEditor, max_pixels: int) -> gr.ImageEditor:
     return component
 
 
+@dataclass(frozen=True)
+class Controls:
+    """The style controls of one event, by name. Gradio passes an event's inputs by
+    position; they are named once here, in the order :func:`api_names` gives the API: one
+    weight per bundled style, then (upload, weight) per upload slot, then ``tail``'s names
+    (STYLIZE_TAIL or VIDEO_TAIL; a name the event does not send is None)."""
+
+    weights: tuple[float, ...]
+    uploads: tuple[tuple[Any, float], ...]
+    by_name: dict[str, Any]
+
+    @classmethod
+    def of(cls, n_styles: int, values: Sequence, tail: Sequence[str]) -> Controls:
+        flat = list(values[n_styles : n_styles + 2 * UPLOAD_SLOTS])
+        rest = list(values[n_styles + 2 * UPLOAD_SLOTS :])
+        return cls(
+            weights=tuple(values[:n_styles]),
+            uploads=tuple(zip(flat[0::2], flat[1::2], strict=True)),
+            by_name={k: rest[i] if i < len(rest) else None for i, k in enumerate(tail)},
+        )
+
+    def __getitem__(self, name: str) -> Any:
+        return self.by_name[name]
+
+
 class Studio:
     """The app's state shared by all sessions: loaded backbones and the results folder."""
 
@@ -302,23 +328,22 @@ class Studio:
             raise gr.Error(f"Seed {str(value)[:30]}: use a whole number from 0 to {MAX_SEED}.")
         return seed
 
-    def inputs(self, content, rest):
+    def controls(self, values: Sequence, tail: Sequence[str]) -> Controls:
+        """The values Gradio passed after the content (or clip), by name."""
+        return Controls.of(len(self.styles), values, tail)
+
+    def inputs(self, content, c: Controls):
         """(content, styles, options, history, masks) from the page's inputs; ``masks`` is
         None, or one mask (or None) per style when a region is painted."""
-        n = len(self.styles)
-        bundled_w = rest[:n]
-        uploads = rest[n : n + 2 * UPLOAD_SLOTS]
-        tail = rest[n + 2 * UPLOAD_SLOTS :]
-        strength, preserve, size, quality, backbone, seed, history = tail[:7]
-        editor, region_style, rest_style = (list(tail[7:10]) + [None] * 3)[:3]
         content_img = self.load_upload(content, "content")
         if content_img is None:
             raise gr.Error("Add a content picture first (upload, webcam or paste).")
-        styles, upload_imgs = self.picked_styles(bundled_w, uploads)
+        styles, upload_imgs = self.picked_styles(c.weights, c.uploads)
         masks = None
+        editor, rest_style = c["region_mask"], c["rest_style"]
         mask = painted_mask(editor, content_img.size)
         if mask is not None:
-            painted = self.named_style(region_style, upload_imgs)
+            painted = self.named_style(c["region_style"], upload_imgs)
             if rest_style in (None, "", REST_PICKED):
                 others = styles
             elif rest_style == REST_NONE:
@@ -333,8 +358,10 @@ class Studio:
                 if has_layers(editor)
                 else "Pick at least one style: click one in the gallery, or upload your own."
             )
-        options = self.options(quality, size, strength, preserve, backbone, seed)
-        return content_img, styles, options, list(history or []), masks
+        options = self.options(
+            c["quality"], c["size"], c["strength"], c["preserve_color"], c["backbone"], c["seed"]
+        )
+        return content_img, styles, options, list(c["history"] or []), masks
 
     def picked_styles(self, bundled_w, uploads) -> tuple[list, list]:
         """(the styles picked with their weights, the uploaded style images or None)."""
@@ -344,8 +371,7 @@ class Studio:
             if w > 0
         ]
         upload_imgs = []
-        for k in range(UPLOAD_SLOTS):
-            path, w = uploads[2 * k], uploads[2 * k + 1]
+        for k, (path, w) in enumerate(uploads):
             img = self.load_upload(path, f"style upload {k + 1}")
             upload_imgs.append(img)
             if img is not None and w > 0:
@@ -388,12 +414,11 @@ class Studio:
         streams (video, status) updates. Problems are said in the status line."""
         from artgen.video.pipeline import VideoOptions, stylize_video
 
-        n = len(self.styles)
-        bundled_w, uploads = rest[:n], rest[n : n + 2 * UPLOAD_SLOTS]
-        strength, preserve, size, seed = rest[n + 2 * UPLOAD_SLOTS :]
+        c = self.controls(rest, VIDEO_TAIL)
+        strength, preserve, size, seed = (c[k] for k in VIDEO_TAIL)
         try:
             self.check_clip(clip)
-            styles, _ = self.picked_styles(bundled_w, uploads)
+            styles, _ = self.picked_styles(c.weights, c.uploads)
             if not styles:
                 raise gr.Error("Pick at least one style: click one in the gallery, or upload one.")
             size = min(int(size), self.config.max_video_size)
@@ -490,21 +515,16 @@ class Studio:
 
     def live(self, content, *rest):
         """The Instant preview: re-rendered whenever a control changes (fast method only)."""
-        n = len(self.styles)
-        quality = rest[n + 2 * UPLOAD_SLOTS + 3]
-        if quality != "Instant" or not content:
+        c = self.controls(rest, STYLIZE_TAIL)
+        if c["quality"] != "Instant" or not content:
             return gr.skip(), gr.skip(), gr.skip()
+        editor = c["region_mask"]
         has_style = (
-            any(w > 0 for w in rest[:n])
-            or any(rest[n + 2 * k] and rest[n + 2 * k + 1] > 0 for k in range(UPLOAD_SLOTS))
-            or is_painted(
-                rest[n + 2 * UPLOAD_SLOTS + 7] if len(rest) > n + 2 * UPLOAD_SLOTS + 7 else None
-            )
+            any(w > 0 for w in c.weights)
+            or any(path and w > 0 for path, w in c.uploads)
+            or is_painted(editor)
         )
         if not has_style:
-            editor = (
-                rest[n + 2 * UPLOAD_SLOTS + 7] if len(rest) > n + 2 * UPLOAD_SLOTS + 7 else None
-            )
             return (
                 gr.skip(),
                 NOTHING_PAINTED if has_layers(editor) else "Pick a style to see it live.",
@@ -512,7 +532,7 @@ class Studio:
             )
         t0 = time.perf_counter()
         try:
-            content_img, styles, options, _, masks = self.inputs(content, rest)
+            content_img, styles, options, _, masks = self.inputs(content, c)
             fast = get_method("adain")
             image = fast.stylize(
                 content_img,
@@ -549,7 +569,9 @@ class Studio:
         the gallery stay as they were (an error would mark each of them red).
         """
         try:
-            content_img, styles, options, history, masks = self.inputs(content, rest)
+            content_img, styles, options, history, masks = self.inputs(
+                content, self.controls(rest, STYLIZE_TAIL)
+            )
             method = method_of(options)
             model = self.model(method.name, options)
             extra = mask_arguments(method, masks, None)
