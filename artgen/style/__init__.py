@@ -110,7 +110,31 @@ class OptionsRecord:
     record_name = "option"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)  # type: ignore[call-overload]
+        """The fields as JSON takes them (tuples as lists)."""
+        d = asdict(self)  # type: ignore[call-overload]
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    def refuse(self, name: str, why: str) -> ArtgenError:
+        """The one-line error for field ``name`` (raise it)."""
+        return option_error(self, name, why)
+
+    def check_common(
+        self, skip: Sequence[str] = (), bounded: Sequence[str] = ("size", "seed")
+    ) -> None:
+        """What every method's options check first, in ``__post_init__``: each field of its
+        declared type (``skip``: fields checked by the class itself), each field with
+        ``choices`` in its metadata one of them, and those of ``bounded`` ("size", "seed")
+        that the class has in the common range (a class with other bounds checks its own)."""
+        check_field_types(self, skip)
+        for f in fields(self):  # type: ignore[arg-type]
+            allowed = f.metadata.get("choices")
+            if f.name not in skip and allowed is not None and getattr(self, f.name) not in allowed:
+                raise self.refuse(f.name, f"choose one of {', '.join(map(str, allowed))}")
+        names = {f.name for f in fields(self)} & set(bounded)  # type: ignore[arg-type]
+        if "size" in names and not 16 <= self.size <= 16384:  # type: ignore[attr-defined]
+            raise self.refuse("size", "must be between 16 and 16384")
+        if "seed" in names and not 0 <= self.seed < 2**63:  # type: ignore[attr-defined]
+            raise self.refuse("seed", "must be a whole number from 0 to 2**63 - 1")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Any:
@@ -121,6 +145,8 @@ class OptionsRecord:
         if any(k in renamed and renamed[k] in d for k in d):
             raise ArtgenError(f"a {cls.record_name} is there under its old and new names")
         d = {renamed.get(k, k): v for k, v in d.items()}
+        tuples = {f.name for f in fields(cls) if str(f.type).startswith("tuple")}  # type: ignore[arg-type]
+        d = {k: tuple(v) if k in tuples and isinstance(v, list) else v for k, v in d.items()}
         unknown = set(d) - {f.name for f in fields(cls)}  # type: ignore[arg-type]
         if unknown:
             raise ArtgenError(
@@ -323,6 +349,27 @@ def method_of(options: Any) -> StyleMethod:
     raise ArtgenError(f"{type(options).__name__} is not the options of any style method")
 
 
+def resolve_options(
+    method: str | None, options: Any, overrides: dict[str, Any]
+) -> tuple[StyleMethod, Any]:
+    """The style method (named, or the one ``options`` belong to, or the default) and its
+    options: ``options`` (its defaults when None) with keyword ``overrides`` of its fields."""
+    m = (
+        get_method(method)
+        if method
+        else (method_of(options) if options is not None else get_method(DEFAULT_METHOD))
+    )
+    if options is None:
+        options = m.options()
+    elif not isinstance(options, m.options):
+        raise ArtgenError(
+            f"method {m.name} takes {m.options.__name__}, not {type(options).__name__}"
+        )
+    if overrides:
+        options = m.options.from_dict({**options.to_dict(), **overrides})
+    return m, options
+
+
 def stylize(
     content: Any,
     styles: Any = None,
@@ -352,19 +399,7 @@ def stylize(
 
         artgen.stylize("photo.jpg", method="sdedit", generator="runs/my-art", noise=0.6)
     """
-    m = (
-        get_method(method)
-        if method
-        else (method_of(options) if options is not None else get_method(DEFAULT_METHOD))
-    )
-    if options is None:
-        options = m.options()
-    elif not isinstance(options, m.options):
-        raise ArtgenError(
-            f"method {m.name} takes {m.options.__name__}, not {type(options).__name__}"
-        )
-    if overrides:
-        options = m.options.from_dict({**options.to_dict(), **overrides})
+    m, options = resolve_options(method, options, overrides)
     extra = mask_arguments(m, masks, content_mask)
     check_styles(m, styles)
     return m.stylize(
@@ -588,6 +623,7 @@ __all__ = [
     "method_names",
     "method_of",
     "reproduce_command",
+    "resolve_options",
     "run_params",
     "stylize",
     "validate_params",

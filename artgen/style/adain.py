@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from PIL import Image
 
 from artgen.core import palette
-from artgen.core.errors import ArtgenError
 from artgen.core.images import LoadedImage, load_image, resize_long_side, to_pil, to_tensor
 from artgen.core.transforms import TRANSFORMS, wct_levels
 from artgen.style import (
@@ -147,30 +146,14 @@ class AdaINOptions(OptionsRecord):
     )
 
     def __post_init__(self) -> None:
-        from artgen.style import check_field_types, option_error
-
-        def bad(name: str, why: str) -> ArtgenError:
-            return option_error(self, name, why)
-
-        check_field_types(self, skip=("model",))  # a folder path: checked below
-        if not 16 <= self.size <= 16384:
-            raise bad("size", "must be between 16 and 16384")
-        if not 0 <= self.seed < 2**63:
-            raise bad("seed", "must be a whole number from 0 to 2**63 - 1")
+        self.check_common(skip=("model",))  # a folder path: checked below
+        bad = self.refuse
         if not 0.0 <= self.strength <= self.MAX_STRENGTH:
             raise bad("strength", f"must be between 0 and {self.MAX_STRENGTH:g}")
         if self.tile not in (0, -1) and not (640 <= self.tile <= 16384 and self.tile % 16 == 0):
             raise bad("tile", "must be 0 (automatic), -1 (never) or a multiple of 16 from 640")
         if not 0.05 <= self.style_scale <= 8.0:
             raise bad("style_scale", "must be between 0.05 and 8")
-        if self.preserve_color not in PRESERVE_COLOR:
-            raise bad("preserve_color", f"choose one of {', '.join(PRESERVE_COLOR)}")
-        if self.precision not in PRECISIONS:
-            raise bad("precision", f"choose one of {', '.join(PRECISIONS)}")
-        if self.palette not in PALETTES:
-            raise bad("palette", f"choose one of {', '.join(PALETTES)}")
-        if self.transform not in TRANSFORMS:
-            raise bad("transform", f"choose one of {', '.join(TRANSFORMS)}")
         if not isinstance(self.model, str) or not self.model or len(self.model) > 4096:
             raise bad("model", "must be shipped, vgg19 or a folder")
 

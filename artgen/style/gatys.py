@@ -62,7 +62,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, ClassVar
 
@@ -72,7 +72,7 @@ from PIL import Image
 
 from artgen.core import color
 from artgen.core.devices import available_memory, resolve_device
-from artgen.core.errors import ArtgenError, Cancelled, clip
+from artgen.core.errors import ArtgenError, Cancelled
 from artgen.core.images import LoadedImage, load_image, resize_long_side, to_pil, to_tensor
 from artgen.core.losses import (
     blend_grams,
@@ -87,6 +87,7 @@ from artgen.core.losses import (
 from artgen.models.backbones import FeatureExtractor
 from artgen.style import (  # noqa: F401 (parse_styles, StylizeProgress re-exported)
     PRESERVE_COLOR,
+    OptionsRecord,
     StyleMethod,
     StylizeProgress,
     load_styles,
@@ -114,7 +115,7 @@ TILED_BYTES_PER_PIXEL = 160
 
 
 @dataclass(frozen=True)
-class StylizeOptions:
+class StylizeOptions(OptionsRecord):
     """Everything that decides how a picture is stylised. One set of defaults for API, CLI and app."""
 
     MAX_STRENGTH: ClassVar[float] = 100.0
@@ -193,16 +194,8 @@ class StylizeOptions:
     )
 
     def __post_init__(self) -> None:
-        from artgen.style import check_field_types, option_error
-
-        def bad(name: str, why: str) -> ArtgenError:
-            return option_error(self, name, why)
-
-        check_field_types(self)
-        if not 16 <= self.size <= 16384:
-            raise bad("size", "must be between 16 and 16384")
-        if not (isinstance(self.seed, int) and 0 <= self.seed < 2**63):
-            raise bad("seed", "must be a whole number from 0 to 2**63 - 1")
+        self.check_common()
+        bad = self.refuse
         if not 16 <= self.min_size:
             raise bad("min_size", "must be at least 16")
         if self.iterations < 1:
@@ -221,15 +214,6 @@ class StylizeOptions:
                 f"must be 0 (automatic), -1 (never) or a multiple of {TILE_STRIDE} "
                 f"from {TILE_MIN} to 16384",
             )
-        for name, allowed in (
-            ("preserve_color", PRESERVE_COLOR),
-            ("init", INITS),
-            ("optimizer", OPTIMIZERS),
-            ("precision", PRECISIONS),
-            ("backbone", BACKBONE_CHOICES),
-        ):
-            if getattr(self, name) not in allowed:
-                raise bad(name, f"choose one of {', '.join(allowed)}")
         for name in ("lr", "content_weight", "tv_weight"):
             v = getattr(self, name)
             if v is not None and (v < 0 or not math.isfinite(v)):
@@ -240,25 +224,6 @@ class StylizeOptions:
             )
             if any(w < 0 for w in self.style_layer_weights) or sum(self.style_layer_weights) <= 0:
                 raise bad("style_layer_weights", "weights must be >= 0 and not all zero")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        if d["style_layer_weights"] is not None:
-            d["style_layer_weights"] = list(d["style_layer_weights"])
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> StylizeOptions:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ArtgenError(
-                f"unknown option(s): {clip(', '.join(sorted(map(str, unknown))), 120)}"
-            )
-        d = dict(d)
-        if d.get("style_layer_weights") is not None:
-            d["style_layer_weights"] = tuple(d["style_layer_weights"])
-        return cls(**d)
 
 
 def scale_sizes(options: StylizeOptions) -> list[int]:

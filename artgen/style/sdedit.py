@@ -124,13 +124,9 @@ class SDEditOptions(OptionsRecord):
     )
 
     def __post_init__(self) -> None:
-        from artgen.style import check_field_types, option_error
-
-        def bad(name: str, why: str) -> ArtgenError:
-            return option_error(self, name, why)
-
         long_text = ("generator", "prompt", "negative_prompt", "controlnet")
-        check_field_types(self, skip=long_text)
+        self.check_common(skip=long_text, bounded=("seed",))  # size 0: the run's resolution
+        bad = self.refuse
         for name in long_text:
             v = getattr(self, name)
             if not isinstance(v, str) or len(v) > 4096 or not v.isprintable():
@@ -139,16 +135,12 @@ class SDEditOptions(OptionsRecord):
             raise bad("noise", "must be between 0 and 1")
         if not 1 <= self.steps <= 1000:
             raise bad("steps", "must be between 1 and 1000")
-        if self.scheduler not in SCHEDULERS:
-            raise bad("scheduler", f"choose one of {', '.join(SCHEDULERS)}")
         if not 0.0 <= self.guidance_scale <= 100.0:
             raise bad("guidance_scale", "must be between 0 and 100")
         if not 0.0 <= self.controlnet_scale <= 10.0:
             raise bad("controlnet_scale", "must be between 0 and 10")
         if self.size != 0 and not 8 <= self.size <= 4096:
             raise bad("size", "must be 0 (the run's resolution) or between 8 and 4096")
-        if not 0 <= self.seed < 2**63:
-            raise bad("seed", "must be a whole number from 0 to 2**63 - 1")
         if self.run_sha256 and not (
             len(self.run_sha256) == 64 and all(c in "0123456789abcdef" for c in self.run_sha256)
         ):

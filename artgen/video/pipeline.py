@@ -1511,17 +1511,9 @@ def stylize_video(
     input's size when it is below the options' ``size``, unless ``upscale`` (by default:
     when ``size`` is among the overrides, i.e. asked for). Returns a :class:`VideoResult`.
     """
-    from artgen.style import DEFAULT_METHOD, get_method
+    from artgen.style import resolve_options
 
-    m = (
-        get_method(method)
-        if method
-        else (method_of(options) if options is not None else get_method(DEFAULT_METHOD))
-    )
-    if options is None:
-        options = m.options()
-    if overrides:
-        options = m.options.from_dict({**options.to_dict(), **overrides})
+    _, options = resolve_options(method, options, overrides)
     if upscale is None:
         upscale = "size" in overrides
     plan = plan_video(source, output, options, video, masks, content_mask, upscale=upscale)
