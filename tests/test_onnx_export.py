@@ -24,7 +24,11 @@ def tiny(lite0):
     return M.AdaINModel(enc, M.build_decoder(cfg), cfg).eval()
 
 
-@pytest.mark.parametrize("wct", [(), (0,)], ids=["adain", "wct"])
+# The default transform's export runs by default; the other (16 s on 2 cores) in the heavy
+# set that make test-all and CI run.
+@pytest.mark.parametrize(
+    "wct", [pytest.param((), marks=pytest.mark.heavy, id="adain"), pytest.param((0,), id="wct")]
+)
 def test_the_graph_is_the_fast_method(tiny, tmp_path, wct):
     """What the graph computes is artgen's forward pass (border, AdaIN or whitening-colouring
     at each level, decoder, crop), for sizes that are no multiple of the stride and any
