@@ -540,3 +540,25 @@ def test_whitening_colouring_in_a_region_uses_the_regions_own_covariance(shipped
         for part, st in ((t[..., :half], st1), (t[..., half:], st2)):
             err = (covariance_of(part) - st[0][2].double()).norm() / st[0][2].double().norm()
             assert err < 1e-2
+
+
+def test_a_shared_model_is_moved_once_and_then_left_alone(shipped):
+    """Concurrent jobs share one model (the studio): it is put on the device in
+    channels_last once, under a lock; later calls do not touch its parameters (Module.to
+    swaps their storage, which a convolution in another thread must not see)."""
+    import torch
+
+    from artgen.style.adain import _device_and_model, _on
+
+    fresh = type(shipped)(shipped.encoder, shipped.decoder, shipped.config)
+    model, dev = _device_and_model(fresh, "cpu", artgen.AdaINOptions())
+    assert _on(model, dev)
+
+    def moved(*args, **kwargs):
+        raise AssertionError("the model was moved again")
+
+    model.to = moved  # a second call must not touch it
+    again, _ = _device_and_model(model, "cpu", artgen.AdaINOptions())
+    assert again is model
+    del model.to
+    assert not _on(torch.nn.Conv2d(3, 3, 3), torch.device("cpu"))  # contiguous 4-D weight

@@ -26,6 +26,7 @@ The network has no randomness: the same input gives the same picture on the same
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -298,7 +299,30 @@ def _device_and_model(model: Any, device: Any, options: AdaINOptions) -> tuple[A
         model = load(options, dev)
     # channels_last on every device: oneDNN's depthwise and 3x3 convolutions are about 1.8x
     # faster in it on a CPU too (measured at 512 px on 2 cores), and cuDNN's on a GPU.
-    return model.to(dev).to(memory_format=torch.channels_last), dev
+    # Module.to swaps each parameter's storage in place (set_data), which a convolution
+    # running in another thread on the same model (the studio's concurrent jobs) must not
+    # see half done: the model is moved once, under a lock, and left alone once it is there.
+    with _MOVE_LOCK:
+        if not _on(model, dev):
+            model = model.to(dev).to(memory_format=torch.channels_last)
+    return model, dev
+
+
+_MOVE_LOCK = threading.Lock()
+
+
+def _on(model: Any, dev: Any) -> bool:
+    """Whether every parameter of ``model`` is on ``dev`` ("cuda" matches any CUDA device
+    index), the 4-D ones in channels_last."""
+    import torch
+
+    dev = torch.device(dev)
+    for p in model.parameters():
+        if p.device.type != dev.type or dev.index not in (None, p.device.index):
+            return False
+        if p.dim() == 4 and not p.is_contiguous(memory_format=torch.channels_last):
+            return False
+    return True
 
 
 def _decode_group(model, inp, contents, style_items, regions, options, dev, amp, tile):
