@@ -964,8 +964,9 @@ def accelerate_two(dev: torch.device, dry: bool, deadline: Deadline) -> dict:
         args += [f"--{k.replace('_', '-')}={v}" for k, v in s.items()]
         bindir = Path(sys.executable).parent
         if dry:  # accelerate launch --cpu runs one process; torchrun is what it wraps
-            launcher = [str(bindir / "torchrun"), "--nproc_per_node", "2"]
-            how = "torchrun --nproc_per_node 2 (2 CPU processes, gloo)"
+            # --standalone: a free port, not the fixed 29500 that another run may hold
+            launcher = [str(bindir / "torchrun"), "--standalone", "--nproc_per_node", "2"]
+            how = "torchrun --standalone --nproc_per_node 2 (2 CPU processes, gloo)"
         else:
             launcher = [
                 str(bindir / "accelerate"),

@@ -208,7 +208,8 @@ def test_two_processes_average_their_gradients(data, tmp_path):
     run = tmp_path / "ddp"
     torchrun = Path(sys.executable).with_name("torchrun")
     args = ["--content", str(c), "--styles", str(s), "--crop", "32", "--batch-size", "2"]
-    cmd = [str(torchrun), "--nproc_per_node", "2", "-m", "artgen", "train", "adain", *args]
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "artgen", "train", "adain"]
+    cmd += args
     cmd += ["--out", str(run), "--steps", "2", "--checkpoint-every", "1", "--device", "cpu", "-q"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     repo = Path(__file__).resolve().parent.parent

@@ -440,6 +440,7 @@ def test_two_processes_through_torchrun(bases, tmp_path):
     run = tmp_path / "ddp"
     cmd = [
         str(torchrun),
+        "--standalone",  # a free port, not the fixed 29500 another run may hold
         "--nproc_per_node",
         "2",
         "-m",

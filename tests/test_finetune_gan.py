@@ -662,6 +662,7 @@ def test_two_processes_through_torchrun(tmp_path, images):
     tiny = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
     cmd = [
         str(torchrun),
+        "--standalone",  # a free port, not the fixed 29500 another run may hold
         "--nproc_per_node",
         "2",
         "-m",
