@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -182,3 +183,19 @@ def test_cli_sample_draws_through_the_run_object_and_records_its_settings(gan_ru
     want = load_run(gan_run).generate(2, seed=4, truncation=0.7)
     got = [Image.open(each / f"sample-{4 + i:05d}.png").convert("RGB") for i in range(2)]
     assert pixels(got) == pixels(want)
+
+
+def test_run_options_record_as_style_options_do():
+    """Every options class records itself with to_dict and reads back with from_dict (run
+    options strictly: a missing field is refused, not filled from today's default)."""
+    from artgen.runs.options import KINDS, options_class
+
+    for kind in KINDS:
+        cls = options_class(kind)
+        options = cls(out="somewhere")
+        d = options.to_dict()
+        assert cls.from_dict(d) == cls(**{**dataclasses.asdict(options), "out": d["out"]})
+        missing = dict(d)
+        missing.pop("steps")
+        with pytest.raises(ArtgenError, match="options.steps is missing"):
+            cls.from_dict(missing, "config.json")

@@ -121,10 +121,10 @@ class AdaINTrainOptions(RunOptions):
         },
     )
 
-    def recorded(self) -> dict:
+    def to_dict(self) -> dict:
         """As config.json records them: folders absolute, and --base unless it names a
         bundled network."""
-        d = super().recorded()
+        d = super().to_dict()
         if d["base"] not in BASE_NAMES:
             d["base"] = os.path.abspath(os.path.expanduser(d["base"]))
         return d

@@ -208,9 +208,9 @@ class DiffusionFinetuneOptions(RunOptions):
         "text_encoder_lr": 0.0,
     }
 
-    def recorded(self) -> dict:
+    def to_dict(self) -> dict:
         """As config.json records them: path settings absolute, a local base too."""
-        d = super().recorded()
+        d = super().to_dict()
         if d["base"] and _is_local(d["base"]):
             d["base"] = os.path.abspath(os.path.expanduser(d["base"]))
         return d

@@ -15,7 +15,6 @@ from artgen.core.errors import ArtgenError
 from artgen.runs.checkpoint import (
     MAX_BATCH,
     check_finite,
-    options_from_dict,
     read_json,
     read_run_config,
     resolve_run_path,
@@ -339,7 +338,7 @@ def run_class_index(run_dir: str | os.PathLike) -> int:
         }
     elif "options" not in config:
         raise ArtgenError(f"{root / 'config.json'}: no options field")
-    options = options_from_dict(cls, saved, root / "config.json")  # checked, one field used
+    options = cls.from_dict(saved, root / "config.json")  # checked, one field used
     return getattr(options, "class_index", -1)
 
 

@@ -14,6 +14,7 @@ from artgen.runs.checkpoint import (
     RUN_LIMITS,
     absolute_paths,
     limit_error,
+    options_from_dict,
     read_run_config,
 )
 from artgen.runs.checkpoint import options_for_resume as _options_for_resume
@@ -69,9 +70,17 @@ class RunOptions:
         default=False, metadata={"help": "continue the run in --out from its last checkpoint"}
     )
 
-    def recorded(self) -> dict:
+    def to_dict(self) -> dict:
         """The options as config.json records them: path settings absolute."""
         return absolute_paths(dataclasses.asdict(self), self.PATHS)
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str | os.PathLike = "options") -> Any:
+        """The options a run recorded (``d``, config.json's "options"), checked field by
+        field (artgen.runs.checkpoint.options_from_dict): unlike a style method's record,
+        every field must be there (one filled in from today's default would silently change
+        the run), except those of ADDED_SETTINGS. ``where`` names the file in errors."""
+        return options_from_dict(cls, d, where)
 
     @classmethod
     def resumable(cls) -> tuple[str, ...]:

@@ -60,7 +60,7 @@ def open_run(options: RunOptions, accelerator: Any = None, *, create: bool = Tru
         if not (run / "config.json").is_file():
             raise ArtgenError(f"{run}: nothing to resume (no config.json there)")
         _, saved = read_run_config(run, type(options), method=options.KIND, paths=options.PATHS)
-        before, now = saved.recorded(), options.recorded()
+        before, now = saved.to_dict(), options.to_dict()
         for k in before:
             if k in (*options.resumable(), "resume", "out") or before[k] == now[k]:
                 continue
@@ -240,7 +240,7 @@ def train(
     ckpt_dir = run / "checkpoints"
     step = _resume(trainer, options, run, world, rank) if options.resume else 0
     resolved = {**resolved, "num_processes": world}
-    resolved["options"] = {**options.recorded(), "resume": False}
+    resolved["options"] = {**options.to_dict(), "resume": False}
     if main:
         write_json(run / "config.json", resolved)
         if trainer.draws is not None:
