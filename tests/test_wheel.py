@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -120,6 +121,12 @@ def test_artgen_app_starts_from_an_installed_wheel(installed, tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
     )
+    # The page can answer before main() has printed its lines (they follow Gradio's
+    # launch): read the output as it comes, and stop the server only once they are there.
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    wanted = (f"artgen studio: open http://127.0.0.1:{port}/", "`artgen app --share`")
     try:
         deadline, page = time.time() + 180, ""
         while time.time() < deadline and proc.poll() is None:
@@ -129,15 +136,18 @@ def test_artgen_app_starts_from_an_installed_wheel(installed, tmp_path):
                 break
             except OSError:
                 time.sleep(1)
-        assert proc.poll() is None, proc.stdout.read()
+        assert proc.poll() is None, "".join(lines)
         assert "artgen" in page.lower() and "gradio" in page.lower()
+        while time.time() < deadline and not all(w in "".join(lines) for w in wanted):
+            time.sleep(0.2)
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
-    said = proc.stdout.read()
+    reader.join(timeout=10)
+    said = "".join(lines)
     # artgen's own advice (Gradio's names its launch(share=True), which a user cannot type)
     assert f"artgen studio: open http://127.0.0.1:{port}/" in said, said
     assert "`artgen app --share`" in said and "share=True" not in said, said
