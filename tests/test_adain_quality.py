@@ -31,7 +31,7 @@ PAIRS = [
     ("chelsea.jpg", "waves", "adain", (0.47, 0.50, 0.43)),  # measured 0.442, 0.528, 0.397
     ("coffee.jpg", "mosaic", "adain", (0.59, 0.69, 0.64)),  # measured 0.556, 0.724, 0.610
     ("chelsea.jpg", "waves", "wct", (0.48, 0.44, 0.44)),  # measured 0.445, 0.472, 0.410
-    ("coffee.jpg", "mosaic", "wct", (0.64, 0.65, 0.64)),  # measured 0.608, 0.678, 0.606
+    ("coffee.jpg", "mosaic", "wct", (0.64, 0.65, 0.63)),  # measured 0.608, 0.678, 0.606
 ]
 
 
