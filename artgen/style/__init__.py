@@ -18,7 +18,7 @@ import re
 import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 from PIL import Image
 
@@ -154,6 +154,44 @@ class OptionsRecord:
                 f"{clip(', '.join(sorted(str(k)[:40] for k in unknown)), 120)}"
             )
         return cls(**{**getattr(cls, "ADDED_SETTINGS", {}), **d})
+
+
+@dataclass(frozen=True)
+class PictureOptions(OptionsRecord):
+    """The fields every method that paints a photo in a style image's manner shares,
+    declared once: the output's size, the amount of style (``MAX_STRENGTH`` is the
+    method's top), the style image's scale and colour preservation. A method's options
+    inherit them (a method may restate ``strength`` to say what its own scale means; the
+    field keeps its place) and call :meth:`check_common`, which checks them."""
+
+    MAX_STRENGTH: ClassVar[float] = 1.0
+
+    size: int = field(default=512, metadata={"help": "long side of the output in pixels"})
+    strength: float = field(
+        default=1.0,
+        metadata={"help": "how much style: 0 the photo, 1 the method's default, above 1 more"},
+    )
+    style_scale: float = field(
+        default=1.0,
+        metadata={
+            "help": "size of the style image relative to the output: larger gives bigger brush strokes"
+        },
+    )
+    preserve_color: str = field(
+        default="none",
+        metadata={"help": "keep the content's colours", "choices": PRESERVE_COLOR},
+    )
+
+    def check_common(
+        self, skip: Sequence[str] = (), bounded: Sequence[str] = ("size", "seed")
+    ) -> None:
+        """:meth:`OptionsRecord.check_common`, then strength (0 to ``MAX_STRENGTH``) and
+        style_scale (0.05 to 8)."""
+        super().check_common(skip, bounded)
+        if not 0.0 <= self.strength <= self.MAX_STRENGTH:
+            raise self.refuse("strength", f"must be between 0 and {self.MAX_STRENGTH:g}")
+        if not 0.05 <= self.style_scale <= 8.0:
+            raise self.refuse("style_scale", "must be between 0.05 and 8")
 
 
 def option_error(options: Any, name: str, why: str) -> ArtgenError:
@@ -613,6 +651,7 @@ def _not_a_flag(name: str) -> str:
 __all__ = [
     "METHODS",
     "OptionsRecord",
+    "PictureOptions",
     "Regions",
     "StyleMethod",
     "check_masks",

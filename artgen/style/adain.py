@@ -38,8 +38,7 @@ from artgen.core import palette
 from artgen.core.images import LoadedImage, load_image, resize_long_side, to_pil, to_tensor
 from artgen.core.transforms import TRANSFORMS, wct_levels
 from artgen.style import (
-    PRESERVE_COLOR,
-    OptionsRecord,
+    PictureOptions,
     StyleMethod,
     StylizeProgress,
     load_styles,
@@ -79,30 +78,19 @@ def palette_share(strength: float) -> float:
 
 
 @dataclass(frozen=True)
-class AdaINOptions(OptionsRecord):
+class AdaINOptions(PictureOptions):
     """Everything that decides a fast (AdaIN) stylisation. One set of defaults for all."""
 
     # Pictures recorded before --palette and --transform existed: what they did.
     ADDED_SETTINGS: ClassVar[dict[str, Any]] = {"palette": "network", "transform": "adain"}
     MAX_STRENGTH: ClassVar[float] = MAX_STRENGTH
 
-    size: int = field(default=512, metadata={"help": "long side of the output in pixels"})
     strength: float = field(
         default=1.0,
         metadata={
             "help": "content/style trade-off alpha: 0 the photo, 1 the style (the default), "
             "above 1 more style (extrapolated; up to 2)"
         },
-    )
-    style_scale: float = field(
-        default=1.0,
-        metadata={
-            "help": "size of the style image relative to the output: larger gives bigger brush strokes"
-        },
-    )
-    preserve_color: str = field(
-        default="none",
-        metadata={"help": "keep the content's colours", "choices": PRESERVE_COLOR},
     )
     model: str = field(
         default="shipped",
@@ -149,12 +137,8 @@ class AdaINOptions(OptionsRecord):
     def __post_init__(self) -> None:
         self.check_common(skip=("model",))  # a folder path: checked below
         bad = self.refuse
-        if not 0.0 <= self.strength <= self.MAX_STRENGTH:
-            raise bad("strength", f"must be between 0 and {self.MAX_STRENGTH:g}")
         if self.tile not in (0, -1) and not (640 <= self.tile <= 16384 and self.tile % 16 == 0):
             raise bad("tile", "must be 0 (automatic), -1 (never) or a multiple of 16 from 640")
-        if not 0.05 <= self.style_scale <= 8.0:
-            raise bad("style_scale", "must be between 0.05 and 8")
         if not isinstance(self.model, str) or not self.model or len(self.model) > 4096:
             raise bad("model", "must be shipped, vgg19 or a folder")
 

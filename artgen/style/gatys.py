@@ -86,8 +86,7 @@ from artgen.core.losses import (
 )
 from artgen.models.backbones import FeatureExtractor
 from artgen.style import (  # noqa: F401 (parse_styles, StylizeProgress re-exported)
-    PRESERVE_COLOR,
-    OptionsRecord,
+    PictureOptions,
     StyleMethod,
     StylizeProgress,
     load_styles,
@@ -115,27 +114,16 @@ TILED_BYTES_PER_PIXEL = 160
 
 
 @dataclass(frozen=True)
-class StylizeOptions(OptionsRecord):
+class StylizeOptions(PictureOptions):
     """Everything that decides how a picture is stylised. One set of defaults for API, CLI and app."""
 
     MAX_STRENGTH: ClassVar[float] = 100.0
 
-    size: int = field(default=512, metadata={"help": "long side of the output in pixels"})
     strength: float = field(
         default=1.0,
         metadata={
             "help": "how strongly the style is applied: 1 is balanced, 2 twice as much style, 0.5 half"
         },
-    )
-    style_scale: float = field(
-        default=1.0,
-        metadata={
-            "help": "size of the style image relative to the output: larger gives bigger brush strokes"
-        },
-    )
-    preserve_color: str = field(
-        default="none",
-        metadata={"help": "keep the content's colours", "choices": PRESERVE_COLOR},
     )
     iterations: int = field(default=200, metadata={"help": "optimisation steps at each scale"})
     min_size: int = field(
@@ -202,10 +190,6 @@ class StylizeOptions(OptionsRecord):
             raise bad("iterations", "must be at least 1")
         if not self.scale_factor > 1.0:
             raise bad("scale_factor", "must be greater than 1")
-        if not 0.0 <= self.strength <= self.MAX_STRENGTH:
-            raise bad("strength", f"must be between 0 and {self.MAX_STRENGTH:g}")
-        if not 0.05 <= self.style_scale <= 8.0:
-            raise bad("style_scale", "must be between 0.05 and 8")
         if self.tile not in (0, -1) and not (
             TILE_MIN <= self.tile <= 16384 and self.tile % TILE_STRIDE == 0
         ):
