@@ -111,13 +111,15 @@ def add_commands(sub: argparse._SubParsersAction, method: str, only: str | None 
         ip.set_defaults(func=_cmd_info)
 
 
-def _add_stylize(sub: argparse._SubParsersAction, common) -> None:
-    sp = sub.add_parser(
-        "stylize",
-        help="stylise one image",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+def _command(sub: argparse._SubParsersAction, name: str, help: str, epilog: str):
+    """A command's parser, its examples kept as written."""
+    return sub.add_parser(
+        name, help=help, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+
+
+def _add_stylize(sub: argparse._SubParsersAction, common) -> None:
+    sp = _command(sub, "stylize", "stylise one image", EXAMPLES)
     sp.add_argument("content", help="content image")
     sp.add_argument("-o", "--output", required=True, help="output PNG")
     sp.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
@@ -129,12 +131,7 @@ def _add_stylize(sub: argparse._SubParsersAction, common) -> None:
 def _add_batch(sub: argparse._SubParsersAction, common) -> None:
     from artgen.style.batch import BatchOptions
 
-    bp = sub.add_parser(
-        "batch",
-        help="stylise every image in a folder (resumable)",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    bp = _command(sub, "batch", "stylise every image in a folder (resumable)", EXAMPLES)
     bp.add_argument(
         "in_dir", help="folder of content images (with --verify and no -o: the output folder)"
     )
@@ -166,11 +163,11 @@ def _add_batch(sub: argparse._SubParsersAction, common) -> None:
 def _add_video(sub: argparse._SubParsersAction, common) -> None:
     from artgen.video.pipeline import VideoOptions
 
-    vp = sub.add_parser(
+    vp = _command(
+        sub,
         "video",
-        help="stylise a video or a folder of frames, temporally consistent (resumable)",
-        epilog=VIDEO_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "stylise a video or a folder of frames, temporally consistent (resumable)",
+        VIDEO_EXAMPLES,
     )
     vp.add_argument("input", help="video file (mp4, mov, mkv, webm, gif, avi) or folder of frames")
     vp.add_argument(
@@ -338,7 +335,7 @@ def _cmd_stylize(args: argparse.Namespace) -> int:
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # the terminal bar (tqdm.auto also imports asyncio)
 
     from artgen.style import check_styles, get_method
     from artgen.style.batch import BatchOptions, plan_batch, run_batch
@@ -475,7 +472,7 @@ def _dataset_setup(args: argparse.Namespace, batch, all_shards: bool = False):
 
 def _cmd_dataset(args: argparse.Namespace, batch) -> int:
     """`artgen batch` in data-set mode: a tree, a style pool, variants, a manifest."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # the terminal bar (tqdm.auto also imports asyncio)
 
     plan, config = _dataset_setup(args, batch)
     i, n = plan.shard
@@ -579,7 +576,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_video(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # the terminal bar (tqdm.auto also imports asyncio)
 
     from artgen.interop import catalog
     from artgen.style import get_method

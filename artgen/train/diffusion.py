@@ -467,22 +467,18 @@ def finetune_diffusion(
     from artgen.core.data import (
         ImageSet,
         balance_weights,
-        check_attribute,
         list_images,
         read_captions,
-        read_labels,
+        training_set,
     )
 
     if not options.base:
         raise ArtgenError("--base: give a diffusers hub id or a save_pretrained folder")
     if not options.images:
         raise ArtgenError("--images: give the folder of training images")
-    files = list_images(options.images)
-    # On resume the labels path comes from the run's config.json, which may point anywhere:
-    # errors then name rows and columns, never the file's text.
-    labels = read_labels(options.labels, files, echo=not options.resume) if options.labels else None
-    if options.balance:
-        check_attribute(labels, options.balance)
+    files, labels = training_set(
+        options.images, options.labels, options.balance, resume=options.resume
+    )
     captions = read_captions(files, options.captions, echo=not options.resume)
     device = resolve_device(options.device)
     precision = options.mixed_precision

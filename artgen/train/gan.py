@@ -167,18 +167,15 @@ def _ema_update(G_ema: torch.nn.Module, G: torch.nn.Module, beta: float) -> None
 
 
 def _check_common(options: Any) -> tuple[list[Path], Any, Path, Any]:
-    from artgen.core.data import check_attribute, list_images, read_labels
+    from artgen.core.data import training_set
 
     if not options.images:
         raise ArtgenError("--images: give the folder of training images")
     if not options.out:
         raise ArtgenError("--out: give a run folder to create")
-    files = list_images(options.images)
-    # On resume the labels path comes from the run's config.json, which may have been
-    # edited to point anywhere: errors then name rows and columns, never the file's text.
-    labels = read_labels(options.labels, files, echo=not options.resume) if options.labels else None
-    if options.balance:
-        check_attribute(labels, options.balance)
+    files, labels = training_set(
+        options.images, options.labels, options.balance, resume=options.resume
+    )
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=resolve_device(options.device).type == "cpu")
