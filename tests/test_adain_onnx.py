@@ -135,3 +135,39 @@ def test_several_workers_paint_the_same_pictures_in_order(files):
     assert [im.size for im in two] == [im.size for im in one]
     assert all(a.tobytes() == b.tobytes() for a, b in zip(one, two, strict=True))
     assert adain_onnx.load(path, workers=2).workers == 2
+
+
+def test_the_optimised_graph_is_kept_and_paints_the_same(files, tmp_path, monkeypatch):
+    """The first session on a machine keeps onnxruntime's optimised graph under
+    $ARTGEN_HOME/onnx and later ones open it without optimising: the same pictures bit for
+    bit. A damaged copy is made again; a cache that cannot be written is only not used."""
+    import onnxruntime as ort
+
+    from artgen.style import adain_onnx
+
+    path = adain_onnx.shipped_dir() / adain_onnx.ONNX_FILE
+    rng = np.random.default_rng(0)
+    c, s = rng.random((1, 3, 72, 104), np.float32), rng.random((1, 3, 64, 64), np.float32)
+    plain = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    want = plain.run(None, {"content": c, "style": s, "alpha": np.array(0.8, np.float32)})[0]
+
+    monkeypatch.setenv("ARTGEN_HOME", str(tmp_path / "artgen"))
+    cached = adain_onnx._cached_graph(ort, path)
+    assert cached.parent == tmp_path / "artgen" / "onnx"
+    assert not cached.exists()
+    first = adain_onnx.load(path)
+    assert cached.stat().st_size > 100_000
+    assert [p.name for p in cached.parent.iterdir()] == [cached.name]  # no temporary left
+    second = adain_onnx.load(path)
+    assert np.array_equal(first(c, s, 0.8), want)
+    assert np.array_equal(second(c, s, 0.8), want)
+
+    cached.write_bytes(b"not a graph")
+    assert np.array_equal(adain_onnx.load(path)(c, s, 0.8), want)
+    assert cached.stat().st_size > 100_000  # made again
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("x")
+    monkeypatch.setenv("ARTGEN_HOME", str(blocked / "home"))  # cannot be created
+    assert np.array_equal(adain_onnx.load(path)(c, s, 0.8), want)
+    assert not (blocked / "home").exists()

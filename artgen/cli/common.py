@@ -22,9 +22,6 @@ class Bar:
     """A tqdm bar fed by the StylizeProgress callback."""
 
     def __init__(self, quiet: bool, position: int = 0, leave: bool = True, desc: str = "stylize"):
-        from tqdm.auto import tqdm
-
-        self._tqdm = tqdm
         self.quiet, self.position, self.leave, self.desc = quiet, position, leave, desc
         self.bar = None
 
@@ -32,7 +29,9 @@ class Bar:
         if self.quiet:
             return
         if self.bar is None:
-            self.bar = self._tqdm(
+            from tqdm import tqdm  # the terminal bar (tqdm.auto also imports asyncio)
+
+            self.bar = tqdm(
                 total=p.total_steps,
                 position=self.position,
                 leave=self.leave,
@@ -60,7 +59,7 @@ class StepBar:
         self.step = 0
 
     def __call__(self, p) -> None:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm  # the terminal bar (tqdm.auto also imports asyncio)
 
         if self.bar is None:
             self.bar = tqdm(
@@ -108,7 +107,7 @@ def quiet_libraries() -> None:
 
 
 def download_bar():
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # the terminal bar (tqdm.auto also imports asyncio)
 
     state: dict = {}
 

@@ -13,9 +13,12 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from artgen.core.errors import ArtgenError
-from artgen.interop.download import DownloadProgress, download
+
+if TYPE_CHECKING:  # urllib is imported only when something is fetched
+    from artgen.interop.download import DownloadProgress
 
 
 def styles_dir() -> Path:
@@ -153,4 +156,6 @@ def fetch(name: str, callback: Callable[[DownloadProgress], None] | None = None)
     if e.available:
         return e.path
     assert e.url and e.sha256
+    from artgen.interop.download import download
+
     return download(e.url, e.path, sha256=e.sha256, callback=callback)
