@@ -29,6 +29,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -339,45 +340,67 @@ def run_batch(
             finish(BatchResult(job, "skipped"))
         else:
             pending.append((k, job))
+
+    def save(loaded, images, each) -> None:
+        for (job, content), image in zip(loaded, images, strict=True):
+            try:
+                params = run_params(content, styles, options, image, device, masks, content_mask)
+                save_png(image, job.output, params=params, overwrite=batch.overwrite)
+                done(BatchResult(job, "done", seconds=each))
+            except ArtgenError as e:
+                done(BatchResult(job, "failed", str(e), each))
+
+    # Groups of pictures are saved on a thread of their own while the next group is
+    # stylised (PNG encoding and loading used to leave a core idle between groups); the
+    # results still come in the jobs' order: a group's refusals wait for the previous
+    # group's saves.
+    saver = ThreadPoolExecutor(1, thread_name_prefix="artgen-save") if step > 1 else None
+    saving = None
     try:
         while pending:
             t0 = time.perf_counter()
             loaded: list[tuple[BatchJob, LoadedImage]] = []
+            held: list[BatchResult] = []  # refusals, reported after the previous group
             while pending and len(loaded) < step:
                 k, job = pending.pop(0)
                 if on_image:
                     on_image(k, job)
                 why = claims.claim(job)
                 if why is not None:
-                    finish(BatchResult(job, "skipped", why))
+                    held.append(BatchResult(job, "skipped", why))
                     continue
                 try:
                     loaded.append((job, _load_content(job, masks, content_mask, bool(extra))))
                 except ArtgenError as e:
-                    done(BatchResult(job, "failed", str(e), time.perf_counter() - t0))
-            if not loaded:
-                continue
-            contents = [c for _, c in loaded]
-            try:
-                if step > 1:
-                    images = method.stylize_many(contents, styles, options, **kw)
-                else:
-                    images = [method.stylize(contents[0], styles, options, **kw)]
-            except ArtgenError as e:
-                for job, _ in loaded:
-                    done(BatchResult(job, "failed", str(e), time.perf_counter() - t0))
-                continue
-            each = (time.perf_counter() - t0) / len(loaded)
-            for (job, content), image in zip(loaded, images, strict=True):
+                    held.append(BatchResult(job, "failed", str(e), time.perf_counter() - t0))
+            images = None
+            if loaded:
+                contents = [c for _, c in loaded]
                 try:
-                    params = run_params(
-                        content, styles, options, image, device, masks, content_mask
-                    )
-                    save_png(image, job.output, params=params, overwrite=batch.overwrite)
-                    done(BatchResult(job, "done", seconds=each))
+                    if step > 1:
+                        images = method.stylize_many(contents, styles, options, **kw)
+                    else:
+                        images = [method.stylize(contents[0], styles, options, **kw)]
                 except ArtgenError as e:
-                    done(BatchResult(job, "failed", str(e), each))
+                    spent = time.perf_counter() - t0
+                    held += [BatchResult(job, "failed", str(e), spent) for job, _ in loaded]
+            each = (time.perf_counter() - t0) / max(1, len(loaded))
+            if saving is not None:
+                saving.result()
+                saving = None
+            for result in held:
+                (finish if result.status == "skipped" else done)(result)
+            if images is None:
+                continue
+            if saver is None:
+                save(loaded, images, each)
+            else:
+                saving = saver.submit(save, loaded, images, each)
+        if saving is not None:
+            saving.result()
     finally:
+        if saver is not None:
+            saver.shutdown(wait=True)  # Ctrl-C: what is being written is finished
         claims.release_all()
     return results
 
