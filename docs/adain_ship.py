@@ -4,9 +4,11 @@
 
 The provenance (steps, data, the run's config) goes into the shipped config.json's
 ``trained`` field; the weights are stored as fp16 safetensors (the network runs in fp32).
-The network is then exported as fast.onnx (the onnxruntime path of the CLI,
-artgen.style.adain_onnx), with fast.json recording the sha256 of the decoder it was made
-from, so a stale graph is never used.
+The network is then exported as the graphs the onnxruntime path of the CLI runs
+(artgen.style.adain_onnx: fast.onnx whole, fast_stats.onnx and fast_paint.onnx for
+folders, their weights in fast.weights), with fast.json recording the sha256 of the
+decoder they were made from, so a stale graph is never used.
+``--onnx-only`` exports them again for the decoder already shipped.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from artgen.core.transforms import wct_levels
 from artgen.interop import weights
-from artgen.interop.onnx_export import export_onnx
+from artgen.interop.onnx_export import RUNTIME_FILES, export_runtime
 from artgen.style.adain import BORDER, AdaINOptions
 
 
@@ -65,18 +67,19 @@ def main(run: str) -> int:
 
 def export(out: Path) -> int:
     shipped = weights.load_adain("shipped")  # what users get: the fp16 weights, in fp32
-    wct = wct_levels(AdaINOptions().transform)  # the default transform's graph
-    report = export_onnx(shipped, out / "fast.onnx", border=BORDER, wct=wct, overwrite=True)
+    wct = wct_levels(AdaINOptions().transform)  # the default transform's graphs
+    report = export_runtime(shipped, out, border=BORDER, wct=wct)
     digest = hashlib.sha256((out / "decoder.safetensors").read_bytes()).hexdigest()
     meta = {
         "decoder_sha256": digest,
+        "files": RUNTIME_FILES,
         "opset": report["opset"],
         "border": report["border"],
         "wct_levels": report["wct_levels"],
         "exported_by": "docs/adain_ship.py",
     }
     (out / "fast.json").write_text(json.dumps(meta, indent=1) + "\n")
-    print(f"{out}: fast.onnx matches PyTorch to {report['max_abs_diff']:.1e}")
+    print(f"{out}: the graphs match PyTorch to {report['max_abs_diff']:.1e}")
     return 0
 
 

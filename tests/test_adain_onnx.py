@@ -28,9 +28,10 @@ def files(tmp_path):
     return c, s
 
 
-def test_the_shipped_graph_is_the_shipped_decoders():
-    """fast.onnx records the sha256 of the decoder it was exported from; it must be the one
-    that ships beside it, or the CLI would paint with an older network."""
+def test_the_shipped_graphs_are_the_shipped_decoders():
+    """fast.json records the sha256 of the decoder the graphs were exported from; it must be
+    the one that ships beside them, or the CLI would paint with an older network."""
+    from artgen.interop.onnx_export import RUNTIME_FILES
     from artgen.style import adain_onnx
 
     d = adain_onnx.shipped_dir()
@@ -39,7 +40,48 @@ def test_the_shipped_graph_is_the_shipped_decoders():
         meta["decoder_sha256"]
         == hashlib.sha256((d / "decoder.safetensors").read_bytes()).hexdigest()
     )
-    assert (d / "fast.onnx").stat().st_size < 8_000_000
+    assert meta["files"] == RUNTIME_FILES
+    files = adain_onnx.graph_files(d)
+    assert sum(f.stat().st_size for f in files.values()) < 7_000_000  # the weights once
+
+
+class _Counting:
+    """A session that counts its runs."""
+
+    def __init__(self, session):
+        self.session, self.shapes = session, []
+
+    def run(self, names, feeds):
+        self.shapes.append(feeds["style"].shape)
+        return self.session.run(names, feeds)
+
+
+def test_a_folder_encodes_its_painting_once(files):
+    """For several pictures the statistics of the style are remembered per picture of the
+    style (size and pixels): a folder runs the statistics graph once, and the pictures are
+    those of the whole graph run picture by picture."""
+    import artgen
+    from artgen.style import adain_onnx
+
+    _, s = files
+    options = artgen.AdaINOptions(size=64)
+    folder = adain_onnx.usable(options, "auto", [(s, 1.0)], None, None)
+    model = adain_onnx.load(folder, workers=2)
+    model.stats_session = counted = _Counting(model.stats_session)
+    contents = [photo(80, 56, seed=k) for k in range(3)]
+    many = adain_onnx.stylize_many(contents, str(s), options, model)
+    assert counted.shapes == [(1, 3, 64, 64)]  # one size of picture: one style size
+    one = adain_onnx.stylize_many(contents, str(s), options, adain_onnx.load(folder))
+    for a, b in zip(many, one, strict=True):
+        diff = np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16))
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3  # the same network, two graphs
+    adain_onnx.stylize_many([photo(60, 100, seed=9)], str(s), options, model)
+    assert len(counted.shapes) == 1  # a portrait at 64 px: the style at 64 px again
+    larger = artgen.AdaINOptions(size=96)
+    adain_onnx.stylize_many([photo(60, 100, seed=9)], str(s), larger, model)
+    assert counted.shapes == [(1, 3, 64, 64), (1, 3, 96, 96)]  # another size: another entry
+    model.stats_of(Image.new("RGB", (96, 96), (9, 9, 9)))
+    assert len(counted.shapes) == 3  # and so are other pixels
 
 
 @pytest.mark.parametrize("strength", ["1", "0.5"])
@@ -130,8 +172,9 @@ def test_several_workers_paint_the_same_pictures_in_order(files):
     path = adain_onnx.usable(options, "auto", [(s, 1.0)], None, None)
     assert path is not None
     contents = [photo(80, 56 + 8 * k, seed=k) for k in range(5)]
-    one = adain_onnx.stylize_many(contents, str(s), options, adain_onnx.load(path, workers=1))
     two = adain_onnx.stylize_many(contents, str(s), options, adain_onnx.load(path, workers=2))
+    model = adain_onnx.load(path, workers=2)  # the same graphs, one picture at a time
+    one = [adain_onnx.stylize_many([c], str(s), options, model)[0] for c in contents]
     assert [im.size for im in two] == [im.size for im in one]
     assert all(a.tobytes() == b.tobytes() for a, b in zip(one, two, strict=True))
     assert adain_onnx.load(path, workers=2).workers == 2
@@ -145,29 +188,37 @@ def test_the_optimised_graph_is_kept_and_paints_the_same(files, tmp_path, monkey
 
     from artgen.style import adain_onnx
 
-    path = adain_onnx.shipped_dir() / adain_onnx.ONNX_FILE
+    folder = adain_onnx.shipped_dir()
+    whole = adain_onnx.graph_files(folder)["one"]
     rng = np.random.default_rng(0)
-    c, s = rng.random((1, 3, 72, 104), np.float32), rng.random((1, 3, 64, 64), np.float32)
-    plain = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    c = rng.random((1, 3, 72, 104), np.float32)
+    style = Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8))
+    s = np.ascontiguousarray((np.asarray(style, np.float32) / 255.0).transpose(2, 0, 1)[None])
+    plain = ort.InferenceSession(str(whole), providers=["CPUExecutionProvider"])
     want = plain.run(None, {"content": c, "style": s, "alpha": np.array(0.8, np.float32)})[0]
 
     monkeypatch.setenv("ARTGEN_HOME", str(tmp_path / "artgen"))
-    cached = adain_onnx._cached_graph(ort, path)
+    cached = adain_onnx._cached_graph(ort, whole)
     assert cached.parent == tmp_path / "artgen" / "onnx"
     assert not cached.exists()
-    first = adain_onnx.load(path)
-    assert cached.stat().st_size > 100_000
+    first = adain_onnx.load(folder)
+    assert cached.stat().st_size > 1_000_000  # the weights inside
     assert [p.name for p in cached.parent.iterdir()] == [cached.name]  # no temporary left
-    second = adain_onnx.load(path)
-    assert np.array_equal(first(c, s, 0.8), want)
-    assert np.array_equal(second(c, s, 0.8), want)
+    made = cached.stat().st_mtime_ns
+    quick = ort.SessionOptions()
+    quick.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    ort.InferenceSession(str(cached), quick, providers=["CPUExecutionProvider"])  # alone
+    second = adain_onnx.load(folder)
+    assert cached.stat().st_mtime_ns == made  # opened, not made again
+    assert np.array_equal(first.paint(c, style, 0.8), want)
+    assert np.array_equal(second.paint(c, style, 0.8), want)
 
     cached.write_bytes(b"not a graph")
-    assert np.array_equal(adain_onnx.load(path)(c, s, 0.8), want)
-    assert cached.stat().st_size > 100_000  # made again
+    assert np.array_equal(adain_onnx.load(folder).paint(c, style, 0.8), want)
+    assert cached.stat().st_size > 1_000_000  # made again
 
     blocked = tmp_path / "a-file"
     blocked.write_text("x")
     monkeypatch.setenv("ARTGEN_HOME", str(blocked / "home"))  # cannot be created
-    assert np.array_equal(adain_onnx.load(path)(c, s, 0.8), want)
+    assert np.array_equal(adain_onnx.load(folder).paint(c, style, 0.8), want)
     assert not (blocked / "home").exists()

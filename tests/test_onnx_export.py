@@ -67,3 +67,52 @@ def test_export_onnx_command_refuses_a_bad_output_before_work(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "already exists" in err and len(err.strip().splitlines()) == 1
     assert (tmp_path / "taken.onnx").read_bytes() == b"mine"
+
+
+@pytest.mark.heavy  # three exports: about 30 s on 2 cores
+def test_the_runtime_graphs_share_their_weights_and_agree(tiny, tmp_path):
+    """What docs/adain_ship.py ships for artgen's onnxruntime path: the whole network, its
+    style-statistics half and its painting half, each tensor of their weights stored once in
+    one file; run either way they give the fast method's picture."""
+    import json
+
+    import onnx
+
+    from artgen.interop.onnx_export import RUNTIME_FILES, FastGraph, export_runtime
+
+    report = export_runtime(tiny, tmp_path, border=32, wct=(0,))
+    assert report["max_abs_diff"] < 1e-3
+    protos = {
+        k: onnx.load(str(tmp_path / RUNTIME_FILES[k]), load_external_data=False)
+        for k in ("one", "stats", "paint")
+    }
+    where = {k: set() for k in protos}  # each graph's (offset, length) in the weights file
+    for k, m in protos.items():
+        for t in m.graph.initializer:
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                info = {e.key: e.value for e in t.external_data}
+                assert info["location"] == RUNTIME_FILES["weights"]
+                where[k].add((int(info["offset"]), int(info["length"])))
+    # the halves use the whole network's tensors: the weights file holds each once
+    assert where["stats"] and where["paint"] and where["stats"] | where["paint"] <= where["one"]
+    total = sum(length for _, length in where["one"])
+    size = (tmp_path / RUNTIME_FILES["weights"]).stat().st_size
+    assert total <= size < total + 64 * len(where["one"])
+
+    g = torch.Generator().manual_seed(3)
+    c, s = torch.rand(1, 3, 90, 70, generator=g), torch.rand(1, 3, 50, 66, generator=g)
+    with torch.no_grad():
+        want = FastGraph(tiny, 32, (0,))(c, s, torch.tensor(0.9)).numpy()
+    run = {
+        k: ort.InferenceSession(
+            str(tmp_path / RUNTIME_FILES[k]), providers=["CPUExecutionProvider"]
+        )
+        for k in protos
+    }
+    a = np.array(0.9, np.float32)
+    one = run["one"].run(None, {"content": c.numpy(), "style": s.numpy(), "alpha": a})[0]
+    names = [o.name for o in run["stats"].get_outputs()]
+    stats = dict(zip(names, run["stats"].run(None, {"style": s.numpy()}), strict=True))
+    two = run["paint"].run(None, {"content": c.numpy(), "alpha": a, **stats})[0]
+    assert np.abs(one - want).max() < 1e-4 and np.abs(two - want).max() < 1e-4
+    assert json.dumps(report)  # what the ship script records

@@ -63,6 +63,150 @@ class FastGraph(nn.Module):
         return out[..., b : b + h, b : b + w].clamp(0, 1)
 
 
+class StyleStatsGraph(nn.Module):
+    """style -> each level's (mean, std, covariance): the half of :class:`FastGraph` that
+    depends only on the style image. artgen's onnxruntime path runs it once per style and
+    size, so a folder does not encode the same painting again for every photo."""
+
+    def __init__(self, fast: FastGraph):
+        super().__init__()
+        self.encoder, self.levels = fast.encoder, fast.levels
+
+    def forward(self, style: torch.Tensor):
+        fs = self.encoder(style, self.levels)
+        return tuple(t for n in self.levels for t in level_stats(fs[n]))
+
+
+class PaintGraph(nn.Module):
+    """content, alpha and the style's statistics (what :class:`StyleStatsGraph` gives, three
+    levels) -> picture: :class:`FastGraph` after the style's encoding."""
+
+    def __init__(self, fast: FastGraph):
+        super().__init__()
+        if len(fast.levels) != 3:
+            raise ArtgenError("the two-graph export covers networks with three levels")
+        self.fast = fast
+
+    def forward(self, content, alpha, m0, s0, c0, m1, s1, c1, m2, s2, c2):
+        # Named one by one: torch.export takes no *args with per-argument shapes.
+        g, stats = self.fast, ((m0, s0, c0), (m1, s1, c1), (m2, s2, c2))
+        b = g.border
+        h, w = content.shape[-2], content.shape[-1]
+        f = g.encoder(g._pad(F.pad(content, (b, b, b, b), mode="reflect")), g.levels)
+        t = [transform_level(f[n], stats[k], alpha, k in g.wct) for k, n in enumerate(g.levels)]
+        return g.decoder.forward_reference(t)[..., b : b + h, b : b + w].clamp(0, 1)
+
+
+STATS_NAMES = tuple(f"{k}_{q}" for k in range(3) for q in ("mean", "std", "cov"))
+# What artgen's onnxruntime path runs (artgen.style.adain_onnx): the whole network for one
+# picture, and for a folder the style's statistics once and the painting for each photo.
+# The three graphs hold the same weights, so they keep them in one file beside them.
+RUNTIME_FILES = {
+    "one": "fast.onnx",
+    "stats": "fast_stats.onnx",
+    "paint": "fast_paint.onnx",
+    "weights": "fast.weights",
+}
+
+
+def _share_weights(models: list, weights: Path) -> None:
+    """Move the large initializers of ``models`` (onnx ModelProtos) into one file, each
+    distinct tensor once, and point the graphs at it (ONNX external data)."""
+    import hashlib
+
+    from onnx import TensorProto, numpy_helper
+    from onnx.external_data_helper import set_external_data
+
+    blob, where = bytearray(), {}
+    for m in models:
+        for t in m.graph.initializer:
+            data = numpy_helper.to_array(t).tobytes()
+            if len(data) < 1024:
+                continue
+            key = (t.data_type, tuple(t.dims), hashlib.sha256(data).digest())
+            if key not in where:
+                blob.extend(b"\0" * (-len(blob) % 64))  # aligned starts
+                where[key] = (len(blob), len(data))
+                blob.extend(data)
+            offset, length = where[key]
+            for field in ("float_data", "int32_data", "int64_data", "double_data"):
+                t.ClearField(field)
+            t.raw_data = data  # set_external_data wants it there, then it goes
+            set_external_data(t, weights.name, offset, length)
+            t.ClearField("raw_data")
+            t.data_location = TensorProto.EXTERNAL
+    weights.write_bytes(bytes(blob))
+
+
+def export_runtime(
+    model: nn.Module, folder: str | os.PathLike, *, border: int, wct: tuple[int, ...]
+) -> dict[str, Any]:
+    """The fast network as the graphs artgen's onnxruntime path runs (RUNTIME_FILES in
+    ``folder``): :class:`FastGraph`, :class:`StyleStatsGraph` and :class:`PaintGraph`,
+    their weights in one file. Each way of running them is checked against
+    :class:`FastGraph` in PyTorch at two unseen sizes (raises above 1e-3); returns the
+    largest difference, the opset, border and levels."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    fast = FastGraph(model.float().eval(), border, wct).eval()
+    stats_g, paint_g = StyleStatsGraph(fast).eval(), PaintGraph(fast).eval()
+    c, s, a = torch.rand(1, 3, 96, 128), torch.rand(1, 3, 64, 64), torch.tensor(1.0)
+    H, W = torch.export.Dim("H", min=32, max=8192), torch.export.Dim("W", min=32, max=8192)
+    sh, sw = torch.export.Dim("sh", min=32, max=8192), torch.export.Dim("sw", min=32, max=8192)
+    folder = Path(folder)
+    with torch.no_grad():
+        st = stats_g(s)
+        jobs = {
+            "one": (fast, (c, s, a), ["content", "style", "alpha"], ["image"],
+                    ({2: H, 3: W}, {2: sh, 3: sw}, None)),
+            "stats": (stats_g, (s,), ["style"], list(STATS_NAMES), ({2: sh, 3: sw},)),
+            "paint": (paint_g, (c, a, *st), ["content", "alpha", *STATS_NAMES], ["image"],
+                      ({2: H, 3: W}, None, *([None] * len(st)))),
+        }  # fmt: skip
+        models = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for key, (graph, args, names, outs, shapes) in jobs.items():
+                path = Path(tmp) / RUNTIME_FILES[key]
+                torch.onnx.export(
+                    graph,
+                    args,
+                    input_names=names,
+                    output_names=outs,
+                    dynamic_shapes=shapes,
+                    opset_version=OPSET,
+                    dynamo=True,
+                    external_data=False,
+                    verbose=False,
+                ).save(str(path))
+                models[key] = onnx.load(str(path))
+            _share_weights(list(models.values()), Path(tmp) / RUNTIME_FILES["weights"])
+            for key, m in models.items():
+                onnx.save(m, str(Path(tmp) / RUNTIME_FILES[key]))
+            folder.mkdir(parents=True, exist_ok=True)
+            for name in ("weights", "one", "stats", "paint"):  # the weights first
+                os.replace(Path(tmp) / RUNTIME_FILES[name], folder / RUNTIME_FILES[name])
+    sess = {
+        k: ort.InferenceSession(str(folder / RUNTIME_FILES[k]), providers=["CPUExecutionProvider"])
+        for k in ("one", "stats", "paint")
+    }
+    worst, g = 0.0, torch.Generator().manual_seed(0)
+    for (h, w), (sh_, sw_), alpha in (((77, 141), (90, 60), 1.0), ((200, 120), (128, 160), 0.6)):
+        c, s = torch.rand(1, 3, h, w, generator=g), torch.rand(1, 3, sh_, sw_, generator=g)
+        with torch.no_grad():
+            ref = fast(c, s, torch.tensor(alpha)).numpy()
+        a = torch.tensor(alpha).numpy()
+        one = sess["one"].run(None, {"content": c.numpy(), "style": s.numpy(), "alpha": a})[0]
+        stats = dict(zip(STATS_NAMES, sess["stats"].run(None, {"style": s.numpy()}), strict=True))
+        two = sess["paint"].run(None, {"content": c.numpy(), "alpha": a, **stats})[0]
+        worst = max(worst, float(abs(one - ref).max()), float(abs(two - ref).max()))
+    if not worst <= 1e-3:
+        raise ArtgenError(f"{folder}: the graphs differ from PyTorch by {worst:.2e}")
+    return {"opset": OPSET, "border": border, "wct_levels": list(wct), "max_abs_diff": worst}
+
+
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
@@ -131,4 +275,11 @@ def check_onnx(graph: nn.Module, path: Path, atol: float) -> float:
     return worst
 
 
-__all__ = ["FastGraph", "export_onnx", "check_onnx"]
+__all__ = [
+    "FastGraph",
+    "PaintGraph",
+    "StyleStatsGraph",
+    "check_onnx",
+    "export_onnx",
+    "export_runtime",
+]

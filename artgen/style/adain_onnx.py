@@ -2,11 +2,15 @@
 
 Importing PyTorch takes about 2.7 s and 0.9 GB on a 2-core CPU, 5 to 20 times the work of
 stylising one 512 px picture. When onnxruntime is installed, the shipped network has its
-ONNX graph beside it (artgen/weights_data/adain-lite0/fast.onnx, written by
-``artgen export onnx`` from the same weights: artgen.interop.onnx_export) and the run needs nothing
-the graph lacks, ``artgen stylize`` and ``artgen batch`` with ``--method adain`` run it
-there: the same network, the same resizing and rounding, so the same picture as the
-PyTorch path to float rounding (tested within 1/255; in practice equal).
+ONNX graphs beside it (artgen/weights_data/adain-lite0: fast.onnx, the whole network, and
+its two halves for folders, fast_stats.onnx for the style's statistics and fast_paint.onnx
+for the picture from the photo and those statistics, sharing their weights in
+fast.weights; written by docs/adain_ship.py from the same weights through
+artgen.interop.onnx_export, and named in fast.json) and the run needs nothing the graphs
+lack, ``artgen stylize`` and ``artgen
+batch`` with ``--method adain`` run them there: the same network, the same resizing and
+rounding, so the same picture as the PyTorch path to float rounding (tested within 1/255;
+in practice equal). A folder encodes its painting once.
 
 What the graph lacks, and so keeps the PyTorch path: a GPU, several styles or masks,
 colour preservation, tiles (pictures beyond ONNX_MAX_PIXELS), bf16, and other networks
@@ -31,7 +35,7 @@ from PIL import Image
 from artgen.core import palette
 from artgen.core.images import LoadedImage, resize_long_side
 
-ONNX_FILE = "fast.onnx"
+META_FILE = "fast.json"  # the graphs' files, the decoder they came from, border, levels
 ONNX_MAX_PIXELS = 4096 * 4096  # beyond this the PyTorch path (which tiles) is used
 THREADS = int(os.environ.get("ARTGEN_ONNX_THREADS", "0")) or None
 
@@ -61,25 +65,37 @@ def usable(options: Any, device: str, styles: list, masks: Any = None, content_m
         return None
     if len(styles) != 1 or importlib.util.find_spec("onnxruntime") is None:
         return None
-    path = shipped_dir() / ONNX_FILE
-    return path if path.is_file() and _matches(path, options) else None
+    folder = shipped_dir()
+    return folder if _matches(folder, options) else None
 
 
-def _matches(path: Path, options: Any) -> bool:
-    """The graph was exported from the decoder that ships beside it (recorded sha256), with
-    the border and feature transform this run asks for."""
+def graph_files(folder: Path) -> dict[str, Path] | None:
+    """The graphs that ``folder``'s META_FILE names (``one``: the whole network; ``stats``
+    and ``paint``: its two halves; ``weights``: what they share), if all are there."""
+    try:
+        named = json.loads((folder / META_FILE).read_text())["files"]
+        files = {k: folder / Path(str(named[k])).name for k in ("one", "stats", "paint", "weights")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return files if all(f.is_file() for f in files.values()) else None
+
+
+def _matches(folder: Path, options: Any) -> bool:
+    """The graphs were exported from the decoder that ships beside them (recorded sha256),
+    with the border and feature transform this run asks for."""
     from artgen.core.transforms import wct_levels
     from artgen.style.adain import BORDER
 
-    meta = path.with_suffix(".json")
     try:
-        made = json.loads(meta.read_text())
+        made = json.loads((folder / META_FILE).read_text())
         want, border, wct = made["decoder_sha256"], made["border"], made["wct_levels"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
+    if graph_files(folder) is None:
+        return False
     if border != BORDER or wct != list(wct_levels(options.transform)):
         return False
-    got = hashlib.sha256((shipped_dir() / "decoder.safetensors").read_bytes()).hexdigest()
+    got = hashlib.sha256((folder / "decoder.safetensors").read_bytes()).hexdigest()
     return want == got
 
 
@@ -132,6 +148,14 @@ def _session(ort: Any, path: Path, so: Any) -> Any:
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
             so.optimized_model_filepath = str(tmp)
+            # Every weight inside the copy: left alone, onnxruntime would keep the graph's
+            # references to the weights file beside it, which the cache folder lacks.
+            so.add_session_config_entry(
+                "session.optimized_model_external_initializers_file_name", tmp.stem + ".weights"
+            )
+            so.add_session_config_entry(
+                "session.optimized_model_external_initializers_min_size_in_bytes", str(2**62)
+            )
             session = ort.InferenceSession(str(path), so, providers=providers)
             os.replace(tmp, cached)
             return session
@@ -139,35 +163,77 @@ def _session(ort: Any, path: Path, so: Any) -> Any:
             so.optimized_model_filepath = ""
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.with_suffix(".weights").unlink(missing_ok=True)
     return ort.InferenceSession(str(path), so, providers=providers)
 
 
 class OnnxFast:
-    """An onnxruntime session of the fast network (what :func:`load` returns); the fast
-    method's stylize/stylize_many run it when they are handed one as ``model``."""
+    """onnxruntime sessions of the fast network (what :func:`load` returns): the whole
+    network, or for several pictures the style's statistics (run once per style and size,
+    and remembered) and the painting; the fast method's stylize/stylize_many run it when
+    they are handed one as ``model``."""
 
     runtime = "onnxruntime"
     encoder_name = "efficientnet-lite0"  # what describe() names
+    REMEMBERED = 8  # styles' statistics kept
 
-    def __init__(self, path: Path, workers: int = 1):
+    def __init__(self, folder: Path, workers: int = 1):
         import onnxruntime as ort
 
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        # Several pictures (a folder): ``workers`` threads each run whole pictures through
+        files = graph_files(folder)
+        if files is None:
+            raise ValueError(f"{folder}: no fast-method graphs named in {META_FILE}")
+
+        def options(threads: int = 0):
+            so = ort.SessionOptions()
+            so.log_severity_level = 3
+            if threads:
+                so.intra_op_num_threads = threads
+            return so
+
+        # One picture runs the whole network in one graph (two graphs, each paying its
+        # first run, took 0.05 s longer at 512 px). A folder encodes its painting once with
+        # the statistics graph, then ``workers`` threads each paint whole pictures through
         # one session (onnxruntime's run is thread-safe) with the cores shared out between
         # them. On 2 cores, 2 workers of 1 thread each took 0.109 s a picture at 512 px
         # against 0.129 s for one picture at a time on 2 threads, and the decoding, palette
         # and PNG steps overlap too; the pictures are bit-identical (2026-12-07).
         self.workers = max(1, workers)
-        threads = THREADS or (max(1, (os.cpu_count() or 1) // self.workers) if workers > 1 else 0)
-        if threads:
-            so.intra_op_num_threads = threads
-        self.session = _session(ort, path, so)
-        self.path = path
+        self.path = folder
+        self.session = self.stats_session = None
+        if self.workers == 1:
+            self.one = _session(ort, files["one"], options(THREADS or 0))
+        else:
+            threads = THREADS or max(1, (os.cpu_count() or 1) // self.workers)
+            self.one = None
+            self.stats_session = _session(ort, files["stats"], options(THREADS or 0))
+            self.session = _session(ort, files["paint"], options(threads))
+            self.stats_names = [o.name for o in self.stats_session.get_outputs()]
+        self._remembered: dict[tuple, dict[str, np.ndarray]] = {}
+        self._lock = threading.Lock()
 
-    def __call__(self, content: np.ndarray, style: np.ndarray, alpha: float) -> np.ndarray:
-        feeds = {"content": content, "style": style, "alpha": np.array(alpha, np.float32)}
+    def stats_of(self, style: Image.Image) -> dict[str, np.ndarray]:
+        """The style's statistics at each level, remembered per picture (size and pixels):
+        a folder encodes its painting once."""
+        key = (style.size, hashlib.blake2b(style.tobytes(), digest_size=16).digest())
+        with self._lock:  # a second worker waits for the first one's statistics
+            found = self._remembered.get(key)
+            if found is None:
+                out = self.stats_session.run(None, {"style": _array(style)})
+                found = self._remembered[key] = dict(zip(self.stats_names, out, strict=True))
+                while len(self._remembered) > self.REMEMBERED:
+                    self._remembered.pop(next(iter(self._remembered)))
+            return found
+
+    def paint(self, content: np.ndarray, style: Image.Image, alpha: float) -> np.ndarray:
+        """The network's picture ((1, 3, H, W) in [0, 1]) of ``content`` ((1, 3, H, W))
+        in the manner of ``style`` (resized as the run wants it)."""
+        a = np.array(alpha, np.float32)
+        if self.one is not None:
+            return self.one.run(None, {"content": content, "style": _array(style), "alpha": a})[0]
+        feeds = {"content": content, "alpha": a, **self.stats_of(style)}
         return self.session.run(None, feeds)[0]
 
 
@@ -193,9 +259,9 @@ def stylize_one(
         options.tile, c.height + 2 * BORDER, c.width + 2 * BORDER, 1, "cpu", 4, style_long
     ):
         return None
-    s = resize_long_side(style.rgb, style_long)
     photo = _array(c)
-    out = np.clip(model(photo, _array(s), float(options.strength))[0], 0.0, 1.0)
+    s = resize_long_side(style.rgb, style_long)
+    out = np.clip(model.paint(photo, s, float(options.strength))[0], 0.0, 1.0)
     out = out.transpose(1, 2, 0)
     if style_palette is not None:  # as artgen.style.adain.stylize_many does
         photo_stats = palette.colour_stats(photo[0].transpose(1, 2, 0))
@@ -239,9 +305,10 @@ def stylize_many(contents: list, styles: Any, options: Any, model: OnnxFast) -> 
         return list(pool.map(one, contents))  # in order; the first error is raised
 
 
-def load(path: Path, workers: int = 1) -> OnnxFast:
-    """The shipped graph as an onnxruntime session; ``workers`` > 1 for many pictures."""
-    return OnnxFast(path, workers)
+def load(folder: Path, workers: int = 1) -> OnnxFast:
+    """The graphs in ``folder`` (what :func:`usable` gives) as onnxruntime sessions;
+    ``workers`` > 1 for many pictures."""
+    return OnnxFast(folder, workers)
 
 
 def batch_workers() -> int:
@@ -251,7 +318,8 @@ def batch_workers() -> int:
 
 __all__ = [
     "OnnxFast",
-    "ONNX_FILE",
+    "META_FILE",
+    "graph_files",
     "batch_workers",
     "load",
     "shipped_dir",
