@@ -204,18 +204,28 @@ def test_the_optimised_graph_is_kept_and_paints_the_same(files, tmp_path, monkey
     first = adain_onnx.load(folder)
     assert cached.stat().st_size > 1_000_000  # the weights inside
     assert [p.name for p in cached.parent.iterdir()] == [cached.name]  # no temporary left
-    made = cached.stat().st_mtime_ns
+    made = cached.stat().st_ino  # a copy made again would be another file
     quick = ort.SessionOptions()
     quick.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     ort.InferenceSession(str(cached), quick, providers=["CPUExecutionProvider"])  # alone
     second = adain_onnx.load(folder)
-    assert cached.stat().st_mtime_ns == made  # opened, not made again
+    assert cached.stat().st_ino == made  # opened, not made again
     assert np.array_equal(first.paint(c, style, 0.8), want)
     assert np.array_equal(second.paint(c, style, 0.8), want)
 
     cached.write_bytes(b"not a graph")
     assert np.array_equal(adain_onnx.load(folder).paint(c, style, 0.8), want)
     assert cached.stat().st_size > 1_000_000  # made again
+
+    for k in range(adain_onnx.CACHE_KEPT + 3):  # other installs' copies, older
+        stale = cached.parent / f"fast-stale{k}.onnx"
+        stale.write_bytes(b"x")
+        os.utime(stale, (1e9 + k, 1e9 + k))
+    cached.unlink()
+    adain_onnx.load(folder)  # writes a copy again, and prunes
+    left = sorted(p.name for p in cached.parent.glob("fast-*.onnx"))
+    assert len(left) == adain_onnx.CACHE_KEPT and cached.name in left
+    assert "fast-stale0.onnx" not in left and f"fast-stale{adain_onnx.CACHE_KEPT + 2}.onnx" in left
 
     blocked = tmp_path / "a-file"
     blocked.write_text("x")

@@ -128,6 +128,18 @@ def _cached_graph(ort: Any, path: Path) -> Path | None:
     return artgen_home() / "onnx" / f"fast-{key}.onnx"
 
 
+CACHE_KEPT = 12  # optimised graphs kept (three per installed artgen), the most recently used
+
+
+def _prune(folder: Path) -> None:
+    """Remove all but the CACHE_KEPT most recently used optimised graphs in ``folder``
+    (other clones and versions leave theirs behind)."""
+    with contextlib.suppress(OSError):
+        kept = sorted(folder.glob("fast-*.onnx"), key=lambda f: f.stat().st_mtime, reverse=True)
+        for old in kept[CACHE_KEPT:]:
+            old.unlink(missing_ok=True)
+
+
 def _session(ort: Any, path: Path, so: Any) -> Any:
     """The graph's session. onnxruntime optimises a graph for this processor each time it
     opens it (40-80 ms of a 0.6 s one-picture command on 2 cores, 2026-12-07); the first run
@@ -140,7 +152,10 @@ def _session(ort: Any, path: Path, so: Any) -> Any:
         level = so.graph_optimization_level
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
-            return ort.InferenceSession(str(cached), so, providers=providers)
+            session = ort.InferenceSession(str(cached), so, providers=providers)
+            with contextlib.suppress(OSError):
+                os.utime(cached)  # used now: kept by _prune
+            return session
         except Exception:  # noqa: BLE001 - a damaged copy: made again below
             so.graph_optimization_level = level
     if cached is not None:
@@ -158,6 +173,7 @@ def _session(ort: Any, path: Path, so: Any) -> Any:
             )
             session = ort.InferenceSession(str(path), so, providers=providers)
             os.replace(tmp, cached)
+            _prune(cached.parent)
             return session
         except Exception:  # noqa: BLE001 - an unwritable cache: open the graph as it is
             so.optimized_model_filepath = ""
