@@ -1,11 +1,15 @@
-"""The fast method's strength above 1 (extrapolated features), measured on the held-out pairs.
+"""The fast method's strength above 1 (extrapolated features), or another of its knobs,
+measured on the held-out pairs.
 
     python docs/adain_strength.py --heldout HELDOUT --json docs/adain_strength.json
+    python docs/adain_strength.py --heldout HELDOUT --knob style_scale --values 1,1.5,2 \
+        --json docs/adain_style_scale.json
 
 For each of the 54 pairs at 384 px the shipped network stylises the photo with the
-defaults at strengths 1, 1.25, 1.5 and 2, and docs/adain_eval.py's judges score each
-picture; the JSON holds every pair, the means with 95% intervals, and the differences to
-strength 1 paired over the pairs, which docs/adain.md quotes.
+defaults, the knob at each value (strength: 1, 1.25, 1.5 and 2), and docs/adain_eval.py's
+judges score each picture; the JSON holds every pair, the means with 95% intervals, and
+the differences to the first value (the default, 1) paired over the pairs, which
+docs/adain.md quotes.
 """
 
 from __future__ import annotations
@@ -30,36 +34,40 @@ def main() -> int:
     ap.add_argument("--heldout", required=True)
     ap.add_argument("--size", type=int, default=384)
     ap.add_argument("--model", default="shipped", help="the network (shipped, or a run)")
+    ap.add_argument("--knob", default="strength", choices=("strength", "style_scale"))
+    ap.add_argument("--values", default=",".join(map(str, STRENGTHS)), help="the first: default")
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
+    values = tuple(float(v) for v in args.values.split(","))
     import artgen
     from artgen.core.images import load_image, resize_long_side
 
     torch.set_num_threads(2)
     photos, styles = E.held_out(Path(args.heldout))
     judge, net = E.Judge(), artgen.get_method("adain").load(weights=args.model).eval()
-    rows: dict[float, list[dict]] = {s: [] for s in STRENGTHS}
+    rows: dict[float, list[dict]] = {v: [] for v in values}
     for pn, pp in photos.items():
         photo = resize_long_side(load_image(pp).rgb, args.size)
         for sn, sp in styles.items():
             style = resize_long_side(load_image(sp).rgb, args.size)
-            for s in STRENGTHS:
+            for v in values:
                 out = artgen.stylize(
-                    photo, style, method="adain", model=net, size=args.size, strength=s
+                    photo, style, method="adain", model=net, size=args.size, **{args.knob: v}
                 ).convert("RGB")
-                rows[s].append({"photo": pn, "style": sn, **judge.all(out, photo, style, pn, sn)})
+                rows[v].append({"photo": pn, "style": sn, **judge.all(out, photo, style, pn, sn)})
         print(pn, flush=True)
     doc: dict = {"size": args.size, "model": args.model, "date": time.strftime("%Y-%m-%d")}
+    doc["knob"] = args.knob
     doc["pairs"] = {str(s): r for s, r in rows.items()}
     doc["summary"] = {
-        str(s): {j: E.summarise([r[j] for r in rows[s]]) for j in E.JUDGES} for s in STRENGTHS
+        str(v): {j: E.summarise([r[j] for r in rows[v]]) for j in E.JUDGES} for v in values
     }
     doc["paired_to_1"] = {}
-    for s in STRENGTHS[1:]:
-        doc["paired_to_1"][str(s)] = {}
+    for v in values[1:]:
+        doc["paired_to_1"][str(v)] = {}
         for j in E.JUDGES:
-            d = [b[j] - a[j] for a, b in zip(rows[1.0], rows[s], strict=True)]
-            doc["paired_to_1"][str(s)][j] = {
+            d = [b[j] - a[j] for a, b in zip(rows[values[0]], rows[v], strict=True)]
+            doc["paired_to_1"][str(v)][j] = {
                 "mean": statistics.fmean(d),
                 "ci95": E.t975(len(d) - 1) * statistics.stdev(d) / len(d) ** 0.5,
             }

@@ -238,6 +238,20 @@ def test_strength_table_matches_its_results_file():
         assert f"{text} {d['mean']:+.3f} ± {d['ci95']:.3f}" in adain, s
 
 
+def test_style_scale_table_matches_its_results_file():
+    adain = _text("docs/adain.md")
+    flat = " ".join(adain.split())  # the paired differences run across line breaks
+    res = _json("adain_style_scale.json")
+    assert (res["size"], res["model"], res["knob"]) == (384, "shipped", "style_scale")
+    judges = ("magenta", "style_ratio", "edges", "colour", "lite2_gram")
+    for v, summary in res["summary"].items():
+        assert all(summary[j]["n"] == 54 for j in judges), v
+        assert f"| {float(v):g} | {_cells(summary, judges, False)} |" in adain, v
+    for v in ("1.5", "2.0", "0.75"):
+        d = res["paired_to_1"][v]["magenta"]
+        assert f"at {float(v):g} magenta {d['mean']:+.3f} ± {d['ci95']:.3f}" in flat, v
+
+
 def test_fast_benchmark_tables_match_the_results_files():
     perf, fast = _text("docs/performance.md"), _text("docs/fast.md")
     bench = _json("fast_bench.json")
