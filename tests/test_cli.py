@@ -839,6 +839,85 @@ def test_batch_counts_what_another_run_does_as_skipped(folder, images, tmp_path,
     assert sorted(p.name for p in out.iterdir()) == ["img0.png", "img2.png", "img3.png"]
 
 
+def test_batch_saves_on_a_thread_and_reports_in_order_on_this_one(folder, images, tmp_path):
+    """Groups are saved on a thread while the next is stylised; every result still reaches
+    the caller on the calling thread (the CLI's bars are not thread-safe), in job order."""
+    import threading
+
+    from artgen.core.images import load_image
+    from artgen.style import get_method
+    from artgen.style.batch import BatchOptions, plan_batch, run_batch
+
+    out = tmp_path / "out"
+    jobs = plan_batch(folder, out, BatchOptions())
+    seen = []
+    results = run_batch(
+        jobs,
+        [(load_image(images["style"]), 1.0)],
+        get_method("adain").options(size=48),
+        BatchOptions(batch_size=2),
+        on_result=lambda r: seen.append((r.job.output.name, r.status, threading.current_thread())),
+    )
+    assert [(n, st) for n, st, _ in seen] == [(r.job.output.name, r.status) for r in results]
+    assert [n for n, _, _ in seen] == [j.output.name for j in jobs]  # broken.png among them
+    assert {t for _, _, t in seen} == {threading.current_thread()}
+    assert sorted(p.name for p in out.iterdir()) == [f"img{k}.png" for k in range(4)]
+
+
+def test_a_saving_error_is_raised_not_lost(folder, images, tmp_path, monkeypatch):
+    """An unexpected error while a group is saved stops the run; when the next group fails
+    too, the saving error is named beside that one, and no claim or partial file is left."""
+    import dataclasses
+    import time
+
+    from artgen.core.images import load_image
+    from artgen.style import batch as batch_mod
+    from artgen.style import get_method
+    from artgen.style.batch import BatchOptions, plan_batch, run_batch
+
+    (folder / "broken.jpg").unlink()
+    adain = get_method("adain")
+    real_params, calls = batch_mod.run_params, []
+
+    def params(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise ValueError("disk on fire")
+        return real_params(*a, **k)
+
+    def second_group_fails(contents, *a, **k):
+        if second_group_fails.n:
+            for _ in range(500):  # fail only once the saving thread has failed
+                if len(calls) >= 2:
+                    break
+                time.sleep(0.01)
+            time.sleep(0.1)
+            raise RuntimeError("out of memory")
+        second_group_fails.n += 1
+        return adain.stylize_many(contents, *a, **k)
+
+    second_group_fails.n = 0
+    monkeypatch.setattr(batch_mod, "run_params", params)
+    monkeypatch.setattr(
+        batch_mod,
+        "method_of",
+        lambda o: dataclasses.replace(adain, stylize_many=second_group_fails),
+    )
+    out = tmp_path / "out"
+    jobs = plan_batch(folder, out, BatchOptions())
+    style = [(load_image(images["style"]), 1.0)]
+    with pytest.raises(RuntimeError, match="out of memory") as e:
+        run_batch(jobs, style, adain.options(size=48), BatchOptions(batch_size=2))
+    assert any("disk on fire" in note for note in getattr(e.value, "__notes__", []))
+    assert sorted(p.name for p in out.iterdir()) == ["img0.png"]  # no claim, no temporary
+
+    monkeypatch.setattr(batch_mod, "method_of", lambda o: adain)
+    calls.clear()
+    with pytest.raises(ValueError, match="disk on fire"):
+        run_batch(plan_batch(folder, out, BatchOptions()), style, adain.options(size=48),
+                  BatchOptions(batch_size=1, overwrite=True))  # fmt: skip
+
+
 def test_messages_name_the_right_flag_and_defaults_once(tmp_path, capsys):
     from artgen.eval.metrics import load_fid_network
 

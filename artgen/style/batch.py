@@ -21,10 +21,12 @@ own, so its bytes never depend on which pictures share its pass; the Ray engine
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
+import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -284,6 +286,44 @@ def _load_content(job: BatchJob, masks: Any, content_mask: Any, masked: bool) ->
     return content
 
 
+def _save_group(loaded, images, each, params, overwrite, stop) -> list[BatchResult]:
+    """Write a group's pictures (PNG with ``params(content, image)``); stops between
+    pictures once ``stop`` is set (what is not written keeps no claim: a run again makes
+    it)."""
+    out = []
+    for (job, content), image in zip(loaded, images, strict=True):
+        if stop.is_set():
+            break
+        try:
+            save_png(image, job.output, params=params(content, image), overwrite=overwrite)
+            out.append(BatchResult(job, "done", seconds=each))
+        except ArtgenError as e:
+            out.append(BatchResult(job, "failed", str(e), each))
+    return out
+
+
+def _load_group(pending, step, claims, on_image, masks, content_mask, extra):
+    """Up to ``step`` pending jobs claimed and loaded: (loaded (job, picture) pairs, the
+    refused ones as results: skipped when another run has the output, failed when the
+    picture cannot be read)."""
+    t0 = time.perf_counter()
+    loaded: list[tuple[BatchJob, LoadedImage]] = []
+    held: list[BatchResult] = []
+    while pending and len(loaded) < step:
+        k, job = pending.pop(0)
+        if on_image:
+            on_image(k, job)
+        why = claims.claim(job)
+        if why is not None:
+            held.append(BatchResult(job, "skipped", why))
+            continue
+        try:
+            loaded.append((job, _load_content(job, masks, content_mask, bool(extra))))
+        except ArtgenError as e:
+            held.append(BatchResult(job, "failed", str(e), time.perf_counter() - t0))
+    return loaded, held
+
+
 def run_batch(
     jobs: list[BatchJob],
     styles: list[tuple[LoadedImage, float]],
@@ -341,38 +381,33 @@ def run_batch(
         else:
             pending.append((k, job))
 
-    def save(loaded, images, each) -> None:
-        for (job, content), image in zip(loaded, images, strict=True):
-            try:
-                params = run_params(content, styles, options, image, device, masks, content_mask)
-                save_png(image, job.output, params=params, overwrite=batch.overwrite)
-                done(BatchResult(job, "done", seconds=each))
-            except ArtgenError as e:
-                done(BatchResult(job, "failed", str(e), each))
+    stop = threading.Event()  # Ctrl-C: the saving thread stops after its current PNG
 
-    # Groups of pictures are saved on a thread of their own while the next group is
-    # stylised (PNG encoding and loading used to leave a core idle between groups); the
-    # results still come in the jobs' order: a group's refusals wait for the previous
-    # group's saves.
+    def save(loaded, images, each) -> list[BatchResult]:
+        def params(content, image):
+            return run_params(content, styles, options, image, device, masks, content_mask)
+
+        return _save_group(loaded, images, each, params, batch.overwrite, stop)
+
+    # A group's pictures are saved on a thread while the next group is stylised (a core
+    # sat idle between groups). Results are reported here, in the jobs' order (refusals
+    # after the previous group's saves); a saving error stops the run before more work.
     saver = ThreadPoolExecutor(1, thread_name_prefix="artgen-save") if step > 1 else None
     saving = None
+
+    def collect() -> None:
+        nonlocal saving
+        if saving is not None:
+            future, saving = saving, None
+            for result in future.result():
+                done(result)
+
     try:
         while pending:
             t0 = time.perf_counter()
-            loaded: list[tuple[BatchJob, LoadedImage]] = []
-            held: list[BatchResult] = []  # refusals, reported after the previous group
-            while pending and len(loaded) < step:
-                k, job = pending.pop(0)
-                if on_image:
-                    on_image(k, job)
-                why = claims.claim(job)
-                if why is not None:
-                    held.append(BatchResult(job, "skipped", why))
-                    continue
-                try:
-                    loaded.append((job, _load_content(job, masks, content_mask, bool(extra))))
-                except ArtgenError as e:
-                    held.append(BatchResult(job, "failed", str(e), time.perf_counter() - t0))
+            loaded, held = _load_group(pending, step, claims, on_image, masks, content_mask, extra)
+            if saving is not None and saving.done():
+                collect()  # its error, if any, before more work
             images = None
             if loaded:
                 contents = [c for _, c in loaded]
@@ -385,22 +420,28 @@ def run_batch(
                     spent = time.perf_counter() - t0
                     held += [BatchResult(job, "failed", str(e), spent) for job, _ in loaded]
             each = (time.perf_counter() - t0) / max(1, len(loaded))
-            if saving is not None:
-                saving.result()
-                saving = None
+            collect()
             for result in held:
                 (finish if result.status == "skipped" else done)(result)
             if images is None:
                 continue
             if saver is None:
-                save(loaded, images, each)
+                for result in save(loaded, images, each):
+                    done(result)
             else:
                 saving = saver.submit(save, loaded, images, each)
-        if saving is not None:
-            saving.result()
+        collect()
+    except BaseException as e:
+        stop.set()
+        if saving is not None:  # the saver's own error is not lost behind this one
+            with contextlib.suppress(BaseException):
+                saving.result()
+            if saving.done() and saving.exception() is not None:
+                e.add_note(f"while saving the previous pictures: {saving.exception()!r}")
+        raise
     finally:
         if saver is not None:
-            saver.shutdown(wait=True)  # Ctrl-C: what is being written is finished
+            saver.shutdown(wait=True)
         claims.release_all()
     return results
 
