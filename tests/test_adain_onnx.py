@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -226,6 +228,27 @@ def test_the_optimised_graph_is_kept_and_paints_the_same(files, tmp_path, monkey
     left = sorted(p.name for p in cached.parent.glob("fast-*.onnx"))
     assert len(left) == adain_onnx.CACHE_KEPT and cached.name in left
     assert "fast-stale0.onnx" not in left and f"fast-stale{adain_onnx.CACHE_KEPT + 2}.onnx" in left
+
+    # Ctrl-C while onnxruntime writes the copy: no temporary is left behind
+    real = ort.InferenceSession
+
+    def interrupted(path, so=None, **kw):
+        if so is not None and so.optimized_model_filepath:
+            Path(so.optimized_model_filepath).write_bytes(b"half a graph")
+            raise KeyboardInterrupt
+        return real(path, so, **kw)
+
+    cached.unlink()
+    monkeypatch.setattr(ort, "InferenceSession", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        adain_onnx.load(folder)
+    monkeypatch.setattr(ort, "InferenceSession", real)
+    assert not list(cached.parent.glob(".fast-*"))
+    old_tmp = cached.parent / ".fast-killed.1.2.tmp"  # a killed process's, two hours old
+    old_tmp.write_bytes(b"x")
+    os.utime(old_tmp, (time.time() - 7200, time.time() - 7200))
+    adain_onnx.load(folder)
+    assert not old_tmp.exists() and cached.is_file()
 
     blocked = tmp_path / "a-file"
     blocked.write_text("x")

@@ -115,15 +115,17 @@ def _cpu() -> str:
 
 def _cached_graph(ort: Any, path: Path) -> Path | None:
     """Where this machine keeps its optimised copy of the graph at ``path``:
-    $ARTGEN_HOME/onnx/fast-KEY.onnx, KEY naming the file (path, size, time), onnxruntime's
-    version and the processor (the optimised graph holds kernels chosen for it)."""
+    $ARTGEN_HOME/onnx/fast-KEY.onnx, KEY naming the file and the weights files beside it
+    (path, size, time), onnxruntime's version and the processor (the optimised graph
+    holds kernels chosen for it)."""
     from artgen.interop.catalog import artgen_home
 
     try:
-        st = path.stat()
+        files = [path, *sorted(path.parent.glob("*.weights"))]  # and the weights it reads
+        stamp = "|".join(f"{f.resolve()}|{f.stat().st_size}|{f.stat().st_mtime_ns}" for f in files)
     except OSError:
         return None
-    what = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{ort.__version__}|{_cpu()}"
+    what = f"{stamp}|{ort.__version__}|{_cpu()}"
     key = hashlib.sha256(what.encode()).hexdigest()[:20]
     return artgen_home() / "onnx" / f"fast-{key}.onnx"
 
@@ -133,10 +135,14 @@ CACHE_KEPT = 12  # optimised graphs kept (three per installed artgen), the most 
 
 def _prune(folder: Path) -> None:
     """Remove all but the CACHE_KEPT most recently used optimised graphs in ``folder``
-    (other clones and versions leave theirs behind)."""
+    (other clones and versions leave theirs behind), and temporaries over an hour old (a
+    killed process's)."""
+    import time
+
     with contextlib.suppress(OSError):
         kept = sorted(folder.glob("fast-*.onnx"), key=lambda f: f.stat().st_mtime, reverse=True)
-        for old in kept[CACHE_KEPT:]:
+        stale = [f for f in folder.glob(".fast-*") if f.stat().st_mtime < time.time() - 3600]
+        for old in kept[CACHE_KEPT:] + stale:
             old.unlink(missing_ok=True)
 
 
@@ -160,6 +166,7 @@ def _session(ort: Any, path: Path, so: Any) -> Any:
             so.graph_optimization_level = level
     if cached is not None:
         tmp = cached.with_name(f".{cached.stem}.{os.getpid()}.{threading.get_ident()}.tmp")
+        session = None
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
             so.optimized_model_filepath = str(tmp)
@@ -174,14 +181,14 @@ def _session(ort: Any, path: Path, so: Any) -> Any:
             session = ort.InferenceSession(str(path), so, providers=providers)
             os.replace(tmp, cached)
             _prune(cached.parent)
-            return session
-        except Exception:  # noqa: BLE001 - an unwritable cache: open the graph as it is
+        except Exception:  # noqa: BLE001 - an unwritable cache: the graph as it is
             so.optimized_model_filepath = ""
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
-        finally:
-            with contextlib.suppress(OSError):
-                tmp.with_suffix(".weights").unlink(missing_ok=True)
+        finally:  # also on Ctrl-C: no temporary is left behind
+            for left in (tmp, tmp.with_suffix(".weights")):
+                with contextlib.suppress(OSError):
+                    left.unlink(missing_ok=True)
+        if session is not None:
+            return session
     return ort.InferenceSession(str(path), so, providers=providers)
 
 
