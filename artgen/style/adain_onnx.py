@@ -7,10 +7,10 @@ its two halves for folders, fast_stats.onnx for the style's statistics and fast_
 for the picture from the photo and those statistics, sharing their weights in
 fast.weights; written by docs/adain_ship.py from the same weights through
 artgen.interop.onnx_export, and named in fast.json) and the run needs nothing the graphs
-lack, ``artgen stylize`` and ``artgen
-batch`` with ``--method adain`` run them there: the same network, the same resizing and
-rounding, so the same picture as the PyTorch path to float rounding (tested within 1/255;
-in practice equal). A folder encodes its painting once.
+lack, ``artgen stylize`` and ``artgen batch`` with ``--method adain`` run them there: the
+same network, the same resizing and rounding, so the same picture as the PyTorch path to
+float rounding (tested within 1/255; in practice equal). A folder encodes its painting
+once.
 
 What the graph lacks, and so keeps the PyTorch path: a GPU, several styles or masks,
 colour preservation, tiles (pictures beyond ONNX_MAX_PIXELS), bf16, and other networks
