@@ -22,18 +22,19 @@ from .conftest import photo
 
 NEGATIVE = '''
 """A toy style method: the photo's negative, darkened by ``amount``."""
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from PIL import Image, ImageOps
 
+from artgen.core.options import option
 from artgen.style import OptionsRecord, StyleMethod
 
 
 @dataclass(frozen=True)
 class NegativeOptions(OptionsRecord):
-    amount: float = field(default=0.0, metadata={"help": "how much darker (0 to 1)"})
-    size: int = field(default=0, metadata={"help": "long side (0: the photo's)"})
-    seed: int = field(default=0, metadata={"help": "unused"})
+    amount: float = option(0.0, "how much darker (0 to 1)")
+    size: int = option(0, "long side (0: the photo's)")
+    seed: int = option(0, "unused")
 
 
 def load(options, device="cpu", weights=None):
@@ -84,11 +85,12 @@ def test_a_style_method_is_one_file_and_one_line(tmp_path, monkeypatch):
 MEAN_COLOUR_RUNS = '''
 """The record of a toy kind of run: a learned colour."""
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 from PIL import Image
 
+from artgen.core.options import option
 from artgen.runs.options import RunOptions
 from artgen.runs.record import Run
 
@@ -98,13 +100,13 @@ class MeanColourOptions(RunOptions):
     KIND: ClassVar[str] = "train-mean-colour"
     PATHS: ClassVar[tuple[str, ...]] = ("out", "images")
 
-    images: str = field(default="", metadata={"help": "folder of images"})
-    lr: float = field(default=0.2, metadata={"help": "learning rate"})
+    images: str = option("", "folder of images")
+    lr: float = option(0.2, "learning rate")
 
 
 @dataclass(frozen=True)
 class MeanColourSettings:
-    size: int = field(default=8, metadata={"help": "mean-colour runs: picture size"})
+    size: int = option(8, "mean-colour runs: picture size")
 
 
 class MeanColourRun(Run):

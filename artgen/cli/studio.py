@@ -43,10 +43,12 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+
+from artgen.core.options import option
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -99,35 +101,23 @@ def _remove_abandoned_roots() -> None:
 class AppConfig:
     """How the studio is served. CLI flags of `artgen app` come from these fields."""
 
-    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
-    port: int | None = field(
-        default=None, metadata={"help": "port (default: 7860 or the next free one)"}
-    )
-    share: bool = field(default=False, metadata={"help": "also open a public gradio.live link"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps"})
-    concurrency: int = field(default=1, metadata={"help": "jobs running at once on the device"})
-    max_queue: int = field(
-        default=8, metadata={"help": "jobs that may wait; more get a 'queue is full' message"}
-    )
-    max_file_size: str = field(default="20mb", metadata={"help": "largest upload"})
-    max_pixels: int = field(default=24_000_000, metadata={"help": "largest upload in pixels"})
-    max_size: int = field(default=1024, metadata={"help": "largest output size offered"})
-    max_video_seconds: float = field(
-        default=10.0, metadata={"help": "longest video clip accepted, in seconds"}
-    )
-    max_video_frames: int = field(
-        default=300, metadata={"help": "most frames in a video clip accepted"}
-    )
-    max_video_size: int = field(
-        default=512, metadata={"help": "largest long side of a stylised video, in px"}
-    )
-    runs: str = field(
-        default="",
-        metadata={
-            "help": "a folder of your fine-tuned diffusion runs (or one run): the studio offers "
-            "them as a third method, repainting the photo with your own generator (SDEdit) "
-            "(default: none)"
-        },
+    host: str = option("127.0.0.1", "address to listen on")
+    port: int | None = option(None, "port (default: 7860 or the next free one)")
+    share: bool = option(False, "also open a public gradio.live link")
+    device: str = option("auto", "auto, cpu, cuda or mps")
+    concurrency: int = option(1, "jobs running at once on the device")
+    max_queue: int = option(8, "jobs that may wait; more get a 'queue is full' message")
+    max_file_size: str = option("20mb", "largest upload")
+    max_pixels: int = option(24_000_000, "largest upload in pixels")
+    max_size: int = option(1024, "largest output size offered")
+    max_video_seconds: float = option(10.0, "longest video clip accepted, in seconds")
+    max_video_frames: int = option(300, "most frames in a video clip accepted")
+    max_video_size: int = option(512, "largest long side of a stylised video, in px")
+    runs: str = option(
+        "",
+        "a folder of your fine-tuned diffusion runs (or one run): the studio offers "
+        "them as a third method, repainting the photo with your own generator (SDEdit) "
+        "(default: none)",
     )
 
 

@@ -28,13 +28,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from artgen.core.errors import ArtgenError
+from artgen.core.options import option
 from artgen.eval.registry import DEGRADE_SEEDS as DEGRADE_SEEDS  # docs/ scripts import these
 from artgen.eval.registry import EvalContext, select_metrics
 from artgen.eval.registry import _degraded_features as _degraded_features
@@ -44,62 +45,47 @@ from artgen.eval.registry import _degraded_features as _degraded_features
 class EvalOptions:
     """``artgen eval RUN_DIR --images DIR``."""
 
-    images: str = field(default="", metadata={"help": "reference images (e.g. the training set)"})
-    metrics: str = field(
-        default="",
-        metadata={
-            "help": "comma-separated metrics to compute, of fid, kid, diversity, fd "
-            "and any registered in artgen.eval.registry (default: fid,kid,diversity, "
-            "and fd with --labels)"
-        },
+    images: str = option("", "reference images (e.g. the training set)")
+    metrics: str = option(
+        "",
+        "comma-separated metrics to compute, of fid, kid, diversity, fd "
+        "and any registered in artgen.eval.registry (default: fid,kid,diversity, "
+        "and fd with --labels)",
     )
-    num_samples: int = field(default=64, metadata={"help": "images to generate and measure"})
-    samples: str = field(
-        default="", metadata={"help": "measure this folder of images instead of generating"}
+    num_samples: int = option(64, "images to generate and measure")
+    samples: str = option("", "measure this folder of images instead of generating")
+    sample_steps: int = option(50, "denoising steps when generating")
+    class_index: int = option(
+        -1,
+        "GAN runs, class-conditional networks: the class to generate "
+        "(default: the class the run adapted)",
     )
-    sample_steps: int = field(default=50, metadata={"help": "denoising steps when generating"})
-    class_index: int = field(
-        default=-1,
-        metadata={
-            "help": "GAN runs, class-conditional networks: the class to generate "
-            "(default: the class the run adapted)"
-        },
+    seed: int = option(0, "seed of the generated images")
+    fid_network: str = option(
+        "efficientnet-lite0", "features for FID/KID", choices=["efficientnet-lite0", "vgg19"]
     )
-    seed: int = field(default=0, metadata={"help": "seed of the generated images"})
-    fid_network: str = field(
-        default="efficientnet-lite0",
-        metadata={"help": "features for FID/KID", "choices": ["efficientnet-lite0", "vgg19"]},
+    lpips: str = option(
+        "auto",
+        "LPIPS network (auto: vgg or alex if on disk, else a stand-in)",
+        choices=["auto", "vgg", "alex", "stand-in"],
     )
-    lpips: str = field(
-        default="auto",
-        metadata={
-            "help": "LPIPS network (auto: vgg or alex if on disk, else a stand-in)",
-            "choices": ["auto", "vgg", "alex", "stand-in"],
-        },
+    clusters: str = option(
+        "",
+        "images the diversity clusters around (default: --images; Ojha et "
+        "al. use the few-shot training set)",
     )
-    clusters: str = field(
-        default="",
-        metadata={
-            "help": "images the diversity clusters around (default: --images; Ojha et "
-            "al. use the few-shot training set)"
-        },
-    )
-    labels: str = field(default="", metadata={"help": "CSV labelling the reference images"})
-    attribute: str = field(default="", metadata={"help": "attribute to measure proportions of"})
-    kid_subsets: int = field(default=100, metadata={"help": "KID subsets"})
+    labels: str = option("", "CSV labelling the reference images")
+    attribute: str = option("", "attribute to measure proportions of")
+    kid_subsets: int = option(100, "KID subsets")
     # A negative name: bool fields become store_true flags, so the default must be False.
-    uncorrected: bool = field(
-        default=False,
-        metadata={
-            "help": "attribute probe on clean references only, proportions not "
-            "corrected (default: it also trains on degraded copies and its errors on "
-            "degraded held-out references are corrected for)"
-        },
+    uncorrected: bool = option(
+        False,
+        "attribute probe on clean references only, proportions not "
+        "corrected (default: it also trains on degraded copies and its errors on "
+        "degraded held-out references are corrected for)",
     )
-    bootstrap: int = field(
-        default=1000, metadata={"help": "bootstrap replicates for FD's 95 percent interval"}
-    )
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps"})
+    bootstrap: int = option(1000, "bootstrap replicates for FD's 95 percent interval")
+    device: str = option("auto", "auto, cpu, cuda or mps")
 
     def __post_init__(self) -> None:
         if not isinstance(self.metrics, str):  # a tuple of names: recorded as "fid,kid"

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from artgen.core.errors import ArtgenError
+from artgen.core.options import option
 from artgen.core.transforms import TRANSFORMS
 from artgen.runs.checkpoint import (
     MAX_BATCH,
@@ -46,79 +47,53 @@ class AdaINTrainOptions(RunOptions):
         "transform": "adain",
     }
 
-    styles: str = field(default="", metadata={"help": "folder of style images"})
-    content: str = field(
-        default="",
-        metadata={
-            "help": "folder of content photos (default with --base: the bundled example photos)"
-        },
+    styles: str = option("", "folder of style images")
+    content: str = option(
+        "", "folder of content photos (default with --base: the bundled example photos)"
     )
-    base: str = field(
-        default="",
-        metadata={
-            "help": "start from a trained decoder: 'shipped', a run folder or a model folder "
-            "(fine-tuning, e.g. to an artist's style); empty: train from scratch"
-        },
+    base: str = option(
+        "",
+        "start from a trained decoder: 'shipped', a run folder or a model folder "
+        "(fine-tuning, e.g. to an artist's style); empty: train from scratch",
     )
-    encoder: str = field(
-        default="efficientnet-lite0",
-        metadata={"help": "encoder when training from scratch", "choices": ENCODER_CHOICES},
+    encoder: str = option(
+        "efficientnet-lite0", "encoder when training from scratch", choices=ENCODER_CHOICES
     )
-    steps: int = field(default=20000, metadata={"help": "training steps"})
-    batch_size: int = field(default=8, metadata={"help": "content/style pairs per step"})
-    crop: int = field(default=256, metadata={"help": "training crop size in pixels"})
-    lr: float = field(default=1e-4, metadata={"help": "Adam learning rate"})
-    lr_decay: float = field(
-        default=5e-5, metadata={"help": "inverse decay: lr / (1 + lr_decay * step)"}
+    steps: int = option(20000, "training steps")
+    batch_size: int = option(8, "content/style pairs per step")
+    crop: int = option(256, "training crop size in pixels")
+    lr: float = option(1e-4, "Adam learning rate")
+    lr_decay: float = option(5e-5, "inverse decay: lr / (1 + lr_decay * step)")
+    style_weight: float = option(0.0, "lambda, the style loss weight (0: the encoder's default)")
+    cov_weight: float = option(
+        0.0,
+        "weight of a channel-covariance style loss at the style layers (0: the "
+        "paper's mean/std loss only); covariances carry the palette's correlations",
     )
-    style_weight: float = field(
-        default=0.0,
-        metadata={"help": "lambda, the style loss weight (0: the encoder's default)"},
+    transform: str = option(
+        "adain",
+        "the feature transform the decoder learns to paint: adain (every level, "
+        "the paper's) or wct (whitening-colouring at the finest level, as stylize's "
+        "--transform wct runs it)",
+        choices=TRANSFORMS,
     )
-    cov_weight: float = field(
-        default=0.0,
-        metadata={
-            "help": "weight of a channel-covariance style loss at the style layers (0: the "
-            "paper's mean/std loss only); covariances carry the palette's correlations"
-        },
+    content_levels: str = option(
+        "all",
+        "AdaIN levels the content loss is taken at: deepest (the paper's relu4_1 "
+        "choice) or all (every level the decoder is fed, which pins the photo's colours)",
+        choices=CONTENT_LEVELS,
     )
-    transform: str = field(
-        default="adain",
-        metadata={
-            "help": "the feature transform the decoder learns to paint: adain (every level, "
-            "the paper's) or wct (whitening-colouring at the finest level, as stylize's "
-            "--transform wct runs it)",
-            "choices": TRANSFORMS,
-        },
+    levels: int = option(
+        3,
+        "from scratch, efficientnet-lite0: AdaIN levels the decoder is fed, 3 "
+        "(strides 4, 8, 16) or 2 (strides 8, 16: no stride-4 skip)",
+        choices=(2, 3),
     )
-    content_levels: str = field(
-        default="all",
-        metadata={
-            "help": "AdaIN levels the content loss is taken at: deepest (the paper's relu4_1 "
-            "choice) or all (every level the decoder is fed, which pins the photo's colours)",
-            "choices": CONTENT_LEVELS,
-        },
-    )
-    levels: int = field(
-        default=3,
-        metadata={
-            "help": "from scratch, efficientnet-lite0: AdaIN levels the decoder is fed, 3 "
-            "(strides 4, 8, 16) or 2 (strides 8, 16: no stride-4 skip)",
-            "choices": (2, 3),
-        },
-    )
-    width_scale: float = field(
-        default=1.0,
-        metadata={"help": "from scratch, efficientnet-lite0: decoder widths times this"},
-    )
-    sample_every: int = field(default=500, metadata={"help": "steps between sample sheets"})
-    checkpoint_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
-    precision: str = field(
-        default="auto",
-        metadata={
-            "help": "auto is bf16 autocast on CUDA, fp32 elsewhere",
-            "choices": ("auto", "fp32", "bf16"),
-        },
+    width_scale: float = option(1.0, "from scratch, efficientnet-lite0: decoder widths times this")
+    sample_every: int = option(500, "steps between sample sheets")
+    checkpoint_every: int = option(500, "steps between checkpoints")
+    precision: str = option(
+        "auto", "auto is bf16 autocast on CUDA, fp32 elsewhere", choices=("auto", "fp32", "bf16")
     )
 
     def to_dict(self) -> dict:

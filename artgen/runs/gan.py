@@ -4,7 +4,7 @@ networks, and sampling. The trainers are in artgen.train.gan."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from artgen.core.errors import ArtgenError
+from artgen.core.options import option
 from artgen.runs.checkpoint import (
     MAX_BATCH,
     check_finite,
@@ -50,21 +51,12 @@ class GanOptions(RunOptions):
 
     PATHS: ClassVar[tuple[str, ...]] = PATHS
 
-    images: str = field(
-        default="",
-        metadata={"help": "folder of training images (adapting: the reference set)"},
-    )
-    r1_gamma: float = field(
-        default=0.0, metadata={"help": "R1 weight (0: ADA's heuristic 2e-4 * res^2 / batch)"}
-    )
-    r1_every: int = field(default=16, metadata={"help": "lazy R1: every N steps"})
-    ema_kimg: float = field(
-        default=0.0, metadata={"help": "EMA half-life in thousands of images (0: batch * 10/32)"}
-    )
-    labels: str = field(default="", metadata={"help": "CSV: file name plus attribute columns"})
-    balance: str = field(
-        default="", metadata={"help": "attribute whose values are drawn equally often"}
-    )
+    images: str = option("", "folder of training images (adapting: the reference set)")
+    r1_gamma: float = option(0.0, "R1 weight (0: ADA's heuristic 2e-4 * res^2 / batch)")
+    r1_every: int = option(16, "lazy R1: every N steps")
+    ema_kimg: float = option(0.0, "EMA half-life in thousands of images (0: batch * 10/32)")
+    labels: str = option("", "CSV: file name plus attribute columns")
+    balance: str = option("", "attribute whose values are drawn equally often")
 
 
 @dataclass(frozen=True)
@@ -73,24 +65,19 @@ class GanTrainOptions(GanOptions):
 
     KIND: ClassVar[str] = "train-gan"
 
-    resolution: int = field(default=32, metadata={"help": "image size in px (a power of two)"})
-    z_dim: int = field(default=128, metadata={"help": "latent size"})
-    w_dim: int = field(default=128, metadata={"help": "style (W) size"})
-    mapping_layers: int = field(default=2, metadata={"help": "mapping network depth"})
-    channel_base: int = field(
-        default=4096, metadata={"help": "channels at resolution r: min(base // r, max)"}
-    )
-    channel_max: int = field(default=256, metadata={"help": "most channels in a block"})
-    steps: int = field(default=5000, metadata={"help": "training steps (one D and one G step)"})
-    batch_size: int = field(default=16, metadata={"help": "images per step per device"})
-    lr: float = field(default=0.0025, metadata={"help": "Adam learning rate (G and D)"})
-    augment: str = field(
-        default="color,translation",
-        metadata={"help": "DiffAugment policy for D's inputs ('' for none)"},
-    )
-    sample_every: int = field(default=500, metadata={"help": "write a sample grid every N steps"})
-    checkpoint_every: int = field(default=500, metadata={"help": "checkpoint every N steps"})
-    seed: int = field(default=0, metadata={"help": "seed of the weights, batches and noise"})
+    resolution: int = option(32, "image size in px (a power of two)")
+    z_dim: int = option(128, "latent size")
+    w_dim: int = option(128, "style (W) size")
+    mapping_layers: int = option(2, "mapping network depth")
+    channel_base: int = option(4096, "channels at resolution r: min(base // r, max)")
+    channel_max: int = option(256, "most channels in a block")
+    steps: int = option(5000, "training steps (one D and one G step)")
+    batch_size: int = option(16, "images per step per device")
+    lr: float = option(0.0025, "Adam learning rate (G and D)")
+    augment: str = option("color,translation", "DiffAugment policy for D's inputs ('' for none)")
+    sample_every: int = option(500, "write a sample grid every N steps")
+    checkpoint_every: int = option(500, "checkpoint every N steps")
+    seed: int = option(0, "seed of the weights, batches and noise")
 
     def __post_init__(self) -> None:
         """The settings' own ranges (files and folders are checked when the run starts)."""
@@ -108,75 +95,49 @@ class GanFinetuneOptions(GanOptions):
     # Recorded before fairTL++'s split followed the authors: what those runs did.
     ADDED_SETTINGS: ClassVar[dict[str, Any]] = {"lp_split": "mapping"}
 
-    base: str = field(
-        default="",
-        metadata={
-            "help": "folder with generator/ and discriminator/ (an artgen train or "
-            "finetune run, or the output of artgen convert)"
-        },
+    base: str = option(
+        "",
+        "folder with generator/ and discriminator/ (an artgen train or "
+        "finetune run, or the output of artgen convert)",
     )
-    method: str = field(
-        default="full",
-        metadata={
-            "help": "full: fine-tune; fairtl: the same, on a balanced reference set; "
-            "fairtl++: plus multiple feedback and LP-FT",
-            "choices": list(METHODS),
-        },
+    method: str = option(
+        "full",
+        "full: fine-tune; fairtl: the same, on a balanced reference set; "
+        "fairtl++: plus multiple feedback and LP-FT",
+        choices=list(METHODS),
     )
-    steps: int = field(default=1000, metadata={"help": "training steps (one D and one G step)"})
-    batch_size: int = field(default=8, metadata={"help": "images per step per device"})
-    lr: float = field(default=0.002, metadata={"help": "Adam learning rate (G and D)"})
-    augment: str = field(
-        default="color,translation,cutout",
-        metadata={"help": "DiffAugment policy for D's inputs ('' for none)"},
+    steps: int = option(1000, "training steps (one D and one G step)")
+    batch_size: int = option(8, "images per step per device")
+    lr: float = option(0.002, "Adam learning rate (G and D)")
+    augment: str = option(
+        "color,translation,cutout", "DiffAugment policy for D's inputs ('' for none)"
     )
-    freeze_d: int = field(
-        default=0, metadata={"help": "FreezeD: freeze the first K discriminator blocks"}
+    freeze_d: int = option(0, "FreezeD: freeze the first K discriminator blocks")
+    freeze_g: str = option("", "generator parts that stay frozen, e.g. mapping or mapping,b4,b8")
+    class_index: int = option(
+        -1,
+        "class-conditional bases (e.g. CIFAR-10): the class to adapt from, "
+        "0 to c_dim-1; the adapted generator draws it by default",
     )
-    freeze_g: str = field(
-        default="",
-        metadata={"help": "generator parts that stay frozen, e.g. mapping or mapping,b4,b8"},
+    cdc: float = option(
+        0.0, "weight of cross-domain distance consistency (Ojha et al.; 1000 in the paper; 0: off)"
     )
-    class_index: int = field(
-        default=-1,
-        metadata={
-            "help": "class-conditional bases (e.g. CIFAR-10): the class to adapt from, "
-            "0 to c_dim-1; the adapted generator draws it by default"
-        },
+    feedback_lambda: float = option(
+        0.5, "fairtl++: weight of the trained discriminator (1 - it: the frozen pretrained one)"
     )
-    cdc: float = field(
-        default=0.0,
-        metadata={
-            "help": "weight of cross-domain distance consistency (Ojha et al.; "
-            "1000 in the paper; 0: off)"
-        },
+    lp_steps: int = option(
+        -1, "fairtl++: steps of linear probing before fine-tuning all (-1: a quarter of --steps)"
     )
-    feedback_lambda: float = field(
-        default=0.5,
-        metadata={
-            "help": "fairtl++: weight of the trained discriminator (1 - it: the frozen "
-            "pretrained one)"
-        },
+    lp_split: str = option(
+        "authors",
+        "fairtl++: what trains during linear probing. authors: all of G, "
+        "D without its 8 and 16 px blocks (Teo et al.'s code); mapping: G's mapping "
+        "network and D's last block (artgen's earlier reading)",
+        choices=list(LP_SPLITS),
     )
-    lp_steps: int = field(
-        default=-1,
-        metadata={
-            "help": "fairtl++: steps of linear probing before fine-tuning all "
-            "(-1: a quarter of --steps)"
-        },
-    )
-    lp_split: str = field(
-        default="authors",
-        metadata={
-            "help": "fairtl++: what trains during linear probing. authors: all of G, "
-            "D without its 8 and 16 px blocks (Teo et al.'s code); mapping: G's mapping "
-            "network and D's last block (artgen's earlier reading)",
-            "choices": list(LP_SPLITS),
-        },
-    )
-    sample_every: int = field(default=250, metadata={"help": "write a sample grid every N steps"})
-    checkpoint_every: int = field(default=250, metadata={"help": "checkpoint every N steps"})
-    seed: int = field(default=0, metadata={"help": "seed of the batches and noise"})
+    sample_every: int = option(250, "write a sample grid every N steps")
+    checkpoint_every: int = option(250, "checkpoint every N steps")
+    seed: int = option(0, "seed of the batches and noise")
 
     def __post_init__(self) -> None:
         """The settings' own ranges (files, folders and the base's shape are checked when

@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from artgen.core.errors import ArtgenError
+from artgen.core.options import option
 from artgen.runs.checkpoint import (
     RUN_LIMITS,
     absolute_paths,
@@ -59,16 +60,14 @@ class RunOptions:
     # trainer): checked for a new run's flags and for a recorded run's config.json alike.
     LIMITS: ClassVar[dict[str, tuple[float, float]]] = RUN_LIMITS
 
-    out: str = field(default="", metadata={"help": "run folder to create (or to --resume)"})
-    steps: int = field(default=500, metadata={"help": "optimizer steps in all"})
-    sample_every: int = field(default=250, metadata={"help": "write a sample grid every N steps"})
-    checkpoint_every: int = field(default=250, metadata={"help": "checkpoint every N steps"})
-    keep_checkpoints: int = field(default=2, metadata={"help": "checkpoints kept (0: all)"})
-    seed: int = field(default=0, metadata={"help": "random seed"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or mps"})
-    resume: bool = field(
-        default=False, metadata={"help": "continue the run in --out from its last checkpoint"}
-    )
+    out: str = option("", "run folder to create (or to --resume)")
+    steps: int = option(500, "optimizer steps in all")
+    sample_every: int = option(250, "write a sample grid every N steps")
+    checkpoint_every: int = option(250, "checkpoint every N steps")
+    keep_checkpoints: int = option(2, "checkpoints kept (0: all)")
+    seed: int = option(0, "random seed")
+    device: str = option("auto", "auto, cpu, cuda or mps")
+    resume: bool = option(False, "continue the run in --out from its last checkpoint")
 
     def to_dict(self) -> dict:
         """The options as config.json records them: path settings absolute."""

@@ -40,13 +40,14 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from PIL import Image
 
 from artgen.core.errors import ArtgenError
+from artgen.core.options import option
 
 # -- each kind's sampling settings (the run record owns them; the trainers import them) -----
 
@@ -55,32 +56,24 @@ from artgen.core.errors import ArtgenError
 class SampleOptions:
     """``artgen sample``: new images from a fine-tuned run."""
 
-    n: int = field(default=16, metadata={"help": "how many images"})
-    steps: int = field(default=50, metadata={"help": "denoising steps"})
-    scheduler: str = field(
-        default="ddim", metadata={"help": "sampler", "choices": ["ddim", "ddpm"]}
-    )
-    seed: int = field(default=0, metadata={"help": "image i uses seed + i"})
-    prompt: str = field(
-        default="", metadata={"help": "text-to-image runs: prompt (default: the run's own)"}
-    )
-    guidance_scale: float = field(default=7.5, metadata={"help": "classifier-free guidance"})
-    batch_size: int = field(default=8, metadata={"help": "images per forward pass"})
+    n: int = option(16, "how many images")
+    steps: int = option(50, "denoising steps")
+    scheduler: str = option("ddim", "sampler", choices=["ddim", "ddpm"])
+    seed: int = option(0, "image i uses seed + i")
+    prompt: str = option("", "text-to-image runs: prompt (default: the run's own)")
+    guidance_scale: float = option(7.5, "classifier-free guidance")
+    batch_size: int = option(8, "images per forward pass")
 
 
 @dataclass(frozen=True)
 class GanSampleOptions:
     """``artgen sample`` flags that only GAN runs use."""
 
-    truncation: float = field(
-        default=1.0, metadata={"help": "GAN runs: truncation psi (1: none; 0.7: safer images)"}
-    )
-    class_index: int = field(
-        default=-1,
-        metadata={
-            "help": "GAN runs, class-conditional networks: the class to draw (default: "
-            "the class the run adapted)"
-        },
+    truncation: float = option(1.0, "GAN runs: truncation psi (1: none; 0.7: safer images)")
+    class_index: int = option(
+        -1,
+        "GAN runs, class-conditional networks: the class to draw (default: "
+        "the class the run adapted)",
     )
 
 

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 from PIL import Image
 
 from artgen.core.errors import ArtgenError, clip
+from artgen.core.options import choice_error, option
 
 # name -> module that defines METHOD. The first is the default.
 METHODS: dict[str, str] = {
@@ -126,10 +127,9 @@ class OptionsRecord:
         ``choices`` in its metadata one of them, and those of ``bounded`` ("size", "seed")
         that the class has in the common range (a class with other bounds checks its own)."""
         check_field_types(self, skip)
-        for f in fields(self):  # type: ignore[arg-type]
-            allowed = f.metadata.get("choices")
-            if f.name not in skip and allowed is not None and getattr(self, f.name) not in allowed:
-                raise self.refuse(f.name, f"choose one of {', '.join(map(str, allowed))}")
+        found = choice_error(self, skip)
+        if found is not None:
+            raise self.refuse(*found)
         names = {f.name for f in fields(self)} & set(bounded)  # type: ignore[arg-type]
         if "size" in names and not 16 <= self.size <= 16384:  # type: ignore[attr-defined]
             raise self.refuse("size", "must be between 16 and 16384")
@@ -166,21 +166,14 @@ class PictureOptions(OptionsRecord):
 
     MAX_STRENGTH: ClassVar[float] = 1.0
 
-    size: int = field(default=512, metadata={"help": "long side of the output in pixels"})
-    strength: float = field(
-        default=1.0,
-        metadata={"help": "how much style: 0 the photo, 1 the method's default, above 1 more"},
+    size: int = option(512, "long side of the output in pixels")
+    strength: float = option(
+        1.0, "how much style: 0 the photo, 1 the method's default, above 1 more"
     )
-    style_scale: float = field(
-        default=1.0,
-        metadata={
-            "help": "size of the style image relative to the output: larger gives bigger brush strokes"
-        },
+    style_scale: float = option(
+        1.0, "size of the style image relative to the output: larger gives bigger brush strokes"
     )
-    preserve_color: str = field(
-        default="none",
-        metadata={"help": "keep the content's colours", "choices": PRESERVE_COLOR},
-    )
+    preserve_color: str = option("none", "keep the content's colours", choices=PRESERVE_COLOR)
 
     def check_common(
         self, skip: Sequence[str] = (), bounded: Sequence[str] = ("size", "seed")

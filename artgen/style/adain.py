@@ -29,13 +29,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from PIL import Image
 
 from artgen.core import palette
 from artgen.core.images import LoadedImage, load_image, resize_long_side, to_pil, to_tensor
+from artgen.core.options import option
 from artgen.core.transforms import TRANSFORMS, wct_levels
 from artgen.style import (
     PictureOptions,
@@ -85,54 +86,41 @@ class AdaINOptions(PictureOptions):
     ADDED_SETTINGS: ClassVar[dict[str, Any]] = {"palette": "network", "transform": "adain"}
     MAX_STRENGTH: ClassVar[float] = MAX_STRENGTH
 
-    strength: float = field(
-        default=1.0,
-        metadata={
-            "help": "content/style trade-off alpha: 0 the photo, 1 the style (the default), "
-            "above 1 more style (extrapolated; up to 2)"
-        },
+    strength: float = option(
+        1.0,
+        "content/style trade-off alpha: 0 the photo, 1 the style (the default), "
+        "above 1 more style (extrapolated; up to 2)",
     )
-    model: str = field(
-        default="shipped",
-        metadata={
-            "help": "the network: shipped (offline, EfficientNet-Lite0), vgg19 (the paper's "
-            "published weights: `artgen weights fetch adain`), or a folder from `artgen train adain`"
-        },
+    model: str = option(
+        "shipped",
+        "the network: shipped (offline, EfficientNet-Lite0), vgg19 (the paper's "
+        "published weights: `artgen weights fetch adain`), or a folder from `artgen train adain`",
     )
-    transform: str = field(
-        default="wct",
-        metadata={
-            "help": "how the photo's features take the style's: wct (whitening-colouring, "
-            "Li et al. 2017, at the finest level and AdaIN below it: which colours and "
-            "strokes go together comes across too) or adain (each channel's mean and std "
-            "at every level, the paper's)",
-            "choices": TRANSFORMS,
-        },
+    transform: str = option(
+        "wct",
+        "how the photo's features take the style's: wct (whitening-colouring, "
+        "Li et al. 2017, at the finest level and AdaIN below it: which colours and "
+        "strokes go together comes across too) or adain (each channel's mean and std "
+        "at every level, the paper's)",
+        choices=TRANSFORMS,
     )
-    palette: str = field(
-        default="style",
-        metadata={
-            "help": "the output's colours: style (the style's colour mean and covariance, "
-            "moved onto the network's picture; with --strength below 1 partly the photo's) "
-            "or network (as the decoder paints them, the paper's). Colour preservation and "
-            "masks keep the network's",
-            "choices": PALETTES,
-        },
+    palette: str = option(
+        "style",
+        "the output's colours: style (the style's colour mean and covariance, "
+        "moved onto the network's picture; with --strength below 1 partly the photo's) "
+        "or network (as the decoder paints them, the paper's). Colour preservation and "
+        "masks keep the network's",
+        choices=PALETTES,
     )
-    precision: str = field(
-        default="auto",
-        metadata={"help": "auto is bf16 autocast on CUDA, fp32 elsewhere", "choices": PRECISIONS},
+    precision: str = option(
+        "auto", "auto is bf16 autocast on CUDA, fp32 elsewhere", choices=PRECISIONS
     )
-    tile: int = field(
-        default=0,
-        metadata={
-            "help": "work in overlapping tiles of this many pixels, for outputs beyond memory: "
-            "0 tiles only when the memory estimate says the picture does not fit, -1 never"
-        },
+    tile: int = option(
+        0,
+        "work in overlapping tiles of this many pixels, for outputs beyond memory: "
+        "0 tiles only when the memory estimate says the picture does not fit, -1 never",
     )
-    seed: int = field(
-        default=0, metadata={"help": "recorded for reproduction (the network is deterministic)"}
-    )
+    seed: int = option(0, "recorded for reproduction (the network is deterministic)")
 
     def __post_init__(self) -> None:
         self.check_common(skip=("model",))  # a folder path: checked below

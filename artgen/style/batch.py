@@ -49,6 +49,7 @@ from artgen.core.images import (
     save_png,
     sha256_file,
 )
+from artgen.core.options import option
 from artgen.style import (
     check_masks,
     get_method,
@@ -63,85 +64,61 @@ from artgen.style import (
 class BatchOptions:
     """How a folder is split and what happens to outputs that already exist."""
 
-    shard: str = field(
-        default="1/1",
-        metadata={"help": "I/N: process only the I-th of N shares of the folder (1-based)"},
-    )
-    overwrite: bool = field(
-        default=False, metadata={"help": "redo images whose output already exists"}
-    )
-    batch_size: int = field(
-        default=8,
-        metadata={
-            "help": "pictures per network pass, for methods that batch (adain); in data-set "
-            "mode (each picture on its own) the rows per Ray task"
-        },
+    shard: str = option("1/1", "I/N: process only the I-th of N shares of the folder (1-based)")
+    overwrite: bool = option(False, "redo images whose output already exists")
+    batch_size: int = option(
+        8,
+        "pictures per network pass, for methods that batch (adain); in data-set "
+        "mode (each picture on its own) the rows per Ray task",
     )
     # ---- data-set mode: any of these turns it on (a manifest, OUT/manifest.jsonl)
-    recursive: bool = field(
-        default=False,
-        metadata={
-            "help": "data set: stylise the sub-folders too, keeping the tree (class folders) "
-            "and the file names; other files are skipped and counted"
-        },
+    recursive: bool = option(
+        False,
+        "data set: stylise the sub-folders too, keeping the tree (class folders) "
+        "and the file names; other files are skipped and counted",
     )
-    style_pool: str | None = field(
-        default=None,
-        metadata={
-            "help": "data set: a folder of style pictures; each image gets one drawn from it, "
-            "fixed by --seed and the image's path (the same on any machine, shard or order). "
-            "Instead of --style; the method is then adain unless --method says otherwise"
-        },
+    style_pool: str | None = option(
+        None,
+        "data set: a folder of style pictures; each image gets one drawn from it, "
+        "fixed by --seed and the image's path (the same on any machine, shard or order). "
+        "Instead of --style; the method is then adain unless --method says otherwise",
     )
-    styles_per_image: int = field(
-        default=1,
-        metadata={
-            "help": "data set, with --style-pool: K variants per image, each with another "
-            "style, written NAME__0 ... NAME__K-1"
-        },
+    styles_per_image: int = option(
+        1,
+        "data set, with --style-pool: K variants per image, each with another "
+        "style, written NAME__0 ... NAME__K-1",
     )
-    format: str = field(
-        default="png",
-        metadata={
-            "help": "data set: output format; jpg records the parameters in the manifest "
-            "only (a PNG also carries them inside)",
-            "choices": ("png", "jpg"),
-        },
+    format: str = option(
+        "png",
+        "data set: output format; jpg records the parameters in the manifest "
+        "only (a PNG also carries them inside)",
+        choices=("png", "jpg"),
     )
-    quality: int = field(default=95, metadata={"help": "JPEG quality for --format jpg, 1-100"})
-    engine: str = field(
-        default="local",
-        metadata={
-            "help": "data set: local (this process) or ray (Ray Data: workers on this machine "
-            "or a cluster; pip install 'artgen[cluster]')",
-            "choices": ("local", "ray"),
-        },
+    quality: int = option(95, "JPEG quality for --format jpg, 1-100")
+    engine: str = option(
+        "local",
+        "data set: local (this process) or ray (Ray Data: workers on this machine "
+        "or a cluster; pip install 'artgen[cluster]')",
+        choices=("local", "ray"),
     )
-    address: str | None = field(
-        default=None,
-        metadata={
-            "help": "--engine ray: the cluster to join (auto: the one this machine is part "
-            "of); without it a local Ray instance is started"
-        },
+    address: str | None = option(
+        None,
+        "--engine ray: the cluster to join (auto: the one this machine is part "
+        "of); without it a local Ray instance is started",
     )
-    workers: int = field(
-        default=0,
-        metadata={
-            "help": "--engine ray: worker actors, each loading the network once; 0: as many "
-            "as the cluster's CPUs (or GPUs) hold"
-        },
+    workers: int = option(
+        0,
+        "--engine ray: worker actors, each loading the network once; 0: as many "
+        "as the cluster's CPUs (or GPUs) hold",
     )
-    num_gpus_per_worker: float = field(
-        default=0.0,
-        metadata={"help": "--engine ray: GPUs per worker (0: CPU workers; 0.5: two per GPU)"},
+    num_gpus_per_worker: float = option(
+        0.0, "--engine ray: GPUs per worker (0: CPU workers; 0.5: two per GPU)"
     )
-    threads: int = field(
-        default=0,
-        metadata={
-            "help": "data set: network threads per worker (0: all cores with --engine local, "
-            "one per Ray worker). The PyTorch path's pictures depend on it (onnxruntime's "
-            "do not): give the same value to compare runs bit for bit"
-        },
+    threads: int = option(
+        0,
+        "data set: network threads per worker (0: all cores with --engine local, "
+        "one per Ray worker). The PyTorch path's pictures depend on it (onnxruntime's "
+        "do not): give the same value to compare runs bit for bit",
     )
 
     def __post_init__(self) -> None:

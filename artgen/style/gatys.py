@@ -62,7 +62,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, ClassVar
 
@@ -84,6 +84,7 @@ from artgen.core.losses import (
     tv_loss,
     weighted_gram,
 )
+from artgen.core.options import option
 from artgen.models.backbones import FeatureExtractor
 from artgen.style import (  # noqa: F401 (parse_styles, StylizeProgress re-exported)
     PictureOptions,
@@ -119,67 +120,37 @@ class StylizeOptions(PictureOptions):
 
     MAX_STRENGTH: ClassVar[float] = 100.0
 
-    strength: float = field(
-        default=1.0,
-        metadata={
-            "help": "how strongly the style is applied: 1 is balanced, 2 twice as much style, 0.5 half"
-        },
+    strength: float = option(
+        1.0, "how strongly the style is applied: 1 is balanced, 2 twice as much style, 0.5 half"
     )
-    iterations: int = field(default=200, metadata={"help": "optimisation steps at each scale"})
-    min_size: int = field(
-        default=128,
-        metadata={
-            "help": "smallest long side for the first (coarsest) scale; >= size means one scale"
-        },
+    iterations: int = option(200, "optimisation steps at each scale")
+    min_size: int = option(
+        128, "smallest long side for the first (coarsest) scale; >= size means one scale"
     )
-    scale_factor: float = field(
-        default=2.0, metadata={"help": "size ratio between successive scales"}
+    scale_factor: float = option(2.0, "size ratio between successive scales")
+    init: str = option(
+        "content", "starting image: the photo, noise, or the fast method's result", choices=INITS
     )
-    init: str = field(
-        default="content",
-        metadata={
-            "help": "starting image: the photo, noise, or the fast method's result",
-            "choices": INITS,
-        },
+    optimizer: str = option("adam", "optimiser", choices=OPTIMIZERS)
+    lr: float = option(0.02, "Adam step size (pixels in [0, 1]); L-BFGS ignores it")
+    content_weight: float | None = option(
+        None, "weight of the content loss (default: the backbone's)"
     )
-    optimizer: str = field(default="adam", metadata={"help": "optimiser", "choices": OPTIMIZERS})
-    lr: float = field(
-        default=0.02, metadata={"help": "Adam step size (pixels in [0, 1]); L-BFGS ignores it"}
+    tv_weight: float | None = option(
+        None, "weight of the total-variation smoothness loss (default: the backbone's)"
     )
-    content_weight: float | None = field(
-        default=None, metadata={"help": "weight of the content loss (default: the backbone's)"}
+    style_layer_weights: tuple[float, ...] | None = option(
+        None, "comma-separated weights for the backbone's style layers (default: equal)"
     )
-    tv_weight: float | None = field(
-        default=None,
-        metadata={
-            "help": "weight of the total-variation smoothness loss (default: the backbone's)"
-        },
+    backbone: str = option("auto", "feature network", choices=BACKBONE_CHOICES)
+    precision: str = option("auto", "auto is bf16 on CUDA and fp32 elsewhere", choices=PRECISIONS)
+    tile: int = option(
+        0,
+        "optimise the scales larger than memory in overlapping tiles of this many "
+        "pixels (the coarse scales run whole): 0 tiles only when the memory estimate says "
+        "the picture does not fit (one line says so), -1 never",
     )
-    style_layer_weights: tuple[float, ...] | None = field(
-        default=None,
-        metadata={
-            "help": "comma-separated weights for the backbone's style layers (default: equal)"
-        },
-    )
-    backbone: str = field(
-        default="auto",
-        metadata={"help": "feature network", "choices": BACKBONE_CHOICES},
-    )
-    precision: str = field(
-        default="auto",
-        metadata={"help": "auto is bf16 on CUDA and fp32 elsewhere", "choices": PRECISIONS},
-    )
-    tile: int = field(
-        default=0,
-        metadata={
-            "help": "optimise the scales larger than memory in overlapping tiles of this many "
-            "pixels (the coarse scales run whole): 0 tiles only when the memory estimate says "
-            "the picture does not fit (one line says so), -1 never"
-        },
-    )
-    seed: int = field(
-        default=0, metadata={"help": "random seed (same seed, same device: same picture)"}
-    )
+    seed: int = option(0, "random seed (same seed, same device: same picture)")
 
     def __post_init__(self) -> None:
         self.check_common()

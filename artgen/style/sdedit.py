@@ -45,7 +45,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -56,6 +56,7 @@ from PIL import Image
 from artgen.core.devices import resolve_device
 from artgen.core.errors import ArtgenError, clip, first_line
 from artgen.core.images import LoadedImage, load_image, to_pil, to_tensor
+from artgen.core.options import option
 from artgen.style import OptionsRecord, StyleMethod
 from artgen.style.gatys import StylizeProgress
 
@@ -69,58 +70,33 @@ class SDEditOptions(OptionsRecord):
     # Pictures recorded when the noise was called strength.
     RENAMED_SETTINGS: ClassVar[dict[str, str]] = {"strength": "noise"}
 
-    generator: str = field(
-        default="",
-        metadata={
-            "help": "the run folder of `artgen finetune` (a diffusion run) to paint with "
-            "(default: none; required, and giving it selects this method)"
-        },
+    generator: str = option(
+        "",
+        "the run folder of `artgen finetune` (a diffusion run) to paint with "
+        "(default: none; required, and giving it selects this method)",
     )
-    noise: float = field(
-        default=0.6,
-        metadata={
-            "help": "how far the photo is noised (diffusers' img2img strength): 0 the photo "
-            "itself, 1 a pure sample of the generator"
-        },
+    noise: float = option(
+        0.6,
+        "how far the photo is noised (diffusers' img2img strength): 0 the photo "
+        "itself, 1 a pure sample of the generator",
     )
-    steps: int = field(
-        default=50,
-        metadata={"help": "steps of the whole schedule; noise x steps of them are run"},
+    steps: int = option(50, "steps of the whole schedule; noise x steps of them are run")
+    scheduler: str = option("ddim", "sampler", choices=list(SCHEDULERS))
+    prompt: str = option("", "text-to-image runs: the prompt (default: the run's instance prompt)")
+    negative_prompt: str = option("", "text-to-image runs: what to steer away from (default: none)")
+    guidance_scale: float = option(7.5, "text-to-image runs: classifier-free guidance")
+    controlnet: str = option(
+        "",
+        "text-to-image runs: a ControlNet (hub id or folder) steered by the photo's "
+        "Canny edges (default: none)",
     )
-    scheduler: str = field(
-        default="ddim", metadata={"help": "sampler", "choices": list(SCHEDULERS)}
-    )
-    prompt: str = field(
-        default="",
-        metadata={"help": "text-to-image runs: the prompt (default: the run's instance prompt)"},
-    )
-    negative_prompt: str = field(
-        default="", metadata={"help": "text-to-image runs: what to steer away from (default: none)"}
-    )
-    guidance_scale: float = field(
-        default=7.5, metadata={"help": "text-to-image runs: classifier-free guidance"}
-    )
-    controlnet: str = field(
-        default="",
-        metadata={
-            "help": "text-to-image runs: a ControlNet (hub id or folder) steered by the photo's "
-            "Canny edges (default: none)"
-        },
-    )
-    controlnet_scale: float = field(
-        default=1.0, metadata={"help": "how strongly the ControlNet's edges steer"}
-    )
-    size: int = field(
-        default=0,
-        metadata={"help": "long side of the output in pixels (0: the run's resolution)"},
-    )
-    seed: int = field(default=0, metadata={"help": "seed of the noise"})
-    run_sha256: str = field(
-        default="",
-        metadata={
-            "help": "the sha256 of the run (its config, base and weights), checked when given "
-            "(the PNG records it) (default: not checked)"
-        },
+    controlnet_scale: float = option(1.0, "how strongly the ControlNet's edges steer")
+    size: int = option(0, "long side of the output in pixels (0: the run's resolution)")
+    seed: int = option(0, "seed of the noise")
+    run_sha256: str = option(
+        "",
+        "the sha256 of the run (its config, base and weights), checked when given "
+        "(the PNG records it) (default: not checked)",
     )
 
     def __post_init__(self) -> None:

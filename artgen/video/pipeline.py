@@ -39,6 +39,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from artgen.core.options import option
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
@@ -122,76 +124,49 @@ class VideoOptions(OptionsRecord):
 
     record_name = "video option"
 
-    start: int = field(default=0, metadata={"help": "first frame to stylise (0-based)"})
-    end: int | None = field(
-        default=None, metadata={"help": "stop before this frame (default: after the last)"}
+    start: int = option(0, "first frame to stylise (0-based)")
+    end: int | None = option(None, "stop before this frame (default: after the last)")
+    shard: str = option(
+        "1/1",
+        "I/N: stylise only the I-th of N consecutive parts of the frames; "
+        "the run that completes them all writes the output",
     )
-    shard: str = field(
-        default="1/1",
-        metadata={
-            "help": "I/N: stylise only the I-th of N consecutive parts of the frames; "
-            "the run that completes them all writes the output"
-        },
+    overwrite: bool = option(
+        False,
+        "replace OUTPUT if it exists, and restart a frame cache that was made with other settings",
     )
-    overwrite: bool = field(
-        default=False,
-        metadata={
-            "help": "replace OUTPUT if it exists, and restart a frame cache that "
-            "was made with other settings"
-        },
+    consistency: str = option(
+        "flow",
+        "flow: temporally consistent (gatys: Ruder et al.'s temporal loss; "
+        "adain: blend with the flow-warped previous frame); none: frames on their "
+        "own",
+        choices=CONSISTENCY,
     )
-    consistency: str = field(
-        default="flow",
-        metadata={
-            "help": "flow: temporally consistent (gatys: Ruder et al.'s temporal loss; "
-            "adain: blend with the flow-warped previous frame); none: frames on their "
-            "own",
-            "choices": CONSISTENCY,
-        },
+    blend: float = option(
+        0.4,
+        "feed-forward methods (adain): weight of the warped previous frame, "
+        "0 to 0.95; higher is steadier but fades the style",
     )
-    blend: float = field(
-        default=0.4,
-        metadata={
-            "help": "feed-forward methods (adain): weight of the warped previous frame, "
-            "0 to 0.95; higher is steadier but fades the style"
-        },
+    temporal_weight: float = option(
+        1000.0, "gatys: weight of the temporal loss (Ruder et al. 2016)"
     )
-    temporal_weight: float = field(
-        default=1000.0,
-        metadata={"help": "gatys: weight of the temporal loss (Ruder et al. 2016)"},
+    flow: str = option("medium", "DIS optical flow preset", choices=("ultrafast", "fast", "medium"))
+    warmup: int = option(
+        4,
+        "frames stylised (not kept) before a shard's first frame when the "
+        "frame before it is not cached yet",
     )
-    flow: str = field(
-        default="medium",
-        metadata={"help": "DIS optical flow preset", "choices": ("ultrafast", "fast", "medium")},
+    batch_size: int = option(8, "frames per network pass, for methods that batch (adain)")
+    fps: float | None = option(
+        None, "frame rate for a folder of frames (default: 24); a video keeps its own"
     )
-    warmup: int = field(
-        default=4,
-        metadata={
-            "help": "frames stylised (not kept) before a shard's first frame when the "
-            "frame before it is not cached yet"
-        },
+    crf: int = option(18, "quality of mp4/mov/mkv/webm output: 0 (best) to 51 (worst)")
+    cache: str | None = option(
+        None,
+        "folder for the stylised frames (default: OUTPUT.frames beside a "
+        "video output; the output folder itself)",
     )
-    batch_size: int = field(
-        default=8, metadata={"help": "frames per network pass, for methods that batch (adain)"}
-    )
-    fps: float | None = field(
-        default=None,
-        metadata={"help": "frame rate for a folder of frames (default: 24); a video keeps its own"},
-    )
-    crf: int = field(
-        default=18,
-        metadata={"help": "quality of mp4/mov/mkv/webm output: 0 (best) to 51 (worst)"},
-    )
-    cache: str | None = field(
-        default=None,
-        metadata={
-            "help": "folder for the stylised frames (default: OUTPUT.frames beside a "
-            "video output; the output folder itself)"
-        },
-    )
-    keep_frames: bool = field(
-        default=False, metadata={"help": "keep the frame cache after the video is written"}
-    )
+    keep_frames: bool = option(False, "keep the frame cache after the video is written")
 
     def __post_init__(self) -> None:
         def bad(flag: str, why: str) -> ArtgenError:
