@@ -123,7 +123,7 @@ def test_resume_guards(data, tmp_path):
         T.train_adain(resumed)
     with pytest.raises(ArtgenError, match="--crop 30: must be a multiple of 16"):
         T.AdaINTrainOptions(crop=30)
-    with pytest.raises(ArtgenError, match="--content-levels 'some': choose deepest, all"):
+    with pytest.raises(ArtgenError, match="--content-levels 'some': choose one of deepest, all"):
         T.AdaINTrainOptions(content_levels="some")
 
 
@@ -195,7 +195,7 @@ def test_a_wct_decoder_learns_behind_whitening_colouring(lite0, data, tmp_path):
     assert options_for_resume(run, steps=3).transform == "wct"
     edit_json(run / "config.json", lambda d: d["options"].pop("transform"))
     assert options_for_resume(run, steps=3).transform == "adain"
-    with pytest.raises(ArtgenError, match="--transform 'x': choose wct, adain"):
+    with pytest.raises(ArtgenError, match="--transform 'x': choose one of wct, adain"):
         T.AdaINTrainOptions(transform="x")
 
 

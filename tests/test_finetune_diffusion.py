@@ -271,7 +271,7 @@ def test_balance_draws_attribute_values_equally(bases, tmp_path):
         ({"labels": "GOOD", "balance": "eyes"}, "eyes"),
         ({"balance": "hair"}, "--balance needs --labels"),
         ({"base": "/nonexistent/model"}, "no such folder"),
-        ({"method": "dreambooth"}, "use lora or full"),
+        ({"method": "dreambooth"}, "--method .dreambooth.: choose one of lora, full"),
         ({"freeze": "encoder_blocks"}, "no such UNet block"),
         (
             {

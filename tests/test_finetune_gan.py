@@ -442,7 +442,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, base_run, images):
         (lambda: ft_options(base_run, tmp_path / "empty", tmp_path / "x"), "no images"),
         (lambda: ft_options(base_run, images, base_run), "already holds a run"),
         (lambda: ft_options(base_run, images, tmp_path / "x", balance="shape"), "--balance needs"),
-        (lambda: ft_options(base_run, images, tmp_path / "x", method="magic"), "--method magic"),
+        (lambda: ft_options(base_run, images, tmp_path / "x", method="magic"), "--method 'magic'"),
         (lambda: ft_options(base_run, images, tmp_path / "x", augment="blur"), "blur"),
     ]
     # Options check their own ranges when built (__post_init__), the files when a run

@@ -4,7 +4,6 @@ run writes."""
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,9 +12,6 @@ from typing import Any, ClassVar
 from artgen.core.errors import ArtgenError
 from artgen.core.options import option
 from artgen.core.transforms import TRANSFORMS
-from artgen.runs.checkpoint import (
-    MAX_BATCH,
-)
 from artgen.runs.options import RunOptions
 
 ENCODER_CHOICES = ("efficientnet-lite0", "vgg19")
@@ -115,27 +111,12 @@ class AdaINTrainOptions(RunOptions):
         return saved
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "sample_every", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ArtgenError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
-        if self.batch_size > MAX_BATCH:
-            raise ArtgenError(f"--batch-size {self.batch_size}: at most {MAX_BATCH}")
-        if not 32 <= self.crop <= 2048 or self.crop % 16:
+        """The settings' ranges and choices (RunOptions), then the rules between them."""
+        if isinstance(self.crop, int) and self.crop % 16:  # the whole rule, before the range
             raise ArtgenError(f"--crop {self.crop}: must be a multiple of 16 from 32 to 2048")
-        if not (self.lr > 0 and math.isfinite(self.lr)) or self.lr_decay < 0:
-            raise ArtgenError("--lr must be positive and --lr-decay >= 0")
-        if self.style_weight < 0 or not math.isfinite(self.style_weight):
-            raise ArtgenError(f"--style-weight {self.style_weight}: must be >= 0")
-        if self.cov_weight < 0 or not math.isfinite(self.cov_weight):
-            raise ArtgenError(f"--cov-weight {self.cov_weight}: must be >= 0")
-        if self.encoder not in ENCODER_CHOICES:
-            raise ArtgenError(f"--encoder {self.encoder!r}: choose {', '.join(ENCODER_CHOICES)}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ArtgenError(f"--precision {self.precision!r}: choose auto, fp32 or bf16")
-        if self.levels not in (2, 3):
-            raise ArtgenError(f"--levels {self.levels}: choose 2 or 3")
-        if not 0.25 <= self.width_scale <= 4 or not math.isfinite(self.width_scale):
-            raise ArtgenError(f"--width-scale {self.width_scale}: must be from 0.25 to 4")
+        super().__post_init__()
+        if self.lr == 0:  # RUN_LIMITS allows 0 (the diffusion trainer's "default")
+            raise ArtgenError("--lr must be positive")
         if (self.base or self.encoder != "efficientnet-lite0") and (
             self.levels != 3 or self.width_scale != 1.0
         ):
@@ -143,15 +124,6 @@ class AdaINTrainOptions(RunOptions):
                 "--levels and --width-scale shape a new efficientnet-lite0 decoder; "
                 "they cannot change a --base network or the vgg19 one"
             )
-        if self.transform not in TRANSFORMS:
-            raise ArtgenError(f"--transform {self.transform!r}: choose {', '.join(TRANSFORMS)}")
-        if self.content_levels not in CONTENT_LEVELS:
-            raise ArtgenError(
-                f"--content-levels {self.content_levels!r}: choose {', '.join(CONTENT_LEVELS)}"
-            )
-        if self.keep_checkpoints < 0:
-            raise ArtgenError(f"--keep-checkpoints {self.keep_checkpoints}: must be >= 0")
-        self.check_limits()  # every size within its bounds (artgen.runs.checkpoint.RUN_LIMITS)
 
 
 # The paper's lambda is 10 (for VGG). The shipped EfficientNet-Lite0 decoder was trained

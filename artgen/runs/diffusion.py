@@ -4,7 +4,6 @@ sampling. The trainer is in artgen.train.diffusion."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -19,7 +18,6 @@ from artgen.core.errors import ArtgenError, clip, first_line
 from artgen.core.options import option
 from artgen.runs import lora_format
 from artgen.runs.checkpoint import (
-    MAX_BATCH,
     RUN_LIMITS,
     check_finite,
     load_safetensors,
@@ -187,52 +185,16 @@ class DiffusionFinetuneOptions(RunOptions):
         return self.lr or (1e-4 if self.method == "lora" else 1e-5)
 
     def __post_init__(self) -> None:
-        """The settings' own ranges and choices (files, folders and the base are checked
-        when the run starts). Also what a run's config.json must pass when read back."""
-        if self.method not in ("lora", "full"):
-            raise ArtgenError(f"--method {self.method}: use lora or full")
-        for name in (
-            "steps",
-            "batch_size",
-            "grad_accum",
-            "sample_every",
-            "checkpoint_every",
-            "num_samples",
-            "sample_steps",
-            "lora_rank",
-        ):
-            if getattr(self, name) < 1:
-                raise ArtgenError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
-        if self.batch_size > MAX_BATCH:
-            raise ArtgenError(f"--batch-size {self.batch_size}: at most {MAX_BATCH}")
-        for name in (
-            "keep_checkpoints",
-            "warmup_steps",
-            "num_class_images",
-            "resolution",
-            "lr",
-            "lora_alpha",
-            "weight_decay",
-            "max_grad_norm",
-            "prior_weight",
-            "text_encoder_lr",
-        ):
-            if getattr(self, name) < 0:
-                raise ArtgenError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 0")
-        if not 0 <= self.ema_decay < 1:
+        """The settings' ranges and choices (RunOptions), then the rules between them (files,
+        folders and the base are checked when the run starts). Also what a run's config.json
+        must pass when read back."""
+        super().__post_init__()
+        if self.ema_decay == 1:  # RUN_LIMITS allows [0, 1]; 1 would never move the EMA
             raise ArtgenError(f"--ema-decay {self.ema_decay}: must be in [0, 1)")
-        for name in ("lr_schedule", "mixed_precision"):
-            f = next(f for f in dataclasses.fields(self) if f.name == name)
-            if getattr(self, name) not in f.metadata["choices"]:
-                raise ArtgenError(
-                    f"--{name.replace('_', '-')} {getattr(self, name)!r}: use one "
-                    f"of {', '.join(f.metadata['choices'])}"
-                )
         if self.train_text_encoder and self.method != "lora":
             raise ArtgenError("--train-text-encoder: only with --method lora")
         if self.balance and not self.labels:
             raise ArtgenError("--balance needs --labels (a CSV of file names and attributes)")
-        self.check_limits()  # every size within its bounds (artgen.runs.checkpoint.RUN_LIMITS)
 
     def freeze_list(self) -> list[str]:
         return [s.strip() for s in self.freeze.split(",") if s.strip()]

@@ -14,7 +14,6 @@ from PIL import Image
 from artgen.core.errors import ArtgenError
 from artgen.core.options import option
 from artgen.runs.checkpoint import (
-    MAX_BATCH,
     check_finite,
     read_json,
     read_run_config,
@@ -81,6 +80,7 @@ class GanTrainOptions(GanOptions):
 
     def __post_init__(self) -> None:
         """The settings' own ranges (files and folders are checked when the run starts)."""
+        super().__post_init__()
         _check_values(self)
         r = self.resolution
         if r < 4 or r & (r - 1):
@@ -142,39 +142,20 @@ class GanFinetuneOptions(GanOptions):
     def __post_init__(self) -> None:
         """The settings' own ranges (files, folders and the base's shape are checked when
         the run starts)."""
+        super().__post_init__()
         _check_values(self)
-        if self.method not in METHODS:
-            raise ArtgenError(f"--method {self.method}: use one of {', '.join(METHODS)}")
-        if not 0 <= self.feedback_lambda <= 1:
-            raise ArtgenError(f"--feedback-lambda {self.feedback_lambda}: must be in [0, 1]")
-        if self.cdc < 0:
-            raise ArtgenError(f"--cdc {self.cdc}: must be >= 0")
-        if self.lp_split not in LP_SPLITS:
-            raise ArtgenError(f"--lp-split {self.lp_split}: use one of {', '.join(LP_SPLITS)}")
-        if self.freeze_d < 0 or self.class_index < -1 or self.lp_steps < -1:
-            raise ArtgenError("--freeze-d must be >= 0, --class-index and --lp-steps >= -1")
 
 
 def _check_values(options: Any) -> None:
-    """Checks that both GAN option classes share: used when a run starts, and when a run's
-    config.json is read back (see artgen.runs.checkpoint.options_from_dict)."""
+    """The rules both GAN option classes add to their ranges and choices (RunOptions): when
+    a run starts, and when a run's config.json is read back."""
     from artgen.core.augment import parse_policy
 
-    for name in ("steps", "batch_size", "r1_every", "sample_every", "checkpoint_every"):
-        if getattr(options, name) < 1:
-            raise ArtgenError(f"--{name.replace('_', '-')} {getattr(options, name)}: must be >= 1")
-    if options.batch_size > MAX_BATCH:
-        raise ArtgenError(f"--batch-size {options.batch_size}: at most {MAX_BATCH}")
-    if options.keep_checkpoints < 0:
-        raise ArtgenError(f"--keep-checkpoints {options.keep_checkpoints}: must be >= 0")
-    if not options.lr > 0:
-        raise ArtgenError(f"--lr {options.lr}: must be positive")
-    if options.r1_gamma < 0 or options.ema_kimg < 0:
-        raise ArtgenError("--r1-gamma and --ema-kimg must be >= 0")
+    if options.lr == 0:  # RUN_LIMITS allows 0 (the diffusion trainer's "default")
+        raise ArtgenError("--lr 0: must be positive")
     parse_policy(options.augment)
     if options.balance and not options.labels:
         raise ArtgenError("--balance needs --labels (a CSV of file names and attributes)")
-    options.check_limits()  # every size within its bounds (artgen.runs.checkpoint.RUN_LIMITS)
 
 
 def load_gan(folder: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Any, Any]:

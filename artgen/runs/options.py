@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from artgen.core.errors import ArtgenError
-from artgen.core.options import option
+from artgen.core.options import choice_error, option
 from artgen.runs.checkpoint import (
     RUN_LIMITS,
     absolute_paths,
@@ -85,9 +85,11 @@ class RunOptions:
     def resumable(cls) -> tuple[str, ...]:
         return (*RESUMABLE, *cls.RESUMABLE_EXTRA)
 
-    def check_limits(self) -> None:
-        """ArtgenError, naming the flag, for a setting outside its bounds (LIMITS)."""
-        found = limit_error(dataclasses.asdict(self), self.LIMITS)
+    def __post_init__(self) -> None:
+        """Every setting within its bounds (LIMITS) and among its declared choices: for a
+        new run's flags and a recorded run's config.json alike. A subclass checks the rules
+        between its settings after this."""
+        found = limit_error(dataclasses.asdict(self), self.LIMITS) or choice_error(self)
         if found is not None:
             name, why = found
             raise ArtgenError(f"--{name.replace('_', '-')} {getattr(self, name)!r:.60}: {why}")
