@@ -323,62 +323,22 @@ LITE0_CONFIG = AdaINConfig()
 
 # ------------------------------------------------------------------ VGG19 (the paper's)
 
-# naoto0804/pytorch-AdaIN net.py: "vgg" up to relu5_4, as one nn.Sequential.
-_VGG_NORMALISED = [
-    ("conv", 3, 3, 1),
-    ("pad",),
-    ("conv", 3, 64, 3),
-    ("relu", "relu1_1"),
-    ("pad",),
-    ("conv", 64, 64, 3),
-    ("relu", "relu1_2"),
-    ("pool",),
-    ("pad",),
-    ("conv", 64, 128, 3),
-    ("relu", "relu2_1"),
-    ("pad",),
-    ("conv", 128, 128, 3),
-    ("relu", "relu2_2"),
-    ("pool",),
-    ("pad",),
-    ("conv", 128, 256, 3),
-    ("relu", "relu3_1"),
-    ("pad",),
-    ("conv", 256, 256, 3),
-    ("relu", "relu3_2"),
-    ("pad",),
-    ("conv", 256, 256, 3),
-    ("relu", "relu3_3"),
-    ("pad",),
-    ("conv", 256, 256, 3),
-    ("relu", "relu3_4"),
-    ("pool",),
-    ("pad",),
-    ("conv", 256, 512, 3),
-    ("relu", "relu4_1"),
-    ("pad",),
-    ("conv", 512, 512, 3),
-    ("relu", "relu4_2"),
-    ("pad",),
-    ("conv", 512, 512, 3),
-    ("relu", "relu4_3"),
-    ("pad",),
-    ("conv", 512, 512, 3),
-    ("relu", "relu4_4"),
-    ("pool",),
-    ("pad",),
-    ("conv", 512, 512, 3),
-    ("relu", "relu5_1"),
-    ("pad",),
-    ("conv", 512, 512, 3),
-    ("relu", "relu5_2"),
-    ("pad",),
-    ("conv", 512, 512, 3),
-    ("relu", "relu5_3"),
-    ("pad",),
-    ("conv", 512, 512, 3),
-    ("relu", "relu5_4"),
-]
+
+# naoto0804/pytorch-AdaIN (net.py): its "vgg" and "decoder", each one nn.Sequential.
+def _vgg_encoder_layout() -> list[tuple]:
+    """pytorch-AdaIN's ``vgg`` (net.py): a 1x1 conv (the Caffe normalisation), then VGG19's
+    sixteen padded 3x3 convs and ReLUs up to relu5_4, a max-pool between blocks."""
+    layout: list[tuple] = [("conv", 3, 3, 1)]
+    cin = 3
+    for block, (cout, convs) in enumerate(((64, 2), (128, 2), (256, 4), (512, 4), (512, 4)), 1):
+        layout += [("pool",)] if block > 1 else []
+        for i in range(1, convs + 1):
+            layout += [("pad",), ("conv", cin, cout, 3), ("relu", f"relu{block}_{i}")]
+            cin = cout
+    return layout
+
+
+_VGG_NORMALISED = _vgg_encoder_layout()
 
 
 def _layer(spec: tuple) -> nn.Module:
@@ -421,37 +381,21 @@ def vgg_encoder(seq: nn.Sequential, last: str = "relu4_1") -> FeatureExtractor:
     return FeatureExtractor(stages, VGG19_SPEC, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 
 
-_VGG_DECODER = [
-    ("pad",),
-    ("conv", 512, 256, 3),
-    ("relu", ""),
-    ("up",),
-    ("pad",),
-    ("conv", 256, 256, 3),
-    ("relu", ""),
-    ("pad",),
-    ("conv", 256, 256, 3),
-    ("relu", ""),
-    ("pad",),
-    ("conv", 256, 256, 3),
-    ("relu", ""),
-    ("pad",),
-    ("conv", 256, 128, 3),
-    ("relu", ""),
-    ("up",),
-    ("pad",),
-    ("conv", 128, 128, 3),
-    ("relu", ""),
-    ("pad",),
-    ("conv", 128, 64, 3),
-    ("relu", ""),
-    ("up",),
-    ("pad",),
-    ("conv", 64, 64, 3),
-    ("relu", ""),
-    ("pad",),
-    ("conv", 64, 3, 3),
-]
+def _vgg_decoder_layout() -> list[tuple]:
+    """pytorch-AdaIN's ``decoder`` (net.py): the encoder up to relu4_1 mirrored, nearest 2x
+    upsampling for the pools, no ReLU after the last conv."""
+    layout: list[tuple] = []
+    cin = 512
+    for cout in (256, "up", 256, 256, 256, 128, "up", 128, 64, "up", 64, 3):
+        if cout == "up":
+            layout.append(("up",))
+            continue
+        layout += [("pad",), ("conv", cin, cout, 3), ("relu", "")]
+        cin = cout
+    return layout[:-1]
+
+
+_VGG_DECODER = _vgg_decoder_layout()
 
 
 class VGGDecoder(nn.Module):

@@ -430,7 +430,17 @@ class FullyConnectedLayer(nn.Module):
         return _bias_act(x.matmul(w.t()), b, self.activation)
 
 
-class Conv2dLayer(nn.Module):
+class _Filtered(nn.Module):
+    """A layer with the FIR resampling filter (a buffer, as in the official layers, so the
+    state-dict keys match) and an optional clamp of its outputs."""
+
+    def __init__(self, conv_clamp: float | None) -> None:
+        super().__init__()
+        self.conv_clamp = conv_clamp
+        self.register_buffer("resample_filter", _fir_filter())
+
+
+class Conv2dLayer(_Filtered):
     """Convolution with equalised learning rate (run-time gain 1/sqrt(fan_in)),
     optional FIR-filtered 2x downsampling, bias, activation and clamping."""
 
@@ -445,11 +455,9 @@ class Conv2dLayer(nn.Module):
         down: int = 1,
         conv_clamp: float | None = None,
     ):
-        super().__init__()
+        super().__init__(conv_clamp)
         self.activation = activation
         self.down = down
-        self.conv_clamp = conv_clamp
-        self.register_buffer("resample_filter", _fir_filter())
         self.weight_gain = 1 / math.sqrt(in_channels * kernel_size**2)
         self.weight = nn.Parameter(
             torch.randn([out_channels, in_channels, kernel_size, kernel_size])
@@ -534,7 +542,7 @@ class MappingNetwork(nn.Module):
         return x
 
 
-class SynthesisLayer(nn.Module):
+class SynthesisLayer(_Filtered):
     """Modulated 3x3 convolution (optionally 2x upsampling), noise, bias, leaky ReLU."""
 
     def __init__(
@@ -547,11 +555,9 @@ class SynthesisLayer(nn.Module):
         up: int = 1,
         conv_clamp: float | None = None,
     ):
-        super().__init__()
+        super().__init__(conv_clamp)
         self.resolution = resolution
         self.up = up
-        self.conv_clamp = conv_clamp
-        self.register_buffer("resample_filter", _fir_filter())
         self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
         self.weight = nn.Parameter(torch.randn([out_channels, in_channels, 3, 3]))
         # A persistent buffer, so it is saved with the weights ("const" noise is
@@ -611,7 +617,7 @@ class ToRGBLayer(nn.Module):
         return _bias_act(x, self.bias, "linear", 1.0, self.conv_clamp)
 
 
-class SynthesisBlock(nn.Module):
+class SynthesisBlock(_Filtered):
     """One resolution of the "skip" generator (paper, figure 7b): a learned constant
     (4x4) or two modulated convolutions (the first upsamples), then a toRGB output
     added to the upsampled image of the previous resolution."""
@@ -625,10 +631,9 @@ class SynthesisBlock(nn.Module):
         img_channels: int,
         conv_clamp: float | None = None,
     ):
-        super().__init__()
+        super().__init__(conv_clamp)
         self.in_channels = in_channels
         self.resolution = resolution
-        self.register_buffer("resample_filter", _fir_filter())
         self.num_conv = 1
         if in_channels == 0:
             self.const = nn.Parameter(torch.randn([out_channels, resolution, resolution]))
@@ -714,7 +719,7 @@ class SynthesisNetwork(nn.Module):
         return (img, features) if return_features else img
 
 
-class DiscriminatorBlock(nn.Module):
+class DiscriminatorBlock(_Filtered):
     """One resolution of the discriminator (paper, figure 7c): [fromRGB,] two 3x3
     convolutions (the second downsamples 2x) and, for "resnet", a 1x1 downsampling
     skip connection, the two branches summed with gain sqrt(1/2)."""
@@ -728,9 +733,8 @@ class DiscriminatorBlock(nn.Module):
         architecture: str,
         conv_clamp: float | None = None,
     ):
-        super().__init__()
+        super().__init__(conv_clamp)
         self.architecture = architecture
-        self.register_buffer("resample_filter", _fir_filter())
         if in_channels == 0:
             self.fromrgb = Conv2dLayer(
                 img_channels, tmp_channels, 1, activation="lrelu", conv_clamp=conv_clamp

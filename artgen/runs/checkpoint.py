@@ -41,6 +41,7 @@ from artgen.core.files import (
     read_json,
     write_json,
 )
+from artgen.models.stylegan2 import CONFIG_LIMITS as STYLEGAN2_LIMITS
 
 STEP_DIR = re.compile(r"^step-(\d{7,})$")
 MAX_STATE_BYTES = 16 << 20
@@ -82,12 +83,11 @@ RUN_LIMITS: dict[str, tuple[float, float]] = {
     "prior_weight": (0.0, 1e6),
     "guidance_scale": (0.0, 100.0),
     "ema_decay": (0.0, 1.0),
-    # StyleGAN2 (training and adaptation)
-    "z_dim": (1, 4096),
-    "w_dim": (1, 4096),
-    "mapping_layers": (1, 32),
-    "channel_base": (1, 1 << 22),
-    "channel_max": (1, 4096),
+    # StyleGAN2 (training and adaptation): the network's sizes as its config allows them
+    **{
+        k: STYLEGAN2_LIMITS[k]
+        for k in ("z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max")
+    },
     "r1_gamma": (0.0, 1e6),
     "r1_every": (1, 10**6),
     "ema_kimg": (0.0, 1e6),
