@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from typing import Any, NamedTuple
 
 from artgen.cli.common import Bar, options_from, same_file
 from artgen.cli.flags import add_dataclass_flags
@@ -260,9 +261,31 @@ def _load_masks(args: argparse.Namespace):
     return (masks if given else None), (load_mask(cmask) if cmask else None)
 
 
+class _Setup(NamedTuple):
+    """What a stylising command has loaded before its first picture."""
+
+    method: Any
+    options: Any
+    model: Any
+    device: Any
+    styles: list
+    masks: Any
+    content_mask: Any
+
+    @property
+    def keywords(self) -> dict[str, Any]:
+        """The keywords of run_batch and run_video that come from the setup."""
+        return {
+            "model": self.model,
+            "device": self.device,
+            "masks": self.masks,
+            "content_mask": self.content_mask,
+        }
+
+
 def _setup(
     args: argparse.Namespace, masks=None, content_mask=None, onnx: bool = True, many: bool = False
-):
+) -> _Setup:
     """The method, its options, the loaded network, the device and the loaded style images.
     The fast method runs on onnxruntime when this run can (artgen.style.adain_onnx): then
     PyTorch is never imported (``many``: for a folder, several pictures at once)."""
@@ -283,14 +306,14 @@ def _setup(
         if onnx is not None:
             model = adain_onnx.load(onnx, adain_onnx.batch_workers() if many else 1)
             print(method.describe(model), file=sys.stderr)
-            return method, options, model, "cpu", styles
+            return _Setup(method, options, model, "cpu", styles, masks, content_mask)
     from artgen.core.devices import resolve_device
 
     device = resolve_device(args.device)
     model = method.load(options, device, args.weights)
     if method.describe is not None:
         print(method.describe(model), file=sys.stderr)
-    return method, options, model, device, styles
+    return _Setup(method, options, model, device, styles, masks, content_mask)
 
 
 def _cmd_stylize(args: argparse.Namespace) -> int:
@@ -317,7 +340,7 @@ def _cmd_stylize(args: argparse.Namespace) -> int:
 
     extra = mask_arguments(get_method(args.method), masks, content_mask)
     check_masks(content.size, masks, content_mask)  # before the model loads
-    method, options, model, device, styles = _setup(args, masks, content_mask)
+    method, options, model, device, styles, _, _ = _setup(args, masks, content_mask)
     bar = Bar(args.quiet)
     with OutputClaim(out):
         try:
@@ -366,7 +389,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     from artgen.style import get_method, mask_arguments
 
     mask_arguments(get_method(args.method), masks, content_mask)  # refused before any work
-    method, options, model, device, styles = _setup(args, masks, content_mask, many=len(jobs) > 1)
+    setup = _setup(args, masks, content_mask, many=len(jobs) > 1)
     overall = tqdm(
         total=len(jobs), desc=f"batch {i}/{n}", unit="img", position=0, disable=args.quiet
     )
@@ -385,16 +408,13 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     try:
         results = run_batch(
             jobs,
-            styles,
-            options,
+            setup.styles,
+            setup.options,
             batch,
-            model=model,
-            device=device,
             on_image=on_image,
             on_result=on_result,
             callback=bar,
-            masks=masks,
-            content_mask=content_mask,
+            **setup.keywords,
         )
     finally:
         bar.close()
@@ -614,7 +634,7 @@ def _cmd_video(args: argparse.Namespace) -> int:
         ):
             raise ArtgenError(f"{args.output}: would overwrite the mask {m}")
     # video keeps PyTorch: its temporal blending and flow run there
-    method, options, model, device, styles = _setup(args, masks, content_mask, onnx=False)
+    setup = _setup(args, masks, content_mask, onnx=False)
     i, n = video.shard_numbers()
     share = plan.last - plan.first
     overall = tqdm(
@@ -649,15 +669,7 @@ def _cmd_video(args: argparse.Namespace) -> int:
 
     try:
         r = run_video(
-            plan,
-            styles,
-            options,
-            model=model,
-            device=device,
-            on_frame=on_frame,
-            callback=bar,
-            masks=masks,
-            content_mask=content_mask,
+            plan, setup.styles, setup.options, on_frame=on_frame, callback=bar, **setup.keywords
         )
     finally:
         bar.close()

@@ -49,48 +49,52 @@ def add_commands(sub: argparse._SubParsersAction, method: str) -> None:
     from artgen.runs.gan import GanFinetuneOptions, GanTrainOptions
     from artgen.style.adain import AdaINOptions
 
-    def trainer(parent, name: str, options: type, handler, **kw) -> None:
-        p = parent.add_parser(name, formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
-        p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-        add_dataclass_flags(p, options)
-        p.set_defaults(func=handler)
-
-    fp = sub.add_parser("finetune", help="adapt a pretrained generator to your images")
-    fsub = fp.add_subparsers(dest="family", metavar="FAMILY", required=True)
-    trainer(
-        fsub,
-        "diffusion",
-        DiffusionFinetuneOptions,
-        _cmd_finetune,
-        help="fine-tune a diffusers pipeline (full or LoRA)",
-        epilog=FINETUNE_EXAMPLES,
-    )
-    trainer(
-        fsub,
-        "gan",
-        GanFinetuneOptions,
-        lambda a: _cmd_gan(a, "finetune"),
-        help="adapt a pretrained StyleGAN2 (FreezeD, CDC, DiffAugment, fairTL, fairTL++)",
-        epilog=FINETUNE_EXAMPLES,
-    )
-
-    tp = sub.add_parser("train", help="train a generator from scratch (a base of your own)")
-    tsub = tp.add_subparsers(dest="family", metavar="FAMILY", required=True)
-    trainer(
-        tsub,
-        "gan",
-        GanTrainOptions,
-        lambda a: _cmd_gan(a, "train"),
-        help="train a StyleGAN2 on a folder of images",
-    )
-    trainer(
-        tsub,
-        "adain",
-        AdaINTrainOptions,
-        _cmd_train_adain,
-        help="train the fast style method's decoder, or fine-tune it to an artist's styles",
-        epilog=TRAIN_ADAIN_EXAMPLES,
-    )
+    # (command, family) -> options, handler, help, examples: one row per trainer.
+    trainers = {
+        ("finetune", "diffusion"): (
+            DiffusionFinetuneOptions,
+            _cmd_finetune,
+            "fine-tune a diffusers pipeline (full or LoRA)",
+            FINETUNE_EXAMPLES,
+        ),
+        ("finetune", "gan"): (
+            GanFinetuneOptions,
+            lambda a: _cmd_gan(a, "finetune"),
+            "adapt a pretrained StyleGAN2 (FreezeD, CDC, DiffAugment, fairTL, fairTL++)",
+            FINETUNE_EXAMPLES,
+        ),
+        ("train", "gan"): (
+            GanTrainOptions,
+            lambda a: _cmd_gan(a, "train"),
+            "train a StyleGAN2 on a folder of images",
+            None,
+        ),
+        ("train", "adain"): (
+            AdaINTrainOptions,
+            _cmd_train_adain,
+            "train the fast style method's decoder, or fine-tune it to an artist's styles",
+            TRAIN_ADAIN_EXAMPLES,
+        ),
+    }
+    for command, about in (
+        ("finetune", "adapt a pretrained generator to your images"),
+        ("train", "train a generator from scratch (a base of your own)"),
+    ):
+        families = sub.add_parser(command, help=about).add_subparsers(
+            dest="family", metavar="FAMILY", required=True
+        )
+        for (of, family), (options, handler, about, examples) in trainers.items():
+            if of != command:
+                continue
+            p = families.add_parser(
+                family,
+                help=about,
+                epilog=examples,
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+            )
+            p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+            add_dataclass_flags(p, options)
+            p.set_defaults(func=handler)
 
     cv = sub.add_parser(
         "convert", help="StyleGAN2-ADA network pickle -> artgen folders (safetensors)"

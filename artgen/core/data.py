@@ -288,6 +288,8 @@ def training_set(
     to be one of the labels' attributes. On resume the labels path comes from the run's
     config.json, which may have been edited to point anywhere: errors then name rows and
     columns, never the file's text."""
+    if not str(images):
+        raise ArtgenError("--images: give the folder of training images")
     files = list_images(images)
     labels = read_labels(labels_csv, files, echo=not resume) if labels_csv else None
     if balance:

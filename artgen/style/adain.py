@@ -436,28 +436,11 @@ def stylize_many(
 
 
 def stylize(
-    content: Any,
-    styles: Any,
-    options: AdaINOptions | None = None,
-    *,
-    model: Any = None,
-    device: Any = None,
-    callback: Callable[[StylizeProgress], None] | None = None,
-    masks: Any = None,
-    content_mask: Any = None,
+    content: Any, styles: Any, options: AdaINOptions | None = None, **keywords: Any
 ) -> Image.Image:
-    """Stylise one picture with the fast method; returns a PIL image (alpha kept).
-    ``masks`` and ``content_mask``: regional styles, as in artgen.stylize."""
-    return stylize_many(
-        [content],
-        styles,
-        options,
-        model=model,
-        device=device,
-        callback=callback,
-        masks=masks,
-        content_mask=content_mask,
-    )[0]
+    """Stylise one picture with the fast method; returns a PIL image (alpha kept). The
+    keywords (model, device, callback, masks, content_mask) are stylize_many's."""
+    return stylize_many([content], styles, options, **keywords)[0]
 
 
 METHOD = StyleMethod(

@@ -1036,33 +1036,11 @@ def _describe(extractor: FeatureExtractor) -> str:
     return getattr(extractor, "note", f"backbone: {extractor.spec.name}")
 
 
-def _stylize(
-    content,
-    styles,
-    options,
-    *,
-    model=None,
-    device=None,
-    callback=None,
-    init=None,
-    extra_loss=None,
-    masks=None,
-    content_mask=None,
-) -> Image.Image:
-    """The method's seam (``model``: the extractor); with ``init`` and ``extra_loss`` it is
-    also the guided form that video uses (Ruder et al.)."""
-    return stylize(
-        content,
-        styles,
-        options,
-        extractor=model,
-        device=device,
-        callback=callback,
-        init=init,
-        extra_loss=extra_loss,
-        masks=masks,
-        content_mask=content_mask,
-    )
+def _stylize(content, styles, options, *, model=None, **keywords: Any) -> Image.Image:
+    """The method's seam: ``model`` is the extractor; the other keywords (device, callback,
+    masks, content_mask, and the guided form's init and extra_loss, which video uses after
+    Ruder et al.) are stylize's."""
+    return stylize(content, styles, options, extractor=model, **keywords)
 
 
 METHOD = StyleMethod(

@@ -54,7 +54,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -474,8 +474,6 @@ def finetune_diffusion(
 
     if not options.base:
         raise ArtgenError("--base: give a diffusers hub id or a save_pretrained folder")
-    if not options.images:
-        raise ArtgenError("--images: give the folder of training images")
     files, labels = training_set(
         options.images, options.labels, options.balance, resume=options.resume
     )
@@ -534,18 +532,9 @@ def finetune_diffusion(
     prompts = [c or options.prompt for c in captions]
     if family in TEXT_FAMILIES:
         _check_captions(run, options, files, prompts, accelerator)
+    batches = _Batches(data, class_data, draws, g, prompts)
     trainer = _DiffusionTrainer(
-        options,
-        accelerator,
-        pipe,
-        family,
-        resolution,
-        trainable_names,
-        data,
-        class_data,
-        draws,
-        g,
-        prompts,
+        options, accelerator, pipe, family, resolution, trainable_names, batches
     )
     resolved = {
         "artgen": __version__,
@@ -566,30 +555,29 @@ def finetune_diffusion(
     return train(trainer, options, run, resolved, accelerator=accelerator, callback=callback)
 
 
+class _Batches(NamedTuple):
+    """Where a run's batches come from: the images (and DreamBooth's class images), the
+    draws over them, the generator of crops and flips, and each image's prompt."""
+
+    data: Any
+    class_data: Any
+    draws: Any
+    g: torch.Generator
+    prompts: list[str]
+
+
 class _DiffusionTrainer:
     """One diffusion fine-tuning run's state and step, for artgen.train.skeleton.train."""
 
     def __init__(
-        self,
-        options,
-        accelerator,
-        pipe,
-        family,
-        resolution,
-        trainable_names,
-        data,
-        class_data,
-        draws,
-        g,
-        prompts,
+        self, options, accelerator, pipe, family, resolution, trainable_names, batches: _Batches
     ) -> None:
         from diffusers import DDPMScheduler
         from diffusers.optimization import get_scheduler
 
         self.options, self.accelerator, self.pipe = options, accelerator, pipe
+        self.data, self.class_data, self.draws, self.g, self.prompts = batches
         self.family, self.resolution = family, resolution
-        self.data, self.class_data, self.draws, self.g = data, class_data, draws, g
-        self.prompts = prompts
         self.names = trainable_names
         self.params = dict(pipe.unet.named_parameters())
         for prefix in text_encoder_names(pipe) if options.train_text_encoder else ():
@@ -619,16 +607,17 @@ class _DiffusionTrainer:
         device = accelerator.device
         self.latents = self.class_latents = None
         if family in TEXT_FAMILIES and options.cache_latents:
-            self.latents = LatentCache(pipe, data, device, flips=not options.no_flip)
+            self.latents = LatentCache(pipe, self.data, device, flips=not options.no_flip)
             self.class_latents = (
-                LatentCache(pipe, class_data, device, flips=not options.no_flip)
-                if class_data is not None
+                LatentCache(pipe, self.class_data, device, flips=not options.no_flip)
+                if self.class_data is not None
                 else None
             )
         # Text embeddings, once per distinct prompt, unless the text encoders train.
         self.text_cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         if family in TEXT_FAMILIES and not options.train_text_encoder:
-            wanted = set(prompts) | ({options.class_prompt} if class_data is not None else set())
+            classes = {options.class_prompt} if self.class_data is not None else set()
+            wanted = set(self.prompts) | classes
             with torch.no_grad():
                 for prompt in sorted(wanted):
                     states, pooled = encode_text(pipe, [prompt], device)

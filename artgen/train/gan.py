@@ -169,8 +169,6 @@ def _ema_update(G_ema: torch.nn.Module, G: torch.nn.Module, beta: float) -> None
 def _check_common(options: Any) -> tuple[list[Path], Any, Path, Any]:
     from artgen.core.data import training_set
 
-    if not options.images:
-        raise ArtgenError("--images: give the folder of training images")
     if not options.out:
         raise ArtgenError("--out: give a run folder to create")
     files, labels = training_set(
