@@ -25,42 +25,47 @@ from artgen.interop.onnx_export import RUNTIME_FILES, export_runtime
 from artgen.style.adain import BORDER, AdaINOptions
 
 
+def record(run: str | Path) -> dict:
+    """What trained the decoder of ``run`` (a run folder of ``artgen train adain``): its
+    command, steps and data, and, for a run that fine-tuned another decoder (``--base``),
+    that decoder's own record under "from", so the whole history stays with the weights."""
+    cfg = json.loads((Path(run) / "config.json").read_text())
+    options = cfg["options"]
+    base = options.get("base") or ""
+    if base == "shipped":
+        before = weights.load_adain("shipped").config.trained
+    elif base and (Path(base) / "config.json").is_file():
+        before = record(base)  # a run folder: its own record
+    else:
+        before = {}
+    return {
+        "command": "artgen train adain "
+        + " ".join(
+            f"--{k.replace('_', '-')} {v}"
+            for k, v in options.items()
+            if v is not None and v is not False and v != "" and k not in ("out", "device", "resume")
+        ),
+        "steps": options["steps"],
+        "style_weight": cfg["style_weight"],
+        "num_content": cfg["num_content"],
+        "num_styles": cfg["num_styles"],
+        "data": "docs/adain_data.json",
+        **(
+            {
+                "from": before,
+                "total_steps": before.get("total_steps", before["steps"]) + options["steps"],
+            }
+            if before
+            else {}
+        ),
+    }
+
+
 def main(run: str) -> int:
     if run == "--onnx-only":  # the graph again, for the decoder already shipped
         return export(weights.ADAIN_SHIPPED)
     model = weights.load_adain(run)
-    cfg = json.loads((Path(run) / "config.json").read_text())
-    # A run that fine-tuned the shipped decoder (--base shipped) records the shipped one's
-    # own provenance under "from", so the whole history stays with the weights.
-    before = weights.load_adain("shipped").config.trained if cfg.get("base") == "shipped" else {}
-    model.config = dataclasses.replace(
-        model.config,
-        trained={
-            "command": "artgen train adain "
-            + " ".join(
-                f"--{k.replace('_', '-')} {v}"
-                for k, v in cfg["options"].items()
-                if v is not None
-                and v is not False
-                and v != ""
-                and k not in ("out", "device", "resume")
-            ),
-            "steps": cfg["options"]["steps"],
-            "style_weight": cfg["style_weight"],
-            "num_content": cfg["num_content"],
-            "num_styles": cfg["num_styles"],
-            "data": "docs/adain_data.json",
-            **(
-                {
-                    "from": before,
-                    "total_steps": before.get("total_steps", before["steps"])
-                    + cfg["options"]["steps"],
-                }
-                if before
-                else {}
-            ),
-        },
-    )
+    model.config = dataclasses.replace(model.config, trained=record(run))
     out = weights.save_adain_folder(model, weights.ADAIN_SHIPPED, half=True)
     return export(out)
 
