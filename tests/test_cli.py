@@ -1002,3 +1002,20 @@ def test_sample_and_eval_flags_come_from_the_run_kinds_and_eval_options(capsys):
             assert flag in text, (argv, flag)
         for line in text.split(" --"):
             assert line.count("(default:") <= 1, (argv, line)
+
+
+def test_a_reader_that_goes_away_stops_the_command_quietly():
+    """`artgen styles list | head -1`: the closed pipe ends the command without a traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "artgen", "styles", "list"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+    )
+    proc.stdout.close()  # the reader is gone before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

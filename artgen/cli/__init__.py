@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import os
 import sys
 from collections.abc import Sequence
 
@@ -76,6 +77,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    except BrokenPipeError:
+        # Whoever read the output went away (`artgen info x.png | head`): stop quietly, as
+        # Unix tools do, with stdout pointed at devnull so the interpreter's last flush does
+        # not fail again (Python's docs, "Note on SIGPIPE").
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # stdout is not a file (tests)
+            pass
+        return 141
 
 
 __all__ = ["main", "build_parser"]
