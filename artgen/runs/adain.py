@@ -116,7 +116,7 @@ class AdaINTrainOptions(RunOptions):
             raise ArtgenError(f"--crop {self.crop}: must be a multiple of 16 from 32 to 2048")
         super().__post_init__()
         if self.lr == 0:  # RUN_LIMITS allows 0 (the diffusion trainer's "default")
-            raise ArtgenError("--lr must be positive")
+            raise ArtgenError("--lr 0: must be positive")
         if (self.base or self.encoder != "efficientnet-lite0") and (
             self.levels != 3 or self.width_scale != 1.0
         ):
