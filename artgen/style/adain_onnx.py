@@ -69,11 +69,14 @@ def usable(options: Any, device: str, styles: list, masks: Any = None, content_m
     return folder if _matches(folder, options) else None
 
 
-def graph_files(folder: Path) -> dict[str, Path] | None:
+def graph_files(folder: Path, made: Any = None) -> dict[str, Path] | None:
     """The graphs that ``folder``'s META_FILE names (``one``: the whole network; ``stats``
-    and ``paint``: its two halves; ``weights``: what they share), if all are there."""
+    and ``paint``: its two halves; ``weights``: what they share), if all are there.
+    ``made``: that file's contents, where the caller has read it already."""
     try:
-        named = json.loads((folder / META_FILE).read_text())["files"]
+        if made is None:
+            made = json.loads((folder / META_FILE).read_text())
+        named = made["files"]
         files = {k: folder / Path(str(named[k])).name for k in ("one", "stats", "paint", "weights")}
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -91,7 +94,7 @@ def _matches(folder: Path, options: Any) -> bool:
         want, border, wct = made["decoder_sha256"], made["border"], made["wct_levels"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    if graph_files(folder) is None:
+    if graph_files(folder, made) is None:
         return False
     if border != BORDER or wct != list(wct_levels(options.transform)):
         return False
