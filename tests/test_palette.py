@@ -35,6 +35,10 @@ def test_the_moved_picture_has_the_targets_mean_and_covariance():
         return v @ np.diag(w**p) @ v.T
 
     mu_o, cov_o = palette.colour_stats(out)
+    # the sums-of-products statistics are numpy's centred ones (plus the ridge)
+    p = out.reshape(-1, 3)
+    assert np.allclose(mu_o, p.mean(0), atol=1e-14)
+    assert np.allclose(cov_o, np.cov(p.T) + 1e-5 * np.eye(3), rtol=0, atol=1e-14)
     a = sqrtm(target[1], 0.5) @ sqrtm(cov_o, -0.5)
     want = ((out.reshape(-1, 3) - mu_o) @ a.T + target[0]).reshape(out.shape)
     assert np.allclose(moved, np.clip(want, 0, 1), atol=1e-12)
