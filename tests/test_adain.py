@@ -331,6 +331,15 @@ def test_upsample_conv_is_upsample_pad_conv_at_four_ninths_the_work(size):
     assert k.shape == (6, 4, 4, 4)
     assert torch.allclose(k[0, 0, 1, 1], w[0, 0, 1:, 1:].sum())
     assert torch.allclose(k[0, 0, 3, 0], w[0, 0, 0, 2])
+    # The phase form (the ONNX graphs'): four 2x2 kernels, the same picture.
+    phases = M.upsample_conv_phases(x, M.upsample_phase_weight(w), b)
+    assert phases.shape == want.shape and torch.allclose(phases, want, atol=1e-5)
+    # By hand for phase (odd row, even column), the third group: its rows sum the 3x3
+    # kernel's rows 0+1 and 2, its columns the columns 0 and 1+2.
+    q, k0 = M.upsample_phase_weight(w).detach(), w[0, 0].detach()
+    assert q.shape == (16, 6, 2, 2)
+    by_hand = [[k0[:2, 0].sum(), k0[:2, 1:].sum()], [k0[2, 0], k0[2, 1:].sum()]]
+    assert torch.allclose(q[8, 0], torch.tensor(by_hand))
 
 
 def test_skip_decoder_fast_forward_equals_the_straightforward_one_and_follows_its_weights():
@@ -351,6 +360,30 @@ def test_skip_decoder_fast_forward_equals_the_straightforward_one_and_follows_it
     odd = [torch.randn(1, 5, 13, 16), torch.randn(1, 6, 6, 8), torch.randn(1, 7, 3, 4)]
     with torch.no_grad():
         assert torch.allclose(dec(odd), dec.forward_reference(odd), atol=1e-5)
+
+
+@pytest.mark.parametrize("phases", [False, True])
+def test_the_decoder_skips_what_the_border_cuts_off_and_paints_the_rest_the_same(phases):
+    """With ``crop`` (the border the caller cuts off) the finer stages work on what is kept
+    plus what the rest of the network sees of it: the kept picture is the whole one's."""
+    torch.manual_seed(1)
+    dec = M.SkipDecoder((5, 6, 7), (8, 9, 10), (6, 4)).eval()
+    # A 61 x 90 picture with the 32 px border, padded to 128 x 160 (multiples of 16).
+    feats = [torch.randn(1, 5, 32, 40), torch.randn(1, 6, 16, 20), torch.randn(1, 7, 8, 10)]
+    b, h, w = 32, 61, 90
+    with torch.no_grad():
+        whole = dec.forward_reference(feats)[..., b : b + h, b : b + w]
+        out = dec(feats, crop=b, phases=phases)
+    first, last, d = dec.trims(b)
+    assert (first, last, d) == (20, 8, 28)  # reach 11 px kept at stride 4, 3 at stride 2
+    assert out.shape[-2:] == (128 - 2 * d, 160 - 2 * d)
+    assert torch.allclose(out[..., b - d : b - d + h, b - d : b - d + w], whole, atol=1e-5)
+    # The margins are needed: keeping one cell less at stride 4 changes the picture's edge.
+    dec.trims = lambda crop: (first + 4, last, d + 4)
+    with torch.no_grad():
+        short = dec(feats, crop=b, phases=phases)[..., b - d - 4 :, b - d - 4 :][..., :h, :w]
+    assert (short - whole).abs().amax() > 1e-3
+    assert M.SkipDecoder((5, 6, 7), (8, 9, 10), (6, 4)).trims(0) == (0, 0, 0)
 
 
 def test_adain_blend_is_the_papers_interpolation():

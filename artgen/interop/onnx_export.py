@@ -2,7 +2,8 @@
 (onnxruntime-web) or a phone.
 
 The graph is :class:`FastGraph`: inputs ``content`` (1, 3, H, W) and ``style`` (1, 3, h, w),
-RGB in [0, 1], any sizes of at least 32 px a side, and ``alpha`` (a scalar, the paper's
+RGB in [0, 1], any sizes (the content above 32 px a side, the border it reflects; the
+style at least 32), and ``alpha`` (a scalar, the paper's
 content/style trade-off, eq. 11); output ``image`` (1, 3, H, W) in [0, 1]. It does what
 ``artgen stylize --method adain`` does with one style and no colour preservation: the photo
 is reflect-padded by artgen.style.adain.BORDER px and to a multiple of the encoder's
@@ -59,8 +60,15 @@ class FastGraph(nn.Module):
             transform_level(f[n], level_stats(fs[n]), alpha, k in self.wct)
             for k, n in enumerate(self.levels)
         ]
-        out = self.decoder.forward_reference(t)
-        return out[..., b : b + h, b : b + w].clamp(0, 1)
+        return self.paint(t, h, w)
+
+    def paint(self, t: list[torch.Tensor], h: Any, w: Any) -> torch.Tensor:
+        """The decoder's picture of the transformed features, the border cut off: in the
+        phase form of its upsampling convs, and skipping what is cut off (SkipDecoder)."""
+        b = self.border
+        d = self.decoder.trims(b)[2]
+        out = self.decoder(t, crop=b, phases=True)
+        return out[..., b - d : b - d + h, b - d : b - d + w].clamp(0, 1)
 
 
 class StyleStatsGraph(nn.Module):
@@ -94,7 +102,7 @@ class PaintGraph(nn.Module):
         h, w = content.shape[-2], content.shape[-1]
         f = g.encoder(g._pad(F.pad(content, (b, b, b, b), mode="reflect")), g.levels)
         t = [transform_level(f[n], stats[k], alpha, k in g.wct) for k, n in enumerate(g.levels)]
-        return g.decoder.forward_reference(t)[..., b : b + h, b : b + w].clamp(0, 1)
+        return g.paint(t, h, w)
 
 
 STATS_NAMES = tuple(f"{k}_{q}" for k in range(3) for q in ("mean", "std", "cov"))
@@ -153,8 +161,10 @@ def export_runtime(
 
     fast = FastGraph(model.float().eval(), border, wct).eval()
     stats_g, paint_g = StyleStatsGraph(fast).eval(), PaintGraph(fast).eval()
-    c, s, a = torch.rand(1, 3, 96, 128), torch.rand(1, 3, 64, 64), torch.tensor(1.0)
-    H, W = torch.export.Dim("H", min=32, max=8192), torch.export.Dim("W", min=32, max=8192)
+    # Traced at a size the encoder's stride does not divide: traced at one it does, the
+    # exporter took the padding to that multiple for zero at every size.
+    c, s, a = torch.rand(1, 3, 100, 130), torch.rand(1, 3, 64, 64), torch.tensor(1.0)
+    H, W = torch.export.Dim("H", min=33, max=8192), torch.export.Dim("W", min=33, max=8192)
     sh, sw = torch.export.Dim("sh", min=32, max=8192), torch.export.Dim("sw", min=32, max=8192)
     folder = Path(folder)
     with torch.no_grad():
@@ -224,10 +234,10 @@ def export_onnx(
     from artgen.core.images import atomic_output
 
     graph = FastGraph(model.float().eval(), border, wct).eval()
-    c = torch.rand(1, 3, 96, 128)
+    c = torch.rand(1, 3, 100, 130)  # see export_runtime
     s = torch.rand(1, 3, 64, 64)
     a = torch.tensor(1.0)
-    H, W = torch.export.Dim("H", min=32, max=8192), torch.export.Dim("W", min=32, max=8192)
+    H, W = torch.export.Dim("H", min=33, max=8192), torch.export.Dim("W", min=33, max=8192)
     sh, sw = torch.export.Dim("sh", min=32, max=8192), torch.export.Dim("sw", min=32, max=8192)
     with torch.no_grad(), atomic_output(path, overwrite=overwrite) as tmp:
         program = torch.onnx.export(
