@@ -261,7 +261,7 @@ def test_style_scale_table_matches_its_results_file():
 def test_fast_benchmark_tables_match_the_results_files():
     perf, fast = _text("docs/performance.md"), _text("docs/fast.md")
     bench = _json("fast_bench.json")
-    assert bench["date"] == "2026-12-02" and "2026-12-02 ([fast_bench.json]" in perf
+    assert bench["date"] == "2026-12-07" and "2026-12-07 ([fast_bench.json]" in perf
     for row in bench["rows"]:
         if "end_to_end" in row:
             continue
