@@ -7,8 +7,10 @@
 For each pair (54 at 384 px) the shipped network stylises the photo with AdaIN at every
 level (``adain``), whitening-colouring at the finest level (``wct_0``, what
 ``--transform wct`` does) or at all three (``wct_all``), with the photo reflect-padded by
-``--border`` px; each picture is judged with the network's colours and after the palette
-step (as ``--palette style`` gives it), by docs/adain_eval.py's judges. ``--combine``
+``--border`` px (``--variants`` adds exact feature distribution matching, EFDM, at some
+levels: efdm_0, efdm_all, efdm_12, wct0_efdm12); each picture is judged with the
+network's colours and after the palette step (as ``--palette style`` gives it), by
+docs/adain_eval.py's judges. ``--combine``
 writes the pairs of both borders with the paired differences (mean and 95% interval)
 that docs/adain.md quotes. The whitening uses eigendecompositions here (the reference
 formula of Li et al. 2017, with a ridge of 1e-5); artgen's Newton-Schulz version, with
@@ -31,7 +33,33 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import adain_eval as E  # noqa: E402
 
-VARIANTS = {"adain": (), "wct_0": (0,), "wct_all": (0, 1, 2)}
+# Each variant names the transform at each level (0: the finest); unnamed levels get AdaIN.
+VARIANTS = {
+    "adain": {},
+    "wct_0": {0: "wct"},
+    "wct_all": {0: "wct", 1: "wct", 2: "wct"},
+    "efdm_0": {0: "efdm"},
+    "efdm_all": {0: "efdm", 1: "efdm", 2: "efdm"},
+    "efdm_12": {1: "efdm", 2: "efdm"},
+    "wct0_efdm12": {0: "wct", 1: "efdm", 2: "efdm"},
+}
+DEFAULT_VARIANTS = "adain,wct_0,wct_all"
+
+
+def efdm(c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Exact feature distribution matching (Zhang et al., CVPR 2022, eq. 6): each channel
+    of ``c`` takes the style's sorted values in the order of its own. Departure: where the
+    two hold different numbers of values, the style's sorted values are read at the
+    content's ranks by linear interpolation (its quantile function); the paper's code
+    assumes equal sizes."""
+    fc, fs = c.flatten(2), s.flatten(2)
+    n, m = fc.shape[-1], fs.shape[-1]
+    sorted_s = fs.sort(-1).values
+    pos = fc.argsort(-1).argsort(-1).double() * (m - 1) / max(1, n - 1)
+    lo = pos.floor().long().clamp(0, m - 1)
+    hi = (lo + 1).clamp(max=m - 1)
+    frac = (pos - lo.double()).float()
+    return (sorted_s.gather(-1, lo) * (1 - frac) + sorted_s.gather(-1, hi) * frac).view_as(c)
 
 
 def wct_eigh(c: torch.Tensor, s: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -48,7 +76,7 @@ def wct_eigh(c: torch.Tensor, s: torch.Tensor, eps: float = 1e-5) -> torch.Tenso
     return (colour @ (whiten @ fc) + ms).float().view_as(c)
 
 
-def stylise(net, photo, style, wct, border):
+def stylise(net, photo, style, plan, border):
     from artgen.core import palette
     from artgen.core.images import to_tensor
     from artgen.core.losses import mean_std
@@ -58,8 +86,9 @@ def stylise(net, photo, style, wct, border):
     with torch.no_grad():
         xp, h, w, b = net._prepare(x, border)
         fc, fs = net.encoder(xp, net.config.levels), net.encoder(s, net.config.levels)
+        how = {"wct": wct_eigh, "efdm": efdm}
         t = [
-            wct_eigh(fc[n], fs[n]) if k in wct else adain_blend(fc[n], *mean_std(fs[n]), 1.0)
+            how[plan[k]](fc[n], fs[n]) if k in plan else adain_blend(fc[n], *mean_std(fs[n]), 1.0)
             for k, n in enumerate(net.config.levels)
         ]
         out = net._decode(t)[0][..., b : h - b, b : w - b].clamp(0, 1)[0]
@@ -101,7 +130,7 @@ def main() -> int:
     ap.add_argument("--border", type=int, default=32)
     ap.add_argument("--size", type=int, default=384)
     ap.add_argument("--model", default="shipped", help="the network (shipped, or a run)")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help="which transforms")
+    ap.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"of {', '.join(VARIANTS)}")
     ap.add_argument("--combine", nargs=2, default=None)
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
@@ -121,8 +150,8 @@ def main() -> int:
         photo = resize_long_side(load_image(pp).rgb, args.size)
         for sn, sp in styles.items():
             style = resize_long_side(load_image(sp).rgb, args.size)
-            for v, wct in variants.items():
-                moved, raw = stylise(net, photo, style, wct, args.border)
+            for v, plan in variants.items():
+                moved, raw = stylise(net, photo, style, plan, args.border)
                 res["palette"][v].append(
                     {"photo": pn, "style": sn, **judge.all(moved, photo, style, pn, sn)}
                 )

@@ -356,6 +356,18 @@ def test_finetune_demo_numbers_match_the_results_file():
     assert f"({b['diversity']:.2f} to {lora['diversity']:.2f}," in text
 
 
+def test_efdm_table_matches_its_results_file():
+    adain = _text("docs/adain.md")
+    res = _json("adain_transforms_efdm.json")
+    assert (res["size"], res["border"], res["model"]) == (384, 32, "shipped")
+    base = res["palette"]["wct_0"]
+    judges = ("magenta", "style_ratio", "content", "edges", "colour", "lite2_gram")
+    for label, v in (("EFDM; AdaIN", "efdm_0"), ("AdaIN; EFDM", "efdm_12"),
+                     ("whitening; EFDM", "wct0_efdm12")):  # fmt: skip
+        cells = " | ".join(_paired(base, res["palette"][v], j) for j in judges)
+        assert f"| {label} | {cells} |" in adain, label
+
+
 def test_fine_tune_on_the_longer_base_matches_its_results_files():
     """adain.md's table of the fine-tune behind the whitening on the 24,000-step base, and
     the shipped decoder against the one before it, paired over the 54 pairs."""
