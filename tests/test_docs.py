@@ -287,7 +287,7 @@ def test_fast_benchmark_tables_match_the_results_files():
     assert said in fast, said
 
     cmd = _json("fast_command.json")
-    assert cmd["date"] == "2026-12-07"
+    assert cmd["date"] == "2026-12-08" and "2026-12-08 just after midnight" in perf
     for key, label in (
         ("one picture, onnxruntime path / peer", "one picture, onnxruntime path"),
         ("one picture, PyTorch path / peer", "one picture, PyTorch path"),
