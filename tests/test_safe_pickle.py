@@ -445,6 +445,22 @@ def test_mutated_snapshots_load_or_fail_with_an_artgen_error(tmp_path):
     assert outcomes["loaded"] > 10 and outcomes["refused"] > 10, outcomes
 
 
+def _pickled_dict_with_keys(keys) -> bytes:
+    """The pickle (protocol 2) of {"G": None, "x": {k: 0 for k in keys}}, written opcode by
+    opcode: building that dict here would cost what the loader must refuse to spend (30,000
+    colliding keys took 6-11 s of the test suite to build)."""
+
+    def body(obj) -> bytes:
+        f = io.BytesIO()
+        p = pickle.Pickler(f, protocol=2)
+        p.fast = True  # no memo opcodes
+        p.dump(obj)
+        return f.getvalue()[2:-1]  # without PROTO and STOP
+
+    items = b"".join(body(k) + b"K\x00" for k in keys)  # BININT1 0
+    return b"\x80\x02}(" + body("G") + b"N" + body("x") + b"}(" + items + b"uu."
+
+
 @pytest.mark.parametrize("key", ["int", "float", "tuple"])
 def test_dict_keys_cannot_be_crafted_to_collide(tmp_path, key):
     """Ints, floats and tuples hash without randomisation: 30,000 keys i * (2**61 - 1) all
@@ -455,7 +471,9 @@ def test_dict_keys_cannot_be_crafted_to_collide(tmp_path, key):
         "float": lambda i: float(i) * 2.0**61,
         "tuple": lambda i: (i * (2**61 - 1),),
     }[key]
-    data = pickle.dumps({"G": None, "x": {make(i): 0 for i in range(n)}}, protocol=4)
+    few = [make(i) for i in range(1, 4)]  # the hand-written pickle is the dict's
+    assert pickle.loads(_pickled_dict_with_keys(few)) == {"G": None, "x": dict.fromkeys(few, 0)}
+    data = _pickled_dict_with_keys(make(i) for i in range(n))
     path = tmp_path / "collide.pkl"
     path.write_bytes(data)
     t0 = time.perf_counter()
