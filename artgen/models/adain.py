@@ -459,8 +459,9 @@ def upsample_phase_weight(weight: torch.Tensor) -> torch.Tensor:
     """The four 2x2 kernels of :func:`upsample_conv_phases`, stacked (4 out, in, 2, 2)
     in the order of ``_PHASES``, for a 3x3 conv's ``weight`` (out, in, 3, 3)."""
     t = _PHASE_TAPS.to(weight.device)
-    w = weight.float()
-    return torch.cat([torch.einsum("rk,sl,ockl->ocrs", t[a], t[b], w) for a, b in _PHASES])
+    w = weight.float()  # sums of taps, not rounded
+    k = torch.cat([torch.einsum("rk,sl,ockl->ocrs", t[a], t[b], w) for a, b in _PHASES])
+    return k.to(weight.dtype)
 
 
 def upsample_conv_phases(
@@ -470,7 +471,8 @@ def upsample_conv_phases(
     output pixel (row and column even or odd), interleaved by a pixel shuffle: the same
     numbers and multiply-adds. This is the form the ONNX graphs use: with it onnxruntime's
     CPU kernels ran the painting graph 1.16x faster than with the upsampled picture's 3x3
-    convs, its transposed conv no faster (512 x 341 px, one thread, 2026-12-07). ``weight`` is :func:`upsample_phase_weight`'s.
+    convs, its transposed conv no faster (512 x 341 px, one thread, 2026-12-07).
+    ``weight`` is :func:`upsample_phase_weight`'s.
 
     Phase (a, b) at (i, j) reads rows i - 1 + a, i + a and columns j - 1 + b, j + b of
     the small picture, i.e. a 2x2 window of the replicate-padded one at offset (a, b).
@@ -557,7 +559,8 @@ class SkipDecoder(nn.Module):
         s = 2**t
         reach = s + sum(2 ** (k + 1) for k in range(t)) + 1  # conv, the tail's upsamplings, rgb
         first = max(0, (crop - -(-reach // s) * s) // s * s)
-        last = max(0, (crop - first - 4) // 2 * 2) if t > 1 else 0  # reach 2 + 1, kept 4
+        # Before the last upsampling (stride 2): its reach 2 plus to_rgb's 1, kept as 4 px.
+        last = max(0, (crop - first - 4) // 2 * 2) if t > 1 else 0
         return first, last, first + last
 
     def forward(
