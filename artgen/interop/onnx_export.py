@@ -3,8 +3,8 @@
 
 The graph is :class:`FastGraph`: inputs ``content`` (1, 3, H, W) and ``style`` (1, 3, h, w),
 RGB in [0, 1], any sizes (the content above 32 px a side, the border it reflects; the
-style at least 32), and ``alpha`` (a scalar, the paper's
-content/style trade-off, eq. 11); output ``image`` (1, 3, H, W) in [0, 1]. It does what
+style at least 32), and ``alpha`` (a scalar, the paper's content/style trade-off, eq. 11);
+output ``image`` (1, 3, H, W) in [0, 1]. It does what
 ``artgen stylize --method adain`` does with one style and no colour preservation: the photo
 is reflect-padded by artgen.style.adain.BORDER px and to a multiple of the encoder's
 stride, AdaIN is applied at every level of the network, the decoder paints, the margin is
@@ -50,11 +50,15 @@ class FastGraph(nn.Module):
         h, w = x.shape[-2], x.shape[-1]
         return F.pad(x, (0, (m - w % m) % m, 0, (m - h % m) % m), mode="reflect")
 
-    def forward(self, content: torch.Tensor, style: torch.Tensor, alpha: torch.Tensor):
+    def features(self, content: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The photo's features at each level, reflect-padded by the border and to the
+        encoder's stride (as AdaINModel.forward pads it)."""
         b = self.border
+        return self.encoder(self._pad(F.pad(content, (b, b, b, b), mode="reflect")), self.levels)
+
+    def forward(self, content: torch.Tensor, style: torch.Tensor, alpha: torch.Tensor):
         h, w = content.shape[-2], content.shape[-1]
-        x = self._pad(F.pad(content, (b, b, b, b), mode="reflect"))
-        f = self.encoder(x, self.levels)
+        f = self.features(content)
         fs = self.encoder(style, self.levels)  # as AdaINModel.style_stats: no padding
         t = [
             transform_level(f[n], level_stats(fs[n]), alpha, k in self.wct)
@@ -98,11 +102,39 @@ class PaintGraph(nn.Module):
     def forward(self, content, alpha, m0, s0, c0, m1, s1, c1, m2, s2, c2):
         # Named one by one: torch.export takes no *args with per-argument shapes.
         g, stats = self.fast, ((m0, s0, c0), (m1, s1, c1), (m2, s2, c2))
-        b = g.border
         h, w = content.shape[-2], content.shape[-1]
-        f = g.encoder(g._pad(F.pad(content, (b, b, b, b), mode="reflect")), g.levels)
+        f = g.features(content)
         t = [transform_level(f[n], stats[k], alpha, k in g.wct) for k, n in enumerate(g.levels)]
         return g.paint(t, h, w)
+
+
+FAST_INPUTS = ["content", "style", "alpha"]
+
+
+def _example() -> tuple[tuple[torch.Tensor, ...], tuple]:
+    """What :class:`FastGraph` is traced with, and the sizes left free: ``content`` above 32
+    px a side (the reflected border needs more), ``style`` from 32. Traced at a size the
+    encoder's stride does not divide: traced at one it does, the exporter took the padding
+    to that multiple for zero at every size."""
+    c, s, a = torch.rand(1, 3, 100, 130), torch.rand(1, 3, 64, 64), torch.tensor(1.0)
+    H, W = torch.export.Dim("H", min=33, max=8192), torch.export.Dim("W", min=33, max=8192)
+    sh, sw = torch.export.Dim("sh", min=32, max=8192), torch.export.Dim("sw", min=32, max=8192)
+    return (c, s, a), ({2: H, 3: W}, {2: sh, 3: sw}, None)
+
+
+def _program(graph: nn.Module, args: tuple, names: list, outs: list, shapes: tuple) -> Any:
+    """``graph`` through torch.onnx's dynamo exporter (weights inside the file)."""
+    return torch.onnx.export(
+        graph,
+        args,
+        input_names=names,
+        output_names=outs,
+        dynamic_shapes=shapes,
+        opset_version=OPSET,
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+    )
 
 
 STATS_NAMES = tuple(f"{k}_{q}" for k in range(3) for q in ("mean", "std", "cov"))
@@ -161,36 +193,21 @@ def export_runtime(
 
     fast = FastGraph(model.float().eval(), border, wct).eval()
     stats_g, paint_g = StyleStatsGraph(fast).eval(), PaintGraph(fast).eval()
-    # Traced at a size the encoder's stride does not divide: traced at one it does, the
-    # exporter took the padding to that multiple for zero at every size.
-    c, s, a = torch.rand(1, 3, 100, 130), torch.rand(1, 3, 64, 64), torch.tensor(1.0)
-    H, W = torch.export.Dim("H", min=33, max=8192), torch.export.Dim("W", min=33, max=8192)
-    sh, sw = torch.export.Dim("sh", min=32, max=8192), torch.export.Dim("sw", min=32, max=8192)
+    (c, s, a), free = _example()
     folder = Path(folder)
     with torch.no_grad():
         st = stats_g(s)
         jobs = {
-            "one": (fast, (c, s, a), ["content", "style", "alpha"], ["image"],
-                    ({2: H, 3: W}, {2: sh, 3: sw}, None)),
-            "stats": (stats_g, (s,), ["style"], list(STATS_NAMES), ({2: sh, 3: sw},)),
+            "one": (fast, (c, s, a), FAST_INPUTS, ["image"], free),
+            "stats": (stats_g, (s,), ["style"], list(STATS_NAMES), (free[1],)),
             "paint": (paint_g, (c, a, *st), ["content", "alpha", *STATS_NAMES], ["image"],
-                      ({2: H, 3: W}, None, *([None] * len(st)))),
+                      (free[0], None, *([None] * len(st)))),
         }  # fmt: skip
         models = {}
         with tempfile.TemporaryDirectory() as tmp:
             for key, (graph, args, names, outs, shapes) in jobs.items():
                 path = Path(tmp) / RUNTIME_FILES[key]
-                torch.onnx.export(
-                    graph,
-                    args,
-                    input_names=names,
-                    output_names=outs,
-                    dynamic_shapes=shapes,
-                    opset_version=OPSET,
-                    dynamo=True,
-                    external_data=False,
-                    verbose=False,
-                ).save(str(path))
+                _program(graph, args, names, outs, shapes).save(str(path))
                 models[key] = onnx.load(str(path))
             _share_weights(list(models.values()), Path(tmp) / RUNTIME_FILES["weights"])
             for key, m in models.items():
@@ -234,24 +251,9 @@ def export_onnx(
     from artgen.core.images import atomic_output
 
     graph = FastGraph(model.float().eval(), border, wct).eval()
-    c = torch.rand(1, 3, 100, 130)  # see export_runtime
-    s = torch.rand(1, 3, 64, 64)
-    a = torch.tensor(1.0)
-    H, W = torch.export.Dim("H", min=33, max=8192), torch.export.Dim("W", min=33, max=8192)
-    sh, sw = torch.export.Dim("sh", min=32, max=8192), torch.export.Dim("sw", min=32, max=8192)
+    args, free = _example()
     with torch.no_grad(), atomic_output(path, overwrite=overwrite) as tmp:
-        program = torch.onnx.export(
-            graph,
-            (c, s, a),
-            input_names=["content", "style", "alpha"],
-            output_names=["image"],
-            dynamic_shapes=({2: H, 3: W}, {2: sh, 3: sw}, None),
-            opset_version=OPSET,
-            dynamo=True,
-            external_data=False,
-            verbose=False,
-        )
-        program.save(str(tmp))
+        _program(graph, args, FAST_INPUTS, ["image"], free).save(str(tmp))
     report: dict[str, Any] = {"path": str(path), "opset": OPSET, "border": border}
     report["wct_levels"] = list(graph.wct)
     if check:
