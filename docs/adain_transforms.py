@@ -91,7 +91,7 @@ def stylise(net, photo, style, plan, border):
             how[plan[k]](fc[n], fs[n]) if k in plan else adain_blend(fc[n], *mean_std(fs[n]), 1.0)
             for k, n in enumerate(net.config.levels)
         ]
-        out = net._decode(t)[0][..., b : h - b, b : w - b].clamp(0, 1)[0]
+        out = net._decode(t)[..., b : h - b, b : w - b].clamp(0, 1)[0]
     a = out.permute(1, 2, 0).double().numpy()
     p = x[0].permute(1, 2, 0).double().numpy()
     target = palette.colour_stats(np.asarray(style, dtype=np.float64) / 255)

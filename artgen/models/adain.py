@@ -738,8 +738,7 @@ class AdaINModel(nn.Module):
         off the output, so that the encoder's zero padding falls outside the picture.
         ``wct``: the level indices that get whitening-colouring instead of AdaIN."""
         x, h, w, b = self._prepare(content, border)
-        out, d = self._decode(self.stylise_features(x, stats, alpha, wct), crop=b)
-        return out[..., b - d : h - b - d, b - d : w - b - d]
+        return self._paint(self.stylise_features(x, stats, alpha, wct), h, w, b)
 
     def _prepare(self, content: torch.Tensor, border: int) -> tuple[torch.Tensor, int, int, int]:
         b = border
@@ -777,19 +776,23 @@ class AdaINModel(nn.Module):
             )
             for k, name in enumerate(self.config.levels)
         ]
-        out, d = self._decode(t, crop=b)
-        return out[..., b - d : h - b - d, b - d : w - b - d]
+        return self._paint(t, h, w, b)
 
-    def _decode(self, t: list[torch.Tensor], crop: int = 0) -> tuple[torch.Tensor, int]:
-        """The decoder's picture and the px it lacks on every side: with ``crop`` (px the
-        caller cuts off every side) artgen's own decoder skips what is cut off."""
+    def _decode(self, t: list[torch.Tensor], crop: int = 0) -> torch.Tensor:
+        """The decoder's picture; ``crop`` (SkipDecoder only): the px the caller cuts off
+        every side, which it skips (the picture then lacks ``trims(crop)[2]`` a side)."""
         dtype = next(self.decoder.parameters()).dtype
         if t[0].is_cuda and torch.is_autocast_enabled():
             dtype = torch.get_autocast_dtype("cuda")
         t = [v.to(dtype) for v in t]
-        if crop and isinstance(self.decoder, SkipDecoder):
-            return self.decoder(t, crop=crop), self.decoder.trims(crop)[2]
-        return self.decoder(t), 0
+        return self.decoder(t, crop=crop) if crop else self.decoder(t)
+
+    def _paint(self, t: list[torch.Tensor], h: int, w: int, b: int) -> torch.Tensor:
+        """The picture of the padded photo (``h`` x ``w`` with its ``b`` px border) without
+        the border, which artgen's own decoder does not paint beyond what it needs."""
+        crop = b if isinstance(self.decoder, SkipDecoder) else 0
+        d = self.decoder.trims(crop)[2] if crop else 0
+        return self._decode(t, crop=crop)[..., b - d : h - b - d, b - d : w - b - d]
 
     def _tiled_stats(
         self,
@@ -961,7 +964,7 @@ class AdaINModel(nn.Module):
                             wct=k in wct,
                         )
                     )
-            y = self._decode(t)[0].float()
+            y = self._decode(t).float()
             wy = _ramp(y0, xt.shape[-2], H, overlap, x.device).view(1, 1, -1, 1)
             wx = _ramp(x0, xt.shape[-1], W, overlap, x.device).view(1, 1, 1, -1)
             wt = wy * wx
